@@ -1,0 +1,1243 @@
+"""The csvstore benchmark: csvstore against a bare aiohttp baseline, back to back.
+
+Run from the repository root::
+
+    python -m bench.run                 # full run (a few minutes)
+    python -m bench.run --quick         # < 1 minute, for use while developing
+    python -m bench.run --only small    # one scenario (small, large, listing; comma-separated)
+    python -m bench.run --workers 2     # csvstore with --workers 2 (and the 1-process figure)
+
+Scenarios (see bench/README.md): ``small`` (4 KiB uploads under wrk at 8/64/512
+connections), ``large`` (1 x 1 GiB and 8 x 128 MiB with curl, MB/s and peak RSS) and
+``listing`` (1,000 sessions x 10 files, then GET latencies). Every figure is printed with
+the ratio csvstore/baseline and the target from issue 3; JSON lines go to
+``bench/out/results-<timestamp>.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import random
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+HOST = "127.0.0.1"
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+LUA_SCRIPT = BENCH_DIR / "upload.lua"
+OUT_DIR = BENCH_DIR / "out"
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+MB = 1_000_000  # throughput is in MB/s (10^6 bytes per second), sizes in MiB/GiB
+SCENARIOS = ("small", "large", "listing")
+SERVER_START_TIMEOUT = 60.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+Value = float | int | str | None
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    small_levels: tuple[int, ...]
+    small_duration: int  # seconds per wrk run
+    small_sessions: int
+    wrk_threads: int
+    big_size: int
+    big_count: int  # parallel uploads of the big file (1)
+    par_size: int
+    par_count: int
+    list_sessions: int
+    list_files: int
+    list_requests: int
+    list_concurrency: int
+
+    @classmethod
+    def make(cls, quick: bool, wrk_threads: int) -> Settings:
+        if quick:
+            return cls(
+                quick=True,
+                small_levels=(8, 64),
+                small_duration=3,
+                small_sessions=4,
+                wrk_threads=wrk_threads,
+                big_size=128 * MIB,
+                big_count=1,
+                par_size=16 * MIB,
+                par_count=8,
+                list_sessions=100,
+                list_files=10,
+                list_requests=50,
+                list_concurrency=32,
+            )
+        return cls(
+            quick=False,
+            small_levels=(8, 64, 512),
+            small_duration=10,
+            small_sessions=4,
+            wrk_threads=wrk_threads,
+            big_size=GIB,
+            big_count=1,
+            par_size=128 * MIB,
+            par_count=8,
+            list_sessions=1000,
+            list_files=10,
+            list_requests=200,
+            list_concurrency=32,
+        )
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Row:
+    """One line of the summary table."""
+
+    scenario: str
+    metric: str
+    baseline: Value
+    csvstore: Value
+    target: str = ""
+    met: bool | None = None
+    ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        if (
+            self.ratio is None
+            and isinstance(self.baseline, int | float)
+            and isinstance(self.csvstore, int | float)
+            and self.baseline
+        ):
+            self.ratio = self.csvstore / self.baseline
+
+
+class Report:
+    """Collects rows, appends JSON lines as results come in, prints the table at the end."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[Row] = []
+        self.notes: list[str] = []
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(self, kind: str, **data: Any) -> None:
+        line = {"type": kind, "time": now_iso(), **data}
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(line, default=str) + "\n")
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        self.record("row", **asdict(row))
+        print(f"  -> {format_row_inline(row)}", flush=True)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        self.record("note", text=text)
+        print(f"  note: {text}", flush=True)
+
+    def table(self) -> str:
+        head = ("scenario", "metric", "baseline", "csvstore", "ratio", "target", "met")
+        body = [
+            (
+                r.scenario,
+                r.metric,
+                fmt(r.baseline),
+                fmt(r.csvstore),
+                "" if r.ratio is None else f"{r.ratio:.2f}",
+                r.target,
+                {True: "yes", False: "NO", None: ""}[r.met],
+            )
+            for r in self.rows
+        ]
+        widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
+        lines = [
+            " | ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)),
+            "-+-".join("-" * w for w in widths),
+        ]
+        lines += [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in body]
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        lines = [
+            "| scenario | metric | baseline | csvstore | ratio | target | met |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in self.rows:
+            ratio = "" if r.ratio is None else f"{r.ratio:.2f}"
+            met = {True: "yes", False: "**no**", None: ""}[r.met]
+            cells = (r.scenario, r.metric, fmt(r.baseline), fmt(r.csvstore), ratio, r.target, met)
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        return "\n".join(lines)
+
+
+def fmt(v: Value) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, int):
+        return str(v)
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def format_row_inline(r: Row) -> str:
+    ratio = "" if r.ratio is None else f" ratio {r.ratio:.2f}"
+    met = {True: " [met]", False: " [NOT met]", None: ""}[r.met]
+    target = f" target {r.target}" if r.target else ""
+    return (
+        f"{r.scenario}: {r.metric}: baseline {fmt(r.baseline)}, csvstore {fmt(r.csvstore)}"
+        f"{ratio}{target}{met}"
+    )
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of a non-empty sequence."""
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
+    return ordered[k]
+
+
+# --------------------------------------------------------------------------- machine info
+
+
+def machine_info() -> dict[str, str]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    commit = run_text(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = run_text(["git", "-C", str(REPO), "status", "--porcelain"])
+    wrk = shutil.which("wrk")
+    return {
+        "date": now_iso(),
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "cpu": model,
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "wrk": run_text(["wrk", "--version"]).splitlines()[0][:40] if wrk else "missing",
+        "commit": commit.strip() + (" (dirty)" if dirty.strip() else ""),
+        "memory": mem_total(),
+    }
+
+
+def mem_total() -> str:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return f"{int(line.split()[1]) / MIB:.1f} GiB"
+    return "unknown"
+
+
+def run_text(cmd: list[str]) -> str:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout + done.stderr
+
+
+def ensure_wrk() -> str:
+    path = shutil.which("wrk")
+    if path:
+        return path
+    print("wrk not found: installing Debian's wrk with apt-get", flush=True)
+    if os.geteuid() != 0:
+        raise SystemExit("wrk is missing and we are not root: run `sudo apt-get install -y wrk`")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = ["apt-get", "install", "-y", "-q", "wrk"]
+    if subprocess.run(cmd, env=env, check=False).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, check=True)
+        subprocess.run(cmd, env=env, check=True)
+    path = shutil.which("wrk")
+    if not path:
+        raise SystemExit("could not install wrk")
+    return path
+
+
+# --------------------------------------------------------------------------- /proc helpers
+
+
+def tree_pids(root: int) -> list[int]:
+    """The root process and all its descendants (workers, if any)."""
+    seen: list[int] = []
+    stack = [root]
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.append(pid)
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            with contextlib.suppress(OSError, ValueError):
+                text = Path(f"/proc/{pid}/task/{tid}/children").read_text()
+                stack.extend(int(x) for x in text.split())
+    return seen
+
+
+def status_kib(pid: int, key: str) -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def tree_kib(root: int, key: str) -> int:
+    return sum(status_kib(pid, key) for pid in tree_pids(root))
+
+
+def tree_cpu_seconds(root: int) -> float:
+    total = 0
+    for pid in tree_pids(root):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK_TCK
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    label: str  # "baseline", "csvstore", "csvstore --workers 2"
+    kind: str  # "baseline" or "csvstore"
+    proc: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+    log_path: Path
+    stopped: bool = False
+
+    @property
+    def base(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def success(self) -> int:
+        return 200 if self.kind == "baseline" else 201
+
+
+class Harness:
+    """Owns the temp folder and every process the benchmark starts."""
+
+    def __init__(self, target_cmd: str | None, workers: int | None) -> None:
+        self.target_cmd = target_cmd
+        self.workers = workers
+        self.root = Path(tempfile.mkdtemp(prefix="csvstore-bench-", dir=tmp_parent()))
+        self.servers: list[Server] = []
+        self.children: list[asyncio.subprocess.Process] = []
+        self._n = 0
+
+    def tmp(self, name: str) -> Path:
+        self._n += 1
+        path = self.root / f"{self._n:03d}-{name}"
+        path.mkdir(parents=True)
+        return path
+
+    async def start(self, kind: str, workers: int | None = None) -> Server:
+        port = free_port()
+        work = self.tmp(kind + (f"-w{workers}" if workers else ""))
+        data_dir = work / "data"
+        log_path = work / "server.log"
+        if kind == "baseline":
+            cmd = [sys.executable, "-m", "bench.baseline_server", "--host", HOST]
+            cmd += ["--port", str(port), "--dir", str(data_dir)]
+        elif self.target_cmd:
+            cmd = shlex.split(
+                self.target_cmd.format(
+                    python=sys.executable, host=HOST, port=port, dir=str(data_dir)
+                )
+            )
+        else:
+            cmd = [sys.executable, "-m", "csvstore", "--host", HOST, "--port", str(port)]
+            cmd += ["--data-dir", str(data_dir)]
+        if workers:
+            cmd += ["--workers", str(workers)]
+        label = kind + (f" --workers {workers}" if workers else "")
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: workers die with it
+            )
+        server = Server(label, kind, proc, port, data_dir, log_path)
+        self.servers.append(server)
+        await wait_ready(server)
+        return server
+
+    async def stop(self, server: Server, remove_data: bool = True) -> None:
+        if not server.stopped:
+            await asyncio.to_thread(kill_group, server.proc)
+            server.stopped = True
+        if remove_data:
+            shutil.rmtree(server.data_dir, ignore_errors=True)
+
+    def cleanup(self) -> None:
+        for child in self.children:
+            if child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.kill()
+        for server in self.servers:
+            if not server.stopped:
+                kill_group(server.proc)
+                server.stopped = True
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    async def run(
+        self, cmd: Sequence[str], timeout: float, env: dict[str, str] | None = None
+    ) -> tuple[int, str, str]:
+        """Run a client command (wrk, curl, dd); kill it if we are cancelled or time out."""
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        self.children.append(proc)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise
+        finally:
+            if proc.returncode is not None:
+                self.children.remove(proc)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def tmp_parent() -> str | None:
+    """A temp folder on the same disk as the repository (so `dd` and uploads compare)."""
+    default = tempfile.gettempdir()
+    try:
+        same = os.stat(default).st_dev == os.stat(REPO).st_dev
+    except OSError:
+        same = False
+    if same:
+        return None
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    return str(OUT_DIR)
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group, then SIGKILL it if it lingers."""
+    if proc.poll() is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # orphaned workers, if any
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        print(f"  warning: pid {proc.pid} ignored SIGTERM for 10 s; SIGKILL", flush=True)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+def log_tail(server: Server, n: int = 25) -> str:
+    try:
+        lines = server.log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join("    | " + line for line in lines[-n:])
+
+
+class BenchError(Exception):
+    pass
+
+
+async def wait_ready(server: Server) -> None:
+    url = f"{server.base}/api/csv/sessions?limit=1"
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    timeout = aiohttp.ClientTimeout(total=2)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        while True:
+            code = server.proc.poll()
+            if code is not None:
+                raise BenchError(
+                    f"{server.label} exited with code {code} before answering "
+                    f"GET /api/csv/sessions?limit=1:\n{log_tail(server)}"
+                )
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with http.get(url) as resp:
+                    await resp.read()
+                    if resp.status == 200:
+                        return
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"{server.label} did not answer 200 within {SERVER_START_TIMEOUT:.0f} s:\n"
+                    f"{log_tail(server)}"
+                )
+            await asyncio.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- API helpers
+
+
+def client(limit: int = 100, total: float = 60) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit),
+        timeout=aiohttp.ClientTimeout(total=total),
+    )
+
+
+async def create_session(http: aiohttp.ClientSession, server: Server, sid: str) -> None:
+    async with http.post(f"{server.base}/api/csv/sessions", json={"session_id": sid}) as resp:
+        body = await resp.text()
+        if resp.status != 201:
+            raise BenchError(f"{server.label}: POST /api/csv/sessions {sid!r} -> {resp.status}")
+        del body
+
+
+async def get_json(http: aiohttp.ClientSession, url: str) -> Any:
+    async with http.get(url) as resp:
+        body = await resp.read()
+        if resp.status != 200:
+            raise BenchError(f"GET {url} -> {resp.status}: {body[:300]!r}")
+        return json.loads(body)
+
+
+async def delete_session(http: aiohttp.ClientSession, server: Server, sid: str) -> int:
+    async with http.delete(f"{server.base}/api/csv/sessions/{sid}") as resp:
+        await resp.read()
+        return resp.status
+
+
+async def session_file_ids(http: aiohttp.ClientSession, server: Server, sid: str) -> list[str]:
+    data = await get_json(http, f"{server.base}/api/csv/sessions/{sid}")
+    return [str(f["id"]) for f in data["csv_files"]]
+
+
+async def gather_limited(n: int, jobs: Sequence[Callable[[], Awaitable[None]]]) -> None:
+    """Run the jobs with at most n at a time; the first failure cancels the rest."""
+    queue = list(reversed(jobs))
+
+    async def worker() -> None:
+        while queue:
+            await queue.pop()()
+
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(min(n, len(jobs))):
+            tg.create_task(worker())
+
+
+# --------------------------------------------------------------------------- data
+
+
+CSV_HEADER = b"id,name,email,city,amount,created_at,note\n"
+CITIES = (b"Lisbon", b"Oslo", b"Quito", b"Accra", b"Hanoi", b"Perth", b"Lima", b"Turin")
+
+
+def csv_rows(start: int) -> Iterator[bytes]:
+    i = start
+    while True:
+        city = CITIES[i % len(CITIES)]
+        yield (
+            b"%d,user %d,user%d@example.com,%s,%d.%02d,2024-01-%02dT12:00:00Z,ok\n"
+            % (i, i, i, city, (i * 37) % 10000, i % 100, 1 + i % 28)
+        )
+        i += 1
+
+
+def csv_block(size: int, with_header: bool, start: int = 1) -> bytes:
+    """CSV text of exactly `size` bytes ending in a newline (rows of 7 columns)."""
+    out = bytearray(CSV_HEADER if with_header else b"")
+    rows = csv_rows(start)
+    filler = b"0,filler,filler@example.com,Nowhere,0.00,2024-01-01T00:00:00Z,\n"
+    while True:
+        row = next(rows)
+        if len(out) + len(row) + len(filler) > size:
+            break
+        out += row
+    pad = size - len(out) - len(filler)
+    out += filler[:-1] + b"x" * pad + b"\n"
+    assert len(out) == size
+    return bytes(out)
+
+
+def write_big_csv(path: Path, size: int) -> None:
+    """A CSV file of `size` bytes: a 1 MiB block of rows, repeated."""
+    block = min(size, MIB)
+    first = csv_block(block, with_header=True)
+    rest = csv_block(block, with_header=False, start=50_000)
+    with path.open("wb") as out:
+        out.write(first)
+        written = block
+        while written + block <= size:
+            out.write(rest)
+            written += block
+        if written < size:
+            out.write(csv_block(size - written, with_header=False, start=90_000))
+
+
+BOUNDARY = "----csvstorebench" + "7MA4YWxkTrZu0gW"
+
+
+def multipart_body(session_id: str, csv: bytes) -> bytes:
+    b = BOUNDARY.encode()
+    return b"".join(
+        [
+            b"--" + b + b"\r\n",
+            b'Content-Disposition: form-data; name="session_id"\r\n\r\n',
+            session_id.encode() + b"\r\n",
+            b"--" + b + b"\r\n",
+            b'Content-Disposition: form-data; name="file"; filename="data.csv"\r\n',
+            b"Content-Type: text/csv\r\n\r\n",
+            csv,
+            b"\r\n--" + b + b"--\r\n",
+        ]
+    )
+
+
+# --------------------------------------------------------------------------- scenario: small
+
+
+@dataclass
+class WrkResult:
+    conns: int
+    seconds: float
+    ok: int  # answers with the server's success status
+    status: dict[str, int]
+    issued: int
+    responses: int
+    socket_errors: dict[str, int]
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    wrk_cpu_s: float
+    server_cpu_s: float
+    ids: list[str] = field(repr=False)
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds
+
+    @property
+    def errors(self) -> int:
+        non_2xx = sum(n for s, n in self.status.items() if not s.startswith("2"))
+        sock = sum(v for k, v in self.socket_errors.items() if k != "status")
+        return non_2xx + sock
+
+    def summary(self) -> dict[str, Any]:
+        d = asdict(self)
+        del d["ids"]
+        d["uploads_per_s"] = self.rate
+        d["errors_total"] = self.errors
+        return d
+
+
+async def run_wrk(
+    h: Harness, s: Settings, server: Server, conns: int, bodies: list[Path], tag: str
+) -> WrkResult:
+    ids_out = bodies[0].parent / f"ids-{tag}.txt"
+    env = {
+        **os.environ,
+        "BENCH_BODIES": ",".join(str(p) for p in bodies),
+        "BENCH_BOUNDARY": BOUNDARY,
+        "BENCH_IDS_OUT": str(ids_out),
+    }
+    threads = max(1, min(s.wrk_threads, conns))
+    cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{s.small_duration}s"]
+    cmd += ["--timeout", "30s", "--latency", "-s", str(LUA_SCRIPT)]
+    cmd += [f"{server.base}/api/csv/upload"]
+    cpu0 = tree_cpu_seconds(server.proc.pid)
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    code, out, err = await h.run(cmd, timeout=s.small_duration + 90, env=env)
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu1 = tree_cpu_seconds(server.proc.pid)
+    line = next((x for x in out.splitlines() if x.startswith("BENCH_JSON ")), None)
+    if code != 0 or line is None:
+        raise BenchError(f"wrk failed (exit {code}):\n{out}\n{err}")
+    data = json.loads(line.removeprefix("BENCH_JSON "))
+    ids = ids_out.read_text().split() if ids_out.exists() else []
+    status = {str(k): int(v) for k, v in data["status"].items()}
+    lat = data["latency_us"]
+    return WrkResult(
+        conns=conns,
+        seconds=data["duration_us"] / 1e6,
+        ok=status.get(str(server.success), 0),
+        status=status,
+        issued=int(data["issued"]),
+        responses=int(data["requests"]),
+        socket_errors={k: int(v) for k, v in data["errors"].items()},
+        p50_ms=lat["p50"] / 1000,
+        p90_ms=lat["p90"] / 1000,
+        p99_ms=lat["p99"] / 1000,
+        max_ms=lat["max"] / 1000,
+        wrk_cpu_s=(ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime),
+        server_cpu_s=cpu1 - cpu0,
+        ids=ids,
+    )
+
+
+@dataclass
+class Check:
+    answered: int
+    recorded: int
+    missing: int
+    extra: int
+    in_flight: int
+    ok: bool
+
+    def text(self) -> str:
+        s = f"{self.recorded}/{self.answered}"
+        if self.missing:
+            s += f", {self.missing} MISSING"
+        if self.extra:
+            s += f", +{self.extra} in flight at stop"
+        return s
+
+
+async def verify_recorded(server: Server, sessions: list[str], res: WrkResult) -> Check:
+    """Every upload answered 201 must be listed in its session (by file id)."""
+    async with client() as http:
+        prev = -1
+        recorded: set[str] = set()
+        deadline = time.monotonic() + 15
+        while True:  # uploads in flight when wrk stopped may still be committing
+            recorded = set()
+            for sid in sessions:
+                recorded.update(await session_file_ids(http, server, sid))
+            if len(recorded) == prev or time.monotonic() > deadline:
+                break
+            prev = len(recorded)
+            await asyncio.sleep(0.5)
+    answered = set(res.ids)
+    missing = len(answered - recorded) + (res.ok - len(answered))  # 201 without an id
+    extra = len(recorded - answered)
+    in_flight = max(0, res.issued - res.responses)
+    ok = missing == 0 and len(res.ids) == res.ok and extra <= in_flight
+    return Check(res.ok, len(recorded), missing, extra, in_flight, ok)
+
+
+async def clear_uploads(server: Server, sessions: list[str]) -> None:
+    if server.kind == "baseline":
+        for p in server.data_dir.iterdir():
+            p.unlink()
+        return
+    async with client(total=120) as http:
+        for sid in sessions:
+            status = await delete_session(http, server, sid)
+            if status != 200:
+                print(f"  warning: DELETE session {sid} -> {status}", flush=True)
+
+
+async def scenario_small(h: Harness, s: Settings, rep: Report) -> None:
+    print(f"\n== small: 4 KiB CSV, {s.small_duration} s per level, wrk -t {s.wrk_threads}")
+    csv = csv_block(4 * KIB, with_header=True)
+    servers = [await h.start("baseline"), await h.start("csvstore")]
+    if h.workers:
+        servers.append(await h.start("csvstore", workers=h.workers))
+    bodies_dir = h.tmp("bodies")
+    results: dict[tuple[str, int], WrkResult] = {}
+    checks: dict[tuple[str, int], Check] = {}
+    for conns in s.small_levels:
+        for server in servers:
+            slug = server.label.replace(" ", "").replace("-", "")
+            sessions = [f"bench-small-c{conns}-{slug}-{i}" for i in range(s.small_sessions)]
+            async with client() as http:
+                for sid in sessions:
+                    await create_session(http, server, sid)
+            bodies = []
+            for sid in sessions:
+                path = bodies_dir / f"{sid}.body"
+                path.write_bytes(multipart_body(sid, csv))
+                bodies.append(path)
+            res = await run_wrk(h, s, server, conns, bodies, f"{slug}-{conns}")
+            results[(server.label, conns)] = res
+            extra: dict[str, Any] = {}
+            if server.kind == "csvstore":
+                chk = await verify_recorded(server, sessions, res)
+                checks[(server.label, conns)] = chk
+                extra["check"] = asdict(chk)
+            print(
+                f"  {server.label:<22} c={conns:<4} {res.rate:8.0f} uploads/s  "
+                f"p50 {res.p50_ms:7.1f} ms  p99 {res.p99_ms:7.1f} ms  errors {res.errors}  "
+                f"status {res.status}  server CPU {res.server_cpu_s / res.seconds:.0%}  "
+                f"wrk CPU {res.wrk_cpu_s / res.seconds:.0%}"
+                + (f"  recorded {checks[(server.label, conns)].text()}" if extra else ""),
+                flush=True,
+            )
+            rep.record("small", server=server.label, **res.summary(), **extra)
+            await clear_uploads(server, sessions)
+    for server in servers:
+        await h.stop(server)
+
+    # ---- rows
+    for conns in s.small_levels:
+        base = results[("baseline", conns)]
+        for label in [sv.label for sv in servers if sv.kind == "csvstore"]:
+            res = results[(label, conns)]
+            sc = "small" if label == "csvstore" else f"small ({label})"
+            target_rate = ""
+            met_rate: bool | None = None
+            if conns in (8, 64) and label == "csvstore":
+                target_rate = ">= 0.8x"
+                met_rate = res.rate >= 0.8 * base.rate
+            rep.add(Row(sc, f"c={conns} uploads/s", base.rate, res.rate, target_rate, met_rate))
+            rep.add(Row(sc, f"c={conns} p50 ms", base.p50_ms, res.p50_ms))
+            if conns == 64:
+                rep.add(
+                    Row(sc, f"c={conns} p99 ms", base.p99_ms, res.p99_ms, "<= 2x",
+                        res.p99_ms <= 2 * base.p99_ms)
+                )  # fmt: skip
+            else:
+                rep.add(Row(sc, f"c={conns} p99 ms", base.p99_ms, res.p99_ms))
+            rep.add(Row(sc, f"c={conns} errors", base.errors, res.errors, "0", res.errors == 0))
+            found = checks.get((label, conns))
+            if found is not None:
+                rep.add(
+                    Row(sc, f"c={conns} 201s recorded (API)", None, found.text(), "all", found.ok)
+                )
+            b_us = base.server_cpu_s / max(base.ok, 1) * 1e6
+            c_us = res.server_cpu_s / max(res.ok, 1) * 1e6
+            rep.add(Row(sc, f"c={conns} server CPU us/upload", b_us, c_us))
+            rep.add(
+                Row(sc, f"c={conns} wrk CPU % of 1 core", 100 * base.wrk_cpu_s / base.seconds,
+                    100 * res.wrk_cpu_s / res.seconds)
+            )  # fmt: skip
+            rep.add(
+                Row(sc, f"c={conns} wrk drives baseline faster", f"{base.rate:.0f}/s",
+                    f"{res.rate:.0f}/s", "base > csv", base.rate > res.rate)
+            )  # fmt: skip
+    if h.workers:
+        label = f"csvstore --workers {h.workers}"
+        for conns in s.small_levels:
+            one = results[("csvstore", conns)]
+            many = results[(label, conns)]
+            target = ">= 1.3x" if conns == 64 else ""
+            met = many.rate >= 1.3 * one.rate if conns == 64 else None
+            rep.add(
+                Row(f"small (--workers {h.workers} vs 1 proc)",
+                    f"c={conns} uploads/s (baseline col = 1 process)", one.rate, many.rate,
+                    target, met)
+            )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- scenario: large
+
+
+@dataclass
+class CurlRun:
+    wall_s: float
+    mb_s: float
+    codes: list[int]
+    times: list[float]
+    rss_start_mib: float
+    peak_hwm_mib: float
+    peak_sampled_mib: float
+    verified: str
+
+
+async def sample_rss(root: int, stop: asyncio.Event, peak: list[int]) -> None:
+    while not stop.is_set():
+        peak[0] = max(peak[0], tree_kib(root, "VmRSS"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.05)
+
+
+async def curl_uploads(
+    h: Harness, kind: str, path: Path, count: int, size: int
+) -> tuple[Server, CurlRun]:
+    server = await h.start(kind, workers=h.workers if kind == "csvstore" else None)
+    sid = f"bench-large-{uuid.uuid4().hex[:8]}"
+    async with client() as http:
+        await create_session(http, server, sid)
+    rss_start = tree_kib(server.proc.pid, "VmRSS")
+    stop = asyncio.Event()
+    peak = [rss_start]
+    sampler = asyncio.create_task(sample_rss(server.proc.pid, stop, peak))
+    cmd = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}"]
+    cmd += ["-F", f"file=@{path}", "-F", f"session_id={sid}", f"{server.base}/api/csv/upload"]
+    t0 = time.perf_counter()
+    try:
+        outs = await asyncio.gather(*(h.run(cmd, timeout=900) for _ in range(count)))
+    finally:
+        wall = time.perf_counter() - t0
+        stop.set()
+        await sampler
+    hwm = tree_kib(server.proc.pid, "VmHWM")
+    codes: list[int] = []
+    times: list[float] = []
+    for code, out, err in outs:
+        parts = out.split()
+        if code != 0 or len(parts) != 2:
+            codes.append(0)
+            print(f"  curl failed (exit {code}): {out} {err.strip()}", flush=True)
+            continue
+        codes.append(int(parts[0]))
+        times.append(float(parts[1]))
+    verified = ""
+    if server.kind == "csvstore":
+        async with client() as http:
+            data = await get_json(http, f"{server.base}/api/csv/sessions/{sid}")
+        sizes = sorted(int(f["file_size"]) for f in data["csv_files"])
+        n_ok = sum(1 for c in codes if c == server.success)
+        good = sizes == [size] * n_ok and n_ok == count
+        verified = f"{len(sizes)} listed, sizes {'ok' if good else 'WRONG'}"
+        if not good:
+            print(f"  listed sizes {sizes[:10]} for {n_ok} answers {server.success}", flush=True)
+    ok_bytes = size * sum(1 for c in codes if c == server.success)
+    run = CurlRun(
+        wall_s=wall,
+        mb_s=ok_bytes / wall / MB,
+        codes=codes,
+        times=times,
+        rss_start_mib=rss_start / KIB,
+        peak_hwm_mib=hwm / KIB,
+        peak_sampled_mib=peak[0] / KIB,
+        verified=verified,
+    )
+    return server, run
+
+
+async def dd_reference(h: Harness, src: Path, fsync: bool) -> float:
+    dst = h.tmp("dd") / "x"
+    cmd = ["dd", f"if={src}", f"of={dst}", "bs=1M"] + (["conv=fsync"] if fsync else [])
+    t0 = time.perf_counter()
+    code, _out, err = await h.run(cmd, timeout=900)
+    wall = time.perf_counter() - t0
+    dst.unlink(missing_ok=True)
+    if code != 0:
+        raise BenchError(f"dd failed: {err}")
+    return src.stat().st_size / wall / MB
+
+
+def size_label(n: int) -> str:
+    return f"{n // GIB} GiB" if n >= GIB and n % GIB == 0 else f"{n // MIB} MiB"
+
+
+async def scenario_large(h: Harness, s: Settings, rep: Report) -> None:
+    files = h.tmp("files")
+    big = files / "big.csv"
+    par = files / "par.csv"
+    t0 = time.perf_counter()
+    write_big_csv(big, s.big_size)
+    write_big_csv(par, s.par_size)
+    print(
+        f"\n== large: wrote {size_label(s.big_size)} + {size_label(s.par_size)} CSV files "
+        f"in {time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
+    dd_sync = await dd_reference(h, big, fsync=True)
+    dd_cache = await dd_reference(h, big, fsync=False)
+    print(
+        f"  dd bs=1M of {size_label(s.big_size)}: {dd_sync:.0f} MB/s with conv=fsync, "
+        f"{dd_cache:.0f} MB/s without",
+        flush=True,
+    )
+    rep.record("dd", size=s.big_size, fsync_mb_s=dd_sync, cache_mb_s=dd_cache)
+    cases = [
+        (f"{s.big_count} x {size_label(s.big_size)}", big, s.big_count, s.big_size),
+        (f"{s.par_count} x {size_label(s.par_size)}", par, s.par_count, s.par_size),
+    ]
+    runs: dict[tuple[str, str], CurlRun] = {}
+    label = "csvstore"
+    for case, path, count, size in cases:
+        for kind in ("baseline", "csvstore"):
+            server, run = await curl_uploads(h, kind, path, count, size)
+            label = server.label
+            await h.stop(server)  # fresh process (VmHWM is a lifetime peak) and data dir
+            runs[(case, kind)] = run
+            print(
+                f"  {case:<14} {server.label:<22} {run.mb_s:7.0f} MB/s  wall {run.wall_s:6.2f} s"
+                f"  codes {sorted(set(run.codes))}  RSS start {run.rss_start_mib:.0f} MiB, "
+                f"peak {run.peak_hwm_mib:.0f} MiB (VmHWM), {run.peak_sampled_mib:.0f} MiB "
+                f"(sampled)  {run.verified}",
+                flush=True,
+            )
+            rep.record("large", case=case, server=server.label, size=size, **asdict(run))
+    rep.add(Row("large", "dd bs=1M conv=fsync MB/s (ref)", dd_sync, None))
+    rep.add(Row("large", "dd bs=1M no fsync MB/s (ref)", dd_cache, None))
+    sc = "large" if label == "csvstore" else f"large ({label})"
+    for case, _path, count, _size in cases:
+        b = runs[(case, "baseline")]
+        c = runs[(case, "csvstore")]
+        rep.add(Row(sc, f"{case} MB/s", b.mb_s, c.mb_s, ">= 0.9x", c.mb_s >= 0.9 * b.mb_s))
+        rep.add(
+            Row(sc, f"{case} peak RSS MiB", b.peak_hwm_mib, c.peak_hwm_mib, "<= base+32",
+                c.peak_hwm_mib <= b.peak_hwm_mib + 32)
+        )  # fmt: skip
+        c_ok = sum(1 for x in c.codes if x == 201)
+        rep.add(
+            Row(sc, f"{case} answered ok (API check)", f"{b.codes.count(200)}/{count}",
+                f"{c_ok}/{count} {c.verified}".strip(), "all",
+                c_ok == count and "ok" in c.verified)
+        )  # fmt: skip
+    big.unlink()
+    par.unlink()
+
+
+# --------------------------------------------------------------------------- scenario: listing
+
+
+async def timed_gets(http: aiohttp.ClientSession, urls: list[str]) -> tuple[list[float], Any]:
+    lat: list[float] = []
+    sample: Any = None
+    for url in urls:
+        t0 = time.perf_counter()
+        async with http.get(url) as resp:
+            body = await resp.read()
+        lat.append((time.perf_counter() - t0) * 1000)
+        if resp.status != 200:
+            raise BenchError(f"GET {url} -> {resp.status}: {body[:300]!r}")
+        if sample is None:
+            sample = (json.loads(body), resp.headers.get("Link"))
+    return lat, sample
+
+
+async def scenario_listing(h: Harness, s: Settings, rep: Report) -> None:
+    n_s, n_f = s.list_sessions, s.list_files
+    print(f"\n== listing: {n_s} sessions x {n_f} files, {s.list_requests} GETs each", flush=True)
+    server = await h.start("csvstore", workers=h.workers)
+    sc = "listing" if server.label == "csvstore" else f"listing ({server.label})"
+    sids = [f"bench-list-{i:05d}" for i in range(n_s)]
+    small = csv_block(256, with_header=True)
+    async with client(limit=s.list_concurrency) as http:
+        t0 = time.perf_counter()
+
+        def make_session(sid: str) -> Callable[[], Awaitable[None]]:
+            return lambda: create_session(http, server, sid)
+
+        await gather_limited(s.list_concurrency, [make_session(sid) for sid in sids])
+        t1 = time.perf_counter()
+
+        def make_upload(sid: str, k: int) -> Callable[[], Awaitable[None]]:
+            async def job() -> None:
+                form = aiohttp.FormData()
+                form.add_field("session_id", sid)
+                form.add_field("file", small, filename=f"part{k}.csv", content_type="text/csv")
+                async with http.post(f"{server.base}/api/csv/upload", data=form) as resp:
+                    body = await resp.read()
+                    if resp.status != 201:
+                        raise BenchError(f"upload to {sid} -> {resp.status}: {body[:300]!r}")
+
+            return job
+
+        await gather_limited(
+            s.list_concurrency, [make_upload(sid, k) for sid in sids for k in range(n_f)]
+        )
+        t2 = time.perf_counter()
+    print(
+        f"  created {n_s} sessions in {t1 - t0:.1f} s ({n_s / (t1 - t0):.0f}/s), "
+        f"{n_s * n_f} uploads in {t2 - t1:.1f} s ({n_s * n_f / (t2 - t1):.0f}/s, "
+        f"aiohttp client, {s.list_concurrency} tasks)",
+        flush=True,
+    )
+    rng = random.Random(3)
+    async with client(limit=1) as http:
+        await get_json(http, f"{server.base}/api/csv/sessions?limit=100")  # warm-up
+        list_urls = [f"{server.base}/api/csv/sessions?limit=100"] * s.list_requests
+        list_lat, (first_page, link) = await timed_gets(http, list_urls)
+        one_urls = [
+            f"{server.base}/api/csv/sessions/{rng.choice(sids)}" for _ in range(s.list_requests)
+        ]
+        one_lat, (one, _) = await timed_gets(http, one_urls)
+    page_ok = (
+        isinstance(first_page, list)
+        and len(first_page) == min(100, n_s)
+        and all(len(x["csv_files"]) == n_f for x in first_page)
+    )
+    one_ok = len(one["csv_files"]) == n_f
+    shape = (
+        f"page of {len(first_page)} sessions with {n_f} files each: "
+        f"{'ok' if page_ok else 'WRONG'}; Link header: {'yes' if link else 'no'}; "
+        f"one session has {len(one['csv_files'])} files: {'ok' if one_ok else 'WRONG'}"
+    )
+    lp50, lp99 = percentile(list_lat, 50), percentile(list_lat, 99)
+    op50, op99 = percentile(one_lat, 50), percentile(one_lat, 99)
+    print(
+        f"  GET /api/csv/sessions?limit=100: p50 {lp50:.2f} ms, p99 {lp99:.2f} ms\n"
+        f"  GET /api/csv/sessions/{{id}}:      p50 {op50:.2f} ms, p99 {op99:.2f} ms\n"
+        f"  {shape}",
+        flush=True,
+    )
+    rep.record(
+        "listing",
+        server=server.label,
+        sessions=n_s,
+        files=n_f,
+        create_sessions_s=t1 - t0,
+        uploads_s=t2 - t1,
+        list_ms=list_lat,
+        one_ms=one_lat,
+        shape=shape,
+    )
+    await h.stop(server)
+    rep.add(
+        Row(sc, f"{n_f * n_s} uploads/s (aiohttp client, {s.list_concurrency} tasks)", None,
+            n_s * n_f / (t2 - t1))
+    )  # fmt: skip
+    rep.add(Row(sc, "GET sessions?limit=100 p50 ms", None, lp50, "<= 15 ms", lp50 <= 15))
+    rep.add(Row(sc, "GET sessions?limit=100 p99 ms", None, lp99))
+    rep.add(Row(sc, "GET sessions/{id} p50 ms", None, op50, "<= 3 ms", op50 <= 3))
+    rep.add(Row(sc, "GET sessions/{id} p99 ms", None, op99))
+    rep.add(Row(sc, "response shapes", None, "ok" if page_ok and one_ok else "WRONG", "ok",
+                page_ok and one_ok))  # fmt: skip
+
+
+# --------------------------------------------------------------------------- main
+
+
+SCENARIO_FUNCS = {
+    "small": scenario_small,
+    "large": scenario_large,
+    "listing": scenario_listing,
+}
+
+
+async def amain(args: argparse.Namespace, h: Harness, rep: Report) -> int:
+    s = Settings.make(args.quick, args.wrk_threads)
+    only = [x.strip() for x in args.only.split(",")] if args.only else list(SCENARIOS)
+    failed: list[str] = []
+    for name in only:
+        try:
+            await SCENARIO_FUNCS[name](h, s, rep)
+        except BenchError as exc:
+            failed.append(name)
+            rep.note(f"scenario {name} failed: {exc}")
+            for server in list(h.servers):
+                await h.stop(server)
+    return 1 if failed else 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes and short runs (< 1 min)")
+    p.add_argument(
+        "--only", metavar="SCENARIO", help=f"comma-separated subset of {', '.join(SCENARIOS)}"
+    )
+    p.add_argument("--workers", type=int, metavar="N", help="run csvstore with --workers N")
+    p.add_argument("--wrk-threads", type=int, default=2, help=argparse.SUPPRESS)
+    # Development only: the command that stands in for csvstore, with {python}, {host},
+    # {port} and {dir} placeholders (e.g. a second baseline while csvstore is not runnable).
+    p.add_argument("--target-cmd", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.only:
+        bad = [x for x in args.only.split(",") if x.strip() not in SCENARIOS]
+        if bad:
+            p.error(f"unknown scenario {', '.join(bad)}; choose from {', '.join(SCENARIOS)}")
+    if args.workers is not None and args.workers < 1:
+        p.error("--workers must be >= 1")
+    return args
+
+
+def raise_limits() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    rep = Report(OUT_DIR / f"results-{stamp}.jsonl")
+    if not args.only or "small" in args.only:
+        ensure_wrk()
+    raise_limits()
+    info = machine_info()
+    command = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(f"csvstore benchmark - {info['date']}")
+    print(
+        f"machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']}, {info['kernel']}, "
+        f"Python {info['python']}, aiohttp {info['aiohttp']}, {info['wrk']}"
+    )
+    print(f"repo commit {info['commit']}; command: {command.strip()}")
+    rep.record("machine", command=command.strip(), quick=args.quick, **info)
+    h = Harness(args.target_cmd, args.workers)
+    print(f"temp dir {h.root}; results -> {rep.path.relative_to(REPO)}", flush=True)
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    code = 1
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            code = runner.run(amain(args, h, rep))
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping servers and removing temp files", flush=True)
+        code = 130
+    finally:
+        h.cleanup()
+    elapsed = time.monotonic() - started
+    if rep.rows:
+        print("\n" + rep.table())
+    for n in rep.notes:
+        print(f"\n{n}")
+    unmet = [r for r in rep.rows if r.met is False]
+    print(
+        f"\n{len(rep.rows)} figures, {sum(r.met is True for r in rep.rows)} targets met, "
+        f"{len(unmet)} not met; {elapsed:.0f} s; JSON lines in {rep.path.relative_to(REPO)}"
+    )
+    rep.record("end", elapsed_s=elapsed, exit_code=code, markdown=rep.markdown())
+    return code
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return None
+    return uvloop.new_event_loop
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""``python -m csvstore``: flags, then ``CSVSTORE_*`` variables, then defaults -> run the app."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import fields, replace
+
+from aiohttp import web
+
+from csvstore import __version__
+from csvstore.app import create_app
+from csvstore.config import Settings, convert
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m csvstore",
+        description=(
+            "csvstore: an HTTP service that stores CSV files grouped by client-chosen "
+            "sessions. Every setting is a flag or a CSVSTORE_* environment variable; "
+            "a flag wins over the variable, the variable over the default."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"csvstore {__version__}")
+    defaults = Settings()
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            metavar=f.name.upper(),
+            default=None,
+            help=(
+                f"{f.metadata['help']} "
+                f"(env {f.metadata['env']}; default: {getattr(defaults, f.name)})"
+            ),
+        )
+    return parser
+
+
+def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_mapping(environ)
+        overrides = {
+            f.name: convert(f.name, value)
+            for f in fields(Settings)
+            if (value := getattr(args, f.name)) is not None
+        }
+    except ValueError as exc:
+        parser.error(str(exc))
+    return replace(settings, **overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = settings_from(sys.argv[1:] if argv is None else argv, os.environ)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("csvstore").info(
+        "csvstore %s listening on http://%s:%d, data in %s, max upload %d bytes",
+        __version__,
+        settings.host,
+        settings.port,
+        settings.data_dir.resolve(),
+        settings.max_upload_size,
+    )
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is optional off Linux
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log=None,
+        loop=loop_factory() if loop_factory else None,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Settings: one frozen dataclass, built from flags and ``CSVSTORE_*`` variables.
+
+Tests build :class:`Settings` directly; ``__main__`` builds it from the command line,
+falling back to the environment, falling back to the defaults below.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mb": MiB, "mib": MiB}
+_SIZE_UNITS |= {"g": GiB, "gb": GiB, "gib": GiB, "t": 1024 * GiB, "tb": 1024 * GiB}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str) -> int:
+    """``"1GiB"`` -> 1073741824; plain numbers are bytes. Units are binary (1k = 1024)."""
+    match = _SIZE_RE.match(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {text!r} (use bytes or a unit such as 64KiB, 1GiB)")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def _help(text: str, env: str, flag: str | None = None) -> dict[str, Any]:
+    return {"help": text, "env": env, "flag": flag}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service can be told. Each field is a flag and a ``CSVSTORE_*`` variable."""
+
+    host: str = field(
+        default="127.0.0.1",
+        metadata=_help(
+            "address to listen on; loopback by default so a fresh start is never public",
+            "CSVSTORE_HOST",
+        ),
+    )
+    port: int = field(
+        default=8000, metadata=_help("TCP port to listen on", "CSVSTORE_PORT")
+    )
+    data_dir: Path = field(
+        default=Path("."),
+        metadata=_help(
+            "folder holding the SQLite database (csvstore.db), the stored files (uploads/) "
+            "and in-progress uploads (tmp/)",
+            "CSVSTORE_DATA_DIR",
+        ),
+    )
+    # 1 GiB: large enough for real exports, small enough that one client cannot fill a disk
+    # by accident. Checked while streaming, so a bigger upload costs nothing to refuse.
+    max_upload_size: int = field(
+        default=GiB,
+        metadata=_help(
+            "largest accepted CSV file (bytes, or with a unit: 512MiB, 2GiB); larger -> 413",
+            "CSVSTORE_MAX_UPLOAD_SIZE",
+        ),
+    )
+    log_level: str = field(
+        default="info",
+        metadata=_help("logging level: debug, info, warning, error", "CSVSTORE_LOG_LEVEL"),
+    )
+    # 1 MiB chunks: aiohttp's default 8 KiB read_chunk costs a thread hop per 8 KiB written;
+    # 1 MiB keeps hops rare while memory stays bounded at one chunk per upload in flight.
+    upload_chunk_size: int = field(
+        default=MiB,
+        metadata=_help(
+            "bytes read from the request and written to disk per step",
+            "CSVSTORE_UPLOAD_CHUNK_SIZE",
+        ),
+    )
+    # A client that sends nothing for this long is cut off, so a stalled upload cannot hold
+    # a connection and a temp file forever.
+    body_read_timeout: float = field(
+        default=60.0,
+        metadata=_help(
+            "seconds to wait for the next piece of a request body before giving up",
+            "CSVSTORE_BODY_READ_TIMEOUT",
+        ),
+    )
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "csvstore.db"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def temp_dir(self) -> Path:
+        # Beside uploads/ on the same filesystem, so publishing is an atomic rename.
+        return self.data_dir / "tmp"
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, str]) -> Settings:
+        """Build settings from ``CSVSTORE_*`` style strings (the environment, or a test's dict)."""
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = values.get(f.metadata["env"])
+            if raw is not None and raw != "":
+                kwargs[f.name] = convert(f.name, raw)
+        return cls(**kwargs)
+
+
+def convert(name: str, raw: str) -> Any:
+    """Turn the text of one setting into its typed value; ``ValueError`` says what is wrong."""
+    if name in {"max_upload_size", "upload_chunk_size"}:
+        return parse_size(raw)
+    if name == "port":
+        port = int(raw)
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port out of range: {port}")
+        return port
+    if name == "body_read_timeout":
+        return float(raw)
+    if name == "data_dir":
+        return Path(raw)
+    if name == "log_level":
+        if raw.lower() not in {"debug", "info", "warning", "error", "critical"}:
+            raise ValueError(f"unknown log level: {raw}")
+        return raw.lower()
+    return raw

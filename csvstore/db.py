@@ -1,0 +1,274 @@
+"""The metadata database: connections, migrations, and how reads and writes run.
+
+Callers hand the database an *operation*: an async function that takes an
+:class:`Executor` and runs named queries on it (see ``repo.py``). ``read(op)`` runs it on a
+read connection; ``write(op)`` runs it inside a write transaction. That is the whole
+interface, so another engine can implement it without touching the callers.
+
+On SQLite all writes go through one connection owned by one task, which commits them in
+batches (group commit): every operation waiting when a transaction starts joins it, and
+each caller is answered only once the transaction holding its change is committed. One
+fsync then covers many uploads, and concurrent writers never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import aiosqlite
+
+from csvstore.errors import InsufficientStorage
+from csvstore.queries import SQL_DIR, Queries, Query, load_migrations
+from csvstore.timeutil import utc_now
+
+log = logging.getLogger("csvstore.db")
+
+Row = dict[str, Any]
+T = TypeVar("T")
+
+
+class Executor(Protocol):
+    """What an operation may do: run a named query and get rows back as dicts."""
+
+    async def one(self, query: Query, params: Mapping[str, Any] | None = None) -> Row | None: ...
+
+    async def all(self, query: Query, params: Mapping[str, Any] | None = None) -> list[Row]: ...
+
+
+Operation = Callable[[Executor], Awaitable[T]]
+
+
+class Database(Protocol):
+    queries: Queries
+
+    async def read(self, op: Operation[T]) -> T: ...
+
+    async def write(self, op: Operation[T]) -> T: ...
+
+    async def close(self) -> None: ...
+
+
+def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
+    return {column[0]: value for column, value in zip(cursor.description, row, strict=True)}
+
+
+class _SqliteExecutor:
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def all(self, query: Query, params: Mapping[str, Any] | None = None) -> list[Row]:
+        with _storage_errors():
+            rows = await self._conn.execute_fetchall(query.sql, params or {})
+        return list(rows)  # type: ignore[arg-type]  # rows are dicts via the row factory
+
+    async def one(self, query: Query, params: Mapping[str, Any] | None = None) -> Row | None:
+        rows = await self.all(query, params)
+        return rows[0] if rows else None
+
+
+@contextlib.contextmanager
+def _storage_errors() -> Iterator[None]:
+    """A full disk under SQLite is the client's 507, not a 500 with a traceback."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "full" in str(exc).lower():
+            raise InsufficientStorage(
+                "the server's disk is full: the database could not record the change"
+            ) from exc
+        raise
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a SQL script into statements, keeping trigger bodies (``BEGIN ... END;``) whole."""
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip() and not all(
+        line.strip().startswith("--") or not line.strip() for line in buffer.splitlines()
+    ):
+        raise ValueError(f"incomplete SQL statement at the end of the script: {buffer!r}")
+    return statements
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    op: Operation[Any]
+    future: asyncio.Future[Any]
+
+
+class SqliteDatabase:
+    """SQLite in WAL mode: one writer task with group commit, a few read connections."""
+
+    # Bounded so one transaction (and the wait of its first caller) stays short.
+    MAX_BATCH = 256
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        readers: int = 2,
+        synchronous_full: bool = True,
+        sql_dir: Path = SQL_DIR,
+    ) -> None:
+        self.path = path
+        self.queries = Queries(sql_dir)
+        self._sql_dir = sql_dir
+        self._reader_count = readers
+        self._synchronous_full = synchronous_full
+        self._writer: aiosqlite.Connection | None = None
+        self._readers: list[aiosqlite.Connection] = []
+        self._next_reader = 0
+        # None is the sentinel that tells the writer to stop once the queue before it is done.
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._writer_task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._connect()
+        await self._migrate(self._writer)
+        for _ in range(self._reader_count):
+            self._readers.append(await self._connect())
+        self._writer_task = asyncio.create_task(self._write_loop(), name="sqlite-writer")
+
+    async def _connect(self) -> aiosqlite.Connection:
+        # isolation_level=None: transactions are begun explicitly (BEGIN IMMEDIATE).
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = _dict_row
+        q = self.queries
+        for pragma in (q.pragma_wal, q.pragma_foreign_keys, q.pragma_busy_timeout):
+            await conn.execute(pragma.sql)
+        sync = q.pragma_synchronous_full if self._synchronous_full else q.pragma_synchronous_normal
+        await conn.execute(sync.sql)
+        return conn
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        """Apply each pending migration in its own transaction, recording its version.
+
+        The write lock is taken before the applied versions are read, so two processes
+        starting at once apply each migration exactly once.
+        """
+        q = self.queries
+        await conn.execute(q.create_migrations_table.sql)
+        for migration in load_migrations(self._sql_dir / "migrations"):
+            await conn.execute(q.begin_immediate.sql)
+            try:
+                applied = {row["version"] for row in await conn.execute_fetchall(
+                    q.applied_migrations.sql
+                )}  # type: ignore[index]
+                if migration.version in applied:
+                    await conn.rollback()
+                    continue
+                for statement in split_statements(migration.sql):
+                    await conn.execute(statement)
+                await conn.execute(
+                    q.record_migration.sql,
+                    {"version": migration.version, "name": migration.name, "applied_at": utc_now()},
+                )
+                await conn.commit()
+                log.info("applied migration %s", migration.name)
+            except BaseException:
+                await conn.rollback()
+                raise
+
+    async def read(self, op: Operation[T]) -> T:
+        conn = self._readers[self._next_reader]
+        self._next_reader = (self._next_reader + 1) % len(self._readers)
+        return await op(_SqliteExecutor(conn))
+
+    async def write(self, op: Operation[T]) -> T:
+        if self._writer_task is None or self._writer_task.done():
+            raise RuntimeError("the database is not open")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(op, future))
+        return await future
+
+    async def _write_loop(self) -> None:
+        assert self._writer is not None
+        executor = _SqliteExecutor(self._writer)
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.MAX_BATCH and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            try:
+                await self._run_batch(executor, batch)
+            except Exception as exc:  # the batch failed as a whole: every caller hears why
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+
+    async def _run_batch(self, executor: _SqliteExecutor, batch: list[_Pending]) -> None:
+        assert self._writer is not None
+        results: list[Any] = []
+        await self._writer.execute(self.queries.begin_immediate.sql)
+        try:
+            for pending in batch:
+                results.append(await pending.op(executor))
+            with _storage_errors():
+                await self._writer.commit()
+        except Exception:
+            await self._writer.rollback()
+            if len(batch) == 1:
+                raise
+            # One operation failed: none of the batch is committed. Run each on its own so
+            # the failure reaches only its caller and the others still commit.
+            for pending in batch:
+                await self._run_alone(executor, pending)
+            return
+        for pending, result in zip(batch, results, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(result)
+
+    async def _run_alone(self, executor: _SqliteExecutor, pending: _Pending) -> None:
+        assert self._writer is not None
+        try:
+            await self._writer.execute(self.queries.begin_immediate.sql)
+            try:
+                result = await pending.op(executor)
+                with _storage_errors():
+                    await self._writer.commit()
+            except BaseException:
+                await self._writer.rollback()
+                raise
+        except Exception as exc:
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+        else:
+            if not pending.future.done():
+                pending.future.set_result(result)
+
+    async def integrity_check(self) -> list[str]:
+        rows = await self.read(lambda x: x.all(self.queries.integrity_check))
+        return [str(next(iter(row.values()))) for row in rows]
+
+    async def close(self) -> None:
+        if self._writer_task is not None:
+            # Queued writes finish first: their callers are waiting for an answer.
+            self._queue.put_nowait(None)
+            await self._writer_task
+            self._writer_task = None
+        for conn in [*self._readers, *([self._writer] if self._writer else [])]:
+            await conn.close()
+        self._readers.clear()
+        self._writer = None

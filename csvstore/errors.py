@@ -1,0 +1,128 @@
+"""The error hierarchy, and the one place where any exception becomes an HTTP answer.
+
+Domain code raises :class:`ApiError` subclasses where the problem is known; the middleware
+renders every error -- ours, aiohttp's own (404 route, 405 method) and unexpected ones --
+as ``application/problem+json`` (RFC 9457) that always carries ``detail``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+import orjson
+from aiohttp import web
+
+log = logging.getLogger("csvstore")
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class ApiError(Exception):
+    """An error a client can act on. ``status`` lives on the class; ``detail`` says why."""
+
+    status: ClassVar[int] = 500
+
+    def __init__(self, detail: str, *, errors: dict[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class ValidationFailed(BadRequest):
+    """Input that does not fit its schema; ``errors`` names the offending fields."""
+
+
+class NotACsv(BadRequest):
+    """The uploaded bytes, or the file name, are not a CSV file."""
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class RequestTimeout(ApiError):
+    status = 408
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+
+
+class InsufficientStorage(ApiError):
+    status = 507
+
+
+class ClientGone(Exception):
+    """The client stopped sending mid-body; there is nobody left to answer."""
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    errors: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if errors:
+        body["errors"] = errors
+    return web.Response(
+        status=status,
+        body=orjson.dumps(body),
+        content_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_AIOHTTP_DETAILS = {
+    404: "no such endpoint: {method} {path}",
+    405: "method {method} is not allowed on {path}",
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return problem_response(exc.status, exc.detail, errors=exc.errors)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        template = _AIOHTTP_DETAILS.get(exc.status)
+        detail = (
+            template.format(method=request.method, path=request.path)
+            if template
+            else exc.reason
+        )
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return problem_response(exc.status, detail, headers=headers)
+    except ClientGone:
+        # Nothing useful can reach the client; 400 keeps it out of the 5xx figures.
+        return problem_response(400, "the client closed the connection before the body ended")
+    except Exception:
+        # Never echo the exception: it may name internal paths. The log has the traceback.
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem_response(500, "internal error: the server could not complete the request")

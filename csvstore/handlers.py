@@ -1,0 +1,122 @@
+"""HTTP handlers: parse with a schema, call the service, render with a schema. Nothing more."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+from aiohttp import web
+from marshmallow import Schema, ValidationError
+
+from csvstore import schemas
+from csvstore.errors import BadRequest, UnsupportedMediaType, ValidationFailed
+from csvstore.ingest import UploadLimits, receive_upload
+from csvstore.keys import LIMITS_KEY, STORE_KEY
+
+_session_created = schemas.SessionCreatedResponse()
+_session = schemas.SessionSchema()
+_sessions = schemas.SessionSchema(many=True)
+_file = schemas.FileSchema()
+_uploaded = schemas.UploadResponse()
+_message = schemas.MessageResponse()
+
+
+def json_response(
+    data: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(data), content_type="application/json", headers=headers
+    )
+
+
+def load(schema: Schema, data: Any, *, what: str) -> dict[str, Any]:
+    """Validate input with a schema; a failure is a 400 that names each offending field."""
+    try:
+        return schema.load(data)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        messages = exc.normalized_messages()
+        summary = "; ".join(
+            f"{field}: {' '.join(map(str, msgs)) if isinstance(msgs, list) else msgs}"
+            for field, msgs in messages.items()
+        )
+        raise ValidationFailed(f"invalid {what}: {summary}", errors=messages) from None
+
+
+async def read_json(request: web.Request) -> Any:
+    # A missing type is taken as JSON (as FastAPI does); another type is a mistake to name.
+    ctype = request.headers.get("Content-Type")
+    if ctype is not None and request.content_type != "application/json" and not (
+        request.content_type.endswith("+json")
+    ):
+        raise UnsupportedMediaType(f"expected an application/json body, got {request.content_type}")
+    raw = await request.read()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+
+
+# Sessions
+
+
+async def create_session(request: web.Request) -> web.Response:
+    body = load(schemas.SessionCreateRequest(), await read_json(request), what="session")
+    session = await request.app[STORE_KEY].create_session(body["session_id"])
+    session_id = session["session_id"]
+    return json_response(
+        _session_created.dump({"message": "Session created successfully", "session_id": session_id}),
+        status=201,
+        headers={"Location": f"/api/csv/sessions/{quote(session_id)}"},
+    )
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    query = load(schemas.SessionListQuery(), dict(request.query), what="query")
+    limit = query["limit"]
+    # One more than asked for tells whether a next page exists without a second round trip.
+    page = await request.app[STORE_KEY].list_sessions(after=query["after"], limit=limit + 1)
+    headers = {}
+    if len(page) > limit:
+        page = page[:limit]
+        next_url = request.url.with_query({"limit": str(limit), "after": page[-1]["session_id"]})
+        headers["Link"] = f'<{next_url}>; rel="next"'
+    return json_response(_sessions.dump(page), headers=headers)
+
+
+async def get_session(request: web.Request) -> web.Response:
+    session = await request.app[STORE_KEY].get_session(request.match_info["session_id"])
+    return json_response(_session.dump(session))
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    await request.app[STORE_KEY].delete_session(request.match_info["session_id"])
+    return json_response(_message.dump({"message": "Session deleted successfully"}))
+
+
+# Files
+
+
+async def upload(request: web.Request) -> web.Response:
+    limits: UploadLimits = request.app[LIMITS_KEY]
+    uploaded = await receive_upload(request, request.app[STORE_KEY], limits)
+    body = {
+        "message": "File uploaded successfully",
+        "session_id": uploaded.session_id,
+        "file": uploaded.file,
+    }
+    return json_response(
+        _uploaded.dump(body),
+        status=201,
+        headers={"Location": f"/api/csv/files/{uploaded.file['id']}"},
+    )
+
+
+async def get_file(request: web.Request) -> web.Response:
+    row = await request.app[STORE_KEY].get_file(request.match_info["file_id"])
+    return json_response(_file.dump(row))
+
+
+async def delete_file(request: web.Request) -> web.Response:
+    await request.app[STORE_KEY].delete_file(request.match_info["file_id"])
+    return json_response(_message.dump({"message": "File deleted successfully"}))

@@ -1,0 +1,211 @@
+"""Receiving an upload: the multipart form, streamed part by part, straight to storage.
+
+The body is never held whole: the ``file`` part is read in large chunks, each checked
+(size limit, CSV content) and written to a temporary object before the next is read. The
+form fields may come in any order -- ``requests`` sends ``session_id`` first, ``curl -F
+file=@x -F session_id=s`` sends it last -- so the session is checked as soon as its id is
+known: before the file streams when it comes first, before publishing when it comes last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import aiohttp
+from aiohttp import BodyPartReader, MultipartReader, web
+
+from csvstore.csvcheck import CsvContentCheck, clean_filename
+from csvstore.db import Row
+from csvstore.errors import (
+    BadRequest,
+    ClientGone,
+    PayloadTooLarge,
+    RequestTimeout,
+    ValidationFailed,
+)
+from csvstore.schemas import UploadForm
+from csvstore.service import CsvStore
+from csvstore.storage import StorageWriter
+
+T = TypeVar("T")
+
+# A form has two parts; a few more (options such as a digest) are fine. Thousands are abuse.
+MAX_PARTS = 16
+# Text fields are ids and options: anything longer is not a value we would accept.
+MAX_FIELD_BYTES = 4096
+# Multipart framing around the file: boundaries and part headers. Used only to refuse a
+# Content-Length that could not possibly fit under the size limit before reading any of it.
+FORM_OVERHEAD = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class UploadLimits:
+    max_upload_size: int
+    chunk_size: int
+    read_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Uploaded:
+    session_id: str  # the client's id of the session the file went into
+    file: Row
+
+
+class _Form:
+    """What has been read of the form so far."""
+
+    def __init__(self) -> None:
+        self.session_id: str | None = None
+        self.session_checked = False
+        self.file_id: str | None = None
+        self.original_filename: str | None = None
+        self.writer: StorageWriter | None = None
+
+
+async def receive_upload(
+    request: web.Request, store: CsvStore, limits: UploadLimits
+) -> Uploaded:
+    if request.content_type != "multipart/form-data":
+        raise BadRequest(
+            f"expected a multipart/form-data body with 'file' and 'session_id' fields, "
+            f"got {request.content_type or 'no content type'}"
+        )
+    length = request.content_length
+    if length is not None and length > limits.max_upload_size + FORM_OVERHEAD:
+        raise _too_large(limits)
+    try:
+        reader = await request.multipart()
+    except (ValueError, AssertionError, KeyError) as exc:
+        raise BadRequest("malformed multipart body: the boundary is missing or invalid") from exc
+
+    form = _Form()
+    try:
+        await _read_form(reader, store, limits, form)
+        writer = form.writer
+        if writer is None:
+            raise _missing("file")
+        if form.session_id is None:
+            raise _missing("session_id")
+        if not form.session_checked:
+            await store.require_session(form.session_id)
+        assert form.file_id is not None and form.original_filename is not None
+        form.writer = None  # publish_upload owns it now, and removes it on failure
+        row = await store.publish_upload(
+            writer,
+            file_id=form.file_id,
+            session_id=form.session_id,
+            original_filename=form.original_filename,
+        )
+        return Uploaded(form.session_id, row)
+    finally:
+        if form.writer is not None:
+            await form.writer.abort()
+
+
+async def _read_form(
+    reader: MultipartReader, store: CsvStore, limits: UploadLimits, form: _Form
+) -> None:
+    for _ in range(MAX_PARTS):
+        part = await _guarded(reader.next(), limits)
+        if part is None:
+            return
+        if not isinstance(part, BodyPartReader):
+            raise BadRequest("nested multipart bodies are not supported")
+        if part.name == "file":
+            if form.writer is not None:
+                raise BadRequest("the form has more than one 'file' part: send one file per upload")
+            form.original_filename = clean_filename(part.filename)
+            if form.session_id is not None:
+                await store.require_session(form.session_id)
+                form.session_checked = True
+            form.file_id, key = store.new_file_key()
+            form.writer = await store.storage.begin(key)
+            await _stream_file(part, form.writer, limits)
+        elif part.name == "session_id":
+            if form.session_id is not None:
+                raise BadRequest("the form has more than one 'session_id' field")
+            form.session_id = _validated_session_id(await _read_field(part, limits))
+            if form.writer is None:  # fail fast, before a possibly large file streams in
+                await store.require_session(form.session_id)
+                form.session_checked = True
+        else:
+            await _read_field(part, limits)  # unknown fields are read and ignored
+    raise BadRequest(f"the form has more than {MAX_PARTS} parts")
+
+
+async def _stream_file(part: BodyPartReader, writer: StorageWriter, limits: UploadLimits) -> None:
+    check = CsvContentCheck()
+    received = 0
+    pending: list[bytes] = []
+    pending_size = 0
+    while True:
+        chunk = await _guarded(part.read_chunk(limits.chunk_size), limits)
+        if chunk:
+            received += len(chunk)
+            if received > limits.max_upload_size:
+                raise _too_large(limits)
+            check.feed(chunk)
+            pending.append(chunk)
+            pending_size += len(chunk)
+        # The network hands over whatever has arrived (often 64 KiB); gather a full chunk
+        # before writing so each thread hop to the disk moves a large block.
+        if pending and (pending_size >= limits.chunk_size or not chunk):
+            await writer.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            pending.clear()
+            pending_size = 0
+        if not chunk:
+            break
+    check.finish()
+
+
+async def _read_field(part: BodyPartReader, limits: UploadLimits) -> str:
+    data = bytearray()
+    while chunk := await _guarded(part.read_chunk(MAX_FIELD_BYTES), limits):
+        data += chunk
+        if len(data) > MAX_FIELD_BYTES:
+            raise BadRequest(f"form field {part.name!r} is longer than {MAX_FIELD_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(f"form field {part.name!r} is not UTF-8 text") from None
+
+
+def _validated_session_id(value: str) -> str:
+    errors = UploadForm().validate({"session_id": value, "file": b""})
+    if errors:
+        raise ValidationFailed(
+            f"invalid session_id: {errors['session_id'][0]}", errors={"session_id": errors["session_id"]}
+        )
+    return value
+
+
+async def _guarded(awaitable: Awaitable[T], limits: UploadLimits) -> T:
+    """Await one read of the body, bounded in time; map transport failures to our errors."""
+    try:
+        async with asyncio.timeout(limits.read_timeout):
+            return await awaitable
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body stalled: nothing arrived for {limits.read_timeout:g} seconds"
+        ) from None
+    except (aiohttp.ClientError, ConnectionError, asyncio.IncompleteReadError) as exc:
+        raise ClientGone() from exc
+    except ValueError as exc:
+        raise BadRequest("malformed multipart body: a part is truncated or badly framed") from exc
+
+
+def _missing(field: str) -> ValidationFailed:
+    return ValidationFailed(
+        f"missing form field {field!r}: send the CSV as 'file' and the session as 'session_id'",
+        errors={field: ["Missing data for required field."]},
+    )
+
+
+def _too_large(limits: UploadLimits) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the file is larger than the limit of {limits.max_upload_size} bytes"
+    )
+

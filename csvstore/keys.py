@@ -1,0 +1,14 @@
+"""Typed keys for what the application holds (aiohttp ``AppKey``s, not bare strings)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from csvstore.config import Settings
+from csvstore.ingest import UploadLimits
+from csvstore.service import CsvStore
+
+SETTINGS_KEY = web.AppKey("settings", Settings)
+STORE_KEY = web.AppKey("store", CsvStore)
+LIMITS_KEY = web.AppKey("upload_limits", UploadLimits)
+OPENAPI_KEY = web.AppKey("openapi", bytes)

@@ -1,0 +1,82 @@
+"""The OpenAPI document, generated from the route table and the marshmallow schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from aiohttp import web
+
+from csvstore import __version__, schemas
+from csvstore.errors import PROBLEM_JSON
+from csvstore.keys import OPENAPI_KEY
+from csvstore.routes import ROUTES
+
+# Nested schemas first: apispec then refers to them instead of registering them twice.
+_SCHEMAS = (
+    "FileSchema", "SessionSchema", "SessionCreateRequest", "SessionCreatedResponse",
+    "UploadForm", "UploadResponse", "MessageResponse", "Problem",
+)
+
+
+def _ref(name: str) -> dict[str, Any]:
+    if name.endswith("[]"):
+        return {"type": "array", "items": _ref(name[:-2])}
+    return {"$ref": f"#/components/schemas/{name.removesuffix('Schema') or name}"}
+
+
+def build_openapi() -> dict[str, Any]:
+    spec = APISpec(
+        title="csvstore",
+        version=__version__,
+        openapi_version="3.1.0",
+        plugins=[MarshmallowPlugin()],
+        info={"description": "Stores CSV files grouped by a client-chosen session id."},
+    )
+    for name in _SCHEMAS:
+        spec.components.schema(name.removesuffix("Schema") or name, schema=getattr(schemas, name))
+    operations: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        responses: dict[str, Any] = {}
+        for status, (description, schema_name) in route.responses.items():
+            if schema_name is None:
+                content = {PROBLEM_JSON: {"schema": _ref("Problem")}}
+            else:
+                content = {"application/json": {"schema": _ref(schema_name)}}
+            responses[str(status)] = {"description": description, "content": content}
+        responses.setdefault("500", {
+            "description": "Storage or database failure",
+            "content": {PROBLEM_JSON: {"schema": _ref("Problem")}},
+        })
+        operation: dict[str, Any] = {
+            "summary": route.summary,
+            "operationId": route.handler.__name__,
+            "tags": [route.tag],
+            "responses": responses,
+        }
+        if route.parameters:
+            operation["parameters"] = route.parameters
+        if route.request_schema:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {route.request_type: {"schema": _ref(route.request_schema)}},
+            }
+        operations.setdefault(route.path, {})[route.method.lower()] = operation
+    for path, ops in operations.items():
+        spec.path(path=path, operations=ops)
+    return spec.to_dict()
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI_KEY], content_type="application/json")
+
+
+def setup_openapi(app: web.Application) -> None:
+    """``/openapi.json``, and Swagger UI at ``/docs`` served from the package (no CDN)."""
+    from swagger_ui import api_doc
+
+    app[OPENAPI_KEY] = orjson.dumps(build_openapi())
+    app.router.add_get("/openapi.json", openapi_json)
+    api_doc(app, config_rel_url="/openapi.json", url_prefix="/docs", title="csvstore API")

@@ -1,0 +1,90 @@
+"""Named SQL queries loaded from the ``.sql`` files in ``sql/``.
+
+The format is aiosql's: each query starts with ``-- name: <name>`` and the comment lines
+under it are its documentation. A name ending in ``^`` returns at most one row. Queries use
+``:name`` parameters. The loader holds no connection: callers pass the query to a database.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+
+_NAME_LINE = re.compile(r"^--\s*name:\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<one>\^?)\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    name: str
+    sql: str
+    returns_one: bool
+
+
+def parse_queries(text: str, *, source: str = "<sql>") -> dict[str, Query]:
+    """Split one ``.sql`` file into its named queries."""
+    queries: dict[str, Query] = {}
+    name: str | None = None
+    one = False
+    body: list[str] = []
+
+    def flush() -> None:
+        if name is None:
+            return
+        sql = "\n".join(line for line in body if not line.lstrip().startswith("--")).strip()
+        if not sql:
+            raise ValueError(f"{source}: query {name!r} has no SQL")
+        if name in queries:
+            raise ValueError(f"{source}: query {name!r} is defined twice")
+        queries[name] = Query(name=name, sql=sql.rstrip(";"), returns_one=one)
+
+    for line in text.splitlines():
+        match = _NAME_LINE.match(line.strip())
+        if match:
+            flush()
+            name, one, body = match["name"], bool(match["one"]), []
+        elif name is not None:
+            body.append(line)
+    flush()
+    return queries
+
+
+class Queries:
+    """All named queries of ``sql/*.sql``, as attributes: ``queries.get_session``."""
+
+    def __init__(self, sql_dir: Path = SQL_DIR) -> None:
+        self._by_name: dict[str, Query] = {}
+        for path in sorted(sql_dir.glob("*.sql")):
+            for query in parse_queries(path.read_text(), source=path.name).values():
+                if query.name in self._by_name:
+                    raise ValueError(f"{path.name}: query {query.name!r} is defined twice")
+                self._by_name[query.name] = query
+
+    def __getattr__(self, name: str) -> Query:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise AttributeError(f"no query named {name!r} in sql/") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations(directory: Path) -> list[Migration]:
+    """``NNNN_description.sql`` files in version order; gaps and duplicates are errors."""
+    migrations = []
+    for path in sorted(directory.glob("*.sql")):
+        prefix = path.name.split("_", 1)[0]
+        if not prefix.isdigit():
+            raise ValueError(f"migration {path.name} does not start with a version number")
+        migrations.append(Migration(int(prefix), path.name, path.read_text()))
+    for expected, migration in enumerate(migrations, start=1):
+        if migration.version != expected:
+            raise ValueError(f"migration {migration.name}: expected version {expected}")
+    return migrations

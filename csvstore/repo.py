@@ -1,0 +1,102 @@
+"""Typed operations over the named queries. Each takes an :class:`Executor`.
+
+Reads are run with ``db.read(...)`` and changes with ``db.write(...)``; the functions
+themselves never open connections or transactions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from csvstore.db import Executor, Queries, Row
+
+
+@dataclass(frozen=True, slots=True)
+class NewFile:
+    id: str
+    session_id: str  # the client's session id
+    filename: str
+    original_filename: str
+    file_size: int
+    content_type: str
+    file_path: str
+    created_at: str
+
+
+class Repo:
+    """The queries the service needs, bound to the loaded SQL; holds no connection."""
+
+    def __init__(self, queries: Queries) -> None:
+        self.q = queries
+
+    async def create_session(
+        self, x: Executor, *, id: str, session_id: str, created_at: str
+    ) -> Row | None:
+        """The new session, or None when the session id is already taken."""
+        return await x.one(
+            self.q.insert_session, {"id": id, "session_id": session_id, "created_at": created_at}
+        )
+
+    async def get_session(self, x: Executor, session_id: str) -> Row | None:
+        return await x.one(self.q.get_session, {"session_id": session_id})
+
+    async def get_session_with_files(self, x: Executor, session_id: str) -> Row | None:
+        session = await self.get_session(x, session_id)
+        if session is not None:
+            session["csv_files"] = await x.all(
+                self.q.list_files_of_session, {"session_pk": session["id"]}
+            )
+        return session
+
+    async def list_sessions_with_files(self, x: Executor, *, after: str, limit: int) -> list[Row]:
+        """One page of sessions, each with its files: two queries whatever the page size."""
+        params = {"after": after, "limit": limit}
+        sessions = await x.all(self.q.list_sessions, params)
+        if not sessions:
+            return sessions
+        by_pk: dict[str, Row] = {}
+        for session in sessions:
+            session["csv_files"] = []
+            by_pk[session["id"]] = session
+        for file in await x.all(self.q.list_files_of_session_page, params):
+            owner = by_pk.get(file["session_id"])
+            # The two reads are separate snapshots: files of a session created in between
+            # belong to no session of this page and are skipped, never misplaced.
+            if owner is not None:
+                owner["csv_files"].append(file)
+        return sessions
+
+    async def insert_file(self, x: Executor, new: NewFile) -> Row | None:
+        """The stored row, or None when the session was deleted meanwhile."""
+        return await x.one(
+            self.q.insert_file,
+            {
+                "id": new.id,
+                "session_id": new.session_id,
+                "filename": new.filename,
+                "original_filename": new.original_filename,
+                "file_size": new.file_size,
+                "content_type": new.content_type,
+                "file_path": new.file_path,
+                "created_at": new.created_at,
+            },
+        )
+
+    async def get_file(self, x: Executor, file_id: str) -> Row | None:
+        return await x.one(self.q.get_file, {"id": file_id})
+
+    async def delete_file(self, x: Executor, file_id: str) -> str | None:
+        """Delete a file's row; its storage key, or None when there was no such file."""
+        row = await x.one(self.q.delete_file, {"id": file_id})
+        return None if row is None else str(row["file_path"])
+
+    async def delete_session(self, x: Executor, session_id: str) -> list[str] | None:
+        """Delete a session and its file rows; their storage keys, or None if no session."""
+        files = await x.all(self.q.delete_files_of_session, {"session_id": session_id})
+        deleted = await x.one(self.q.delete_session, {"session_id": session_id})
+        if deleted is None:
+            return None
+        return [str(row["file_path"]) for row in files]
+
+    async def all_file_paths(self, x: Executor) -> set[str]:
+        return {str(row["file_path"]) for row in await x.all(self.q.all_file_paths)}

@@ -1,0 +1,83 @@
+"""The one URL table. Each route also carries what the OpenAPI document says about it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from csvstore import handlers, schemas
+
+API = "/api/csv"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    # status -> (description, response schema name or None); errors use the Problem schema
+    responses: dict[int, tuple[str, str | None]]
+    request_schema: str | None = None
+    request_type: str = "application/json"
+    parameters: list[dict[str, Any]] = field(default_factory=list)
+    tag: str = "csv"
+
+
+_SESSION_ID = {"in": "path", "name": "session_id", "required": True, "schema": {"type": "string"}}
+_FILE_ID = {"in": "path", "name": "file_id", "required": True, "schema": {"type": "string"}}
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST", f"{API}/sessions", handlers.create_session, "Create a session",
+        {201: ("Created; Location names the session", "SessionCreatedResponse"),
+         400: ("Duplicate or invalid session id", None), 415: ("Body is not JSON", None)},
+        request_schema="SessionCreateRequest",
+    ),
+    Route(
+        "GET", f"{API}/sessions", handlers.list_sessions,
+        "List sessions with their files, a page at a time (Link: rel=next while more remain)",
+        {200: ("A page of sessions, in session_id order", "SessionSchema[]"),
+         400: ("Invalid limit or cursor", None)},
+        parameters=[{"in": "query", "schema": schemas.SessionListQuery}],
+    ),
+    Route(
+        "GET", f"{API}/sessions/{{session_id}}", handlers.get_session, "Get a session and its files",
+        {200: ("The session", "SessionSchema"), 404: ("No such session", None)},
+        parameters=[_SESSION_ID],
+    ),
+    Route(
+        "DELETE", f"{API}/sessions/{{session_id}}", handlers.delete_session,
+        "Delete a session, its files' rows and their stored bytes",
+        {200: ("Deleted", "MessageResponse"), 404: ("No such session", None)},
+        parameters=[_SESSION_ID],
+    ),
+    Route(
+        "POST", f"{API}/upload", handlers.upload, "Upload a CSV file into a session (streamed)",
+        {201: ("Stored; Location names the file", "UploadResponse"),
+         400: ("Not a CSV, or a bad form", None), 404: ("No such session", None),
+         413: ("Larger than the upload limit", None), 507: ("The server's disk is full", None)},
+        request_schema="UploadForm", request_type="multipart/form-data",
+    ),
+    Route(
+        "GET", f"{API}/files/{{file_id}}", handlers.get_file, "Get a file's metadata",
+        {200: ("The file", "FileSchema"), 404: ("No such file", None)},
+        parameters=[_FILE_ID],
+    ),
+    Route(
+        "DELETE", f"{API}/files/{{file_id}}", handlers.delete_file,
+        "Delete a file's row and its stored bytes",
+        {200: ("Deleted", "MessageResponse"), 404: ("No such file", None)},
+        parameters=[_FILE_ID],
+    ),
+)
+
+
+def setup_routes(app: web.Application) -> None:
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)

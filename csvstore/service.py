@@ -1,0 +1,149 @@
+"""What csvstore does, independent of HTTP: sessions, stored files, and their life cycle.
+
+Handlers parse and render; this class decides. The invariant it keeps: the stored files
+are exactly the files the database lists. Bytes are published before their row is
+committed and removed after their row is deleted, so a crash between the two leaves at
+worst a file without a row, which the start-up check removes -- never a row without bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+
+from csvstore.db import Database, Row
+from csvstore.errors import BadRequest, NotFound
+from csvstore.repo import NewFile, Repo
+from csvstore.storage import Storage, StorageWriter
+from csvstore.timeutil import utc_now
+
+log = logging.getLogger("csvstore")
+
+STORED_CONTENT_TYPE = "text/csv"
+
+
+@dataclass(frozen=True, slots=True)
+class StartupReport:
+    temp_files_removed: int
+    orphan_files_removed: int
+
+
+class CsvStore:
+    def __init__(self, db: Database, storage: Storage) -> None:
+        self.db = db
+        self.storage = storage
+        self.repo = Repo(db.queries)
+
+    async def startup_check(self) -> StartupReport:
+        """Remove what a crash may have left: temp files, and stored files with no row."""
+        temp_removed = await self.storage.prepare()
+        listed = await self.db.read(self.repo.all_file_paths)
+        orphans = sorted((await self.storage.keys()) - listed)
+        await self.storage.delete(orphans)
+        if temp_removed or orphans:
+            log.warning(
+                "start-up check removed %d temp file(s) and %d stored file(s) without a row",
+                temp_removed,
+                len(orphans),
+            )
+        return StartupReport(temp_removed, len(orphans))
+
+    # Sessions
+
+    async def create_session(self, session_id: str) -> Row:
+        now = utc_now()
+        created = await self.db.write(
+            lambda x: self.repo.create_session(
+                x, id=str(uuid.uuid4()), session_id=session_id, created_at=now
+            )
+        )
+        if created is None:
+            raise BadRequest(f"session {session_id!r} already exists")
+        return created
+
+    async def get_session(self, session_id: str) -> Row:
+        session = await self.db.read(lambda x: self.repo.get_session_with_files(x, session_id))
+        if session is None:
+            raise _session_not_found(session_id)
+        return session
+
+    async def require_session(self, session_id: str) -> None:
+        if await self.db.read(lambda x: self.repo.get_session(x, session_id)) is None:
+            raise _session_not_found(session_id)
+
+    async def list_sessions(self, *, after: str, limit: int) -> list[Row]:
+        return await self.db.read(
+            lambda x: self.repo.list_sessions_with_files(x, after=after, limit=limit)
+        )
+
+    async def delete_session(self, session_id: str) -> None:
+        keys = await self.db.write(lambda x: self.repo.delete_session(x, session_id))
+        if keys is None:
+            raise _session_not_found(session_id)
+        await self.storage.delete(keys)
+
+    # Files
+
+    @staticmethod
+    def new_file_key() -> tuple[str, str]:
+        """A fresh file id and the storage key (stored file name) derived from it."""
+        file_id = str(uuid.uuid4())
+        return file_id, f"{file_id}.csv"
+
+    async def publish_upload(
+        self, writer: StorageWriter, *, file_id: str, session_id: str, original_filename: str
+    ) -> Row:
+        """Make a fully received upload durable and visible; on any failure, remove it.
+
+        Shielded from cancellation: once the bytes are published, the row must be written
+        or the bytes removed, even if the client has gone.
+        """
+        return await asyncio.shield(
+            self._publish(writer, file_id, session_id, original_filename)
+        )
+
+    async def _publish(
+        self, writer: StorageWriter, file_id: str, session_id: str, original_filename: str
+    ) -> Row:
+        await writer.commit()
+        new = NewFile(
+            id=file_id,
+            session_id=session_id,
+            filename=writer.key,
+            original_filename=original_filename,
+            file_size=writer.size,
+            content_type=STORED_CONTENT_TYPE,
+            file_path=writer.key,
+            created_at=utc_now(),
+        )
+        try:
+            row = await self.db.write(lambda x: self.repo.insert_file(x, new))
+        except BaseException:
+            await self.storage.delete([writer.key])
+            raise
+        if row is None:  # the session was deleted while the upload streamed in
+            await self.storage.delete([writer.key])
+            raise _session_not_found(session_id)
+        return row
+
+    async def get_file(self, file_id: str) -> Row:
+        row = await self.db.read(lambda x: self.repo.get_file(x, file_id))
+        if row is None:
+            raise _file_not_found(file_id)
+        return row
+
+    async def delete_file(self, file_id: str) -> None:
+        key = await self.db.write(lambda x: self.repo.delete_file(x, file_id))
+        if key is None:
+            raise _file_not_found(file_id)
+        await self.storage.delete([key])
+
+
+def _session_not_found(session_id: str) -> NotFound:
+    return NotFound(f"session {session_id!r} not found")
+
+
+def _file_not_found(file_id: str) -> NotFound:
+    return NotFound(f"file {file_id!r} not found")

@@ -1,0 +1,169 @@
+"""Where the bytes of stored files live.
+
+An upload is written through a :class:`StorageWriter`: bytes stream into a temporary
+object, and only :meth:`StorageWriter.commit` makes them visible under their key, whole
+and durable. :meth:`StorageWriter.abort` leaves nothing behind. Keys are the stored file
+names (``<uuid>.csv``); the original names live only in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+from pathlib import Path
+from typing import Protocol
+
+import aiofiles
+from aiofiles.threadpool.binary import AsyncBufferedIOBase
+
+from csvstore.errors import InsufficientStorage
+
+log = logging.getLogger("csvstore.storage")
+
+TEMP_SUFFIX = ".part"
+
+
+class StorageWriter(Protocol):
+    key: str
+    size: int
+
+    async def write(self, chunk: bytes) -> None: ...
+
+    async def commit(self) -> None: ...
+
+    async def abort(self) -> None: ...
+
+
+class Storage(Protocol):
+    async def prepare(self) -> int: ...
+
+    async def begin(self, key: str) -> StorageWriter: ...
+
+    async def delete(self, keys: list[str]) -> None: ...
+
+    async def keys(self) -> set[str]: ...
+
+
+def _raise_if_disk_full(exc: OSError) -> None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise InsufficientStorage(
+            "the server's disk is full: the upload could not be stored"
+        ) from exc
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalWriter:
+    """One upload on its way into a local folder: ``temp/<key>.part`` -> ``root/<key>``."""
+
+    def __init__(self, storage: LocalStorage, key: str, handle: AsyncBufferedIOBase) -> None:
+        self.key = key
+        self.size = 0
+        self._storage = storage
+        self._handle = handle
+        self._temp_path = storage.temp_dir / (key + TEMP_SUFFIX)
+        self._closed = False
+
+    async def write(self, chunk: bytes) -> None:
+        try:
+            await self._handle.write(chunk)
+        except OSError as exc:
+            _raise_if_disk_full(exc)
+            raise
+        self.size += len(chunk)
+
+    async def commit(self) -> None:
+        """fsync the bytes, rename into place, fsync the folder: then the file is durable."""
+        final_path = self._storage.root / self.key
+        fsync = self._storage.fsync
+        fd = self._handle.fileno()
+        temp_path = self._temp_path
+
+        def publish() -> None:
+            if fsync:
+                os.fsync(fd)
+            os.rename(temp_path, final_path)
+            if fsync:
+                _fsync_dir(final_path.parent)
+
+        try:
+            await asyncio.to_thread(publish)
+        except OSError as exc:
+            await self.abort()
+            _raise_if_disk_full(exc)
+            raise
+        self._closed = True
+        await self._handle.close()
+
+    async def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            await self._handle.close()
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(self._temp_path.unlink)
+
+
+class LocalStorage:
+    """Files in one folder, named by key; uploads in progress in a temp folder beside it."""
+
+    def __init__(self, root: Path, temp_dir: Path, *, fsync: bool = True) -> None:
+        self.root = root
+        self.temp_dir = temp_dir
+        self.fsync = fsync
+
+    async def prepare(self) -> int:
+        """Create the folders and remove temp files a crash left behind; how many were removed."""
+
+        def run() -> int:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.temp_dir.mkdir(parents=True, exist_ok=True)
+            removed = 0
+            for entry in self.temp_dir.iterdir():
+                if entry.is_file():
+                    entry.unlink()
+                    removed += 1
+            return removed
+
+        return await asyncio.to_thread(run)
+
+    async def begin(self, key: str) -> LocalWriter:
+        try:
+            handle = await aiofiles.open(self.temp_dir / (key + TEMP_SUFFIX), "xb")
+        except OSError as exc:
+            _raise_if_disk_full(exc)
+            raise
+        return LocalWriter(self, key, handle)
+
+    def path_of(self, key: str) -> Path:
+        return self.root / key
+
+    async def delete(self, keys: list[str]) -> None:
+        """Remove stored files; a file already gone is not an error (deletes are idempotent)."""
+        if not keys:
+            return
+
+        def run() -> None:
+            for key in keys:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.root / key).unlink()
+            if self.fsync:
+                _fsync_dir(self.root)
+
+        await asyncio.to_thread(run)
+
+    async def keys(self) -> set[str]:
+        def run() -> set[str]:
+            return {entry.name for entry in os.scandir(self.root) if entry.is_file()}
+
+        return await asyncio.to_thread(run)

@@ -1,0 +1,41 @@
+-- name: insert_session^
+-- Create a session; returns nothing when the session id is taken.
+INSERT INTO sessions (id, session_id, created_at, updated_at)
+VALUES (:id, :session_id, :created_at, :created_at)
+ON CONFLICT (session_id) DO NOTHING
+RETURNING id, session_id, created_at, updated_at;
+
+-- name: get_session^
+SELECT id, session_id, created_at, updated_at
+FROM sessions
+WHERE session_id = :session_id;
+
+-- name: list_sessions
+-- One page of sessions in session_id order, starting after the cursor.
+SELECT id, session_id, created_at, updated_at
+FROM sessions
+WHERE session_id > :after
+ORDER BY session_id
+LIMIT :limit;
+
+-- name: list_files_of_session_page
+-- The files of exactly the sessions that list_sessions returns for the same parameters:
+-- one query for the whole page, never one per session.
+SELECT f.id, f.session_id, f.filename, f.original_filename, f.file_size, f.content_type,
+       f.file_path, f.created_at
+FROM files AS f
+WHERE f.session_id IN (
+    SELECT id FROM sessions WHERE session_id > :after ORDER BY session_id LIMIT :limit
+)
+ORDER BY f.session_id, f.created_at, f.id;
+
+-- name: delete_files_of_session
+-- First half of deleting a session: its file rows, returning where their bytes are.
+DELETE FROM files
+WHERE session_id = (SELECT id FROM sessions WHERE session_id = :session_id)
+RETURNING file_path;
+
+-- name: delete_session^
+DELETE FROM sessions
+WHERE session_id = :session_id
+RETURNING id;
