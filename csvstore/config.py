@@ -45,9 +45,7 @@ class Settings:
             "CSVSTORE_HOST",
         ),
     )
-    port: int = field(
-        default=8000, metadata=_help("TCP port to listen on", "CSVSTORE_PORT")
-    )
+    port: int = field(default=8000, metadata=_help("TCP port to listen on", "CSVSTORE_PORT"))
     data_dir: Path = field(
         default=Path("."),
         metadata=_help(

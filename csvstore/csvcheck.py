@@ -56,7 +56,9 @@ def clean_filename(raw: str | None) -> str:
     never uses this name: it only describes the upload.
     """
     if raw is None:
-        raise NotACsv("the file part has no filename: send it as a file, e.g. curl -F file=@data.csv")
+        raise NotACsv(
+            "the file part has no filename: send it as a file, e.g. curl -F file=@data.csv"
+        )
     name = raw.replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip()
     if name in {"", ".", ".."}:
@@ -159,7 +161,9 @@ class CsvContentCheck:
         try:
             text = self._decoder.decode(chunk, final)
         except UnicodeDecodeError as exc:
-            raise NotACsv(f"the file starts with a UTF-16 byte order mark but is not UTF-16: {exc.reason}") from None
+            raise NotACsv(
+                f"the file starts with a UTF-16 byte order mark but is not UTF-16: {exc.reason}"
+            ) from None
         if "\x00" in text:
             raise NotACsv("the file contains NUL characters: it is binary data, not CSV text")
 

@@ -147,7 +147,7 @@ class SqliteDatabase:
     async def _connect(self) -> aiosqlite.Connection:
         # isolation_level=None: transactions are begun explicitly (BEGIN IMMEDIATE).
         conn = await aiosqlite.connect(self.path, isolation_level=None)
-        conn.row_factory = _dict_row
+        conn.row_factory = _dict_row  # type: ignore[assignment]  # typeshed says type only
         q = self.queries
         for pragma in (q.pragma_wal, q.pragma_foreign_keys, q.pragma_busy_timeout):
             await conn.execute(pragma.sql)
@@ -166,9 +166,8 @@ class SqliteDatabase:
         for migration in load_migrations(self._sql_dir / "migrations"):
             await conn.execute(q.begin_immediate.sql)
             try:
-                applied = {row["version"] for row in await conn.execute_fetchall(
-                    q.applied_migrations.sql
-                )}  # type: ignore[index]
+                rows = await conn.execute_fetchall(q.applied_migrations.sql)
+                applied = {row["version"] for row in rows}
                 if migration.version in applied:
                     await conn.rollback()
                     continue

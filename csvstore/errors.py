@@ -113,9 +113,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         template = _AIOHTTP_DETAILS.get(exc.status)
         detail = (
-            template.format(method=request.method, path=request.path)
-            if template
-            else exc.reason
+            template.format(method=request.method, path=request.path) if template else exc.reason
         )
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return problem_response(exc.status, detail, headers=headers)

@@ -35,7 +35,9 @@ def load(schema: Schema, data: Any, *, what: str) -> dict[str, Any]:
     try:
         return schema.load(data)  # type: ignore[no-any-return]
     except ValidationError as exc:
-        messages = exc.normalized_messages()
+        messages: dict[str, Any] = (
+            exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        )
         summary = "; ".join(
             f"{field}: {' '.join(map(str, msgs)) if isinstance(msgs, list) else msgs}"
             for field, msgs in messages.items()
@@ -46,8 +48,10 @@ def load(schema: Schema, data: Any, *, what: str) -> dict[str, Any]:
 async def read_json(request: web.Request) -> Any:
     # A missing type is taken as JSON (as FastAPI does); another type is a mistake to name.
     ctype = request.headers.get("Content-Type")
-    if ctype is not None and request.content_type != "application/json" and not (
-        request.content_type.endswith("+json")
+    if (
+        ctype is not None
+        and request.content_type != "application/json"
+        and not (request.content_type.endswith("+json"))
     ):
         raise UnsupportedMediaType(f"expected an application/json body, got {request.content_type}")
     raw = await request.read()
@@ -65,7 +69,9 @@ async def create_session(request: web.Request) -> web.Response:
     session = await request.app[STORE_KEY].create_session(body["session_id"])
     session_id = session["session_id"]
     return json_response(
-        _session_created.dump({"message": "Session created successfully", "session_id": session_id}),
+        _session_created.dump(
+            {"message": "Session created successfully", "session_id": session_id}
+        ),
         status=201,
         headers={"Location": f"/api/csv/sessions/{quote(session_id)}"},
     )

@@ -65,9 +65,7 @@ class _Form:
         self.writer: StorageWriter | None = None
 
 
-async def receive_upload(
-    request: web.Request, store: CsvStore, limits: UploadLimits
-) -> Uploaded:
+async def receive_upload(request: web.Request, store: CsvStore, limits: UploadLimits) -> Uploaded:
     if request.content_type != "multipart/form-data":
         raise BadRequest(
             f"expected a multipart/form-data body with 'file' and 'session_id' fields, "
@@ -91,7 +89,8 @@ async def receive_upload(
             raise _missing("session_id")
         if not form.session_checked:
             await store.require_session(form.session_id)
-        assert form.file_id is not None and form.original_filename is not None
+        assert form.file_id is not None
+        assert form.original_filename is not None
         form.writer = None  # publish_upload owns it now, and removes it on failure
         row = await store.publish_upload(
             writer,
@@ -177,7 +176,8 @@ def _validated_session_id(value: str) -> str:
     errors = UploadForm().validate({"session_id": value, "file": b""})
     if errors:
         raise ValidationFailed(
-            f"invalid session_id: {errors['session_id'][0]}", errors={"session_id": errors["session_id"]}
+            f"invalid session_id: {errors['session_id'][0]}",
+            errors={"session_id": errors["session_id"]},
         )
     return value
 
@@ -205,7 +205,4 @@ def _missing(field: str) -> ValidationFailed:
 
 
 def _too_large(limits: UploadLimits) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"the file is larger than the limit of {limits.max_upload_size} bytes"
-    )
-
+    return PayloadTooLarge(f"the file is larger than the limit of {limits.max_upload_size} bytes")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from aiohttp import web
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from aiohttp import web
 
 from csvstore import __version__, schemas
 from csvstore.errors import PROBLEM_JSON
@@ -16,8 +16,14 @@ from csvstore.routes import ROUTES
 
 # Nested schemas first: apispec then refers to them instead of registering them twice.
 _SCHEMAS = (
-    "FileSchema", "SessionSchema", "SessionCreateRequest", "SessionCreatedResponse",
-    "UploadForm", "UploadResponse", "MessageResponse", "Problem",
+    "FileSchema",
+    "SessionSchema",
+    "SessionCreateRequest",
+    "SessionCreatedResponse",
+    "UploadForm",
+    "UploadResponse",
+    "MessageResponse",
+    "Problem",
 )
 
 
@@ -46,10 +52,13 @@ def build_openapi() -> dict[str, Any]:
             else:
                 content = {"application/json": {"schema": _ref(schema_name)}}
             responses[str(status)] = {"description": description, "content": content}
-        responses.setdefault("500", {
-            "description": "Storage or database failure",
-            "content": {PROBLEM_JSON: {"schema": _ref("Problem")}},
-        })
+        responses.setdefault(
+            "500",
+            {
+                "description": "Storage or database failure",
+                "content": {PROBLEM_JSON: {"schema": _ref("Problem")}},
+            },
+        )
         operation: dict[str, Any] = {
             "summary": route.summary,
             "operationId": route.handler.__name__,
@@ -79,4 +88,6 @@ def setup_openapi(app: web.Application) -> None:
 
     app[OPENAPI_KEY] = orjson.dumps(build_openapi())
     app.router.add_get("/openapi.json", openapi_json)
+    # Swagger UI resolves its document relative to its own prefix.
+    app.router.add_get("/docs/openapi.json", openapi_json)
     api_doc(app, config_rel_url="/openapi.json", url_prefix="/docs", title="csvstore API")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from csvstore.db import Executor, Queries, Row
+from csvstore.db import Executor, Row
+from csvstore.queries import Queries
 
 
 @dataclass(frozen=True, slots=True)

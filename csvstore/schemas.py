@@ -52,7 +52,11 @@ class SessionListQuery(Schema):
 class FileSchema(Schema):
     id = fields.String(required=True, metadata={"format": "uuid"})
     filename = fields.String(
-        required=True, metadata={"description": "stored name, UUID-based", "example": "1b4e28ba-2fa1-11d2-883f-0016d3cca427.csv"}
+        required=True,
+        metadata={
+            "description": "stored name, UUID-based",
+            "example": "1b4e28ba-2fa1-11d2-883f-0016d3cca427.csv",
+        },
     )
     original_filename = fields.String(required=True, metadata={"example": "data.csv"})
     file_size = fields.Integer(required=True, metadata={"description": "bytes"})

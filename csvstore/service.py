@@ -100,9 +100,7 @@ class CsvStore:
         Shielded from cancellation: once the bytes are published, the row must be written
         or the bytes removed, even if the client has gone.
         """
-        return await asyncio.shield(
-            self._publish(writer, file_id, session_id, original_filename)
-        )
+        return await asyncio.shield(self._publish(writer, file_id, session_id, original_filename))
 
     async def _publish(
         self, writer: StorageWriter, file_id: str, session_id: str, original_filename: str
