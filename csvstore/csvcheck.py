@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import re
 import unicodedata
+from urllib.parse import unquote
 
 from csvstore.errors import NotACsv
 
@@ -51,7 +52,9 @@ MAX_FILENAME_LENGTH = 255
 def clean_filename(raw: str | None) -> str:
     """The original file name, safe to store and to echo in headers.
 
-    Only the last path component is kept (``../``, absolute paths and Windows paths lose
+    Percent-escapes are decoded first: aiohttp's client and browsers escape characters
+    such as ``/``, ``"`` and CR/LF in the header (``..%2Fx.csv``). Then only the last path
+    component is kept (``../``, absolute paths and Windows paths lose
     their folders), control characters go, and the length is bounded. The stored file
     never uses this name: it only describes the upload.
     """
@@ -59,7 +62,7 @@ def clean_filename(raw: str | None) -> str:
         raise NotACsv(
             "the file part has no filename: send it as a file, e.g. curl -F file=@data.csv"
         )
-    name = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    name = unquote(raw).replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip()
     if name in {"", ".", ".."}:
         raise NotACsv("the file name is empty once its folders are removed")

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import aiohttp
 from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from csvstore.csvcheck import CsvContentCheck, clean_filename
 from csvstore.db import Row
@@ -191,6 +192,12 @@ async def _guarded(awaitable: Awaitable[T], limits: UploadLimits) -> T:
         raise RequestTimeout(
             f"the request body stalled: nothing arrived for {limits.read_timeout:g} seconds"
         ) from None
+    except LineTooLong as exc:
+        raise BadRequest(
+            f"a multipart part header is longer than {exc.args[-1] if exc.args else 8190} bytes"
+        ) from None
+    except HttpProcessingError as exc:
+        raise BadRequest(f"malformed multipart body: {exc.message}") from None
     except (aiohttp.ClientError, ConnectionError, asyncio.IncompleteReadError) as exc:
         raise ClientGone() from exc
     except ValueError as exc:
