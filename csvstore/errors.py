@@ -7,6 +7,7 @@ as ``application/problem+json`` (RFC 9457) that always carries ``detail``.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -94,6 +95,8 @@ def problem_response(
     )
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _AIOHTTP_DETAILS = {
@@ -117,10 +120,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return problem_response(exc.status, detail, headers=headers)
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return _internal_error()
+        # Wherever the disk filled up (temp file, publish, folder sync), the answer is 507.
+        return problem_response(507, "the server's disk is full: the upload could not be stored")
     except ClientGone:
         # Nothing useful can reach the client; 400 keeps it out of the 5xx figures.
         return problem_response(400, "the client closed the connection before the body ended")
     except Exception:
         # Never echo the exception: it may name internal paths. The log has the traceback.
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return problem_response(500, "internal error: the server could not complete the request")
+        return _internal_error()
+
+
+def _internal_error() -> web.Response:
+    return problem_response(500, "internal error: the server could not complete the request")

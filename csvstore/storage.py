@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 from pathlib import Path
@@ -18,8 +17,6 @@ from typing import Protocol
 
 import aiofiles
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
-
-from csvstore.errors import InsufficientStorage
 
 log = logging.getLogger("csvstore.storage")
 
@@ -47,13 +44,6 @@ class Storage(Protocol):
     async def keys(self) -> set[str]: ...
 
 
-def _raise_if_disk_full(exc: OSError) -> None:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise InsufficientStorage(
-            "the server's disk is full: the upload could not be stored"
-        ) from exc
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -74,11 +64,7 @@ class LocalWriter:
         self._closed = False
 
     async def write(self, chunk: bytes) -> None:
-        try:
-            await self._handle.write(chunk)
-        except OSError as exc:
-            _raise_if_disk_full(exc)
-            raise
+        await self._handle.write(chunk)
         self.size += len(chunk)
 
     async def commit(self) -> None:
@@ -97,9 +83,8 @@ class LocalWriter:
 
         try:
             await asyncio.to_thread(publish)
-        except OSError as exc:
+        except OSError:
             await self.abort()
-            _raise_if_disk_full(exc)
             raise
         self._closed = True
         await self._handle.close()
@@ -138,11 +123,7 @@ class LocalStorage:
         return await asyncio.to_thread(run)
 
     async def begin(self, key: str) -> LocalWriter:
-        try:
-            handle = await aiofiles.open(self.temp_dir / (key + TEMP_SUFFIX), "xb")
-        except OSError as exc:
-            _raise_if_disk_full(exc)
-            raise
+        handle = await aiofiles.open(self.temp_dir / (key + TEMP_SUFFIX), "xb")
         return LocalWriter(self, key, handle)
 
     def path_of(self, key: str) -> Path:

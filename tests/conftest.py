@@ -9,14 +9,14 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import FormData
+from aiohttp import FormData, web
 from aiohttp.test_utils import TestClient
 
 from csvstore.app import create_app
 from csvstore.config import Settings
 from csvstore.queries import Queries
 
-Client = TestClient[Any, Any]
+Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
 
 

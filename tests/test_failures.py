@@ -1,0 +1,132 @@
+"""Failures on the way: disk and database errors, dropped clients, unknown routes.
+
+Every one ends in the same error shape and leaves no byte and no row behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import sqlite3
+from typing import Any
+
+import pytest
+
+from csvstore.config import Settings
+from csvstore.repo import Repo
+from csvstore.storage import LocalWriter
+from tests.conftest import (
+    BOUNDARY,
+    Client,
+    assert_consistent,
+    assert_problem,
+    csv_bytes,
+    stored_state,
+    upload_form,
+)
+
+
+async def test_unknown_route_and_method_are_problem_json(client: Client) -> None:
+    body = await assert_problem(await client.get("/api/csv/nothing"), 404)
+    assert "/api/csv/nothing" in body["detail"]
+    resp = await client.put("/api/csv/sessions")
+    body = await assert_problem(resp, 405)
+    assert "PUT" in body["detail"]
+    assert "POST" in resp.headers["Allow"]
+
+
+@pytest.mark.parametrize(
+    ("err", "status"), [(errno.ENOSPC, 507), (errno.EIO, 500)], ids=["disk-full", "io-error"]
+)
+async def test_storage_error_while_writing_leaves_nothing(
+    client: Client,
+    session: str,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    err: int,
+    status: int,
+) -> None:
+    async def failing_write(self: LocalWriter, chunk: bytes) -> None:
+        raise OSError(err, "simulated")
+
+    monkeypatch.setattr(LocalWriter, "write", failing_write)
+    resp = await client.post("/api/csv/upload", data=upload_form(csv_bytes()))
+    body = await assert_problem(resp, status)
+    assert "simulated" not in body["detail"]  # internals never reach the client
+    if status == 507:
+        assert "disk is full" in body["detail"]
+    assert stored_state(settings) == (set(), set(), [])
+
+
+async def test_storage_error_while_publishing_leaves_nothing(
+    client: Client, session: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = LocalWriter.commit
+
+    async def failing_commit(self: LocalWriter) -> None:
+        await self.abort()
+        raise OSError(errno.EIO, "simulated")
+
+    monkeypatch.setattr(LocalWriter, "commit", failing_commit)
+    await assert_problem(await client.post("/api/csv/upload", data=upload_form(csv_bytes())), 500)
+    assert stored_state(settings) == (set(), set(), [])
+    monkeypatch.setattr(LocalWriter, "commit", original)
+    assert (await client.post("/api/csv/upload", data=upload_form(csv_bytes()))).status == 201
+
+
+async def test_database_error_on_insert_removes_the_published_file(
+    client: Client, session: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def failing_insert(self: Repo, *args: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Repo, "insert_file", failing_insert)
+    body = await assert_problem(
+        await client.post("/api/csv/upload", data=upload_form(csv_bytes())), 500
+    )
+    assert "I/O" not in body["detail"]
+    assert stored_state(settings) == (set(), set(), [])
+    # the writer survives a failed transaction
+    assert (await client.post("/api/csv/sessions", json={"session_id": "after"})).status == 201
+
+
+async def test_client_gone_mid_body_leaves_nothing(
+    client: Client, session: str, settings: Settings
+) -> None:
+    """A raw socket sends half of a large upload and closes the connection."""
+    assert client.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="session_id"\r\n\r\n{session}\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="x.csv"\r\n'
+        "Content-Type: text/csv\r\n\r\n"
+    ).encode()
+    total = len(head) + 10_000_000
+    writer.write(
+        (
+            "POST /api/csv/upload HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            f"Content-Length: {total}\r\n\r\n"
+        ).encode()
+        + head
+    )
+    for _ in range(40):  # 4 MB of the promised 10 MB
+        writer.write(b"1,2,3,4,5,6,7,8,9\n" * 5555)
+        await writer.drain()
+    # wait until the server has started writing the temp file, then vanish
+    for _ in range(100):
+        if stored_state(settings)[2]:
+            break
+        await asyncio.sleep(0.02)
+    assert stored_state(settings)[2], "the upload never reached the temp area"
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(200):
+        if stored_state(settings) == (set(), set(), []):
+            break
+        await asyncio.sleep(0.02)
+    assert stored_state(settings) == (set(), set(), [])
+    reader.feed_eof()
+    # and the service goes on
+    assert (await client.post("/api/csv/upload", data=upload_form(csv_bytes()))).status == 201
+    assert_consistent(settings)

@@ -1,0 +1,156 @@
+"""The real ``python -m csvstore`` process: the README's usage, unchanged, and its settings."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from csvstore.__main__ import build_parser, settings_from
+from csvstore.config import GiB, Settings, parse_size
+from tests.conftest import assert_consistent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    """``python -m csvstore`` on a free port and a temp data dir; stopped after the test."""
+    port = free_port()
+    env = {**os.environ, "CSVSTORE_DATA_DIR": str(tmp_path / "data"), "CSVSTORE_PORT": str(port)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "csvstore"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                requests.get(f"{base}/api/csv/sessions", timeout=1)
+                break
+            except requests.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    out = proc.stdout.read().decode() if proc.stdout else ""
+                    raise RuntimeError(f"server did not start:\n{out}") from None
+                time.sleep(0.05)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+    assert_consistent(Settings(data_dir=tmp_path / "data"))
+
+
+def test_requests_example_from_the_spec(server: str, tmp_path: Path) -> None:
+    data_csv = tmp_path / "data.csv"
+    data_csv.write_bytes(b"id,name\n1,alice\n2,bob\n")
+    created = requests.post(f"{server}/api/csv/sessions", json={"session_id": "my_session_123"})
+    assert created.status_code == 201
+    with open(data_csv, "rb") as f:
+        uploaded = requests.post(
+            f"{server}/api/csv/upload", files={"file": f}, data={"session_id": "my_session_123"}
+        )
+    assert uploaded.status_code == 201, uploaded.text
+    session = requests.get(f"{server}/api/csv/sessions/my_session_123").json()
+    assert session["session_id"] == "my_session_123"
+    [file] = session["csv_files"]
+    assert file["original_filename"] == "data.csv"
+    assert file["file_size"] == data_csv.stat().st_size
+    assert file == uploaded.json()["file"]
+
+
+def test_curl_example_from_the_spec(server: str, tmp_path: Path) -> None:
+    data_csv = tmp_path / "data.csv"
+    data_csv.write_bytes(b"a;b\r\n1;2\r\n")
+    requests.post(f"{server}/api/csv/sessions", json={"session_id": "my_session_123"})
+    out = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-w",
+            "\n%{http_code}",
+            "-F",
+            f"file=@{data_csv}",
+            "-F",
+            "session_id=my_session_123",
+            f"{server}/api/csv/upload",
+        ],
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout
+    body, status = out.rsplit("\n", 1)
+    assert status == "201", body
+    assert '"original_filename":"data.csv"' in body
+    files = requests.get(f"{server}/api/csv/sessions/my_session_123").json()["csv_files"]
+    assert len(files) == 1
+
+
+def test_docs_and_openapi_are_served(server: str) -> None:
+    docs = requests.get(f"{server}/docs")
+    assert docs.status_code == 200
+    assert "swagger" in docs.text.lower()
+    assert "cdn" not in docs.text.lower()
+    assert requests.get(f"{server}/docs/static/swagger-ui-bundle.js").status_code == 200
+    spec = requests.get(f"{server}/openapi.json").json()
+    assert spec["openapi"].startswith("3.")
+    assert "/api/csv/upload" in spec["paths"]
+
+
+def test_help_explains_every_setting() -> None:
+    text = build_parser().format_help()
+    for name in ("--host", "--port", "--data-dir", "--max-upload-size", "--log-level"):
+        assert name in text
+    for env in ("CSVSTORE_HOST", "CSVSTORE_PORT", "CSVSTORE_DATA_DIR", "CSVSTORE_MAX_UPLOAD_SIZE"):
+        assert env in text
+    out = subprocess.run(
+        [sys.executable, "-m", "csvstore", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "CSVSTORE_MAX_UPLOAD_SIZE" in out
+
+
+def test_settings_flags_beat_env_beat_defaults() -> None:
+    assert settings_from([], {}) == Settings()
+    env = {"CSVSTORE_PORT": "9001", "CSVSTORE_MAX_UPLOAD_SIZE": "2GiB", "CSVSTORE_HOST": "::1"}
+    from_env = settings_from([], env)
+    assert (from_env.port, from_env.max_upload_size, from_env.host) == (9001, 2 * GiB, "::1")
+    both = settings_from(["--port", "9002", "--data-dir", "/srv/x", "--log-level", "DEBUG"], env)
+    assert (both.port, both.data_dir, both.log_level) == (9002, Path("/srv/x"), "debug")
+    assert both.max_upload_size == 2 * GiB
+
+
+def test_bad_settings_exit_with_a_message() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "csvstore", "--max-upload-size", "lots"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "not a size" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("1024", 1024), ("64KiB", 65536), ("1.5m", 1572864), ("1GiB", GiB)]
+)
+def test_parse_size(text: str, size: int) -> None:
+    assert parse_size(text) == size
