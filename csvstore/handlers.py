@@ -13,13 +13,14 @@ from csvstore import schemas
 from csvstore.errors import BadRequest, UnsupportedMediaType, ValidationFailed
 from csvstore.ingest import UploadLimits, receive_upload
 from csvstore.keys import LIMITS_KEY, STORE_KEY
+from csvstore.render import projector
 
-_session_created = schemas.SessionCreatedResponse()
-_session = schemas.SessionSchema()
-_sessions = schemas.SessionSchema(many=True)
-_file = schemas.FileSchema()
-_uploaded = schemas.UploadResponse()
-_message = schemas.MessageResponse()
+# Responses are rendered by projections of their schemas (see render.py): same shape, faster.
+_session_created = projector(schemas.SessionCreatedResponse())
+_session = projector(schemas.SessionSchema())
+_file = projector(schemas.FileSchema())
+_uploaded = projector(schemas.UploadResponse())
+_message = projector(schemas.MessageResponse())
 
 
 def json_response(
@@ -69,9 +70,7 @@ async def create_session(request: web.Request) -> web.Response:
     session = await request.app[STORE_KEY].create_session(body["session_id"])
     session_id = session["session_id"]
     return json_response(
-        _session_created.dump(
-            {"message": "Session created successfully", "session_id": session_id}
-        ),
+        _session_created({"message": "Session created successfully", "session_id": session_id}),
         status=201,
         headers={"Location": f"/api/csv/sessions/{quote(session_id)}"},
     )
@@ -87,17 +86,17 @@ async def list_sessions(request: web.Request) -> web.Response:
         page = page[:limit]
         next_url = request.url.with_query({"limit": str(limit), "after": page[-1]["session_id"]})
         headers["Link"] = f'<{next_url}>; rel="next"'
-    return json_response(_sessions.dump(page), headers=headers)
+    return json_response([_session(s) for s in page], headers=headers)
 
 
 async def get_session(request: web.Request) -> web.Response:
     session = await request.app[STORE_KEY].get_session(request.match_info["session_id"])
-    return json_response(_session.dump(session))
+    return json_response(_session(session))
 
 
 async def delete_session(request: web.Request) -> web.Response:
     await request.app[STORE_KEY].delete_session(request.match_info["session_id"])
-    return json_response(_message.dump({"message": "Session deleted successfully"}))
+    return json_response(_message({"message": "Session deleted successfully"}))
 
 
 # Files
@@ -112,7 +111,7 @@ async def upload(request: web.Request) -> web.Response:
         "file": uploaded.file,
     }
     return json_response(
-        _uploaded.dump(body),
+        _uploaded(body),
         status=201,
         headers={"Location": f"/api/csv/files/{uploaded.file['id']}"},
     )
@@ -120,9 +119,9 @@ async def upload(request: web.Request) -> web.Response:
 
 async def get_file(request: web.Request) -> web.Response:
     row = await request.app[STORE_KEY].get_file(request.match_info["file_id"])
-    return json_response(_file.dump(row))
+    return json_response(_file(row))
 
 
 async def delete_file(request: web.Request) -> web.Response:
     await request.app[STORE_KEY].delete_file(request.match_info["file_id"])
-    return json_response(_message.dump({"message": "File deleted successfully"}))
+    return json_response(_message({"message": "File deleted successfully"}))

@@ -61,6 +61,7 @@ class _Form:
     def __init__(self) -> None:
         self.session_id: str | None = None
         self.session_checked = False
+        self.check_session_early = True
         self.file_id: str | None = None
         self.original_filename: str | None = None
         self.writer: StorageWriter | None = None
@@ -81,6 +82,9 @@ async def receive_upload(request: web.Request, store: CsvStore, limits: UploadLi
         raise BadRequest("malformed multipart body: the boundary is missing or invalid") from exc
 
     form = _Form()
+    # For a body that fits in one chunk, looking the session up first costs more than it
+    # saves: the insert checks it anyway, and a refused small file is cheap to remove.
+    form.check_session_early = length is None or length > limits.chunk_size
     try:
         await _read_form(reader, store, limits, form)
         writer = form.writer
@@ -88,7 +92,7 @@ async def receive_upload(request: web.Request, store: CsvStore, limits: UploadLi
             raise _missing("file")
         if form.session_id is None:
             raise _missing("session_id")
-        if not form.session_checked:
+        if form.check_session_early and not form.session_checked:
             await store.require_session(form.session_id)
         assert form.file_id is not None
         assert form.original_filename is not None
@@ -118,7 +122,7 @@ async def _read_form(
             if form.writer is not None:
                 raise BadRequest("the form has more than one 'file' part: send one file per upload")
             form.original_filename = clean_filename(part.filename)
-            if form.session_id is not None:
+            if form.session_id is not None and form.check_session_early:
                 await store.require_session(form.session_id)
                 form.session_checked = True
             form.file_id, key = store.new_file_key()
@@ -128,7 +132,7 @@ async def _read_form(
             if form.session_id is not None:
                 raise BadRequest("the form has more than one 'session_id' field")
             form.session_id = _validated_session_id(await _read_field(part, limits))
-            if form.writer is None:  # fail fast, before a possibly large file streams in
+            if form.writer is None and form.check_session_early:  # before a large file streams
                 await store.require_session(form.session_id)
                 form.session_checked = True
         else:

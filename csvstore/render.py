@@ -1,0 +1,58 @@
+"""Fast rendering of responses whose shape a marshmallow schema defines.
+
+``Schema.dump`` costs ~17 ms for a page of 100 sessions with 10 files each, more than the
+whole request may take. The rows coming from the database already hold the right types,
+so a dump is only a projection onto the schema's fields. :func:`projector` builds that
+projection from the schema itself (the schema stays the single definition of the shape)
+and refuses schemas with fields that would transform values. The tests check it against
+``Schema.dump``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from marshmallow import Schema, fields
+
+Projection = Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
+def _is_plain(field: fields.Field[Any]) -> bool:
+    """Fields whose dump leaves a database value as it is."""
+    if isinstance(field, fields.List):
+        return _is_plain(field.inner)
+    return isinstance(field, fields.String | fields.Integer | fields.Boolean | fields.Dict) or (
+        type(field) is fields.Raw
+    )
+
+
+def projector(schema: Schema) -> Projection:
+    """A function that renders a mapping exactly as ``schema.dump`` would, only faster."""
+    plain: list[tuple[str, str]] = []
+    nested: list[tuple[str, str, Projection, bool]] = []
+    for name, field in schema.dump_fields.items():
+        key = field.data_key or name
+        if isinstance(field, fields.Nested) and isinstance(field.schema, Schema):
+            nested.append((name, key, projector(field.schema), bool(field.many)))
+        elif isinstance(field, fields.List) and isinstance(field.inner, fields.Nested):
+            inner = field.inner.schema
+            assert isinstance(inner, Schema)
+            nested.append((name, key, projector(inner), True))
+        elif _is_plain(field):
+            plain.append((name, key))
+        else:
+            raise TypeError(f"{type(schema).__name__}.{name}: {type(field).__name__} needs dump()")
+
+    def project(obj: Mapping[str, Any]) -> dict[str, Any]:
+        out = {key: obj[name] for name, key in plain if name in obj}
+        for name, key, sub, many in nested:
+            if name in obj:
+                value = obj[name]
+                if value is None:
+                    out[key] = None
+                else:
+                    out[key] = [sub(item) for item in value] if many else sub(value)
+        return out
+
+    return project
