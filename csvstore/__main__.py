@@ -9,11 +9,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import fields, replace
 
-from aiohttp import web
-
 from csvstore import __version__
-from csvstore.app import create_app
 from csvstore.config import Settings, convert
+from csvstore.server import serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,27 +62,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("csvstore").info(
-        "csvstore %s listening on http://%s:%d, data in %s, max upload %d bytes",
+        "csvstore %s listening on http://%s:%d with %d worker(s), data in %s, max upload %d bytes",
         __version__,
         settings.host,
         settings.port,
+        settings.workers,
         settings.data_dir.resolve(),
         settings.max_upload_size,
     )
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is optional off Linux
-        loop_factory = None
-    else:
-        loop_factory = uvloop.new_event_loop
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log=None,
-        loop=loop_factory() if loop_factory else None,
-    )
+    serve(settings)
 
 
 if __name__ == "__main__":

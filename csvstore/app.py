@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -10,7 +11,7 @@ from csvstore.config import Settings
 from csvstore.db import SqliteDatabase
 from csvstore.errors import error_middleware
 from csvstore.ingest import UploadLimits
-from csvstore.keys import LIMITS_KEY, SETTINGS_KEY, STORE_KEY
+from csvstore.keys import LIMITS_KEY, SETTINGS_KEY, STARTUP_CHECK_KEY, STORE_KEY
 from csvstore.openapi import setup_openapi
 from csvstore.routes import setup_routes
 from csvstore.service import CsvStore
@@ -21,7 +22,9 @@ from csvstore.storage import LocalStorage
 JSON_BODY_LIMIT = 64 * 1024
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, *, startup_check: bool = True) -> web.Application:
+    """The application. ``startup_check=False`` when a supervisor already ran the check
+    (with several workers, one worker's check could remove another's upload in flight)."""
     app = web.Application(middlewares=[error_middleware], client_max_size=JSON_BODY_LIMIT)
     app[SETTINGS_KEY] = settings
     app[LIMITS_KEY] = UploadLimits(
@@ -29,6 +32,7 @@ def create_app(settings: Settings) -> web.Application:
         chunk_size=settings.upload_chunk_size,
         read_timeout=settings.body_read_timeout,
     )
+    app[STARTUP_CHECK_KEY] = startup_check
     app.cleanup_ctx.append(_store)
     setup_routes(app)
     setup_openapi(app)
@@ -37,13 +41,19 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
     """Open the database and storage, check them against each other, close at shutdown."""
-    settings = app[SETTINGS_KEY]
+    async with open_store(app[SETTINGS_KEY]) as store:
+        if app[STARTUP_CHECK_KEY]:
+            await store.startup_check()
+        app[STORE_KEY] = store
+        yield
+
+
+@contextlib.asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[CsvStore]:
+    """The database and storage that settings name, open (and migrated) for the duration."""
     db = SqliteDatabase(settings.database_path)
     await db.open()
     try:
-        store = CsvStore(db, LocalStorage(settings.uploads_dir, settings.temp_dir))
-        await store.startup_check()
-        app[STORE_KEY] = store
-        yield
+        yield CsvStore(db, LocalStorage(settings.uploads_dir, settings.temp_dir))
     finally:
         await db.close()

@@ -6,6 +6,7 @@ falling back to the environment, falling back to the defaults below.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -86,6 +87,16 @@ class Settings:
         ),
     )
 
+    # One process uses one core; on a multi-core machine more workers share the port
+    # (SO_REUSEPORT) and the one SQLite database.
+    workers: int = field(
+        default=1,
+        metadata=_help(
+            "server processes sharing the port; 0 means one per CPU core",
+            "CSVSTORE_WORKERS",
+        ),
+    )
+
     @property
     def database_path(self) -> Path:
         return self.data_dir / "csvstore.db"
@@ -114,6 +125,11 @@ def convert(name: str, raw: str) -> Any:
     """Turn the text of one setting into its typed value; ``ValueError`` says what is wrong."""
     if name in {"max_upload_size", "upload_chunk_size"}:
         return parse_size(raw)
+    if name == "workers":
+        workers = int(raw)
+        if workers < 0:
+            raise ValueError(f"workers must be 0 (one per core) or more, got {workers}")
+        return workers or (os.cpu_count() or 1)
     if name == "port":
         port = int(raw)
         if not 0 <= port <= 65535:

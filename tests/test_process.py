@@ -26,12 +26,16 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
-    """``python -m csvstore`` on a free port and a temp data dir; stopped after the test."""
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """``python -m csvstore`` on a free port and a temp data dir; stopped after the test.
+
+    Parametrise indirectly with extra command-line arguments (e.g. ``["--workers", "2"]``).
+    """
+    extra_args: list[str] = getattr(request, "param", [])
     port = free_port()
     env = {**os.environ, "CSVSTORE_DATA_DIR": str(tmp_path / "data"), "CSVSTORE_PORT": str(port)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "csvstore"],
+        [sys.executable, "-m", "csvstore", *extra_args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -50,14 +54,16 @@ def server(tmp_path: Path) -> Iterator[str]:
                 time.sleep(0.05)
         yield base
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=10)
+            code = proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+            code = None
         if proc.stdout:
             proc.stdout.close()
+    assert code == 0, "the server did not stop cleanly on SIGTERM"
     assert_consistent(Settings(data_dir=tmp_path / "data"))
 
 
@@ -154,3 +160,34 @@ def test_bad_settings_exit_with_a_message() -> None:
 )
 def test_parse_size(text: str, size: int) -> None:
     assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("server", [["--workers", "2"]], indirect=True)
+def test_workers_share_the_port_and_the_database(server: str) -> None:
+    """Two processes, one SQLite database: concurrent creates have one winner, and every
+    upload answered 201 is listed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:
+        creates = list(
+            pool.map(
+                lambda _: (
+                    requests.post(
+                        f"{server}/api/csv/sessions", json={"session_id": "shared"}
+                    ).status_code
+                ),
+                range(16),
+            )
+        )
+        assert sorted(creates) == [201] + [400] * 15
+
+        def upload(i: int) -> int:
+            files = {"file": (f"f{i}.csv", f"a,b\n{i},{i}\n".encode())}
+            return requests.post(
+                f"{server}/api/csv/upload", files=files, data={"session_id": "shared"}
+            ).status_code
+
+        statuses = list(pool.map(upload, range(200)))
+    assert statuses == [201] * 200
+    files = requests.get(f"{server}/api/csv/sessions/shared").json()["csv_files"]
+    assert sorted(f["original_filename"] for f in files) == sorted(f"f{i}.csv" for i in range(200))
