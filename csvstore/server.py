@@ -9,6 +9,7 @@ worker accepts an upload, forwards SIGINT/SIGTERM to the workers and waits for t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -75,10 +76,8 @@ def serve(settings: Settings) -> None:
 def _supervise(children: list[int]) -> None:
     def forward(signum: int, _frame: object) -> None:
         for pid in children:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)

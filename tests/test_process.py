@@ -56,7 +56,7 @@ def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            code = proc.wait(timeout=15)
+            code: int | None = proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
