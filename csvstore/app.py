@@ -31,6 +31,7 @@ def create_app(settings: Settings, *, startup_check: bool = True) -> web.Applica
         max_upload_size=settings.max_upload_size,
         chunk_size=settings.upload_chunk_size,
         read_timeout=settings.body_read_timeout,
+        analyse=settings.analyse_uploads,
     )
     app[STARTUP_CHECK_KEY] = startup_check
     app.cleanup_ctx.append(_store)

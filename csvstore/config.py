@@ -97,6 +97,16 @@ class Settings:
         ),
     )
 
+    # Hashing and profiling cost a little CPU per byte; switching them off exists only so
+    # the benchmark can measure that cost. Digest checks and dedupe need them on.
+    analyse_uploads: bool = field(
+        default=True,
+        metadata=_help(
+            "compute sha256 and the CSV profile while streaming (true/false)",
+            "CSVSTORE_ANALYSE_UPLOADS",
+        ),
+    )
+
     @property
     def database_path(self) -> Path:
         return self.data_dir / "csvstore.db"
@@ -125,6 +135,11 @@ def convert(name: str, raw: str) -> Any:
     """Turn the text of one setting into its typed value; ``ValueError`` says what is wrong."""
     if name in {"max_upload_size", "upload_chunk_size"}:
         return parse_size(raw)
+    if name == "analyse_uploads":
+        lowered = raw.strip().lower()
+        if lowered not in {"true", "false", "1", "0", "yes", "no", "on", "off"}:
+            raise ValueError(f"expected true or false, got {raw!r}")
+        return lowered in {"true", "1", "yes", "on"}
     if name == "workers":
         workers = int(raw)
         if workers < 0:

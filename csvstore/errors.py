@@ -26,10 +26,17 @@ class ApiError(Exception):
 
     status: ClassVar[int] = 500
 
-    def __init__(self, detail: str, *, errors: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
+        self.headers = headers
 
 
 class BadRequest(ApiError):
@@ -62,6 +69,10 @@ class PayloadTooLarge(ApiError):
 
 class UnsupportedMediaType(ApiError):
     status = 415
+
+
+class RangeNotSatisfiable(ApiError):
+    status = 416
 
 
 class InsufficientStorage(ApiError):
@@ -110,7 +121,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return problem_response(exc.status, exc.detail, errors=exc.errors)
+        return problem_response(exc.status, exc.detail, errors=exc.errors, headers=exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

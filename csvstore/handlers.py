@@ -7,10 +7,10 @@ from urllib.parse import quote
 
 import orjson
 from aiohttp import web
-from marshmallow import Schema, ValidationError
 
 from csvstore import schemas
-from csvstore.errors import BadRequest, UnsupportedMediaType, ValidationFailed
+from csvstore.download import send_archive, send_file
+from csvstore.errors import BadRequest, UnsupportedMediaType
 from csvstore.ingest import UploadLimits, receive_upload
 from csvstore.keys import LIMITS_KEY, STORE_KEY
 from csvstore.render import projector
@@ -29,21 +29,6 @@ def json_response(
     return web.Response(
         status=status, body=orjson.dumps(data), content_type="application/json", headers=headers
     )
-
-
-def load(schema: Schema, data: Any, *, what: str) -> dict[str, Any]:
-    """Validate input with a schema; a failure is a 400 that names each offending field."""
-    try:
-        return schema.load(data)  # type: ignore[no-any-return]
-    except ValidationError as exc:
-        messages: dict[str, Any] = (
-            exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
-        )
-        summary = "; ".join(
-            f"{field}: {' '.join(map(str, msgs)) if isinstance(msgs, list) else msgs}"
-            for field, msgs in messages.items()
-        )
-        raise ValidationFailed(f"invalid {what}: {summary}", errors=messages) from None
 
 
 async def read_json(request: web.Request) -> Any:
@@ -66,7 +51,7 @@ async def read_json(request: web.Request) -> Any:
 
 
 async def create_session(request: web.Request) -> web.Response:
-    body = load(schemas.SessionCreateRequest(), await read_json(request), what="session")
+    body = schemas.load(schemas.SessionCreateRequest(), await read_json(request), what="session")
     session = await request.app[STORE_KEY].create_session(body["session_id"])
     session_id = session["session_id"]
     return json_response(
@@ -77,7 +62,7 @@ async def create_session(request: web.Request) -> web.Response:
 
 
 async def list_sessions(request: web.Request) -> web.Response:
-    query = load(schemas.SessionListQuery(), dict(request.query), what="query")
+    query = schemas.load(schemas.SessionListQuery(), dict(request.query), what="query")
     limit = query["limit"]
     # One more than asked for tells whether a next page exists without a second round trip.
     page = await request.app[STORE_KEY].list_sessions(after=query["after"], limit=limit + 1)
@@ -105,21 +90,34 @@ async def delete_session(request: web.Request) -> web.Response:
 async def upload(request: web.Request) -> web.Response:
     limits: UploadLimits = request.app[LIMITS_KEY]
     uploaded = await receive_upload(request, request.app[STORE_KEY], limits)
+    location = {"Location": f"/api/csv/files/{uploaded.file['id']}"}
+    if uploaded.duplicate:
+        file = {**uploaded.file, "duplicate_of": uploaded.file["id"]}
+        body = {"message": "File already stored", "session_id": uploaded.session_id, "file": file}
+        return json_response(_uploaded(body), status=200, headers=location)
     body = {
         "message": "File uploaded successfully",
         "session_id": uploaded.session_id,
         "file": uploaded.file,
     }
-    return json_response(
-        _uploaded(body),
-        status=201,
-        headers={"Location": f"/api/csv/files/{uploaded.file['id']}"},
-    )
+    return json_response(_uploaded(body), status=201, headers=location)
 
 
 async def get_file(request: web.Request) -> web.Response:
     row = await request.app[STORE_KEY].get_file(request.match_info["file_id"])
     return json_response(_file(row))
+
+
+async def download_file(request: web.Request) -> web.StreamResponse:
+    store = request.app[STORE_KEY]
+    file = await store.get_file(request.match_info["file_id"])
+    return await send_file(request, store.storage, file)
+
+
+async def download_archive(request: web.Request) -> web.StreamResponse:
+    store = request.app[STORE_KEY]
+    session = await store.get_session(request.match_info["session_id"])
+    return await send_archive(request, store.storage, session)
 
 
 async def delete_file(request: web.Request) -> web.Response:

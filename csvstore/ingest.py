@@ -10,15 +10,18 @@ known: before the file streams when it comes first, before publishing when it co
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
-from csvstore.csvcheck import CsvContentCheck, clean_filename
+from csvstore.analysis import FileFacts, UploadAnalysis
+from csvstore.csvcheck import clean_filename
 from csvstore.db import Row
 from csvstore.errors import (
     BadRequest,
@@ -27,7 +30,7 @@ from csvstore.errors import (
     RequestTimeout,
     ValidationFailed,
 )
-from csvstore.schemas import UploadForm
+from csvstore.schemas import UploadForm, UploadOptions, load
 from csvstore.service import CsvStore
 from csvstore.storage import StorageWriter
 
@@ -47,12 +50,14 @@ class UploadLimits:
     max_upload_size: int
     chunk_size: int
     read_timeout: float
+    analyse: bool = True  # hash and profile while streaming (off only to benchmark the cost)
 
 
 @dataclass(frozen=True, slots=True)
 class Uploaded:
     session_id: str  # the client's id of the session the file went into
     file: Row
+    duplicate: bool  # dedupe=true found the same bytes already in the session: this is them
 
 
 class _Form:
@@ -65,6 +70,9 @@ class _Form:
         self.file_id: str | None = None
         self.original_filename: str | None = None
         self.writer: StorageWriter | None = None
+        self.facts: FileFacts | None = None
+        self.part_digest: str | None = None  # from the file part's Content-Digest header
+        self.options: dict[str, Any] = {}  # sha256, strict, dedupe form fields
 
 
 async def receive_upload(request: web.Request, store: CsvStore, limits: UploadLimits) -> Uploaded:
@@ -96,14 +104,18 @@ async def receive_upload(request: web.Request, store: CsvStore, limits: UploadLi
             await store.require_session(form.session_id)
         assert form.file_id is not None
         assert form.original_filename is not None
+        assert form.facts is not None
+        _check_expectations(form, form.facts)
         form.writer = None  # publish_upload owns it now, and removes it on failure
-        row = await store.publish_upload(
+        published = await store.publish_upload(
             writer,
             file_id=form.file_id,
             session_id=form.session_id,
             original_filename=form.original_filename,
+            facts=form.facts,
+            dedupe=bool(form.options.get("dedupe")),
         )
-        return Uploaded(form.session_id, row)
+        return Uploaded(form.session_id, published.file, published.duplicate)
     finally:
         if form.writer is not None:
             await form.writer.abort()
@@ -125,9 +137,10 @@ async def _read_form(
             if form.session_id is not None and form.check_session_early:
                 await store.require_session(form.session_id)
                 form.session_checked = True
+            form.part_digest = parse_content_digest(part.headers.get("Content-Digest"))
             form.file_id, key = store.new_file_key()
             form.writer = await store.storage.begin(key)
-            await _stream_file(part, form.writer, limits)
+            form.facts = await _stream_file(part, form.writer, limits)
         elif part.name == "session_id":
             if form.session_id is not None:
                 raise BadRequest("the form has more than one 'session_id' field")
@@ -135,13 +148,22 @@ async def _read_form(
             if form.writer is None and form.check_session_early:  # before a large file streams
                 await store.require_session(form.session_id)
                 form.session_checked = True
+        elif part.name in _OPTION_FIELDS:
+            if part.name in form.options:
+                raise BadRequest(f"the form has more than one {part.name!r} field")
+            value = await _read_field(part, limits)
+            form.options.update(
+                load(_upload_options, {part.name: value}, what=f"form field {part.name!r}")
+            )
         else:
             await _read_field(part, limits)  # unknown fields are read and ignored
     raise BadRequest(f"the form has more than {MAX_PARTS} parts")
 
 
-async def _stream_file(part: BodyPartReader, writer: StorageWriter, limits: UploadLimits) -> None:
-    check = CsvContentCheck()
+async def _stream_file(
+    part: BodyPartReader, writer: StorageWriter, limits: UploadLimits
+) -> FileFacts:
+    analysis = UploadAnalysis(enabled=limits.analyse)
     received = 0
     pending: list[bytes] = []
     pending_size = 0
@@ -151,18 +173,74 @@ async def _stream_file(part: BodyPartReader, writer: StorageWriter, limits: Uplo
             received += len(chunk)
             if received > limits.max_upload_size:
                 raise _too_large(limits)
-            check.feed(chunk)
             pending.append(chunk)
             pending_size += len(chunk)
         # The network hands over whatever has arrived (often 64 KiB); gather a full chunk
         # before writing so each thread hop to the disk moves a large block.
         if pending and (pending_size >= limits.chunk_size or not chunk):
-            await writer.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            block = pending[0] if len(pending) == 1 else b"".join(pending)
+            analysis.feed(block)  # refuses a non-CSV block before any of it is written
+            await writer.write(block)
             pending.clear()
             pending_size = 0
         if not chunk:
             break
-    check.finish()
+    return analysis.finish()
+
+
+_OPTION_FIELDS = frozenset(UploadOptions().fields)
+_upload_options = UploadOptions()
+
+
+def parse_content_digest(header: str | None) -> str | None:
+    """The SHA-256 (hex) in an RFC 9530 ``Content-Digest`` header, if it carries one.
+
+    Other algorithms are ignored, as the RFC allows; a malformed sha-256 value is a 400.
+    """
+    if header is None:
+        return None
+    for member in header.split(","):
+        name, _, value = member.strip().partition("=")
+        if name.strip().lower() != "sha-256":
+            continue
+        value = value.strip()
+        try:
+            if not (value.startswith(":") and value.endswith(":") and len(value) > 2):
+                raise ValueError
+            digest = base64.b64decode(value[1:-1], validate=True)
+        except (ValueError, binascii.Error):
+            raise BadRequest(
+                "malformed Content-Digest header: expected sha-256=:<base64 of 32 bytes>:"
+            ) from None
+        if len(digest) != 32:
+            raise BadRequest(
+                f"malformed Content-Digest header: a SHA-256 digest is 32 bytes, got {len(digest)}"
+            )
+        return digest.hex()
+    return None
+
+
+def _check_expectations(form: _Form, facts: FileFacts) -> None:
+    """The client's digests and strictness, checked before anything is published."""
+    expected = {
+        "the sha256 form field": form.options.get("sha256"),
+        "the Content-Digest header": form.part_digest,
+    }
+    for source, digest in expected.items():
+        if digest is None:
+            continue
+        if facts.sha256 is None:
+            raise BadRequest("digest checks need the server's hashing, which is switched off")
+        if digest != facts.sha256:
+            raise BadRequest(
+                f"sha256 mismatch: {source} says {digest} but the received file has "
+                f"{facts.sha256}; nothing was stored"
+            )
+    if form.options.get("strict") and facts.ragged_rows:
+        raise BadRequest(
+            f"strict=true: {facts.ragged_rows} row(s) have a different number of fields than "
+            f"the header's {facts.column_count}; nothing was stored"
+        )
 
 
 async def _read_field(part: BodyPartReader, limits: UploadLimits) -> str:

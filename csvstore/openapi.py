@@ -27,6 +27,15 @@ _SCHEMAS = (
 )
 
 
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+# Responses that are not JSON: the file's own bytes, a ZIP, or nothing at all.
+_RAW_BODIES: dict[str, dict[str, Any] | None] = {
+    "binary": {"text/csv": _BINARY},
+    "zip": {"application/zip": _BINARY},
+    "empty": None,
+}
+
+
 def _ref(name: str) -> dict[str, Any]:
     if name.endswith("[]"):
         return {"type": "array", "items": _ref(name[:-2])}
@@ -47,11 +56,16 @@ def build_openapi() -> dict[str, Any]:
     for route in ROUTES:
         responses: dict[str, Any] = {}
         for status, (description, schema_name) in route.responses.items():
+            content: dict[str, Any] | None
             if schema_name is None:
                 content = {PROBLEM_JSON: {"schema": _ref("Problem")}}
+            elif schema_name in _RAW_BODIES:
+                content = _RAW_BODIES[schema_name]
             else:
                 content = {"application/json": {"schema": _ref(schema_name)}}
-            responses[str(status)] = {"description": description, "content": content}
+            responses[str(status)] = {"description": description}
+            if content:
+                responses[str(status)]["content"] = content
         responses.setdefault(
             "500",
             {

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
+
+from csvstore.analysis import FileFacts
 from csvstore.db import Executor, Row
 from csvstore.queries import Queries
 
@@ -22,6 +25,31 @@ class NewFile:
     content_type: str
     file_path: str
     created_at: str
+    facts: FileFacts
+
+
+def _file(row: Row | None) -> Row | None:
+    """A file row as the service uses it: JSON columns decoded, flags as booleans."""
+    if row is None:
+        return None
+    if row["columns"] is not None:
+        row["columns"] = orjson.loads(row["columns"])
+    if row["has_header"] is not None:
+        row["has_header"] = bool(row["has_header"])
+    checkpoints = row.get("row_checkpoints")
+    if checkpoints is not None:
+        row["row_checkpoints"] = orjson.loads(checkpoints)
+    return row
+
+
+def _json(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _files(rows: list[Row]) -> list[Row]:
+    for row in rows:
+        _file(row)
+    return rows
 
 
 class Repo:
@@ -44,8 +72,8 @@ class Repo:
     async def get_session_with_files(self, x: Executor, session_id: str) -> Row | None:
         session = await self.get_session(x, session_id)
         if session is not None:
-            session["csv_files"] = await x.all(
-                self.q.list_files_of_session, {"session_pk": session["id"]}
+            session["csv_files"] = _files(
+                await x.all(self.q.list_files_of_session, {"session_pk": session["id"]})
             )
         return session
 
@@ -59,7 +87,7 @@ class Repo:
         for session in sessions:
             session["csv_files"] = []
             by_pk[session["id"]] = session
-        for file in await x.all(self.q.list_files_of_session_page, params):
+        for file in _files(await x.all(self.q.list_files_of_session_page, params)):
             owner = by_pk.get(file["session_id"])
             # The two reads are separate snapshots: files of a session created in between
             # belong to no session of this page and are skipped, never misplaced.
@@ -69,22 +97,53 @@ class Repo:
 
     async def insert_file(self, x: Executor, new: NewFile) -> Row | None:
         """The stored row, or None when the session was deleted meanwhile."""
-        return await x.one(
-            self.q.insert_file,
-            {
-                "id": new.id,
-                "session_id": new.session_id,
-                "filename": new.filename,
-                "original_filename": new.original_filename,
-                "file_size": new.file_size,
-                "content_type": new.content_type,
-                "file_path": new.file_path,
-                "created_at": new.created_at,
-            },
+        facts = new.facts
+        return _file(
+            await x.one(
+                self.q.insert_file,
+                {
+                    "id": new.id,
+                    "session_id": new.session_id,
+                    "filename": new.filename,
+                    "original_filename": new.original_filename,
+                    "file_size": new.file_size,
+                    "content_type": new.content_type,
+                    "file_path": new.file_path,
+                    "created_at": new.created_at,
+                    "sha256": facts.sha256,
+                    "encoding": facts.encoding,
+                    "delimiter": facts.delimiter,
+                    "quotechar": facts.quotechar,
+                    "line_terminator": facts.line_terminator,
+                    "has_header": facts.has_header,
+                    "columns": None if facts.columns is None else _json(facts.columns),
+                    "column_count": facts.column_count,
+                    "row_count": facts.row_count,
+                    "ragged_rows": facts.ragged_rows,
+                    "row_checkpoints": _json(facts.checkpoints),
+                },
+            )
+        )
+
+    async def insert_file_unless_duplicate(
+        self, x: Executor, new: NewFile
+    ) -> tuple[Row | None, bool]:
+        """(row, is_duplicate): the session's earlier file with the same digest if there is
+        one, else the newly inserted row (None when the session is gone)."""
+        existing = await self.find_duplicate(x, new.session_id, new.facts.sha256)
+        if existing is not None:
+            return existing, True
+        return await self.insert_file(x, new), False
+
+    async def find_duplicate(self, x: Executor, session_id: str, sha256: str | None) -> Row | None:
+        if sha256 is None:
+            return None
+        return _file(
+            await x.one(self.q.find_duplicate, {"session_id": session_id, "sha256": sha256})
         )
 
     async def get_file(self, x: Executor, file_id: str) -> Row | None:
-        return await x.one(self.q.get_file, {"id": file_id})
+        return _file(await x.one(self.q.get_file, {"id": file_id}))
 
     async def delete_file(self, x: Executor, file_id: str) -> str | None:
         """Delete a file's row; its storage key, or None when there was no such file."""

@@ -96,6 +96,31 @@ ROUTES: tuple[Route, ...] = (
         parameters=[_FILE_ID],
     ),
     Route(
+        "GET",
+        f"{API}/files/{{file_id}}/content",
+        handlers.download_file,
+        "Download a file's bytes (ETag, If-None-Match, single Range, HEAD)",
+        {
+            200: ("The stored bytes", "binary"),
+            206: ("The requested range (Content-Range)", "binary"),
+            304: ("Not modified (If-None-Match matched the ETag)", "empty"),
+            404: ("No such file", None),
+            416: ("Range outside the file", None),
+        },
+        parameters=[_FILE_ID],
+    ),
+    Route(
+        "GET",
+        f"{API}/sessions/{{session_id}}/archive",
+        handlers.download_archive,
+        "Download every file of a session as one ZIP, streamed as it is built",
+        {
+            200: ("A ZIP archive, entries named by original filename", "zip"),
+            404: ("No such session", None),
+        },
+        parameters=[_SESSION_ID],
+    ),
+    Route(
         "DELETE",
         f"{API}/files/{{file_id}}",
         handlers.delete_file,

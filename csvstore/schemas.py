@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields, validate
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from csvstore.errors import ValidationFailed
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
 SESSION_ID_RULE = (
@@ -49,6 +53,21 @@ class SessionListQuery(Schema):
     )
 
 
+def load(schema: Schema, data: Any, *, what: str) -> dict[str, Any]:
+    """Validate input with a schema; a failure is a 400 that names each offending field."""
+    try:
+        return schema.load(data)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        messages: dict[str, Any] = (
+            exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        )
+        summary = "; ".join(
+            f"{field}: {' '.join(map(str, msgs)) if isinstance(msgs, list) else msgs}"
+            for field, msgs in messages.items()
+        )
+        raise ValidationFailed(f"invalid {what}: {summary}", errors=messages) from None
+
+
 class FileSchema(Schema):
     id = fields.String(required=True, metadata={"format": "uuid"})
     filename = fields.String(
@@ -62,6 +81,25 @@ class FileSchema(Schema):
     file_size = fields.Integer(required=True, metadata={"description": "bytes"})
     content_type = fields.String(required=True, metadata={"example": "text/csv"})
     created_at = fields.String(required=True, metadata=_TIMESTAMP)
+    # What the single pass learned (null for files stored before profiling existed).
+    sha256 = fields.String(allow_none=True, metadata={"description": "hex SHA-256 of the bytes"})
+    encoding = fields.String(
+        allow_none=True,
+        metadata={"description": "Python codec: utf-8, utf-8-sig, utf-16 or cp1252"},
+    )
+    delimiter = fields.String(allow_none=True, metadata={"example": ","})
+    quotechar = fields.String(allow_none=True, metadata={"example": '"'})
+    line_terminator = fields.String(allow_none=True, metadata={"example": "\r\n"})
+    has_header = fields.Boolean(allow_none=True)
+    columns = fields.List(fields.String(), allow_none=True)
+    column_count = fields.Integer(allow_none=True)
+    row_count = fields.Integer(allow_none=True, metadata={"description": "data rows, no header"})
+    ragged_rows = fields.Integer(
+        allow_none=True, metadata={"description": "rows whose field count differs"}
+    )
+    duplicate_of = fields.String(
+        metadata={"description": "set when dedupe=true found these bytes already stored"}
+    )
 
 
 class SessionSchema(Schema):
@@ -77,7 +115,33 @@ class SessionCreatedResponse(Schema):
     session_id = fields.String(required=True)
 
 
-class UploadForm(Schema):
+class UploadOptions(Schema):
+    """Optional form fields of an upload, before or after the file."""
+
+    class Meta:
+        unknown = RAISE
+
+    sha256 = fields.String(
+        validate=validate.Regexp(r"^[0-9a-fA-F]{64}$", error="expected 64 hex digits"),
+        metadata={"description": "expected SHA-256 (hex); a mismatch is a 400, nothing stored"},
+    )
+    strict = fields.Boolean(
+        metadata={"description": "refuse (400) a file with rows whose width differs"}
+    )
+    dedupe = fields.Boolean(
+        metadata={
+            "description": "if the session already has these bytes, answer 200 with that file"
+        }
+    )
+
+    def load(self, *args: Any, **kwargs: Any) -> Any:
+        data = super().load(*args, **kwargs)
+        if "sha256" in data:
+            data["sha256"] = data["sha256"].lower()
+        return data
+
+
+class UploadForm(UploadOptions):
     """The multipart form of an upload (documentation; the handler streams it part by part)."""
 
     file = fields.Raw(required=True, metadata={"type": "string", "format": "binary"})

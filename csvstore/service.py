@@ -13,6 +13,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
+from csvstore.analysis import FileFacts
 from csvstore.db import Database, Row
 from csvstore.errors import BadRequest, NotFound
 from csvstore.repo import NewFile, Repo
@@ -22,6 +23,12 @@ from csvstore.timeutil import utc_now
 log = logging.getLogger("csvstore")
 
 STORED_CONTENT_TYPE = "text/csv"
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    file: Row
+    duplicate: bool  # True: an identical file was already in the session; this is it
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,19 +100,20 @@ class CsvStore:
         return file_id, f"{file_id}.csv"
 
     async def publish_upload(
-        self, writer: StorageWriter, *, file_id: str, session_id: str, original_filename: str
-    ) -> Row:
+        self,
+        writer: StorageWriter,
+        *,
+        file_id: str,
+        session_id: str,
+        original_filename: str,
+        facts: FileFacts,
+        dedupe: bool = False,
+    ) -> Published:
         """Make a fully received upload durable and visible; on any failure, remove it.
 
         Shielded from cancellation: once the bytes are published, the row must be written
         or the bytes removed, even if the client has gone.
         """
-        return await asyncio.shield(self._publish(writer, file_id, session_id, original_filename))
-
-    async def _publish(
-        self, writer: StorageWriter, file_id: str, session_id: str, original_filename: str
-    ) -> Row:
-        await writer.commit()
         new = NewFile(
             id=file_id,
             session_id=session_id,
@@ -115,16 +123,36 @@ class CsvStore:
             content_type=STORED_CONTENT_TYPE,
             file_path=writer.key,
             created_at=utc_now(),
+            facts=facts,
         )
+        if dedupe:
+            existing = await self.db.read(
+                lambda x: self.repo.find_duplicate(x, session_id, facts.sha256)
+            )
+            if existing is not None:
+                await writer.abort()
+                return Published(existing, duplicate=True)
+        return await asyncio.shield(self._publish(writer, new, dedupe))
+
+    async def _publish(self, writer: StorageWriter, new: NewFile, dedupe: bool) -> Published:
+        await writer.commit()
         try:
-            row = await self.db.write(lambda x: self.repo.insert_file(x, new))
+            if dedupe:  # checked again in the transaction: a twin may have committed meanwhile
+                row, duplicate = await self.db.write(
+                    lambda x: self.repo.insert_file_unless_duplicate(x, new)
+                )
+            else:
+                row = await self.db.write(lambda x: self.repo.insert_file(x, new))
+                duplicate = False
         except BaseException:
             await self.storage.delete([writer.key])
             raise
         if row is None:  # the session was deleted while the upload streamed in
             await self.storage.delete([writer.key])
-            raise _session_not_found(session_id)
-        return row
+            raise _session_not_found(new.session_id)
+        if duplicate:
+            await self.storage.delete([writer.key])
+        return Published(row, duplicate=duplicate)
 
     async def get_file(self, file_id: str) -> Row:
         row = await self.db.read(lambda x: self.repo.get_file(x, file_id))

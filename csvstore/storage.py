@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +22,8 @@ from aiofiles.threadpool.binary import AsyncBufferedIOBase
 log = logging.getLogger("csvstore.storage")
 
 TEMP_SUFFIX = ".part"
+# Downloads move 1 MiB per thread hop: few hops, bounded memory per reader.
+READ_CHUNK = 1024 * 1024
 
 
 class StorageWriter(Protocol):
@@ -38,6 +41,10 @@ class Storage(Protocol):
     async def prepare(self) -> int: ...
 
     async def begin(self, key: str) -> StorageWriter: ...
+
+    def read(self, key: str, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """The stored bytes from ``start``, ``length`` of them (all by default), in chunks."""
+        ...
 
     async def delete(self, keys: list[str]) -> None: ...
 
@@ -128,6 +135,22 @@ class LocalStorage:
 
     def path_of(self, key: str) -> Path:
         return self.root / key
+
+    async def read(
+        self, key: str, start: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        remaining = length
+        async with aiofiles.open(self.root / key, "rb") as handle:
+            if start:
+                await handle.seek(start)
+            while remaining is None or remaining > 0:
+                want = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
+                chunk = await handle.read(want)
+                if not chunk:
+                    return
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
 
     async def delete(self, keys: list[str]) -> None:
         """Remove stored files; a file already gone is not an error (deletes are idempotent)."""

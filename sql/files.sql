@@ -1,27 +1,48 @@
+-- Every query returning files returns the same columns (row_checkpoints only where the
+-- row reader needs them: they can be long).
+
 -- name: insert_file^
 -- Record a stored file in the session named by its client id. Inserts nothing (and so
 -- returns nothing) when that session no longer exists: a delete won the race.
 INSERT INTO files (id, session_id, filename, original_filename, file_size, content_type,
-                   file_path, created_at)
+                   file_path, created_at, sha256, encoding, delimiter, quotechar,
+                   line_terminator, has_header, columns, column_count, row_count, ragged_rows,
+                   row_checkpoints)
 SELECT :id, s.id, :filename, :original_filename, :file_size, :content_type,
-       :file_path, :created_at
+       :file_path, :created_at, :sha256, :encoding, :delimiter, :quotechar,
+       :line_terminator, :has_header, :columns, :column_count, :row_count, :ragged_rows,
+       :row_checkpoints
 FROM sessions AS s
 WHERE s.session_id = :session_id
 RETURNING id, session_id, filename, original_filename, file_size, content_type, file_path,
-          created_at;
+          created_at, sha256, encoding, delimiter, quotechar, line_terminator, has_header,
+          columns, column_count, row_count, ragged_rows;
+
+-- name: find_duplicate^
+-- The earliest file of a session with the given digest (for dedupe=true).
+SELECT f.id, f.session_id, f.filename, f.original_filename, f.file_size, f.content_type,
+       f.file_path, f.created_at, f.sha256, f.encoding, f.delimiter, f.quotechar,
+       f.line_terminator, f.has_header, f.columns, f.column_count, f.row_count, f.ragged_rows
+FROM files AS f
+JOIN sessions AS s ON s.id = f.session_id
+WHERE s.session_id = :session_id AND f.sha256 = :sha256
+ORDER BY f.created_at, f.id
+LIMIT 1;
 
 -- name: get_file^
-SELECT id, session_id, filename, original_filename, file_size, content_type, file_path,
-       created_at
-FROM files
-WHERE id = :id;
+SELECT f.id, f.session_id, f.filename, f.original_filename, f.file_size, f.content_type,
+       f.file_path, f.created_at, f.sha256, f.encoding, f.delimiter, f.quotechar,
+       f.line_terminator, f.has_header, f.columns, f.column_count, f.row_count, f.ragged_rows, f.row_checkpoints
+FROM files AS f
+WHERE f.id = :id;
 
 -- name: list_files_of_session
-SELECT id, session_id, filename, original_filename, file_size, content_type, file_path,
-       created_at
-FROM files
-WHERE session_id = :session_pk
-ORDER BY created_at, id;
+SELECT f.id, f.session_id, f.filename, f.original_filename, f.file_size, f.content_type,
+       f.file_path, f.created_at, f.sha256, f.encoding, f.delimiter, f.quotechar,
+       f.line_terminator, f.has_header, f.columns, f.column_count, f.row_count, f.ragged_rows
+FROM files AS f
+WHERE f.session_id = :session_pk
+ORDER BY f.created_at, f.id;
 
 -- name: delete_file^
 DELETE FROM files

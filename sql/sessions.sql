@@ -22,7 +22,8 @@ LIMIT :limit;
 -- The files of exactly the sessions that list_sessions returns for the same parameters:
 -- one query for the whole page, never one per session.
 SELECT f.id, f.session_id, f.filename, f.original_filename, f.file_size, f.content_type,
-       f.file_path, f.created_at
+       f.file_path, f.created_at, f.sha256, f.encoding, f.delimiter, f.quotechar,
+       f.line_terminator, f.has_header, f.columns, f.column_count, f.row_count, f.ragged_rows
 FROM files AS f
 WHERE f.session_id IN (
     SELECT id FROM sessions WHERE session_id > :after ORDER BY session_id LIMIT :limit

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from csvstore.analysis import FileFacts
 from csvstore.db import Executor, SqliteDatabase, split_statements
 from csvstore.errors import InsufficientStorage
 from csvstore.queries import SQL_DIR, Queries, load_migrations, parse_queries
@@ -39,7 +40,7 @@ def test_every_named_query_compiles_against_the_schema(tmp_path: Path) -> None:
     for query in Queries()._by_name.values():
         if query.sql.upper().startswith(("BEGIN", "PRAGMA")):
             continue
-        params = dict.fromkeys(re.findall(r":([a-z_]+)", query.sql))
+        params = dict.fromkeys(re.findall(r":([a-z_0-9]+)", query.sql))
         conn.execute(f"EXPLAIN {query.sql}", params)
     conn.close()
 
@@ -117,7 +118,11 @@ async def test_startup_check_removes_temp_and_orphan_files(tmp_path: Path) -> No
         writer = await storage.begin("kept.csv")
         await writer.write(b"a\n")
         await store.publish_upload(
-            writer, file_id="kept", session_id="s", original_filename="a.csv"
+            writer,
+            file_id="kept",
+            session_id="s",
+            original_filename="a.csv",
+            facts=FileFacts(),
         )
         (tmp_path / "tmp" / "stale.csv.part").write_bytes(b"half")
         (tmp_path / "uploads" / "orphan.csv").write_bytes(b"no row")
