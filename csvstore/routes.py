@@ -133,4 +133,7 @@ ROUTES: tuple[Route, ...] = (
 
 def setup_routes(app: web.Application) -> None:
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, route.handler)
+        if route.method == "GET":  # answers HEAD too
+            app.router.add_get(route.path, route.handler)
+        else:
+            app.router.add_route(route.method, route.path, route.handler)

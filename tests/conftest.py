@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -35,6 +36,9 @@ def upload_form(
     session_first: bool = True,
 ) -> FormData:
     """The multipart form of an upload; ``session_first=False`` is what curl -F sends."""
+    if isinstance(data, bytes):
+        # aiohttp warns (an error here) about large raw bytes bodies; a stream is fine.
+        data = io.BytesIO(data)
     form = FormData()
     if session_id is not None and session_first:
         form.add_field("session_id", session_id)
