@@ -11,6 +11,7 @@ from dataclasses import fields, replace
 
 from csvstore import __version__
 from csvstore.config import Settings, convert
+from csvstore.security import check_bind_is_safe, load_keys
 from csvstore.server import serve
 
 
@@ -27,11 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = Settings()
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
+        is_switch = isinstance(getattr(defaults, f.name), bool)
         parser.add_argument(
             flag,
             dest=f.name,
             metavar=f.name.upper(),
             default=None,
+            # a boolean is a switch (--insecure) that also takes an explicit value
+            nargs="?" if is_switch else None,
+            const="true" if is_switch else None,
             help=(
                 f"{f.metadata['help']} "
                 f"(env {f.metadata['env']}; default: {getattr(defaults, f.name)})"
@@ -50,9 +55,11 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
             for f in fields(Settings)
             if (value := getattr(args, f.name)) is not None
         }
-    except ValueError as exc:
+        settings = replace(settings, **overrides)
+        check_bind_is_safe(settings, load_keys(settings))
+    except (ValueError, OSError) as exc:
         parser.error(str(exc))
-    return replace(settings, **overrides)
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -61,14 +68,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    keys = load_keys(settings)
+    read_only = sum(key.read_only for key in keys)
+    access = (
+        f"{len(keys)} API key(s), {read_only} read-only"
+        if keys
+        else "no API keys: open to anyone who can reach " + settings.host
+    )
     logging.getLogger("csvstore").info(
-        "csvstore %s listening on http://%s:%d with %d worker(s), data in %s, max upload %d bytes",
+        "csvstore %s listening on http://%s:%d with %d worker(s); data in %s; "
+        "max upload %d bytes; durability %s; %s",
         __version__,
         settings.host,
         settings.port,
         settings.workers,
         settings.data_dir.resolve(),
         settings.max_upload_size,
+        settings.durability,
+        access,
     )
     serve(settings)
 

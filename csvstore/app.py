@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from csvstore.config import Settings
 from csvstore.db import SqliteDatabase
@@ -14,6 +15,7 @@ from csvstore.ingest import UploadLimits
 from csvstore.keys import LIMITS_KEY, SETTINGS_KEY, STARTUP_CHECK_KEY, STORE_KEY
 from csvstore.openapi import setup_openapi
 from csvstore.routes import setup_routes
+from csvstore.security import add_security_headers, auth_middleware, load_keys, setup_cors
 from csvstore.service import CsvStore
 from csvstore.storage import LocalStorage
 
@@ -25,18 +27,27 @@ JSON_BODY_LIMIT = 64 * 1024
 def create_app(settings: Settings, *, startup_check: bool = True) -> web.Application:
     """The application. ``startup_check=False`` when a supervisor already ran the check
     (with several workers, one worker's check could remove another's upload in flight)."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=JSON_BODY_LIMIT)
+    keys = load_keys(settings)
+    middlewares: list[Middleware] = [error_middleware]
+    if keys:
+        middlewares.append(auth_middleware(keys))
+    app = web.Application(middlewares=middlewares, client_max_size=JSON_BODY_LIMIT)
+    app.on_response_prepare.append(add_security_headers)
     app[SETTINGS_KEY] = settings
     app[LIMITS_KEY] = UploadLimits(
         max_upload_size=settings.max_upload_size,
         chunk_size=settings.upload_chunk_size,
         read_timeout=settings.body_read_timeout,
         analyse=settings.analyse_uploads,
+        min_free_space=settings.min_free_space,
     )
     app[STARTUP_CHECK_KEY] = startup_check
     app.cleanup_ctx.append(_store)
     setup_routes(app)
     setup_openapi(app)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        setup_cors(app, origins)
     return app
 
 
@@ -52,9 +63,10 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
 @contextlib.asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[CsvStore]:
     """The database and storage that settings name, open (and migrated) for the duration."""
-    db = SqliteDatabase(settings.database_path)
+    full = settings.durability == "full"
+    db = SqliteDatabase(settings.database_path, synchronous_full=full)
     await db.open()
     try:
-        yield CsvStore(db, LocalStorage(settings.uploads_dir, settings.temp_dir))
+        yield CsvStore(db, LocalStorage(settings.uploads_dir, settings.temp_dir, fsync=full))
     finally:
         await db.close()

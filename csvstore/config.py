@@ -107,6 +107,66 @@ class Settings:
         ),
     )
 
+    # "full": a 201 survives a crash or power cut (fsync of file, folder and database).
+    # "fast": no fsync; a 201 survives the process being killed, not the machine losing power.
+    durability: str = field(
+        default="full",
+        metadata=_help(
+            "full (fsync before every 201) or fast (no fsync: survives a process crash, "
+            "not a power cut)",
+            "CSVSTORE_DURABILITY",
+        ),
+    )
+    # Refusing an upload that would leave less than this free keeps room for the database,
+    # the logs and the uploads already in flight.
+    min_free_space: int = field(
+        default=64 * MiB,
+        metadata=_help(
+            "uploads are refused with 507 when the disk would have less free space than this",
+            "CSVSTORE_MIN_FREE_SPACE",
+        ),
+    )
+    # Long enough for a typical upload to finish, short enough for a deploy to proceed.
+    shutdown_grace: float = field(
+        default=30.0,
+        metadata=_help(
+            "seconds in-flight requests may take to finish after SIGTERM before they are "
+            "aborted (their partial uploads removed)",
+            "CSVSTORE_SHUTDOWN_GRACE",
+        ),
+    )
+    api_keys: str = field(
+        default="",
+        metadata=_help(
+            "comma-separated API keys; 'ro:KEY' makes a read-only (GET) key; when any key is "
+            "configured every /api route needs 'Authorization: Bearer KEY'",
+            "CSVSTORE_API_KEYS",
+        ),
+    )
+    api_keys_file: Path | None = field(
+        default=None,
+        metadata=_help(
+            "file with one API key per line: KEY, sha256:HEX (stored hashed), "
+            "prefix 'ro:' for read-only; '#' starts a comment",
+            "CSVSTORE_API_KEYS_FILE",
+        ),
+    )
+    insecure: bool = field(
+        default=False,
+        metadata=_help(
+            "allow listening on a non-loopback address without API keys (true/false)",
+            "CSVSTORE_INSECURE",
+        ),
+    )
+    cors_origins: str = field(
+        default="",
+        metadata=_help(
+            "comma-separated origins allowed to call the API from a browser (CORS); "
+            "empty = CORS off",
+            "CSVSTORE_CORS_ORIGINS",
+        ),
+    )
+
     @property
     def database_path(self) -> Path:
         return self.data_dir / "csvstore.db"
@@ -133,13 +193,21 @@ class Settings:
 
 def convert(name: str, raw: str) -> Any:
     """Turn the text of one setting into its typed value; ``ValueError`` says what is wrong."""
-    if name in {"max_upload_size", "upload_chunk_size"}:
+    if name in {"max_upload_size", "upload_chunk_size", "min_free_space"}:
         return parse_size(raw)
-    if name == "analyse_uploads":
+    if name in {"analyse_uploads", "insecure"}:
         lowered = raw.strip().lower()
         if lowered not in {"true", "false", "1", "0", "yes", "no", "on", "off"}:
             raise ValueError(f"expected true or false, got {raw!r}")
         return lowered in {"true", "1", "yes", "on"}
+    if name == "durability":
+        if raw not in {"full", "fast"}:
+            raise ValueError(f"durability is full or fast, got {raw!r}")
+        return raw
+    if name == "shutdown_grace":
+        return float(raw)
+    if name == "api_keys_file":
+        return Path(raw)
     if name == "workers":
         workers = int(raw)
         if workers < 0:

@@ -26,13 +26,14 @@ from csvstore.db import Row
 from csvstore.errors import (
     BadRequest,
     ClientGone,
+    InsufficientStorage,
     PayloadTooLarge,
     RequestTimeout,
     ValidationFailed,
 )
 from csvstore.schemas import UploadForm, UploadOptions, load
 from csvstore.service import CsvStore
-from csvstore.storage import StorageWriter
+from csvstore.storage import Storage, StorageWriter
 
 T = TypeVar("T")
 
@@ -51,6 +52,7 @@ class UploadLimits:
     chunk_size: int
     read_timeout: float
     analyse: bool = True  # hash and profile while streaming (off only to benchmark the cost)
+    min_free_space: int = 0  # refuse (507) rather than leave less than this on the disk
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,7 @@ async def receive_upload(request: web.Request, store: CsvStore, limits: UploadLi
     except (ValueError, AssertionError, KeyError) as exc:
         raise BadRequest("malformed multipart body: the boundary is missing or invalid") from exc
 
+    _ensure_room(store.storage, length or 0, limits)
     form = _Form()
     # For a body that fits in one chunk, looking the session up first costs more than it
     # saves: the insert checks it anyway, and a refused small file is cheap to remove.
@@ -140,7 +143,7 @@ async def _read_form(
             form.part_digest = parse_content_digest(part.headers.get("Content-Digest"))
             form.file_id, key = store.new_file_key()
             form.writer = await store.storage.begin(key)
-            form.facts = await _stream_file(part, form.writer, limits)
+            form.facts = await _stream_file(part, form.writer, store.storage, limits)
         elif part.name == "session_id":
             if form.session_id is not None:
                 raise BadRequest("the form has more than one 'session_id' field")
@@ -161,7 +164,7 @@ async def _read_form(
 
 
 async def _stream_file(
-    part: BodyPartReader, writer: StorageWriter, limits: UploadLimits
+    part: BodyPartReader, writer: StorageWriter, storage: Storage, limits: UploadLimits
 ) -> FileFacts:
     analysis = UploadAnalysis(enabled=limits.analyse)
     received = 0
@@ -179,6 +182,7 @@ async def _stream_file(
         # before writing so each thread hop to the disk moves a large block.
         if pending and (pending_size >= limits.chunk_size or not chunk):
             block = pending[0] if len(pending) == 1 else b"".join(pending)
+            _ensure_room(storage, len(block), limits)
             analysis.feed(block)  # refuses a non-CSV block before any of it is written
             await writer.write(block)
             pending.clear()
@@ -218,6 +222,21 @@ def parse_content_digest(header: str | None) -> str | None:
             )
         return digest.hex()
     return None
+
+
+def _ensure_room(storage: Storage, incoming: int, limits: UploadLimits) -> None:
+    """507 before the disk is full: keep ``min_free_space`` free after ``incoming`` more bytes.
+
+    statvfs is a single cheap system call, so it runs inline rather than in a thread.
+    """
+    if not limits.min_free_space:
+        return
+    free = storage.free_bytes()
+    if free is not None and free - incoming < limits.min_free_space:
+        raise InsufficientStorage(
+            f"not enough free disk space on the server: {free} bytes free, "
+            f"{limits.min_free_space} must stay free; try again later or upload less"
+        )
 
 
 def _check_expectations(form: _Form, facts: FileFacts) -> None:

@@ -40,6 +40,9 @@ def run_worker(settings: Settings, *, startup_check: bool, reuse_port: bool) -> 
         print=None,
         access_log=None,
         reuse_port=reuse_port,
+        # SIGTERM: stop accepting, give in-flight requests this long, then cancel them
+        # (their partial uploads are removed as they unwind).
+        shutdown_timeout=settings.shutdown_grace,
         loop=_loop_factory()(),
     )
 

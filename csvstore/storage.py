@@ -50,6 +50,10 @@ class Storage(Protocol):
 
     async def keys(self) -> set[str]: ...
 
+    def free_bytes(self) -> int | None:
+        """Bytes free where uploads are written, or None where that is not a concern."""
+        ...
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -165,6 +169,10 @@ class LocalStorage:
                 _fsync_dir(self.root)
 
         await asyncio.to_thread(run)
+
+    def free_bytes(self) -> int | None:
+        stats = os.statvfs(self.temp_dir)
+        return stats.f_bavail * stats.f_frsize
 
     async def keys(self) -> set[str]:
         def run() -> set[str]:

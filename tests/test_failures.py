@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import sqlite3
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from csvstore.storage import LocalWriter
 from tests.conftest import (
     BOUNDARY,
     Client,
+    MakeClient,
     assert_consistent,
     assert_problem,
     csv_bytes,
@@ -129,4 +131,29 @@ async def test_client_gone_mid_body_leaves_nothing(
     reader.feed_eof()
     # and the service goes on
     assert (await client.post("/api/csv/upload", data=upload_form(csv_bytes()))).status == 201
+    assert_consistent(settings)
+
+
+async def test_min_free_space_refuses_uploads_early(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    """With less free space than the minimum, uploads get 507; reads go on."""
+    import shutil
+
+    free = shutil.disk_usage(settings.data_dir.parent).free
+    client = await make_client(replace(settings, min_free_space=free + 1024**4))
+    await client.post("/api/csv/sessions", json={"session_id": "s1"})
+    body = await assert_problem(
+        await client.post("/api/csv/upload", data=upload_form(csv_bytes())), 507
+    )
+    assert "free disk space" in body["detail"]
+    assert (await client.get("/api/csv/sessions/s1")).status == 200
+    assert stored_state(settings) == (set(), set(), [])
+
+
+async def test_fast_durability_still_stores(make_client: MakeClient, settings: Settings) -> None:
+    client = await make_client(replace(settings, durability="fast"))
+    await client.post("/api/csv/sessions", json={"session_id": "s1"})
+    resp = await client.post("/api/csv/upload", data=upload_form(csv_bytes()))
+    assert resp.status == 201
     assert_consistent(settings)

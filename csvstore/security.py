@@ -1,0 +1,174 @@
+"""Who may call the API, and the headers every response carries.
+
+API keys are optional. With none configured the service is open (and binds to loopback
+unless told otherwise); with any configured, every ``/api`` route needs
+``Authorization: Bearer <key>``. Keys are kept only as SHA-256 digests, in memory and, if
+wanted, in the keys file, and compared in constant time. A read-only key may GET and HEAD.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from csvstore.config import Settings
+from csvstore.errors import ApiError, Handler, Unauthorized
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+PROTECTED_PREFIX = "/api/"
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="csvstore"'}
+
+
+class Forbidden(ApiError):
+    status = 403
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    digest: bytes  # sha256 of the key
+    read_only: bool
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def parse_key_spec(spec: str) -> ApiKey:
+    """``KEY``, ``sha256:HEX`` (a key stored hashed), either prefixed ``ro:`` for read-only."""
+    spec = spec.strip()
+    read_only = spec.startswith("ro:")
+    if read_only:
+        spec = spec[3:]
+    if spec.startswith("sha256:"):
+        try:
+            digest = bytes.fromhex(spec[7:])
+        except ValueError:
+            raise ValueError("a sha256: key needs 64 hex digits") from None
+        if len(digest) != 32:
+            raise ValueError("a sha256: key needs 64 hex digits")
+        return ApiKey(digest, read_only)
+    if len(spec) < 16:
+        raise ValueError("an API key must be at least 16 characters long")
+    return ApiKey(_digest(spec), read_only)
+
+
+def load_keys(settings: Settings) -> list[ApiKey]:
+    specs: list[str] = [s for s in settings.api_keys.split(",") if s.strip()]
+    if settings.api_keys_file is not None:
+        specs += _key_lines(settings.api_keys_file)
+    return [parse_key_spec(spec) for spec in specs]
+
+
+def _key_lines(path: Path) -> Iterable[str]:
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            yield line
+
+
+def find_key(keys: list[ApiKey], presented: str) -> ApiKey | None:
+    digest = _digest(presented)
+    found = None
+    for key in keys:  # every key is compared, so the time does not say which one matched
+        if hmac.compare_digest(key.digest, digest):
+            found = key
+    return found
+
+
+def auth_middleware(keys: list[ApiKey]) -> Middleware:
+    @web.middleware
+    async def check_key(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method == "OPTIONS" or not request.path.startswith(PROTECTED_PREFIX):
+            return await handler(request)
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise Unauthorized(
+                "this server needs an API key: send 'Authorization: Bearer <key>'",
+                headers=_CHALLENGE,
+            )
+        key = find_key(keys, presented.strip())
+        if key is None:
+            raise Unauthorized("the API key is not valid", headers=_CHALLENGE)
+        if key.read_only and request.method not in READ_METHODS:
+            raise Forbidden(f"this API key is read-only: {request.method} is not allowed")
+        return await handler(request)
+
+    return check_key
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind_is_safe(settings: Settings, keys: list[ApiKey]) -> None:
+    """Refuse to serve an open API on a public address unless told it is deliberate."""
+    if not keys and not is_loopback(settings.host) and not settings.insecure:
+        raise ValueError(
+            f"refusing to listen on {settings.host} without API keys: set --api-keys or "
+            "--api-keys-file, or pass --insecure if an open service is intended"
+        )
+
+
+# Every response: no MIME sniffing, no framing, no referrer leaks. The API's own answers
+# are data, never pages, so they also get the tightest content policy.
+_COMMON_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+_API_CSP = "default-src 'none'; frame-ancestors 'none'"
+_PAGE_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; frame-ancestors 'none'"
+)
+
+
+async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in _COMMON_HEADERS.items():
+        response.headers.setdefault(name, value)
+    csp = _API_CSP if request.path.startswith(PROTECTED_PREFIX) else _PAGE_CSP
+    response.headers.setdefault("Content-Security-Policy", csp)
+
+
+def setup_cors(app: web.Application, origins: list[str]) -> None:
+    """Allow the listed origins to call every route from a browser (aiohttp-cors)."""
+    import aiohttp_cors
+
+    options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
+        allow_credentials=False,
+        expose_headers=(
+            "Location",
+            "Link",
+            "ETag",
+            "Content-Range",
+            "Content-Disposition",
+            "X-Request-ID",
+        ),
+        allow_headers=(
+            "Authorization",
+            "Content-Type",
+            "Range",
+            "If-None-Match",
+            "If-Range",
+            "Content-Digest",
+            "X-Request-ID",
+        ),
+        allow_methods="*",
+        max_age=600,
+    )
+    cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
+    for route in list(app.router.routes()):
+        cors.add(route)
