@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -10,9 +11,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields, replace
 
 from csvstore import __version__
+from csvstore.app import open_store
+from csvstore.check import CheckReport, reconcile
 from csvstore.config import Settings, convert
 from csvstore.security import check_bind_is_safe, load_keys
 from csvstore.server import serve
+
+# On-demand checks spare younger stored files: a running server publishes an upload's
+# file a moment before it commits its row.
+ORPHAN_MIN_AGE = 60.0
+# ... and temp files of uploads that may still be streaming, however slowly.
+TEMP_MIN_AGE = 3600.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"csvstore {__version__}")
+    parser.epilog = (
+        "Sub-command: 'python -m csvstore check [--repair] [--no-verify]' reconciles the "
+        "stored files with the database (see 'check --help')."
+    )
+    add_settings_arguments(parser)
+    return parser
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Settings()
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
@@ -42,12 +60,40 @@ def build_parser() -> argparse.ArgumentParser:
                 f"(env {f.metadata['env']}; default: {getattr(defaults, f.name)})"
             ),
         )
+
+
+def build_check_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m csvstore check",
+        description=(
+            "Reconcile the stored files with the database: remove temp files and stored "
+            "files without a row (temp files older than an hour and stored files older than "
+            "a minute, so a running server's uploads in flight are spared), report rows whose bytes are missing or whose "
+            "size or SHA-256 no longer matches, run the database's integrity check. "
+            "Exit status 0 when nothing is left wrong, 1 otherwise."
+        ),
+    )
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="also remove the rows whose bytes are missing or wrong",
+    )
+    parser.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip reading every file to compare its size and SHA-256 (only check presence)",
+    )
+    add_settings_arguments(parser)
     return parser
 
 
-def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def settings_from(
+    argv: Sequence[str], environ: Mapping[str, str], parser: argparse.ArgumentParser | None = None
+) -> Settings:
+    parser = parser or build_parser()
+    args, _ = parser.parse_known_args(argv)
+    parser.parse_args(argv)  # unknown arguments are an error, reported by argparse
     try:
         settings = Settings.from_mapping(environ)
         overrides = {
@@ -62,8 +108,36 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     return settings
 
 
+def run_check(argv: Sequence[str]) -> int:
+    parser = build_check_parser()
+    args = parser.parse_args(argv)
+    settings = settings_from(argv, os.environ, parser)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    async def go() -> CheckReport:
+        async with open_store(settings) as store:
+            return await reconcile(
+                store,
+                repair=args.repair,
+                verify=args.verify,
+                orphan_min_age=ORPHAN_MIN_AGE,
+                temp_min_age=TEMP_MIN_AGE,
+            )
+
+    report = asyncio.run(go())
+    print(report.summary())
+    for file_id in report.missing_files:
+        print(f"missing bytes: file {file_id}")
+    for file_id in report.mismatched_files:
+        print(f"size or sha256 differs: file {file_id}")
+    return 1 if report.problems else 0
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    settings = settings_from(sys.argv[1:] if argv is None else argv, os.environ)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "check":
+        sys.exit(run_check(argv[1:]))
+    settings = settings_from(argv, os.environ)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

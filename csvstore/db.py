@@ -52,6 +52,10 @@ class Database(Protocol):
 
     async def write(self, op: Operation[T]) -> T: ...
 
+    async def integrity_check(self) -> list[str]:
+        """The engine's own consistency check; ``["ok"]`` when all is well."""
+        ...
+
     async def close(self) -> None: ...
 
 

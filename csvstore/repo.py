@@ -158,5 +158,8 @@ class Repo:
             return None
         return [str(row["file_path"]) for row in files]
 
+    async def files_for_check(self, x: Executor) -> list[Row]:
+        return await x.all(self.q.files_for_check)
+
     async def all_file_paths(self, x: Executor) -> set[str]:
         return {str(row["file_path"]) for row in await x.all(self.q.all_file_paths)}

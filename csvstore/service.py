@@ -12,6 +12,7 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from csvstore.analysis import FileFacts
 from csvstore.db import Database, Row
@@ -19,6 +20,9 @@ from csvstore.errors import BadRequest, NotFound
 from csvstore.repo import NewFile, Repo
 from csvstore.storage import Storage, StorageWriter
 from csvstore.timeutil import utc_now
+
+if TYPE_CHECKING:
+    from csvstore.check import CheckReport
 
 log = logging.getLogger("csvstore")
 
@@ -31,31 +35,17 @@ class Published:
     duplicate: bool  # True: an identical file was already in the session; this is it
 
 
-@dataclass(frozen=True, slots=True)
-class StartupReport:
-    temp_files_removed: int
-    orphan_files_removed: int
-
-
 class CsvStore:
     def __init__(self, db: Database, storage: Storage) -> None:
         self.db = db
         self.storage = storage
         self.repo = Repo(db.queries)
 
-    async def startup_check(self) -> StartupReport:
+    async def startup_check(self) -> CheckReport:
         """Remove what a crash may have left: temp files, and stored files with no row."""
-        temp_removed = await self.storage.prepare()
-        listed = await self.db.read(self.repo.all_file_paths)
-        orphans = sorted((await self.storage.keys()) - listed)
-        await self.storage.delete(orphans)
-        if temp_removed or orphans:
-            log.warning(
-                "start-up check removed %d temp file(s) and %d stored file(s) without a row",
-                temp_removed,
-                len(orphans),
-            )
-        return StartupReport(temp_removed, len(orphans))
+        from csvstore.check import reconcile  # check builds on this class
+
+        return await reconcile(self)
 
     # Sessions
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
@@ -38,7 +39,9 @@ class StorageWriter(Protocol):
 
 
 class Storage(Protocol):
-    async def prepare(self) -> int: ...
+    async def prepare(self, *, temp_min_age: float = 0.0) -> int:
+        """Create what is missing; remove temp objects older than ``temp_min_age`` seconds."""
+        ...
 
     async def begin(self, key: str) -> StorageWriter: ...
 
@@ -49,6 +52,10 @@ class Storage(Protocol):
     async def delete(self, keys: list[str]) -> None: ...
 
     async def keys(self) -> set[str]: ...
+
+    async def stat(self, key: str) -> tuple[int, float] | None:
+        """(size, modification time) of a stored file, or None if there is none."""
+        ...
 
     def free_bytes(self) -> int | None:
         """Bytes free where uploads are written, or None where that is not a concern."""
@@ -118,16 +125,17 @@ class LocalStorage:
         self.temp_dir = temp_dir
         self.fsync = fsync
 
-    async def prepare(self) -> int:
+    async def prepare(self, *, temp_min_age: float = 0.0) -> int:
         """Create the folders and remove temp files a crash left behind; how many were removed."""
 
         def run() -> int:
             self.root.mkdir(parents=True, exist_ok=True)
             self.temp_dir.mkdir(parents=True, exist_ok=True)
             removed = 0
+            cutoff = time.time() - temp_min_age
             for entry in self.temp_dir.iterdir():
-                if entry.is_file():
-                    entry.unlink()
+                if entry.is_file() and (not temp_min_age or entry.stat().st_mtime < cutoff):
+                    entry.unlink(missing_ok=True)
                     removed += 1
             return removed
 
@@ -169,6 +177,13 @@ class LocalStorage:
                 _fsync_dir(self.root)
 
         await asyncio.to_thread(run)
+
+    async def stat(self, key: str) -> tuple[int, float] | None:
+        try:
+            result = await asyncio.to_thread(os.stat, self.root / key)
+        except FileNotFoundError:
+            return None
+        return result.st_size, result.st_mtime
 
     def free_bytes(self) -> int | None:
         stats = os.statvfs(self.temp_dir)

@@ -51,3 +51,7 @@ RETURNING file_path;
 
 -- name: all_file_paths
 SELECT file_path FROM files;
+
+-- name: files_for_check
+-- What the consistency check compares with the bytes in storage.
+SELECT id, file_path, file_size, sha256 FROM files ORDER BY id;

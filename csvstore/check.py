@@ -1,0 +1,117 @@
+"""Reconciling storage with the database, after a crash or on demand.
+
+The invariant: storage holds exactly the files the database lists, each with the size and
+digest recorded for it. The check restores it where it can do so without losing anything
+a client was promised: temp files (uploads never acknowledged) and stored files with no
+row (published, then the process died before the commit) are removed. Rows whose bytes are
+missing or changed are reported, and removed only with ``repair`` -- a person decides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from csvstore.db import Operation
+from csvstore.repo import Repo
+from csvstore.service import CsvStore
+
+log = logging.getLogger("csvstore.check")
+
+
+@dataclass(slots=True)
+class CheckReport:
+    temp_files_removed: int = 0
+    orphan_files_removed: int = 0
+    missing_files: list[str] = field(default_factory=list)  # file ids whose bytes are gone
+    mismatched_files: list[str] = field(default_factory=list)  # wrong size or digest
+    rows_removed: int = 0
+    files_checked: int = 0
+    integrity: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> int:
+        bad_db = self.integrity != ["ok"] and bool(self.integrity)
+        unrepaired = len(self.missing_files) + len(self.mismatched_files) - self.rows_removed
+        return unrepaired + int(bad_db)
+
+    def summary(self) -> str:
+        return (
+            f"checked {self.files_checked} file(s): removed {self.temp_files_removed} temp "
+            f"file(s) and {self.orphan_files_removed} stored file(s) without a row; "
+            f"{len(self.missing_files)} row(s) with missing bytes, "
+            f"{len(self.mismatched_files)} with wrong size or digest, "
+            f"{self.rows_removed} row(s) removed; database integrity: "
+            f"{', '.join(self.integrity) or 'not checked'}"
+        )
+
+
+async def reconcile(
+    store: CsvStore,
+    *,
+    repair: bool = False,
+    verify: bool = False,
+    orphan_min_age: float = 0.0,
+    temp_min_age: float = 0.0,
+) -> CheckReport:
+    """Bring storage and database back in line; see the module docstring.
+
+    ``verify`` also compares every file's size and SHA-256 (reads every byte).
+    ``orphan_min_age`` spares stored files younger than that many seconds: on a running
+    server such a file may be an upload between its publish and its commit.
+    ``temp_min_age`` likewise spares temp files of uploads that may still be streaming.
+    """
+    report = CheckReport()
+    storage, db, repo = store.storage, store.db, store.repo
+    report.temp_files_removed = await storage.prepare(temp_min_age=temp_min_age)
+    rows = await db.read(repo.files_for_check)
+    listed = {row["file_path"] for row in rows}
+    on_disk = await storage.keys()
+
+    orphans = []
+    for key in sorted(on_disk - listed):
+        if orphan_min_age and (stat := await storage.stat(key)) is not None:
+            if time.time() - stat[1] < orphan_min_age:
+                continue
+        orphans.append(key)
+    await storage.delete(orphans)
+    report.orphan_files_removed = len(orphans)
+
+    bad_rows = []
+    for row in rows:
+        report.files_checked += 1
+        if row["file_path"] not in on_disk:
+            report.missing_files.append(row["id"])
+            bad_rows.append(row["id"])
+        elif verify and not await _bytes_match(store, row):
+            report.mismatched_files.append(row["id"])
+            bad_rows.append(row["id"])
+    if repair:
+        for file_id in bad_rows:
+            removed: str | None = await db.write(_deleting(repo, file_id))
+            if removed is not None:
+                await storage.delete([removed])
+                report.rows_removed += 1
+    report.integrity = await db.integrity_check()
+    if report.temp_files_removed or orphans or bad_rows or report.integrity != ["ok"]:
+        log.warning("%s", report.summary())
+    return report
+
+
+def _deleting(repo: Repo, file_id: str) -> Operation[str | None]:
+    return lambda x: repo.delete_file(x, file_id)
+
+
+async def _bytes_match(store: CsvStore, row: dict[str, object]) -> bool:
+    key = str(row["file_path"])
+    stat = await store.storage.stat(key)
+    if stat is None or stat[0] != row["file_size"]:
+        return False
+    if row["sha256"] is None:
+        return True
+    digest = hashlib.sha256()
+    async for chunk in store.storage.read(key):
+        digest.update(chunk)
+    return digest.hexdigest() == row["sha256"]
