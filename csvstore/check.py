@@ -72,9 +72,9 @@ async def reconcile(
 
     orphans = []
     for key in sorted(on_disk - listed):
-        if orphan_min_age and (stat := await storage.stat(key)) is not None:
-            if time.time() - stat[1] < orphan_min_age:
-                continue
+        stat = await storage.stat(key) if orphan_min_age else None
+        if stat is not None and time.time() - stat[1] < orphan_min_age:
+            continue
         orphans.append(key)
     await storage.delete(orphans)
     report.orphan_files_removed = len(orphans)
