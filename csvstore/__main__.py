@@ -69,7 +69,8 @@ def build_check_parser() -> argparse.ArgumentParser:
             "Reconcile the stored files with the database: remove temp files and stored "
             "files without a row (temp files older than an hour and stored files older than "
             "a minute, so a running server's uploads in flight are spared), report rows "
-            "whose bytes are missing or whose size or SHA-256 no longer matches, run the database's integrity check. "
+            "whose bytes are missing or whose size or SHA-256 no longer matches, run the "
+            "database's integrity check. "
             "Exit status 0 when nothing is left wrong, 1 otherwise."
         ),
     )
