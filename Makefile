@@ -31,3 +31,7 @@ bench-quick: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
+
+# The long runs: many more SIGKILLs of the real server under load.
+stress: $(STAMP)
+	CSVSTORE_KILL_ROUNDS=40 $(PY) -m pytest -q -p no:cacheprovider tests/test_crash.py

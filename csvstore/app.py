@@ -10,9 +10,11 @@ from aiohttp.typedefs import Middleware
 
 from csvstore.config import Settings
 from csvstore.db import SqliteDatabase
+from csvstore.db_postgres import PostgresDatabase
 from csvstore.errors import error_middleware
 from csvstore.ingest import UploadLimits
-from csvstore.keys import LIMITS_KEY, SETTINGS_KEY, STARTUP_CHECK_KEY, STORE_KEY
+from csvstore.inflight import InFlight
+from csvstore.keys import INFLIGHT_KEY, LIMITS_KEY, SETTINGS_KEY, STARTUP_CHECK_KEY, STORE_KEY
 from csvstore.openapi import setup_openapi
 from csvstore.routes import setup_routes
 from csvstore.security import add_security_headers, auth_middleware, load_keys, setup_cors
@@ -28,11 +30,13 @@ def create_app(settings: Settings, *, startup_check: bool = True) -> web.Applica
     """The application. ``startup_check=False`` when a supervisor already ran the check
     (with several workers, one worker's check could remove another's upload in flight)."""
     keys = load_keys(settings)
-    middlewares: list[Middleware] = [error_middleware]
+    inflight = InFlight()
+    middlewares: list[Middleware] = [inflight.middleware(), error_middleware]
     if keys:
         middlewares.append(auth_middleware(keys))
     app = web.Application(middlewares=middlewares, client_max_size=JSON_BODY_LIMIT)
     app.on_response_prepare.append(add_security_headers)
+    app[INFLIGHT_KEY] = inflight
     app[SETTINGS_KEY] = settings
     app[LIMITS_KEY] = UploadLimits(
         max_upload_size=settings.max_upload_size,
@@ -64,7 +68,11 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
 async def open_store(settings: Settings) -> AsyncIterator[CsvStore]:
     """The database and storage that settings name, open (and migrated) for the duration."""
     full = settings.durability == "full"
-    db = SqliteDatabase(settings.database_path, synchronous_full=full)
+    db: SqliteDatabase | PostgresDatabase
+    if settings.uses_postgres:
+        db = PostgresDatabase(settings.database_url, synchronous_commit=full)
+    else:
+        db = SqliteDatabase(settings.database_path, synchronous_full=full)
     await db.open()
     try:
         yield CsvStore(db, LocalStorage(settings.uploads_dir, settings.temp_dir, fsync=full))

@@ -31,6 +31,25 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+# SQLAlchemy's form: three slashes then the path, so an absolute path makes four.
+SQLITE_SCHEME = "sqlite:///"
+
+
+def check_database_url(url: str) -> str:
+    """A PostgreSQL URL, a ``sqlite:///`` URL or a plain path; anything else is an error."""
+    if url.startswith(POSTGRES_SCHEMES):
+        return url
+    if url.startswith(SQLITE_SCHEME) and len(url) > len(SQLITE_SCHEME):
+        return url
+    if "://" in url or url.startswith("sqlite:"):
+        raise ValueError(
+            f"unsupported database URL {url!r}: use postgresql://USER@HOST:PORT/DB, "
+            "sqlite:///PATH or a path"
+        )
+    return url
+
+
 def _help(text: str, env: str, flag: str | None = None) -> dict[str, Any]:
     return {"help": text, "env": env, "flag": flag}
 
@@ -166,10 +185,29 @@ class Settings:
             "CSVSTORE_CORS_ORIGINS",
         ),
     )
+    # SQLite in data_dir needs no set-up; PostgreSQL lets several instances share the
+    # metadata (README, "Scaling out"). A URL, so one setting names engine and place.
+    database_url: str = field(
+        default="",
+        metadata=_help(
+            "metadata database: empty for SQLite at DATA_DIR/csvstore.db; a path, "
+            "sqlite:///relative/path.db or sqlite:////absolute/path.db for another SQLite "
+            "file; postgresql://USER[:PASSWORD]@HOST[:PORT]/DB for PostgreSQL",
+            "CSVSTORE_DATABASE_URL",
+        ),
+    )
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.database_url.startswith(POSTGRES_SCHEMES)
 
     @property
     def database_path(self) -> Path:
-        return self.data_dir / "csvstore.db"
+        """The SQLite file: the one database_url names, else DATA_DIR/csvstore.db."""
+        url = self.database_url
+        if not url or self.uses_postgres:
+            return self.data_dir / "csvstore.db"
+        return Path(url.removeprefix(SQLITE_SCHEME))
 
     @property
     def uploads_dir(self) -> Path:
@@ -222,6 +260,8 @@ def convert(name: str, raw: str) -> Any:
         return float(raw)
     if name == "data_dir":
         return Path(raw)
+    if name == "database_url":
+        return check_database_url(raw)
     if name == "log_level":
         if raw.lower() not in {"debug", "info", "warning", "error", "critical"}:
             raise ValueError(f"unknown log level: {raw}")

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from csvstore.config import Settings
 from csvstore.ingest import UploadLimits
+from csvstore.inflight import InFlight
 from csvstore.service import CsvStore
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
@@ -13,3 +14,4 @@ STORE_KEY = web.AppKey("store", CsvStore)
 LIMITS_KEY = web.AppKey("upload_limits", UploadLimits)
 OPENAPI_KEY = web.AppKey("openapi", bytes)
 STARTUP_CHECK_KEY = web.AppKey("startup_check", bool)
+INFLIGHT_KEY = web.AppKey("inflight", InFlight)

@@ -8,6 +8,7 @@ under it are its documentation. A name ending in ``^`` returns at most one row. 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,22 +52,49 @@ def parse_queries(text: str, *, source: str = "<sql>") -> dict[str, Query]:
     return queries
 
 
-class Queries:
-    """All named queries of ``sql/*.sql``, as attributes: ``queries.get_session``."""
+# Each dialect's own statements: ``sql/<dialect>.sql`` is loaded for that dialect only, and
+# ``sql/<dialect>/*.sql`` overrides or extends the shared queries where the dialects differ.
+DIALECTS = ("sqlite", "postgres")
 
-    def __init__(self, sql_dir: Path = SQL_DIR) -> None:
+
+class Queries:
+    """The named queries of one dialect, as attributes: ``queries.get_session``.
+
+    The shared ``sql/*.sql`` first (another dialect's ``sql/<other>.sql`` skipped), then the
+    dialect's overlay folder ``sql/<dialect>/*.sql``, whose queries replace shared ones of
+    the same name. SQLite has no overlay today, so its set is exactly ``sql/*.sql``.
+    """
+
+    def __init__(self, sql_dir: Path = SQL_DIR, *, dialect: str = "sqlite") -> None:
+        if dialect not in DIALECTS:
+            raise ValueError(f"unknown SQL dialect {dialect!r}; known: {', '.join(DIALECTS)}")
+        self.dialect = dialect
+        others = {f"{other}.sql" for other in DIALECTS if other != dialect}
         self._by_name: dict[str, Query] = {}
-        for path in sorted(sql_dir.glob("*.sql")):
+        shared = [path for path in sorted(sql_dir.glob("*.sql")) if path.name not in others]
+        self._load(shared, replace=False)
+        self._load(sorted((sql_dir / dialect).glob("*.sql")), replace=True)
+
+    def _load(self, paths: list[Path], *, replace: bool) -> None:
+        """``replace``: a query may replace one loaded before (an overlay over the shared
+        set); within one layer a name is still defined once."""
+        before = set(self._by_name)
+        for path in paths:
             for query in parse_queries(path.read_text(), source=path.name).values():
-                if query.name in self._by_name:
+                if query.name in self._by_name and not (replace and query.name in before):
                     raise ValueError(f"{path.name}: query {query.name!r} is defined twice")
+                before.discard(query.name)
                 self._by_name[query.name] = query
+
+    def __iter__(self) -> Iterator[Query]:
+        """Every query, by name (a method name could hide a query of the same name)."""
+        return iter([self._by_name[name] for name in sorted(self._by_name)])
 
     def __getattr__(self, name: str) -> Query:
         try:
             return self._by_name[name]
         except KeyError:
-            raise AttributeError(f"no query named {name!r} in sql/") from None
+            raise AttributeError(f"no query named {name!r} in sql/ ({self.dialect})") from None
 
 
 @dataclass(frozen=True, slots=True)

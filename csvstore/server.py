@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from aiohttp import web
 
 from csvstore.app import create_app, open_store
 from csvstore.config import Settings
+from csvstore.keys import INFLIGHT_KEY
 
 log = logging.getLogger("csvstore")
 
@@ -33,18 +35,49 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def run_worker(settings: Settings, *, startup_check: bool, reuse_port: bool) -> None:
-    web.run_app(
-        create_app(settings, startup_check=startup_check),
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log=None,
-        reuse_port=reuse_port,
-        # SIGTERM: stop accepting, give in-flight requests this long, then cancel them
-        # (their partial uploads are removed as they unwind).
-        shutdown_timeout=settings.shutdown_grace,
-        loop=_loop_factory()(),
-    )
+    loop = _loop_factory()()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(
+            _serve(create_app(settings, startup_check=startup_check), settings, reuse_port)
+        )
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down gracefully.
+
+    aiohttp's own graceful shutdown stops reading from every connection at once, so an
+    upload still sending its body could never finish. Instead: stop accepting, let the
+    requests in flight run for up to ``shutdown_grace`` seconds, and only then let aiohttp
+    cancel what is left (their partial uploads are removed as they unwind).
+    """
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=_CANCEL_WAIT)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+        log.info("stopping: no new connections; waiting for requests in flight")
+        await site.stop()
+        inflight = app[INFLIGHT_KEY]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(settings.shutdown_grace):
+                await inflight.idle()
+        if inflight.count:
+            log.warning("grace period over: aborting %d request(s) in flight", inflight.count)
+    finally:
+        await runner.cleanup()
+
+
+# After the grace period, how long cancelled handlers get to clean up after themselves.
+_CANCEL_WAIT = 5.0
 
 
 async def _prepare(settings: Settings) -> None:
@@ -52,7 +85,18 @@ async def _prepare(settings: Settings) -> None:
         await store.startup_check()
 
 
+def _raise_open_file_limit() -> None:
+    """Every connection is a file descriptor; the usual soft limit of 1,024 would turn away
+    clients long before memory or CPU run short. Raise it to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 16
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def serve(settings: Settings) -> None:
+    _raise_open_file_limit()
     if settings.workers <= 1:
         run_worker(settings, startup_check=True, reuse_port=False)
         return
