@@ -12,8 +12,8 @@ from csvstore.config import Settings
 from csvstore.db import SqliteDatabase
 from csvstore.db_postgres import PostgresDatabase
 from csvstore.errors import error_middleware
-from csvstore.ingest import UploadLimits
 from csvstore.inflight import InFlight
+from csvstore.ingest import UploadLimits
 from csvstore.keys import INFLIGHT_KEY, LIMITS_KEY, SETTINGS_KEY, STARTUP_CHECK_KEY, STORE_KEY
 from csvstore.openapi import setup_openapi
 from csvstore.routes import setup_routes

@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from csvstore.config import Settings
-from csvstore.ingest import UploadLimits
 from csvstore.inflight import InFlight
+from csvstore.ingest import UploadLimits
 from csvstore.service import CsvStore
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
