@@ -34,4 +34,5 @@ clean:
 
 # The long runs: many more SIGKILLs of the real server under load.
 stress: $(STAMP)
-	CSVSTORE_KILL_ROUNDS=40 $(PY) -m pytest -q -p no:cacheprovider tests/test_crash.py
+	CSVSTORE_KILL_ROUNDS=40 CSVSTORE_FUZZ_EXAMPLES=150 \
+		$(PY) -m pytest -q -p no:cacheprovider -s tests/test_crash.py tests/test_fuzz.py
