@@ -305,3 +305,32 @@ async def test_delete_file(client: Client, session: str) -> None:
     await assert_problem(await client.delete(f"/api/csv/files/{file['id']}"), 404)
     session_body = await (await client.get(f"/api/csv/sessions/{session}")).json()
     assert session_body["csv_files"] == []
+
+
+async def test_thousands_of_tiny_fields_are_400(client: Client, session: str) -> None:
+    parts = [(f'form-data; name="f{i}"', b"x") for i in range(5000)]
+    data, headers = raw_multipart(*parts)
+    body = await assert_problem(
+        await client.post("/api/csv/upload", data=data, headers=headers), 400
+    )
+    assert "parts" in body["detail"]
+
+
+async def test_non_utf8_and_nul_in_filename(client: Client, session: str) -> None:
+    for raw_name, expected in [(b"caf\xe9.csv", None), (b"a\x00b.csv", "ab.csv")]:
+        data, headers = raw_multipart(
+            ('form-data; name="session_id"', session.encode()),
+            ("", b""),
+        )
+        head = b'Content-Disposition: form-data; name="file"; filename="' + raw_name + b'"'
+        data = data.replace(b"Content-Disposition: \r\n\r\n\r\n", head + b"\r\n\r\na\n1\n\r\n")
+        resp = await client.post("/api/csv/upload", data=data, headers=headers)
+        assert resp.status in (201, 400), await resp.text()
+        if resp.status == 201:
+            name = (await resp.json())["file"]["original_filename"]
+            assert "\x00" not in name
+            assert name.endswith(".csv")
+            if expected:
+                assert name == expected
+        else:
+            await assert_problem(resp, 400)
