@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp import FormData, web
 from aiohttp.test_utils import TestClient
@@ -19,6 +26,63 @@ from csvstore.queries import Queries
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
+T = TypeVar("T")
+
+# The URL of a PostgreSQL server's database (``make test-postgres`` sets it). When set, every
+# test that builds the app from the ``settings`` fixture runs on a fresh database of that
+# server instead of SQLite, and the PostgreSQL-only tests run instead of being skipped.
+TEST_DATABASE_URL_ENV = "CSVSTORE_TEST_DATABASE_URL"
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from synchronous code, even inside a test's running
+    event loop: on a fresh loop in a thread of its own."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def database_named(server_url: str, name: str) -> str:
+    """The URL of another database on the same server."""
+    parts = urlsplit(server_url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def _pg_admin(server_url: str, statement: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def create_test_database(server_url: str) -> str:
+    """A new, empty database on the server; its URL."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    run_async(_pg_admin(server_url, f'CREATE DATABASE "{name}"'))
+    return database_named(server_url, name)
+
+
+def drop_test_database(server_url: str, url: str) -> None:
+    name = urlsplit(url).path.lstrip("/")
+    # FORCE: a connection some test left open must not keep the database alive.
+    run_async(_pg_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _pg_file_paths(url: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(Queries(dialect="postgres").all_file_paths.sql)
+    finally:
+        await conn.close()
+    return {row["file_path"] for row in rows}
+
+
+def listed_file_paths(settings: Settings) -> set[str]:
+    """The file paths the database lists, read apart from the app (SQLite or PostgreSQL)."""
+    if settings.uses_postgres:
+        return run_async(_pg_file_paths(settings.database_url))
+    with sqlite3.connect(settings.database_path) as conn:
+        return {row[0] for row in conn.execute(Queries().all_file_paths.sql)}
 
 
 def csv_bytes(rows: int = 3, *, header: str = "id,name,amount", sep: str = ",") -> bytes:
@@ -80,8 +144,7 @@ def stored_state(settings: Settings) -> tuple[set[str], set[str], list[str]]:
     on_disk = (
         {p.name for p in settings.uploads_dir.iterdir()} if settings.uploads_dir.exists() else set()
     )
-    with sqlite3.connect(settings.database_path) as conn:
-        listed = {row[0] for row in conn.execute(Queries().all_file_paths.sql)}
+    listed = listed_file_paths(settings)
     temps = (
         sorted(p.name for p in settings.temp_dir.iterdir()) if settings.temp_dir.exists() else []
     )
@@ -95,13 +158,37 @@ def assert_consistent(settings: Settings) -> None:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", max_upload_size=200 * 1024 * 1024)
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """A temp data folder; with CSVSTORE_TEST_DATABASE_URL set, also a database of its own
+    on that PostgreSQL server, dropped after the test."""
+    base = Settings(data_dir=tmp_path / "data", max_upload_size=200 * 1024 * 1024)
+    server_url = os.environ.get(TEST_DATABASE_URL_ENV, "")
+    if not server_url:
+        yield base
+        return
+    url = create_test_database(server_url)
+    # The processes the test starts (``python -m csvstore check``) use the same database.
+    monkeypatch.setenv("CSVSTORE_DATABASE_URL", url)
+    try:
+        yield replace(base, database_url=url)
+    finally:
+        drop_test_database(server_url, url)
 
 
 @pytest.fixture
+def pg_server_url() -> str:
+    """The PostgreSQL server of CSVSTORE_TEST_DATABASE_URL; the test is skipped without one."""
+    url = os.environ.get(TEST_DATABASE_URL_ENV, "")
+    if not url:
+        pytest.skip(f"PostgreSQL only: set {TEST_DATABASE_URL_ENV} (make test-postgres)")
+    return url
+
+
+# settings comes before aiohttp_client: fixtures are torn down in reverse, so the app (and
+# its connections) is closed before the settings fixture drops the test's database.
+@pytest.fixture
 async def make_client(
-    aiohttp_client: Callable[..., Awaitable[Client]], settings: Settings
+    settings: Settings, aiohttp_client: Callable[..., Awaitable[Client]]
 ) -> AsyncIterator[MakeClient]:
     """Start the real app; after the test, check that disk and database agree."""
     used: list[Settings] = []
@@ -113,7 +200,7 @@ async def make_client(
 
     yield make
     for chosen in used:
-        if chosen.database_path.exists():
+        if chosen.uses_postgres or chosen.database_path.exists():
             assert_consistent(chosen)
 
 
