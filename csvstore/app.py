@@ -14,7 +14,15 @@ from csvstore.db_postgres import PostgresDatabase
 from csvstore.errors import error_middleware
 from csvstore.inflight import InFlight
 from csvstore.ingest import UploadLimits
-from csvstore.keys import INFLIGHT_KEY, LIMITS_KEY, SETTINGS_KEY, STARTUP_CHECK_KEY, STORE_KEY
+from csvstore.keys import (
+    INFLIGHT_KEY,
+    LIMITS_KEY,
+    METRICS_KEY,
+    SETTINGS_KEY,
+    STARTUP_CHECK_KEY,
+    STORE_KEY,
+)
+from csvstore.observability import Metrics, TimedDatabase, TimedStorage, observe_middleware
 from csvstore.openapi import setup_openapi
 from csvstore.routes import setup_routes
 from csvstore.security import add_security_headers, auth_middleware, load_keys, setup_cors
@@ -31,12 +39,18 @@ def create_app(settings: Settings, *, startup_check: bool = True) -> web.Applica
     (with several workers, one worker's check could remove another's upload in flight)."""
     keys = load_keys(settings)
     inflight = InFlight()
-    middlewares: list[Middleware] = [inflight.middleware(), error_middleware]
+    metrics = Metrics()
+    middlewares: list[Middleware] = [
+        inflight.middleware(),
+        observe_middleware(metrics),
+        error_middleware,
+    ]
     if keys:
         middlewares.append(auth_middleware(keys))
     app = web.Application(middlewares=middlewares, client_max_size=JSON_BODY_LIMIT)
     app.on_response_prepare.append(add_security_headers)
     app[INFLIGHT_KEY] = inflight
+    app[METRICS_KEY] = metrics
     app[SETTINGS_KEY] = settings
     app[LIMITS_KEY] = UploadLimits(
         max_upload_size=settings.max_upload_size,
@@ -57,7 +71,7 @@ def create_app(settings: Settings, *, startup_check: bool = True) -> web.Applica
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
     """Open the database and storage, check them against each other, close at shutdown."""
-    async with open_store(app[SETTINGS_KEY]) as store:
+    async with open_store(app[SETTINGS_KEY], app[METRICS_KEY]) as store:
         if app[STARTUP_CHECK_KEY]:
             await store.startup_check()
         app[STORE_KEY] = store
@@ -65,8 +79,10 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[CsvStore]:
-    """The database and storage that settings name, open (and migrated) for the duration."""
+async def open_store(settings: Settings, metrics: Metrics | None = None) -> AsyncIterator[CsvStore]:
+    """The database and storage that settings name, open (and migrated) for the duration.
+
+    With ``metrics``, database and storage operations are timed into them."""
     full = settings.durability == "full"
     db: SqliteDatabase | PostgresDatabase
     if settings.uses_postgres:
@@ -75,6 +91,11 @@ async def open_store(settings: Settings) -> AsyncIterator[CsvStore]:
         db = SqliteDatabase(settings.database_path, synchronous_full=full)
     await db.open()
     try:
-        yield CsvStore(db, LocalStorage(settings.uploads_dir, settings.temp_dir, fsync=full))
+        storage = LocalStorage(settings.uploads_dir, settings.temp_dir, fsync=full)
+        if metrics is None:
+            yield CsvStore(db, storage)
+        else:
+            metrics.watch_disk(storage)
+            yield CsvStore(TimedDatabase(db, metrics), TimedStorage(storage, metrics))
     finally:
         await db.close()

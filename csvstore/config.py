@@ -87,6 +87,13 @@ class Settings:
         default="info",
         metadata=_help("logging level: debug, info, warning, error", "CSVSTORE_LOG_LEVEL"),
     )
+    log_format: str = field(
+        default="text",
+        metadata=_help(
+            "text (readable) or json (one object per line, for log shippers)",
+            "CSVSTORE_LOG_FORMAT",
+        ),
+    )
     # 1 MiB chunks: aiohttp's default 8 KiB read_chunk costs a thread hop per 8 KiB written;
     # 1 MiB keeps hops rare while memory stays bounded at one chunk per upload in flight.
     upload_chunk_size: int = field(
@@ -238,6 +245,10 @@ def convert(name: str, raw: str) -> Any:
         if lowered not in {"true", "false", "1", "0", "yes", "no", "on", "off"}:
             raise ValueError(f"expected true or false, got {raw!r}")
         return lowered in {"true", "1", "yes", "on"}
+    if name == "log_format":
+        if raw not in {"text", "json"}:
+            raise ValueError(f"log format is text or json, got {raw!r}")
+        return raw
     if name == "durability":
         if raw not in {"full", "fast"}:
             raise ValueError(f"durability is full or fast, got {raw!r}")

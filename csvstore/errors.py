@@ -108,6 +108,9 @@ def problem_response(
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
+# The name of the error that ended a request, for the metrics of rejected uploads.
+ERROR_KIND = web.RequestKey("error_kind", str)
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _AIOHTTP_DETAILS = {
@@ -121,6 +124,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
+        request[ERROR_KIND] = type(exc).__name__
         return problem_response(exc.status, exc.detail, errors=exc.errors, headers=exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -136,8 +140,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             log.exception("unhandled error on %s %s", request.method, request.path)
             return _internal_error()
         # Wherever the disk filled up (temp file, publish, folder sync), the answer is 507.
+        request[ERROR_KIND] = "InsufficientStorage"
         return problem_response(507, "the server's disk is full: the upload could not be stored")
     except ClientGone:
+        request[ERROR_KIND] = "ClientGone"
         # Nothing useful can reach the client; 400 keeps it out of the 5xx figures.
         return problem_response(400, "the client closed the connection before the body ended")
     except Exception:

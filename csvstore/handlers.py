@@ -13,6 +13,7 @@ from csvstore.download import send_archive, send_file
 from csvstore.errors import BadRequest, UnsupportedMediaType
 from csvstore.ingest import UploadLimits, receive_upload
 from csvstore.keys import LIMITS_KEY, STORE_KEY
+from csvstore.observability import UPLOADED_BYTES
 from csvstore.render import projector
 
 # Responses are rendered by projections of their schemas (see render.py): same shape, faster.
@@ -90,6 +91,7 @@ async def delete_session(request: web.Request) -> web.Response:
 async def upload(request: web.Request) -> web.Response:
     limits: UploadLimits = request.app[LIMITS_KEY]
     uploaded = await receive_upload(request, request.app[STORE_KEY], limits)
+    request[UPLOADED_BYTES] = uploaded.file["file_size"]
     location = {"Location": f"/api/csv/files/{uploaded.file['id']}"}
     if uploaded.duplicate:
         file = {**uploaded.file, "duplicate_of": uploaded.file["id"]}

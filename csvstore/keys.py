@@ -7,6 +7,7 @@ from aiohttp import web
 from csvstore.config import Settings
 from csvstore.inflight import InFlight
 from csvstore.ingest import UploadLimits
+from csvstore.observability import Metrics
 from csvstore.service import CsvStore
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
@@ -15,3 +16,4 @@ LIMITS_KEY = web.AppKey("upload_limits", UploadLimits)
 OPENAPI_KEY = web.AppKey("openapi", bytes)
 STARTUP_CHECK_KEY = web.AppKey("startup_check", bool)
 INFLIGHT_KEY = web.AppKey("inflight", InFlight)
+METRICS_KEY = web.AppKey("metrics", Metrics)

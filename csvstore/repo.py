@@ -158,6 +158,9 @@ class Repo:
             return None
         return [str(row["file_path"]) for row in files]
 
+    async def ping(self, x: Executor) -> Row | None:
+        return await x.one(self.q.ping)
+
     async def files_for_check(self, x: Executor) -> list[Row]:
         return await x.all(self.q.files_for_check)
 

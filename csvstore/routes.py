@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from csvstore import handlers, schemas
+from csvstore import handlers, observability, schemas
 
 API = "/api/csv"
 
@@ -132,6 +132,10 @@ ROUTES: tuple[Route, ...] = (
 
 
 def setup_routes(app: web.Application) -> None:
+    # Operations: outside /api, so they answer without an API key.
+    app.router.add_get("/healthz", observability.healthz)
+    app.router.add_get("/readyz", observability.readyz)
+    app.router.add_get("/metrics", observability.metrics_handler)
     for route in ROUTES:
         if route.method == "GET":  # answers HEAD too
             app.router.add_get(route.path, route.handler)

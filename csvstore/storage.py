@@ -28,8 +28,13 @@ READ_CHUNK = 1024 * 1024
 
 
 class StorageWriter(Protocol):
-    key: str
-    size: int
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        ...
 
     async def write(self, chunk: bytes) -> None: ...
 
@@ -59,6 +64,10 @@ class Storage(Protocol):
 
     def free_bytes(self) -> int | None:
         """Bytes free where uploads are written, or None where that is not a concern."""
+        ...
+
+    async def probe_writable(self) -> None:
+        """Raise unless a new object can be written and removed (the readiness probe)."""
         ...
 
 
@@ -184,6 +193,14 @@ class LocalStorage:
         except FileNotFoundError:
             return None
         return result.st_size, result.st_mtime
+
+    async def probe_writable(self) -> None:
+        def run() -> None:
+            probe = self.temp_dir / f".probe-{os.getpid()}"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+
+        await asyncio.to_thread(run)
 
     def free_bytes(self) -> int | None:
         stats = os.statvfs(self.temp_dir)

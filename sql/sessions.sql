@@ -40,3 +40,7 @@ RETURNING file_path;
 DELETE FROM sessions
 WHERE session_id = :session_id
 RETURNING id;
+
+-- name: ping^
+-- The readiness probe: the database answers a query.
+SELECT 1 AS ok;
