@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -28,6 +30,8 @@ from csvstore.routes import setup_routes
 from csvstore.security import add_security_headers, auth_middleware, load_keys, setup_cors
 from csvstore.service import CsvStore
 from csvstore.storage import LocalStorage
+
+log = logging.getLogger("csvstore")
 
 # JSON request bodies are a session id and a few options; 64 KiB is generous. Uploads are
 # streamed and limited by max_upload_size instead, which this does not affect.
@@ -61,6 +65,7 @@ def create_app(settings: Settings, *, startup_check: bool = True) -> web.Applica
     )
     app[STARTUP_CHECK_KEY] = startup_check
     app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(_retention_sweeper)
     setup_routes(app)
     setup_openapi(app)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
@@ -78,6 +83,32 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _retention_sweeper(app: web.Application) -> AsyncIterator[None]:
+    """Delete expired sessions every ``sweep_interval`` seconds while the app runs."""
+    task = asyncio.create_task(
+        sweep_forever(app[STORE_KEY], app[METRICS_KEY], app[SETTINGS_KEY].sweep_interval),
+        name="retention-sweeper",
+    )
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def sweep_forever(store: CsvStore, metrics: Metrics, interval: float) -> None:
+    while True:
+        try:
+            sessions, files = await store.expire_sessions()
+        except Exception:  # a failed sweep is retried next time; the service goes on
+            log.exception("retention sweep failed")
+        else:
+            if sessions:
+                metrics.sessions_expired.inc(sessions)
+                metrics.files_expired.inc(files)
+                log.info("retention: deleted %d expired session(s), %d file(s)", sessions, files)
+        await asyncio.sleep(interval)
+
+
 @contextlib.asynccontextmanager
 async def open_store(settings: Settings, metrics: Metrics | None = None) -> AsyncIterator[CsvStore]:
     """The database and storage that settings name, open (and migrated) for the duration.
@@ -92,10 +123,14 @@ async def open_store(settings: Settings, metrics: Metrics | None = None) -> Asyn
     await db.open()
     try:
         storage = LocalStorage(settings.uploads_dir, settings.temp_dir, fsync=full)
+        ttl = settings.session_ttl
         if metrics is None:
-            yield CsvStore(db, storage)
+            yield CsvStore(db, storage, default_ttl=ttl)
         else:
             metrics.watch_disk(storage)
-            yield CsvStore(TimedDatabase(db, metrics), TimedStorage(storage, metrics))
+            timed = CsvStore(
+                TimedDatabase(db, metrics), TimedStorage(storage, metrics), default_ttl=ttl
+            )
+            yield timed
     finally:
         await db.close()

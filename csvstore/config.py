@@ -50,6 +50,18 @@ def check_database_url(url: str) -> str:
     return url
 
 
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """``"90"`` or ``"90s"`` -> 90.0; ``"15m"``, ``"24h"``, ``"7d"`` likewise."""
+    match = _DURATION_RE.match(text.lower())
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (use seconds or 30s, 15m, 24h, 7d)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
 def _help(text: str, env: str, flag: str | None = None) -> dict[str, Any]:
     return {"help": text, "env": env, "flag": flag}
 
@@ -86,6 +98,23 @@ class Settings:
     log_level: str = field(
         default="info",
         metadata=_help("logging level: debug, info, warning, error", "CSVSTORE_LOG_LEVEL"),
+    )
+    # None by default: sessions live until deleted, as in the original service.
+    session_ttl: float = field(
+        default=0.0,
+        metadata=_help(
+            "default lifetime of a new session (seconds, or 30m, 24h, 7d); 0 = forever; "
+            "a client may ask for its own with ttl_seconds",
+            "CSVSTORE_SESSION_TTL",
+        ),
+    )
+    # A minute: expired data goes soon after its time, and an idle server does little work.
+    sweep_interval: float = field(
+        default=60.0,
+        metadata=_help(
+            "seconds between sweeps that delete expired sessions and their files",
+            "CSVSTORE_SWEEP_INTERVAL",
+        ),
     )
     log_format: str = field(
         default="text",
@@ -245,6 +274,8 @@ def convert(name: str, raw: str) -> Any:
         if lowered not in {"true", "false", "1", "0", "yes", "no", "on", "off"}:
             raise ValueError(f"expected true or false, got {raw!r}")
         return lowered in {"true", "1", "yes", "on"}
+    if name in {"session_ttl", "sweep_interval"}:
+        return parse_duration(raw)
     if name == "log_format":
         if raw not in {"text", "json"}:
             raise ValueError(f"log format is text or json, got {raw!r}")

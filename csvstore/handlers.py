@@ -53,7 +53,9 @@ async def read_json(request: web.Request) -> Any:
 
 async def create_session(request: web.Request) -> web.Response:
     body = schemas.load(schemas.SessionCreateRequest(), await read_json(request), what="session")
-    session = await request.app[STORE_KEY].create_session(body["session_id"])
+    session = await request.app[STORE_KEY].create_session(
+        body["session_id"], ttl_seconds=body["ttl_seconds"]
+    )
     session_id = session["session_id"]
     return json_response(
         _session_created({"message": "Session created successfully", "session_id": session_id}),

@@ -59,12 +59,22 @@ class Repo:
         self.q = queries
 
     async def create_session(
-        self, x: Executor, *, id: str, session_id: str, created_at: str
+        self, x: Executor, *, id: str, session_id: str, created_at: str, expires_at: str | None
     ) -> Row | None:
         """The new session, or None when the session id is already taken."""
         return await x.one(
-            self.q.insert_session, {"id": id, "session_id": session_id, "created_at": created_at}
+            self.q.insert_session,
+            {
+                "id": id,
+                "session_id": session_id,
+                "created_at": created_at,
+                "expires_at": expires_at,
+            },
         )
+
+    async def expired_sessions(self, x: Executor, *, now: str, limit: int) -> list[str]:
+        rows = await x.all(self.q.expired_sessions, {"now": now, "limit": limit})
+        return [str(row["session_id"]) for row in rows]
 
     async def get_session(self, x: Executor, session_id: str) -> Row | None:
         return await x.one(self.q.get_session, {"session_id": session_id})

@@ -30,11 +30,24 @@ class SessionIdField(fields.String):
         )
 
 
+MAX_TTL_SECONDS = 10 * 366 * 86400  # ten years: beyond that, "forever" is the honest answer
+
+
 class SessionCreateRequest(Schema):
     class Meta:
         unknown = RAISE
 
     session_id = SessionIdField()
+    ttl_seconds = fields.Integer(
+        strict=True,
+        load_default=None,
+        allow_none=True,
+        validate=validate.Range(min=1, max=MAX_TTL_SECONDS),
+        metadata={
+            "description": "delete the session and its files this many seconds after creation "
+            "(default: the server's --session-ttl, none unless set)"
+        },
+    )
 
 
 class SessionListQuery(Schema):
@@ -107,6 +120,10 @@ class SessionSchema(Schema):
     session_id = fields.String(required=True, metadata={"example": "my_session_123"})
     created_at = fields.String(required=True, metadata=_TIMESTAMP)
     updated_at = fields.String(required=True, metadata=_TIMESTAMP)
+    expires_at = fields.String(
+        allow_none=True,
+        metadata={**_TIMESTAMP, "description": "when the session and its files are deleted"},
+    )
     csv_files = fields.List(fields.Nested(FileSchema), required=True)
 
 

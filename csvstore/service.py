@@ -9,6 +9,7 @@ worst a file without a row, which the start-up check removes -- never a row with
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from csvstore.db import Database, Row
 from csvstore.errors import BadRequest, NotFound
 from csvstore.repo import NewFile, Repo
 from csvstore.storage import Storage, StorageWriter
-from csvstore.timeutil import utc_now
+from csvstore.timeutil import utc_in, utc_now
 
 if TYPE_CHECKING:
     from csvstore.check import CheckReport
@@ -36,9 +37,10 @@ class Published:
 
 
 class CsvStore:
-    def __init__(self, db: Database, storage: Storage) -> None:
+    def __init__(self, db: Database, storage: Storage, *, default_ttl: float = 0.0) -> None:
         self.db = db
         self.storage = storage
+        self.default_ttl = default_ttl  # seconds; 0: sessions live until deleted
         self.repo = Repo(db.queries)
 
     async def startup_check(self) -> CheckReport:
@@ -49,11 +51,18 @@ class CsvStore:
 
     # Sessions
 
-    async def create_session(self, session_id: str) -> Row:
+    async def create_session(self, session_id: str, *, ttl_seconds: float | None = None) -> Row:
+        """A new session; it expires ``ttl_seconds`` after creation (None: the default TTL)."""
         now = utc_now()
+        ttl = self.default_ttl if ttl_seconds is None else ttl_seconds
+        expires_at = utc_in(ttl) if ttl else None
         created = await self.db.write(
             lambda x: self.repo.create_session(
-                x, id=str(uuid.uuid4()), session_id=session_id, created_at=now
+                x,
+                id=str(uuid.uuid4()),
+                session_id=session_id,
+                created_at=now,
+                expires_at=expires_at,
             )
         )
         if created is None:
@@ -75,11 +84,36 @@ class CsvStore:
             lambda x: self.repo.list_sessions_with_files(x, after=after, limit=limit)
         )
 
+    async def expire_sessions(self, *, batch: int = 100) -> tuple[int, int]:
+        """Delete the sessions whose time is up, as DELETE would; (sessions, files) removed.
+
+        Safe against uploads in flight: an upload whose session goes meanwhile finds no
+        session to commit into, removes its bytes and answers 404.
+        """
+        sessions = files = 0
+        while True:
+            expired: list[str] = await self.db.read(
+                functools.partial(self.repo.expired_sessions, now=utc_now(), limit=batch)
+            )
+            for session_id in expired:
+                try:
+                    files += await self._delete_session(session_id)
+                    sessions += 1
+                except NotFound:  # deleted by someone else meanwhile
+                    pass
+            if len(expired) < batch:
+                return sessions, files
+
     async def delete_session(self, session_id: str) -> None:
+        await self._delete_session(session_id)
+
+    async def _delete_session(self, session_id: str) -> int:
+        """Delete a session's rows, then its bytes; how many files went with it."""
         keys = await self.db.write(lambda x: self.repo.delete_session(x, session_id))
         if keys is None:
             raise _session_not_found(session_id)
         await self.storage.delete(keys)
+        return len(keys)
 
     # Files
 

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+
+def format_utc(moment: datetime) -> str:
+    """``2024-01-01T12:00:00.123Z``: sorts as text, and matches SQLite's ``%Y-%m-%dT%H:%M:%fZ``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def utc_now() -> str:
-    """``2024-01-01T12:00:00.123Z``: sorts as text, and matches SQLite's ``%Y-%m-%dT%H:%M:%fZ``."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return format_utc(datetime.now(UTC))
+
+
+def utc_in(seconds: float) -> str:
+    """The timestamp ``seconds`` from now."""
+    return format_utc(datetime.now(UTC) + timedelta(seconds=seconds))

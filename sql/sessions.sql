@@ -1,18 +1,18 @@
 -- name: insert_session^
 -- Create a session; returns nothing when the session id is taken.
-INSERT INTO sessions (id, session_id, created_at, updated_at)
-VALUES (:id, :session_id, :created_at, :created_at)
+INSERT INTO sessions (id, session_id, created_at, updated_at, expires_at)
+VALUES (:id, :session_id, :created_at, :created_at, :expires_at)
 ON CONFLICT (session_id) DO NOTHING
-RETURNING id, session_id, created_at, updated_at;
+RETURNING id, session_id, created_at, updated_at, expires_at;
 
 -- name: get_session^
-SELECT id, session_id, created_at, updated_at
+SELECT id, session_id, created_at, updated_at, expires_at
 FROM sessions
 WHERE session_id = :session_id;
 
 -- name: list_sessions
 -- One page of sessions in session_id order, starting after the cursor.
-SELECT id, session_id, created_at, updated_at
+SELECT id, session_id, created_at, updated_at, expires_at
 FROM sessions
 WHERE session_id > :after
 ORDER BY session_id
@@ -44,3 +44,11 @@ RETURNING id;
 -- name: ping^
 -- The readiness probe: the database answers a query.
 SELECT 1 AS ok;
+
+-- name: expired_sessions
+-- Sessions whose time is up, oldest expiry first, a batch at a time.
+SELECT session_id
+FROM sessions
+WHERE expires_at IS NOT NULL AND expires_at <= :now
+ORDER BY expires_at
+LIMIT :limit;

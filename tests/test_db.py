@@ -89,12 +89,20 @@ async def test_group_commit_batches_and_isolates_failures(tmp_path: Path) -> Non
             return await db.write(
                 lambda x: x.one(
                     q.insert_session,
-                    {"id": session_id + "-pk", "session_id": session_id, "created_at": "t"},
+                    {
+                        "id": session_id + "-pk",
+                        "session_id": session_id,
+                        "created_at": "t",
+                        "expires_at": None,
+                    },
                 )
             )
 
         async def broken(x: Executor) -> None:
-            await x.one(q.insert_session, {"id": None, "session_id": "bad", "created_at": None})
+            await x.one(
+                q.insert_session,
+                {"id": None, "session_id": "bad", "created_at": None, "expires_at": None},
+            )
 
         results = await asyncio.gather(
             *(create(f"s{i}") for i in range(50)), db.write(broken), return_exceptions=True
@@ -156,7 +164,12 @@ async def _run_with_max_pages(db: SqliteDatabase) -> Exception | None:
         for i in range(2000):
             await x.one(
                 q.insert_session,
-                {"id": f"pk-{i}-" + "x" * 900, "session_id": f"s{i}", "created_at": "t"},
+                {
+                    "id": f"pk-{i}-" + "x" * 900,
+                    "session_id": f"s{i}",
+                    "created_at": "t",
+                    "expires_at": None,
+                },
             )
 
     assert db._writer is not None

@@ -102,7 +102,8 @@ async def test_get_session_shape(client: Client, session: str) -> None:
     resp = await client.get(f"/api/csv/sessions/{session}")
     assert resp.status == 200
     body = await resp.json()
-    assert set(body) == {"id", "session_id", "created_at", "updated_at", "csv_files"}
+    assert set(body) == {"id", "session_id", "created_at", "updated_at", "expires_at", "csv_files"}
+    assert body["expires_at"] is None  # no TTL unless asked for
     assert body["session_id"] == session
     assert re.fullmatch(r"[0-9a-f-]{36}", body["id"])
     assert TIMESTAMP.match(body["created_at"])
