@@ -7,10 +7,21 @@ with its size.
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import hashlib
+import io
+import logging
 from dataclasses import dataclass, field
 
 from csvstore.csvcheck import CsvContentCheck
+from csvstore.profiling import CsvProfile, CsvProfiler
+
+log = logging.getLogger("csvstore.analysis")
+
+# The header is re-read from these first bytes when the encoding turns out to be cp1252 only
+# at the end (UTF-8 and cp1252 agree on every byte the profiler counts, not on names).
+_HEAD_KEPT = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,17 +45,94 @@ class UploadAnalysis:
     With ``enabled=False`` only the CSV check runs (the benchmark's comparison point).
     """
 
-    def __init__(self, *, enabled: bool = True) -> None:
+    def __init__(self, *, enabled: bool = True, checkpoint_every: int = 10_000) -> None:
         self._check = CsvContentCheck()
+        self._enabled = enabled
+        self._checkpoint_every = checkpoint_every
         self._hash = hashlib.sha256() if enabled else None
+        self._profiler: CsvProfiler | None = None
+        self._profile_failed = False
+        self._waiting: list[bytes] = []  # bytes seen before the encoding family is known
+        self._head = bytearray()
 
     def feed(self, chunk: bytes) -> None:
         self._check.feed(chunk)
-        if self._hash is not None:
-            self._hash.update(chunk)
+        if self._hash is None:
+            return
+        self._hash.update(chunk)
+        if len(self._head) < _HEAD_KEPT:
+            self._head += chunk[: _HEAD_KEPT - len(self._head)]
+        if self._profiler is None:
+            self._waiting.append(chunk)
+            if self._check.started:
+                self._start_profiler(self._check.encoding or "utf-8")
+        else:
+            self._profile(chunk)
 
     def finish(self) -> FileFacts:
         encoding = self._check.finish()
         if self._hash is None:
             return FileFacts(encoding=encoding)
-        return FileFacts(sha256=self._hash.hexdigest(), encoding=encoding)
+        sha256 = self._hash.hexdigest()
+        if self._profiler is None:
+            self._start_profiler(encoding)
+        profile = self._finish_profile(encoding)
+        if profile is None:
+            return FileFacts(sha256=sha256, encoding=encoding)
+        return FileFacts(
+            sha256=sha256,
+            encoding=encoding,
+            delimiter=profile.delimiter,
+            quotechar=profile.quotechar,
+            line_terminator=profile.line_terminator,
+            has_header=profile.has_header,
+            columns=profile.columns,
+            column_count=profile.column_count,
+            row_count=profile.row_count,
+            ragged_rows=profile.ragged_rows,
+            checkpoints=profile.checkpoints,
+        )
+
+    def _start_profiler(self, encoding: str) -> None:
+        # Without a BOM the choice between UTF-8 and cp1252 is made at the end; both are
+        # ASCII-compatible, so the counting is the same and only the names may change.
+        self._profiler = CsvProfiler(encoding=encoding, checkpoint_every=self._checkpoint_every)
+        waiting, self._waiting = self._waiting, []
+        for chunk in waiting:
+            self._profile(chunk)
+
+    def _profile(self, chunk: bytes) -> None:
+        if self._profile_failed or self._profiler is None:
+            return
+        try:
+            self._profiler.feed(chunk)
+        except Exception:
+            self._give_up()
+
+    def _finish_profile(self, encoding: str) -> CsvProfile | None:
+        if self._profile_failed or self._profiler is None:
+            return None
+        try:
+            profile = self._profiler.finish()
+        except Exception:
+            self._give_up()
+            return None
+        if encoding == "cp1252" and profile.encoding != "cp1252" and profile.has_header:
+            profile = dataclasses.replace(
+                profile, encoding=encoding, columns=self._header_in(encoding, profile)
+            )
+        return profile
+
+    def _header_in(self, encoding: str, profile: CsvProfile) -> list[str]:
+        text = io.StringIO(bytes(self._head).decode(encoding, errors="replace"), newline="")
+        reader = csv.reader(text, delimiter=profile.delimiter, quotechar=profile.quotechar)
+        for record in reader:
+            if record:
+                return record
+        return profile.columns
+
+    def _give_up(self) -> None:
+        # A profile is a description, not a verdict: a file the profiler cannot follow is
+        # still stored (with empty profile fields) rather than refused or failing with 500.
+        self._profile_failed = True
+        log.warning("could not profile an upload; storing it without a profile", exc_info=True)

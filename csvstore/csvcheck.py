@@ -90,7 +90,13 @@ class CsvContentCheck:
 
     @property
     def encoding(self) -> str | None:
+        """The encoding a byte order mark fixed, once :attr:`started`; None without a BOM."""
         return self._encoding
+
+    @property
+    def started(self) -> bool:
+        """True once enough bytes have arrived to judge signatures and byte order marks."""
+        return self._started
 
     def feed(self, chunk: bytes) -> None:
         if not self._started:

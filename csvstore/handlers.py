@@ -15,6 +15,7 @@ from csvstore.ingest import UploadLimits, receive_upload
 from csvstore.keys import LIMITS_KEY, STORE_KEY
 from csvstore.observability import UPLOADED_BYTES
 from csvstore.render import projector
+from csvstore.rows import read_rows
 
 # Responses are rendered by projections of their schemas (see render.py): same shape, faster.
 _session_created = projector(schemas.SessionCreatedResponse())
@@ -22,6 +23,7 @@ _session = projector(schemas.SessionSchema())
 _file = projector(schemas.FileSchema())
 _uploaded = projector(schemas.UploadResponse())
 _message = projector(schemas.MessageResponse())
+_rows = projector(schemas.RowsResponse())
 
 
 def json_response(
@@ -116,6 +118,15 @@ async def download_file(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE_KEY]
     file = await store.get_file(request.match_info["file_id"])
     return await send_file(request, store.storage, file)
+
+
+async def file_rows(request: web.Request) -> web.Response:
+    query = schemas.load(schemas.RowsQuery(), dict(request.query), what="query")
+    store = request.app[STORE_KEY]
+    file = await store.get_file(request.match_info["file_id"])
+    rows, next_offset = await read_rows(store.storage, file, query["offset"], query["limit"])
+    body = {"columns": file.get("columns") or [], "rows": rows, "next_offset": next_offset}
+    return json_response(_rows(body))
 
 
 async def download_archive(request: web.Request) -> web.StreamResponse:

@@ -23,6 +23,7 @@ _SCHEMAS = (
     "UploadForm",
     "UploadResponse",
     "MessageResponse",
+    "RowsResponse",
     "Problem",
 )
 

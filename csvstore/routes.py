@@ -111,6 +111,22 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET",
+        f"{API}/files/{{file_id}}/rows",
+        handlers.file_rows,
+        "Parsed rows of a file, a page at a time, in its own dialect and encoding",
+        {
+            200: (
+                "Columns, rows from offset, and the next offset (null at the end)",
+                "RowsResponse",
+            ),
+            400: ("Invalid offset or limit", None),
+            404: ("No such file", None),
+            409: ("The file was stored without a profile", None),
+        },
+        parameters=[_FILE_ID, {"in": "query", "schema": schemas.RowsQuery}],
+    ),
+    Route(
+        "GET",
         f"{API}/sessions/{{session_id}}/archive",
         handlers.download_archive,
         "Download every file of a session as one ZIP, streamed as it is built",

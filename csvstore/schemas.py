@@ -81,6 +81,33 @@ def load(schema: Schema, data: Any, *, what: str) -> dict[str, Any]:
         raise ValidationFailed(f"invalid {what}: {summary}", errors=messages) from None
 
 
+MAX_ROWS_PER_PAGE = 1000  # one answer stays small, whatever the file
+
+
+class RowsQuery(Schema):
+    class Meta:
+        unknown = RAISE
+
+    offset = fields.Integer(
+        load_default=0,
+        validate=validate.Range(min=0),
+        metadata={"description": "data-row index to start at (0 = the first row after the header)"},
+    )
+    limit = fields.Integer(
+        load_default=100,
+        validate=validate.Range(min=1, max=MAX_ROWS_PER_PAGE),
+        metadata={"description": f"rows to return (1-{MAX_ROWS_PER_PAGE})"},
+    )
+
+
+class RowsResponse(Schema):
+    columns = fields.List(fields.String(), required=True, metadata={"description": "the header"})
+    rows = fields.List(fields.List(fields.String()), required=True)
+    next_offset = fields.Integer(
+        required=True, allow_none=True, metadata={"description": "null at the end of the file"}
+    )
+
+
 class FileSchema(Schema):
     id = fields.String(required=True, metadata={"format": "uuid"})
     filename = fields.String(

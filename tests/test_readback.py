@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import codecs
 import hashlib
 import io
 import zipfile
+from dataclasses import replace
 
 import pytest
 from aiohttp import FormData
@@ -13,6 +15,7 @@ from aiohttp import FormData
 from csvstore.config import Settings
 from tests.conftest import (
     Client,
+    MakeClient,
     assert_consistent,
     assert_problem,
     csv_bytes,
@@ -240,3 +243,167 @@ async def test_session_archive(client: Client, session: str) -> None:
     assert archive.read("big.csv") == big
     assert archive.testzip() is None
     await assert_problem(await client.get("/api/csv/sessions/nope/archive"), 404)
+
+
+# Row paging
+
+
+def _big_csv(rows: int) -> tuple[bytes, list[list[str]]]:
+    """A CSV whose rows include quoted delimiters and newlines, and what csv.reader sees."""
+    import csv as csvmod
+
+    records = [["id", "text", "n"]]
+    for i in range(rows):
+        text = (
+            f'line {i}, with "quotes"'
+            if i % 7 == 0
+            else (f"two\nlines {i}" if i % 11 == 0 else f"t{i}")
+        )
+        records.append([str(i), text, str(i * 3)])
+    out = io.StringIO(newline="")
+    csvmod.writer(out, lineterminator="\r\n").writerows(records)
+    return out.getvalue().encode(), records[1:]
+
+
+async def test_rows_paging_across_a_large_file(make_client: MakeClient, settings: Settings) -> None:
+    client = await make_client()
+    await client.post("/api/csv/sessions", json={"session_id": "s1"})
+    data, expected = _big_csv(25_000)  # checkpoints every 10,000 rows
+    resp = await client.post("/api/csv/upload", data=upload_form(data))
+    file = (await resp.json())["file"]
+    assert file["row_count"] == 25_000
+    assert file["columns"] == ["id", "text", "n"]
+    assert file["line_terminator"] == "\r\n"
+    url = f"/api/csv/files/{file['id']}/rows"
+
+    first = await (await client.get(url)).json()
+    assert first["columns"] == ["id", "text", "n"]
+    assert first["rows"] == expected[:100]
+    assert first["next_offset"] == 100
+    for offset in (0, 9_999, 10_000, 10_001, 19_990, 24_990):
+        page = await (await client.get(f"{url}?offset={offset}&limit=17")).json()
+        assert page["rows"] == expected[offset : offset + 17]
+        want_next = offset + 17 if offset + 17 < 25_000 else None
+        assert page["next_offset"] == want_next
+    last = await (await client.get(f"{url}?offset=24999&limit=1000")).json()
+    assert last["rows"] == expected[24_999:]
+    assert last["next_offset"] is None
+    beyond = await (await client.get(f"{url}?offset=30000")).json()
+    assert beyond["rows"] == []
+    assert beyond["next_offset"] is None
+    for bad in ("offset=-1", "limit=0", "limit=1001", "offset=x", "other=1"):
+        await assert_problem(await client.get(f"{url}?{bad}"), 400)
+    await assert_problem(await client.get("/api/csv/files/nope/rows"), 404)
+
+
+async def test_rows_in_the_files_own_dialect_and_encoding(client: Client, session: str) -> None:
+    data = "nom;prix\ncafé;3,50\nthé;2\n".encode("cp1252")
+    file = (await _upload(client, data))["file"]
+    assert isinstance(file, dict)
+    assert file["encoding"] == "cp1252"
+    assert file["delimiter"] == ";"
+    page = await (await client.get(f"/api/csv/files/{file['id']}/rows")).json()
+    assert page == {
+        "columns": ["nom", "prix"],
+        "rows": [["café", "3,50"], ["thé", "2"]],
+        "next_offset": None,
+    }
+    utf16 = (await _upload(client, "a\tb\n1\tü\n".encode("utf-16")))["file"]
+    assert isinstance(utf16, dict)
+    page = await (await client.get(f"/api/csv/files/{utf16['id']}/rows")).json()
+    assert page["rows"] == [["1", "ü"]]
+
+
+async def test_rows_of_an_unprofiled_file_is_409(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    client = await make_client(replace(settings, analyse_uploads=False))
+    await client.post("/api/csv/sessions", json={"session_id": "s1"})
+    resp = await client.post("/api/csv/upload", data=upload_form(BODY))
+    file = (await resp.json())["file"]
+    assert file["sha256"] is None
+    assert file["row_count"] is None
+    body = await assert_problem(await client.get(f"/api/csv/files/{file['id']}/rows"), 409)
+    assert "profile" in body["detail"]
+
+
+# The profile, through the API, on real-world-shaped files
+
+PROFILES = [
+    (  # an Excel export: cp1252, semicolons, CRLF, decimal commas
+        "excel.csv",
+        "Kunde;Straße;Betrag\r\nMüller;Hauptstraße 1;12,50\r\nCafé;Rue 2;3,00\r\n".encode(
+            "cp1252"
+        ),
+        {"encoding": "cp1252", "delimiter": ";", "line_terminator": "\r\n", "has_header": True,
+         "columns": ["Kunde", "Straße", "Betrag"], "column_count": 3, "row_count": 2,
+         "ragged_rows": 0},
+    ),
+    (
+        "bom.csv",
+        codecs.BOM_UTF8 + "id,naïve\n1,x\n2,y\n".encode(),
+        {"encoding": "utf-8-sig", "delimiter": ",", "columns": ["id", "naïve"], "row_count": 2},
+    ),
+    (
+        "tabs.csv",
+        b"a\tb\tc\n1\t2\t3\n4\t5\t6\n",
+        {"delimiter": "\t", "columns": ["a", "b", "c"], "row_count": 2, "ragged_rows": 0},
+    ),
+    (
+        "quoted.csv",
+        b'name,comment\nann,"line one\nline two, with comma"\nbob,"say ""hi"""\n',
+        {"delimiter": ",", "quotechar": '"', "row_count": 2, "ragged_rows": 0,
+         "line_terminator": "\n"},
+    ),
+    (
+        "ragged.csv",
+        b"a,b,c\n1,2,3\n4,5\n6,7,8,9\n10,11,12\n",
+        {"row_count": 4, "ragged_rows": 2, "column_count": 3},
+    ),
+    (
+        "no-newline.csv",
+        b"a,b\n1,2\n3,4",
+        {"row_count": 2, "ragged_rows": 0},
+    ),
+    ("empty.csv", b"", {"row_count": 0, "has_header": False, "columns": [], "encoding": "utf-8"}),
+    ("header-only.csv", b"alpha,beta,gamma\n",
+     {"row_count": 0, "has_header": True, "columns": ["alpha", "beta", "gamma"]}),
+    ("pipes.csv", b"x|y\n1|2\n", {"delimiter": "|", "row_count": 1}),
+    ("cr-only.csv", b"a,b\r1,2\r3,4\r", {"line_terminator": "\r", "row_count": 2}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "data", "expected"), PROFILES, ids=[p[0] for p in PROFILES])
+async def test_profile_of_real_world_files(
+    client: Client, session: str, name: str, data: bytes, expected: dict[str, object]
+) -> None:
+    resp = await client.post("/api/csv/upload", data=upload_form(data, filename=name))
+    assert resp.status == 201, await resp.text()
+    file = (await resp.json())["file"]
+    for field, value in expected.items():
+        assert file[field] == value, (field, file)
+    assert file["sha256"] == hashlib.sha256(data).hexdigest()
+    # stored, and the same when read back
+    again = await (await client.get(f"/api/csv/files/{file['id']}")).json()
+    assert again == file
+
+
+async def test_strict_refuses_ragged_files(
+    client: Client, session: str, settings: Settings
+) -> None:
+    ragged = b"a,b,c\n1,2,3\n4,5\n"
+    body = await assert_problem(
+        await client.post("/api/csv/upload", data=_with_field(ragged, "strict", "true")), 400
+    )
+    assert "1 row(s)" in body["detail"]
+    assert stored_state(settings) == (set(), set(), [])
+    ok = await client.post("/api/csv/upload", data=_with_field(b"a,b\n1,2\n", "strict", "true"))
+    assert ok.status == 201
+    lenient = await client.post("/api/csv/upload", data=upload_form(ragged))
+    assert (await lenient.json())["file"]["ragged_rows"] == 1
+
+
+def _with_field(data: bytes, name: str, value: str) -> FormData:
+    form = upload_form(data)
+    form.add_field(name, value)
+    return form
