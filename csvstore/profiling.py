@@ -53,6 +53,7 @@ the two code units they are and offsets stay exact: ``BOM length + 2 * code unit
 from __future__ import annotations
 
 import bisect
+import functools
 import codecs
 import csv
 import io
@@ -82,8 +83,8 @@ _LONE_CR_RE: Final = re.compile(rb"\r(?!\n)")
 # `sample_size`; past that the first record alone is too long to sniff from.
 _MAX_SAMPLE_FACTOR: Final = 16
 # has_header and the delimiter score look at this many sampled records at most.
-_MAX_SNIFF_RECORDS: Final = 1_000
-_MAX_HEADER_VOTE_ROWS: Final = 200
+_MAX_SNIFF_RECORDS: Final = 50
+_MAX_HEADER_VOTE_ROWS: Final = 30
 # The scanner takes chunks in blocks of at most this many bytes (see _RecordScanner.feed).
 _BLOCK: Final = 256 * 1024
 
@@ -125,6 +126,7 @@ class RowSource(Protocol):
 # --------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)  # a handful of dialects; built once, not per upload
 def _deletion_table(keep: bytes) -> bytes:
     """The `delete` argument of bytes.translate that keeps only the bytes in `keep`."""
     return bytes(b for b in range(256) if b not in keep)

@@ -80,17 +80,32 @@ def _fsync_dir(path: Path) -> None:
 
 
 class LocalWriter:
-    """One upload on its way into a local folder: ``temp/<key>.part`` -> ``root/<key>``."""
+    """One upload on its way into a local folder: ``temp/<key>.part`` -> ``root/<key>``.
 
-    def __init__(self, storage: LocalStorage, key: str, handle: AsyncBufferedIOBase) -> None:
+    The first block is held until a second arrives: an upload that fits in one block (most
+    small CSVs) is then written, fsynced and renamed in a single thread hop at commit,
+    instead of one hop each for open, write, fsync and close. Larger uploads stream
+    through aiofiles block by block.
+    """
+
+    def __init__(self, storage: LocalStorage, key: str) -> None:
         self.key = key
         self.size = 0
         self._storage = storage
-        self._handle = handle
+        self._handle: AsyncBufferedIOBase | None = None
+        self._first: bytes | None = None
         self._temp_path = storage.temp_dir / (key + TEMP_SUFFIX)
         self._closed = False
 
     async def write(self, chunk: bytes) -> None:
+        if self._handle is None:
+            if self._first is None:
+                self._first = chunk
+                self.size += len(chunk)
+                return
+            self._handle = await aiofiles.open(self._temp_path, "xb")
+            first, self._first = self._first, None
+            await self._handle.write(first)
         await self._handle.write(chunk)
         self.size += len(chunk)
 
@@ -98,11 +113,19 @@ class LocalWriter:
         """fsync the bytes, rename into place, fsync the folder: then the file is durable."""
         final_path = self._storage.root / self.key
         fsync = self._storage.fsync
-        fd = self._handle.fileno()
         temp_path = self._temp_path
+        handle = self._handle
+        fd = handle.fileno() if handle is not None else None
+        first = self._first or b""
 
         def publish() -> None:
-            if fsync:
+            if fd is None:  # never opened: the whole upload is the one block held
+                with open(temp_path, "xb") as out:
+                    out.write(first)
+                    out.flush()
+                    if fsync:
+                        os.fsync(out.fileno())
+            elif fsync:
                 os.fsync(fd)
             os.rename(temp_path, final_path)
             if fsync:
@@ -114,14 +137,18 @@ class LocalWriter:
             await self.abort()
             raise
         self._closed = True
-        await self._handle.close()
+        self._first = None
+        if handle is not None:
+            await handle.close()
 
     async def abort(self) -> None:
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(OSError):
-            await self._handle.close()
+        self._first = None
+        if self._handle is not None:
+            with contextlib.suppress(OSError):
+                await self._handle.close()
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(self._temp_path.unlink)
 
@@ -133,6 +160,8 @@ class LocalStorage:
         self.root = root
         self.temp_dir = temp_dir
         self.fsync = fsync
+        self._free_bytes = 0
+        self._free_checked_at = -1e9
 
     async def prepare(self, *, temp_min_age: float = 0.0) -> int:
         """Create the folders and remove temp files a crash left behind; how many were removed."""
@@ -151,8 +180,7 @@ class LocalStorage:
         return await asyncio.to_thread(run)
 
     async def begin(self, key: str) -> LocalWriter:
-        handle = await aiofiles.open(self.temp_dir / (key + TEMP_SUFFIX), "xb")
-        return LocalWriter(self, key, handle)
+        return LocalWriter(self, key)
 
     def path_of(self, key: str) -> Path:
         return self.root / key
@@ -203,8 +231,14 @@ class LocalStorage:
         await asyncio.to_thread(run)
 
     def free_bytes(self) -> int | None:
-        stats = os.statvfs(self.temp_dir)
-        return stats.f_bavail * stats.f_frsize
+        # Asked before and during every upload: a second-old answer is good enough, and
+        # saves a system call per request under load.
+        now = time.monotonic()
+        if now - self._free_checked_at > 1.0:
+            stats = os.statvfs(self.temp_dir)
+            self._free_bytes = stats.f_bavail * stats.f_frsize
+            self._free_checked_at = now
+        return self._free_bytes
 
     async def keys(self) -> set[str]:
         def run() -> set[str]:
