@@ -53,9 +53,9 @@ the two code units they are and offsets stay exact: ``BOM length + 2 * code unit
 from __future__ import annotations
 
 import bisect
-import functools
 import codecs
 import csv
+import functools
 import io
 import re
 from collections import Counter
