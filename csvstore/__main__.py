@@ -17,6 +17,9 @@ from csvstore.config import Settings, convert
 from csvstore.security import check_bind_is_safe, load_keys
 from csvstore.server import serve
 
+# The client's sub-commands (csvstore/cli); anything else starts the server as always.
+CLIENT_COMMANDS = frozenset({"sessions", "upload", "files"})
+
 # On-demand checks spare younger stored files: a running server publishes an upload's
 # file a moment before it commits its row.
 ORPHAN_MIN_AGE = 60.0
@@ -36,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"csvstore {__version__}")
     parser.epilog = (
         "Sub-command: 'python -m csvstore check [--repair] [--no-verify]' reconciles the "
-        "stored files with the database (see 'check --help')."
+        "stored files with the database (see 'check --help'). "
+        "Client: 'python -m csvstore sessions|upload|files ...' talks to a running server "
+        "(see 'python -m csvstore upload --help')."
     )
     add_settings_arguments(parser)
     return parser
@@ -154,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "check":
         sys.exit(run_check(argv[1:]))
+    if argv and argv[0] in CLIENT_COMMANDS:
+        from csvstore.cli import run_client  # only the client needs rich
+
+        sys.exit(run_client(argv))
     settings = settings_from(argv, os.environ)
     configure_logging(settings)
     keys = load_keys(settings)

@@ -1,0 +1,183 @@
+"""Talking to a csvstore server: one aiohttp session, the API key, and exit codes for failures.
+
+Every way a request can fail becomes a ``CliFailure`` carrying the exit code scripts see:
+a 4xx is the server refusing (1), no answer or a 5xx is the server being unavailable (3).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from enum import IntEnum
+from typing import Any
+from urllib.parse import quote, urljoin, urlsplit
+
+import aiohttp
+
+from csvstore import __version__
+
+API = "/api/csv"
+
+# Connecting is quick or it is not going to happen; an answer may take long (a large upload is
+# fsynced and committed before the server answers), and a body as long as it takes.
+CONNECT_TIMEOUT = 30.0
+READ_TIMEOUT = 300.0
+
+
+class ExitCode(IntEnum):
+    """What a script can rely on; when several items fail differently the largest wins."""
+
+    OK = 0
+    REFUSED = 1  # the server refused (4xx) at least one item
+    USAGE = 2  # bad arguments, or local files that cannot be read or written
+    UNAVAILABLE = 3  # cannot connect, the connection broke, or a server error (5xx)
+    INTEGRITY = 4  # the bytes received do not match the file's recorded SHA-256
+
+
+class CliFailure(Exception):
+    """A command, or one item of it, failed: what to tell the user and which exit code."""
+
+    def __init__(
+        self,
+        exit_code: ExitCode,
+        detail: str,
+        *,
+        status: int | None = None,
+        title: str | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.exit_code = exit_code
+        self.detail = detail
+        self.status = status
+        self.title = title
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "title": self.title,
+            "detail": self.detail,
+            "exit_code": int(self.exit_code),
+        }
+
+
+def path(*segments: str) -> str:
+    """An API path with each segment percent-escaped (ids may hold '.', never '/')."""
+    return API + "".join("/" + quote(segment, safe="") for segment in segments)
+
+
+def _failure_from_body(status: int, reason: str | None, body: bytes) -> CliFailure:
+    exit_code = ExitCode.REFUSED if 400 <= status < 500 else ExitCode.UNAVAILABLE
+    title = reason
+    detail = ""
+    try:
+        problem = json.loads(body)
+    except ValueError:
+        detail = body.decode("utf-8", "replace").strip()[:500]
+    else:
+        if isinstance(problem, dict):
+            detail = str(problem.get("detail") or "")
+            title = str(problem.get("title") or reason or "")
+    return CliFailure(
+        exit_code,
+        f"{status} {title}: {detail}" if detail else f"{status} {title}",
+        status=status,
+        title=title,
+    )
+
+
+class Api:
+    """The server at ``base_url``; use as ``async with Api(...) as api``."""
+
+    def __init__(self, base_url: str, api_key: str | None, *, connections: int = 4) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise CliFailure(ExitCode.USAGE, f"--url must be an http(s) URL, not {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"User-Agent": f"csvstore-cli/{__version__}"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Api:
+        self._session = aiohttp.ClientSession(
+            headers=self._headers,
+            connector=aiohttp.TCPConnector(limit=self._connections),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
+            ),
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def url(self, api_path: str) -> str:
+        return self.base_url + api_path
+
+    @asynccontextmanager
+    async def request(
+        self, method: str, url: str, **kwargs: Any
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The response of a request that succeeded (< 400); raises ``CliFailure`` otherwise,
+        also for a connection that breaks while the caller reads the body."""
+        assert self._session is not None, "use Api as an async context manager"
+        try:
+            async with self._session.request(method, url, **kwargs) as response:
+                if response.status >= 400:
+                    raise _failure_from_body(
+                        response.status, response.reason, await response.read()
+                    )
+                yield response
+        except aiohttp.ClientConnectorError as exc:
+            reason = exc.os_error.strerror or str(exc.os_error)
+            raise CliFailure(
+                ExitCode.UNAVAILABLE, f"cannot connect to {self.base_url}: {reason}"
+            ) from None
+        except aiohttp.ClientResponseError as exc:
+            raise CliFailure(
+                ExitCode.UNAVAILABLE, f"bad answer from {self.base_url}: {exc.message}"
+            ) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            what = type(exc).__name__ if isinstance(exc, TimeoutError) else str(exc)
+            raise CliFailure(
+                ExitCode.UNAVAILABLE,
+                f"the connection to {self.base_url} failed: {what or type(exc).__name__}",
+            ) from None
+
+    async def call(
+        self,
+        method: str,
+        api_path: str,
+        *,
+        json_body: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """One request with a JSON answer."""
+        async with self.request(method, self.url(api_path), json=json_body) as response:
+            return await _json_of(response)
+
+    async def pages(self, api_path: str, *, limit: int) -> AsyncIterator[list[Any]]:
+        """Each page of a listing, following ``Link: <...>; rel="next"`` until there is none."""
+        url: str | None = f"{self.url(api_path)}?limit={limit}"
+        while url is not None:
+            async with self.request("GET", url) as response:
+                page = await _json_of(response)
+                link = response.links.get("next")
+                url = urljoin(url, str(link["url"])) if link else None
+            if not isinstance(page, list):
+                raise CliFailure(ExitCode.UNAVAILABLE, "the listing is not a JSON array")
+            yield page
+
+
+async def _json_of(response: aiohttp.ClientResponse) -> Any:
+    body = await response.read()
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise CliFailure(
+            ExitCode.UNAVAILABLE,
+            f"the server's answer to {response.method} {response.url.path} is not JSON",
+            status=response.status,
+        ) from None
