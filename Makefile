@@ -36,3 +36,6 @@ clean:
 stress: $(STAMP)
 	CSVSTORE_KILL_ROUNDS=40 CSVSTORE_FUZZ_EXAMPLES=150 \
 		$(PY) -m pytest -q -p no:cacheprovider -s tests/test_crash.py tests/test_fuzz.py
+	# tuspy: 1 GiB through two forced disconnects; resumable uploads under 8 SIGKILLs
+	CSVSTORE_TUS_STRESS_SIZE=1073741824 CSVSTORE_TUS_KILL_ROUNDS=8 \
+		$(PY) -m pytest -q -p no:cacheprovider -s tests/test_tus.py -k "stress or sigkills"

@@ -26,10 +26,12 @@ from csvstore.keys import (
 )
 from csvstore.observability import Metrics, TimedDatabase, TimedStorage, observe_middleware
 from csvstore.openapi import setup_openapi
+from csvstore.partial import LocalPartialStore
 from csvstore.routes import setup_routes
 from csvstore.security import add_security_headers, auth_middleware, load_keys, setup_cors
 from csvstore.service import CsvStore
-from csvstore.storage import LocalStorage
+from csvstore.storage import LocalStorage, Storage
+from csvstore.tus import setup_tus
 
 log = logging.getLogger("csvstore")
 
@@ -67,6 +69,7 @@ def create_app(settings: Settings, *, startup_check: bool = True) -> web.Applica
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_retention_sweeper)
     setup_routes(app)
+    setup_tus(app)
     setup_openapi(app)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
@@ -125,12 +128,23 @@ async def open_store(settings: Settings, metrics: Metrics | None = None) -> Asyn
         storage = LocalStorage(settings.uploads_dir, settings.temp_dir, fsync=full)
         ttl = settings.session_ttl
         if metrics is None:
-            yield CsvStore(db, storage, default_ttl=ttl)
+            store = CsvStore(db, storage, default_ttl=ttl)
         else:
             metrics.watch_disk(storage)
-            timed = CsvStore(
+            store = CsvStore(
                 TimedDatabase(db, metrics), TimedStorage(storage, metrics), default_ttl=ttl
             )
-            yield timed
+        store.partials = open_partials(settings, storage)
+        yield store
     finally:
         await db.close()
+
+
+def open_partials(settings: Settings, storage: Storage) -> LocalPartialStore:
+    """Where resumable (tus) uploads wait for their last byte: the temp area's ``tus/``.
+    Beside local storage a complete upload is published by a rename; beside S3 it is copied."""
+    return LocalPartialStore(
+        settings.temp_dir / "tus",
+        storage.root if isinstance(storage, LocalStorage) else None,
+        fsync=settings.durability == "full",
+    )

@@ -24,6 +24,7 @@ log = logging.getLogger("csvstore.check")
 @dataclass(slots=True)
 class CheckReport:
     temp_files_removed: int = 0
+    partial_uploads_removed: int = 0  # broken or expired resumable uploads
     orphan_files_removed: int = 0
     missing_files: list[str] = field(default_factory=list)  # file ids whose bytes are gone
     mismatched_files: list[str] = field(default_factory=list)  # wrong size or digest
@@ -40,7 +41,8 @@ class CheckReport:
     def summary(self) -> str:
         return (
             f"checked {self.files_checked} file(s): removed {self.temp_files_removed} temp "
-            f"file(s) and {self.orphan_files_removed} stored file(s) without a row; "
+            f"file(s), {self.partial_uploads_removed} broken or expired resumable upload(s) "
+            f"and {self.orphan_files_removed} stored file(s) without a row; "
             f"{len(self.missing_files)} row(s) with missing bytes, "
             f"{len(self.mismatched_files)} with wrong size or digest, "
             f"{self.rows_removed} row(s) removed; database integrity: "
@@ -68,6 +70,12 @@ async def reconcile(
     report.temp_files_removed = await storage.prepare(temp_min_age=temp_min_age)
     rows = await db.read(repo.files_for_check)
     listed = {row["file_path"] for row in rows}
+    if store.partials is not None:
+        # Resumable (tus) uploads are not stale temp files: they stay. Broken or expired
+        # ones go; one a crash caught between its publish and its record is marked done.
+        report.partial_uploads_removed = await store.partials.reconcile(
+            published={str(row["id"]) for row in rows}, min_age=temp_min_age
+        )
     on_disk = await storage.keys()
 
     orphans = []
@@ -95,7 +103,13 @@ async def reconcile(
                 await storage.delete([removed])
                 report.rows_removed += 1
     report.integrity = await db.integrity_check()
-    if report.temp_files_removed or orphans or bad_rows or report.integrity != ["ok"]:
+    if (
+        report.temp_files_removed
+        or report.partial_uploads_removed
+        or orphans
+        or bad_rows
+        or report.integrity != ["ok"]
+    ):
         log.warning("%s", report.summary())
     return report
 

@@ -116,6 +116,16 @@ class Settings:
             "CSVSTORE_SWEEP_INTERVAL",
         ),
     )
+    # A day: a client whose connection dropped has the night to come back, and the partial
+    # bytes of one that never does are not kept for long.
+    tus_expiry: float = field(
+        default=24 * 3600.0,
+        metadata=_help(
+            "how long a resumable (tus) upload may sit idle before it expires and its partial "
+            "bytes are removed (seconds, or 30m, 24h, 7d); every received byte restarts it",
+            "CSVSTORE_TUS_EXPIRY",
+        ),
+    )
     log_format: str = field(
         default="text",
         metadata=_help(
@@ -274,7 +284,7 @@ def convert(name: str, raw: str) -> Any:
         if lowered not in {"true", "false", "1", "0", "yes", "no", "on", "off"}:
             raise ValueError(f"expected true or false, got {raw!r}")
         return lowered in {"true", "1", "yes", "on"}
-    if name in {"session_ttl", "sweep_interval"}:
+    if name in {"session_ttl", "sweep_interval", "tus_expiry"}:
         return parse_duration(raw)
     if name == "log_format":
         if raw not in {"text", "json"}:

@@ -83,6 +83,10 @@ class ClientGone(Exception):
     """The client stopped sending mid-body; there is nobody left to answer."""
 
 
+# Statuses of protocols the service speaks that the HTTP registry does not list.
+_EXTRA_TITLES = {460: "Checksum Mismatch"}  # tus 1.0, checksum extension
+
+
 def problem_response(
     status: int,
     detail: str,
@@ -92,7 +96,7 @@ def problem_response(
 ) -> web.Response:
     body: dict[str, Any] = {
         "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
+        "title": _EXTRA_TITLES.get(status) or HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
     }
@@ -103,6 +107,7 @@ def problem_response(
         body=orjson.dumps(body),
         content_type=PROBLEM_JSON,
         headers=headers,
+        reason=_EXTRA_TITLES.get(status),
     )
 
 

@@ -43,6 +43,11 @@ def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name.removesuffix('Schema') or name}"}
 
 
+def _request_body_schema(name: str) -> dict[str, Any]:
+    """A named schema, or ``binary`` for a body of raw bytes (a tus PATCH)."""
+    return _BINARY if name == "binary" else {"schema": _ref(name)}
+
+
 def build_openapi() -> dict[str, Any]:
     spec = APISpec(
         title="csvstore",
@@ -85,7 +90,7 @@ def build_openapi() -> dict[str, Any]:
         if route.request_schema:
             operation["requestBody"] = {
                 "required": True,
-                "content": {route.request_type: {"schema": _ref(route.request_schema)}},
+                "content": {route.request_type: _request_body_schema(route.request_schema)},
             }
         operations.setdefault(route.path, {})[route.method.lower()] = operation
     for path, ops in operations.items():

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from csvstore import handlers, observability, schemas
+from csvstore import handlers, observability, schemas, tus
 
 API = "/api/csv"
 
@@ -31,6 +31,16 @@ class Route:
 
 _SESSION_ID = {"in": "path", "name": "session_id", "required": True, "schema": {"type": "string"}}
 _FILE_ID = {"in": "path", "name": "file_id", "required": True, "schema": {"type": "string"}}
+_UPLOAD_ID = {"in": "path", "name": "upload_id", "required": True, "schema": {"type": "string"}}
+_COUNT = {"type": "integer", "minimum": 0}
+_TEXT = {"type": "string"}
+
+
+def _header(name: str, schema: dict[str, Any] | None = None, *, required: bool = True) -> Any:
+    return {"in": "header", "name": name, "required": required, "schema": schema or _TEXT}
+
+
+_TUS_RESUMABLE = _header("Tus-Resumable", {"type": "string", "enum": ["1.0.0"]})
 
 ROUTES: tuple[Route, ...] = (
     Route(
@@ -143,6 +153,90 @@ ROUTES: tuple[Route, ...] = (
         "Delete a file's row and its stored bytes",
         {200: ("Deleted", "MessageResponse"), 404: ("No such file", None)},
         parameters=[_FILE_ID],
+    ),
+    # Resumable uploads (tus 1.0): see csvstore/tus.py and the README.
+    Route(
+        "OPTIONS",
+        tus.TUS_ROOT,
+        tus.options,
+        "tus discovery: Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm",
+        {204: ("What this tus server supports, in headers", "empty")},
+        tag="tus",
+    ),
+    Route(
+        "POST",
+        tus.TUS_ROOT,
+        tus.create,
+        "tus creation: a new resumable upload into a session (Upload-Length, Upload-Metadata "
+        "with base64 session_id and filename); with an application/offset+octet-stream body "
+        "its first bytes too",
+        {
+            201: ("Created; Location names the upload, Upload-Expires says until when", "empty"),
+            400: ("Bad metadata, not a .csv name, or a refused body", None),
+            404: ("No such session", None),
+            412: ("Tus-Resumable is not 1.0.0 (Tus-Version says what is)", None),
+            413: ("Upload-Length over the upload limit", None),
+            415: ("A body that is not application/offset+octet-stream", None),
+            460: ("Upload-Checksum does not match the body", None),
+            507: ("The server's disk is full", None),
+        },
+        parameters=[_TUS_RESUMABLE, _header("Upload-Length", _COUNT), _header("Upload-Metadata")],
+        tag="tus",
+    ),
+    Route(
+        "HEAD",
+        f"{tus.TUS_ROOT}{{upload_id}}",
+        tus.head,
+        "tus: how far an upload got (Upload-Offset, Upload-Length, Upload-Metadata)",
+        {
+            200: ("Upload-Offset and Upload-Length in headers", "empty"),
+            404: ("No such upload (never created, expired or terminated)", None),
+            412: ("Tus-Resumable is not 1.0.0", None),
+        },
+        parameters=[_UPLOAD_ID, _TUS_RESUMABLE],
+        tag="tus",
+    ),
+    Route(
+        "PATCH",
+        f"{tus.TUS_ROOT}{{upload_id}}",
+        tus.patch,
+        "tus: append bytes at Upload-Offset; the last byte stores the file as POST /upload "
+        "would (Content-Location then names it)",
+        {
+            204: ("Appended; Upload-Offset is the new offset", "empty"),
+            400: ("Bad headers, or the complete file is not a CSV", None),
+            404: ("No such upload, or its session was deleted", None),
+            409: ("Upload-Offset is not the upload's offset", None),
+            412: ("Tus-Resumable is not 1.0.0", None),
+            413: ("The body goes past Upload-Length", None),
+            415: ("Content-Type is not application/offset+octet-stream", None),
+            423: ("Another request is writing to this upload", None),
+            460: ("Upload-Checksum does not match the body", None),
+            507: ("The server's disk is full", None),
+        },
+        request_schema="binary",
+        request_type=tus.OFFSET_STREAM,
+        parameters=[
+            _UPLOAD_ID,
+            _TUS_RESUMABLE,
+            _header("Upload-Offset", _COUNT),
+            _header("Upload-Checksum", required=False),
+        ],
+        tag="tus",
+    ),
+    Route(
+        "DELETE",
+        f"{tus.TUS_ROOT}{{upload_id}}",
+        tus.terminate,
+        "tus termination: abandon an upload and remove its bytes",
+        {
+            204: ("Terminated", "empty"),
+            404: ("No such upload", None),
+            412: ("Tus-Resumable is not 1.0.0", None),
+            423: ("Another request is writing to this upload", None),
+        },
+        parameters=[_UPLOAD_ID, _TUS_RESUMABLE],
+        tag="tus",
     ),
 )
 

@@ -22,6 +22,28 @@ from csvstore.config import Settings
 from csvstore.errors import ApiError, Handler, Unauthorized
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# What browser tus clients (tus-js-client, Uppy) send and must be able to read.
+TUS_REQUEST_HEADERS = (
+    "Tus-Resumable",
+    "Upload-Length",
+    "Upload-Metadata",
+    "Upload-Offset",
+    "Upload-Checksum",
+    "Upload-Defer-Length",
+    "Upload-Concat",
+)
+TUS_EXPOSE_HEADERS = (
+    "Upload-Offset",
+    "Upload-Length",
+    "Upload-Metadata",
+    "Upload-Expires",
+    "Tus-Resumable",
+    "Tus-Version",
+    "Tus-Extension",
+    "Tus-Max-Size",
+    "Tus-Checksum-Algorithm",
+    "Content-Location",
+)
 PROTECTED_PREFIX = "/api/"
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="csvstore"'}
 
@@ -156,6 +178,7 @@ def setup_cors(app: web.Application, origins: list[str]) -> None:
             "Content-Range",
             "Content-Disposition",
             "X-Request-ID",
+            *TUS_EXPOSE_HEADERS,
         ),
         allow_headers=(
             "Authorization",
@@ -165,10 +188,15 @@ def setup_cors(app: web.Application, origins: list[str]) -> None:
             "If-Range",
             "Content-Digest",
             "X-Request-ID",
+            *TUS_REQUEST_HEADERS,
         ),
         allow_methods="*",
         max_age=600,
     )
     cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
     for route in list(app.router.routes()):
+        # A resource with an OPTIONS handler of its own (tus discovery) answers its
+        # preflights itself; aiohttp-cors cannot add its own there.
+        if any(other.method == "OPTIONS" for other in route.resource or ()):
+            continue
         cors.add(route)

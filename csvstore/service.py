@@ -24,6 +24,7 @@ from csvstore.timeutil import utc_in, utc_now
 
 if TYPE_CHECKING:
     from csvstore.check import CheckReport
+    from csvstore.partial import PartialStore
 
 log = logging.getLogger("csvstore")
 
@@ -37,6 +38,9 @@ class Published:
 
 
 class CsvStore:
+    # Resumable (tus) uploads waiting for their last byte; None where none are offered.
+    partials: PartialStore | None = None
+
     def __init__(self, db: Database, storage: Storage, *, default_ttl: float = 0.0) -> None:
         self.db = db
         self.storage = storage

@@ -34,6 +34,22 @@ T = TypeVar("T")
 TEST_DATABASE_URL_ENV = "CSVSTORE_TEST_DATABASE_URL"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With a PostgreSQL server given, run the tests that can use it: those building the app
+    from the ``settings`` fixture, and the PostgreSQL-only ones. The rest make their own
+    SQLite settings or need no database, and ran already in ``make test``."""
+    if not os.environ.get(TEST_DATABASE_URL_ENV):
+        return
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        uses = {"settings", "pg_server_url"} & set(getattr(item, "fixturenames", ()))
+        (keep if uses else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion from synchronous code, even inside a test's running
     event loop: on a fresh loop in a thread of its own."""

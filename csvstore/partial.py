@@ -1,0 +1,511 @@
+"""Partial uploads of the tus protocol: the bytes received so far and their state.
+
+A partial upload is two files in the temp area's ``tus/`` folder (never in ``uploads/``):
+
+* ``<upload id>.part``, the bytes received so far, and
+* ``<upload id>.json``, its state (:class:`PartialState`): length, acknowledged offset,
+  metadata, expiry; replaced atomically (write, fsync, rename, folder fsync) and never
+  edited in place.
+
+The state is the truth. The data file may be longer than the acknowledged offset (a
+request cut off before its bytes were made durable, or bytes refused by a checksum); it is
+cut back to the offset before the next bytes are appended. So a crash at any moment leaves
+either a resumable upload at its last acknowledged offset, or nothing.
+
+One request at a time changes an upload: it holds ``flock(LOCK_EX | LOCK_NB)`` on the data
+file, which works between the worker processes of one machine as well as within one, and
+a second request finds it taken (:class:`UploadLocked`, a 423).
+
+On completion the data file is published through the same :class:`StorageWriter` contract
+as a single-shot upload (fsync, rename into ``uploads/``, folder fsync), so the service's
+``publish_upload`` handles both alike. :class:`PartialStore` is the interface an S3
+implementation (one multipart upload per tus upload) would provide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from csvstore.errors import ApiError
+from csvstore.storage import StorageWriter
+
+log = logging.getLogger("csvstore.tus")
+
+UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+DATA_SUFFIX = ".part"
+STATE_SUFFIX = ".json"
+_NEW_SUFFIX = ".new"  # a state being written; renamed over the state when complete
+
+
+class UploadLocked(ApiError):
+    """Another request is writing to this upload right now."""
+
+    status = 423
+
+
+@dataclass(frozen=True, slots=True)
+class PartialState:
+    id: str
+    length: int  # Upload-Length: the whole file
+    offset: int  # bytes acknowledged so far (durable)
+    session_id: str
+    filename: str  # the original name, cleaned
+    metadata: str  # the Upload-Metadata header as the client sent it, echoed by HEAD
+    options: dict[str, Any]  # sha256, strict, dedupe, as for a single-shot upload
+    created_at: str
+    expires_at: float  # Unix time; pushed forward whenever bytes arrive
+    file_id: str | None = None  # set just before publishing: the id the file gets
+    completed: bool = False  # published; kept until it expires so HEAD can say so
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> PartialState:
+        state = cls(**orjson.loads(raw))
+        if not (UPLOAD_ID.match(state.id) and 0 <= state.offset <= state.length):
+            raise ValueError(f"inconsistent state: {state}")
+        return state
+
+
+class PartialHold(Protocol):
+    """One upload, held exclusively by the request that changes it."""
+
+    @property
+    def state(self) -> PartialState: ...
+
+    @property
+    def pending(self) -> int:
+        """Bytes appended since the last :meth:`checkpoint`, not yet acknowledged."""
+        ...
+
+    async def append(self, chunk: bytes) -> None: ...
+
+    async def checkpoint(self, *, expires_at: float) -> PartialState:
+        """Make the pending bytes durable and acknowledge them (the new offset)."""
+        ...
+
+    async def rollback(self) -> None:
+        """Forget the pending bytes: the upload stays at its acknowledged offset."""
+        ...
+
+    async def save(self, state: PartialState) -> None: ...
+
+    async def finish(self, state: PartialState) -> None:
+        """Record the upload as published and drop its bytes from the partial area."""
+        ...
+
+    @property
+    def received(self) -> int:
+        """Bytes in the data file: the acknowledged ones and the pending ones."""
+        ...
+
+    def read_all(self, chunk_size: int) -> Iterator[bytes]:
+        """Every byte received, from the start, in chunks (blocking: run it in a thread)."""
+        ...
+
+    @property
+    def publishes_in_place(self) -> bool:
+        """True if :meth:`publisher` can publish the bytes where they are (a rename)."""
+        ...
+
+    def publisher(self, key: str) -> StorageWriter:
+        """A writer whose commit publishes the complete upload under ``key`` in place."""
+        ...
+
+    async def remove(self) -> None: ...
+
+
+class PartialStore(Protocol):
+    async def create(self, state: PartialState) -> None: ...
+
+    async def get(self, upload_id: str) -> PartialState | None: ...
+
+    def hold(self, upload_id: str) -> contextlib.AbstractAsyncContextManager[PartialHold | None]:
+        """The upload, locked for this request; None if it is gone or already published.
+        Raises :class:`UploadLocked` if another request holds it."""
+        ...
+
+    async def remove(self, upload_id: str) -> bool:
+        """Terminate an upload; False if there was none. Raises UploadLocked while busy."""
+        ...
+
+    async def sweep_expired(self, now: float) -> int:
+        """Remove the uploads whose time is up (sparing any in use); how many went."""
+        ...
+
+    async def reconcile(self, *, published: set[str], min_age: float = 0.0) -> int:
+        """After a crash: keep resumable uploads, settle interrupted completions, remove
+        broken and expired ones (those younger than ``min_age`` seconds are spared)."""
+        ...
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalPartialStore:
+    """Partial uploads in a folder beside the temp files (same filesystem as ``uploads/``)."""
+
+    def __init__(self, directory: Path, publish_dir: Path | None, *, fsync: bool = True) -> None:
+        """``publish_dir``: the folder of the stored files when it is on this filesystem
+        (local storage), so a complete upload is published by a rename; None when the
+        stored files live elsewhere (S3) and a complete upload is copied there."""
+        self.directory = directory
+        self.publish_dir = publish_dir
+        self.fsync = fsync
+
+    def data_path(self, upload_id: str) -> Path:
+        return self.directory / (upload_id + DATA_SUFFIX)
+
+    def state_path(self, upload_id: str) -> Path:
+        return self.directory / (upload_id + STATE_SUFFIX)
+
+    # State files
+
+    def _write_state(self, state: PartialState) -> None:
+        """Replace the state atomically: a crash leaves the old one or the new one."""
+        path = self.state_path(state.id)
+        new = path.with_name(path.name + _NEW_SUFFIX)
+        with new.open("wb") as handle:
+            handle.write(state.to_json())
+            if self.fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(new, path)
+        if self.fsync:
+            _fsync_dir(self.directory)
+
+    def _read_state(self, upload_id: str) -> PartialState | None:
+        try:
+            return PartialState.from_json(self.state_path(upload_id).read_bytes())
+        except FileNotFoundError:
+            return None
+
+    async def create(self, state: PartialState) -> None:
+        def run() -> None:
+            self.directory.mkdir(parents=True, exist_ok=True)  # made on first use
+            # The data file first: a crash before the state is written leaves a data file
+            # without a state, which reconcile removes.
+            fd = os.open(self.data_path(state.id), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.close(fd)
+            self._write_state(state)
+
+        await asyncio.to_thread(run)
+
+    async def get(self, upload_id: str) -> PartialState | None:
+        if not UPLOAD_ID.match(upload_id):
+            return None
+        try:
+            return await asyncio.to_thread(self._read_state, upload_id)
+        except (ValueError, TypeError):
+            log.warning("partial upload %s has an unreadable state", upload_id)
+            return None
+
+    # Holding an upload
+
+    def _lock(self, upload_id: str) -> int | None:
+        """An open, locked descriptor of the data file; None if there is no data file."""
+        path = self.data_path(upload_id)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UploadLocked(
+                f"upload {upload_id} is being written by another request; retry shortly"
+            ) from None
+        # Locked, but maybe an inode that was removed or published meanwhile.
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            return None
+        return fd
+
+    @contextlib.asynccontextmanager
+    async def hold(self, upload_id: str) -> AsyncIterator[_LocalHold | None]:
+        if not UPLOAD_ID.match(upload_id):
+            yield None
+            return
+        fd = await asyncio.to_thread(self._lock, upload_id)
+        if fd is None:
+            yield None
+            return
+        hold: _LocalHold | None = None
+        try:
+            state = await asyncio.to_thread(self._read_state, upload_id)
+            if state is not None and not state.completed:
+                hold = _LocalHold(self, state, fd)
+                await asyncio.to_thread(hold.settle)
+            yield hold
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    async def remove(self, upload_id: str) -> bool:
+        if not UPLOAD_ID.match(upload_id):
+            return False
+
+        def run() -> bool:
+            fd = self._lock(upload_id)
+            try:
+                return self._remove_files(upload_id)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+
+        return await asyncio.to_thread(run)
+
+    def _remove_files(self, upload_id: str) -> bool:
+        """The state first: a data file without a state is removed by reconcile."""
+        found = False
+        for path in (self.state_path(upload_id), self.data_path(upload_id)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                found = True
+        if self.fsync:
+            _fsync_dir(self.directory)
+        return found
+
+    # Sweeping and reconciling
+
+    def _ids(self) -> set[str]:
+        ids: set[str] = set()
+        if not self.directory.exists():
+            return ids
+        for entry in os.scandir(self.directory):
+            stem = entry.name.split(".", 1)[0]
+            if UPLOAD_ID.match(stem):
+                ids.add(stem)
+        return ids
+
+    async def sweep_expired(self, now: float) -> int:
+        def run() -> int:
+            removed = 0
+            for upload_id in sorted(self._ids()):
+                try:
+                    state = self._read_state(upload_id)
+                except (ValueError, TypeError):
+                    continue  # reconcile's business
+                if state is None or state.expires_at > now:
+                    continue
+                try:
+                    fd = self._lock(upload_id)
+                except UploadLocked:
+                    continue  # in use: not abandoned after all
+                try:
+                    current = self._read_state(upload_id)
+                    if current is not None and current.expires_at <= now:
+                        removed += self._remove_files(upload_id)
+                finally:
+                    if fd is not None:
+                        os.close(fd)
+            return removed
+
+        return await asyncio.to_thread(run)
+
+    async def reconcile(self, *, published: set[str], min_age: float = 0.0) -> int:
+        def run() -> int:
+            if not self.directory.exists():
+                return 0
+            removed = 0
+            now = time.time()
+            for entry in list(os.scandir(self.directory)):
+                stem = entry.name.split(".", 1)[0]
+                foreign = not UPLOAD_ID.match(stem) or entry.name.endswith(_NEW_SUFFIX)
+                if foreign and now - entry.stat().st_mtime >= min_age:  # or a torn write
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                    removed += 1
+            for upload_id in sorted(self._ids()):
+                try:
+                    removed += self._reconcile_one(upload_id, published, now, min_age)
+                except UploadLocked:
+                    continue  # a running server is writing it: it is not broken
+            return removed
+
+        return await asyncio.to_thread(run)
+
+    def _reconcile_one(
+        self, upload_id: str, published: set[str], now: float, min_age: float
+    ) -> int:
+        """1 if the upload was removed, else 0."""
+        paths = [self.state_path(upload_id), self.data_path(upload_id)]
+        ages = [now - p.stat().st_mtime for p in paths if p.exists()]
+        if ages and min(ages) < min_age:
+            return 0
+        fd = self._lock(upload_id)
+        try:
+            try:
+                state = self._read_state(upload_id)
+            except (ValueError, TypeError):
+                state = None
+            if state is None:  # no state, or an unreadable one: nothing to resume
+                return int(self._remove_files(upload_id))
+            if state.expires_at <= now:
+                return int(self._remove_files(upload_id))
+            if state.completed:
+                return 0
+            if state.file_id is not None and state.file_id in published:
+                # Published, then the process died before it could record so.
+                self._write_state(replace(state, offset=state.length, completed=True))
+                with contextlib.suppress(FileNotFoundError):
+                    self.data_path(upload_id).unlink()
+                return 0
+            if fd is None:  # no data file, and nothing published: lost
+                return int(self._remove_files(upload_id))
+            if os.fstat(fd).st_size < state.offset:  # acknowledged bytes are missing
+                log.warning("partial upload %s lost acknowledged bytes; removed", upload_id)
+                return int(self._remove_files(upload_id))
+            return 0
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+
+class _LocalHold:
+    def __init__(self, store: LocalPartialStore, state: PartialState, fd: int) -> None:
+        self._store = store
+        self._state = state
+        self._fd = fd
+        self._pending = 0
+        self.published = False
+
+    @property
+    def state(self) -> PartialState:
+        return self._state
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def settle(self) -> None:
+        """Cut off bytes that were never acknowledged, and write from the offset on."""
+        if os.fstat(self._fd).st_size != self._state.offset:
+            os.ftruncate(self._fd, self._state.offset)
+        os.lseek(self._fd, self._state.offset, os.SEEK_SET)
+
+    async def append(self, chunk: bytes) -> None:
+        await asyncio.to_thread(_write_all, self._fd, chunk)
+        self._pending += len(chunk)
+
+    async def checkpoint(self, *, expires_at: float) -> PartialState:
+        new = replace(self._state, offset=self._state.offset + self._pending, expires_at=expires_at)
+
+        def run() -> None:
+            if self._store.fsync:
+                os.fsync(self._fd)
+            self._store._write_state(new)
+
+        await asyncio.to_thread(run)
+        self._state = new
+        self._pending = 0
+        return new
+
+    async def rollback(self) -> None:
+        self._pending = 0
+        await asyncio.to_thread(self.settle)
+
+    async def save(self, state: PartialState) -> None:
+        await asyncio.to_thread(self._store._write_state, state)
+        self._state = state
+
+    async def finish(self, state: PartialState) -> None:
+        await self.save(state)
+        if not self.published:  # copied elsewhere: the local bytes are done with
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(self._store.data_path(state.id).unlink)
+
+    @property
+    def received(self) -> int:
+        """Bytes in the data file: the acknowledged ones and the pending ones."""
+        return self._state.offset + self._pending
+
+    def read_all(self, chunk_size: int) -> Iterator[bytes]:
+        remaining = self.received
+        position = 0
+        while remaining > 0:
+            chunk = os.pread(self._fd, min(chunk_size, remaining), position)
+            if not chunk:
+                raise OSError(errno.EIO, "the partial upload is shorter than it should be")
+            position += len(chunk)
+            remaining -= len(chunk)
+            yield chunk
+
+    @property
+    def publishes_in_place(self) -> bool:
+        return self._store.publish_dir is not None
+
+    def publisher(self, key: str) -> StorageWriter:
+        return _PublishingWriter(self, key)
+
+    async def remove(self) -> None:
+        await asyncio.to_thread(self._store._remove_files, self._state.id)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class _PublishingWriter:
+    """The complete upload as a :class:`StorageWriter`: commit renames the data file into
+    ``uploads/`` (after an fsync), abort removes it. Nothing is written through it."""
+
+    def __init__(self, hold: _LocalHold, key: str) -> None:
+        self._hold = hold
+        self.key = key
+
+    @property
+    def size(self) -> int:
+        return self._hold.received
+
+    async def write(self, chunk: bytes) -> None:
+        raise RuntimeError("a partial upload's bytes arrive through its hold, not its writer")
+
+    async def commit(self) -> None:
+        store = self._hold._store
+        source = store.data_path(self._hold.state.id)
+        assert store.publish_dir is not None
+        target = store.publish_dir / self.key
+        fd = self._hold._fd
+
+        def run() -> None:
+            if store.fsync:
+                os.fsync(fd)
+            os.rename(source, target)
+            if store.fsync:
+                _fsync_dir(target.parent)
+
+        await asyncio.to_thread(run)
+        self._hold.published = True
+
+    async def abort(self) -> None:
+        if self._hold.published:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(self._hold._store.data_path(self._hold.state.id).unlink)
