@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench bench-quick stress clean
+.PHONY: run test test-postgres lint bench bench-quick stress clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,17 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+# The suite again with PostgreSQL as the metadata database (every test that builds the app
+# gets a database of its own, and the PostgreSQL-only tests run): a throwaway server on a
+# free loopback port, fsync off, stopped and removed however pytest ends.
+test-postgres: $(STAMP)
+	@dir=$$(mktemp -d) && chmod 755 "$$dir" && \
+	trap 'scripts/pg-test-cluster stop "$$dir/pg"; rm -rf "$$dir"' EXIT && \
+	trap 'exit 130' INT TERM && \
+	url=$$(scripts/pg-test-cluster start "$$dir/pg" --fast) && \
+	echo "PostgreSQL test server: $$url" && \
+	CSVSTORE_TEST_DATABASE_URL="$$url" $(PY) -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
 	$(PY) -m bench.run
