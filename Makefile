@@ -40,6 +40,23 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(PY) -m bench.run --quick
 
+# The browser test's tools (tests/test_webpage.py): Debian's chromium, and Playwright's
+# playwright-core from npm, pinned by tests/browser/package-lock.json, into the git-ignored
+# tests/browser/node_modules. Playwright never downloads a browser of its own here.
+.PHONY: browser-deps
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@command -v npm >/dev/null 2>&1 || { echo "browser-deps: needs Node.js >= 20 and npm" >&2; exit 1; }
+	@test -d tests/browser/node_modules/playwright-core || \
+		npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+
+# Refresh the README's picture of the page: the browser test takes it on its way.
+.PHONY: screenshot
+screenshot: $(STAMP) browser-deps
+	CSVSTORE_SCREENSHOT=$(CURDIR)/docs/screenshot.png CSVSTORE_REQUIRE_BROWSER=1 \
+		$(PY) -m pytest -q -p no:cacheprovider tests/test_webpage.py -k whole_flow
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from csvstore import handlers, observability, schemas, tus
+from csvstore import handlers, observability, schemas, tus, webpage
 
 API = "/api/csv"
 
@@ -246,6 +246,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", observability.healthz)
     app.router.add_get("/readyz", observability.readyz)
     app.router.add_get("/metrics", observability.metrics_handler)
+    # The web page and its files: outside /api too; the page asks for a key on a 401.
+    webpage.setup_webpage(app)
     for route in ROUTES:
         if route.method == "GET":  # answers HEAD too
             app.router.add_get(route.path, route.handler)

@@ -1,0 +1,600 @@
+// The csvstore page: sessions, uploads with progress, file list, preview, downloads.
+// Plain JavaScript, no build step. Every string from the server reaches the DOM as text
+// (textContent, setAttribute), never as HTML.
+
+const API = "api/csv";
+const KEY_STORAGE = "csvstore.apiKey";
+const SESSIONS_PER_PAGE = 50;
+const PREVIEW_ROWS = 20;
+const PARALLEL_UPLOADS = 3;
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  sessions: [], // the pages of sessions loaded so far
+  nextSessionsUrl: null, // Link rel="next" of the last page
+  current: null, // the session shown on the right
+  preview: null, // {file, nextOffset}
+};
+
+// ---------------------------------------------------------------- small DOM helpers
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name === "onclick") node.addEventListener("click", value);
+    else if (name === "class") node.className = value;
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function show(node, visible) {
+  node.hidden = !visible;
+}
+
+function setText(node, text) {
+  node.textContent = text ?? "";
+  show(node, Boolean(text));
+}
+
+let noticeTimer = null;
+function notice(text, isError = false) {
+  const node = $("notice");
+  node.className = isError ? "error" : "ok";
+  node.setAttribute("role", isError ? "alert" : "status");
+  setText(node, text);
+  clearTimeout(noticeTimer);
+  if (!isError) noticeTimer = setTimeout(() => show(node, false), 4000);
+}
+
+function formatSize(bytes) {
+  if (bytes === null || bytes === undefined) return "";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return unit === 0 ? `${bytes} B` : `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
+}
+
+function formatTime(iso) {
+  if (!iso) return "";
+  // 2024-01-01T12:00:00.000Z -> 2024-01-01 12:00:00 UTC: readable, and the same for everyone.
+  return iso.replace("T", " ").replace(/\.\d+Z$|Z$/, " UTC");
+}
+
+// Date and time as two pieces, so a narrow column breaks between them and nowhere else.
+function timeEl(iso) {
+  const [date, ...time] = formatTime(iso).split(" ");
+  return el("time", { datetime: iso }, el("span", {}, date), " ", el("span", {}, time.join(" ")));
+}
+
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
+// ---------------------------------------------------------------- the API key
+
+function apiKey() {
+  return sessionStorage.getItem(KEY_STORAGE);
+}
+
+function showKeyState() {
+  const key = apiKey();
+  setText($("key-state"), key ? "API key set for this tab" : "");
+  show($("key-forget"), Boolean(key));
+}
+
+let keyPrompt = null; // one dialog for every request that met a 401 at the same time
+
+function askForKey(reason) {
+  if (keyPrompt) return keyPrompt;
+  const dialog = $("key-dialog");
+  const input = $("key-input");
+  setText($("key-reason"), reason);
+  input.value = "";
+  keyPrompt = new Promise((resolve, reject) => {
+    const done = (key) => {
+      $("key-form").removeEventListener("submit", onSubmit);
+      $("key-cancel").removeEventListener("click", onCancel);
+      dialog.removeEventListener("cancel", onCancel);
+      dialog.close();
+      keyPrompt = null;
+      if (key) {
+        sessionStorage.setItem(KEY_STORAGE, key);
+        showKeyState();
+        resolve(key);
+      } else {
+        reject(new Error("an API key is needed"));
+      }
+    };
+    const onSubmit = (event) => {
+      event.preventDefault();
+      const key = input.value.trim();
+      if (key) done(key);
+    };
+    const onCancel = (event) => {
+      event.preventDefault();
+      done(null);
+    };
+    $("key-form").addEventListener("submit", onSubmit);
+    $("key-cancel").addEventListener("click", onCancel);
+    dialog.addEventListener("cancel", onCancel);
+  });
+  dialog.showModal();
+  input.focus();
+  return keyPrompt;
+}
+
+function authHeaders(headers = {}) {
+  const key = apiKey();
+  return key ? { ...headers, Authorization: `Bearer ${key}` } : headers;
+}
+
+// ---------------------------------------------------------------- talking to the API
+
+class ApiError extends Error {
+  constructor(status, detail) {
+    super(detail);
+    this.status = status;
+  }
+}
+
+// The problem+json `detail`, or the status line when the body is something else.
+function problemDetail(status, statusText, bodyText) {
+  try {
+    const body = JSON.parse(bodyText);
+    if (body && typeof body.detail === "string") return body.detail;
+  } catch {
+    // not JSON: fall through
+  }
+  return `${status} ${statusText || "error"}`.trim();
+}
+
+// fetch with the key; a 401 asks for a key once and tries again with it.
+async function request(url, options = {}) {
+  for (;;) {
+    const response = await fetch(url, { ...options, headers: authHeaders(options.headers) });
+    if (response.status !== 401) return response;
+    const detail = problemDetail(401, response.statusText, await response.text());
+    if (apiKey()) sessionStorage.removeItem(KEY_STORAGE);
+    showKeyState();
+    await askForKey(detail);
+  }
+}
+
+async function requestJson(url, options = {}) {
+  const response = await request(url, options);
+  const text = await response.text();
+  if (!response.ok) throw new ApiError(response.status, problemDetail(response.status, response.statusText, text));
+  return { body: text ? JSON.parse(text) : null, response };
+}
+
+function nextLink(response) {
+  const link = response.headers.get("Link") || "";
+  const match = link.match(/<([^>]*)>\s*;\s*rel="?next"?/);
+  return match ? match[1] : null;
+}
+
+const sessionUrl = (id) => `${API}/sessions/${encodeURIComponent(id)}`;
+const fileUrl = (id) => `${API}/files/${encodeURIComponent(id)}`;
+
+// ---------------------------------------------------------------- sessions
+
+async function loadSessions({ more = false } = {}) {
+  const url = more ? state.nextSessionsUrl : `${API}/sessions?limit=${SESSIONS_PER_PAGE}`;
+  try {
+    const { body, response } = await requestJson(url);
+    if (more) {
+      // One created here since the last page may come again: show it once.
+      const known = new Set(state.sessions.map((s) => s.session_id));
+      state.sessions = state.sessions.concat(body.filter((s) => !known.has(s.session_id)));
+    } else {
+      state.sessions = body;
+    }
+    state.nextSessionsUrl = nextLink(response);
+    renderSessions();
+  } catch (error) {
+    notice(`Could not list sessions: ${error.message}`, true);
+  }
+}
+
+function renderSessions() {
+  const list = $("session-list");
+  list.replaceChildren(
+    ...state.sessions.map((session) => {
+      const count = session.csv_files.length;
+      const selected = state.current && state.current.session_id === session.session_id;
+      return el(
+        "li",
+        { class: selected ? "selected" : "", "data-session-id": session.session_id },
+        el(
+          "button",
+          { type: "button", class: "session-open", onclick: () => openSession(session.session_id) },
+          el("span", { class: "name" }, session.session_id),
+          el("span", { class: "muted" }, plural(count, "file")),
+        ),
+        el(
+          "button",
+          {
+            type: "button",
+            class: "icon danger",
+            title: `Delete session ${session.session_id}`,
+            "aria-label": `Delete session ${session.session_id}`,
+            onclick: () => deleteSession(session.session_id),
+          },
+          "×",
+        ),
+      );
+    }),
+  );
+  show($("sessions-empty"), state.sessions.length === 0);
+  show($("sessions-more"), Boolean(state.nextSessionsUrl));
+}
+
+async function createSession(event) {
+  event.preventDefault();
+  const input = $("new-session-id");
+  const sessionId = input.value.trim();
+  setText($("create-error"), "");
+  try {
+    await requestJson(`${API}/sessions`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ session_id: sessionId }),
+    });
+  } catch (error) {
+    setText($("create-error"), error.message);
+    return;
+  }
+  input.value = "";
+  notice(`Session ${sessionId} created.`);
+  await openSession(sessionId);
+}
+
+// Keep the pages loaded so far, in the server's order (session_id, byte-wise), rather than
+// reload from the first page and lose the user's place.
+function rememberSession(session) {
+  const index = state.sessions.findIndex((s) => s.session_id === session.session_id);
+  if (index >= 0) {
+    state.sessions[index] = session;
+    return;
+  }
+  const after = state.sessions.findIndex((s) => s.session_id > session.session_id);
+  state.sessions.splice(after < 0 ? state.sessions.length : after, 0, session);
+}
+
+async function deleteSession(sessionId) {
+  if (!confirm(`Delete session “${sessionId}” and all its files?`)) return;
+  try {
+    await requestJson(sessionUrl(sessionId), { method: "DELETE" });
+  } catch (error) {
+    notice(`Could not delete ${sessionId}: ${error.message}`, true);
+    return;
+  }
+  state.sessions = state.sessions.filter((s) => s.session_id !== sessionId);
+  if (state.current && state.current.session_id === sessionId) closeSession();
+  else renderSessions();
+  notice(`Session ${sessionId} deleted.`);
+}
+
+// ---------------------------------------------------------------- one session
+
+function closeSession() {
+  state.current = null;
+  closePreview();
+  show($("session-view"), false);
+  show($("no-session"), true);
+  $("upload-list").replaceChildren();
+  renderSessions();
+}
+
+async function openSession(sessionId) {
+  if (!state.current || state.current.session_id !== sessionId) {
+    $("upload-list").replaceChildren();
+    closePreview();
+  }
+  await refreshSession(sessionId);
+}
+
+async function refreshSession(sessionId = state.current && state.current.session_id) {
+  if (!sessionId) return;
+  let session;
+  try {
+    ({ body: session } = await requestJson(sessionUrl(sessionId)));
+  } catch (error) {
+    notice(`Could not open ${sessionId}: ${error.message}`, true);
+    if (error.status === 404) closeSession();
+    return;
+  }
+  state.current = session;
+  rememberSession(session); // new, or its file count changed
+  renderSession();
+  renderSessions();
+}
+
+function renderSession() {
+  const session = state.current;
+  show($("no-session"), false);
+  show($("session-view"), true);
+  $("session-title").textContent = session.session_id;
+  const meta = [`${plural(session.csv_files.length, "file")}`, `created ${formatTime(session.created_at)}`];
+  if (session.expires_at) meta.push(`expires ${formatTime(session.expires_at)}`);
+  $("session-meta").textContent = meta.join(" · ");
+  const archive = $("archive-link");
+  archive.href = `${sessionUrl(session.session_id)}/archive`;
+  archive.setAttribute("download", `${session.session_id}.zip`);
+  show(archive, session.csv_files.length > 0);
+
+  const files = [...session.csv_files].sort((a, b) => a.created_at.localeCompare(b.created_at));
+  $("file-rows").replaceChildren(...files.map(fileRow));
+  show($("file-table"), files.length > 0);
+  show($("files-empty"), files.length === 0);
+}
+
+function fileRow(file) {
+  const columns = file.columns || [];
+  const columnText =
+    file.column_count === null || file.column_count === undefined
+      ? ""
+      : `${file.column_count}${columns.length ? ": " + columns.join(", ") : ""}`;
+  const sha = file.sha256 || "";
+  const download = el(
+    "a",
+    {
+      class: "button",
+      href: `${fileUrl(file.id)}/content`,
+      download: file.original_filename,
+      onclick: (event) => downloadWithKey(event),
+    },
+    "Download",
+  );
+  return el(
+    "tr",
+    { "data-file-id": file.id },
+    el("td", { class: "name" }, file.original_filename),
+    el("td", { class: "num", title: `${file.file_size} bytes` }, formatSize(file.file_size)),
+    el("td", { class: "num" }, file.row_count ?? ""),
+    el("td", { class: "columns", title: columns.join(", ") }, columnText),
+    el("td", { class: "sha", title: sha }, el("code", {}, sha.slice(0, 12))),
+    el("td", {}, timeEl(file.created_at)),
+    el(
+      "td",
+      { class: "actions" },
+      el("button", { type: "button", onclick: () => openPreview(file) }, "Preview"),
+      download,
+      el("button", { type: "button", class: "danger", onclick: () => deleteFile(file) }, "Delete"),
+    ),
+  );
+}
+
+async function deleteFile(file) {
+  if (!confirm(`Delete ${file.original_filename}?`)) return;
+  try {
+    await requestJson(fileUrl(file.id), { method: "DELETE" });
+  } catch (error) {
+    notice(`Could not delete ${file.original_filename}: ${error.message}`, true);
+    return;
+  }
+  if (state.preview && state.preview.file.id === file.id) closePreview();
+  notice(`${file.original_filename} deleted.`);
+  await refreshSession();
+}
+
+// Without a key the browser streams the download itself. A link cannot carry an
+// Authorization header, so with a key the page fetches the bytes and saves them.
+async function downloadWithKey(event) {
+  if (!apiKey()) return;
+  event.preventDefault();
+  const link = event.currentTarget;
+  try {
+    const response = await request(link.href);
+    if (!response.ok) {
+      throw new ApiError(response.status, problemDetail(response.status, response.statusText, await response.text()));
+    }
+    const url = URL.createObjectURL(await response.blob());
+    const save = el("a", { href: url, download: link.getAttribute("download") || "" });
+    document.body.append(save);
+    save.click();
+    save.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  } catch (error) {
+    notice(`Download failed: ${error.message}`, true);
+  }
+}
+
+// ---------------------------------------------------------------- preview
+
+function closePreview() {
+  state.preview = null;
+  show($("preview"), false);
+}
+
+async function openPreview(file) {
+  state.preview = { file, nextOffset: 0 };
+  $("preview-title").textContent = `Preview: ${file.original_filename}`;
+  const table = $("preview-table");
+  table.tHead.replaceChildren();
+  table.tBodies[0].replaceChildren();
+  setText($("preview-error"), "");
+  show($("preview"), true);
+  await loadPreviewRows();
+  $("preview").scrollIntoView({ block: "nearest" });
+}
+
+async function loadPreviewRows() {
+  const preview = state.preview;
+  if (!preview || preview.nextOffset === null) return;
+  const url = `${fileUrl(preview.file.id)}/rows?offset=${preview.nextOffset}&limit=${PREVIEW_ROWS}`;
+  let page;
+  try {
+    ({ body: page } = await requestJson(url));
+  } catch (error) {
+    setText($("preview-error"), error.message);
+    show($("preview-more"), false);
+    return;
+  }
+  if (state.preview !== preview) return; // another file was chosen meanwhile
+  const table = $("preview-table");
+  if (!table.tHead.rows.length) {
+    const width = Math.max(page.columns.length, ...page.rows.map((row) => row.length), 0);
+    const names = page.columns.length ? page.columns : Array.from({ length: width }, (_, i) => `${i + 1}`);
+    table.tHead.append(el("tr", {}, el("th", { class: "num" }, "#"), ...names.map((name) => el("th", {}, name))));
+  }
+  const first = preview.nextOffset;
+  table.tBodies[0].append(
+    ...page.rows.map((row, i) => el("tr", {}, el("td", { class: "num muted" }, first + i + 1), ...row.map((cell) => el("td", {}, cell)))),
+  );
+  preview.nextOffset = page.next_offset;
+  show($("preview-more"), page.next_offset !== null);
+  if (!table.tBodies[0].rows.length) setText($("preview-error"), "This file has no data rows.");
+}
+
+// ---------------------------------------------------------------- uploads
+
+const uploadQueue = [];
+let uploadsRunning = 0;
+
+function queueUploads(fileList) {
+  if (!state.current) return;
+  const sessionId = state.current.session_id;
+  for (const file of fileList) {
+    const bar = el("progress", { max: 100, value: 0 });
+    const status = el("span", { class: "status muted" }, "waiting");
+    const item = el(
+      "li",
+      { "data-name": file.name },
+      el("span", { class: "name" }, file.name),
+      el("span", { class: "muted" }, formatSize(file.size)),
+      bar,
+      status,
+    );
+    $("upload-list").append(item);
+    uploadQueue.push({ file, sessionId, item, bar, status });
+  }
+  pumpUploads();
+}
+
+function pumpUploads() {
+  while (uploadsRunning < PARALLEL_UPLOADS && uploadQueue.length) {
+    const job = uploadQueue.shift();
+    uploadsRunning += 1;
+    runUpload(job).finally(() => {
+      uploadsRunning -= 1;
+      pumpUploads();
+    });
+  }
+}
+
+// One XMLHttpRequest per file: fetch() cannot report upload progress.
+function sendUpload(job) {
+  return new Promise((resolve) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", `${API}/upload`);
+    const key = apiKey();
+    if (key) xhr.setRequestHeader("Authorization", `Bearer ${key}`);
+    xhr.upload.addEventListener("progress", (event) => {
+      if (!event.lengthComputable) return;
+      const percent = Math.floor((event.loaded / event.total) * 100);
+      job.bar.value = percent;
+      job.status.textContent = `${percent}%`;
+    });
+    xhr.addEventListener("load", () => resolve({ status: xhr.status, statusText: xhr.statusText, text: xhr.responseText }));
+    xhr.addEventListener("error", () => resolve({ status: 0, statusText: "network error", text: "" }));
+    xhr.addEventListener("abort", () => resolve({ status: 0, statusText: "aborted", text: "" }));
+    const form = new FormData();
+    form.append("session_id", job.sessionId); // first, so an unknown session fails early
+    form.append("file", job.file, job.file.name);
+    xhr.send(form);
+    job.status.textContent = "uploading";
+  });
+}
+
+async function runUpload(job) {
+  let result;
+  for (;;) {
+    result = await sendUpload(job);
+    if (result.status !== 401) break;
+    sessionStorage.removeItem(KEY_STORAGE);
+    showKeyState();
+    try {
+      await askForKey(problemDetail(401, result.statusText, result.text));
+    } catch {
+      break;
+    }
+  }
+  if (result.status >= 200 && result.status < 300) {
+    job.bar.value = 100;
+    job.item.classList.add("done");
+    const body = JSON.parse(result.text);
+    const rows = body.file && body.file.row_count;
+    job.status.textContent = rows === null || rows === undefined ? "stored" : `stored, ${plural(rows, "row")}`;
+    job.status.className = "status ok";
+  } else {
+    job.item.classList.add("failed");
+    job.status.textContent = problemDetail(result.status, result.statusText, result.text);
+    job.status.className = "status error";
+  }
+  if (state.current && state.current.session_id === job.sessionId) await refreshSession(job.sessionId);
+}
+
+function setUpDropZone() {
+  const zone = $("drop-zone");
+  const input = $("file-input");
+  for (const name of ["dragenter", "dragover"]) {
+    zone.addEventListener(name, (event) => {
+      event.preventDefault();
+      event.dataTransfer.dropEffect = "copy";
+      zone.classList.add("over");
+    });
+  }
+  zone.addEventListener("dragleave", (event) => {
+    if (!zone.contains(event.relatedTarget)) zone.classList.remove("over");
+  });
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    queueUploads(event.dataTransfer.files);
+  });
+  zone.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      input.click();
+    }
+  });
+  input.addEventListener("change", () => {
+    queueUploads(input.files);
+    input.value = ""; // choosing the same file again uploads it again
+  });
+  // A file dropped outside the zone would make the browser leave the page.
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => event.preventDefault());
+}
+
+// ---------------------------------------------------------------- start
+
+function start() {
+  $("create-form").addEventListener("submit", createSession);
+  $("sessions-more").addEventListener("click", () => loadSessions({ more: true }));
+  $("session-delete").addEventListener("click", () => state.current && deleteSession(state.current.session_id));
+  $("archive-link").addEventListener("click", downloadWithKey);
+  $("preview-more").addEventListener("click", loadPreviewRows);
+  $("key-forget").addEventListener("click", () => {
+    sessionStorage.removeItem(KEY_STORAGE);
+    showKeyState();
+    notice("API key forgotten for this tab.");
+  });
+  setUpDropZone();
+  showKeyState();
+  loadSessions();
+}
+
+start();
