@@ -6,6 +6,8 @@ Run from the repository root::
     python -m bench.run --quick         # < 1 minute, for use while developing
     python -m bench.run --only small    # one scenario (small, large, listing; comma-separated)
     python -m bench.run --workers 2     # csvstore with --workers 2 (and the 1-process figure)
+    python -m bench.run --ref HEAD~1    # csvstore as committed at a git ref (git archive)
+    python -m bench.run --markdown      # also print the table as Markdown for RESULTS.md
 
 Scenarios (see bench/README.md): ``small`` (4 KiB uploads under wrk at 8/64/512
 connections), ``large`` (1 x 1 GiB and 8 x 128 MiB with curl, MB/s and peak RSS) and
@@ -66,6 +68,8 @@ class Settings:
     small_levels: tuple[int, ...]
     small_duration: int  # seconds per wrk run
     small_sessions: int
+    small_attempts: int  # measurements per level when other processes disturb them
+    large_attempts: int
     wrk_threads: int
     big_size: int
     big_count: int  # parallel uploads of the big file (1)
@@ -84,6 +88,8 @@ class Settings:
                 small_levels=(8, 64),
                 small_duration=3,
                 small_sessions=4,
+                small_attempts=1,
+                large_attempts=1,
                 wrk_threads=wrk_threads,
                 big_size=128 * MIB,
                 big_count=1,
@@ -99,6 +105,8 @@ class Settings:
             small_levels=(8, 64, 512),
             small_duration=10,
             small_sessions=4,
+            small_attempts=3,
+            large_attempts=2,
             wrk_threads=wrk_threads,
             big_size=GIB,
             big_count=1,
@@ -241,7 +249,9 @@ def machine_info() -> dict[str, str]:
                 model = line.split(":", 1)[1].strip()
                 break
     commit = run_text(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
-    dirty = run_text(["git", "-C", str(REPO), "status", "--porcelain"])
+    dirty = run_text(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--", "csvstore", "sql", "pyproject.toml"]
+    )
     wrk = shutil.which("wrk")
     return {
         "date": now_iso(),
@@ -250,8 +260,8 @@ def machine_info() -> dict[str, str]:
         "kernel": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "aiohttp": aiohttp.__version__,
-        "wrk": run_text(["wrk", "--version"]).splitlines()[0][:40] if wrk else "missing",
-        "commit": commit.strip() + (" (dirty)" if dirty.strip() else ""),
+        "wrk": run_text(["wrk", "--version"]).split(" Copyright")[0].strip() if wrk else "missing",
+        "commit": commit.strip() + (" + uncommitted changes" if dirty.strip() else ""),
         "memory": mem_total(),
     }
 
@@ -334,6 +344,236 @@ def tree_cpu_seconds(root: int) -> float:
     return total / CLK_TCK
 
 
+PF_KTHREAD = 0x00200000
+KERNEL = "[kernel threads]"
+
+
+def all_cpu_seconds() -> dict[int, tuple[str, float]]:
+    """{pid: (command name, CPU seconds so far)} for every process on the machine.
+
+    Kernel threads (writeback, block I/O completion: mostly work the servers' own I/O
+    causes) are all named KERNEL.
+    """
+    out: dict[int, tuple[str, float]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = Path(f"/proc/{name}/stat").read_text()
+            comm = text[text.index("(") + 1 : text.rindex(")")]
+            fields = text.rsplit(")", 1)[1].split()
+            if int(fields[6]) & PF_KTHREAD:
+                comm = KERNEL
+            out[int(name)] = (comm, (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return out
+
+
+def top_others(
+    before: dict[int, tuple[str, float]],
+    after: dict[int, tuple[str, float]],
+    exclude: set[int],
+    exclude_names: frozenset[str],
+) -> dict[str, float]:
+    """CPU seconds used between two snapshots by processes not excluded, by command name."""
+    by_name: dict[str, float] = {}
+    for pid, (comm, cpu) in after.items():
+        if pid in exclude or comm in exclude_names:
+            continue
+        used = cpu - before.get(pid, (comm, 0.0))[1]
+        if used > 0:
+            by_name[comm] = by_name.get(comm, 0.0) + used
+    return dict(sorted(by_name.items(), key=lambda kv: -kv[1]))
+
+
+def steal_cpu_seconds() -> float:
+    """CPU seconds the hypervisor gave to someone else while this machine wanted them."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[8]) / CLK_TCK
+    return 0.0
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds that processes (all of them, all cores) have run since boot.
+
+    user + nice + system: interrupt time (disk and network completions, which the
+    servers' own I/O causes) and steal are left out, as they are in per-process times.
+    """
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return (fields[0] + fields[1] + fields[2]) / CLK_TCK  # guest time is already in user
+    return 0.0
+
+
+def self_cpu_seconds(who: int) -> float:
+    ru = resource.getrusage(who)
+    return ru.ru_utime + ru.ru_stime
+
+
+@dataclass
+class CpuUse:
+    """Where the CPU went during one measurement (seconds, summed over both cores)."""
+
+    wall_s: float
+    server_s: float  # the server's process tree
+    clients_s: float  # wrk, curl: the client processes this run started and reaped
+    kernel_s: float  # kernel threads: writeback, I/O completion (mostly the servers' doing)
+    other_s: float  # everything else: must be ~0 for a clean figure
+    other_top: dict[str, float]  # the biggest of those, by command name
+    steal_s: float  # time the hypervisor ran other machines on our cores
+
+    def pct(self, seconds: float) -> float:
+        return 100 * seconds / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def noise_pct(self) -> float:
+        return self.pct(self.other_s)
+
+    def text(self) -> str:
+        out = f"server CPU {self.pct(self.server_s):.0f}%"
+        out += f"  clients CPU {self.pct(self.clients_s):.0f}%"
+        out += f"  kernel threads {self.pct(self.kernel_s):.0f}%"
+        out += f"  other CPU {self.noise_pct:.0f}%"
+        if self.noise_pct > NOISE_PERCENT:
+            out += f" {self.other_top}"
+        if self.pct(self.steal_s) >= 5:
+            out += f"  steal {self.pct(self.steal_s):.0f}%"
+        return out
+
+
+class CpuWindow:
+    """Measures CpuUse between start() and stop() for one server."""
+
+    CLIENTS = frozenset({"wrk", "curl", "dd"})
+
+    def __init__(self, server_pid: int) -> None:
+        self.pid = server_pid
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+        self.server0 = tree_cpu_seconds(self.pid)
+        self.busy0 = busy_cpu_seconds()
+        self.steal0 = steal_cpu_seconds()
+        self.self0 = self_cpu_seconds(resource.RUSAGE_SELF)
+        self.children0 = self_cpu_seconds(resource.RUSAGE_CHILDREN)
+        self.procs0 = all_cpu_seconds()
+
+    def stop(self) -> CpuUse:
+        wall = time.perf_counter() - self.t0
+        server = tree_cpu_seconds(self.pid) - self.server0
+        busy = busy_cpu_seconds() - self.busy0
+        own = self_cpu_seconds(resource.RUSAGE_SELF) - self.self0
+        clients = self_cpu_seconds(resource.RUSAGE_CHILDREN) - self.children0
+        exclude = {*tree_pids(self.pid), os.getpid()}
+        top = top_others(self.procs0, all_cpu_seconds(), exclude, self.CLIENTS)
+        kernel = top.pop(KERNEL, 0.0)
+        return CpuUse(
+            wall_s=wall,
+            server_s=server,
+            clients_s=clients,
+            kernel_s=kernel,
+            other_s=max(0.0, busy - server - clients - own - kernel),
+            other_top={k: round(v, 2) for k, v in list(top.items())[:4]},
+            steal_s=steal_cpu_seconds() - self.steal0,
+        )
+
+
+# --------------------------------------------------------------------------- the disk
+#
+# On an ext4 without a journal (as on the benchmark machine), the inode allocator skips
+# every inode deleted less than 60 s ago (360 s while its inode table block is still
+# dirty), scanning them one by one: after tens of thousands of deletes, creating a file
+# costs 0.5-1.5 ms of kernel time instead of ~50 us, and small-upload figures collapse.
+# So the benchmark never mass-deletes between measurements (only the few large files),
+# syncs after removing its temp folder, and probes file creation before it starts.
+
+# The same effect makes a server's figures depend on what was deleted near its folder.
+# Marking the temp folder as a "top directory" for ext4's Orlov allocator (chattr +T) puts
+# each folder created in it (one per server) in a fresh block group, away from inodes
+# deleted by a previous run, by tests or by anything else in /tmp.
+
+SLOW_CREATE_US = 250.0
+
+
+def spread_subdirs(path: Path) -> bool:
+    """chattr +T: subfolders go to fresh ext4 block groups. False where not supported."""
+    if not shutil.which("chattr"):
+        return False
+    done = subprocess.run(["chattr", "+T", str(path)], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+async def settle() -> None:
+    """Flush dirty pages before a measurement so the last one's writeback stays out of it."""
+    await asyncio.to_thread(os.sync)
+
+
+def probe_create_us(directory: Path, n: int = 300) -> float:
+    """Microseconds to create and write one 4 KiB file in `directory` (kept until cleanup)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data = b"x" * (4 * KIB)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        with (directory / f"{uuid.uuid4().hex}.csv").open("wb") as out:
+            out.write(data)
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+async def check_disk(h: Harness, s: Settings, rep: Report) -> None:
+    max_wait = 0 if s.quick else 400
+    waited = 0
+    us = probe_create_us(h.tmp("probe"))
+    while us > SLOW_CREATE_US and waited < max_wait:
+        print(
+            f"disk: creating a file takes {us:.0f} us (> {SLOW_CREATE_US:.0f}): many inodes "
+            f"were deleted recently; waiting for the disk to settle ({waited} s so far)",
+            flush=True,
+        )
+        await asyncio.sleep(10)
+        waited += 10
+        us = probe_create_us(h.tmp("probe"))
+    print(f"disk: creating a 4 KiB file takes {us:.0f} us (waited {waited} s)", flush=True)
+    rep.record("disk_probe", create_us=us, waited_s=waited)
+    if us > SLOW_CREATE_US:
+        rep.note(
+            f"file creation on this disk was slow at the start ({us:.0f} us per file): "
+            "files were mass-deleted in the last minutes (e.g. by a previous run), and the "
+            "small-upload figures are depressed for both servers; rerun a few minutes later"
+        )
+
+
+NOISE_PERCENT = 10.0  # other processes' CPU during a measurement above which it is redone
+BUSY_PERCENT = 20.0  # other processes' CPU, % of one core, above which figures are noisy
+
+
+async def machine_busy_percent(seconds: float = 2.0) -> float:
+    """CPU used by everything on the machine over a short window, % of one core."""
+    busy0 = busy_cpu_seconds()
+    await asyncio.sleep(seconds)
+    return 100 * (busy_cpu_seconds() - busy0) / seconds
+
+
+async def check_quiet(s: Settings, rep: Report) -> None:
+    max_wait = 0 if s.quick else 180
+    waited = 0
+    busy = await machine_busy_percent()
+    while busy > BUSY_PERCENT and waited < max_wait:
+        print(
+            f"machine: other processes use {busy:.0f}% of a core; waiting for quiet "
+            f"({waited} s so far, at most {max_wait} s)",
+            flush=True,
+        )
+        await asyncio.sleep(8)
+        waited += 10
+        busy = await machine_busy_percent()
+    print(f"machine: {busy:.0f}% of a core busy before the start (waited {waited} s)")
+    rep.record("busy_probe", busy_percent=busy, waited_s=waited)
+    if busy > BUSY_PERCENT:
+        rep.note(
+            f"the machine was busy at the start ({busy:.0f}% of a core used by other "
+            "processes): see the noise rows; figures taken under load are not comparable"
+        )
+
+
 # --------------------------------------------------------------------------- processes
 
 
@@ -370,9 +610,44 @@ class Harness:
         self.target_cmd = target_cmd
         self.workers = workers
         self.root = Path(tempfile.mkdtemp(prefix="csvstore-bench-", dir=tmp_parent()))
+        self.topdir = spread_subdirs(self.root)
+        self.src: Path | None = None  # csvstore's source tree when not the working tree
         self.servers: list[Server] = []
         self.children: list[asyncio.subprocess.Process] = []
         self._n = 0
+        self._help: str | None = None
+
+    def checkout(self, ref: str) -> str:
+        """Run csvstore from `git archive REF` instead of the working tree; its commit."""
+        sha = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--verify", "--short", f"{ref}^{{commit}}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if sha.returncode != 0:
+            raise BenchError(f"--ref {ref}: not a commit: {sha.stderr.strip()}")
+        self.src = self.tmp("src")
+        archive = subprocess.Popen(
+            ["git", "-C", str(REPO), "archive", "--format=tar", ref], stdout=subprocess.PIPE
+        )
+        subprocess.run(["tar", "-x", "-C", str(self.src)], stdin=archive.stdout, check=True)
+        if archive.wait() != 0:
+            raise BenchError(f"git archive {ref} failed")
+        return sha.stdout.strip()
+
+    def csvstore_help(self) -> str:
+        if self._help is None:
+            done = subprocess.run(
+                [sys.executable, "-m", "csvstore", "--help"],
+                cwd=self.src or REPO,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            self._help = done.stdout
+        return self._help
 
     def tmp(self, name: str) -> Path:
         self._n += 1
@@ -397,13 +672,18 @@ class Harness:
         else:
             cmd = [sys.executable, "-m", "csvstore", "--host", HOST, "--port", str(port)]
             cmd += ["--data-dir", str(data_dir)]
+            if not workers and "--workers" in self.csvstore_help():
+                cmd += ["--workers", "1"]  # "one server process", whatever the default
         if workers:
             cmd += ["--workers", str(workers)]
         label = kind + (f" --workers {workers}" if workers else "")
+        # Measure the defaults: no CSVSTORE_* setting from the caller's environment.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CSVSTORE_")}
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 cmd,
-                cwd=REPO,
+                cwd=self.src if self.src and kind == "csvstore" else REPO,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -431,6 +711,7 @@ class Harness:
                 kill_group(server.proc)
                 server.stopped = True
         shutil.rmtree(self.root, ignore_errors=True)
+        os.sync()  # deleted inodes stay "recent" 60 s once written back, 360 s until then
 
     async def run(
         self, cmd: Sequence[str], timeout: float, env: dict[str, str] | None = None
@@ -551,12 +832,6 @@ async def get_json(http: aiohttp.ClientSession, url: str) -> Any:
         return json.loads(body)
 
 
-async def delete_session(http: aiohttp.ClientSession, server: Server, sid: str) -> int:
-    async with http.delete(f"{server.base}/api/csv/sessions/{sid}") as resp:
-        await resp.read()
-        return resp.status
-
-
 async def session_file_ids(http: aiohttp.ClientSession, server: Server, sid: str) -> list[str]:
     data = await get_json(http, f"{server.base}/api/csv/sessions/{sid}")
     return [str(f["id"]) for f in data["csv_files"]]
@@ -570,9 +845,15 @@ async def gather_limited(n: int, jobs: Sequence[Callable[[], Awaitable[None]]]) 
         while queue:
             await queue.pop()()
 
-    async with asyncio.TaskGroup() as tg:
-        for _ in range(min(n, len(jobs))):
-            tg.create_task(worker())
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(min(n, len(jobs))):
+                tg.create_task(worker())
+    except ExceptionGroup as group:
+        first = group.exceptions[0]
+        if isinstance(first, BenchError | aiohttp.ClientError | TimeoutError):
+            raise BenchError(f"{type(first).__name__}: {first}") from group
+        raise
 
 
 # --------------------------------------------------------------------------- data
@@ -659,13 +940,16 @@ class WrkResult:
     p90_ms: float
     p99_ms: float
     max_ms: float
-    wrk_cpu_s: float
-    server_cpu_s: float
+    cpu: CpuUse
     ids: list[str] = field(repr=False)
 
     @property
     def rate(self) -> float:
         return self.ok / self.seconds
+
+    @property
+    def server_us_per_upload(self) -> float:
+        return self.cpu.server_s / max(self.ok, 1) * 1e6
 
     @property
     def errors(self) -> int:
@@ -695,11 +979,11 @@ async def run_wrk(
     cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{s.small_duration}s"]
     cmd += ["--timeout", "30s", "--latency", "-s", str(LUA_SCRIPT)]
     cmd += [f"{server.base}/api/csv/upload"]
-    cpu0 = tree_cpu_seconds(server.proc.pid)
-    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    await settle()
+    window = CpuWindow(server.proc.pid)
+    window.start()
     code, out, err = await h.run(cmd, timeout=s.small_duration + 90, env=env)
-    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu1 = tree_cpu_seconds(server.proc.pid)
+    cpu = window.stop()
     line = next((x for x in out.splitlines() if x.startswith("BENCH_JSON ")), None)
     if code != 0 or line is None:
         raise BenchError(f"wrk failed (exit {code}):\n{out}\n{err}")
@@ -719,8 +1003,7 @@ async def run_wrk(
         p90_ms=lat["p90"] / 1000,
         p99_ms=lat["p99"] / 1000,
         max_ms=lat["max"] / 1000,
-        wrk_cpu_s=(ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime),
-        server_cpu_s=cpu1 - cpu0,
+        cpu=cpu,
         ids=ids,
     )
 
@@ -735,11 +1018,11 @@ class Check:
     ok: bool
 
     def text(self) -> str:
-        s = f"{self.recorded}/{self.answered}"
+        s = f"{self.answered - self.missing}/{self.answered} listed"
         if self.missing:
-            s += f", {self.missing} MISSING"
+            s += f" ({self.missing} MISSING)"
         if self.extra:
-            s += f", +{self.extra} in flight at stop"
+            s += f", +{self.extra} unanswered (<= {self.in_flight} in flight at stop)"
         return s
 
 
@@ -765,18 +1048,6 @@ async def verify_recorded(server: Server, sessions: list[str], res: WrkResult) -
     return Check(res.ok, len(recorded), missing, extra, in_flight, ok)
 
 
-async def clear_uploads(server: Server, sessions: list[str]) -> None:
-    if server.kind == "baseline":
-        for p in server.data_dir.iterdir():
-            p.unlink()
-        return
-    async with client(total=120) as http:
-        for sid in sessions:
-            status = await delete_session(http, server, sid)
-            if status != 200:
-                print(f"  warning: DELETE session {sid} -> {status}", flush=True)
-
-
 async def scenario_small(h: Harness, s: Settings, rep: Report) -> None:
     print(f"\n== small: 4 KiB CSV, {s.small_duration} s per level, wrk -t {s.wrk_threads}")
     csv = csv_block(4 * KIB, with_header=True)
@@ -786,35 +1057,52 @@ async def scenario_small(h: Harness, s: Settings, rep: Report) -> None:
     bodies_dir = h.tmp("bodies")
     results: dict[tuple[str, int], WrkResult] = {}
     checks: dict[tuple[str, int], Check] = {}
+
+    async def measure(server: Server, conns: int, tag: str) -> tuple[WrkResult, Check | None]:
+        sessions = [f"bench-small-{tag}-{i}" for i in range(s.small_sessions)]
+        async with client() as http:
+            for sid in sessions:
+                await create_session(http, server, sid)
+        bodies = []
+        for sid in sessions:
+            path = bodies_dir / f"{sid}.body"
+            path.write_bytes(multipart_body(sid, csv))
+            bodies.append(path)
+        res = await run_wrk(h, s, server, conns, bodies, tag)
+        chk = await verify_recorded(server, sessions, res) if server.kind == "csvstore" else None
+        print(
+            f"  {server.label:<22} c={conns:<4} {res.rate:8.0f} uploads/s  "
+            f"p50 {res.p50_ms:7.1f} ms  p99 {res.p99_ms:7.1f} ms  errors {res.errors}  "
+            f"status {res.status}  {res.cpu.text()}" + (f"  recorded {chk.text()}" if chk else ""),
+            flush=True,
+        )
+        procs = len(tree_pids(server.proc.pid))
+        extra: dict[str, Any] = {"check": asdict(chk)} if chk else {}
+        rep.record("small", server=server.label, tag=tag, processes=procs, **res.summary(), **extra)
+        return res, chk
+
     for conns in s.small_levels:
         for server in servers:
             slug = server.label.replace(" ", "").replace("-", "")
-            sessions = [f"bench-small-c{conns}-{slug}-{i}" for i in range(s.small_sessions)]
-            async with client() as http:
-                for sid in sessions:
-                    await create_session(http, server, sid)
-            bodies = []
-            for sid in sessions:
-                path = bodies_dir / f"{sid}.body"
-                path.write_bytes(multipart_body(sid, csv))
-                bodies.append(path)
-            res = await run_wrk(h, s, server, conns, bodies, f"{slug}-{conns}")
-            results[(server.label, conns)] = res
-            extra: dict[str, Any] = {}
-            if server.kind == "csvstore":
-                chk = await verify_recorded(server, sessions, res)
-                checks[(server.label, conns)] = chk
-                extra["check"] = asdict(chk)
-            print(
-                f"  {server.label:<22} c={conns:<4} {res.rate:8.0f} uploads/s  "
-                f"p50 {res.p50_ms:7.1f} ms  p99 {res.p99_ms:7.1f} ms  errors {res.errors}  "
-                f"status {res.status}  server CPU {res.server_cpu_s / res.seconds:.0%}  "
-                f"wrk CPU {res.wrk_cpu_s / res.seconds:.0%}"
-                + (f"  recorded {checks[(server.label, conns)].text()}" if extra else ""),
-                flush=True,
-            )
-            rep.record("small", server=server.label, **res.summary(), **extra)
-            await clear_uploads(server, sessions)
+            best: tuple[WrkResult, Check | None] | None = None
+            failed_check: Check | None = None
+            for attempt in range(1, s.small_attempts + 1):
+                res, chk = await measure(server, conns, f"c{conns}-{slug}-a{attempt}")
+                if chk is not None and not chk.ok:
+                    failed_check = chk  # lost data is reported whichever attempt is kept
+                if best is None or res.cpu.noise_pct < best[0].cpu.noise_pct:
+                    best = (res, chk)
+                noise = res.cpu.noise_pct
+                if noise <= NOISE_PERCENT:
+                    break
+                if attempt < s.small_attempts:
+                    print(f"  (other processes used {noise:.0f}% of a core: measuring again)")
+            assert best is not None
+            results[(server.label, conns)] = best[0]
+            kept = failed_check or best[1]
+            if kept is not None:
+                checks[(server.label, conns)] = kept
+            # No deletes between runs: see settle() for why mass deletes poison the disk.
     for server in servers:
         await h.stop(server)
 
@@ -831,7 +1119,7 @@ async def scenario_small(h: Harness, s: Settings, rep: Report) -> None:
                 met_rate = res.rate >= 0.8 * base.rate
             rep.add(Row(sc, f"c={conns} uploads/s", base.rate, res.rate, target_rate, met_rate))
             rep.add(Row(sc, f"c={conns} p50 ms", base.p50_ms, res.p50_ms))
-            if conns == 64:
+            if conns == 64 and label == "csvstore":
                 rep.add(
                     Row(sc, f"c={conns} p99 ms", base.p99_ms, res.p99_ms, "<= 2x",
                         res.p99_ms <= 2 * base.p99_ms)
@@ -844,16 +1132,22 @@ async def scenario_small(h: Harness, s: Settings, rep: Report) -> None:
                 rep.add(
                     Row(sc, f"c={conns} 201s recorded (API)", None, found.text(), "all", found.ok)
                 )
-            b_us = base.server_cpu_s / max(base.ok, 1) * 1e6
-            c_us = res.server_cpu_s / max(res.ok, 1) * 1e6
+            b_us = base.server_us_per_upload
+            c_us = res.server_us_per_upload
             rep.add(Row(sc, f"c={conns} server CPU us/upload", b_us, c_us))
             rep.add(
-                Row(sc, f"c={conns} wrk CPU % of 1 core", 100 * base.wrk_cpu_s / base.seconds,
-                    100 * res.wrk_cpu_s / res.seconds)
+                Row(sc, f"c={conns} wrk CPU % of 1 core", base.cpu.pct(base.cpu.clients_s),
+                    res.cpu.pct(res.cpu.clients_s))
             )  # fmt: skip
             rep.add(
                 Row(sc, f"c={conns} wrk drives baseline faster", f"{base.rate:.0f}/s",
                     f"{res.rate:.0f}/s", "base > csv", base.rate > res.rate)
+            )  # fmt: skip
+            b_other = base.cpu.noise_pct
+            c_other = res.cpu.noise_pct
+            rep.add(
+                Row(sc, f"c={conns} other processes' CPU % (noise)", b_other, c_other,
+                    f"<= {NOISE_PERCENT:.0f}", max(b_other, c_other) <= NOISE_PERCENT)
             )  # fmt: skip
     if h.workers:
         label = f"csvstore --workers {h.workers}"
@@ -882,6 +1176,8 @@ class CurlRun:
     peak_hwm_mib: float
     peak_sampled_mib: float
     verified: str
+    cpu: CpuUse
+    log: str = ""
 
 
 async def sample_rss(root: int, stop: asyncio.Event, peak: list[int]) -> None:
@@ -898,12 +1194,15 @@ async def curl_uploads(
     sid = f"bench-large-{uuid.uuid4().hex[:8]}"
     async with client() as http:
         await create_session(http, server, sid)
+    await settle()
     rss_start = tree_kib(server.proc.pid, "VmRSS")
     stop = asyncio.Event()
     peak = [rss_start]
     sampler = asyncio.create_task(sample_rss(server.proc.pid, stop, peak))
     cmd = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}"]
     cmd += ["-F", f"file=@{path}", "-F", f"session_id={sid}", f"{server.base}/api/csv/upload"]
+    window = CpuWindow(server.proc.pid)
+    window.start()
     t0 = time.perf_counter()
     try:
         outs = await asyncio.gather(*(h.run(cmd, timeout=900) for _ in range(count)))
@@ -911,6 +1210,7 @@ async def curl_uploads(
         wall = time.perf_counter() - t0
         stop.set()
         await sampler
+    cpu = window.stop()
     hwm = tree_kib(server.proc.pid, "VmHWM")
     codes: list[int] = []
     times: list[float] = []
@@ -933,6 +1233,10 @@ async def curl_uploads(
         if not good:
             print(f"  listed sizes {sizes[:10]} for {n_ok} answers {server.success}", flush=True)
     ok_bytes = size * sum(1 for c in codes if c == server.success)
+    log = ""
+    if any(c != server.success for c in codes):
+        log = log_tail(server)
+        print(f"  {server.label} answered {sorted(set(codes))}; its log ends:\n{log}", flush=True)
     run = CurlRun(
         wall_s=wall,
         mb_s=ok_bytes / wall / MB,
@@ -942,6 +1246,8 @@ async def curl_uploads(
         peak_hwm_mib=hwm / KIB,
         peak_sampled_mib=peak[0] / KIB,
         verified=verified,
+        cpu=cpu,
+        log=log,
     )
     return server, run
 
@@ -990,18 +1296,31 @@ async def scenario_large(h: Harness, s: Settings, rep: Report) -> None:
     label = "csvstore"
     for case, path, count, size in cases:
         for kind in ("baseline", "csvstore"):
-            server, run = await curl_uploads(h, kind, path, count, size)
-            label = server.label
-            await h.stop(server)  # fresh process (VmHWM is a lifetime peak) and data dir
-            runs[(case, kind)] = run
-            print(
-                f"  {case:<14} {server.label:<22} {run.mb_s:7.0f} MB/s  wall {run.wall_s:6.2f} s"
-                f"  codes {sorted(set(run.codes))}  RSS start {run.rss_start_mib:.0f} MiB, "
-                f"peak {run.peak_hwm_mib:.0f} MiB (VmHWM), {run.peak_sampled_mib:.0f} MiB "
-                f"(sampled)  {run.verified}",
-                flush=True,
-            )
-            rep.record("large", case=case, server=server.label, size=size, **asdict(run))
+            kept: CurlRun | None = None
+            for attempt in range(1, s.large_attempts + 1):
+                server, run = await curl_uploads(h, kind, path, count, size)
+                label = server.label
+                await h.stop(server)  # fresh process (VmHWM is a lifetime peak) and data dir
+                print(
+                    f"  {case:<14} {server.label:<22} {run.mb_s:7.0f} MB/s  wall "
+                    f"{run.wall_s:6.2f} s  codes {sorted(set(run.codes))}  RSS start "
+                    f"{run.rss_start_mib:.0f} MiB, peak {run.peak_hwm_mib:.0f} MiB (VmHWM), "
+                    f"{run.peak_sampled_mib:.0f} MiB (sampled)  {run.verified}  {run.cpu.text()}",
+                    flush=True,
+                )
+                rep.record(
+                    "large", case=case, server=server.label, size=size, attempt=attempt,
+                    **asdict(run),
+                )  # fmt: skip
+                failed = any(c != server.success for c in run.codes) or "WRONG" in run.verified
+                if failed or kept is None or run.cpu.noise_pct < kept.cpu.noise_pct:
+                    kept = run
+                if failed or run.cpu.noise_pct <= NOISE_PERCENT:
+                    break
+                if attempt < s.large_attempts:
+                    print(f"  (other processes used {run.cpu.noise_pct:.0f}% of a core: again)")
+            assert kept is not None
+            runs[(case, kind)] = kept
     rep.add(Row("large", "dd bs=1M conv=fsync MB/s (ref)", dd_sync, None))
     rep.add(Row("large", "dd bs=1M no fsync MB/s (ref)", dd_cache, None))
     sc = "large" if label == "csvstore" else f"large ({label})"
@@ -1009,6 +1328,7 @@ async def scenario_large(h: Harness, s: Settings, rep: Report) -> None:
         b = runs[(case, "baseline")]
         c = runs[(case, "csvstore")]
         rep.add(Row(sc, f"{case} MB/s", b.mb_s, c.mb_s, ">= 0.9x", c.mb_s >= 0.9 * b.mb_s))
+        rep.add(Row(sc, f"{case} MB/s vs dd fsync (baseline col = dd)", dd_sync, c.mb_s))
         rep.add(
             Row(sc, f"{case} peak RSS MiB", b.peak_hwm_mib, c.peak_hwm_mib, "<= base+32",
                 c.peak_hwm_mib <= b.peak_hwm_mib + 32)
@@ -1018,6 +1338,12 @@ async def scenario_large(h: Harness, s: Settings, rep: Report) -> None:
             Row(sc, f"{case} answered ok (API check)", f"{b.codes.count(200)}/{count}",
                 f"{c_ok}/{count} {c.verified}".strip(), "all",
                 c_ok == count and "ok" in c.verified)
+        )  # fmt: skip
+        b_cpu, c_cpu = b.cpu.pct(b.cpu.server_s), c.cpu.pct(c.cpu.server_s)
+        rep.add(Row(sc, f"{case} server CPU % of 1 core", b_cpu, c_cpu))
+        rep.add(
+            Row(sc, f"{case} other processes' CPU % (noise)", b.cpu.noise_pct, c.cpu.noise_pct,
+                f"<= {NOISE_PERCENT:.0f}", max(b.cpu.noise_pct, c.cpu.noise_pct) <= NOISE_PERCENT)
         )  # fmt: skip
     big.unlink()
     par.unlink()
@@ -1080,6 +1406,9 @@ async def scenario_listing(h: Harness, s: Settings, rep: Report) -> None:
         flush=True,
     )
     rng = random.Random(3)
+    await settle()
+    window = CpuWindow(server.proc.pid)
+    window.start()
     async with client(limit=1) as http:
         await get_json(http, f"{server.base}/api/csv/sessions?limit=100")  # warm-up
         list_urls = [f"{server.base}/api/csv/sessions?limit=100"] * s.list_requests
@@ -1088,6 +1417,7 @@ async def scenario_listing(h: Harness, s: Settings, rep: Report) -> None:
             f"{server.base}/api/csv/sessions/{rng.choice(sids)}" for _ in range(s.list_requests)
         ]
         one_lat, (one, _) = await timed_gets(http, one_urls)
+    cpu = window.stop()
     page_ok = (
         isinstance(first_page, list)
         and len(first_page) == min(100, n_s)
@@ -1104,7 +1434,8 @@ async def scenario_listing(h: Harness, s: Settings, rep: Report) -> None:
     print(
         f"  GET /api/csv/sessions?limit=100: p50 {lp50:.2f} ms, p99 {lp99:.2f} ms\n"
         f"  GET /api/csv/sessions/{{id}}:      p50 {op50:.2f} ms, p99 {op99:.2f} ms\n"
-        f"  {shape}",
+        f"  {shape}\n"
+        f"  during the GETs: {cpu.text()}",
         flush=True,
     )
     rep.record(
@@ -1117,6 +1448,7 @@ async def scenario_listing(h: Harness, s: Settings, rep: Report) -> None:
         list_ms=list_lat,
         one_ms=one_lat,
         shape=shape,
+        cpu=asdict(cpu),
     )
     await h.stop(server)
     rep.add(
@@ -1127,6 +1459,10 @@ async def scenario_listing(h: Harness, s: Settings, rep: Report) -> None:
     rep.add(Row(sc, "GET sessions?limit=100 p99 ms", None, lp99))
     rep.add(Row(sc, "GET sessions/{id} p50 ms", None, op50, "<= 3 ms", op50 <= 3))
     rep.add(Row(sc, "GET sessions/{id} p99 ms", None, op99))
+    rep.add(
+        Row(sc, "other processes' CPU % during GETs (noise)", None, cpu.noise_pct,
+            f"<= {NOISE_PERCENT:.0f}", cpu.noise_pct <= NOISE_PERCENT)
+    )  # fmt: skip
     rep.add(Row(sc, "response shapes", None, "ok" if page_ok and one_ok else "WRONG", "ok",
                 page_ok and one_ok))  # fmt: skip
 
@@ -1145,12 +1481,19 @@ async def amain(args: argparse.Namespace, h: Harness, rep: Report) -> int:
     s = Settings.make(args.quick, args.wrk_threads)
     only = [x.strip() for x in args.only.split(",")] if args.only else list(SCENARIOS)
     failed: list[str] = []
+    await check_quiet(s, rep)
+    await check_disk(h, s, rep)
     for name in only:
         try:
             await SCENARIO_FUNCS[name](h, s, rep)
         except BenchError as exc:
             failed.append(name)
-            rep.note(f"scenario {name} failed: {exc}")
+            logs = "".join(
+                f"\n  last lines of {sv.label}'s log:\n{log_tail(sv)}"
+                for sv in h.servers
+                if sv.kind == "csvstore" and not sv.stopped
+            )
+            rep.note(f"scenario {name} failed: {exc}{logs}")
             for server in list(h.servers):
                 await h.stop(server)
     return 1 if failed else 0
@@ -1163,6 +1506,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only", metavar="SCENARIO", help=f"comma-separated subset of {', '.join(SCENARIOS)}"
     )
     p.add_argument("--workers", type=int, metavar="N", help="run csvstore with --workers N")
+    p.add_argument(
+        "--ref",
+        metavar="GIT_REF",
+        help="run csvstore as committed at GIT_REF (git archive) instead of the working tree",
+    )
+    p.add_argument(
+        "--markdown",
+        action="store_true",
+        help="also print the results as Markdown, ready for bench/RESULTS.md",
+    )
     p.add_argument("--wrk-threads", type=int, default=2, help=argparse.SUPPRESS)
     # Development only: the command that stands in for csvstore, with {python}, {host},
     # {port} and {dir} placeholders (e.g. a second baseline while csvstore is not runnable).
@@ -1199,15 +1552,31 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']}, {info['kernel']}, "
         f"Python {info['python']}, aiohttp {info['aiohttp']}, {info['wrk']}"
     )
-    print(f"repo commit {info['commit']}; command: {command.strip()}")
-    rep.record("machine", command=command.strip(), quick=args.quick, **info)
+    print(f"command: {command.strip()}")
     h = Harness(args.target_cmd, args.workers)
-    print(f"temp dir {h.root}; results -> {rep.path.relative_to(REPO)}", flush=True)
+    if args.ref:
+        try:
+            info["csvstore"] = f"{args.ref} ({h.checkout(args.ref)}, git archive)"
+        except (BenchError, subprocess.CalledProcessError) as exc:
+            h.cleanup()
+            raise SystemExit(str(exc)) from exc
+    else:
+        info["csvstore"] = f"working tree at {info['commit']}"
+    if args.target_cmd:
+        info["csvstore"] = f"stand-in: {args.target_cmd}"
+    rep.record("machine", command=command.strip(), quick=args.quick, **info)
+    print(f"csvstore: {info['csvstore']}")
+    print(
+        f"temp dir {h.root} (chattr +T: {'yes' if h.topdir else 'no'}); "
+        f"results -> {rep.path.relative_to(REPO)}",
+        flush=True,
+    )
 
     def on_sigterm(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     code = 1
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
@@ -1227,7 +1596,17 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{len(rep.rows)} figures, {sum(r.met is True for r in rep.rows)} targets met, "
         f"{len(unmet)} not met; {elapsed:.0f} s; JSON lines in {rep.path.relative_to(REPO)}"
     )
-    rep.record("end", elapsed_s=elapsed, exit_code=code, markdown=rep.markdown())
+    header = (
+        f"- date: {info['date']}\n"
+        f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']}, {info['kernel']}, "
+        f"Python {info['python']}, aiohttp {info['aiohttp']}, {info['wrk']}\n"
+        f"- command: `{command.strip()}` ({elapsed:.0f} s)\n"
+        f"- csvstore: {info['csvstore']}\n"
+    )
+    markdown = header + "\n" + rep.markdown() + "\n"
+    if args.markdown:
+        print("\n" + markdown)
+    rep.record("end", elapsed_s=elapsed, exit_code=code, markdown=markdown)
     return code
 
 
