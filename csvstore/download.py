@@ -125,8 +125,15 @@ async def send_file(request: web.Request, storage: Storage, file: Row) -> web.St
     response.content_length = length
     await response.prepare(request)
     if request.method != "HEAD":
-        async for chunk in storage.read(file["file_path"], start, length):
-            await response.write(chunk)
+        chunks = storage.read(file["file_path"], start, length)
+        try:
+            async for chunk in chunks:
+                await response.write(chunk)
+        finally:
+            # a client that goes away mid-download must not leave the file open
+            closer = getattr(chunks, "aclose", None)
+            if closer is not None:
+                await closer()
     await response.write_eof()
     return response
 

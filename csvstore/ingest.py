@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import re
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,7 +32,7 @@ from csvstore.errors import (
     RequestTimeout,
     ValidationFailed,
 )
-from csvstore.schemas import UploadForm, UploadOptions, load
+from csvstore.schemas import SESSION_ID_PATTERN, SESSION_ID_RULE, UploadOptions, load
 from csvstore.service import CsvStore
 from csvstore.storage import Storage, StorageWriter
 
@@ -192,6 +193,7 @@ async def _stream_file(
     return analysis.finish()
 
 
+_SESSION_ID = re.compile(SESSION_ID_PATTERN)
 _OPTION_FIELDS = frozenset(UploadOptions().fields)
 _upload_options = UploadOptions()
 
@@ -275,11 +277,11 @@ async def _read_field(part: BodyPartReader, limits: UploadLimits) -> str:
 
 
 def _validated_session_id(value: str) -> str:
-    errors = UploadForm().validate({"session_id": value, "file": b""})
-    if errors:
+    # The schema's own rule, as a compiled pattern: building a schema per upload cost ~8 %
+    # of a small upload's CPU.
+    if _SESSION_ID.fullmatch(value) is None:
         raise ValidationFailed(
-            f"invalid session_id: {errors['session_id'][0]}",
-            errors={"session_id": errors["session_id"]},
+            f"invalid session_id: {SESSION_ID_RULE}", errors={"session_id": [SESSION_ID_RULE]}
         )
     return value
 
