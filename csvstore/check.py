@@ -41,8 +41,8 @@ class CheckReport:
     def summary(self) -> str:
         return (
             f"checked {self.files_checked} file(s): removed {self.temp_files_removed} temp "
-            f"file(s), {self.partial_uploads_removed} broken or expired resumable upload(s) "
-            f"and {self.orphan_files_removed} stored file(s) without a row; "
+            f"file(s) and {self.orphan_files_removed} stored file(s) without a row, "
+            f"{self.partial_uploads_removed} broken or expired resumable upload(s); "
             f"{len(self.missing_files)} row(s) with missing bytes, "
             f"{len(self.mismatched_files)} with wrong size or digest, "
             f"{self.rows_removed} row(s) removed; database integrity: "
