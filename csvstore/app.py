@@ -125,17 +125,23 @@ async def open_store(settings: Settings, metrics: Metrics | None = None) -> Asyn
         db = SqliteDatabase(settings.database_path, synchronous_full=full)
     await db.open()
     try:
-        storage = LocalStorage(settings.uploads_dir, settings.temp_dir, fsync=full)
-        ttl = settings.session_ttl
-        if metrics is None:
-            store = CsvStore(db, storage, default_ttl=ttl)
-        else:
-            metrics.watch_disk(storage)
-            store = CsvStore(
-                TimedDatabase(db, metrics), TimedStorage(storage, metrics), default_ttl=ttl
-            )
-        store.partials = open_partials(settings, storage)
-        yield store
+        async with open_storage(settings) as storage:
+            ttl = settings.session_ttl
+            # Another instance may be writing to the same store: its checks must spare
+            # uploads in flight (see CsvStore.startup_check).
+            shared = settings.uses_postgres or settings.uses_s3
+            if metrics is None:
+                store = CsvStore(db, storage, default_ttl=ttl, shared=shared)
+            else:
+                metrics.watch_disk(storage)
+                store = CsvStore(
+                    TimedDatabase(db, metrics),
+                    TimedStorage(storage, metrics),
+                    default_ttl=ttl,
+                    shared=shared,
+                )
+            store.partials = open_partials(settings, storage)
+            yield store
     finally:
         await db.close()
 
@@ -148,3 +154,24 @@ def open_partials(settings: Settings, storage: Storage) -> LocalPartialStore:
         storage.root if isinstance(storage, LocalStorage) else None,
         fsync=settings.durability == "full",
     )
+
+
+@contextlib.asynccontextmanager
+async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
+    """The storage that settings name: a local folder, or an S3 bucket (client open for the
+    duration; aiobotocore is imported only then, so a local set-up never loads it)."""
+    if not settings.uses_s3:
+        yield LocalStorage(
+            settings.uploads_dir, settings.temp_dir, fsync=settings.durability == "full"
+        )
+        return
+    from csvstore.storage_s3 import S3Storage
+
+    async with S3Storage.open(
+        settings.storage,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        part_size=settings.s3_part_size,
+        max_object_size=settings.max_upload_size,
+    ) as s3:
+        yield s3

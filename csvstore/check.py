@@ -20,6 +20,14 @@ from csvstore.service import CsvStore
 
 log = logging.getLogger("csvstore.check")
 
+# Checks on a live store (on demand, or at the start-up of one of several instances) spare
+# younger stored files: a running server publishes an upload's file a moment before it
+# commits its row.
+ORPHAN_MIN_AGE = 60.0
+# ... and temp files (multipart uploads on S3) of uploads that may still be streaming,
+# however slowly.
+TEMP_MIN_AGE = 3600.0
+
 
 @dataclass(slots=True)
 class CheckReport:
@@ -84,6 +92,12 @@ async def reconcile(
         if stat is not None and time.time() - stat[1] < orphan_min_age:
             continue
         orphans.append(key)
+    if orphans and orphan_min_age:
+        # A look at the rows again: an upload committed after they were first read is not
+        # an orphan (on S3 a long upload's object is dated from its start, so age alone
+        # would not spare it).
+        committed = await db.read(repo.all_file_paths)
+        orphans = [key for key in orphans if key not in committed]
     await storage.delete(orphans)
     report.orphan_files_removed = len(orphans)
 

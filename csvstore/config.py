@@ -34,6 +34,9 @@ def parse_size(text: str) -> int:
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 # SQLAlchemy's form: three slashes then the path, so an absolute path makes four.
 SQLITE_SCHEME = "sqlite:///"
+S3_SCHEME = "s3://"
+S3_MIN_PART_SIZE = 5 * MiB  # S3's own minimum for every part but the last
+S3_MAX_PART_SIZE = 5 * GiB
 
 
 def check_database_url(url: str) -> str:
@@ -48,6 +51,29 @@ def check_database_url(url: str) -> str:
             "sqlite:///PATH or a path"
         )
     return url
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix/")``; the prefix may be empty."""
+    if not url.startswith(S3_SCHEME):
+        raise ValueError(f"not an S3 URL: {url!r} (use s3://BUCKET/PREFIX)")
+    bucket, _, prefix = url.removeprefix(S3_SCHEME).partition("/")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        raise ValueError(
+            f"not an S3 bucket name: {bucket!r} in {url!r} (3-63 characters of a-z 0-9 . -)"
+        )
+    prefix = prefix.strip("/")
+    return bucket, f"{prefix}/" if prefix else ""
+
+
+def check_storage(value: str) -> str:
+    """An ``s3://`` URL or a path; another URL scheme is an error."""
+    if value.startswith(S3_SCHEME):
+        parse_s3_url(value)
+        return value
+    if "://" in value:
+        raise ValueError(f"unsupported storage {value!r}: use a folder path or s3://BUCKET/PREFIX")
+    return value
 
 
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -243,6 +269,47 @@ class Settings:
         ),
     )
 
+    # A local folder needs no set-up; an S3-compatible bucket lets several instances share
+    # the bytes (README, "Scaling out"). A URL, so one setting names the kind and the place.
+    storage: str = field(
+        default="",
+        metadata=_help(
+            "where stored files go: empty for DATA_DIR/uploads; a path for another local "
+            "folder; s3://BUCKET/PREFIX for an S3-compatible bucket (credentials from the "
+            "standard AWS settings: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ...)",
+            "CSVSTORE_STORAGE",
+        ),
+    )
+    s3_endpoint_url: str = field(
+        default="",
+        metadata=_help(
+            "S3 endpoint for MinIO, Ceph, R2, SeaweedFS and the like (http://host:port); "
+            "empty for AWS itself",
+            "CSVSTORE_S3_ENDPOINT_URL",
+        ),
+    )
+    s3_region: str = field(
+        default="",
+        metadata=_help(
+            "S3 region; empty to take it from AWS_REGION / AWS_DEFAULT_REGION / the profile",
+            "CSVSTORE_S3_REGION",
+        ),
+    )
+    # 8 MiB: S3's minimum part is 5 MiB; a little more halves the requests of a large upload
+    # while memory stays at two parts per upload in flight.
+    s3_part_size: int = field(
+        default=8 * MiB,
+        metadata=_help(
+            "multipart upload part size for S3 storage (at least 5MiB); an upload holds at "
+            "most two parts in memory; uploads smaller than one part are a single PUT",
+            "CSVSTORE_S3_PART_SIZE",
+        ),
+    )
+
+    @property
+    def uses_s3(self) -> bool:
+        return self.storage.startswith(S3_SCHEME)
+
     @property
     def uses_postgres(self) -> bool:
         return self.database_url.startswith(POSTGRES_SCHEMES)
@@ -257,11 +324,16 @@ class Settings:
 
     @property
     def uploads_dir(self) -> Path:
+        """The local folder of stored files: the one ``storage`` names, else DATA_DIR/uploads."""
+        if self.storage and not self.uses_s3:
+            return Path(self.storage)
         return self.data_dir / "uploads"
 
     @property
     def temp_dir(self) -> Path:
-        # Beside uploads/ on the same filesystem, so publishing is an atomic rename.
+        # On the same filesystem as the stored files, so publishing is an atomic rename.
+        if self.storage and not self.uses_s3:
+            return Path(self.storage) / ".tmp"
         return self.data_dir / "tmp"
 
     @classmethod
@@ -314,6 +386,13 @@ def convert(name: str, raw: str) -> Any:
         return Path(raw)
     if name == "database_url":
         return check_database_url(raw)
+    if name == "storage":
+        return check_storage(raw)
+    if name == "s3_part_size":
+        size = parse_size(raw)
+        if not S3_MIN_PART_SIZE <= size <= S3_MAX_PART_SIZE:
+            raise ValueError(f"the S3 part size is between 5MiB and 5GiB, got {raw!r}")
+        return size
     if name == "log_level":
         if raw.lower() not in {"debug", "info", "warning", "error", "critical"}:
             raise ValueError(f"unknown log level: {raw}")

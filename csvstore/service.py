@@ -41,16 +41,27 @@ class CsvStore:
     # Resumable (tus) uploads waiting for their last byte; None where none are offered.
     partials: PartialStore | None = None
 
-    def __init__(self, db: Database, storage: Storage, *, default_ttl: float = 0.0) -> None:
+    def __init__(
+        self, db: Database, storage: Storage, *, default_ttl: float = 0.0, shared: bool = False
+    ) -> None:
         self.db = db
         self.storage = storage
         self.default_ttl = default_ttl  # seconds; 0: sessions live until deleted
+        # True when other instances may use the same database and storage at the same time.
+        self.shared = shared
         self.repo = Repo(db.queries)
 
     async def startup_check(self) -> CheckReport:
-        """Remove what a crash may have left: temp files, and stored files with no row."""
-        from csvstore.check import reconcile  # check builds on this class
+        """Remove what a crash may have left: temp files, and stored files with no row.
 
+        Alone, everything found at start-up is a leftover. When shared, another instance may
+        be streaming an upload (a temp file, a multipart upload) or be between publishing
+        one and committing its row: young leftovers are spared, as on a running server.
+        """
+        from csvstore.check import ORPHAN_MIN_AGE, TEMP_MIN_AGE, reconcile
+
+        if self.shared:
+            return await reconcile(self, orphan_min_age=ORPHAN_MIN_AGE, temp_min_age=TEMP_MIN_AGE)
         return await reconcile(self)
 
     # Sessions

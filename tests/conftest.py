@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestClient
 from csvstore.app import create_app
 from csvstore.config import Settings
 from csvstore.queries import Queries
+from tests import s3util
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -34,16 +35,30 @@ T = TypeVar("T")
 TEST_DATABASE_URL_ENV = "CSVSTORE_TEST_DATABASE_URL"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "local_storage: reaches into the local uploads folder (or patches LocalWriter); "
+        "skipped when the suite runs on S3",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With a PostgreSQL server given, run the tests that can use it: those building the app
-    from the ``settings`` fixture, and the PostgreSQL-only ones. The rest make their own
-    SQLite settings or need no database, and ran already in ``make test``."""
-    if not os.environ.get(TEST_DATABASE_URL_ENV):
+    """With a PostgreSQL server (or an S3 bucket) given, run the tests that can use it: those
+    building the app from the ``settings`` fixture, and the engine-only ones. The rest make
+    their own SQLite settings or need no database, and ran already in ``make test``."""
+    on_s3 = bool(s3util.configured_s3_url())
+    if on_s3:
+        skip = pytest.mark.skip(reason="looks into the local uploads folder; the suite is on S3")
+        for item in items:
+            if item.get_closest_marker("local_storage"):
+                item.add_marker(skip)
+    if not os.environ.get(TEST_DATABASE_URL_ENV) and not on_s3:
         return
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
     for item in items:
-        uses = {"settings", "pg_server_url"} & set(getattr(item, "fixturenames", ()))
+        uses = {"settings", "pg_server_url", "s3_settings"} & set(getattr(item, "fixturenames", ()))
         (keep if uses else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
@@ -156,7 +171,11 @@ async def assert_problem(resp: aiohttp.ClientResponse, status: int) -> dict[str,
 
 
 def stored_state(settings: Settings) -> tuple[set[str], set[str], list[str]]:
-    """(files in uploads/, file paths the database lists, leftover temp files)."""
+    """(files in uploads/, file paths the database lists, leftover temp files). On S3: every
+    object under the prefix, and the multipart uploads in progress there as the temp files."""
+    if settings.uses_s3:
+        objects, uploads = s3util.listing(settings)
+        return objects, listed_file_paths(settings), uploads
     on_disk = (
         {p.name for p in settings.uploads_dir.iterdir()} if settings.uploads_dir.exists() else set()
     )
@@ -167,17 +186,58 @@ def stored_state(settings: Settings) -> tuple[set[str], set[str], list[str]]:
     return on_disk, listed, temps
 
 
+def stored_bytes(settings: Settings, name: str) -> bytes | None:
+    """The bytes stored under a name (a file's ``filename``), or None; either backend."""
+    if settings.uses_s3:
+        return s3util.read_object(settings, name)
+    path = settings.uploads_dir / name
+    return path.read_bytes() if path.exists() else None
+
+
 def assert_consistent(settings: Settings) -> None:
     on_disk, listed, temps = stored_state(settings)
     assert on_disk == listed, f"on disk only: {on_disk - listed}; rows only: {listed - on_disk}"
     assert temps == [], f"temp files left behind: {temps}"
 
 
+def _with_s3_prefix(base: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings, storing in a fresh prefix of the test bucket (subprocesses too)."""
+    s3 = replace(
+        base,
+        storage=s3util.fresh_prefix_url(),
+        s3_endpoint_url=os.environ.get(s3util.TEST_S3_ENDPOINT_ENV, ""),
+        s3_part_size=s3util.TEST_PART_SIZE,
+    )
+    monkeypatch.setenv("CSVSTORE_STORAGE", s3.storage)
+    monkeypatch.setenv("CSVSTORE_S3_ENDPOINT_URL", s3.s3_endpoint_url)
+    monkeypatch.setenv("CSVSTORE_S3_PART_SIZE", str(s3.s3_part_size))
+    return s3
+
+
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """A temp data folder; with CSVSTORE_TEST_DATABASE_URL set, also a database of its own
-    on that PostgreSQL server, dropped after the test."""
+    on that PostgreSQL server, dropped after the test; with CSVSTORE_TEST_S3_URL set, a
+    fresh prefix of that bucket for the bytes, emptied after the test."""
     base = Settings(data_dir=tmp_path / "data", max_upload_size=200 * 1024 * 1024)
+    if s3util.configured_s3_url():
+        base = _with_s3_prefix(base, monkeypatch)
+    try:
+        yield from _with_test_database(base, monkeypatch)
+    finally:
+        if base.uses_s3:
+            s3util.clear(base)
+
+
+@pytest.fixture
+def s3_settings(settings: Settings) -> Settings:
+    """The ``settings`` of a test that needs S3; skipped unless the suite runs on S3."""
+    if not settings.uses_s3:
+        pytest.skip(f"S3 only: set {s3util.TEST_S3_URL_ENV} (make test-s3)")
+    return settings
+
+
+def _with_test_database(base: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     server_url = os.environ.get(TEST_DATABASE_URL_ENV, "")
     if not server_url:
         yield base

@@ -7,8 +7,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from csvstore.config import Settings
 from tests.conftest import MakeClient, csv_bytes, stored_state, upload_form
+
+# It damages the uploads folder by hand; tests/test_s3.py does the same to a bucket.
+pytestmark = pytest.mark.local_storage
 
 
 def run_check(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

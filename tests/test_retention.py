@@ -12,7 +12,14 @@ import pytest
 import requests
 
 from csvstore.config import Settings, parse_duration
-from tests.conftest import MakeClient, assert_consistent, assert_problem, csv_bytes, upload_form
+from tests.conftest import (
+    MakeClient,
+    assert_consistent,
+    assert_problem,
+    csv_bytes,
+    stored_state,
+    upload_form,
+)
 from tests.serverproc import ServerProcess
 
 
@@ -42,7 +49,7 @@ async def test_sweeper_deletes_expired_sessions_and_files(
     for sid in ("brief", "kept"):
         form = upload_form(csv_bytes(), session_id=sid)
         assert (await client.post("/api/csv/upload", data=form)).status == 201
-    assert len(list(settings.uploads_dir.iterdir())) == 2
+    assert len(stored_state(settings)[0]) == 2
     for _ in range(100):
         if (await client.get("/api/csv/sessions/brief")).status == 404:
             break
@@ -51,7 +58,7 @@ async def test_sweeper_deletes_expired_sessions_and_files(
     kept = await (await client.get("/api/csv/sessions/kept")).json()
     assert len(kept["csv_files"]) == 1
     assert kept["expires_at"] is None
-    assert len(list(settings.uploads_dir.iterdir())) == 1
+    assert len(stored_state(settings)[0]) == 1
     assert_consistent(settings)
     metrics = await (await client.get("/metrics")).text()
     assert "csvstore_sessions_expired_total 1.0" in metrics

@@ -19,6 +19,7 @@ from tests.conftest import (
     assert_problem,
     csv_bytes,
     raw_multipart,
+    stored_bytes,
     stored_state,
     upload_form,
 )
@@ -54,8 +55,7 @@ async def test_upload_in_either_field_order(
     assert file["file_size"] == len(data)
     assert file["content_type"] == "text/csv"
     assert resp.headers["Location"] == f"/api/csv/files/{file['id']}"
-    stored = _settings_of(client).uploads_dir / file["filename"]
-    assert stored.read_bytes() == data
+    assert stored_bytes(_settings_of(client), file["filename"]) == data
     got = await client.get(resp.headers["Location"])
     assert got.status == 200
     assert await got.json() == file
@@ -257,10 +257,10 @@ async def test_100_mb_streamed_upload(client: Client, session: str) -> None:
     assert resp.status == 201, await resp.text()
     file = (await resp.json())["file"]
     assert file["file_size"] == size
-    stored = _settings_of(client).uploads_dir / file["filename"]
-    assert stored.stat().st_size == size
-    with stored.open("rb") as fh:
-        assert fh.read(len(line)) == line
+    stored = stored_bytes(_settings_of(client), file["filename"])
+    assert stored is not None
+    assert len(stored) == size
+    assert stored[: len(line)] == line
 
 
 async def test_concurrent_uploads_into_one_session(client: Client, session: str) -> None:
@@ -295,12 +295,11 @@ async def test_delete_session_racing_uploads_leaves_no_orphan(client: Client) ->
 async def test_delete_file(client: Client, session: str) -> None:
     resp = await client.post("/api/csv/upload", data=upload_form(csv_bytes()))
     file = (await resp.json())["file"]
-    stored = _settings_of(client).uploads_dir / file["filename"]
-    assert stored.exists()
+    assert stored_bytes(_settings_of(client), file["filename"]) is not None
     resp = await client.delete(f"/api/csv/files/{file['id']}")
     assert resp.status == 200
     assert await resp.json() == {"message": "File deleted successfully"}
-    assert not stored.exists()
+    assert stored_bytes(_settings_of(client), file["filename"]) is None
     await assert_problem(await client.get(f"/api/csv/files/{file['id']}"), 404)
     await assert_problem(await client.delete(f"/api/csv/files/{file['id']}"), 404)
     session_body = await (await client.get(f"/api/csv/sessions/{session}")).json()

@@ -1,0 +1,389 @@
+"""S3-compatible storage: settings, multipart uploads, aborts, ranges, integrity, and the
+consistency check over a bucket.
+
+The tests that need a bucket run under ``make test-s3`` (a real SeaweedFS with
+authentication on) and skip elsewhere; the API suite itself also runs on S3 there, through
+the ``settings`` fixture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from csvstore.__main__ import settings_from
+from csvstore.app import open_store
+from csvstore.check import reconcile
+from csvstore.config import MiB, Settings, convert, parse_s3_url
+from csvstore.keys import STORE_KEY
+from csvstore.observability import TimedStorage
+from csvstore.storage_s3 import S3Storage
+from tests import s3util
+from tests.conftest import (
+    Client,
+    MakeClient,
+    assert_consistent,
+    assert_problem,
+    stored_bytes,
+    stored_state,
+    upload_form,
+)
+
+LINE = b"12345,some text,3.14159,2024-01-01\n"
+
+
+def csv_of_size(size: int) -> bytes:
+    body = b"id,text,value,day\n" + LINE * (size // len(LINE) + 1)
+    return body[:size]
+
+
+def s3_of(client: Client) -> S3Storage:
+    app = client.app
+    assert app is not None
+    storage = app[STORE_KEY].storage
+    assert isinstance(storage, TimedStorage)
+    assert isinstance(storage.inner, S3Storage)
+    return storage.inner
+
+
+# Settings: no server needed.
+
+
+def test_storage_setting_selects_the_backend(tmp_path: Path) -> None:
+    default = Settings(data_dir=tmp_path)
+    assert not default.uses_s3
+    assert default.uploads_dir == tmp_path / "uploads"
+    assert default.temp_dir == tmp_path / "tmp"
+    folder = Settings(data_dir=tmp_path, storage="/srv/csv")
+    assert not folder.uses_s3
+    assert folder.uploads_dir == Path("/srv/csv")
+    assert folder.temp_dir == Path("/srv/csv/.tmp")  # same filesystem: rename stays atomic
+    assert Settings(storage="s3://bucket/some/prefix").uses_s3
+    assert parse_s3_url("s3://bucket/some/prefix") == ("bucket", "some/prefix/")
+    assert parse_s3_url("s3://bucket/some/prefix/") == ("bucket", "some/prefix/")
+    assert parse_s3_url("s3://bucket") == ("bucket", "")
+    for bad in ("s3://", "s3://B_ad/x", "gs://bucket/x", "s3://a/x"):
+        with pytest.raises(ValueError, match=r"S3 bucket name|unsupported storage"):
+            convert("storage", bad)
+
+
+def test_s3_settings_from_flags_and_env() -> None:
+    flags = [
+        "--storage", "s3://csv-bucket/prod",
+        "--s3-endpoint-url", "http://127.0.0.1:9000",
+        "--s3-region", "eu-west-1",
+        "--s3-part-size", "16MiB",
+    ]  # fmt: skip
+    settings = settings_from(flags, {})
+    assert settings.storage == "s3://csv-bucket/prod"
+    assert settings.s3_endpoint_url == "http://127.0.0.1:9000"
+    assert settings.s3_region == "eu-west-1"
+    assert settings.s3_part_size == 16 * MiB
+    env = {"CSVSTORE_STORAGE": "s3://b-1/p", "CSVSTORE_S3_PART_SIZE": "5MiB"}
+    assert settings_from([], env).storage == "s3://b-1/p"
+    assert Settings().s3_part_size == 8 * MiB
+    for bad in ("4MiB", "6GiB"):
+        with pytest.raises(ValueError, match="between 5MiB and 5GiB"):
+            convert("s3_part_size", bad)
+
+
+async def test_part_size_grows_so_the_largest_upload_fits_in_10000_parts() -> None:
+    async with S3Storage.open(
+        "s3://bucket/p", endpoint_url="http://127.0.0.1:9", part_size=8 * MiB, max_object_size=0
+    ) as small:
+        assert small.part_size == 8 * MiB
+    async with S3Storage.open(
+        "s3://bucket/p",
+        endpoint_url="http://127.0.0.1:9",
+        part_size=8 * MiB,
+        max_object_size=200 << 30,
+    ) as large:
+        assert large.part_size * 10_000 >= 200 << 30
+        assert large.free_bytes() is None
+
+
+def test_the_suite_runs_on_the_storage_it_was_asked_for(settings: Settings) -> None:
+    assert settings.uses_s3 == bool(s3util.configured_s3_url())
+
+
+# On a real bucket.
+
+
+async def test_multipart_upload_with_several_parts(
+    make_client: MakeClient, s3_settings: Settings
+) -> None:
+    client = await make_client()
+    await client.post("/api/csv/sessions", json={"session_id": "big"})
+    data = csv_of_size(17 * MiB + 123)  # parts of 5 MiB: four of them
+    resp = await client.post("/api/csv/upload", data=upload_form(data, session_id="big"))
+    assert resp.status == 201, await resp.text()
+    file = (await resp.json())["file"]
+    assert file["sha256"] == hashlib.sha256(data).hexdigest()
+    assert stored_bytes(s3_settings, file["filename"]) == data
+    head = await s3_of(client).client.head_object(
+        Bucket=parse_s3_url(s3_settings.storage)[0],
+        Key=parse_s3_url(s3_settings.storage)[1] + file["filename"],
+    )
+    assert head["ETag"].strip('"').endswith("-4")  # a multipart object of four parts
+    assert head["ContentLength"] == len(data)
+    assert head["ContentType"] == "text/csv"
+    download = await client.get(f"/api/csv/files/{file['id']}/content")
+    assert await download.read() == data
+
+    small = csv_of_size(1000)  # under one part: a single PUT, no multipart upload
+    resp = await client.post("/api/csv/upload", data=upload_form(small, session_id="big"))
+    small_file = (await resp.json())["file"]
+    head = await s3_of(client).client.head_object(
+        Bucket=parse_s3_url(s3_settings.storage)[0],
+        Key=parse_s3_url(s3_settings.storage)[1] + small_file["filename"],
+    )
+    assert "-" not in head["ETag"]
+    assert stored_bytes(s3_settings, small_file["filename"]) == small
+
+
+async def _paused_body(data: bytes, pause_at: int, go_on: asyncio.Event) -> AsyncIterator[bytes]:
+    """The body in 1 MiB pieces, stopping at ``pause_at`` until ``go_on`` is set."""
+    for start in range(0, len(data), MiB):
+        if start == pause_at:
+            await go_on.wait()
+        yield data[start : start + MiB]
+
+
+@pytest.mark.parametrize("failure", ["not-a-csv-late", "too-large", "sha256-mismatch"])
+async def test_a_failed_multipart_upload_leaves_no_object_and_no_upload(
+    make_client: MakeClient, s3_settings: Settings, failure: str
+) -> None:
+    client = await make_client(replace(s3_settings, max_upload_size=14 * MiB))
+    await client.post("/api/csv/sessions", json={"session_id": "s1"})
+    data = csv_of_size(13 * MiB)
+    if failure == "not-a-csv-late":
+        data = data[: 12 * MiB] + b"\x00" + data[12 * MiB + 1 :]
+    elif failure == "too-large":
+        data = csv_of_size(16 * MiB)
+    go_on = asyncio.Event()
+    form = upload_form(_paused_body(data, 11 * MiB, go_on), session_first=True)
+    if failure == "sha256-mismatch":
+        form.add_field("sha256", "0" * 64)
+    sending = asyncio.create_task(client.post("/api/csv/upload", data=form))
+    for _ in range(200):  # two parts are on their way: the multipart upload exists
+        if s3util.multipart_uploads(s3_settings):
+            break
+        await asyncio.sleep(0.05)
+    assert len(s3util.multipart_uploads(s3_settings)) == 1
+    go_on.set()
+    resp = await sending
+    expected = {"not-a-csv-late": 400, "too-large": 413, "sha256-mismatch": 400}[failure]
+    await assert_problem(resp, expected)
+    assert stored_state(s3_settings) == (set(), set(), [])
+
+
+def _tamper(storage: S3Storage, operation: str) -> list[str]:
+    """Give every ``operation`` request a wrong Content-MD5 from now on, as if its bytes had
+    been changed on the way; what S3 answered is recorded."""
+    wrong = base64.b64encode(hashlib.md5(b"other bytes").digest()).decode()
+    answers: list[str] = []
+
+    def before_sign(request: Any, **_: Any) -> None:
+        request.headers["Content-MD5"] = wrong
+
+    def after_call(http_response: Any, parsed: dict[str, Any], **_: Any) -> None:
+        answers.append(str(parsed.get("Error", {}).get("Code", http_response.status_code)))
+
+    events = storage.client.meta.events
+    events.register(f"before-sign.s3.{operation}", before_sign)
+    events.register(f"after-call.s3.{operation}", after_call)
+    return answers
+
+
+@pytest.mark.parametrize(("operation", "size"), [("UploadPart", 12 * MiB), ("PutObject", 1000)])
+async def test_bytes_changed_on_the_way_are_refused_and_nothing_is_left(
+    make_client: MakeClient, s3_settings: Settings, operation: str, size: int
+) -> None:
+    client = await make_client()
+    await client.post("/api/csv/sessions", json={"session_id": "s1"})
+    answers = _tamper(s3_of(client), operation)
+    resp = await client.post("/api/csv/upload", data=upload_form(csv_of_size(size)))
+    body = await assert_problem(resp, 500)
+    assert "BadDigest" not in body["detail"]  # internals never reach the client
+    assert answers
+    assert set(answers) == {"BadDigest"}  # the store checked the digest and said no
+    assert stored_state(s3_settings) == (set(), set(), [])
+
+
+async def test_ranges_are_passed_to_s3(make_client: MakeClient, s3_settings: Settings) -> None:
+    client = await make_client()
+    await client.post("/api/csv/sessions", json={"session_id": "s1"})
+    data = csv_of_size(11 * MiB)
+    file = (await (await client.post("/api/csv/upload", data=upload_form(data))).json())["file"]
+    ranges_asked: list[str | None] = []
+
+    def record(request: Any, **_: Any) -> None:
+        asked = request.headers.get("Range")
+        ranges_asked.append(asked.decode() if isinstance(asked, bytes) else asked)
+
+    s3_of(client).client.meta.events.register("before-send.s3.GetObject", record)
+    url = f"/api/csv/files/{file['id']}/content"
+    cases = [
+        ("bytes=6000000-6000099", 6_000_000, 6_000_099, "bytes=6000000-6000099"),
+        ("bytes=-10", len(data) - 10, len(data) - 1, f"bytes={len(data) - 10}-{len(data) - 1}"),
+        ("bytes=11534300-", 11_534_300, len(data) - 1, f"bytes=11534300-{len(data) - 1}"),
+    ]
+    for header, start, end, sent in cases:
+        resp = await client.get(url, headers={"Range": header})
+        assert resp.status == 206
+        assert resp.headers["Content-Range"] == f"bytes {start}-{end}/{len(data)}"
+        assert await resp.read() == data[start : end + 1]
+        assert ranges_asked[-1] == sent  # only the range travelled from S3
+    whole = await client.get(url)
+    assert await whole.read() == data
+    assert ranges_asked[-1] == f"bytes=0-{len(data) - 1}"  # never more than the row's size
+    storage = s3_of(client)
+    assert b"".join([c async for c in storage.read(file["filename"])]) == data
+    assert ranges_asked[-1] is None
+    assert b"".join([c async for c in storage.read(file["filename"], 5, 10)]) == data[5:15]
+    assert [c async for c in storage.read(file["filename"], 5, 0)] == []
+    with pytest.raises(FileNotFoundError):
+        [c async for c in storage.read(f"{uuid.uuid4()}.csv")]
+    await assert_problem(await client.get(url, headers={"Range": f"bytes={len(data)}-"}), 416)
+
+
+def _run_check(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "csvstore", "check", "--data-dir", str(settings.data_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ},
+    )
+
+
+async def test_crash_leftovers_are_removed_by_the_check(
+    make_client: MakeClient, s3_settings: Settings
+) -> None:
+    """What a crash leaves on S3 -- an object whose row was never committed, a multipart
+    upload never finished -- is removed; objects that are not csvstore's are never touched."""
+    client = await make_client()
+    await client.post("/api/csv/sessions", json={"session_id": "s1"})
+    kept = (await (await client.post("/api/csv/upload", data=upload_form(b"a\n1\n"))).json())[
+        "file"
+    ]
+    lost = (await (await client.post("/api/csv/upload", data=upload_form(b"a\n2\n"))).json())[
+        "file"
+    ]
+    await client.close()
+    orphan = f"{uuid.uuid4()}.csv"
+    s3util.put_object(s3_settings, orphan, b"a\n3\n")
+    s3util.put_object(s3_settings, "notes/readme.txt", b"someone else's")
+    s3util.put_object(s3_settings, "report.csv", b"not a stored name")
+    dangling = f"{uuid.uuid4()}.csv"
+    s3util.start_multipart_upload(s3_settings, dangling)
+    s3util.delete_object(s3_settings, lost["filename"])  # a row whose bytes are gone
+
+    # A shared store's start-up check spares the young leftovers: they may be another
+    # instance's upload in flight.
+    async with open_store(s3_settings) as store:
+        assert store.shared
+        report = await store.startup_check()
+    assert (report.orphan_files_removed, report.temp_files_removed) == (0, 0)
+    assert report.missing_files == [lost["id"]]
+    assert orphan in s3util.objects(s3_settings)
+    assert s3util.multipart_uploads(s3_settings) == [dangling]
+    # ... so does the on-demand check of a live store
+    checked = _run_check(s3_settings)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert f"missing bytes: file {lost['id']}" in checked.stdout
+    assert orphan in s3util.objects(s3_settings)
+
+    # Once they are old enough (here: at once), they go.
+    async with open_store(s3_settings) as store:
+        report = await reconcile(store, repair=True, verify=True)
+    assert report.orphan_files_removed == 1
+    assert report.temp_files_removed == 1
+    assert report.rows_removed == 1
+    assert report.problems == 0
+    objects = s3util.objects(s3_settings)
+    s3util.delete_object(s3_settings, "notes/readme.txt")
+    s3util.delete_object(s3_settings, "report.csv")
+    assert objects == {kept["filename"], "notes/readme.txt", "report.csv"}
+    assert s3util.multipart_uploads(s3_settings) == []
+    again = _run_check(s3_settings, "--repair")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "removed 0 temp file(s)" in again.stdout
+    assert "0 stored file(s) without a row" in again.stdout
+    assert_consistent(s3_settings)
+
+
+async def test_a_changed_object_is_found_by_the_verifying_check(
+    make_client: MakeClient, s3_settings: Settings
+) -> None:
+    client = await make_client()
+    await client.post("/api/csv/sessions", json={"session_id": "s1"})
+    file = (await (await client.post("/api/csv/upload", data=upload_form(b"a\n1\n"))).json())[
+        "file"
+    ]
+    await client.close()
+    s3util.put_object(s3_settings, file["filename"], b"a\n9\n")  # same size, other bytes
+    checked = _run_check(s3_settings)
+    assert checked.returncode == 1
+    assert f"size or sha256 differs: file {file['id']}" in checked.stdout
+    assert _run_check(s3_settings, "--no-verify").returncode == 0
+
+
+async def test_an_upload_in_flight_survives_another_instance_starting(
+    make_client: MakeClient, s3_settings: Settings
+) -> None:
+    """Instance A streams a multipart upload; instance B starts (and runs its start-up
+    check) on the same bucket meanwhile; A's upload completes and is stored whole."""
+    client = await make_client()
+    await client.post("/api/csv/sessions", json={"session_id": "s1"})
+    data = csv_of_size(12 * MiB)
+    go_on = asyncio.Event()
+    sending = asyncio.create_task(
+        client.post("/api/csv/upload", data=upload_form(_paused_body(data, 8 * MiB, go_on)))
+    )
+    for _ in range(200):
+        if s3util.multipart_uploads(s3_settings):
+            break
+        await asyncio.sleep(0.05)
+    assert len(s3util.multipart_uploads(s3_settings)) == 1
+    async with open_store(s3_settings) as other:
+        report = await other.startup_check()
+    assert report.temp_files_removed == 0
+    go_on.set()
+    resp = await sending
+    assert resp.status == 201, await resp.text()
+    file = (await resp.json())["file"]
+    assert stored_bytes(s3_settings, file["filename"]) == data
+
+
+async def test_a_missing_bucket_is_a_clear_start_up_error(s3_settings: Settings) -> None:
+    missing = replace(s3_settings, storage=f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/p")
+    with pytest.raises(RuntimeError, match=r"no-such-bucket-.* cannot be used"):
+        async with open_store(missing) as store:
+            await store.startup_check()
+
+
+async def test_deleting_many_files_removes_every_object(
+    make_client: MakeClient, s3_settings: Settings
+) -> None:
+    client = await make_client()
+    await client.post("/api/csv/sessions", json={"session_id": "many"})
+    uploads = [
+        client.post("/api/csv/upload", data=upload_form(b"a\n%d\n" % i, session_id="many"))
+        for i in range(30)
+    ]
+    assert {r.status for r in await asyncio.gather(*uploads)} == {201}
+    assert len(s3util.objects(s3_settings)) == 30
+    assert (await client.delete("/api/csv/sessions/many")).status == 200
+    assert stored_state(s3_settings) == (set(), set(), [])
