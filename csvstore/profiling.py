@@ -14,14 +14,23 @@ counted with C-level bytes operations, never one byte at a time in Python:
 * ``bytes.translate`` deletes every byte but the delimiter, CR, LF and the quote character.
   That reduced string is a few bytes per row, and for a file whose rows all have the
   expected width it must equal ``(delimiter * (columns - 1) + terminator) * rows``, which one
-  comparison verifies. Ragged rows, blank lines or mixed terminators fail the comparison and
-  only then are the rows counted one by one.
+  comparison verifies. Ragged rows are then counted by splitting the reduced string (still
+  C-level); only blank lines or mixed terminators make rows be counted one by one. For CRLF
+  files one regex search for a CR not followed by LF guards against a lone CR and a lone LF
+  that look like one CRLF once the bytes between them are deleted.
 * Quoted fields matter only when they contain a delimiter or a line break. In the reduced
   string such a field opens with an odd run of quote characters, and fields without one
-  reduce to an even run. When every run is even the quotes are ignored wholesale;
-  otherwise the quoted fields of that chunk are located with ``bytes.find`` and their
-  delimiters and line breaks masked out before counting.
-* Checkpoint offsets are found by bisecting with ``bytes.count``.
+  reduce to an even run: when every run up to the last line break is even, the quotes are
+  ignored wholesale. Otherwise the chunk is split on the quote character, alternate pieces
+  being inside quotes, and the delimiters and line breaks of those are masked (one
+  ``translate`` over the joined inside pieces). That is csv.reader's reading unless a quote
+  follows an ordinary byte where it would open a field (csv.reader takes such a quote as a
+  plain character): that is checked in bulk too, and only then are quotes walked one by
+  one with ``bytes.find``.
+* Checkpoint offsets are found from the average row length, corrected by ``bytes.count``
+  from the nearest known row start and a few ``find`` calls.
+* Chunks are counted in blocks of at most 256 KiB, which bounds the transient memory of
+  splitting on quotes; nothing else is kept but a few counters and the checkpoint list.
 
 Decisions
 ---------
@@ -83,8 +92,8 @@ _LONE_CR_RE: Final = re.compile(rb"\r(?!\n)")
 # `sample_size`; past that the first record alone is too long to sniff from.
 _MAX_SAMPLE_FACTOR: Final = 16
 # has_header and the delimiter score look at this many sampled records at most.
-_MAX_SNIFF_RECORDS: Final = 50
-_MAX_HEADER_VOTE_ROWS: Final = 30
+_MAX_SNIFF_RECORDS: Final = 20
+_MAX_HEADER_VOTE_ROWS: Final = 20
 # The scanner takes chunks in blocks of at most this many bytes (see _RecordScanner.feed).
 _BLOCK: Final = 256 * 1024
 
@@ -836,13 +845,15 @@ def _plain_names(cells: list[str]) -> bool:
 def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
     """Whether the first record names the columns of the rows after it.
 
-    Like csv.Sniffer.has_header, each column votes: a column of numbers, dates or booleans
-    votes for a header when the first cell is text and against when it is of the same kind;
-    a text column whose values all have one length votes for a header when the first cell's
-    length differs. Without a verdict (only free text, or no rows at all) the first record
-    is a header when its cells read like names, as most CSV files start with one.
+    Columns of numbers, dates or booleans decide first, as in csv.Sniffer.has_header: each
+    votes for a header when the first cell is text and against when it is of the same kind.
+    Without such evidence (only free text, or no rows at all) the first record is a header
+    when its cells read like names, as most CSV files start with one; only when they don't
+    does csv.Sniffer's weaker hint count: a text column whose values all have one length
+    votes for a header when the first cell's length differs, against when it is the same.
     """
-    score = 0
+    typed = 0
+    by_length = 0
     for column, head in enumerate(first):
         values = [row[column] for row in rows if column < len(row) and row[column].strip()]
         if not values:
@@ -851,16 +862,18 @@ def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
         if len(kinds) == 1 and kinds != {"text"}:
             head_kind = _kind(head)
             if head_kind in kinds:
-                score -= 1
+                typed -= 1
             elif head_kind == "text":
-                score += 1
+                typed += 1
         elif kinds == {"text"} and len(values) > 1:
             lengths = {len(value) for value in values}
             if len(lengths) == 1:
-                score += -1 if len(head) in lengths else 1
-    if score:
-        return score > 0
-    return _plain_names(first)
+                by_length += -1 if len(head) in lengths else 1
+    if typed:
+        return typed > 0
+    if _plain_names(first):
+        return True
+    return by_length > 0
 
 
 # --------------------------------------------------------------------------------------------
