@@ -217,6 +217,16 @@ class Settings:
             "CSVSTORE_MIN_FREE_SPACE",
         ),
     )
+    # nginx's choice: long enough for a keep-alive client between requests, short enough
+    # that a connection which never finishes its headers (slowloris) is dropped.
+    idle_timeout: float = field(
+        default=75.0,
+        metadata=_help(
+            "seconds a connection may stay without a complete request (headers that never "
+            "finish, or an idle keep-alive) before it is closed",
+            "CSVSTORE_IDLE_TIMEOUT",
+        ),
+    )
     # Long enough for a typical upload to finish, short enough for a deploy to proceed.
     shutdown_grace: float = field(
         default=30.0,
@@ -366,7 +376,7 @@ def convert(name: str, raw: str) -> Any:
         if raw not in {"full", "fast"}:
             raise ValueError(f"durability is full or fast, got {raw!r}")
         return raw
-    if name == "shutdown_grace":
+    if name in {"shutdown_grace", "idle_timeout"}:
         return float(raw)
     if name == "api_keys_file":
         return Path(raw)

@@ -54,7 +54,14 @@ async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> 
     requests in flight run for up to ``shutdown_grace`` seconds, and only then let aiohttp
     cancel what is left (their partial uploads are removed as they unwind).
     """
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=_CANCEL_WAIT)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=_CANCEL_WAIT,
+        # aiohttp starts this clock when a connection opens and closes the connection if
+        # no complete request has arrived by then: the header timeout, and the idle one.
+        keepalive_timeout=settings.idle_timeout,
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port)
     await site.start()

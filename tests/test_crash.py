@@ -223,3 +223,23 @@ def test_a_thousand_idle_connections_do_not_block_others(tmp_path: Path) -> None
         for sock in idle:
             sock.close()
         assert server.stop() == 0
+
+
+def test_a_connection_that_never_finishes_its_headers_is_closed(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", "--idle-timeout", "1")
+    server.start()
+    try:
+        slow = socket.create_connection(("127.0.0.1", server.port))
+        slow.settimeout(10)
+        started = time.monotonic()
+        slow.sendall(b"POST /api/csv/upload HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(3):  # a header line now and then, never the blank line that ends them
+            time.sleep(0.3)
+            with contextlib.suppress(OSError):
+                slow.sendall(b"X-Slow: 1\r\n")
+        assert slow.recv(1024) == b""  # closed by the server
+        assert time.monotonic() - started < 5
+        slow.close()
+        assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200
+    finally:
+        assert server.stop() == 0
