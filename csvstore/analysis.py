@@ -21,7 +21,7 @@ log = logging.getLogger("csvstore.analysis")
 
 # The header is re-read from these first bytes when the encoding turns out to be cp1252 only
 # at the end (UTF-8 and cp1252 agree on every byte the profiler counts, not on names).
-_HEAD_KEPT = 256 * 1024
+_HEAD_KEPT = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,9 @@ from aiofiles.threadpool.binary import AsyncBufferedIOBase
 log = logging.getLogger("csvstore.storage")
 
 TEMP_SUFFIX = ".part"
+# A first block up to this size is held for the one-hop write of a small upload; a bigger
+# one goes straight to disk, so memory per upload stays one block.
+HELD_BLOCK = 256 * 1024
 # Downloads move 1 MiB per thread hop: few hops, bounded memory per reader.
 READ_CHUNK = 1024 * 1024
 
@@ -82,7 +85,8 @@ def _fsync_dir(path: Path) -> None:
 class LocalWriter:
     """One upload on its way into a local folder: ``temp/<key>.part`` -> ``root/<key>``.
 
-    The first block is held until a second arrives: an upload that fits in one block (most
+    A small first block (up to HELD_BLOCK) is held until a second arrives: an upload that fits
+    in it (most
     small CSVs) is then written, fsynced and renamed in a single thread hop at commit,
     instead of one hop each for open, write, fsync and close. Larger uploads stream
     through aiofiles block by block.
@@ -99,13 +103,14 @@ class LocalWriter:
 
     async def write(self, chunk: bytes) -> None:
         if self._handle is None:
-            if self._first is None:
+            if self._first is None and len(chunk) <= HELD_BLOCK:
                 self._first = chunk
                 self.size += len(chunk)
                 return
             self._handle = await aiofiles.open(self._temp_path, "xb")
             first, self._first = self._first, None
-            await self._handle.write(first)
+            if first is not None:
+                await self._handle.write(first)
         await self._handle.write(chunk)
         self.size += len(chunk)
 
