@@ -85,11 +85,10 @@ def _fsync_dir(path: Path) -> None:
 class LocalWriter:
     """One upload on its way into a local folder: ``temp/<key>.part`` -> ``root/<key>``.
 
-    A small first block (up to HELD_BLOCK) is held until a second arrives: an upload that fits
-    in it (most
-    small CSVs) is then written, fsynced and renamed in a single thread hop at commit,
-    instead of one hop each for open, write, fsync and close. Larger uploads stream
-    through aiofiles block by block.
+    A small first block (up to HELD_BLOCK) is held until a second arrives: an upload that
+    fits in it (most small CSVs) is then written, fsynced and renamed in a single thread hop
+    at commit, instead of one hop each for open, write, fsync and close. Larger uploads
+    stream through aiofiles block by block.
     """
 
     def __init__(self, storage: LocalStorage, key: str) -> None:
