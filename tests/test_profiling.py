@@ -1,0 +1,705 @@
+"""Tests of the single-pass CSV profiler and of paged read-back (csvstore.profiling).
+
+The reference throughout is csv.reader over the whole decoded text, with the dialect the
+profiler detected, blank records ([]) left out: the profiler does not count blank lines.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from csvstore.profiling import CsvProfile, CsvProfiler, iter_rows_from
+
+CHUNKINGS = (None, 1, 7)  # whole, 1-byte and 7-byte chunks
+
+
+def chunks(data: bytes, size: int | None) -> Iterator[bytes]:
+    if size is None:
+        yield data
+        return
+    for at in range(0, len(data), size):
+        yield data[at : at + size]
+
+
+def profile_of(
+    data: bytes | Iterable[bytes],
+    encoding: str = "utf-8",
+    *,
+    checkpoint_every: int = 10_000,
+    sample_size: int = 64 * 1024,
+) -> CsvProfile:
+    profiler = CsvProfiler(
+        encoding=encoding, checkpoint_every=checkpoint_every, sample_size=sample_size
+    )
+    for chunk in [data] if isinstance(data, bytes) else data:
+        profiler.feed(chunk)
+    return profiler.finish()
+
+
+def decode(data: bytes, encoding: str) -> str:
+    if encoding == "utf-16":
+        return data.decode("utf-16")  # consumes the BOM
+    return data.decode("utf-8-sig" if encoding.startswith("utf-8") else encoding)
+
+
+@dataclass(frozen=True)
+class Reference:
+    header: list[str] | None
+    rows: list[list[str]]
+    row_starts: list[int]  # stored-file offset of each data row
+
+
+def reference(data: bytes, encoding: str, profile: CsvProfile) -> Reference:
+    """What csv.reader says about `data` in the profile's dialect."""
+    records = [
+        record
+        for record in csv.reader(
+            io.StringIO(decode(data, encoding), newline=""),
+            delimiter=profile.delimiter,
+            quotechar=profile.quotechar,
+        )
+        if record
+    ]
+    header = records[0] if profile.has_header and records else None
+    rows = records[1:] if header is not None else records
+    return Reference(header, rows, [])
+
+
+def check_against_reference(data: bytes, encoding: str, profile: CsvProfile) -> Reference:
+    ref = reference(data, encoding, profile)
+    assert profile.row_count == len(ref.rows)
+    if ref.header is not None:
+        assert profile.columns == ref.header
+        assert profile.column_count == len(ref.header)
+    else:
+        assert profile.columns == []
+    width = profile.column_count
+    assert profile.ragged_rows == sum(len(row) != width for row in ref.rows)
+    return ref
+
+
+def check_checkpoints(data: bytes, profile: CsvProfile, every: int) -> None:
+    assert [row for row, _ in profile.checkpoints] == list(range(0, profile.row_count, every))
+    offsets = [offset for _, offset in profile.checkpoints]
+    assert offsets == sorted(set(offsets))
+    # Each offset is where its row starts: reading one row from there gives that row.
+    for row, offset in profile.checkpoints:
+        rows, _ = iter_rows_from(io.BytesIO(data), _Single(profile, row, offset), row, 1)
+        expected, _ = iter_rows_from(io.BytesIO(data), _FromTop(profile), row, 1)
+        assert rows == expected
+
+
+@dataclass(frozen=True)
+class _Single:
+    """A profile whose only checkpoint is the one under test."""
+
+    inner: CsvProfile
+    row: int
+    offset: int
+
+    @property
+    def encoding(self) -> str:
+        return self.inner.encoding
+
+    @property
+    def delimiter(self) -> str:
+        return self.inner.delimiter
+
+    @property
+    def quotechar(self) -> str:
+        return self.inner.quotechar
+
+    @property
+    def checkpoints(self) -> list[tuple[int, int]]:
+        return [(self.row, self.offset)]
+
+
+@dataclass(frozen=True)
+class _FromTop(_Single):
+    """A profile with the first checkpoint only: read-back parses from the first row."""
+
+    def __init__(self, inner: CsvProfile) -> None:
+        object.__setattr__(self, "inner", inner)
+        object.__setattr__(self, "row", 0)
+        object.__setattr__(self, "offset", inner.checkpoints[0][1] if inner.checkpoints else 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Real-world-shaped files
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    data: bytes
+    encoding: str
+    delimiter: str
+    quotechar: str
+    line_terminator: str
+    has_header: bool
+    columns: list[str]
+    column_count: int
+    row_count: int
+    ragged_rows: int
+
+
+EXCEL_CP1252 = (
+    "Référence;Désignation;Prix unitaire;Quantité\r\n"
+    "A-001;Café moulu;4,50;12\r\n"
+    "A-002;Thé vert « bio »;3,20;5\r\n"
+    'A-003;"Crème; fraîche";2,10;40\r\n'
+    "A-004;Pâtes;1,05;100\r\n"
+).encode("cp1252")
+
+CASES = {
+    "excel cp1252 semicolon": Case(
+        EXCEL_CP1252,
+        "cp1252",
+        ";",
+        '"',
+        "\r\n",
+        True,
+        ["Référence", "Désignation", "Prix unitaire", "Quantité"],
+        4,
+        4,
+        0,
+    ),
+    "utf-8 with BOM": Case(
+        codecs.BOM_UTF8 + "ville,pays,habitants\nZürich,CH,421878\nKöln,DE,1084831\n".encode(),
+        "utf-8-sig",
+        ",",
+        '"',
+        "\n",
+        True,
+        ["ville", "pays", "habitants"],
+        3,
+        2,
+        0,
+    ),
+    "utf-8 BOM declared as utf-8": Case(
+        codecs.BOM_UTF8 + b"a,b\n1,2\n",
+        "utf-8",
+        ",",
+        '"',
+        "\n",
+        True,
+        ["a", "b"],
+        2,
+        1,
+        0,
+    ),
+    "tab separated": Case(
+        b"id\tname\tscore\n1\tAda Lovelace\t9.5\n2\tAlan, Turing\t8.25\n3\tGrace\t7\n",
+        "utf-8",
+        "\t",
+        '"',
+        "\n",
+        True,
+        ["id", "name", "score"],
+        3,
+        3,
+        0,
+    ),
+    "pipe separated": Case(
+        b"sku|label|qty\nX1|bolt, small|10\nX2|nut|20\n",
+        "utf-8",
+        "|",
+        '"',
+        "\n",
+        True,
+        ["sku", "label", "qty"],
+        3,
+        2,
+        0,
+    ),
+    "quoted newlines and doubled quotes": Case(
+        b'id,comment,score\n1,"line one\nline two",5\n2,"she said ""hi, there""",4\n'
+        b'3,"crlf\r\ninside",3\n4,"",2\n',
+        "utf-8",
+        ",",
+        '"',
+        "\n",
+        True,
+        ["id", "comment", "score"],
+        3,
+        4,
+        0,
+    ),
+    "quoted header": Case(
+        b'"first name","last, name"\nAda,Lovelace\nAlan,Turing\n',
+        "utf-8",
+        ",",
+        '"',
+        "\n",
+        True,
+        ["first name", "last, name"],
+        2,
+        2,
+        0,
+    ),
+    "ragged rows": Case(
+        b"a,b,c\n1,2,3\n4,5\n6,7,8,9\n10,11,12\n,,\n",
+        "utf-8",
+        ",",
+        '"',
+        "\n",
+        True,
+        ["a", "b", "c"],
+        3,
+        5,
+        2,
+    ),
+    "no trailing newline": Case(
+        b"x,y\n1,2\n3,4",
+        "utf-8",
+        ",",
+        '"',
+        "\n",
+        True,
+        ["x", "y"],
+        2,
+        2,
+        0,
+    ),
+    "empty file": Case(b"", "utf-8", ",", '"', "\n", False, [], 0, 0, 0),
+    "only blank lines": Case(b"\n\r\n\n", "utf-8", ",", '"', "\n", False, [], 0, 0, 0),
+    "header only": Case(
+        b"date,amount,currency\n",
+        "utf-8",
+        ",",
+        '"',
+        "\n",
+        True,
+        ["date", "amount", "currency"],
+        3,
+        0,
+        0,
+    ),
+    "header only without newline": Case(
+        b"date;amount", "utf-8", ";", '"', "\n", True, ["date", "amount"], 2, 0, 0
+    ),
+    "crlf terminators": Case(
+        b"k,v\r\na,1\r\nb,2\r\nc,3\r\n", "utf-8", ",", '"', "\r\n", True, ["k", "v"], 2, 3, 0
+    ),
+    "cr terminators": Case(
+        b"k;v\ra;1\rb;2\rc;3", "utf-8", ";", '"', "\r", True, ["k", "v"], 2, 3, 0
+    ),
+    "single column": Case(
+        b"email\nada@example.org\nalan@example.org\n\ngrace@example.org\n",
+        "utf-8",
+        ",",
+        '"',
+        "\n",
+        True,
+        ["email"],
+        1,
+        3,
+        0,
+    ),
+    "single column of numbers, no header": Case(
+        b"3\n1\n4\n1\n5\n", "utf-8", ",", '"', "\n", False, [], 1, 5, 0
+    ),
+    "no header": Case(
+        b"1,2.5,2024-01-02\n2,3.5,2024-01-03\n3,4.5,2024-01-04\n",
+        "utf-8",
+        ",",
+        '"',
+        "\n",
+        False,
+        [],
+        3,
+        3,
+        0,
+    ),
+    "blank lines": Case(
+        b"\n\na,b\n\n1,2\r\n\r\n3,4\n\n\n", "utf-8", ",", '"', "\n", True, ["a", "b"], 2, 2, 0
+    ),
+    "single quotes": Case(
+        b"'id','name'\n'1','O''Brien, Pat'\n'2','Smith'\n",
+        "utf-8",
+        ",",
+        "'",
+        "\n",
+        True,
+        ["id", "name"],
+        2,
+        2,
+        0,
+    ),
+    "apostrophes are not quotes": Case(
+        b"name,quote\nPat,'tis fine\nO'Brien,it's ok\n",
+        "utf-8",
+        ",",
+        '"',
+        "\n",
+        True,
+        ["name", "quote"],
+        2,
+        2,
+        0,
+    ),
+    "quotes inside unquoted fields": Case(
+        b'item,size\npipe,12"\n"x"y"z,5\nscreen,27" wide\n',
+        "utf-8",
+        ",",
+        '"',
+        "\n",
+        True,
+        ["item", "size"],
+        2,
+        3,
+        0,
+    ),
+    "unterminated quote at the end": Case(
+        b'a,b\n1,2\n3,"never closed\n4,5\n', "utf-8", ",", '"', "\n", True, ["a", "b"], 2, 2, 0
+    ),
+    "all fields quoted": Case(
+        b'"id","city","note"\n"1","Paris","ok"\n"2","Lyon, FR","a ""b"""\n"3","Nice","x\ny"\n',
+        "utf-8",
+        ",",
+        '"',
+        "\n",
+        True,
+        ["id", "city", "note"],
+        3,
+        3,
+        0,
+    ),
+    "utf-16 little endian": Case(
+        "nom,émoji\nZoë,\U0001f600\nĬ,Ĭ\n".encode("utf-16-le").join([codecs.BOM_UTF16_LE, b""]),
+        "utf-16",
+        ",",
+        '"',
+        "\n",
+        True,
+        ["nom", "émoji"],
+        2,
+        2,
+        0,
+    ),
+    "utf-16 big endian": Case(
+        codecs.BOM_UTF16_BE
+        + "emoji;label\r\n\U0001f600;ċ\r\n,;xy\r\n\r\n1;2;3\r\n".encode("utf-16-be"),
+        "utf-16",
+        ";",
+        '"',
+        "\r\n",
+        True,
+        ["emoji", "label"],
+        2,
+        3,
+        1,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("size", CHUNKINGS)
+def test_real_world_shapes(name: str, size: int | None) -> None:
+    case = CASES[name]
+    profile = profile_of(chunks(case.data, size), case.encoding)
+    assert profile == CsvProfile(
+        delimiter=case.delimiter,
+        quotechar=case.quotechar,
+        line_terminator=case.line_terminator,
+        has_header=case.has_header,
+        columns=case.columns,
+        column_count=case.column_count,
+        row_count=case.row_count,
+        ragged_rows=case.ragged_rows,
+        checkpoints=profile.checkpoints,
+        encoding=case.encoding,
+    )
+    check_against_reference(case.data, case.encoding, profile)
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("sample_size", [1, 5, 64])
+def test_streamed_after_a_small_sample(name: str, sample_size: int) -> None:
+    """With a tiny sample the counting past it sees every chunk boundary (1-byte chunks)."""
+    case = CASES[name]
+    whole = profile_of(case.data, case.encoding, checkpoint_every=1, sample_size=sample_size)
+    for size in (1, 2, 3, 7):
+        chunked = chunks(case.data, size)
+        profile = profile_of(chunked, case.encoding, checkpoint_every=1, sample_size=sample_size)
+        assert profile == whole
+    check_against_reference(case.data, case.encoding, whole)
+    check_checkpoints(case.data, whole, 1)
+
+
+TRICKY = [
+    b'\r\n1;\r\n,,\r\n,11,"\r1\n"\r\n',  # a lone CR, then a lone LF: not one CRLF
+    b"a,b\r\n1,2\r\n3\r4,5\n6,7\r\n8,9\r\n",
+    b'11;,"11111""","11""\r',  # a line break inside a quoted field left open at the end
+    b'h1,h2\r\n"a\r\nb","c""\r\n"\r\n\r\n"",x\r\ny,"z"\r\n',
+    b'h1;h2\r"a\rb";"""q"""\r\r1;2\r',
+    b'a,b\n"x""",y\n"""",z\n12",3\n"q"r"s,t\nu,v',
+    b'h\n"\n"\n""\n\n"\r\n"\n',
+]
+
+
+@pytest.mark.parametrize("data", TRICKY)
+def test_every_split_point(data: bytes) -> None:
+    """A CRLF, a "" escape or a quote state split at any byte gives the same profile."""
+    whole = profile_of(data, checkpoint_every=1, sample_size=1)
+    check_against_reference(data, "utf-8", whole)
+    check_checkpoints(data, whole, 1)
+    for cut in range(len(data) + 1):
+        for second in range(cut, len(data) + 1, 3):
+            parts = [data[:cut], data[cut:second], data[second:]]
+            assert profile_of(parts, checkpoint_every=1, sample_size=1) == whole
+
+
+def test_checkpoint_offsets_count_bom_and_utf16_units() -> None:
+    data = codecs.BOM_UTF16_LE + "a,b\n1,\U0001f600\n2,x\n".encode("utf-16-le")
+    profile = profile_of(data, "utf-16", checkpoint_every=1)
+    # BOM (2) + "a,b\n" (4 units) = 10; + "1,😀\n" (5 units, the emoji is a surrogate pair).
+    assert profile.checkpoints == [(0, 10), (1, 20)]
+    data8 = codecs.BOM_UTF8 + "é,b\n1,2\n".encode()
+    assert profile_of(data8, "utf-8-sig").checkpoints == [(0, 3 + 5)]
+
+
+def test_utf16_code_unit_looking_like_a_comma_is_not_a_delimiter() -> None:
+    # U+012C has the low byte 0x2C (","), U+0A0A has 0x0A ("\n") in both bytes.
+    data = codecs.BOM_UTF16_LE + "a,b\nĬĬ,\u0a0a\n".encode("utf-16-le")
+    profile = profile_of(chunks(data, 1), "utf-16")
+    assert (profile.row_count, profile.ragged_rows, profile.columns) == (1, 0, ["a", "b"])
+
+
+def test_finish_is_idempotent_and_feed_after_it_fails() -> None:
+    profiler = CsvProfiler(encoding="utf-8")
+    profiler.feed(b"a,b\n1,2\n")
+    assert profiler.finish() is profiler.finish()
+    with pytest.raises(RuntimeError):
+        profiler.feed(b"3,4\n")
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"encoding": "latin-9"}, {"encoding": "utf-8", "checkpoint_every": 0}]
+)
+def test_rejects_bad_arguments(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match=r"encoding|positive"):
+        CsvProfiler(**kwargs)  # type: ignore[arg-type]
+
+
+def test_first_record_longer_than_the_largest_sample() -> None:
+    """Past 16 x sample_size without a whole record, the first record sets the width."""
+    wide = b",".join(b"c%d" % i for i in range(200)) + b"\n"
+    data = wide + b"1,2\n" + wide
+    profile = profile_of(chunks(data, 10), sample_size=8)
+    assert (profile.has_header, profile.column_count) == (False, 200)
+    assert (profile.row_count, profile.ragged_rows) == (3, 1)
+
+
+def test_field_over_csv_size_limit_in_the_sample() -> None:
+    """The sniffer's csv.reader gives up at csv.field_size_limit(); counting does not."""
+    data = b'id,blob\n1,"' + b"x," * 100_000 + b'"\n2,y\n3,z\n'
+    profile = profile_of(chunks(data, 65_536))
+    assert (profile.columns, profile.row_count, profile.ragged_rows) == (["id", "blob"], 3, 0)
+
+
+def test_header_over_columns_of_booleans_dates_and_numbers() -> None:
+    data = b"active,since,score\ntrue,2024-01-02,1.5\nfalse,03/04/2023,2\nyes,12:30,-3e2\n"
+    assert profile_of(data).has_header
+    assert not profile_of(data.split(b"\n", 1)[1]).has_header
+
+
+def test_many_rows_fast_path_and_deep_checkpoints() -> None:
+    lines = [b"id,name,value"] + [b"%d,n%d,%d.5" % (i, i % 7, i) for i in range(30_000)]
+    lines[12_345] = b"12344,ragged"
+    data = b"\r\n".join(lines) + b"\r\n"
+    profile = profile_of(chunks(data, 65_536), checkpoint_every=1_000)
+    assert (profile.row_count, profile.ragged_rows) == (30_000, 1)
+    assert [row for row, _ in profile.checkpoints] == list(range(0, 30_000, 1_000))
+    for row, offset in profile.checkpoints:
+        assert data[offset:].startswith(b"%d," % row)
+
+
+def test_quote_heavy_chunks_take_every_path() -> None:
+    """Chunks with no quotes, with quoted fields that need no care, and ones that do."""
+    writer_out = io.StringIO()
+    writer = csv.writer(writer_out, quoting=csv.QUOTE_ALL, lineterminator="\n")
+    writer.writerow(["id", "text"])
+    for i in range(6_000):
+        writer.writerow([i, "a, b" if i % 97 == 0 else ("multi\nline" if i % 101 == 0 else "x")])
+    plain = "\n".join(f"{i},x" for i in range(6_000, 9_000)) + "\n"
+    data = (writer_out.getvalue() + plain).encode()
+    profile = profile_of(chunks(data, 4_096), checkpoint_every=500)
+    check_against_reference(data, "utf-8", profile)
+    check_checkpoints(data, profile, 500)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading back
+# --------------------------------------------------------------------------------------------
+
+
+def test_iter_rows_from_deep_offsets() -> None:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(["n", "text"])
+    for i in range(2_000):
+        writer.writerow([i, f"row {i}\nwith, a break" if i % 3 == 0 else f"plain {i}"])
+        if i % 250 == 0:
+            out.write("\r\n")  # a blank line: not a row
+    data = out.getvalue().encode()
+    profile = profile_of(chunks(data, 1_000), checkpoint_every=64)
+    assert len(profile.checkpoints) == 32
+    expected = reference(data, "utf-8", profile).rows
+    fp = io.BytesIO(data)
+    for start in (0, 1, 63, 64, 65, 700, 1_279, 1_999, 2_000, 5_000):
+        for limit in (1, 7, 100):
+            rows, next_row = iter_rows_from(fp, profile, start, limit)
+            assert rows == expected[start : start + limit]
+            assert next_row == (start + limit if start + limit < 2_000 else None)
+    assert not fp.closed
+
+
+@pytest.mark.parametrize("name", ["excel cp1252 semicolon", "utf-8 with BOM", "utf-16 big endian"])
+def test_iter_rows_from_decodes_the_stored_encoding(name: str) -> None:
+    case = CASES[name]
+    profile = profile_of(case.data, case.encoding, checkpoint_every=1)
+    expected = reference(case.data, case.encoding, profile).rows
+    for start in range(len(expected) + 1):
+        rows, _ = iter_rows_from(io.BytesIO(case.data), profile, start, 2)
+        assert rows == expected[start : start + 2]
+
+
+def test_iter_rows_from_edges() -> None:
+    empty = profile_of(b"")
+    assert iter_rows_from(io.BytesIO(b""), empty, 0, 10) == ([], None)
+    header_only = profile_of(b"a,b\n")
+    assert iter_rows_from(io.BytesIO(b"a,b\n"), header_only, 0, 10) == ([], None)
+    with pytest.raises(ValueError, match="limit"):
+        iter_rows_from(io.BytesIO(b""), empty, 0, 0)
+    with pytest.raises(ValueError, match="start_row"):
+        iter_rows_from(io.BytesIO(b""), empty, -1, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Property-based: generated files against csv.reader
+# --------------------------------------------------------------------------------------------
+
+ALPHABET = ",;\t|\"' \n\r\r\nab1.é€ß\u00a0漢\U0001f600"
+CP1252_ALPHABET = ",;\t|\"' \n\r\r\nab1.é€ßÆ"
+ENCODINGS = ("utf-8", "utf-8-sig", "utf-16-le", "utf-16-be", "cp1252")
+
+
+def encode(text: str, encoding: str) -> tuple[bytes, str]:
+    """Stored bytes and the encoding the caller would declare."""
+    if encoding == "utf-16-le":
+        return codecs.BOM_UTF16_LE + text.encode("utf-16-le"), "utf-16"
+    if encoding == "utf-16-be":
+        return codecs.BOM_UTF16_BE + text.encode("utf-16-be"), "utf-16"
+    if encoding == "utf-8-sig":
+        return codecs.BOM_UTF8 + text.encode(), "utf-8-sig"
+    return text.encode(encoding), encoding
+
+
+@st.composite
+def csv_files(draw: st.DrawFn) -> tuple[str, str]:
+    encoding = draw(st.sampled_from(ENCODINGS))
+    alphabet = CP1252_ALPHABET if encoding == "cp1252" else ALPHABET
+    width = draw(st.integers(1, 5))
+    field = st.text(alphabet=alphabet, max_size=6)
+    row = st.one_of(
+        st.lists(field, min_size=width, max_size=width),
+        st.lists(field, max_size=width + 2),  # ragged, or [] (a blank line)
+    )
+    rows = draw(st.lists(row, max_size=25))
+    out = io.StringIO()
+    writer = csv.writer(
+        out,
+        delimiter=draw(st.sampled_from([",", ";", "\t", "|"])),
+        quotechar=draw(st.sampled_from(['"', "'"])),
+        lineterminator=draw(st.sampled_from(["\r\n", "\n", "\r"])),
+        quoting=draw(st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL])),
+    )
+    writer.writerows(rows)
+    text = out.getvalue()
+    if draw(st.booleans()) and text:
+        text = text[: draw(st.integers(0, len(text)))]  # cut anywhere: open quotes, no newline
+    return text, encoding
+
+
+@st.composite
+def chunkings(draw: st.DrawFn, data: bytes) -> list[bytes]:
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=12)))
+    bounds = [0, *cuts, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data(), csv_files(), st.sampled_from([1, 3, 16, 64 * 1024]), st.integers(1, 4))
+def test_matches_csv_reader(
+    data: st.DataObject, file: tuple[str, str], sample_size: int, every: int
+) -> None:
+    text, encoding = file
+    stored, declared = encode(text, encoding)
+    parts = data.draw(chunkings(stored))
+    profile = profile_of(parts, declared, checkpoint_every=every, sample_size=sample_size)
+    assert profile == profile_of(stored, declared, checkpoint_every=every, sample_size=sample_size)
+    ref = check_against_reference(stored, declared, profile)
+    check_checkpoints(stored, profile, every)
+    start = data.draw(st.integers(0, len(ref.rows) + 1))
+    limit = data.draw(st.integers(1, 5))
+    rows, next_row = iter_rows_from(io.BytesIO(stored), profile, start, limit)
+    assert rows == ref.rows[start : start + limit]
+    assert next_row == (start + limit if start + limit < len(ref.rows) else None)
+
+
+WORD = st.text(alphabet="abcdefghij klmnop", min_size=1, max_size=8).filter(str.strip)
+
+
+@st.composite
+def tables(draw: st.DrawFn) -> tuple[str, str, str, str, int]:
+    """Well-shaped tables: a header of names, then rows of words and numbers."""
+    delimiter = draw(st.sampled_from([",", ";", "\t", "|"]))
+    quotechar = draw(st.sampled_from(['"', "'"]))
+    terminator = draw(st.sampled_from(["\r\n", "\n", "\r"]))
+    width = draw(st.integers(2, 6))
+    header = draw(st.lists(WORD, min_size=width, max_size=width, unique_by=str.strip))
+    kinds = draw(st.lists(st.booleans(), min_size=width, max_size=width))
+    cell = {
+        True: st.integers(-10_000, 10_000).map(str),
+        # Text may hold the delimiter or a line break: it is then quoted. (Python 3.11's
+        # writer quotes a line break only if it is part of the writer's own lineterminator.)
+        False: st.one_of(
+            WORD, WORD.map(lambda w: w + delimiter + w), st.just(f"two{terminator}lines")
+        ),
+    }
+    rows = draw(st.lists(st.tuples(*(cell[k] for k in kinds)).map(list), min_size=2, max_size=30))
+    out = io.StringIO()
+    writer = csv.writer(
+        out,
+        delimiter=delimiter,
+        quotechar=quotechar,
+        lineterminator=terminator,
+        quoting=csv.QUOTE_ALL if quotechar == "'" else csv.QUOTE_MINIMAL,
+    )
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue(), delimiter, quotechar, terminator, len(rows)
+
+
+@settings(max_examples=150, deadline=None)
+@given(tables(), st.integers(1, 9))
+def test_sniffs_the_dialect_of_well_shaped_tables(
+    table: tuple[str, str, str, str, int], size: int
+) -> None:
+    text, delimiter, quotechar, terminator, row_count = table
+    data = text.encode()
+    profile = profile_of(chunks(data, size))
+    assert (profile.delimiter, profile.quotechar) == (delimiter, quotechar)
+    assert profile.line_terminator == terminator
+    assert profile.row_count + profile.has_header == row_count + 1
+    assert profile.ragged_rows == 0
