@@ -12,19 +12,13 @@ from dataclasses import fields, replace
 
 from csvstore import __version__
 from csvstore.app import open_store
-from csvstore.check import CheckReport, reconcile
+from csvstore.check import ORPHAN_MIN_AGE, TEMP_MIN_AGE, CheckReport, reconcile
 from csvstore.config import Settings, convert
 from csvstore.security import check_bind_is_safe, load_keys
 from csvstore.server import serve
 
 # The client's sub-commands (csvstore/cli); anything else starts the server as always.
 CLIENT_COMMANDS = frozenset({"sessions", "upload", "files"})
-
-# On-demand checks spare younger stored files: a running server publishes an upload's
-# file a moment before it commits its row.
-ORPHAN_MIN_AGE = 60.0
-# ... and temp files of uploads that may still be streaming, however slowly.
-TEMP_MIN_AGE = 3600.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"csvstore {__version__}")
     parser.epilog = (
         "Sub-command: 'python -m csvstore check [--repair] [--no-verify]' reconciles the "
-        "stored files with the database (see 'check --help'). "
+        "stored files with the database (see 'check --help'); 'python -m csvstore "
+        "migrate-to --from-data-dir DIR ...' copies a deployment to another database and "
+        "storage (see 'migrate-to --help'). "
         "Client: 'python -m csvstore sessions|upload|files ...' talks to a running server "
         "(see 'python -m csvstore upload --help')."
     )
@@ -159,6 +155,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "check":
         sys.exit(run_check(argv[1:]))
+    if argv and argv[0] == "migrate-to":
+        from csvstore.migrate import run_migrate
+
+        sys.exit(run_migrate(argv[1:]))
     if argv and argv[0] in CLIENT_COMMANDS:
         from csvstore.cli import run_client  # only the client needs rich
 
