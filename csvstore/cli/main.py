@@ -13,7 +13,14 @@ from typing import Any, NoReturn
 from csvstore.cli.fetch import get_file
 from csvstore.cli.http import Api, CliFailure, ExitCode, path
 from csvstore.cli.output import Output, fields_table, files_table, sessions_table
-from csvstore.cli.upload import UploadOptions, collect_sources, summary_table, upload_all
+from csvstore.cli.resumable import RESUMABLE_FROM, ResumableWhenLarge
+from csvstore.cli.upload import (
+    MultipartUpload,
+    UploadOptions,
+    collect_sources,
+    summary_table,
+    upload_all,
+)
 from csvstore.config import parse_duration
 
 COMMANDS = frozenset({"sessions", "upload", "files"})
@@ -150,6 +157,16 @@ def build_client_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         action="store_true",
         help="a file whose bytes the session already has is not stored again",
     )
+    upload.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help=(
+            f"send every file in one multipart POST; by default files of "
+            f"{RESUMABLE_FROM // (1024 * 1024)} MiB and more go by the resumable (tus) "
+            "protocol and survive dropped connections"
+        ),
+    )
 
     files = commands.add_parser("files", help="show, download and delete stored files")
     files_commands = files.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -235,6 +252,7 @@ async def _upload(api: Api, args: argparse.Namespace, out: Output) -> ExitCode:
         options=UploadOptions(sha256=args.sha256, dedupe=args.dedupe),
         parallel=args.parallel,
         out=out,
+        strategy=ResumableWhenLarge() if args.resume else MultipartUpload(),
     )
     for outcome in outcomes:  # after the bars are gone, so they don't garble the messages
         if outcome.failure is not None:

@@ -9,6 +9,7 @@ touching the parallel runner, the progress bars or the summary.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -157,7 +158,10 @@ class MultipartUpload:
                 raise CliFailure(ExitCode.USAGE, reader.local_error) from None
             raise
         finally:
-            await chunks.aclose()
+            # After a dropped connection aiohttp's body writer may still be inside the
+            # generator; it is then closed when that writer is collected.
+            with contextlib.suppress(RuntimeError):
+                await chunks.aclose()
             await asyncio.to_thread(handle.close)
         return Stored(file=body["file"], duplicate=status == 200)
 
