@@ -753,3 +753,28 @@ def test_browser_clients_get_cors_answers(tmp_path: Path) -> None:
         assert requests.options(f"{server.url}{TUS}", timeout=30).headers["Tus-Version"]
     finally:
         assert server.stop() == 0
+
+
+def test_resumed_equals_single_shot_on_every_backend(settings: Settings, tmp_path: Path) -> None:
+    """Through the ``settings`` fixture: SQLite and local files in ``make test``, PostgreSQL
+    in ``make test-postgres``, PostgreSQL and S3 in ``make test-s3`` (where the complete
+    upload is copied into the bucket in the pass that analyses it)."""
+    server = ServerProcess(settings.data_dir)  # the fixture put the backends in the env
+    path = tmp_path / "any.csv"
+    body = csv_file(path, 7 * 1024 * 1024, seed=3)  # more than one S3 part
+    server.start()
+    try:
+        requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "b"}, timeout=30)
+        with DroppingProxy(server.port, [len(body) // 3, len(body) * 2 // 3]) as proxy:
+            location = tus_upload(proxy.url, path, session_id="b", chunk_size=2 * 1024 * 1024)
+            assert proxy.cuts == 2
+        resumed_id = head(server.url, path_of(location)).headers["Content-Location"]
+        resumed = file_row(server.url, resumed_id.rsplit("/", 1)[1])
+        single = file_row(server.url, single_shot(server.url, path, "b")["id"])
+        assert without_per_upload_fields(resumed) == without_per_upload_fields(single)
+        for file_id in (resumed["id"], single["id"]):
+            stored = requests.get(f"{server.url}/api/csv/files/{file_id}/content", timeout=60)
+            assert stored.content == body
+        assert not [n for n in partial_files(settings.data_dir) if n.endswith(".part")]
+    finally:
+        assert server.stop() == 0
