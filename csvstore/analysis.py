@@ -56,10 +56,20 @@ class UploadAnalysis:
         self._head = bytearray()
 
     def feed(self, chunk: bytes) -> None:
+        self.inspect(chunk)
+        self.digest(chunk)
+
+    def digest(self, chunk: bytes) -> None:
+        """The hashing half of :meth:`feed`: it may run in a worker thread (hashlib lets go
+        of the GIL on large buffers), while :meth:`inspect` of the same chunk runs here."""
+        if self._hash is not None:
+            self._hash.update(chunk)
+
+    def inspect(self, chunk: bytes) -> None:
+        """The checking and profiling half of :meth:`feed`."""
         self._check.feed(chunk)
         if self._hash is None:
             return
-        self._hash.update(chunk)
         if len(self._head) < _HEAD_KEPT:
             self._head += chunk[: _HEAD_KEPT - len(self._head)]
         if self._profiler is None:

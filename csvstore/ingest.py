@@ -184,13 +184,39 @@ async def _stream_file(
         if pending and (pending_size >= limits.chunk_size or not chunk):
             block = pending[0] if len(pending) == 1 else b"".join(pending)
             _ensure_room(storage, len(block), limits)
-            analysis.feed(block)  # refuses a non-CSV block before any of it is written
-            await writer.write(block)
+            await _take_block(block, analysis, writer)
             pending.clear()
             pending_size = 0
         if not chunk:
             break
     return analysis.finish()
+
+
+# Below this a block is checked, hashed and written one after the other: thread hops would
+# cost more than the overlap saves.
+_OVERLAP_MIN = 256 * 1024
+
+
+async def _take_block(block: bytes, analysis: UploadAnalysis, writer: StorageWriter) -> None:
+    """Check, profile, hash and write one block.
+
+    For large blocks the three overlap: the write and the hash run in worker threads (both
+    release the GIL) while the check and the profile run here. A block that fails the check
+    may then reach the temp file; the caller aborts the writer, so it never stays.
+    """
+    if len(block) < _OVERLAP_MIN:
+        analysis.feed(block)  # refuses a non-CSV block before any of it is written
+        await writer.write(block)
+        return
+    write = asyncio.ensure_future(writer.write(block))
+    digest = asyncio.ensure_future(asyncio.to_thread(analysis.digest, block))
+    try:
+        analysis.inspect(block)
+    finally:
+        outcomes = await asyncio.gather(write, digest, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)

@@ -13,6 +13,7 @@ import functools
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from csvstore.analysis import FileFacts
@@ -20,7 +21,7 @@ from csvstore.db import Database, Row
 from csvstore.errors import BadRequest, NotFound
 from csvstore.repo import NewFile, Repo
 from csvstore.storage import Storage, StorageWriter
-from csvstore.timeutil import utc_in, utc_now
+from csvstore.timeutil import format_utc, utc_now
 
 if TYPE_CHECKING:
     from csvstore.check import CheckReport
@@ -68,9 +69,10 @@ class CsvStore:
 
     async def create_session(self, session_id: str, *, ttl_seconds: float | None = None) -> Row:
         """A new session; it expires ``ttl_seconds`` after creation (None: the default TTL)."""
-        now = utc_now()
+        moment = datetime.now(UTC)
+        now = format_utc(moment)
         ttl = self.default_ttl if ttl_seconds is None else ttl_seconds
-        expires_at = utc_in(ttl) if ttl else None
+        expires_at = format_utc(moment + timedelta(seconds=ttl)) if ttl else None
         created = await self.db.write(
             lambda x: self.repo.create_session(
                 x,

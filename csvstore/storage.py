@@ -193,17 +193,22 @@ class LocalStorage:
         self, key: str, start: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
         remaining = length
-        async with aiofiles.open(self.root / key, "rb") as handle:
+        handle = await asyncio.to_thread(open, self.root / key, "rb")
+        try:
             if start:
-                await handle.seek(start)
+                handle.seek(start)  # moves an offset: no I/O
             while remaining is None or remaining > 0:
                 want = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
-                chunk = await handle.read(want)
+                chunk = await asyncio.to_thread(handle.read, want)
                 if not chunk:
                     return
                 if remaining is not None:
                     remaining -= len(chunk)
                 yield chunk
+        finally:
+            # Closed here, synchronously, however the reader stops: at the end, when the
+            # client goes away, or when the generator is finalised.
+            handle.close()
 
     async def delete(self, keys: list[str]) -> None:
         """Remove stored files; a file already gone is not an error (deletes are idempotent)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 
 def format_utc(moment: datetime) -> str:
@@ -12,8 +12,3 @@ def format_utc(moment: datetime) -> str:
 
 def utc_now() -> str:
     return format_utc(datetime.now(UTC))
-
-
-def utc_in(seconds: float) -> str:
-    """The timestamp ``seconds`` from now."""
-    return format_utc(datetime.now(UTC) + timedelta(seconds=seconds))
