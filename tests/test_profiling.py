@@ -524,6 +524,24 @@ def test_many_rows_fast_path_and_deep_checkpoints() -> None:
         assert data[offset:].startswith(b"%d," % row)
 
 
+@pytest.mark.parametrize("long_first", [True, False])
+def test_checkpoints_when_row_lengths_are_uneven(long_first: bool) -> None:
+    """The checkpoint search starts from the average row length; it must not rely on it."""
+    long_rows = [b"%d,%s" % (i, b"x" * 900) for i in range(150)]
+    short_rows = [b"%d,y" % i for i in range(150, 3_000)]
+    body = long_rows + short_rows if long_first else short_rows + long_rows
+    data = b"\n".join([b"n,text", *body]) + b"\n"
+    profile = profile_of(data, checkpoint_every=97)
+    assert profile.row_count == 3_000
+    check_checkpoints(data, profile, 97)
+
+
+def test_pandas_export_with_an_unnamed_index_column() -> None:
+    data = b",city,population\n0,Paris,2102650\n1,Lyon,522250\n"
+    profile = profile_of(data)
+    assert (profile.has_header, profile.columns) == (True, ["", "city", "population"])
+
+
 def test_quote_heavy_chunks_take_every_path() -> None:
     """Chunks with no quotes, with quoted fields that need no care, and ones that do."""
     writer_out = io.StringIO()
