@@ -34,7 +34,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from csvstore.analysis import FileFacts, UploadAnalysis
-from csvstore.csvcheck import CsvContentCheck, clean_filename
+from csvstore.csvcheck import clean_filename
 from csvstore.errors import (
     ApiError,
     BadRequest,
@@ -69,6 +69,9 @@ CHECKSUM_ALGORITHMS = ("sha256", "sha1", "md5", "sha512")
 # A long PATCH (tuspy sends the whole file in one by default) makes what it has received
 # durable every so often, so a server crash mid-request loses at most this much of it.
 CHECKPOINT_BYTES = 64 * 1024 * 1024
+# Uploads whose analysis a process keeps between their requests; beyond it the oldest is
+# dropped (and re-derived from disk at completion). Each holds a few KiB of profiler state.
+MAX_LIVE_ANALYSES = 128
 # Upload-Metadata is a few short values; a longer header is not one we would accept.
 MAX_METADATA_BYTES = 8192
 _METADATA_KEYS = frozenset({"session_id", "filename", *UploadOptions().fields})
@@ -93,6 +96,46 @@ class UploadLockedWhilePublishing(ApiError):
         super().__init__(
             f"upload {upload_id} has all its bytes and is being stored; ask with HEAD shortly"
         )
+
+
+class LiveAnalyses:
+    """The single-pass analysis of the uploads this process is receiving, kept between
+    their requests so the complete file need not be read again.
+
+    An analysis is kept only when it has seen exactly the acknowledged bytes, and taken
+    back only by a request that starts at that offset: acknowledged bytes never change, so
+    it is then the analysis of the file's first ``offset`` bytes. Anything else -- another
+    worker process took a request, the server restarted, bytes were rolled back -- leaves
+    no usable analysis, and completion re-derives it from the bytes on disk.
+    """
+
+    def __init__(self, limit: int = MAX_LIVE_ANALYSES) -> None:
+        self._limit = limit
+        self._by_id: dict[str, tuple[int, UploadAnalysis]] = {}
+
+    def take(self, upload_id: str, offset: int, *, analyse: bool) -> UploadAnalysis | None:
+        entry = self._by_id.pop(upload_id, None)
+        if offset == 0:
+            return UploadAnalysis(enabled=analyse)
+        if entry is not None and entry[0] == offset:
+            return entry[1]
+        return None
+
+    def keep(self, upload_id: str, offset: int, analysis: UploadAnalysis) -> None:
+        self._by_id[upload_id] = (offset, analysis)
+        while len(self._by_id) > self._limit:
+            del self._by_id[next(iter(self._by_id))]  # the oldest (dicts keep order)
+
+
+class _Live:
+    """The analysis a request feeds, and the offset up to which it has seen the bytes."""
+
+    def __init__(self, analysis: UploadAnalysis | None, offset: int) -> None:
+        self.analysis = analysis
+        self.offset = offset
+
+    def usable_at(self, offset: int) -> UploadAnalysis | None:
+        return self.analysis if self.offset == offset else None
 
 
 # Headers
@@ -450,10 +493,13 @@ async def _locked_patch(
                 f"the body would end at byte {offset + length}, past Upload-Length {state.length}"
             )
         hasher = hashlib.new(checksum[0]) if checksum else None
+        analyses = request.app[ANALYSES_KEY]
+        live = _Live(analyses.take(upload_id, offset, analyse=limits.analyse), offset)
         try:
-            await _receive(request, store, hold, limits, hasher, expiry)
+            await _receive(request, store, hold, limits, hasher, expiry, live)
         except BaseException as exc:
             await _after_failed_body(hold, exc, keep=hasher is None, expiry=expiry)
+            _keep_live(analyses, hold, live)
             raise
         if checksum is not None and hasher is not None and hasher.digest() != checksum[1]:
             await hold.rollback()
@@ -463,8 +509,18 @@ async def _locked_patch(
                 headers={"Upload-Offset": str(state.offset)},
             )
         if hold.received < state.length:
-            return await hold.checkpoint(expires_at=time.time() + expiry)
-        return await _complete(store, hold, limits, expiry)
+            saved = await hold.checkpoint(expires_at=time.time() + expiry)
+            _keep_live(analyses, hold, live)
+            return saved
+        return await _complete(store, hold, limits, expiry, live.usable_at(hold.received))
+
+
+def _keep_live(analyses: LiveAnalyses, hold: PartialHold, live: _Live) -> None:
+    """Keep the analysis for the next request if it has seen exactly the acknowledged bytes
+    (after a rollback or a failed write it has not, and is dropped)."""
+    analysis = live.usable_at(hold.state.offset)
+    if analysis is not None and not hold.pending:
+        analyses.keep(hold.state.id, hold.state.offset, analysis)
 
 
 async def _after_failed_body(
@@ -493,26 +549,34 @@ async def _receive(
     limits: UploadLimits,
     hasher: Any,
     expiry: float,
+    live: _Live,
 ) -> None:
+    """Append the body; feed each block to the live analysis first (when there is one), so
+    a file that is not a CSV is refused at its first bad block, as a single-shot upload."""
     end = hold.state.length
-    # The first bytes of a file are checked as they arrive, so a PNG or a ZIP named .csv is
-    # refused at once; the whole file is checked again at completion.
-    first_check = CsvContentCheck() if hold.state.offset == 0 else None
     pending: list[bytes] = []
     pending_size = 0
 
     async def flush() -> None:
-        nonlocal pending_size, first_check
+        nonlocal pending_size
         block = pending[0] if len(pending) == 1 else b"".join(pending)
         pending.clear()
         pending_size = 0
         _ensure_room(store, len(block), limits)
-        if first_check is not None:
-            first_check.feed(block)
-            first_check = None
+        if live.analysis is not None:
+            try:
+                live.analysis.feed(block)  # NotACsv: refused before it is written
+            except BaseException:
+                live.analysis = None
+                raise
         if hasher is not None:
             hasher.update(block)
-        await hold.append(block)
+        try:
+            await hold.append(block)
+        except BaseException:
+            live.analysis = None  # it has seen a block the file may not hold
+            raise
+        live.offset += len(block)
         if hasher is None and hold.pending >= CHECKPOINT_BYTES and hold.received < end:
             await hold.checkpoint(expires_at=time.time() + expiry)
 
@@ -582,7 +646,11 @@ def _check_expectations(options: dict[str, Any], facts: FileFacts) -> None:
 
 
 async def _complete(
-    store: CsvStore, hold: PartialHold, limits: UploadLimits, expiry: float
+    store: CsvStore,
+    hold: PartialHold,
+    limits: UploadLimits,
+    expiry: float,
+    analysis: UploadAnalysis | None,
 ) -> PartialState:
     """Analyse and publish the complete upload; on any failure remove it (as a single-shot
     upload leaves nothing), except that a crash leaves it resumable or published."""
@@ -591,12 +659,17 @@ async def _complete(
     writer: StorageWriter | None = None
     started = time.monotonic()
     try:
+        known = analysis.finish() if analysis is not None else None
+        facts: FileFacts
         if hold.publishes_in_place:
-            facts = await asyncio.to_thread(_analyse, hold, limits)
+            if known is not None:
+                facts = known
+            else:
+                facts = await asyncio.to_thread(_analyse, hold, limits)
             writer = hold.publisher(key)
         else:  # the stored files live elsewhere (S3): one pass analyses and copies
             writer = await store.storage.begin(key)
-            facts = await _analyse_and_copy(hold, writer, limits)
+            facts = await _analyse_and_copy(hold, writer, limits, known)
         analysed = time.monotonic() - started
         _check_expectations(state.options, facts)
         # Recorded before the publish: a crash after it can tell a published upload from
@@ -625,11 +698,11 @@ async def _complete(
     )
     await hold.finish(done)
     log.info(
-        "tus upload %s complete: file %s; %d bytes re-read and analysed in %.2f s, "
-        "published in %.2f s",
+        "tus upload %s complete: file %s; %d bytes %s in %.2f s, published in %.2f s",
         state.id,
         done.file_id,
         state.length,
+        "analysed while received, finished" if analysis is not None else "re-read and analysed",
         analysed,
         time.monotonic() - started - analysed,
     )
@@ -637,14 +710,18 @@ async def _complete(
 
 
 async def _analyse_and_copy(
-    hold: PartialHold, writer: StorageWriter, limits: UploadLimits
+    hold: PartialHold, writer: StorageWriter, limits: UploadLimits, known: FileFacts | None
 ) -> FileFacts:
-    analysis = UploadAnalysis(enabled=limits.analyse)
+    analysis = UploadAnalysis(enabled=limits.analyse) if known is None else None
     chunks = hold.read_all(limits.chunk_size)
     while (chunk := await asyncio.to_thread(next, chunks, b"")) != b"":
-        analysis.feed(chunk)
+        if analysis is not None:
+            analysis.feed(chunk)
         await writer.write(chunk)
-    return analysis.finish()
+    if analysis is not None:
+        return analysis.finish()
+    assert known is not None
+    return known
 
 
 # Wiring
@@ -695,9 +772,14 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+ANALYSES_KEY = web.AppKey("tus_analyses", LiveAnalyses)
+
+
 def setup_tus(app: web.Application) -> None:
-    """The header every tus response carries, the sweeper of abandoned uploads, and the
-    endpoint without its trailing slash (the routes themselves are in routes.py)."""
+    """The header every tus response carries, the analyses kept between requests, the
+    sweeper of abandoned uploads, and the endpoint without its trailing slash (the routes
+    themselves are in routes.py)."""
+    app[ANALYSES_KEY] = LiveAnalyses()
     app.on_response_prepare.append(add_tus_resumable)
     app.cleanup_ctx.append(_sweeper)
     bare = TUS_ROOT.rstrip("/")

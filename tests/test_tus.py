@@ -8,6 +8,7 @@ indistinguishable from a single-shot upload of the same bytes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import hashlib
 import json
@@ -246,6 +247,11 @@ def test_create_head_patch_and_not_listed_until_complete(
     content = requests.get(f"{server.url}/api/csv/files/{file_id}/content", timeout=30)
     assert content.content == body
     assert f"{upload_id}.part" not in partial_files(server.data_dir)
+    # Its two requests reached the same process: the analysis carried over, no re-read.
+    assert f"tus upload {upload_id} complete" in server.log()
+    assert f"{upload_id} complete: file {file_id}; {len(body)} bytes analysed while" in (
+        server.log()
+    )
     # A completed upload still answers HEAD, so a client that lost the last answer learns.
     done = head(server.url, location)
     assert done.headers["Upload-Offset"] == str(len(body))
@@ -617,6 +623,10 @@ def test_partial_uploads_survive_a_kill_and_the_startup_check(tmp_path: Path) ->
         assert done.status_code == 204, done.text
         stored = requests.get(f"{server.url}/api/csv/files/{file_id_of(done)}/content", timeout=30)
         assert stored.content == body
+        # The restarted process had no analysis of the first bytes: it read them again.
+        assert f"{upload_id} complete: file {file_id_of(done)}; {len(body)} bytes re-read" in (
+            server.log()
+        )
     finally:
         server.stop()
     assert_uploads_match_rows(settings)
@@ -634,7 +644,8 @@ def test_tuspy_uploads_in_flight_survive_sigkills(tmp_path: Path) -> None:
     files = []
     for n in range(4):
         path = tmp_path / f"k{n}.csv"
-        files.append((path, csv_file(path, rng.randrange(2, 5) * 1024 * 1024, seed=n)))
+        # large enough that every round's kill finds them in flight
+        files.append((path, csv_file(path, rng.randrange(16, 25) * 1024 * 1024, seed=n)))
     results: dict[int, str] = {}
     errors: list[BaseException] = []
 
@@ -659,12 +670,21 @@ def test_tuspy_uploads_in_flight_survive_sigkills(tmp_path: Path) -> None:
             errors.append(exc)
 
     threads = [threading.Thread(target=upload, args=(n, path)) for n, (path, _) in enumerate(files)]
+    kills_in_flight = 0
     try:
         for thread in threads:
             thread.start()
         for _ in range(KILL_ROUNDS):
-            time.sleep(rng.uniform(0.4, 1.2))
+            # Kill once the uploads have made some progress since the (re)start: a random
+            # amount, mid-request more often than not.
+            before = _partial_bytes(settings)
+            wanted = rng.randrange(256 * 1024, 4 * 1024 * 1024)
+            deadline = time.monotonic() + 30
+            while _partial_bytes(settings) - before < wanted and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _partial_bytes(settings) > 0, "no upload was in flight at the kill"
             server.kill()
+            kills_in_flight += 1
             time.sleep(0.3)
             server.start()
         for thread in threads:
@@ -676,10 +696,23 @@ def test_tuspy_uploads_in_flight_survive_sigkills(tmp_path: Path) -> None:
             assert probe.headers["Upload-Offset"] == str(len(body))
             file_id = probe.headers["Content-Location"].rsplit("/", 1)[1]
             assert (settings.uploads_dir / f"{file_id}.csv").read_bytes() == body
+        # Uploads carried on across restarts: their completions re-read what an earlier
+        # process had received.
+        assert kills_in_flight == KILL_ROUNDS
+        assert "bytes re-read and analysed" in server.log()
     finally:
         server.stop()
     assert_uploads_match_rows(settings)
     assert not [n for n in partial_files(settings.data_dir) if n.endswith(".part")]
+
+
+def _partial_bytes(settings: Settings) -> int:
+    directory = settings.temp_dir / "tus"
+    total = 0
+    for entry in directory.glob("*.part") if directory.exists() else []:
+        with contextlib.suppress(FileNotFoundError):
+            total += entry.stat().st_size
+    return total
 
 
 def test_api_keys_guard_the_tus_endpoint(tmp_path: Path) -> None:
