@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-postgres test-s3 lint bench bench-quick stress clean
+.PHONY: run test test-postgres test-s3 lint bench bench-quick bench-postgres-s3 stress clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,9 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) -m bench.run --quick
+
+bench-postgres-s3: $(STAMP)
+	$(PY) -m bench.run --backend postgres-s3
 
 # The browser test's tools (tests/test_webpage.py): Debian's chromium, and Playwright's
 # playwright-core from npm, pinned by tests/browser/package-lock.json, into the git-ignored

@@ -8,6 +8,7 @@ Run from the repository root::
     python -m bench.run --workers 2     # csvstore with --workers 2 (and the 1-process figure)
     python -m bench.run --ref HEAD~1    # csvstore as committed at a git ref (git archive)
     python -m bench.run --markdown      # also print the table as Markdown for RESULTS.md
+    python -m bench.run --backend postgres-s3   # csvstore on PostgreSQL + S3 (SeaweedFS)
 
 Scenarios (see bench/README.md): ``small`` (4 KiB uploads under wrk at 8/64/512
 connections), ``large`` (1 x 1 GiB and 8 x 128 MiB with curl, MB/s and peak RSS) and
@@ -39,7 +40,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 
@@ -147,8 +148,9 @@ class Row:
 class Report:
     """Collects rows, appends JSON lines as results come in, prints the table at the end."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, tag: str = "") -> None:
         self.path = path
+        self.tag = tag  # appended to every scenario name: which backend the run measured
         self.rows: list[Row] = []
         self.notes: list[str] = []
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +161,8 @@ class Report:
             out.write(json.dumps(line, default=str) + "\n")
 
     def add(self, row: Row) -> None:
+        if self.tag:
+            row.scenario = f"{row.scenario} [{self.tag}]"
         self.rows.append(row)
         self.record("row", **asdict(row))
         print(f"  -> {format_row_inline(row)}", flush=True)
@@ -420,6 +424,7 @@ class CpuUse:
     other_s: float  # everything else: must be ~0 for a clean figure
     other_top: dict[str, float]  # the biggest of those, by command name
     steal_s: float  # time the hypervisor ran other machines on our cores
+    services_s: float = 0.0  # --backend postgres-s3: PostgreSQL and SeaweedFS (csvstore's)
 
     def pct(self, seconds: float) -> float:
         return 100 * seconds / self.wall_s if self.wall_s else 0.0
@@ -430,6 +435,8 @@ class CpuUse:
 
     def text(self) -> str:
         out = f"server CPU {self.pct(self.server_s):.0f}%"
+        if self.services_s:
+            out += f"  PostgreSQL+SeaweedFS CPU {self.pct(self.services_s):.0f}%"
         out += f"  clients CPU {self.pct(self.clients_s):.0f}%"
         out += f"  kernel threads {self.pct(self.kernel_s):.0f}%"
         out += f"  other CPU {self.noise_pct:.0f}%"
@@ -444,6 +451,9 @@ class CpuWindow:
     """Measures CpuUse between start() and stop() for one server."""
 
     CLIENTS = frozenset({"wrk", "curl", "dd"})
+    # --backend postgres-s3: the PostgreSQL and SeaweedFS servers the run started. Their CPU
+    # is csvstore's work, not noise: counted apart (CpuUse.services_s).
+    service_pids: ClassVar[list[int]] = []
 
     def __init__(self, server_pid: int) -> None:
         self.pid = server_pid
@@ -456,6 +466,10 @@ class CpuWindow:
         self.self0 = self_cpu_seconds(resource.RUSAGE_SELF)
         self.children0 = self_cpu_seconds(resource.RUSAGE_CHILDREN)
         self.procs0 = all_cpu_seconds()
+        self.services0 = self.services_cpu()
+
+    def services_cpu(self) -> float:
+        return sum(tree_cpu_seconds(pid) for pid in self.service_pids)
 
     def stop(self) -> CpuUse:
         wall = time.perf_counter() - self.t0
@@ -463,7 +477,10 @@ class CpuWindow:
         busy = busy_cpu_seconds() - self.busy0
         own = self_cpu_seconds(resource.RUSAGE_SELF) - self.self0
         clients = self_cpu_seconds(resource.RUSAGE_CHILDREN) - self.children0
+        services = self.services_cpu() - self.services0
         exclude = {*tree_pids(self.pid), os.getpid()}
+        for pid in self.service_pids:
+            exclude.update(tree_pids(pid))
         top = top_others(self.procs0, all_cpu_seconds(), exclude, self.CLIENTS)
         kernel = top.pop(KERNEL, 0.0)
         return CpuUse(
@@ -471,9 +488,10 @@ class CpuWindow:
             server_s=server,
             clients_s=clients,
             kernel_s=kernel,
-            other_s=max(0.0, busy - server - clients - own - kernel),
+            other_s=max(0.0, busy - server - clients - own - kernel - services),
             other_top={k: round(v, 2) for k, v in list(top.items())[:4]},
             steal_s=steal_cpu_seconds() - self.steal0,
+            services_s=services,
         )
 
 
@@ -603,14 +621,161 @@ class Server:
         return 200 if self.kind == "baseline" else 201
 
 
+BACKENDS = ("sqlite", "postgres-s3")
+PG_SCRIPT = REPO / "scripts" / "pg-test-cluster"
+S3_SCRIPT = REPO / "scripts" / "s3-test-server"
+
+
+def pg_tool(name: str) -> str:
+    """A PostgreSQL client program: the newest /usr/lib/postgresql/*/bin one, else PATH."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+        key=lambda x: int(x.parts[-3]) if x.parts[-3].isdigit() else 0,
+    )
+    return str(found[-1]) if found else shutil.which(name) or name
+
+
+class PostgresS3:
+    """--backend postgres-s3: a throwaway PostgreSQL (durable: fsync on) and SeaweedFS.
+
+    Started with scripts/pg-test-cluster and scripts/s3-test-server in folders under the
+    run's temp folder; every csvstore gets a database and a key prefix of its own (as it
+    gets a data dir of its own with SQLite). stop() stops both; the caller removes the folder.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pg_dir = root / "pg"
+        self.s3_dir = root / "s3"
+        self.url = ""  # postgresql://postgres@127.0.0.1:PORT/csvstore
+        self.s3: dict[str, str] = {}  # S3_ENDPOINT_URL, S3_BUCKET, AWS_ACCESS_KEY_ID, ...
+        self.versions = ""
+
+    def start(self) -> None:
+        os.chmod(self.root, 0o755)  # the postgres user must reach pg/ (mkdtemp makes 0700)
+        os.chmod(self.root.parent, 0o755)
+        parent = self.root.parent.parent
+        while parent != parent.parent:
+            if not os.stat(parent).st_mode & 0o001:
+                raise BenchError(f"{parent} is not searchable by the postgres user")
+            parent = parent.parent
+        t0 = time.monotonic()
+        done = subprocess.run(
+            [str(PG_SCRIPT), "start", str(self.pg_dir)],  # not --fast: fsync stays on
+            capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise BenchError(f"pg-test-cluster start failed:\n{done.stderr[-2000:]}")
+        self.url = done.stdout.strip().splitlines()[-1]
+        env = {**os.environ, "PY": sys.executable}
+        done = subprocess.run(
+            [str(S3_SCRIPT), "start", str(self.s3_dir), "csvstore-bench"],
+            capture_output=True, text=True, check=False, env=env, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise BenchError(f"s3-test-server start failed:\n{done.stderr[-2000:]}")
+        for line in done.stdout.splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                self.s3[key.strip()] = value.strip()
+        missing = {"S3_ENDPOINT_URL", "S3_BUCKET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+        missing -= set(self.s3)
+        if missing:
+            raise BenchError(f"s3-test-server printed no {', '.join(sorted(missing))}")
+        self.ensure_bucket()
+        CpuWindow.service_pids = self.pids()
+        pg_version = run_text([pg_tool("postgres"), "--version"]).strip()
+        weed = Path(sys.executable).parent / "weed"
+        weed_version = run_text([str(weed) if weed.exists() else "weed", "version"])
+        weed_version = weed_version.strip().splitlines()[0] if weed_version.strip() else "?"
+        self.versions = f"{pg_version} (fsync on), SeaweedFS {weed_version}"
+        print(
+            f"backend: PostgreSQL at {self.url}, SeaweedFS S3 at "
+            f"{self.s3['S3_ENDPOINT_URL']} bucket {self.s3['S3_BUCKET']} "
+            f"(started in {time.monotonic() - t0:.1f} s)",
+            flush=True,
+        )
+
+    def ensure_bucket(self) -> None:
+        """s3-test-server creates the bucket; create it here if it ever does not."""
+        import botocore.session
+
+        s3: Any = botocore.session.get_session().create_client(
+            "s3",
+            endpoint_url=self.s3["S3_ENDPOINT_URL"],
+            region_name="us-east-1",
+            aws_access_key_id=self.s3["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.s3["AWS_SECRET_ACCESS_KEY"],
+        )
+        try:
+            s3.head_bucket(Bucket=self.s3["S3_BUCKET"])
+        except Exception:
+            s3.create_bucket(Bucket=self.s3["S3_BUCKET"])
+
+    def pids(self) -> list[int]:
+        out: list[int] = []
+        for pid_file in (self.pg_dir / "data" / "postmaster.pid", self.s3_dir / "pid"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                out.append(int(pid_file.read_text().split()[0]))
+        return out
+
+    def new_database(self, name: str) -> str:
+        """CREATE DATABASE name; its URL."""
+        base, _, _db = self.url.rpartition("/")
+        port = base.rpartition(":")[2]
+        cmd = [pg_tool("psql"), "-q", "-h", HOST, "-p", port, "-U", "postgres", "-d", "postgres"]
+        done = subprocess.run(
+            [*cmd, "-c", f'CREATE DATABASE "{name}"'],
+            capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise BenchError(f"CREATE DATABASE {name}: {done.stderr.strip()}")
+        return f"{base}/{name}"
+
+    def csvstore_args(self, name: str) -> list[str]:
+        return [
+            "--database-url",
+            self.new_database(name),
+            "--storage",
+            f"s3://{self.s3['S3_BUCKET']}/{name}",
+            "--s3-endpoint-url",
+            self.s3["S3_ENDPOINT_URL"],
+        ]
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ACCESS_KEY_ID": self.s3["AWS_ACCESS_KEY_ID"],
+            "AWS_SECRET_ACCESS_KEY": self.s3["AWS_SECRET_ACCESS_KEY"],
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def stop(self) -> None:
+        CpuWindow.service_pids = []
+        for script, path in ((S3_SCRIPT, self.s3_dir), (PG_SCRIPT, self.pg_dir)):
+            if not path.exists():
+                continue
+            done = subprocess.run(
+                [str(script), "stop", str(path)],
+                capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+                env={**os.environ, "PY": sys.executable},
+                start_new_session=True,  # a second Ctrl-C must not cut the stop short
+            )  # fmt: skip
+            if done.returncode != 0:
+                print(f"  warning: {script.name} stop: {done.stderr.strip()}", flush=True)
+
+
 class Harness:
     """Owns the temp folder and every process the benchmark starts."""
 
-    def __init__(self, target_cmd: str | None, workers: int | None) -> None:
+    def __init__(
+        self, target_cmd: str | None, workers: int | None, backend: str = "sqlite"
+    ) -> None:
         self.target_cmd = target_cmd
         self.workers = workers
         self.root = Path(tempfile.mkdtemp(prefix="csvstore-bench-", dir=tmp_parent()))
         self.topdir = spread_subdirs(self.root)
+        self.backend = backend
+        self.services: PostgresS3 | None = None
         self.src: Path | None = None  # csvstore's source tree when not the working tree
         self.servers: list[Server] = []
         self.children: list[asyncio.subprocess.Process] = []
@@ -635,6 +800,13 @@ class Harness:
         if archive.wait() != 0:
             raise BenchError(f"git archive {ref} failed")
         return sha.stdout.strip()
+
+    async def start_services(self) -> None:
+        """--backend postgres-s3: start PostgreSQL and SeaweedFS (stopped by cleanup())."""
+        if self.backend == "sqlite" or self.services is not None:
+            return
+        self.services = PostgresS3(self.tmp("services"))
+        await asyncio.to_thread(self.services.start)
 
     def csvstore_help(self) -> str:
         if self._help is None:
@@ -681,6 +853,10 @@ class Harness:
         label = kind + (f" --workers {workers}" if workers else "")
         # Measure the defaults: no CSVSTORE_* setting from the caller's environment.
         env = {k: v for k, v in os.environ.items() if not k.startswith("CSVSTORE_")}
+        if kind.startswith("csvstore") and not self.target_cmd and self.services is not None:
+            name = f"bench_{work.name.replace('-', '_')}"  # a database and prefix of its own
+            cmd += await asyncio.to_thread(self.services.csvstore_args, name)
+            env.update(self.services.env())
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 cmd,
@@ -712,6 +888,8 @@ class Harness:
             if not server.stopped:
                 kill_group(server.proc)
                 server.stopped = True
+        if self.services is not None:
+            self.services.stop()
         shutil.rmtree(self.root, ignore_errors=True)
         os.sync()  # deleted inodes stay "recent" 60 s once written back, 360 s until then
 
@@ -1137,6 +1315,9 @@ async def scenario_small(h: Harness, s: Settings, rep: Report) -> None:
             b_us = base.server_us_per_upload
             c_us = res.server_us_per_upload
             rep.add(Row(sc, f"c={conns} server CPU us/upload", b_us, c_us))
+            if h.services is not None:  # csvstore's share of PostgreSQL's and SeaweedFS's CPU
+                svc_us = res.cpu.services_s / max(res.ok, 1) * 1e6
+                rep.add(Row(sc, f"c={conns} PostgreSQL+SeaweedFS CPU us/upload", None, svc_us))
             rep.add(
                 Row(sc, f"c={conns} wrk CPU % of 1 core", base.cpu.pct(base.cpu.clients_s),
                     res.cpu.pct(res.cpu.clients_s))
@@ -1351,6 +1532,9 @@ async def scenario_large(h: Harness, s: Settings, rep: Report) -> None:
         )  # fmt: skip
         b_cpu, c_cpu = b.cpu.pct(b.cpu.server_s), c.cpu.pct(c.cpu.server_s)
         rep.add(Row(sc, f"{case} server CPU % of 1 core", b_cpu, c_cpu))
+        if h.services is not None:
+            svc = c.cpu.pct(c.cpu.services_s)
+            rep.add(Row(sc, f"{case} PostgreSQL+SeaweedFS CPU % of 1 core", None, svc))
         rep.add(
             Row(sc, f"{case} other processes' CPU % (noise)", b.cpu.noise_pct, c.cpu.noise_pct,
                 f"<= {NOISE_PERCENT:.0f}", max(b.cpu.noise_pct, c.cpu.noise_pct) <= NOISE_PERCENT)
@@ -1491,6 +1675,7 @@ async def amain(args: argparse.Namespace, h: Harness, rep: Report) -> int:
     s = Settings.make(args.quick, args.wrk_threads)
     only = [x.strip() for x in args.only.split(",")] if args.only else list(SCENARIOS)
     failed: list[str] = []
+    await h.start_services()
     await check_quiet(s, rep)
     await check_disk(h, s, rep)
     for name in only:
@@ -1516,6 +1701,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only", metavar="SCENARIO", help=f"comma-separated subset of {', '.join(SCENARIOS)}"
     )
     p.add_argument("--workers", type=int, metavar="N", help="run csvstore with --workers N")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="sqlite",
+        help="csvstore's metadata and storage: sqlite (SQLite + local folder, the default) or "
+        "postgres-s3 (a throwaway PostgreSQL with fsync on + SeaweedFS S3, on 127.0.0.1)",
+    )
     p.add_argument(
         "--ref",
         metavar="GIT_REF",
@@ -1551,7 +1743,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    rep = Report(OUT_DIR / f"results-{stamp}.jsonl")
+    rep = Report(
+        OUT_DIR / f"results-{stamp}.jsonl", "" if args.backend == "sqlite" else args.backend
+    )
     if not args.only or "small" in args.only:
         ensure_wrk()
     raise_limits()
@@ -1563,7 +1757,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {info['python']}, aiohttp {info['aiohttp']}, {info['wrk']}"
     )
     print(f"command: {command.strip()}")
-    h = Harness(args.target_cmd, args.workers)
+    h = Harness(args.target_cmd, args.workers, args.backend)
     if args.ref:
         try:
             info["csvstore"] = f"{args.ref} ({h.checkout(args.ref)}, git archive)"
@@ -1574,8 +1768,13 @@ def main(argv: list[str] | None = None) -> int:
         info["csvstore"] = f"working tree at {info['commit']}"
     if args.target_cmd:
         info["csvstore"] = f"stand-in: {args.target_cmd}"
+    info["backend"] = {
+        "sqlite": "SQLite + local folder (csvstore's defaults)",
+        "postgres-s3": "PostgreSQL (pg-test-cluster, fsync on) + S3 (SeaweedFS, s3-test-server)",
+    }[args.backend]
     rep.record("machine", command=command.strip(), quick=args.quick, **info)
     print(f"csvstore: {info['csvstore']}")
+    print(f"backend: {info['backend']}")
     print(
         f"temp dir {h.root} (chattr +T: {'yes' if h.topdir else 'no'}); "
         f"results -> {rep.path.relative_to(REPO)}",
@@ -1612,6 +1811,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {info['python']}, aiohttp {info['aiohttp']}, {info['wrk']}\n"
         f"- command: `{command.strip()}` ({elapsed:.0f} s)\n"
         f"- csvstore: {info['csvstore']}\n"
+        f"- backend: {info['backend']}"
+        + (f": {h.services.versions}" if h.services and h.services.versions else "")
+        + "\n"
     )
     markdown = header + "\n" + rep.markdown() + "\n"
     if args.markdown:
