@@ -79,10 +79,13 @@ class _Form:
 
 
 async def receive_upload(request: web.Request, store: CsvStore, limits: UploadLimits) -> Uploaded:
-    if request.content_type != "multipart/form-data":
+    # The media type from the raw header: aiohttp's request.content_type parses it with the
+    # email package, which cost a fifth of a small upload's CPU on the event loop.
+    media_type = request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    if media_type != "multipart/form-data":
         raise BadRequest(
             f"expected a multipart/form-data body with 'file' and 'session_id' fields, "
-            f"got {request.content_type or 'no content type'}"
+            f"got {media_type or 'no content type'}"
         )
     length = request.content_length
     if length is not None and length > limits.max_upload_size + FORM_OVERHEAD:
