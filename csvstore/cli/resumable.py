@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import hashlib
-from datetime import UTC
 from typing import IO
 
 from csvstore.cli.http import Api, CliFailure, ExitCode
@@ -72,8 +70,14 @@ class TusUpload:
         advance: Advance,
     ) -> Stored:
         values = {"session_id": session_id, "filename": source.name}
+        existing: set[str] = set()
         if options.dedupe:
             values["dedupe"] = "true"
+            # The session's files before this upload: if the server answers with one of
+            # them, it was a duplicate. (Comparing timestamps with the Date header, which has
+            # whole seconds only, misreported a duplicate made within the same second.)
+            session = await api.call("GET", f"/api/csv/sessions/{session_id}")
+            existing = {str(f["id"]) for f in session["csv_files"]}
         created_headers = {
             **TUS,
             "Upload-Length": str(source.size),
@@ -82,8 +86,6 @@ class TusUpload:
         async with api.request("POST", api.url(TUS_PATH), headers=created_headers) as response:
             upload_url = api.url(response.headers["Location"])
             file_location = response.headers.get("Content-Location")  # an empty file is done
-            # The server's clock: a file created before this is a duplicate (dedupe).
-            created_at = email.utils.parsedate_to_datetime(response.headers["Date"])
         handle = await asyncio.to_thread(source.path.open, "rb")
         try:
             if file_location is None:
@@ -91,8 +93,7 @@ class TusUpload:
         finally:
             await asyncio.to_thread(handle.close)
         file = await api.call("GET", file_location)
-        stamp = created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-        return Stored(file=file, duplicate=bool(options.dedupe and file["created_at"] < stamp))
+        return Stored(file=file, duplicate=str(file["id"]) in existing)
 
     async def _send(
         self,
