@@ -26,7 +26,7 @@ from csvstore.keys import (
 )
 from csvstore.observability import Metrics, TimedDatabase, TimedStorage, observe_middleware
 from csvstore.openapi import setup_openapi
-from csvstore.partial import LocalPartialStore
+from csvstore.partial import LocalPartialStore, PartialStore
 from csvstore.routes import setup_routes
 from csvstore.security import add_security_headers, auth_middleware, load_keys, setup_cors
 from csvstore.service import CsvStore
@@ -146,9 +146,20 @@ async def open_store(settings: Settings, metrics: Metrics | None = None) -> Asyn
         await db.close()
 
 
-def open_partials(settings: Settings, storage: Storage) -> LocalPartialStore:
-    """Where resumable (tus) uploads wait for their last byte: the temp area's ``tus/``.
-    Beside local storage a complete upload is published by a rename; beside S3 it is copied."""
+def open_partials(settings: Settings, storage: Storage) -> PartialStore:
+    """Where resumable (tus) uploads wait for their last byte. Beside local storage, the temp
+    area's ``tus/`` (a complete upload is published by a rename); beside S3, the bucket (a
+    multipart upload per tus upload, completed into the stored file; nothing on local disk)."""
+    if settings.uses_s3:
+        from csvstore.partial_s3 import S3PartialStore, tus_part_size
+        from csvstore.storage_s3 import S3Storage
+
+        assert isinstance(storage, S3Storage)
+        return S3PartialStore(
+            storage,
+            part_size=tus_part_size(settings.s3_part_size, settings.max_upload_size),
+            orphan_age=settings.tus_expiry,
+        )
     return LocalPartialStore(
         settings.temp_dir / "tus",
         storage.root if isinstance(storage, LocalStorage) else None,

@@ -18,8 +18,9 @@ a second request finds it taken (:class:`UploadLocked`, a 423).
 
 On completion the data file is published through the same :class:`StorageWriter` contract
 as a single-shot upload (fsync, rename into ``uploads/``, folder fsync), so the service's
-``publish_upload`` handles both alike. :class:`PartialStore` is the interface an S3
-implementation (one multipart upload per tus upload) would provide.
+``publish_upload`` handles both alike. :class:`PartialStore` is the interface; on S3 storage
+``partial_s3.S3PartialStore`` implements it (one multipart upload per tus upload, nothing
+on local disk).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from csvstore.analysis import FileFacts, UploadAnalysis
 from csvstore.errors import ApiError
 from csvstore.storage import StorageWriter
 
@@ -114,12 +116,25 @@ class PartialHold(Protocol):
         ...
 
     def read_all(self, chunk_size: int) -> Iterator[bytes]:
-        """Every byte received, from the start, in chunks (blocking: run it in a thread)."""
+        """Every byte received, from the start, in chunks (blocking: run it in a thread).
+        Only for holds that do not publish in place."""
+        ...
+
+    async def analyse(self, *, enabled: bool, chunk_size: int) -> FileFacts:
+        """The complete upload through the analysis, read back once (when the analysis fed
+        while the bytes arrived was lost); only for holds that publish in place."""
         ...
 
     @property
     def publishes_in_place(self) -> bool:
-        """True if :meth:`publisher` can publish the bytes where they are (a rename)."""
+        """True if :meth:`publisher` can publish the bytes where they are (a rename, or
+        completing an S3 multipart upload)."""
+        ...
+
+    @property
+    def target(self) -> tuple[str, str] | None:
+        """The file id and storage key the upload must be published under, when they were
+        fixed at its creation (S3: its multipart upload's key); None: any fresh ones."""
         ...
 
     def publisher(self, key: str) -> StorageWriter:
@@ -454,9 +469,22 @@ class _LocalHold:
             remaining -= len(chunk)
             yield chunk
 
+    async def analyse(self, *, enabled: bool, chunk_size: int) -> FileFacts:
+        def run() -> FileFacts:
+            analysis = UploadAnalysis(enabled=enabled)
+            for chunk in self.read_all(chunk_size):
+                analysis.feed(chunk)
+            return analysis.finish()
+
+        return await asyncio.to_thread(run)
+
     @property
     def publishes_in_place(self) -> bool:
         return self._store.publish_dir is not None
+
+    @property
+    def target(self) -> tuple[str, str] | None:
+        return None
 
     def publisher(self, key: str) -> StorageWriter:
         return _PublishingWriter(self, key)

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("csvstore.storage")
 
 STORED_NAME = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.csv$")
+# Resumable (tus) uploads keep their records under this folder of the prefix; each one's
+# multipart upload has the key of the stored file it becomes (see partial_s3.py).
+TUS_FOLDER = "tus/"
 # S3's limits: parts per upload, and keys per DeleteObjects request.
 MAX_PARTS = 10_000
 DELETE_BATCH = 1000
@@ -60,6 +63,11 @@ def _model_loader() -> Loader:
     opens: it only reads and caches the package's JSON files, and loading S3's anew costs
     about 0.3 s per client (each app and test opens one)."""
     return create_loader()
+
+
+def tus_file_id(upload_id: str) -> str:
+    """The file id (and so the stored name) a tus upload's bytes are published under."""
+    return str(uuid.UUID(hex=upload_id))
 
 
 def _error_code(exc: ClientError) -> str:
@@ -256,12 +264,26 @@ class S3Storage:
                     continue
                 if temp_min_age and upload["Initiated"].timestamp() >= cutoff:
                     continue
+                if await self._is_resumable(name):
+                    continue  # a tus upload, waiting for its client: it expires by itself
                 with contextlib.suppress(ClientError):  # finished or aborted meanwhile
                     await self.client.abort_multipart_upload(
                         Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                     )
                     aborted += 1
         return aborted
+
+    async def _is_resumable(self, name: str) -> bool:
+        """Whether a multipart upload of a stored name belongs to a live tus upload."""
+        upload_id = name.removesuffix(".csv").replace("-", "")
+        record = f"{self.prefix}{TUS_FOLDER}{upload_id}.json"
+        try:
+            await self.client.head_object(Bucket=self.bucket, Key=record)
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return False
+            raise
+        return True
 
     async def begin(self, key: str) -> S3Writer:
         return S3Writer(self, key)

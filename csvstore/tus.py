@@ -620,14 +620,6 @@ async def _read(request: web.Request, limits: UploadLimits) -> bytes:
 # Completing
 
 
-def _analyse(hold: PartialHold, limits: UploadLimits) -> FileFacts:
-    """The one pass over the complete file that a single-shot upload makes while streaming."""
-    analysis = UploadAnalysis(enabled=limits.analyse)
-    for chunk in hold.read_all(limits.chunk_size):
-        analysis.feed(chunk)
-    return analysis.finish()
-
-
 def _check_expectations(options: dict[str, Any], facts: FileFacts) -> None:
     expected = options.get("sha256")
     if expected is not None:
@@ -655,18 +647,20 @@ async def _complete(
     """Analyse and publish the complete upload; on any failure remove it (as a single-shot
     upload leaves nothing), except that a crash leaves it resumable or published."""
     state = hold.state
-    file_id, key = store.new_file_key()
+    file_id, key = hold.target or store.new_file_key()
     writer: StorageWriter | None = None
     started = time.monotonic()
     try:
         known = analysis.finish() if analysis is not None else None
         facts: FileFacts
         if hold.publishes_in_place:
+            # The writer first: on S3 the analysis reads back the object it completes,
+            # which the writer's abort removes if the file is refused.
+            writer = hold.publisher(key)
             if known is not None:
                 facts = known
             else:
-                facts = await asyncio.to_thread(_analyse, hold, limits)
-            writer = hold.publisher(key)
+                facts = await hold.analyse(enabled=limits.analyse, chunk_size=limits.chunk_size)
         else:  # the stored files live elsewhere (S3): one pass analyses and copies
             writer = await store.storage.begin(key)
             facts = await _analyse_and_copy(hold, writer, limits, known)

@@ -172,10 +172,15 @@ async def assert_problem(resp: aiohttp.ClientResponse, status: int) -> dict[str,
 
 def stored_state(settings: Settings) -> tuple[set[str], set[str], list[str]]:
     """(files in uploads/, file paths the database lists, leftover temp files). On S3: every
-    object under the prefix, and the multipart uploads in progress there as the temp files."""
+    object under the prefix but the tus folder, and as the temp files the multipart uploads
+    in progress there and the tus uploads' tail objects."""
     if settings.uses_s3:
         objects, uploads = s3util.listing(settings)
-        return objects, listed_file_paths(settings), uploads
+        # Resumable uploads' records (tus/<id>.json) are neither stored files nor leftovers;
+        # their tail objects count as temp files: none may outlive its upload.
+        tus = {name for name in objects if name.startswith("tus/")}
+        tails = sorted(name for name in tus if ".tail." in name)
+        return objects - tus, listed_file_paths(settings), uploads + tails
     on_disk = (
         {p.name for p in settings.uploads_dir.iterdir()} if settings.uploads_dir.exists() else set()
     )

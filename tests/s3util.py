@@ -139,6 +139,23 @@ def listing(settings: Settings) -> tuple[set[str], list[str]]:
     return _run(settings, op)
 
 
+def part_sizes(settings: Settings) -> dict[str, list[int]]:
+    """The sizes of the parts sent so far to each multipart upload in progress, by name."""
+
+    async def op(client: S3Client, bucket: str, prefix: str) -> dict[str, list[int]]:
+        found = {}
+        for key, upload_id in await _uploads(client, bucket, prefix):
+            sizes: list[int] = []
+            async for page in client.get_paginator("list_parts").paginate(
+                Bucket=bucket, Key=key, UploadId=upload_id
+            ):
+                sizes += [part["Size"] for part in page.get("Parts", [])]
+            found[key.removeprefix(prefix)] = sizes
+        return found
+
+    return _run(settings, op)
+
+
 def read_object(settings: Settings, name: str) -> bytes | None:
     async def op(client: S3Client, bucket: str, prefix: str) -> bytes | None:
         try:

@@ -1,0 +1,745 @@
+"""Partial uploads of the tus protocol on S3: nothing of them on the instance's disk.
+
+Each tus upload is, under the storage prefix:
+
+* ``tus/<upload id>.json``, its record: the :class:`PartialState`, the S3 multipart upload
+  that receives its bytes, the parts acknowledged so far (number, ETag, size), the tail
+  object and the lease (below). Replaced whole by conditional PUTs (``If-Match`` its last
+  ETag, ``If-None-Match: *`` at creation), so two writers never both succeed.
+* one multipart upload, started at creation under the key the complete file will have
+  (``<file id>.csv``, the file id being the upload id as a UUID). Its parts are exactly
+  :attr:`S3PartialStore.part_size` bytes -- a multiple of S3's 5 MiB minimum -- except the
+  last, sent at completion; completing it publishes the file with no copy.
+* ``tus/<upload id>.tail.<generation>.<writer>``, the acknowledged bytes after the last
+  whole part (fewer than one part). A 204 acknowledges bytes only once they are in S3: the
+  whole parts as parts, the rest in a new tail object written before the record that names
+  it; the previous tail is deleted after. Every write of a tail has a new name (the writer's
+  lease token is in it), so a writer that lost its lease can never overwrite the tail the
+  record names; strays are removed with the upload.
+
+The record is the truth: parts and tails it does not name are never read. A crash at any
+moment leaves the upload at its last acknowledged offset (or, while completing, published
+or removed by the start-up check).
+
+One writer at a time, across instances: a request that changes an upload first writes a
+lease (its token, good for :data:`LEASE_SECONDS`) into the record with ``If-Match``, renews
+it while it works, and clears it when done. Finding a live lease, or losing the race for
+it, is :class:`UploadLocked` (423). A process that dies holding a lease blocks its upload
+until the lease runs out. Every later write of the record is conditional on the ETag the
+holder wrote, so a holder whose lease was taken over fails (423) instead of writing; the
+parts it may still send are never named by the record (its ETags are), and completion
+names parts by ETag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any, cast
+
+import orjson
+from botocore.exceptions import ClientError
+
+from csvstore.analysis import FileFacts, UploadAnalysis
+from csvstore.partial import UPLOAD_ID, PartialState, UploadLocked
+from csvstore.storage_s3 import (
+    _PART_CHECKSUMS,
+    MAX_PARTS,
+    STORED_NAME,
+    TUS_FOLDER,
+    S3Storage,
+    _error_code,
+    _is_not_found,
+    tus_file_id,
+)
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+log = logging.getLogger("csvstore.tus")
+
+S3_MIN_PART = 5 * 1024 * 1024
+# A lease outlives its holder by this much: a process killed mid-request blocks its upload
+# (423) for at most this long. Renewed every third of it while the request runs.
+LEASE_SECONDS = 30.0
+_RECORD_SUFFIX = ".json"
+_TAIL_MARK = ".tail."
+
+
+def tus_part_size(part_size: int, max_upload_size: int) -> int:
+    """The size of every part but the last: at least ``part_size``, enough for the largest
+    upload in 10,000 parts, and a multiple of S3's 5 MiB minimum."""
+    wanted = max(part_size, -(-max_upload_size // MAX_PARTS), S3_MIN_PART)
+    return -(-wanted // S3_MIN_PART) * S3_MIN_PART
+
+
+class _Lost(Exception):
+    """A conditional write found the record changed: someone else holds the upload."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    state: PartialState
+    upload: str  # the multipart upload's UploadId
+    part_size: int
+    # Acknowledged parts, in order (part n at index n-1): ETag, size, checksums.
+    parts: list[dict[str, Any]] = field(default_factory=list)
+    tail: str | None = None  # the tail object's name after the folder, if any
+    tail_size: int = 0
+    owner: str | None = None  # the lease holder's token
+    lease_until: float = 0.0
+    object_done: bool = False  # the multipart upload was completed into the final object
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> _Record:
+        data = orjson.loads(raw)
+        data["state"] = PartialState(**data["state"])
+        record = cls(**data)
+        parts_total = sum(int(p["Size"]) for p in record.parts)
+        state = record.state
+        if not (
+            UPLOAD_ID.match(state.id)
+            and 0 <= state.offset <= state.length
+            and (state.completed or parts_total + record.tail_size == state.offset)
+        ):
+            raise ValueError(f"inconsistent tus record: {state}")
+        return record
+
+    def leased(self, now: float) -> bool:
+        return self.owner is not None and self.lease_until > now
+
+    @property
+    def parts_end(self) -> int:
+        return sum(int(p["Size"]) for p in self.parts)
+
+
+class S3PartialStore:
+    """Partial uploads in the bucket of an :class:`S3Storage`; see the module docstring."""
+
+    def __init__(
+        self,
+        storage: S3Storage,
+        *,
+        part_size: int,
+        orphan_age: float,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:
+        """``orphan_age``: a multipart upload of a stored name with no record, older than
+        this (the tus expiry), is one a crash left: the sweeper aborts it."""
+        if part_size % S3_MIN_PART:
+            raise ValueError(f"tus part size {part_size} is not a multiple of 5 MiB")
+        self.storage = storage
+        self.part_size = part_size
+        self.orphan_age = orphan_age
+        self.lease_seconds = lease_seconds
+
+    # Names
+
+    @property
+    def folder(self) -> str:
+        return self.storage.prefix + TUS_FOLDER
+
+    def record_key(self, upload_id: str) -> str:
+        return f"{self.folder}{upload_id}{_RECORD_SUFFIX}"
+
+    def tail_key(self, name: str) -> str:
+        return self.folder + name
+
+    @staticmethod
+    def target(upload_id: str) -> tuple[str, str]:
+        file_id = tus_file_id(upload_id)
+        return file_id, f"{file_id}.csv"
+
+    # The record
+
+    async def _load(self, upload_id: str) -> tuple[_Record, str] | None:
+        """The record and its ETag; None if there is none. ValueError if unreadable."""
+        client = self.storage.client
+        try:
+            response = await client.get_object(
+                Bucket=self.storage.bucket, Key=self.record_key(upload_id)
+            )
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return None
+            raise
+        async with response["Body"] as body:
+            raw = await body.read()
+        try:
+            return _Record.from_json(raw), response["ETag"]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"unreadable tus record {upload_id}: {exc}") from exc
+
+    async def _put(self, record: _Record, *, if_match: str | None) -> str:
+        """Write the record if it is still at ``if_match`` (None: only if there is none)."""
+        extra: dict[str, str] = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"}
+        try:
+            written = await self.storage.client.put_object(
+                Bucket=self.storage.bucket,
+                Key=self.record_key(record.state.id),
+                Body=record.to_json(),
+                ContentType="application/json",
+                **extra,  # type: ignore[arg-type]
+            )
+        except ClientError as exc:
+            if _error_code(exc) in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+                raise _Lost() from exc
+            if if_match and _is_not_found(exc):
+                raise _Lost() from exc  # removed meanwhile
+            raise
+        return written["ETag"]
+
+    async def _delete_record(self, upload_id: str) -> None:
+        await self.storage.client.delete_object(
+            Bucket=self.storage.bucket, Key=self.record_key(upload_id)
+        )
+
+    # The protocol
+
+    async def create(self, state: PartialState) -> None:
+        """The multipart upload first: a crash before the record leaves one with no parts
+        and no record, which the sweeper aborts once it is older than the expiry."""
+        _, key = self.target(state.id)
+        client, bucket = self.storage.client, self.storage.bucket
+        created = await client.create_multipart_upload(
+            Bucket=bucket, Key=self.storage.object_key(key), ContentType="text/csv"
+        )
+        record = _Record(state=state, upload=created["UploadId"], part_size=self.part_size)
+        try:
+            await self._put(record, if_match=None)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._abort_upload(record)
+            raise
+
+    async def get(self, upload_id: str) -> PartialState | None:
+        if not UPLOAD_ID.match(upload_id):
+            return None
+        try:
+            loaded = await self._load(upload_id)
+        except ValueError:
+            log.warning("partial upload %s has an unreadable record", upload_id)
+            return None
+        return loaded[0].state if loaded is not None else None
+
+    async def _acquire(self, upload_id: str) -> tuple[_Record, str, str] | None:
+        """(record, ETag, token) with this caller's lease written in; None if no record."""
+        try:
+            loaded = await self._load(upload_id)
+        except ValueError:
+            return None
+        if loaded is None:
+            return None
+        record, etag = loaded
+        now = time.time()
+        if record.leased(now):
+            raise _locked(upload_id)
+        token = uuid.uuid4().hex[:16]
+        record = replace(record, owner=token, lease_until=now + self.lease_seconds)
+        try:
+            etag = await self._put(record, if_match=etag)
+        except _Lost:
+            raise _locked(upload_id) from None
+        return record, etag, token
+
+    @contextlib.asynccontextmanager
+    async def hold(self, upload_id: str) -> AsyncIterator[_S3Hold | None]:
+        if not UPLOAD_ID.match(upload_id):
+            yield None
+            return
+        current = await self.get(upload_id)
+        if current is None or current.completed:
+            yield None
+            return
+        acquired = await self._acquire(upload_id)
+        if acquired is None:
+            yield None
+            return
+        record, etag, token = acquired
+        hold = _S3Hold(self, record, etag, token)
+        try:
+            if record.state.completed:
+                await hold.release()
+                yield None
+                return
+            if record.state.file_id is not None and not record.object_done:
+                # A completion that stopped before its publish: the bytes are all in the
+                # parts still, and the last ones were never acknowledged. Resumable.
+                await hold.save(replace(record.state, file_id=None))
+            elif record.state.file_id is not None:
+                yield None  # published or not: the start-up check settles it
+                return
+            await hold.load_tail()
+            hold.start_renewing()
+            yield hold
+        finally:
+            await hold.release()
+
+    async def remove(self, upload_id: str) -> bool:
+        if not UPLOAD_ID.match(upload_id):
+            return False
+        acquired = await self._acquire(upload_id)
+        if acquired is None:
+            return False
+        record, _, _ = acquired
+        await self._remove_all(record)
+        return True
+
+    async def _abort_upload(self, record: _Record) -> None:
+        if record.object_done:
+            return
+        _, key = self.target(record.state.id)
+        try:
+            await self.storage.client.abort_multipart_upload(
+                Bucket=self.storage.bucket,
+                Key=self.storage.object_key(key),
+                UploadId=record.upload,
+            )
+        except ClientError as exc:
+            if _error_code(exc) != "NoSuchUpload":
+                raise
+
+    async def _delete_tails(self, upload_id: str, *, keep: str | None = None) -> None:
+        """Every tail object of the upload but ``keep`` (strays of crashed writers too)."""
+        prefix = f"{self.folder}{upload_id}{_TAIL_MARK}"
+        paginator = self.storage.client.get_paginator("list_objects_v2")
+        names: list[str] = []
+        async for page in paginator.paginate(Bucket=self.storage.bucket, Prefix=prefix):
+            names += [e["Key"].removeprefix(self.folder) for e in page.get("Contents", [])]
+        doomed = [TUS_FOLDER + name for name in names if name != keep]
+        if doomed:
+            await self.storage.delete(doomed)
+
+    async def _remove_all(self, record: _Record) -> None:
+        """The multipart upload first, the record last: a failure on the way leaves a
+        record, and so a later removal (sweeper, start-up check) that finishes the job."""
+        await self._abort_upload(record)
+        await self._delete_tails(record.state.id)
+        await self._delete_record(record.state.id)
+
+    # Sweeping and reconciling
+
+    async def _records(self) -> dict[str, float]:
+        """Upload id -> the record's last-modified time, for every record in the folder."""
+        found: dict[str, float] = {}
+        paginator = self.storage.client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.storage.bucket, Prefix=self.folder):
+            for entry in page.get("Contents", []):
+                name = entry["Key"].removeprefix(self.folder)
+                stem, _, suffix = name.partition(".")
+                if UPLOAD_ID.match(stem) and "." + suffix == _RECORD_SUFFIX:
+                    found[stem] = entry["LastModified"].timestamp()
+        return found
+
+    async def sweep_expired(self, now: float) -> int:
+        removed = 0
+        records = await self._records()
+        for upload_id in sorted(records):
+            try:
+                loaded = await self._load(upload_id)
+            except ValueError:
+                continue  # the start-up check's business
+            if loaded is None or loaded[0].state.expires_at > now or loaded[0].leased(now):
+                continue
+            try:
+                acquired = await self._acquire(upload_id)
+            except UploadLocked:
+                continue  # in use: not abandoned after all
+            if acquired is not None and acquired[0].state.expires_at <= now:
+                await self._remove_all(acquired[0])
+                removed += 1
+            elif acquired is not None:
+                await _S3Hold(self, *acquired).release()
+        await self._abort_orphans(set(records), now)
+        return removed
+
+    async def _abort_orphans(self, records: set[str], now: float) -> int:
+        """Abort the multipart uploads of stored names that no tus record owns and that are
+        older than the tus expiry: a crash between starting one and writing its record."""
+        aborted = 0
+        client, bucket, prefix = self.storage.client, self.storage.bucket, self.storage.prefix
+        paginator = client.get_paginator("list_multipart_uploads")
+        async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for upload in page.get("Uploads", []):
+                name = upload["Key"].removeprefix(prefix)
+                if not STORED_NAME.match(name):
+                    continue
+                upload_id = uuid.UUID(name.removesuffix(".csv")).hex
+                if upload_id in records or upload["Initiated"].timestamp() > now - self.orphan_age:
+                    continue
+                with contextlib.suppress(ClientError):
+                    await client.abort_multipart_upload(
+                        Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+        if aborted:
+            log.info("aborted %d multipart upload(s) that no tus upload owns", aborted)
+        return aborted
+
+    async def reconcile(self, *, published: set[str], min_age: float = 0.0) -> int:
+        removed = 0
+        now = time.time()
+        for upload_id, modified in sorted((await self._records()).items()):
+            if now - modified < min_age:
+                continue
+            try:
+                removed += await self._reconcile_one(upload_id, published, now)
+            except UploadLocked:
+                continue  # a running server is writing it: it is not broken
+        return removed
+
+    async def _reconcile_one(self, upload_id: str, published: set[str], now: float) -> int:
+        """1 if the upload was removed, else 0."""
+        try:
+            acquired = await self._acquire(upload_id)
+        except ValueError:
+            acquired = None
+        if acquired is None:
+            try:
+                if await self._load(upload_id) is None:
+                    return 0
+            except ValueError:  # unreadable: nothing to resume (its multipart upload, if
+                # any, is an orphan the sweeper aborts)
+                await self._delete_tails(upload_id)
+                await self._delete_record(upload_id)
+                return 1
+            return 0
+        hold = _S3Hold(self, *acquired)
+        record = acquired[0]
+        state = record.state
+        try:
+            if state.expires_at <= now:
+                await self._remove_all(record)
+                return 1
+            if state.completed:
+                return 0
+            if state.file_id is not None and state.file_id in published:
+                # Published, then the process died before it could record so.
+                await hold.finish(replace(state, offset=state.length, completed=True))
+                return 0
+            if state.file_id is not None and record.object_done:
+                # The object was made but no row: the check removes it as an orphan.
+                await self._remove_all(record)
+                return 1
+            if record.tail_size and not await self._exists(self.tail_key(record.tail or "")):
+                log.warning("partial upload %s lost acknowledged bytes; removed", upload_id)
+                await self._remove_all(record)
+                return 1
+            if not await self._upload_exists(record):
+                log.warning("partial upload %s lost its multipart upload; removed", upload_id)
+                await self._remove_all(record)
+                return 1
+            return 0
+        finally:
+            await hold.release()
+
+    async def _exists(self, key: str) -> bool:
+        try:
+            await self.storage.client.head_object(Bucket=self.storage.bucket, Key=key)
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return False
+            raise
+        return True
+
+    async def _upload_exists(self, record: _Record) -> bool:
+        _, key = self.target(record.state.id)
+        try:
+            await self.storage.client.list_parts(
+                Bucket=self.storage.bucket,
+                Key=self.storage.object_key(key),
+                UploadId=record.upload,
+                MaxParts=1,
+            )
+        except ClientError as exc:
+            if _error_code(exc) in {"NoSuchUpload", "404"}:
+                return False
+            raise
+        return True
+
+
+def _locked(upload_id: str) -> UploadLocked:
+    return UploadLocked(f"upload {upload_id} is being written by another request; retry shortly")
+
+
+class _S3Hold:
+    """One upload held under a lease: bytes arrive in ``_buffer`` (the acknowledged tail,
+    then the new bytes); each whole part is sent as soon as it fills."""
+
+    def __init__(self, store: S3PartialStore, record: _Record, etag: str, token: str) -> None:
+        self._store = store
+        self._record = record
+        self._etag = etag
+        self._token = token
+        self._buffer = bytearray()
+        self._new_parts: list[dict[str, Any]] = []  # sent since the last checkpoint
+        self._pending = 0
+        self._write_lock = asyncio.Lock()
+        self._renewing: asyncio.Task[None] | None = None
+        self._lost = False
+        self._released = False
+
+    @property
+    def state(self) -> PartialState:
+        return self._record.state
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    @property
+    def received(self) -> int:
+        return self._record.state.offset + self._pending
+
+    @property
+    def target(self) -> tuple[str, str]:
+        return self._store.target(self.state.id)
+
+    # The lease
+
+    def start_renewing(self) -> None:
+        self._renewing = asyncio.create_task(self._renew_forever(), name="tus-lease")
+
+    async def _renew_forever(self) -> None:
+        while not self._lost:
+            await asyncio.sleep(self._store.lease_seconds / 3)
+            try:
+                await self._write(self._record)
+            except UploadLocked:
+                log.warning("upload %s: lease lost to another writer", self.state.id)
+                return
+            except Exception as exc:  # S3 briefly unreachable: try again next round
+                log.warning("upload %s: could not renew the lease: %r", self.state.id, exc)
+
+    async def _write(self, record: _Record, *, release: bool = False) -> None:
+        """Write the record with the lease renewed (or cleared), if nobody else wrote it."""
+        async with self._write_lock:
+            if self._lost:
+                raise _locked(self.state.id)
+            if release:
+                record = replace(record, owner=None, lease_until=0.0)
+            else:
+                until = time.time() + self._store.lease_seconds
+                record = replace(record, owner=self._token, lease_until=until)
+            try:
+                self._etag = await self._store._put(record, if_match=self._etag)
+            except _Lost:
+                self._lost = True
+                raise _locked(self.state.id) from None
+            self._record = record
+
+    async def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        renewing, self._renewing = self._renewing, None
+        if renewing is not None:
+            renewing.cancel()
+            with contextlib.suppress(BaseException):
+                await renewing
+        if self._lost:
+            return
+        try:
+            await asyncio.shield(self._write(self._record, release=True))
+        except UploadLocked:
+            pass  # removed or taken over meanwhile
+        except Exception as exc:  # it runs out by itself
+            log.warning("upload %s: could not release its lease: %r", self.state.id, exc)
+
+    # Bytes
+
+    async def load_tail(self) -> None:
+        self._buffer = bytearray(await self._read_tail())
+
+    async def _read_tail(self) -> bytes:
+        record = self._record
+        if not record.tail_size or record.tail is None:
+            return b""
+        response = await self._store.storage.client.get_object(
+            Bucket=self._store.storage.bucket, Key=self._store.tail_key(record.tail)
+        )
+        async with response["Body"] as body:
+            tail = await body.read()
+        if len(tail) != record.tail_size:
+            raise OSError(f"the tail of upload {self.state.id} has {len(tail)} bytes, not "
+                          f"{record.tail_size}")  # fmt: skip
+        return tail
+
+    async def append(self, chunk: bytes) -> None:
+        if self._lost:
+            raise _locked(self.state.id)
+        self._buffer += chunk
+        self._pending += len(chunk)
+        size = self._record.part_size
+        while len(self._buffer) >= size:
+            await self._send_part(bytes(self._buffer[:size]))
+            del self._buffer[:size]
+
+    async def _send_part(self, body: bytes) -> None:
+        number = len(self._record.parts) + len(self._new_parts) + 1
+        if number > MAX_PARTS:
+            raise ValueError(f"upload {self.state.id} needs more than {MAX_PARTS} parts")
+        _, key = self.target
+        sent = await self._store.storage.client.upload_part(
+            Bucket=self._store.storage.bucket,
+            Key=self._store.storage.object_key(key),
+            UploadId=self._record.upload,
+            PartNumber=number,
+            Body=body,
+        )
+        part: dict[str, Any] = {"ETag": sent["ETag"], "Size": len(body)}
+        for name in _PART_CHECKSUMS:
+            if sent.get(name):
+                part[name] = sent.get(name)
+        self._new_parts.append(part)
+
+    async def checkpoint(self, *, expires_at: float) -> PartialState:
+        """The new parts are in S3 already; the rest goes into a new tail object, then the
+        record that names both; then the old tail goes."""
+        record = self._record
+        old_tail = record.tail
+        tail, tail_size = record.tail, record.tail_size
+        if self._pending:
+            tail, tail_size = None, len(self._buffer)
+            if self._buffer:
+                generation = len(record.parts) + len(self._new_parts)
+                tail = f"{self.state.id}{_TAIL_MARK}{generation}-{self.received}.{self._token}"
+                await self._store.storage.client.put_object(
+                    Bucket=self._store.storage.bucket,
+                    Key=self._store.tail_key(tail),
+                    Body=bytes(self._buffer),
+                )
+        state = replace(record.state, offset=self.received, expires_at=expires_at)
+        new = replace(
+            record,
+            state=state,
+            parts=record.parts + self._new_parts,
+            tail=tail,
+            tail_size=tail_size,
+        )
+        await self._write(new)
+        self._new_parts = []
+        self._pending = 0
+        if old_tail is not None and old_tail != tail:
+            with contextlib.suppress(Exception):  # a stray; removed with the upload
+                await self._store.storage.delete([TUS_FOLDER + old_tail])
+        return state
+
+    async def rollback(self) -> None:
+        """Forget what was not acknowledged: parts sent meanwhile are never named."""
+        self._pending = 0
+        self._new_parts = []
+        self._buffer = bytearray(await self._read_tail())
+
+    async def save(self, state: PartialState) -> None:
+        await self._write(replace(self._record, state=state))
+
+    # Completing
+
+    @property
+    def publishes_in_place(self) -> bool:
+        return True
+
+    def publisher(self, key: str) -> _S3Publisher:
+        if key != self.target[1]:
+            raise ValueError(f"upload {self.state.id} is published under {self.target[1]}")
+        return _S3Publisher(self, key)
+
+    async def complete_object(self) -> None:
+        """Make the final object from the parts and the rest of the bytes (idempotent).
+        With no whole part, a single PUT; the multipart upload is aborted."""
+        record = self._record
+        if record.object_done:
+            return
+        storage = self._store.storage
+        _, key = self.target
+        object_key = storage.object_key(key)
+        parts = record.parts + self._new_parts
+        if not parts:
+            await storage.client.put_object(
+                Bucket=storage.bucket,
+                Key=object_key,
+                Body=bytes(self._buffer),
+                ContentType="text/csv",
+            )
+            with contextlib.suppress(Exception):  # no parts: an orphan costs nothing
+                await self._store._abort_upload(record)
+        else:
+            if self._buffer:
+                await self._send_part(bytes(self._buffer))
+                parts = record.parts + self._new_parts
+            completed = [
+                cast("CompletedPartTypeDef", {"PartNumber": n, **{k: v for k, v in p.items()
+                                                                  if k != "Size"}})
+                for n, p in enumerate(parts, start=1)
+            ]  # fmt: skip
+            await storage.client.complete_multipart_upload(
+                Bucket=storage.bucket,
+                Key=object_key,
+                UploadId=record.upload,
+                MultipartUpload={"Parts": completed},
+            )
+        self._buffer = bytearray()
+        # Recorded, so that a removal deletes the object rather than aborting the upload.
+        await self._write(replace(self._record, object_done=True))
+
+    async def analyse(self, *, enabled: bool, chunk_size: int) -> FileFacts:
+        """Complete the object, then read it back through the analysis (none was carried
+        over: another instance or process received earlier bytes)."""
+        await self.complete_object()
+        analysis = UploadAnalysis(enabled=enabled)
+        async for chunk in self._store.storage.read(self.target[1]):
+            analysis.feed(chunk)
+        return analysis.finish()
+
+    def read_all(self, chunk_size: int) -> Iterator[bytes]:
+        raise NotImplementedError("an S3 partial upload is published in place: see analyse")
+
+    async def finish(self, state: PartialState) -> None:
+        """Published (or a duplicate): only the record stays, until it expires."""
+        record = self._record
+        if not record.object_done:  # a duplicate: the parts are not wanted
+            await self._store._abort_upload(record)
+        await self._write(
+            replace(record, state=state, parts=[], tail=None, tail_size=0, object_done=True)
+        )
+        with contextlib.suppress(Exception):  # strays are removed with the record
+            await self._store._delete_tails(state.id)
+
+    async def remove(self) -> None:
+        await self._store._remove_all(self._record)
+        self._released = True
+        renewing, self._renewing = self._renewing, None
+        if renewing is not None:
+            renewing.cancel()
+
+
+class _S3Publisher:
+    """The complete upload as a :class:`StorageWriter`: commit completes the multipart
+    upload into the final object (if the analysis did not already), abort deletes it."""
+
+    def __init__(self, hold: _S3Hold, key: str) -> None:
+        self._hold = hold
+        self.key = key
+
+    @property
+    def size(self) -> int:
+        return self._hold.received
+
+    async def write(self, chunk: bytes) -> None:
+        raise RuntimeError("a partial upload's bytes arrive through its hold, not its writer")
+
+    async def commit(self) -> None:
+        await self._hold.complete_object()
+
+    async def abort(self) -> None:
+        if self._hold._record.object_done:
+            await self._hold._store.storage.delete([self.key])

@@ -1,0 +1,291 @@
+"""Resumable (tus) uploads on S3: one multipart upload per tus upload, parts aligned to the
+5 MiB minimum, the acknowledged rest in a tail object, nothing on the instance's disk, one
+writer at a time across instances, and expiry and termination that leave nothing.
+
+Runs under ``make test-s3`` (SeaweedFS with authentication on, and PostgreSQL for the tests
+with two instances); skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from tusclient import client as tus_client
+
+from csvstore.config import MiB, Settings
+from tests import s3util
+from tests.conftest import assert_consistent
+from tests.serverproc import ServerProcess
+from tests.test_tus import (
+    TUS,
+    Sha256Uploader,
+    V,
+    _raw_patch_start,
+    assert_problem,
+    create,
+    csv_file,
+    file_id_of,
+    file_row,
+    head,
+    patch,
+    path_of,
+    single_shot,
+    tus_upload,
+    without_per_upload_fields,
+)
+from tests.tusproxy import DroppingProxy
+
+PART = 5 * MiB  # the suite's S3 part size is S3's minimum, so tus parts are exactly that
+
+
+def tus_objects(settings: Settings) -> list[str]:
+    return sorted(name for name in s3util.objects(settings) if name.startswith("tus/"))
+
+
+def no_local_partials(server: ServerProcess) -> bool:
+    return not (server.data_dir / "tmp" / "tus").exists()
+
+
+def content(url: str, file_id: str) -> bytes:
+    resp = requests.get(f"{url}/api/csv/files/{file_id}/content", timeout=60)
+    assert resp.status_code == 200, resp.text
+    return resp.content
+
+
+def wait_for(predicate: object, what: str, seconds: float = 30.0) -> None:
+    """Poll a condition (the sweeper runs in the server); fail with ``what`` if it never
+    holds. Not a timing assertion: the deadline is only there to end a broken run."""
+    deadline = time.monotonic() + seconds
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            pytest.fail(f"never happened: {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def server(s3_settings: Settings) -> Iterator[ServerProcess]:
+    """One instance on the test's prefix (and database, under make test-s3)."""
+    proc = ServerProcess(s3_settings.data_dir)
+    proc.start()
+    try:
+        requests.post(f"{proc.url}/api/csv/sessions", json={"session_id": "s1"}, timeout=30)
+        yield proc
+    finally:
+        assert proc.stop() == 0, proc.log()[-3000:]
+    assert "Traceback" not in proc.log(), proc.log()[-3000:]
+    assert_consistent(s3_settings)
+
+
+@pytest.fixture
+def pair(s3_settings: Settings, tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Two instances sharing the bucket and the PostgreSQL database, each its own disk."""
+    if not s3_settings.uses_postgres:
+        pytest.skip("needs PostgreSQL and S3 (make test-s3)")
+    a, b = ServerProcess(tmp_path / "a-data"), ServerProcess(tmp_path / "b-data")
+    a.start()
+    try:
+        b.start()
+        try:
+            requests.post(f"{a.url}/api/csv/sessions", json={"session_id": "s1"}, timeout=30)
+            yield a, b
+        finally:
+            assert b.stop() == 0, b.log()[-3000:]
+    finally:
+        assert a.stop() == 0, a.log()[-3000:]
+    for proc in (a, b):
+        assert "Traceback" not in proc.log(), proc.log()[-3000:]
+        assert no_local_partials(proc)
+    assert_consistent(s3_settings)
+
+
+def test_tuspy_through_cuts_on_s3_equals_single_shot_with_nothing_on_local_disk(
+    server: ServerProcess, s3_settings: Settings, tmp_path: Path
+) -> None:
+    path = tmp_path / "cut.csv"
+    body = csv_file(path, 13 * MiB, seed=11)  # two whole parts and a last one
+    # One PATCH for the whole file (tuspy's default), cut twice mid-body: each time the
+    # server keeps what arrived, which straddles part boundaries.
+    with DroppingProxy(server.port, [len(body) * 3 // 10, len(body) * 7 // 10]) as proxy:
+        location = tus_upload(proxy.url, path, session_id="s1")
+        assert proxy.cuts == 2
+    done = head(server.url, path_of(location))
+    assert done.headers["Upload-Offset"] == str(len(body))
+    resumed = file_row(server.url, done.headers["Content-Location"].rsplit("/", 1)[1])
+    single = file_row(server.url, single_shot(server.url, path, "s1")["id"])
+    assert without_per_upload_fields(resumed) == without_per_upload_fields(single)
+    assert resumed["row_count"] > 100_000
+    assert content(server.url, resumed["id"]) == body
+    # Published under the id its multipart upload was started with: no copy.
+    upload_id = location.rsplit("/", 1)[1]
+    assert resumed["id"] == str(uuid.UUID(hex=upload_id))
+    assert no_local_partials(server)
+    # Only the completed upload's record stays (until it expires): no tail, no part.
+    assert tus_objects(s3_settings) == [f"tus/{upload_id}.json"]
+    assert s3util.multipart_uploads(s3_settings) == []
+
+
+def test_parts_are_aligned_and_the_rest_is_a_durable_tail(
+    server: ServerProcess, s3_settings: Settings
+) -> None:
+    body = csv_file(Path("/dev/null"), 17 * MiB, seed=5)
+    location = create(server.url, len(body)).headers["Location"]
+    upload_id = location.rsplit("/", 1)[1]
+    name = f"{uuid.UUID(hex=upload_id)}.csv"
+    offset = 0
+    # PATCHes of sizes that never fall on a part boundary.
+    for size in (3 * MiB + 17, 4 * MiB, 1, 5 * MiB - 5):
+        resp = patch(server.url, location, offset, body[offset : offset + size])
+        assert resp.status_code == 204, resp.text
+        offset += size
+        assert resp.headers["Upload-Offset"] == str(offset)
+        whole = offset // PART
+        assert s3util.part_sizes(s3_settings) == {name: [PART] * whole}
+        tails = [n for n in tus_objects(s3_settings) if ".tail." in n]
+        rest = offset - whole * PART
+        assert len(tails) == 1
+        assert s3util.read_object(s3_settings, tails[0]) == body[whole * PART : offset]
+        assert rest > 0
+    assert no_local_partials(server)
+    # A PATCH at the wrong offset is a 409 naming the right one.
+    wrong = patch(server.url, location, offset - 1, b"x")
+    assert_problem(wrong, 409)
+    assert wrong.headers["Upload-Offset"] == str(offset)
+    done = patch(server.url, location, offset, body[offset:])
+    assert done.status_code == 204, done.text
+    assert content(server.url, file_id_of(done)) == body
+    assert tus_objects(s3_settings) == [f"tus/{upload_id}.json"]
+
+
+def test_termination_aborts_the_multipart_upload(
+    server: ServerProcess, s3_settings: Settings
+) -> None:
+    body = csv_file(Path("/dev/null"), 7 * MiB, seed=4)
+    location = create(server.url, len(body)).headers["Location"]
+    assert patch(server.url, location, 0, body[: 6 * MiB]).status_code == 204
+    assert s3util.multipart_uploads(s3_settings) != []
+    assert len(tus_objects(s3_settings)) == 2  # the record and the tail
+    resp = requests.delete(f"{server.url}{location}", headers=V, timeout=30)
+    assert resp.status_code == 204
+    assert head(server.url, location).status_code == 404
+    assert s3util.multipart_uploads(s3_settings) == []
+    assert tus_objects(s3_settings) == []
+    assert_problem(requests.delete(f"{server.url}{location}", headers=V, timeout=30), 404)
+
+
+def test_expiry_aborts_the_multipart_upload_and_orphans(
+    s3_settings: Settings, tmp_path: Path
+) -> None:
+    server = ServerProcess(s3_settings.data_dir, "--tus-expiry", "1.5", "--sweep-interval", "0.2")
+    server.start()
+    try:
+        requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "s1"}, timeout=30)
+        body = csv_file(tmp_path / "e.csv", 6 * MiB, seed=6)
+        location = create(server.url, len(body)).headers["Location"]
+        assert patch(server.url, location, 0, body[: 5 * MiB + 10]).status_code == 204
+        # A multipart upload of a stored name with no record: a crash between starting a
+        # tus upload's multipart upload and writing its record.
+        s3util.start_multipart_upload(s3_settings, f"{uuid.uuid4()}.csv")
+        wait_for(lambda: head(server.url, location).status_code == 404, "the upload expired")
+        wait_for(
+            lambda: s3util.multipart_uploads(s3_settings) == [] and not tus_objects(s3_settings),
+            "the sweeper aborted the multipart uploads and removed record and tail",
+        )
+        assert_problem(patch(server.url, location, 5 * MiB + 10, body[5 * MiB + 10 :]), 404)
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.log()
+    assert_consistent(s3_settings)
+
+
+def test_start_on_one_instance_resume_on_another(
+    pair: tuple[ServerProcess, ServerProcess], s3_settings: Settings, tmp_path: Path
+) -> None:
+    a, b = pair
+    path = tmp_path / "moved.csv"
+    body = csv_file(path, 12 * MiB, seed=8)
+    # tuspy on instance A, its connection cut for good once 7 MiB are through...
+    with DroppingProxy(a.port, [7 * MiB]) as proxy, path.open("rb") as stream:
+        uploader = Sha256Uploader(
+            file_stream=stream,
+            client=tus_client.TusClient(f"{proxy.url}{TUS}"),
+            chunk_size=1 << 62,
+            metadata={"session_id": "s1", "filename": "moved.csv"},
+            retries=0,
+        )
+        with pytest.raises(Exception):  # noqa: B017,PT011  tuspy's error for a cut is its own
+            uploader.upload()
+        location = path_of(str(uploader.url))
+    kept = int(head(b.url, location).headers["Upload-Offset"])
+    assert PART < kept <= 7 * MiB  # what arrived before the cut was kept, on S3
+    # ... and resumed by a new tuspy client on instance B, from the offset B reports.
+    with path.open("rb") as stream:
+        resumer = Sha256Uploader(
+            file_stream=stream,
+            client=tus_client.TusClient(f"{b.url}{TUS}"),
+            url=f"{b.url}{location}",
+            chunk_size=1 << 62,
+            metadata={"session_id": "s1", "filename": "moved.csv"},
+        )
+        resumer.upload()
+    done = head(a.url, location)
+    file_id = done.headers["Content-Location"].rsplit("/", 1)[1]
+    assert content(a.url, file_id) == body
+    # B had none of the analysis A fed: it read the object back from S3.
+    assert "bytes re-read and analysed" in b.log()
+    single = file_row(b.url, single_shot(b.url, path, "s1")["id"])
+    assert without_per_upload_fields(file_row(a.url, file_id)) == without_per_upload_fields(single)
+
+
+def test_concurrent_patches_across_instances_one_wins(
+    pair: tuple[ServerProcess, ServerProcess], s3_settings: Settings
+) -> None:
+    a, b = pair
+    body = csv_file(Path("/dev/null"), 6 * MiB, seed=9)
+    location = create(a.url, len(body)).headers["Location"]
+    record = f"tus/{location.rsplit('/', 1)[1]}.json"
+    # A PATCH in flight on A: the first half sent, the rest held back.
+    first = _raw_patch_start(a.port, location, 0, len(body), body[: len(body) // 2])
+    try:
+        wait_for(
+            lambda: json.loads(s3util.read_object(s3_settings, record) or b"{}")["owner"],
+            "A holds the upload's lease",
+        )
+        assert_problem(patch(b.url, location, 0, body[:1000]), 423)
+        assert_problem(patch(a.url, location, 0, body[:1000]), 423)  # the same instance too
+        assert_problem(requests.delete(f"{b.url}{location}", headers=V, timeout=30), 423)
+        first.sendall(body[len(body) // 2 :])
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            received = first.recv(65536)
+            assert received, answer
+            answer += received
+    finally:
+        first.close()
+    assert answer.startswith(b"HTTP/1.1 204"), answer
+    done = head(b.url, location)
+    file_id = done.headers["Content-Location"].rsplit("/", 1)[1]
+    assert content(b.url, file_id) == body
+    assert_problem(patch(b.url, location, 0, body[:1000]), 409)  # complete: no more bytes
+
+
+def test_refused_when_read_back_leaves_nothing(
+    pair: tuple[ServerProcess, ServerProcess], s3_settings: Settings
+) -> None:
+    """Half sent to A, the rest to B, which has no analysis and reads the completed object
+    back from S3: it breaks the ``sha256`` expectation, so 400, and neither that object nor
+    anything of the upload remains."""
+    a, b = pair
+    body = csv_file(Path("/dev/null"), 6 * MiB, seed=2)
+    location = create(a.url, len(body), sha256="0" * 64).headers["Location"]
+    assert patch(a.url, location, 0, body[: 3 * MiB]).status_code == 204
+    assert_problem(patch(b.url, location, 3 * MiB, body[3 * MiB :]), 400)
+    assert head(a.url, location).status_code == 404
+    assert tus_objects(s3_settings) == []
+    assert s3util.objects(s3_settings) == set()
+    assert s3util.multipart_uploads(s3_settings) == []
