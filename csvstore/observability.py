@@ -149,6 +149,8 @@ def observe_middleware(metrics: Metrics) -> Middleware:
             if response is not None and route.endswith("/content") and status < 300:
                 sent_body = request.method != "HEAD"
                 metrics.downloaded_bytes.inc((response.content_length or 0) if sent_body else 0)
+            # The response is sent after this middleware returns: its declared length.
+            sent = (response.content_length or 0) if response is not None else 0
             metrics.requests.labels(request.method, route, str(status)).inc()
             metrics.latency.labels(request.method, route).observe(elapsed)
             access_log.info(
@@ -157,7 +159,7 @@ def observe_middleware(metrics: Metrics) -> Middleware:
                 request.method,
                 request.path_qs,
                 status,
-                response.body_length if response is not None else 0,
+                sent,
                 elapsed * 1000,
                 request_id,
                 extra={
@@ -166,7 +168,7 @@ def observe_middleware(metrics: Metrics) -> Middleware:
                     "route": route,
                     "path": request.path,
                     "status": status,
-                    "bytes": response.body_length if response is not None else 0,
+                    "bytes": sent,
                     "duration_ms": round(elapsed * 1000, 2),
                     "remote": request.remote,
                 },

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from csvstore import profiling
 from csvstore.profiling import CsvProfile, CsvProfiler, iter_rows_from
 
 CHUNKINGS = (None, 1, 7)  # whole, 1-byte and 7-byte chunks
@@ -721,3 +722,21 @@ def test_sniffs_the_dialect_of_well_shaped_tables(
     assert profile.line_terminator == terminator
     assert profile.row_count + profile.has_header == row_count + 1
     assert profile.ragged_rows == 0
+
+
+_CELLS = st.one_of(
+    st.from_regex(r"[-+]?\d{1,6}([.,]\d{0,3})?([eE][-+]?\d{1,2})?%?", fullmatch=True),
+    st.from_regex(r"\d{1,3}([,. ']\d{3}){1,2}([.,]\d{1,2})?", fullmatch=True),
+    st.from_regex(r"\d{1,4}[-./:]\d{1,2}([-./:]\d{2,4})?( \d{1,2}:\d{2})?", fullmatch=True),
+    st.sampled_from(["true", "No", "", "  ", "x1", "1x", "2026-01-01T10:00Z", "12:30", "n/a"]),
+    st.text(alphabet="0123456789.,-:/ eE+%aT", max_size=12),
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_CELLS, min_size=1, max_size=12))
+def test_column_kinds_match_the_kind_of_each_cell(cells: list[str]) -> None:
+    """The whole-column shortcuts of the header vote answer as classifying cell by cell."""
+    values = [cell for cell in cells if cell.strip()]
+    if values:
+        assert profiling._column_kinds(values) == {profiling._kind(v) for v in values}
