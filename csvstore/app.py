@@ -158,7 +158,8 @@ def open_partials(settings: Settings, storage: Storage) -> PartialStore:
         return S3PartialStore(
             storage,
             part_size=tus_part_size(settings.s3_part_size, settings.max_upload_size),
-            orphan_age=settings.tus_expiry,
+            expiry=settings.tus_expiry,
+            lease_seconds=settings.tus_lease,
         )
     return LocalPartialStore(
         settings.temp_dir / "tus",

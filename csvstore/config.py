@@ -152,6 +152,16 @@ class Settings:
             "CSVSTORE_TUS_EXPIRY",
         ),
     )
+    # Half a minute: after an instance dies mid-PATCH its upload answers 423 that long at
+    # most; the holder renews its lease every third of it (one small PUT).
+    tus_lease: float = field(
+        default=30.0,
+        metadata=_help(
+            "S3 storage: how long a request's hold on a resumable (tus) upload outlives the "
+            "request's process if it dies (seconds); the upload answers 423 meanwhile",
+            "CSVSTORE_TUS_LEASE",
+        ),
+    )
     log_format: str = field(
         default="text",
         metadata=_help(
@@ -366,6 +376,11 @@ def convert(name: str, raw: str) -> Any:
         if lowered not in {"true", "false", "1", "0", "yes", "no", "on", "off"}:
             raise ValueError(f"expected true or false, got {raw!r}")
         return lowered in {"true", "1", "yes", "on"}
+    if name == "tus_lease":
+        lease = parse_duration(raw)
+        if lease < 1:
+            raise ValueError(f"the tus lease is at least 1 second, got {raw!r}")
+        return lease
     if name in {"session_ttl", "sweep_interval", "tus_expiry"}:
         return parse_duration(raw)
     if name == "log_format":

@@ -64,8 +64,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("csvstore.tus")
 
 S3_MIN_PART = 5 * 1024 * 1024
-# A lease outlives its holder by this much: a process killed mid-request blocks its upload
-# (423) for at most this long. Renewed every third of it while the request runs.
+# A lease outlives its holder by this much (the tus_lease setting's default): a process
+# killed mid-request blocks its upload (423) for at most this long. Renewed every third of
+# it while the request runs.
 LEASE_SECONDS = 30.0
 _RECORD_SUFFIX = ".json"
 _TAIL_MARK = ".tail."
@@ -129,16 +130,16 @@ class S3PartialStore:
         storage: S3Storage,
         *,
         part_size: int,
-        orphan_age: float,
+        expiry: float,
         lease_seconds: float = LEASE_SECONDS,
     ) -> None:
-        """``orphan_age``: a multipart upload of a stored name with no record, older than
-        this (the tus expiry), is one a crash left: the sweeper aborts it."""
+        """``expiry``: the tus expiry. A multipart upload of a stored name with no record,
+        older than that, is one a crash left: the sweeper aborts it."""
         if part_size % S3_MIN_PART:
             raise ValueError(f"tus part size {part_size} is not a multiple of 5 MiB")
         self.storage = storage
         self.part_size = part_size
-        self.orphan_age = orphan_age
+        self.expiry = expiry
         self.lease_seconds = lease_seconds
 
     # Names
@@ -373,7 +374,7 @@ class S3PartialStore:
                 if not STORED_NAME.match(name):
                     continue
                 upload_id = uuid.UUID(name.removesuffix(".csv")).hex
-                if upload_id in records or upload["Initiated"].timestamp() > now - self.orphan_age:
+                if upload_id in records or upload["Initiated"].timestamp() > now - self.expiry:
                     continue
                 with contextlib.suppress(ClientError):
                     await client.abort_multipart_upload(

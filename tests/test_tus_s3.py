@@ -18,6 +18,8 @@ import pytest
 import requests
 from tusclient import client as tus_client
 
+from csvstore.app import open_store
+from csvstore.check import reconcile
 from csvstore.config import MiB, Settings
 from tests import s3util
 from tests.conftest import assert_consistent
@@ -289,3 +291,114 @@ def test_refused_when_read_back_leaves_nothing(
     assert tus_objects(s3_settings) == []
     assert s3util.objects(s3_settings) == set()
     assert s3util.multipart_uploads(s3_settings) == []
+
+
+def test_a_killed_instance_leaves_a_resumable_upload(s3_settings: Settings) -> None:
+    """SIGKILL mid-PATCH: the bytes acknowledged before stay, the ones in flight do not
+    count, and once the dead process's lease runs out (2 s here) the upload resumes."""
+    server = ServerProcess(s3_settings.data_dir, "--tus-lease", "2")
+    server.start()
+    body = csv_file(Path("/dev/null"), 9 * MiB, seed=12)
+    acked = 5 * MiB + 100
+    try:
+        requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "s1"}, timeout=30)
+        location = create(server.url, len(body)).headers["Location"]
+        record = f"tus/{location.rsplit('/', 1)[1]}.json"
+        assert patch(server.url, location, 0, body[:acked]).status_code == 204
+        sock = _raw_patch_start(
+            server.port, location, acked, len(body) - acked, body[acked : acked + 2 * MiB]
+        )
+        wait_for(
+            lambda: json.loads(s3util.read_object(s3_settings, record) or b"{}")["owner"],
+            "the PATCH holds the lease",
+        )
+        server.kill()
+        sock.close()
+        server.start()
+        assert head(server.url, location).headers["Upload-Offset"] == str(acked)
+        answers: list[requests.Response] = []
+
+        def resumed() -> bool:
+            answers.append(patch(server.url, location, acked, body[acked:]))
+            return answers[-1].status_code != 423  # the dead process's lease, until it lapses
+
+        wait_for(resumed, "the upload could be resumed")
+        assert answers[-1].status_code == 204, answers[-1].text
+        assert content(server.url, file_id_of(answers[-1])) == body
+        assert "bytes re-read and analysed" in server.log()
+        assert no_local_partials(server)
+    finally:
+        assert server.stop() == 0
+    assert_consistent(s3_settings)
+
+
+async def test_the_check_settles_partial_uploads_on_s3(s3_settings: Settings) -> None:
+    server = ServerProcess(s3_settings.data_dir)
+    server.start()
+    body = csv_file(Path("/dev/null"), 6 * MiB, seed=13)
+    try:
+        requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "s1"}, timeout=30)
+        ids = {}
+        for name in ("live", "expired", "tailless"):
+            location = create(server.url, len(body)).headers["Location"]
+            assert patch(server.url, location, 0, body[: 5 * MiB + 7]).status_code == 204
+            ids[name] = location.rsplit("/", 1)[1]
+        done = create(server.url, 8)
+        assert patch(server.url, done.headers["Location"], 0, b"a,b\n1,2\n").status_code == 204
+        ids["published"] = done.headers["Location"].rsplit("/", 1)[1]
+    finally:
+        assert server.stop() == 0
+
+    def record(upload_id: str) -> dict[str, object]:
+        raw = s3util.read_object(s3_settings, f"tus/{upload_id}.json")
+        assert raw is not None
+        parsed: dict[str, object] = json.loads(raw)
+        return parsed
+
+    expired = record(ids["expired"])
+    expired["state"] = {**expired["state"], "expires_at": time.time() - 1}  # type: ignore[dict-item]
+    s3util.put_object(s3_settings, f"tus/{ids['expired']}.json", json.dumps(expired).encode())
+    s3util.delete_object(s3_settings, f"tus/{record(ids['tailless'])['tail']}")
+    # Published, then the process died before it recorded so: its last bytes were never
+    # acknowledged (all 8 were sent in the one PATCH), its object was made.
+    published = record(ids["published"])
+    published["state"] = {**published["state"], "completed": False, "offset": 0}  # type: ignore[dict-item]
+    assert published["object_done"] is True
+    s3util.put_object(s3_settings, f"tus/{ids['published']}.json", json.dumps(published).encode())
+    unreadable = uuid.uuid4().hex
+    s3util.put_object(s3_settings, f"tus/{unreadable}.json", b"{not json")
+    stray = f"tus/{ids['live']}.tail.9-9.deadbeef"
+    s3util.put_object(s3_settings, stray, b"a writer that died")
+
+    # A shared store's start-up check spares young partial uploads (another instance's).
+    async with open_store(s3_settings) as store:
+        assert (await store.startup_check()).partial_uploads_removed == 0
+    assert len(s3util.multipart_uploads(s3_settings)) == 3
+    # Once old enough (here: at once): the expired one, the one missing acknowledged
+    # bytes and the unreadable one go; the live one stays, multipart upload and all.
+    async with open_store(s3_settings) as store:
+        report = await reconcile(store)
+    assert report.partial_uploads_removed == 3
+    assert report.temp_files_removed == 0
+    live_upload = f"{uuid.UUID(hex=ids['live'])}.csv"
+    assert s3util.multipart_uploads(s3_settings) == [live_upload]
+    assert record(ids["published"])["state"]["completed"] is True  # type: ignore[index]
+    left = tus_objects(s3_settings)
+    assert f"tus/{unreadable}.json" not in left
+    assert f"tus/{ids['expired']}.json" not in left
+    assert f"tus/{ids['tailless']}.json" not in left
+
+    server.start()
+    try:
+        location = f"{TUS}{ids['live']}"
+        assert head(server.url, location).headers["Upload-Offset"] == str(5 * MiB + 7)
+        finished = patch(server.url, location, 5 * MiB + 7, body[5 * MiB + 7 :])
+        assert finished.status_code == 204, finished.text
+        assert content(server.url, file_id_of(finished)) == body
+        marked = head(server.url, f"{TUS}{ids['published']}")
+        assert marked.headers["Upload-Offset"] == "8"
+        assert marked.headers["Content-Location"].endswith(str(uuid.UUID(hex=ids["published"])))
+    finally:
+        assert server.stop() == 0
+    assert stray not in tus_objects(s3_settings)
+    assert_consistent(s3_settings)
