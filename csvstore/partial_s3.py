@@ -10,12 +10,15 @@ Each tus upload is, under the storage prefix:
   (``<file id>.csv``, the file id being the upload id as a UUID). Its parts are exactly
   :attr:`S3PartialStore.part_size` bytes -- a multiple of S3's 5 MiB minimum -- except the
   last, sent at completion; completing it publishes the file with no copy.
-* ``tus/<upload id>.tail.<generation>.<writer>``, the acknowledged bytes after the last
-  whole part (fewer than one part). A 204 acknowledges bytes only once they are in S3: the
-  whole parts as parts, the rest in a new tail object written before the record that names
-  it; the previous tail is deleted after. Every write of a tail has a new name (the writer's
-  lease token is in it), so a writer that lost its lease can never overwrite the tail the
-  record names; strays are removed with the upload.
+* ``tus/<upload id>.tail.<start>-<end>.<writer>``, the tail segments: the acknowledged
+  bytes after the last whole part (fewer than one part), in order. A 204 acknowledges bytes
+  only once they are in S3: the whole parts as parts, the rest in tail segments written
+  before the record that names them. A checkpoint adds one segment with only its new bytes
+  (append-only: a client sending small PATCHes does not rewrite the tail each time); when
+  a part was cut meanwhile, or the segments grow too many, it writes the rest as a single
+  segment instead and deletes the old ones after the record. Every segment has a new name
+  (the writer's lease token is in it), so a writer that lost its lease never overwrites a
+  segment the record names; strays are removed with the upload.
 
 The record is the truth: parts and tails it does not name are never read. A crash at any
 moment leaves the upload at its last acknowledged offset (or, while completing, published
@@ -70,6 +73,9 @@ S3_MIN_PART = 5 * 1024 * 1024
 LEASE_SECONDS = 30.0
 _RECORD_SUFFIX = ".json"
 _TAIL_MARK = ".tail."
+# Tail segments a record may name before a checkpoint folds them into one: each is a GET
+# when the upload is taken up again, and the record grows by one entry per segment.
+MAX_SEGMENTS = 16
 
 
 def tus_part_size(part_size: int, max_upload_size: int) -> int:
@@ -90,8 +96,8 @@ class _Record:
     part_size: int
     # Acknowledged parts, in order (part n at index n-1): ETag, size, checksums.
     parts: list[dict[str, Any]] = field(default_factory=list)
-    tail: str | None = None  # the tail object's name after the folder, if any
-    tail_size: int = 0
+    # Tail segments, in order: name (after the folder) and size.
+    tail: list[dict[str, Any]] = field(default_factory=list)
     owner: str | None = None  # the lease holder's token
     lease_until: float = 0.0
     object_done: bool = False  # the multipart upload was completed into the final object
@@ -118,8 +124,8 @@ class _Record:
         return self.owner is not None and self.lease_until > now
 
     @property
-    def parts_end(self) -> int:
-        return sum(int(p["Size"]) for p in self.parts)
+    def tail_size(self) -> int:
+        return sum(int(segment["Size"]) for segment in self.tail)
 
 
 class S3PartialStore:
@@ -231,13 +237,16 @@ class S3PartialStore:
             return None
         return loaded[0].state if loaded is not None else None
 
-    async def _acquire(self, upload_id: str) -> tuple[_Record, str, str] | None:
-        """(record, ETag, token) with this caller's lease written in; None if no record."""
+    async def _acquire(
+        self, upload_id: str, *, unless_completed: bool = False
+    ) -> tuple[_Record, str, str] | None:
+        """(record, ETag, token) with this caller's lease written in; None if there is no
+        record (or it is unreadable, or ``unless_completed`` and it is completed)."""
         try:
             loaded = await self._load(upload_id)
         except ValueError:
             return None
-        if loaded is None:
+        if loaded is None or (unless_completed and loaded[0].state.completed):
             return None
         record, etag = loaded
         now = time.time()
@@ -256,21 +265,13 @@ class S3PartialStore:
         if not UPLOAD_ID.match(upload_id):
             yield None
             return
-        current = await self.get(upload_id)
-        if current is None or current.completed:
-            yield None
-            return
-        acquired = await self._acquire(upload_id)
+        acquired = await self._acquire(upload_id, unless_completed=True)
         if acquired is None:
             yield None
             return
         record, etag, token = acquired
         hold = _S3Hold(self, record, etag, token)
         try:
-            if record.state.completed:
-                await hold.release()
-                yield None
-                return
             if record.state.file_id is not None and not record.object_done:
                 # A completion that stopped before its publish: the bytes are all in the
                 # parts still, and the last ones were never acknowledged. Resumable.
@@ -308,14 +309,14 @@ class S3PartialStore:
             if _error_code(exc) != "NoSuchUpload":
                 raise
 
-    async def _delete_tails(self, upload_id: str, *, keep: str | None = None) -> None:
-        """Every tail object of the upload but ``keep`` (strays of crashed writers too)."""
+    async def _delete_tails(self, upload_id: str) -> None:
+        """Every tail segment of the upload (strays of crashed writers too)."""
         prefix = f"{self.folder}{upload_id}{_TAIL_MARK}"
         paginator = self.storage.client.get_paginator("list_objects_v2")
         names: list[str] = []
         async for page in paginator.paginate(Bucket=self.storage.bucket, Prefix=prefix):
             names += [e["Key"].removeprefix(self.folder) for e in page.get("Contents", [])]
-        doomed = [TUS_FOLDER + name for name in names if name != keep]
+        doomed = [TUS_FOLDER + name for name in names]
         if doomed:
             await self.storage.delete(doomed)
 
@@ -430,7 +431,7 @@ class S3PartialStore:
                 # The object was made but no row: the check removes it as an orphan.
                 await self._remove_all(record)
                 return 1
-            if record.tail_size and not await self._exists(self.tail_key(record.tail or "")):
+            if not all([await self._exists(self.tail_key(t["Name"])) for t in record.tail]):
                 log.warning("partial upload %s lost acknowledged bytes; removed", upload_id)
                 await self._remove_all(record)
                 return 1
@@ -561,18 +562,19 @@ class _S3Hold:
         self._buffer = bytearray(await self._read_tail())
 
     async def _read_tail(self) -> bytes:
-        record = self._record
-        if not record.tail_size or record.tail is None:
-            return b""
-        response = await self._store.storage.client.get_object(
-            Bucket=self._store.storage.bucket, Key=self._store.tail_key(record.tail)
-        )
-        async with response["Body"] as body:
-            tail = await body.read()
-        if len(tail) != record.tail_size:
-            raise OSError(f"the tail of upload {self.state.id} has {len(tail)} bytes, not "
-                          f"{record.tail_size}")  # fmt: skip
-        return tail
+        tail = bytearray()
+        for segment in self._record.tail:
+            response = await self._store.storage.client.get_object(
+                Bucket=self._store.storage.bucket, Key=self._store.tail_key(segment["Name"])
+            )
+            async with response["Body"] as body:
+                data = await body.read()
+            if len(data) != segment["Size"]:
+                raise OSError(
+                    f"tail segment {segment['Name']} has {len(data)} bytes, not {segment['Size']}"
+                )
+            tail += data
+        return bytes(tail)
 
     async def append(self, chunk: bytes) -> None:
         if self._lost:
@@ -603,36 +605,37 @@ class _S3Hold:
         self._new_parts.append(part)
 
     async def checkpoint(self, *, expires_at: float) -> PartialState:
-        """The new parts are in S3 already; the rest goes into a new tail object, then the
-        record that names both; then the old tail goes."""
+        """The new parts are in S3 already; the new bytes after them go into a tail
+        segment, then the record that names parts and segments; then segments it no longer
+        names go."""
         record = self._record
-        old_tail = record.tail
-        tail, tail_size = record.tail, record.tail_size
+        tail, dropped = record.tail, []
         if self._pending:
-            tail, tail_size = None, len(self._buffer)
-            if self._buffer:
-                generation = len(record.parts) + len(self._new_parts)
-                tail = f"{self.state.id}{_TAIL_MARK}{generation}-{self.received}.{self._token}"
-                await self._store.storage.client.put_object(
-                    Bucket=self._store.storage.bucket,
-                    Key=self._store.tail_key(tail),
-                    Body=bytes(self._buffer),
-                )
+            if self._new_parts or len(record.tail) >= MAX_SEGMENTS:
+                # The old segments' bytes are in the new parts, or about to be folded.
+                tail, dropped = [], record.tail
+                fresh = bytes(self._buffer)
+            else:  # the buffer is the old segments' bytes, then the pending ones
+                fresh = bytes(self._buffer[len(self._buffer) - self._pending :])
+            if fresh:
+                tail = [*tail, await self._put_segment(fresh)]
         state = replace(record.state, offset=self.received, expires_at=expires_at)
-        new = replace(
-            record,
-            state=state,
-            parts=record.parts + self._new_parts,
-            tail=tail,
-            tail_size=tail_size,
-        )
+        new = replace(record, state=state, parts=record.parts + self._new_parts, tail=tail)
         await self._write(new)
         self._new_parts = []
         self._pending = 0
-        if old_tail is not None and old_tail != tail:
-            with contextlib.suppress(Exception):  # a stray; removed with the upload
-                await self._store.storage.delete([TUS_FOLDER + old_tail])
+        if dropped:
+            with contextlib.suppress(Exception):  # strays; removed with the upload
+                await self._store.storage.delete([TUS_FOLDER + t["Name"] for t in dropped])
         return state
+
+    async def _put_segment(self, data: bytes) -> dict[str, Any]:
+        end = self.received
+        name = f"{self.state.id}{_TAIL_MARK}{end - len(data)}-{end}.{self._token}"
+        await self._store.storage.client.put_object(
+            Bucket=self._store.storage.bucket, Key=self._store.tail_key(name), Body=data
+        )
+        return {"Name": name, "Size": len(data)}
 
     async def rollback(self) -> None:
         """Forget what was not acknowledged: parts sent meanwhile are never named."""
@@ -698,7 +701,9 @@ class _S3Hold:
         await self.complete_object()
         analysis = UploadAnalysis(enabled=enabled)
         async for chunk in self._store.storage.read(self.target[1]):
-            analysis.feed(chunk)
+            # In a thread, as the local store's re-read: the profile is seconds of CPU per
+            # GiB, which the event loop's other requests should not wait behind.
+            await asyncio.to_thread(analysis.feed, chunk)
         return analysis.finish()
 
     def read_all(self, chunk_size: int) -> Iterator[bytes]:
@@ -709,9 +714,7 @@ class _S3Hold:
         record = self._record
         if not record.object_done:  # a duplicate: the parts are not wanted
             await self._store._abort_upload(record)
-        await self._write(
-            replace(record, state=state, parts=[], tail=None, tail_size=0, object_done=True)
-        )
+        await self._write(replace(record, state=state, parts=[], tail=[], object_done=True))
         with contextlib.suppress(Exception):  # strays are removed with the record
             await self._store._delete_tails(state.id)
 
