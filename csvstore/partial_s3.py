@@ -272,13 +272,21 @@ class S3PartialStore:
         record, etag, token = acquired
         hold = _S3Hold(self, record, etag, token)
         try:
-            if record.state.file_id is not None and not record.object_done:
+            if record.object_done and record.state.file_id is None:
+                # A completion died after making the object, before it recorded a file id
+                # (so before any row): nothing left to resume into, and nothing published.
+                await self._remove_all(record)
+                await self.storage.delete([self.target(upload_id)[1]])
+                hold.forget()
+                yield None
+                return
+            if record.object_done:
+                yield None  # published or not: the start-up check settles it
+                return
+            if record.state.file_id is not None:
                 # A completion that stopped before its publish: the bytes are all in the
                 # parts still, and the last ones were never acknowledged. Resumable.
                 await hold.save(replace(record.state, file_id=None))
-            elif record.state.file_id is not None:
-                yield None  # published or not: the start-up check settles it
-                return
             await hold.load_tail()
             hold.start_renewing()
             yield hold
@@ -427,9 +435,10 @@ class S3PartialStore:
                 # Published, then the process died before it could record so.
                 await hold.finish(replace(state, offset=state.length, completed=True))
                 return 0
-            if state.file_id is not None and record.object_done:
-                # The object was made but no row: the check removes it as an orphan.
+            if record.object_done:
+                # The object was made, but no row: a completion died before its commit.
                 await self._remove_all(record)
+                await self.storage.delete([self.target(upload_id)[1]])
                 return 1
             if not all([await self._exists(self.tail_key(t["Name"])) for t in record.tail]):
                 log.warning("partial upload %s lost acknowledged bytes; removed", upload_id)
@@ -720,6 +729,10 @@ class _S3Hold:
 
     async def remove(self) -> None:
         await self._store._remove_all(self._record)
+        self.forget()
+
+    def forget(self) -> None:
+        """The upload is gone: there is no lease left to renew or release."""
         self._released = True
         renewing, self._renewing = self._renewing, None
         if renewing is not None:

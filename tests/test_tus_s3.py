@@ -355,6 +355,11 @@ async def test_the_check_settles_partial_uploads_on_s3(s3_settings: Settings) ->
         done = create(server.url, 8)
         assert patch(server.url, done.headers["Location"], 0, b"a,b\n1,2\n").status_code == 204
         ids["published"] = done.headers["Location"].rsplit("/", 1)[1]
+        gone = create(server.url, 8)
+        assert patch(server.url, gone.headers["Location"], 0, b"a,b\n3,4\n").status_code == 204
+        ids["unrecorded"] = gone.headers["Location"].rsplit("/", 1)[1]
+        unrecorded_file = file_id_of(head(server.url, gone.headers["Location"]))
+        requests.delete(f"{server.url}/api/csv/files/{unrecorded_file}", timeout=30)
     finally:
         assert server.stop() == 0
 
@@ -371,6 +376,12 @@ async def test_the_check_settles_partial_uploads_on_s3(s3_settings: Settings) ->
     published["state"] = {**published["state"], "completed": False, "offset": 0}
     assert published["object_done"] is True
     s3util.put_object(s3_settings, f"tus/{ids['published']}.json", json.dumps(published).encode())
+    # A completion that died after completing its multipart upload into the object, before
+    # it recorded the file id it would publish under (so before any row).
+    unrecorded = record(ids["unrecorded"])
+    unrecorded["state"] = {**unrecorded["state"], "completed": False, "offset": 0, "file_id": None}
+    s3util.put_object(s3_settings, f"tus/{ids['unrecorded']}.json", json.dumps(unrecorded).encode())
+    s3util.put_object(s3_settings, f"{unrecorded_file}.csv", b"a,b\n3,4\n")
     unreadable = uuid.uuid4().hex
     s3util.put_object(s3_settings, f"tus/{unreadable}.json", b"{not json")
     stray = f"tus/{ids['live']}.tail.9-9.deadbeef"
@@ -381,10 +392,12 @@ async def test_the_check_settles_partial_uploads_on_s3(s3_settings: Settings) ->
         assert (await store.startup_check()).partial_uploads_removed == 0
     assert len(s3util.multipart_uploads(s3_settings)) == 3
     # Once old enough (here: at once): the expired one, the one missing acknowledged
-    # bytes and the unreadable one go; the live one stays, multipart upload and all.
+    # bytes, the unrecorded one (with its object) and the unreadable one go; the live one
+    # stays, multipart upload and all.
     async with open_store(s3_settings) as store:
         report = await reconcile(store)
-    assert report.partial_uploads_removed == 3
+    assert report.partial_uploads_removed == 4
+    assert f"{unrecorded_file}.csv" not in s3util.objects(s3_settings)
     assert report.temp_files_removed == 0
     live_upload = f"{uuid.UUID(hex=ids['live'])}.csv"
     assert s3util.multipart_uploads(s3_settings) == [live_upload]
@@ -393,6 +406,7 @@ async def test_the_check_settles_partial_uploads_on_s3(s3_settings: Settings) ->
     assert f"tus/{unreadable}.json" not in left
     assert f"tus/{ids['expired']}.json" not in left
     assert f"tus/{ids['tailless']}.json" not in left
+    assert f"tus/{ids['unrecorded']}.json" not in left
 
     server.start()
     try:
