@@ -172,8 +172,9 @@ async def _run_with_max_pages(db: SqliteDatabase) -> Exception | None:
                 },
             )
 
-    assert db._writer is not None
-    await db._writer.execute("PRAGMA max_page_count = 40")
+    writer = db._writer
+    assert writer is not None
+    await db._on_writer_thread(writer.execute, "PRAGMA max_page_count = 40")
     try:
         await db.write(grow)
     except Exception as exc:
