@@ -5,7 +5,8 @@ commit. A larger one becomes a multipart upload: each part is sent while the nex
 an upload holds at most two parts in memory. ``commit`` completes it; any failure, and
 ``abort``, abort it, so no partial object and no dangling multipart upload survive. A
 multipart upload whose process died is the S3 form of a temp file: ``prepare`` aborts those
-older than ``temp_min_age``.
+older than ``temp_min_age`` -- except a resumable (tus) upload's, which waits for its client
+under a record in ``tus/`` and expires by itself (``partial_s3.py``).
 
 Only keys shaped like csvstore's stored names (``<uuid>.csv``) directly under the prefix are
 ever listed, checked or removed: other objects that share the bucket are left alone.

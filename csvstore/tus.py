@@ -5,9 +5,12 @@ Core protocol plus the ``creation``, ``creation-with-upload``, ``termination``,
 The target session and the original file name come in ``Upload-Metadata`` (``session_id``,
 ``filename``; optionally ``sha256``, ``strict``, ``dedupe`` as for a single-shot upload).
 
-A partial upload lives in the partial store (``partial.py``) and is not listed anywhere
-until its last byte arrives. Then the complete file is read once from disk through the same
-:class:`UploadAnalysis` as a single-shot upload (CSV check, digest, profile) and published
+A partial upload lives in the partial store (``partial.py`` on local storage,
+``partial_s3.py`` on S3) and is not listed anywhere until its last byte arrives. Then the
+analysis fed while the bytes arrived is finished -- or, when this process does not have it,
+the complete file is read back once (from disk, or the completed object from S3) through
+the same :class:`UploadAnalysis` as a single-shot upload (CSV check, digest, profile) -- and
+published
 through the same ``CsvStore.publish_upload``, so a resumed file and a single-shot file of
 the same bytes are the same row. Re-reading costs one sequential pass over the file (see
 the README for the figure on 1 GiB); in exchange nothing of the analysis has to survive
