@@ -161,10 +161,9 @@ def open_partials(settings: Settings, storage: Storage) -> PartialStore:
             expiry=settings.tus_expiry,
             lease_seconds=settings.tus_lease,
         )
+    assert isinstance(storage, LocalStorage)
     return LocalPartialStore(
-        settings.temp_dir / "tus",
-        storage.root if isinstance(storage, LocalStorage) else None,
-        fsync=settings.durability == "full",
+        settings.temp_dir / "tus", storage.root, fsync=settings.durability == "full"
     )
 
 

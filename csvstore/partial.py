@@ -115,20 +115,9 @@ class PartialHold(Protocol):
         """Bytes in the data file: the acknowledged ones and the pending ones."""
         ...
 
-    def read_all(self, chunk_size: int) -> Iterator[bytes]:
-        """Every byte received, from the start, in chunks (blocking: run it in a thread).
-        Only for holds that do not publish in place."""
-        ...
-
     async def analyse(self, *, enabled: bool, chunk_size: int) -> FileFacts:
         """The complete upload through the analysis, read back once (when the analysis fed
-        while the bytes arrived was lost); only for holds that publish in place."""
-        ...
-
-    @property
-    def publishes_in_place(self) -> bool:
-        """True if :meth:`publisher` can publish the bytes where they are (a rename, or
-        completing an S3 multipart upload)."""
+        while the bytes arrived was lost)."""
         ...
 
     @property
@@ -138,7 +127,8 @@ class PartialHold(Protocol):
         ...
 
     def publisher(self, key: str) -> StorageWriter:
-        """A writer whose commit publishes the complete upload under ``key`` in place."""
+        """A writer whose commit publishes the complete upload under ``key`` where its bytes
+        are (a rename; completing an S3 multipart upload); its abort removes them."""
         ...
 
     async def remove(self) -> None: ...
@@ -179,10 +169,10 @@ def _fsync_dir(path: Path) -> None:
 class LocalPartialStore:
     """Partial uploads in a folder beside the temp files (same filesystem as ``uploads/``)."""
 
-    def __init__(self, directory: Path, publish_dir: Path | None, *, fsync: bool = True) -> None:
-        """``publish_dir``: the folder of the stored files when it is on this filesystem
-        (local storage), so a complete upload is published by a rename; None when the
-        stored files live elsewhere (S3) and a complete upload is copied there."""
+    def __init__(self, directory: Path, publish_dir: Path, *, fsync: bool = True) -> None:
+        """``publish_dir``: the folder of the stored files, on this filesystem, so a complete
+        upload is published by a rename. (On S3 storage, ``partial_s3`` keeps partial uploads
+        in the bucket instead.)"""
         self.directory = directory
         self.publish_dir = publish_dir
         self.fsync = fsync
@@ -449,7 +439,7 @@ class _LocalHold:
 
     async def finish(self, state: PartialState) -> None:
         await self.save(state)
-        if not self.published:  # copied elsewhere: the local bytes are done with
+        if not self.published:  # a duplicate (dedupe): the bytes are not wanted
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(self._store.data_path(state.id).unlink)
 
@@ -477,10 +467,6 @@ class _LocalHold:
             return analysis.finish()
 
         return await asyncio.to_thread(run)
-
-    @property
-    def publishes_in_place(self) -> bool:
-        return self._store.publish_dir is not None
 
     @property
     def target(self) -> tuple[str, str] | None:
@@ -518,7 +504,6 @@ class _PublishingWriter:
     async def commit(self) -> None:
         store = self._hold._store
         source = store.data_path(self._hold.state.id)
-        assert store.publish_dir is not None
         target = store.publish_dir / self.key
         fd = self._hold._fd
 

@@ -41,7 +41,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -657,10 +657,6 @@ class _S3Hold:
 
     # Completing
 
-    @property
-    def publishes_in_place(self) -> bool:
-        return True
-
     def publisher(self, key: str) -> _S3Publisher:
         if key != self.target[1]:
             raise ValueError(f"upload {self.state.id} is published under {self.target[1]}")
@@ -714,9 +710,6 @@ class _S3Hold:
             # GiB, which the event loop's other requests should not wait behind.
             await asyncio.to_thread(analysis.feed, chunk)
         return analysis.finish()
-
-    def read_all(self, chunk_size: int) -> Iterator[bytes]:
-        raise NotImplementedError("an S3 partial upload is published in place: see analyse")
 
     async def finish(self, state: PartialState) -> None:
         """Published (or a duplicate): only the record stays, until it expires."""

@@ -10,7 +10,7 @@ A partial upload lives in the partial store (``partial.py`` on local storage,
 analysis fed while the bytes arrived is finished -- or, when this process does not have it,
 the complete file is read back once (from disk, or the completed object from S3) through
 the same :class:`UploadAnalysis` as a single-shot upload (CSV check, digest, profile) -- and
-published
+the file is published where its bytes are (a rename, or completing the multipart upload)
 through the same ``CsvStore.publish_upload``, so a resumed file and a single-shot file of
 the same bytes are the same row. Re-reading costs one sequential pass over the file (see
 the README for the figure on 1 GiB); in exchange nothing of the analysis has to survive
@@ -654,19 +654,14 @@ async def _complete(
     writer: StorageWriter | None = None
     started = time.monotonic()
     try:
-        known = analysis.finish() if analysis is not None else None
+        # The writer first: on S3 the analysis reads back the object it completes, which
+        # the writer's abort removes if the file is refused.
+        writer = hold.publisher(key)
         facts: FileFacts
-        if hold.publishes_in_place:
-            # The writer first: on S3 the analysis reads back the object it completes,
-            # which the writer's abort removes if the file is refused.
-            writer = hold.publisher(key)
-            if known is not None:
-                facts = known
-            else:
-                facts = await hold.analyse(enabled=limits.analyse, chunk_size=limits.chunk_size)
-        else:  # the stored files live elsewhere (S3): one pass analyses and copies
-            writer = await store.storage.begin(key)
-            facts = await _analyse_and_copy(hold, writer, limits, known)
+        if analysis is not None:
+            facts = analysis.finish()
+        else:
+            facts = await hold.analyse(enabled=limits.analyse, chunk_size=limits.chunk_size)
         analysed = time.monotonic() - started
         _check_expectations(state.options, facts)
         # Recorded before the publish: a crash after it can tell a published upload from
@@ -704,21 +699,6 @@ async def _complete(
         time.monotonic() - started - analysed,
     )
     return done
-
-
-async def _analyse_and_copy(
-    hold: PartialHold, writer: StorageWriter, limits: UploadLimits, known: FileFacts | None
-) -> FileFacts:
-    analysis = UploadAnalysis(enabled=limits.analyse) if known is None else None
-    chunks = hold.read_all(limits.chunk_size)
-    while (chunk := await asyncio.to_thread(next, chunks, b"")) != b"":
-        if analysis is not None:
-            analysis.feed(chunk)
-        await writer.write(chunk)
-    if analysis is not None:
-        return analysis.finish()
-    assert known is not None
-    return known
 
 
 # Wiring

@@ -90,7 +90,7 @@ async def test_an_upload_held_by_one_process_is_locked_for_another(
 import asyncio, sys
 from pathlib import Path
 from csvstore.partial import LocalPartialStore, UploadLocked
-store = LocalPartialStore(Path({str(store.directory)!r}), None, fsync=False)
+store = LocalPartialStore(Path({str(store.directory)!r}), Path(), fsync=False)
 async def main():
     try:
         async with store.hold({upload_id!r}):
