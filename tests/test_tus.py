@@ -790,8 +790,8 @@ def test_browser_clients_get_cors_answers(tmp_path: Path) -> None:
 
 def test_resumed_equals_single_shot_on_every_backend(settings: Settings, tmp_path: Path) -> None:
     """Through the ``settings`` fixture: SQLite and local files in ``make test``, PostgreSQL
-    in ``make test-postgres``, PostgreSQL and S3 in ``make test-s3`` (where the complete
-    upload is copied into the bucket in the pass that analyses it)."""
+    in ``make test-postgres``, PostgreSQL and S3 in ``make test-s3`` (where the partial
+    upload is a multipart upload in the bucket: see also tests/test_tus_s3.py)."""
     server = ServerProcess(settings.data_dir)  # the fixture put the backends in the env
     path = tmp_path / "any.csv"
     body = csv_file(path, 7 * 1024 * 1024, seed=3)  # more than one S3 part
