@@ -70,13 +70,16 @@ async def list_sessions(request: web.Request) -> web.Response:
     query = schemas.load(schemas.SessionListQuery(), dict(request.query), what="query")
     limit = query["limit"]
     # One more than asked for tells whether a next page exists without a second round trip.
-    page = await request.app[STORE_KEY].list_sessions(after=query["after"], limit=limit + 1)
+    # The database renders the sessions as JSON (SessionSchema's shape, checked by the tests
+    # against its dump): a page of 100 x 10 files had cost ~20 ms of Python per request.
+    page = await request.app[STORE_KEY].list_sessions_json(after=query["after"], limit=limit + 1)
     headers = {}
     if len(page) > limit:
         page = page[:limit]
-        next_url = request.url.with_query({"limit": str(limit), "after": page[-1]["session_id"]})
+        next_url = request.url.with_query({"limit": str(limit), "after": page[-1][0]})
         headers["Link"] = f'<{next_url}>; rel="next"'
-    return json_response([_session(s) for s in page], headers=headers)
+    body = "[" + ",".join(session for _, session in page) + "]"
+    return web.Response(body=body.encode(), content_type="application/json", headers=headers)
 
 
 async def get_session(request: web.Request) -> web.Response:

@@ -101,6 +101,12 @@ class CsvStore:
             lambda x: self.repo.list_sessions_with_files(x, after=after, limit=limit)
         )
 
+    async def list_sessions_json(self, *, after: str, limit: int) -> list[tuple[str, str]]:
+        """A page of sessions already rendered as JSON objects: (session id, object)."""
+        return await self.db.read(
+            lambda x: self.repo.list_sessions_json(x, after=after, limit=limit)
+        )
+
     async def expire_sessions(self, *, batch: int = 100) -> tuple[int, int]:
         """Delete the sessions whose time is up, as DELETE would; (sessions, files) removed.
 

@@ -52,3 +52,34 @@ FROM sessions
 WHERE expires_at IS NOT NULL AND expires_at <= :now
 ORDER BY expires_at
 LIMIT :limit;
+
+-- name: list_sessions_json
+-- The listing's hot path: the same page as list_sessions, each session already rendered as
+-- the API's JSON object (csv_files is spliced in by the caller from the next query). The
+-- engine builds the JSON, so a page of 100 sessions costs no per-row work in Python; the
+-- tests check it against the marshmallow schemas' dump of the same rows.
+SELECT id, session_id,
+       json_object('id', id, 'session_id', session_id, 'created_at', created_at,
+                   'updated_at', updated_at, 'expires_at', expires_at) AS json
+FROM sessions
+WHERE session_id > :after
+ORDER BY session_id
+LIMIT :limit;
+
+-- name: list_files_of_session_page_json
+-- The files of the sessions list_sessions_json returns for the same parameters, each as
+-- the API's file object, in each session's order.
+SELECT f.session_id AS session_pk,
+       json_object('id', f.id, 'filename', f.filename, 'original_filename', f.original_filename,
+                   'file_size', f.file_size, 'content_type', f.content_type,
+                   'created_at', f.created_at, 'sha256', f.sha256, 'encoding', f.encoding,
+                   'delimiter', f.delimiter, 'quotechar', f.quotechar,
+                   'line_terminator', f.line_terminator,
+                   'has_header', json(CASE f.has_header WHEN 1 THEN 'true' WHEN 0 THEN 'false' END),
+                   'columns', json(f.columns), 'column_count', f.column_count,
+                   'row_count', f.row_count, 'ragged_rows', f.ragged_rows) AS json
+FROM files AS f
+WHERE f.session_id IN (
+    SELECT id FROM sessions WHERE session_id > :after ORDER BY session_id LIMIT :limit
+)
+ORDER BY f.session_id, f.created_at, f.id;

@@ -7,6 +7,8 @@ import re
 
 import pytest
 
+from csvstore.keys import STORE_KEY
+from csvstore.schemas import SessionSchema
 from tests.conftest import Client, assert_problem, csv_bytes, upload_form
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -205,3 +207,32 @@ async def test_concurrent_creates_of_one_id_have_one_winner(client: Client) -> N
     )
     statuses = sorted(r.status for r in responses)
     assert statuses == [201] + [400] * 19
+
+
+async def test_listing_rendered_by_the_database_equals_the_schema_dump(client: Client) -> None:
+    """The listing's JSON comes from the database's JSON functions; it must be exactly what
+    SessionSchema.dump makes of the same rows, for every kind of profile a file can have."""
+    files = {
+        "header.csv": b"id,name\n1,a\n2,b\n",
+        "numbers.csv": b"1,2\n3,4\n5,6\n",  # has_header false
+        "semi.csv": "name;city\nJosé;Zürich\n".encode("cp1252"),
+        "tabs.csv": b"a\tb\r\n1\t2\r\n",
+        "empty.csv": b"",  # no columns
+        'quote "and" ünïcode\\.csv': b'x,"y\nz"\n1,2\n',
+    }
+    for session_id in ("list-a", "list-b", "list-empty"):
+        assert (await client.post("/api/csv/sessions", json={"session_id": session_id})).ok
+    for name, data in files.items():
+        form = upload_form(data, session_id="list-a", filename=name)
+        resp = await client.post("/api/csv/upload", data=form)
+        assert resp.status == 201, await resp.text()
+    resp = await client.post("/api/csv/upload", data=upload_form(csv_bytes(), session_id="list-b"))
+    assert resp.status == 201
+    listed = await (await client.get("/api/csv/sessions?limit=100")).json()
+    rows = await client.app[STORE_KEY].list_sessions(after="", limit=100)
+    assert listed == [SessionSchema().dump(row) for row in rows]
+    assert [len(s["csv_files"]) for s in listed] == [len(files), 1, 0]
+    assert {f["has_header"] for f in listed[0]["csv_files"]} == {True, False}
+    for one in listed:  # and each equals what its own endpoint answers
+        own = await client.get(f"/api/csv/sessions/{one['session_id']}")
+        assert one == await own.json()
