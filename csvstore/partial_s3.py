@@ -426,27 +426,27 @@ class S3PartialStore:
         record = acquired[0]
         state = record.state
         try:
-            if state.expires_at <= now:
-                await self._remove_all(record)
-                return 1
-            if state.completed:
+            if state.completed and state.expires_at > now:
                 return 0
             if state.file_id is not None and state.file_id in published:
                 # Published, then the process died before it could record so.
                 await hold.finish(replace(state, offset=state.length, completed=True))
                 return 0
+            if state.expires_at <= now:
+                await hold.remove()
+                return 1
             if record.object_done:
                 # The object was made, but no row: a completion died before its commit.
-                await self._remove_all(record)
+                await hold.remove()
                 await self.storage.delete([self.target(upload_id)[1]])
                 return 1
             if not all([await self._exists(self.tail_key(t["Name"])) for t in record.tail]):
                 log.warning("partial upload %s lost acknowledged bytes; removed", upload_id)
-                await self._remove_all(record)
+                await hold.remove()
                 return 1
             if not await self._upload_exists(record):
                 log.warning("partial upload %s lost its multipart upload; removed", upload_id)
-                await self._remove_all(record)
+                await hold.remove()
                 return 1
             return 0
         finally:
@@ -551,11 +551,7 @@ class _S3Hold:
         if self._released:
             return
         self._released = True
-        renewing, self._renewing = self._renewing, None
-        if renewing is not None:
-            renewing.cancel()
-            with contextlib.suppress(BaseException):
-                await renewing
+        await self._stop_renewing()
         if self._lost:
             return
         try:
@@ -721,8 +717,9 @@ class _S3Hold:
             await self._store._delete_tails(state.id)
 
     async def remove(self) -> None:
+        await self._stop_renewing()
         await self._store._remove_all(self._record)
-        self.forget()
+        self._released = True  # nothing left to release (or, on failure, it lapses)
 
     def forget(self) -> None:
         """The upload is gone: there is no lease left to renew or release."""
@@ -730,6 +727,13 @@ class _S3Hold:
         renewing, self._renewing = self._renewing, None
         if renewing is not None:
             renewing.cancel()
+
+    async def _stop_renewing(self) -> None:
+        renewing, self._renewing = self._renewing, None
+        if renewing is not None:
+            renewing.cancel()
+            with contextlib.suppress(BaseException):
+                await renewing
 
 
 class _S3Publisher:
