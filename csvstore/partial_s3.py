@@ -592,6 +592,10 @@ class _S3Hold:
             del self._buffer[:size]
 
     async def _send_part(self, body: bytes) -> None:
+        if self._lost or time.time() > self._record.lease_until - self._store.lease_seconds / 6:
+            # Not renewed in time (S3 unreachable, the process paused): another writer may
+            # hold the upload by now, and a part must never overwrite one of theirs.
+            raise _locked(self.state.id)
         number = len(self._record.parts) + len(self._new_parts) + 1
         if number > MAX_PARTS:
             raise ValueError(f"upload {self.state.id} needs more than {MAX_PARTS} parts")
