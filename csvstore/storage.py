@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -82,6 +83,55 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _FolderSync:
+    """fsync of one folder, shared by every rename made before it began.
+
+    A rename is durable once an fsync of its folder that began after the rename has
+    completed. Concurrent publishes wait for such an fsync rather than each issuing their
+    own, so under load one fsync covers every rename made while the previous one ran.
+    Called from worker threads.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._cond = threading.Condition()
+        self._begun = 0  # fsyncs begun so far
+        self._done = 0  # the latest of them known complete
+        self._running = False
+
+    def sync(self) -> None:
+        with self._cond:
+            needed = self._begun + 1  # the next fsync to begin covers the caller's rename
+            while self._done < needed:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                self._begun += 1
+                ticket = self._begun
+                self._cond.release()
+                try:
+                    _fsync_dir(self._path)  # a failure reaches this caller; waiters retry
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._cond.notify_all()
+                self._done = ticket
+
+
+def _write_new_file(path: Path, data: bytes, *, fsync: bool) -> None:
+    """Create ``path`` (it must not exist) holding ``data``; fsynced if asked."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class LocalWriter:
     """One upload on its way into a local folder: ``temp/<key>.part`` -> ``root/<key>``.
 
@@ -122,18 +172,18 @@ class LocalWriter:
         fd = handle.fileno() if handle is not None else None
         first = self._first or b""
 
+        folder = self._storage.folder_sync
+
         def publish() -> None:
+            # Plain system calls, few of them: each one hands the GIL back and waits to
+            # take it again, which under load costs more than the call itself.
             if fd is None:  # never opened: the whole upload is the one block held
-                with open(temp_path, "xb") as out:
-                    out.write(first)
-                    out.flush()
-                    if fsync:
-                        os.fsync(out.fileno())
+                _write_new_file(temp_path, first, fsync=fsync)
             elif fsync:
                 os.fsync(fd)
             os.rename(temp_path, final_path)
             if fsync:
-                _fsync_dir(final_path.parent)
+                folder.sync()
 
         try:
             await asyncio.to_thread(publish)
@@ -164,6 +214,7 @@ class LocalStorage:
         self.root = root
         self.temp_dir = temp_dir
         self.fsync = fsync
+        self.folder_sync = _FolderSync(root)
         self._free_bytes = 0
         self._free_checked_at = -1e9
 
@@ -220,7 +271,7 @@ class LocalStorage:
                 with contextlib.suppress(FileNotFoundError):
                     (self.root / key).unlink()
             if self.fsync:
-                _fsync_dir(self.root)
+                self.folder_sync.sync()
 
         await asyncio.to_thread(run)
 
