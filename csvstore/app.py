@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -140,13 +140,21 @@ async def open_store(settings: Settings, metrics: Metrics | None = None) -> Asyn
                     default_ttl=ttl,
                     shared=shared,
                 )
-            store.partials = open_partials(settings, storage)
+
+            async def published(file_id: str) -> bool:
+                return await store.db.read(lambda x: store.repo.get_file(x, file_id)) is not None
+
+            store.partials = open_partials(settings, storage, published)
             yield store
     finally:
         await db.close()
 
 
-def open_partials(settings: Settings, storage: Storage) -> PartialStore:
+def open_partials(
+    settings: Settings,
+    storage: Storage,
+    published: Callable[[str], Awaitable[bool]] | None = None,
+) -> PartialStore:
     """Where resumable (tus) uploads wait for their last byte. Beside local storage, the temp
     area's ``tus/`` (a complete upload is published by a rename); beside S3, the bucket (a
     multipart upload per tus upload, completed into the stored file; nothing on local disk)."""
@@ -160,6 +168,7 @@ def open_partials(settings: Settings, storage: Storage) -> PartialStore:
             part_size=tus_part_size(settings.s3_part_size, settings.max_upload_size),
             expiry=settings.tus_expiry,
             lease_seconds=settings.tus_lease,
+            is_published=published,
         )
     assert isinstance(storage, LocalStorage)
     return LocalPartialStore(

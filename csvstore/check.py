@@ -98,6 +98,10 @@ async def reconcile(
         # would not spare it).
         committed = await db.read(repo.all_file_paths)
         orphans = [key for key in orphans if key not in committed]
+    if orphans and store.partials is not None:
+        # Nor is the object of a resumable upload whose completion was cut short before its
+        # row: its next request publishes it.
+        orphans = [key for key in orphans if not await store.partials.owns(key)]
     await storage.delete(orphans)
     report.orphan_files_removed = len(orphans)
 

@@ -126,6 +126,12 @@ class PartialHold(Protocol):
         fixed at its creation (S3: its multipart upload's key); None: any fresh ones."""
         ...
 
+    @property
+    def has_all_bytes(self) -> bool:
+        """Every byte is stored already and only the publish is missing: a completion that
+        died after making the stored object (S3), before its row. Complete it now."""
+        ...
+
     def publisher(self, key: str) -> StorageWriter:
         """A writer whose commit publishes the complete upload under ``key`` where its bytes
         are (a rename; completing an S3 multipart upload); its abort removes them."""
@@ -155,6 +161,11 @@ class PartialStore(Protocol):
     async def reconcile(self, *, published: set[str], min_age: float = 0.0) -> int:
         """After a crash: keep resumable uploads, settle interrupted completions, remove
         broken and expired ones (those younger than ``min_age`` seconds are spared)."""
+        ...
+
+    async def owns(self, key: str) -> bool:
+        """Whether a stored name without a row is a partial upload's, waiting for its publish
+        (so not an orphan for the check to remove)."""
         ...
 
 
@@ -331,6 +342,9 @@ class LocalPartialStore:
 
         return await asyncio.to_thread(run)
 
+    async def owns(self, key: str) -> bool:
+        return False  # a data file is renamed into uploads/ only to be published
+
     async def reconcile(self, *, published: set[str], min_age: float = 0.0) -> int:
         def run() -> int:
             if not self.directory.exists():
@@ -471,6 +485,10 @@ class _LocalHold:
     @property
     def target(self) -> tuple[str, str] | None:
         return None
+
+    @property
+    def has_all_bytes(self) -> bool:
+        return False  # a renamed data file is settled by the start-up check
 
     def publisher(self, key: str) -> StorageWriter:
         return _PublishingWriter(self, key)

@@ -41,7 +41,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -138,6 +138,7 @@ class S3PartialStore:
         part_size: int,
         expiry: float,
         lease_seconds: float = LEASE_SECONDS,
+        is_published: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         """``expiry``: the tus expiry. A multipart upload of a stored name with no record,
         older than that, is one a crash left: the sweeper aborts it."""
@@ -147,6 +148,8 @@ class S3PartialStore:
         self.part_size = part_size
         self.expiry = expiry
         self.lease_seconds = lease_seconds
+        # Whether a file id has its row: settles a completion that died half-way.
+        self.is_published = is_published
 
     # Names
 
@@ -272,26 +275,50 @@ class S3PartialStore:
         record, etag, token = acquired
         hold = _S3Hold(self, record, etag, token)
         try:
-            if record.object_done and record.state.file_id is None:
-                # A completion died after making the object, before it recorded a file id
-                # (so before any row): nothing left to resume into, and nothing published.
-                await self._remove_all(record)
-                await self.storage.delete([self.target(upload_id)[1]])
-                hold.forget()
+            unsettled = record.state.file_id is not None or record.object_done
+            if unsettled and not await self._settle(hold):
                 yield None
                 return
-            if record.object_done:
-                yield None  # published or not: the start-up check settles it
-                return
-            if record.state.file_id is not None:
-                # A completion that stopped before its publish: the bytes are all in the
-                # parts still, and the last ones were never acknowledged. Resumable.
-                await hold.save(replace(record.state, file_id=None))
-            await hold.load_tail()
+            if not hold.has_all_bytes:
+                await hold.load_tail()
             hold.start_renewing()
             yield hold
         finally:
             await hold.release()
+
+    async def _settle(self, hold: _S3Hold) -> bool:
+        """A completion that did not finish (the process died, or lost its lease): whether
+        the upload goes on -- resumable, or with all its bytes in the stored object and only
+        the publish to do -- or not (published after all, or lost: None from ``hold``)."""
+        record = hold.record
+        state = record.state
+        file_id = state.file_id
+        published = self.is_published
+        if file_id is not None and published is not None and await published(file_id):
+            done = replace(state, offset=state.length, completed=True)
+            await hold.finish(replace(done, expires_at=time.time() + self.expiry))
+            return False  # complete: the request gets the answer for a complete upload
+        made = record.object_done
+        if not made and file_id is not None and not await self._upload_exists(record):
+            # The multipart upload was completed, and the process died before recording so.
+            made = await self._exists(self.storage.object_key(self.target(state.id)[1]))
+            if not made:
+                log.warning("partial upload %s lost its multipart upload; removed", state.id)
+                await hold.remove()
+                return False
+        if made:
+            if file_id is not None and self.is_published is None:
+                return False  # a row may exist: the start-up check settles it (423 until)
+            await hold.take_object(replace(state, file_id=None))
+            return True
+        await hold.save(replace(state, file_id=None))  # the parts are all there: resumable
+        return True
+
+    async def owns(self, key: str) -> bool:
+        if not STORED_NAME.match(key):
+            return False
+        upload_id = uuid.UUID(key.removesuffix(".csv")).hex
+        return await self._exists(self.record_key(upload_id))
 
     async def remove(self, upload_id: str) -> bool:
         if not UPLOAD_ID.match(upload_id):
@@ -434,12 +461,13 @@ class S3PartialStore:
                 return 0
             if state.expires_at <= now:
                 await hold.remove()
+                if record.object_done and not state.completed:
+                    await self.storage.delete([self.target(upload_id)[1]])
                 return 1
             if record.object_done:
-                # The object was made, but no row: a completion died before its commit.
-                await hold.remove()
-                await self.storage.delete([self.target(upload_id)[1]])
-                return 1
+                # The object was made, but no row: a completion died before its commit. The
+                # upload's next request publishes it (``owns`` spares the object meanwhile).
+                return 0
             if not all([await self._exists(self.tail_key(t["Name"])) for t in record.tail]):
                 log.warning("partial upload %s lost acknowledged bytes; removed", upload_id)
                 await hold.remove()
@@ -497,6 +525,7 @@ class _S3Hold:
         self._renewing: asyncio.Task[None] | None = None
         self._lost = False
         self._released = False
+        self._all_bytes = False  # the stored object has them all: only the publish is left
 
     @property
     def state(self) -> PartialState:
@@ -507,7 +536,22 @@ class _S3Hold:
         return self._pending
 
     @property
+    def record(self) -> _Record:
+        return self._record
+
+    @property
+    def has_all_bytes(self) -> bool:
+        return self._all_bytes
+
+    async def take_object(self, state: PartialState) -> None:
+        """Go on from the stored object, which has every byte (see ``_settle``)."""
+        await self._write(replace(self._record, state=state, object_done=True))
+        self._all_bytes = True
+
+    @property
     def received(self) -> int:
+        if self._all_bytes:
+            return self._record.state.length
         return self._record.state.offset + self._pending
 
     @property
@@ -665,9 +709,14 @@ class _S3Hold:
     async def complete_object(self) -> None:
         """Make the final object from the parts and the rest of the bytes (idempotent).
         With no whole part, a single PUT; the multipart upload is aborted."""
-        record = self._record
-        if record.object_done:
+        if self._record.object_done:
             return
+        if self._record.state.file_id is None:
+            # The intent first: a process that dies between completing the multipart upload
+            # and recording so leaves a record that says where to look (``_settle``).
+            intent = replace(self._record.state, file_id=self.target[0])
+            await self._write(replace(self._record, state=intent))
+        record = self._record
         storage = self._store.storage
         _, key = self.target
         object_key = storage.object_key(key)
@@ -716,12 +765,22 @@ class _S3Hold:
         record = self._record
         if not record.object_done:  # a duplicate: the parts are not wanted
             await self._store._abort_upload(record)
-        await self._write(replace(record, state=state, parts=[], tail=[], object_done=True))
-        with contextlib.suppress(Exception):  # strays are removed with the record
+        # The segments before the record that no longer names them: a crash in between
+        # leaves a completion that the next request settles (``_settle``), and none leaves
+        # segments beside a completed record.
+        with contextlib.suppress(Exception):  # what is left goes with the record
             await self._store._delete_tails(state.id)
+        await self._write(replace(record, state=state, parts=[], tail=[], object_done=True))
 
     async def remove(self) -> None:
+        """Remove the upload -- if it is still this request's: a holder that lost its lease
+        must not remove what another request now holds."""
         await self._stop_renewing()
+        try:
+            await self._write(self._record)
+        except UploadLocked:
+            log.warning("upload %s: not removed, another request holds it", self.state.id)
+            return
         await self._store._remove_all(self._record)
         self._released = True  # nothing left to release (or, on failure, it lapses)
 
@@ -759,5 +818,5 @@ class _S3Publisher:
         await self._hold.complete_object()
 
     async def abort(self) -> None:
-        if self._hold._record.object_done:
+        if self._hold._record.object_done and not self._hold._lost:
             await self._hold._store.storage.delete([self.key])

@@ -484,6 +484,14 @@ async def _locked_patch(
         if state.expires_at <= time.time():
             await hold.remove()
             raise _upload_not_found(upload_id)
+        if hold.has_all_bytes:
+            # A completion that died after storing the file and before its row: finish it,
+            # and answer as for any request to a complete upload.
+            done = await _complete(store, hold, limits, expiry, None)
+            raise Conflict(
+                f"upload {upload_id} is complete; Upload-Offset was {offset}",
+                headers=_progress_headers(done),
+            )
         if offset != state.offset:
             raise Conflict(
                 f"Upload-Offset {offset} does not match the upload's offset {state.offset}: "

@@ -146,10 +146,13 @@ def part_sizes(settings: Settings) -> dict[str, list[int]]:
         found = {}
         for key, upload_id in await _uploads(client, bucket, prefix):
             sizes: list[int] = []
-            async for page in client.get_paginator("list_parts").paginate(
-                Bucket=bucket, Key=key, UploadId=upload_id
-            ):
-                sizes += [part["Size"] for part in page.get("Parts", [])]
+            try:
+                async for page in client.get_paginator("list_parts").paginate(
+                    Bucket=bucket, Key=key, UploadId=upload_id
+                ):
+                    sizes += [part["Size"] for part in page.get("Parts", [])]
+            except client.exceptions.NoSuchUpload:
+                continue  # completed or aborted since it was listed
             found[key.removeprefix(prefix)] = sizes
         return found
 
