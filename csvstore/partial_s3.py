@@ -293,9 +293,10 @@ class S3PartialStore:
         record = hold.record
         state = record.state
         file_id = state.file_id
-        published = self.is_published
-        if file_id is not None and published is not None and await published(file_id):
-            done = replace(state, offset=state.length, completed=True)
+        if await self._published(state.id):
+            done = replace(
+                state, offset=state.length, completed=True, file_id=self.target(state.id)[0]
+            )
             await hold.finish(replace(done, expires_at=time.time() + self.expiry))
             return False  # complete: the request gets the answer for a complete upload
         made = record.object_done
@@ -313,6 +314,12 @@ class S3PartialStore:
             return True
         await hold.save(replace(state, file_id=None))  # the parts are all there: resumable
         return True
+
+    async def _published(self, upload_id: str) -> bool:
+        """Whether the upload's file has its row (False when that cannot be asked)."""
+        if self.is_published is None:
+            return False
+        return await self.is_published(self.target(upload_id)[0])
 
     async def owns(self, key: str) -> bool:
         if not STORED_NAME.match(key):
@@ -356,9 +363,16 @@ class S3PartialStore:
             await self.storage.delete(doomed)
 
     async def _remove_all(self, record: _Record) -> None:
-        """The multipart upload first, the record last: a failure on the way leaves a
-        record, and so a later removal (sweeper, start-up check) that finishes the job."""
+        """The multipart upload (or the object it became, if no row has it) first, the
+        record last: a failure on the way leaves a record, and so a later removal (sweeper,
+        start-up check) that finishes the job."""
         await self._abort_upload(record)
+        state = record.state
+        # A completion cut short: the object is this upload's alone unless a row has it
+        # (when that cannot be asked, the check removes it once it is an orphan).
+        cut_short = record.object_done and not state.completed
+        if cut_short and self.is_published is not None and not await self._published(state.id):
+            await self.storage.delete([self.target(state.id)[1]])
         await self._delete_tails(record.state.id)
         await self._delete_record(record.state.id)
 
@@ -455,14 +469,12 @@ class S3PartialStore:
         try:
             if state.completed and state.expires_at > now:
                 return 0
-            if state.file_id is not None and state.file_id in published:
+            if self.target(upload_id)[0] in published:
                 # Published, then the process died before it could record so.
                 await hold.finish(replace(state, offset=state.length, completed=True))
                 return 0
             if state.expires_at <= now:
                 await hold.remove()
-                if record.object_done and not state.completed:
-                    await self.storage.delete([self.target(upload_id)[1]])
                 return 1
             if record.object_done:
                 # The object was made, but no row: a completion died before its commit. The
