@@ -98,7 +98,14 @@ async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> 
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        # Port taken, address not local: say so in one line, and shut the app down
+        # properly (its background tasks and database) rather than leave a traceback.
+        await runner.cleanup()
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
+        raise SystemExit(1) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

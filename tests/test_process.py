@@ -191,3 +191,23 @@ def test_workers_share_the_port_and_the_database(server: str) -> None:
     assert statuses == [201] * 200
     files = requests.get(f"{server}/api/csv/sessions/shared").json()["csv_files"]
     assert sorted(f["original_filename"] for f in files) == sorted(f"f{i}.csv" for i in range(200))
+
+
+def test_a_taken_port_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
+    """Another program holds the port: the server says so and stops cleanly (its database
+    closed, its background tasks ended), with no traceback."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "csvstore", "--port", str(port), "--data-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+    assert "address already in use" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "Task was destroyed" not in proc.stderr
