@@ -36,13 +36,13 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
 from csvstore.analysis import FileFacts, UploadAnalysis
 from csvstore.errors import ApiError
-from csvstore.storage import StorageWriter
+from csvstore.storage import StorageWriter, fsync_dir
 
 log = logging.getLogger("csvstore.tus")
 
@@ -140,6 +140,9 @@ class PartialHold(Protocol):
     async def remove(self) -> None: ...
 
 
+H = TypeVar("H", bound=PartialHold)
+
+
 class PartialStore(Protocol):
     async def create(self, state: PartialState) -> None: ...
 
@@ -167,14 +170,6 @@ class PartialStore(Protocol):
         """Whether a stored name without a row is a partial upload's, waiting for its publish
         (so not an orphan for the check to remove)."""
         ...
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalPartialStore:
@@ -207,7 +202,7 @@ class LocalPartialStore:
                 os.fsync(handle.fileno())
         os.replace(new, path)
         if self.fsync:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     def _read_state(self, upload_id: str) -> PartialState | None:
         try:
@@ -302,7 +297,7 @@ class LocalPartialStore:
                 path.unlink()
                 found = True
         if self.fsync:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         return found
 
     # Sweeping and reconciling
@@ -504,11 +499,12 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-class _PublishingWriter:
-    """The complete upload as a :class:`StorageWriter`: commit renames the data file into
-    ``uploads/`` (after an fsync), abort removes it. Nothing is written through it."""
+class HoldPublisher(Generic[H]):
+    """A complete upload as a :class:`StorageWriter` whose bytes are already in its hold:
+    nothing is written through it; each store says how ``commit`` publishes them and how
+    ``abort`` removes them."""
 
-    def __init__(self, hold: _LocalHold, key: str) -> None:
+    def __init__(self, hold: H, key: str) -> None:
         self._hold = hold
         self.key = key
 
@@ -518,6 +514,10 @@ class _PublishingWriter:
 
     async def write(self, chunk: bytes) -> None:
         raise RuntimeError("a partial upload's bytes arrive through its hold, not its writer")
+
+
+class _PublishingWriter(HoldPublisher["_LocalHold"]):
+    """Commit renames the data file into ``uploads/`` (after an fsync), abort removes it."""
 
     async def commit(self) -> None:
         store = self._hold._store
@@ -530,7 +530,7 @@ class _PublishingWriter:
                 os.fsync(fd)
             os.rename(source, target)
             if store.fsync:
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
 
         await asyncio.to_thread(run)
         self._hold.published = True

@@ -49,7 +49,7 @@ import orjson
 from botocore.exceptions import ClientError
 
 from csvstore.analysis import FileFacts, UploadAnalysis
-from csvstore.partial import UPLOAD_ID, PartialState, UploadLocked
+from csvstore.partial import UPLOAD_ID, HoldPublisher, PartialState, UploadLocked
 from csvstore.storage_s3 import (
     _PART_CHECKSUMS,
     MAX_PARTS,
@@ -811,20 +811,9 @@ class _S3Hold:
                 await renewing
 
 
-class _S3Publisher:
-    """The complete upload as a :class:`StorageWriter`: commit completes the multipart
-    upload into the final object (if the analysis did not already), abort deletes it."""
-
-    def __init__(self, hold: _S3Hold, key: str) -> None:
-        self._hold = hold
-        self.key = key
-
-    @property
-    def size(self) -> int:
-        return self._hold.received
-
-    async def write(self, chunk: bytes) -> None:
-        raise RuntimeError("a partial upload's bytes arrive through its hold, not its writer")
+class _S3Publisher(HoldPublisher["_S3Hold"]):
+    """Commit completes the multipart upload into the final object (if the analysis did
+    not already), abort deletes it."""
 
     async def commit(self) -> None:
         await self._hold.complete_object()

@@ -75,7 +75,8 @@ class Storage(Protocol):
         ...
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the entries of a folder (a rename into it, a removal) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -111,7 +112,7 @@ class _FolderSync:
                 ticket = self._begun
                 self._cond.release()
                 try:
-                    _fsync_dir(self._path)  # a failure reaches this caller; waiters retry
+                    fsync_dir(self._path)  # a failure reaches this caller; waiters retry
                 finally:
                     self._cond.acquire()
                     self._running = False

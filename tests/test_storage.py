@@ -20,7 +20,7 @@ def test_concurrent_renames_share_folder_fsyncs(
         calls.append(time.monotonic())
         time.sleep(0.01)  # long enough for the other callers to queue behind it
 
-    monkeypatch.setattr(storage, "_fsync_dir", slow_fsync)
+    monkeypatch.setattr(storage, "fsync_dir", slow_fsync)
     folder = storage._FolderSync(tmp_path)
     waits: list[tuple[float, float]] = []  # (called, returned) of each caller
 
@@ -51,7 +51,7 @@ def test_a_failed_folder_fsync_reaches_its_caller_and_the_next_one_retries(
         if error is not None:
             raise error
 
-    monkeypatch.setattr(storage, "_fsync_dir", flaky_fsync)
+    monkeypatch.setattr(storage, "fsync_dir", flaky_fsync)
     folder = storage._FolderSync(tmp_path)
     with pytest.raises(OSError, match="EIO"):
         folder.sync()
