@@ -14,6 +14,7 @@ from csvstore import __version__
 from csvstore.app import open_store
 from csvstore.check import ORPHAN_MIN_AGE, TEMP_MIN_AGE, CheckReport, reconcile
 from csvstore.config import Settings, convert
+from csvstore.observability import ClientProtocolErrors
 from csvstore.security import check_bind_is_safe, load_keys
 from csvstore.server import serve
 
@@ -149,6 +150,7 @@ def configure_logging(settings: Settings) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
+    logging.getLogger("aiohttp.server").addFilter(ClientProtocolErrors())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

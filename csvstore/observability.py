@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -309,3 +310,20 @@ async def readyz(request: web.Request) -> web.Response:
             503, "not ready: " + ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok")
         )
     return web.json_response({"status": "ready", "checks": checks})
+
+
+class ClientProtocolErrors(logging.Filter):
+    """A request that is not valid HTTP (a bad Transfer-Encoding, a malformed header line)
+    is refused by aiohttp's HTTP layer with a plain 400 before any route sees it, and aiohttp
+    logs it with a traceback as if the server had failed. It is the client's error: one
+    warning line with the reason, no traceback. Installed on the ``aiohttp.server`` logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            record.msg = f"{record.getMessage()}: {exc.code} {exc.message}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.config import SchemathesisConfig
 from schemathesis.core.result import Ok
@@ -76,6 +76,10 @@ def test_every_operation_answers_as_documented(live_server: ServerProcess) -> No
         )
         def exercise(case: schemathesis.Case[Any]) -> None:
             nonlocal sent
+            # A made-up Transfer-Encoding makes the request invalid HTTP: aiohttp's HTTP layer
+            # refuses it (a plain 400) before any route sees it. That answer is tested on its
+            # own in test_process.py; here only requests the API can see count.
+            assume(not any(name.lower() == "transfer-encoding" for name in case.headers or {}))
             response = case.call(timeout=30)
             sent += 1
             assert response.status_code < 500, f"{case.method} {case.path}: {response.text}"

@@ -17,6 +17,7 @@ import requests
 from csvstore.__main__ import build_parser, settings_from
 from csvstore.config import GiB, Settings, parse_size
 from tests.conftest import assert_consistent
+from tests.serverproc import ServerProcess
 
 
 def free_port() -> int:
@@ -211,3 +212,25 @@ def test_a_taken_port_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
     assert "address already in use" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "Task was destroyed" not in proc.stderr
+
+
+def test_invalid_http_is_a_400_and_one_log_line(tmp_path: Path) -> None:
+    """A request that is not valid HTTP (here a made-up Transfer-Encoding beside a
+    Content-Length) is refused by the HTTP layer with a 400, and logged as the client's
+    error in one line: no traceback."""
+    server = ServerProcess(tmp_path / "data")
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+            conn.sendall(
+                b"POST /api/csv/tus/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: bogus\r\n"
+                b"Content-Length: 0\r\n\r\n"
+            )
+            answer = conn.recv(4096)
+        assert answer.split(b"\r\n", 1)[0].split()[1] == b"400"
+    finally:
+        assert server.stop() == 0
+    log = server.log()
+    assert "Traceback" not in log
+    assert "WARNING aiohttp.server: Error handling request" in log
+    assert "Transfer-Encoding" in log
