@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -118,6 +119,7 @@ async def receive_upload(request: web.Request, store: CsvStore, limits: UploadLi
         return Uploaded(form.session_id, published.file, published.duplicate)
     finally:
         if form.writer is not None:
+            await form.settle()
             await form.writer.abort()
 
 
@@ -222,6 +224,13 @@ class _Form:
                 load(_upload_options, {name: self._field_text()}, what=f"form field {name!r}")
             )
 
+    async def settle(self) -> None:
+        """Let a block still being written finish (its errors no longer matter)."""
+        if self._file is not None:
+            # The upload already failed with the error that matters; this one is a consequence.
+            with contextlib.suppress(Exception):
+                await self._file.settle()
+
     def _field_text(self) -> str:
         try:
             return self._field.decode("utf-8")
@@ -230,7 +239,12 @@ class _Form:
 
 
 class _FileStream:
-    """The file part on its way to storage: checked, analysed and written block by block."""
+    """The file part on its way to storage: checked, analysed and written block by block.
+
+    Large blocks are pipelined: while block N is written and hashed in worker threads, the
+    event loop receives block N+1 and checks and profiles it. Only then does it wait for N,
+    so blocks reach the writer and the hash in order and at most one is in flight.
+    """
 
     def __init__(self, writer: StorageWriter, storage: Storage, limits: UploadLimits) -> None:
         self.writer = writer
@@ -242,6 +256,7 @@ class _FileStream:
         # full chunk before writing so each thread hop to the disk moves a large block.
         self.pending: list[bytes] = []
         self.pending_size = 0
+        self.in_flight: asyncio.Future[Any] | None = None  # the last block's write+hash
 
     async def feed(self, data: bytes) -> None:
         self.received += len(data)
@@ -255,41 +270,44 @@ class _FileStream:
     async def finish(self) -> FileFacts:
         if self.pending:
             await self._flush()
+        await self.settle()
         return self.analysis.finish()
+
+    async def settle(self) -> None:
+        """Wait for the block in flight; raise what its write or hash raised.
+
+        Also called before the writer is aborted, so no thread still writes to it.
+        """
+        in_flight, self.in_flight = self.in_flight, None
+        if in_flight is None:
+            return
+        for outcome in await in_flight:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _flush(self) -> None:
         block = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
         self.pending = []
         self.pending_size = 0
         _ensure_room(self.storage, len(block), self.limits)
-        await _take_block(block, self.analysis, self.writer)
+        if len(block) < _OVERLAP_MIN:
+            await self.settle()
+            self.analysis.feed(block)  # refuses a non-CSV block before any of it is written
+            await self.writer.write(block)
+            return
+        self.analysis.inspect(block)  # here, while the previous block is written and hashed
+        await self.settle()
+        # Both hops are handed to threads now: a coroutine or task would only start at the
+        # next wait, which may come after the next block has been received and profiled.
+        digest = asyncio.get_running_loop().run_in_executor(None, self.analysis.digest, block)
+        write = asyncio.ensure_future(self.writer.write(block))
+        self.in_flight = asyncio.gather(write, digest, return_exceptions=True)
+        await asyncio.sleep(0)  # the write task's first step, which submits its thread hop
 
 
 # Below this a block is checked, hashed and written one after the other: thread hops would
 # cost more than the overlap saves.
 _OVERLAP_MIN = 256 * 1024
-
-
-async def _take_block(block: bytes, analysis: UploadAnalysis, writer: StorageWriter) -> None:
-    """Check, profile, hash and write one block.
-
-    For large blocks the three overlap: the write and the hash run in worker threads (both
-    release the GIL) while the check and the profile run here. A block that fails the check
-    may then reach the temp file; the caller aborts the writer, so it never stays.
-    """
-    if len(block) < _OVERLAP_MIN:
-        analysis.feed(block)  # refuses a non-CSV block before any of it is written
-        await writer.write(block)
-        return
-    write = asyncio.ensure_future(writer.write(block))
-    digest = asyncio.ensure_future(asyncio.to_thread(analysis.digest, block))
-    try:
-        analysis.inspect(block)
-    finally:
-        outcomes = await asyncio.gather(write, digest, return_exceptions=True)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
 
 
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)

@@ -62,6 +62,49 @@ async def test_storage_error_while_writing_leaves_nothing(
 
 
 @pytest.mark.local_storage
+@pytest.mark.parametrize("failing_block", [1, 3])
+async def test_storage_error_mid_stream_leaves_nothing(
+    client: Client,
+    session: str,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    failing_block: int,
+) -> None:
+    """A large upload's blocks are written while the next one is received: a write that
+    fails, first block or later, still ends in a 507 with no byte left and no thread still
+    writing into a removed file."""
+    original = LocalWriter.write
+    writes = 0
+
+    async def write_then_fail(self: LocalWriter, chunk: bytes) -> None:
+        nonlocal writes
+        writes += 1
+        if writes == failing_block:
+            await asyncio.sleep(0.05)  # still in flight when the next block arrives
+            raise OSError(errno.ENOSPC, "simulated")
+        await original(self, chunk)
+
+    monkeypatch.setattr(LocalWriter, "write", write_then_fail)
+    data = csv_bytes(200_000)  # several chunks
+    assert len(data) > 4 * settings.upload_chunk_size
+    await assert_problem(await client.post("/api/csv/upload", data=upload_form(data)), 507)
+    assert writes >= failing_block
+    assert stored_state(settings) == (set(), set(), [])
+
+
+async def test_not_a_csv_block_mid_stream_while_another_is_written(
+    client: Client, session: str, settings: Settings
+) -> None:
+    """A NUL in the fourth block is refused while the third is still being written."""
+    data = csv_bytes(200_000)
+    cut = 3 * settings.upload_chunk_size + 10
+    data = data[:cut] + b"\x00" + data[cut + 1 :]
+    body = await assert_problem(await client.post("/api/csv/upload", data=upload_form(data)), 400)
+    assert "NUL" in body["detail"]
+    assert stored_state(settings) == (set(), set(), [])
+
+
+@pytest.mark.local_storage
 async def test_storage_error_while_publishing_leaves_nothing(
     client: Client, session: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
