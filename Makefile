@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: run test test-postgres test-s3 lint bench bench-quick bench-postgres-s3 stress clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py csvstore/_scan.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'

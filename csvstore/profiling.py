@@ -70,7 +70,10 @@ import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Final, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Final, Protocol
+
+if TYPE_CHECKING:
+    from csvstore._scan import Scanner
 
 __all__ = [
     "SUPPORTED_ENCODINGS",
@@ -569,13 +572,12 @@ class _RecordScanner:
         expected_body = term + self._row_pattern * rows if rows >= 0 and not rest else b""
         if len(expected_body) == body_len and reduced.startswith(expected_body, first):
             # Every line has the expected width and terminator: the common case, one compare.
-            ragged = 0
+            widths: list[bytes] | None = None  # none ragged
             blank_possible = width == 0
         elif self._uniform_terminators(reduced):
             widths = reduced[first + len(term) : last + 1].split(term)
             widths.pop()  # the empty piece after the last terminator
             rows = len(widths)
-            ragged = rows - widths.count(self._row_pattern[: -len(term)])
             blank_possible = True
         else:
             return False
@@ -597,7 +599,7 @@ class _RecordScanner:
             return False  # blank lines in between are not rows: go line by line
         self._rec_delims += first
         self._end_record(self._rec_nonempty or head_end > start, self._pos + head_end + len(term))
-        self._add_rows(data, head_end + len(term), tail_start, rows, ragged)
+        self._add_rows(data, head_end + len(term), tail_start, rows, widths)
         self._rec_start = self._pos + tail_start
         self._rec_delims = len(reduced) - last - 1
         self._rec_nonempty = tail_start < end
@@ -612,10 +614,22 @@ class _RecordScanner:
         pairs = reduced.count(b"\r\n")
         return pairs == reduced.count(b"\r") == reduced.count(b"\n")
 
-    def _add_rows(self, data: bytes, first: int, stop: int, rows: int, ragged: int) -> None:
-        """Record `rows` complete, non-blank records filling data[first:stop]."""
-        self._ragged += ragged
+    def _add_rows(
+        self, data: bytes, first: int, stop: int, rows: int, widths: list[bytes] | None
+    ) -> None:
+        """Record `rows` complete, non-blank records filling data[first:stop].
+
+        `widths` holds each record's delimiters (None: all have the expected number).
+        """
         index = self._records - self._header_records  # data index of the first of them
+        if widths is not None:
+            # The header is not a data row, ragged or not (it is among these rows when blank
+            # lines come before it).
+            headers = min(max(-index, 0), rows)
+            data_widths = widths[headers:] if headers else widths
+            self._ragged += len(data_widths) - data_widths.count(
+                self._row_pattern[: -len(self._term)]
+            )
         self._records += rows
         every = self._checkpoint_every
         wanted = max(index, 0)
@@ -663,6 +677,47 @@ class _RecordScanner:
     def _set_expected(self, delims: int) -> None:
         self._expected = delims
         self._row_pattern = self._delim_bytes * delims + self._term
+
+
+class _Counter(Protocol):
+    """What the profiler needs of a record counter: `_RecordScanner` or the C `Scanner`."""
+
+    def feed(self, data: bytes, /) -> None: ...
+
+    def finish(self) -> None: ...
+
+    @property
+    def data_rows(self) -> int: ...
+
+    @property
+    def ragged(self) -> int: ...
+
+    @property
+    def expected_fields(self) -> int | None: ...
+
+    @property
+    def checkpoints(self) -> list[tuple[int, int]]: ...
+
+
+# The same counter in C (csvstore/_scan.c), built at install when a C compiler is there: it
+# costs about a quarter of `_RecordScanner`'s time per byte and lets go of the GIL, so a large
+# upload's profile no longer holds up the event loop. `_RecordScanner` stays the reference
+# (the tests run both against csv.reader) and the fallback.
+def _native_scanner() -> type[Scanner] | None:
+    try:
+        from csvstore._scan import Scanner
+    except ImportError:  # not built: there was no C compiler at install time
+        return None
+    return Scanner
+
+
+_NativeScanner = _native_scanner()
+_use_native = True  # the tests switch it off to run the Python counter
+
+
+def native_counter() -> bool:
+    """Whether profiles are counted by the C counter (else by the pure-Python one)."""
+    return _NativeScanner is not None and _use_native
 
 
 # --------------------------------------------------------------------------------------------
@@ -951,7 +1006,7 @@ class CsvProfiler:
         self._sample: bytearray | None = bytearray()
         self._bom_len = 0
         self._projector = _Projector(wide=self._unit == 2, little=True)
-        self._scanner: _RecordScanner | None = None
+        self._scanner: _Counter | None = None
         self._sniffed: _Sniffed | None = None
         self._has_header = False
         self._columns: list[str] = []
@@ -1019,7 +1074,7 @@ class CsvProfiler:
         self._scanner.feed(projected)
         return True
 
-    def _start_scanner(self, sniffed: _Sniffed, body: bytes, codec: str) -> _RecordScanner:
+    def _start_scanner(self, sniffed: _Sniffed, body: bytes, codec: str) -> _Counter:
         records = sniffed.records
         expected: int | None = None
         if records:
@@ -1035,6 +1090,14 @@ class CsvProfiler:
             else:
                 widths = Counter(len(record.fields) for record in records)
                 expected = widths.most_common(1)[0][0]
+        if _NativeScanner is not None and _use_native:
+            return _NativeScanner(
+                delimiter=ord(sniffed.delimiter),
+                quotechar=ord(sniffed.quotechar),
+                expected_fields=expected,
+                header_records=int(self._has_header),
+                checkpoint_every=self._checkpoint_every,
+            )
         return _RecordScanner(
             delimiter=ord(sniffed.delimiter),
             quotechar=ord(sniffed.quotechar),
@@ -1044,7 +1107,7 @@ class CsvProfiler:
             checkpoint_every=self._checkpoint_every,
         )
 
-    def _build_profile(self, scanner: _RecordScanner, sniffed: _Sniffed) -> CsvProfile:
+    def _build_profile(self, scanner: _Counter, sniffed: _Sniffed) -> CsvProfile:
         bom, unit = self._bom_len, self._unit
         return CsvProfile(
             delimiter=sniffed.delimiter,

@@ -23,6 +23,21 @@ from csvstore.profiling import CsvProfile, CsvProfiler, iter_rows_from
 CHUNKINGS = (None, 1, 7)  # whole, 1-byte and 7-byte chunks
 
 
+@pytest.fixture(autouse=True, scope="module", params=["c", "python"])
+def record_counter(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test here runs with the C record counter and with the pure-Python one."""
+    saved = profiling._use_native
+    profiling._use_native = request.param == "c"
+    yield request.param
+    profiling._use_native = saved
+
+
+def test_the_c_counter_is_built(record_counter: str) -> None:
+    # make test builds csvstore/_scan.c; a missing build would silently test Python twice.
+    assert profiling._NativeScanner is not None
+    assert profiling.native_counter() == (record_counter == "c")
+
+
 def chunks(data: bytes, size: int | None) -> Iterator[bytes]:
     if size is None:
         yield data
@@ -740,3 +755,81 @@ def test_column_kinds_match_the_kind_of_each_cell(cells: list[str]) -> None:
     values = [cell for cell in cells if cell.strip()]
     if values:
         assert profiling._column_kinds(values) == {profiling._kind(v) for v in values}
+
+
+# --------------------------------------------------------------------------------------------
+# The C counter against the Python one, byte for byte
+# --------------------------------------------------------------------------------------------
+
+# Long runs of ordinary bytes reach the C counter's 64-byte fast path; the specials, quotes
+# and CRs send it back to its byte-by-byte path, at any position in a 64-byte window.
+_PIECES = st.sampled_from(
+    [b",", b";", b"\n", b"\r", b"\r\n", b'"', b'""', b"'", b"a", b"xyz", b" ", b"\xe9"]
+    + [b"a" * n for n in (15, 31, 63, 64, 65, 127, 200)]
+    + [b"b,c,d\n" * 11, b'"q,\n"' + b"x" * 70]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(_PIECES, max_size=60).map(b"".join),
+    st.data(),
+    st.sampled_from([(44, 34), (59, 39), (9, 34), (124, 34)]),
+    st.one_of(st.none(), st.integers(1, 6)),
+    st.integers(0, 1),
+    st.integers(1, 5),
+)
+def test_c_counter_equals_python_counter(
+    stored: bytes,
+    data: st.DataObject,
+    dialect: tuple[int, int],
+    expected: int | None,
+    header: int,
+    every: int,
+) -> None:
+    assert profiling._NativeScanner is not None
+    delimiter, quotechar = dialect
+    options = dict(
+        delimiter=delimiter,
+        quotechar=quotechar,
+        expected_fields=expected,
+        header_records=header,
+        checkpoint_every=every,
+    )
+    native = profiling._NativeScanner(**options)  # type: ignore[arg-type]
+    python = profiling._RecordScanner(terminator=b"\n", **options)  # type: ignore[arg-type]
+    for part in data.draw(chunkings(stored)):
+        native.feed(part)
+        python.feed(part)
+    native.finish()
+    python.finish()
+    assert (native.data_rows, native.ragged, native.expected_fields, native.checkpoints) == (
+        python.data_rows,
+        python.ragged,
+        python.expected_fields,
+        python.checkpoints,
+    )
+
+
+def test_c_counter_refuses_bad_arguments_and_overlapping_feeds() -> None:
+    assert profiling._NativeScanner is not None
+    good = dict(
+        delimiter=44, quotechar=34, expected_fields=None, header_records=0, checkpoint_every=1
+    )
+    for bad in (
+        {"delimiter": 34},  # the same byte as the quote
+        {"delimiter": 10},
+        {"quotechar": 300},
+        {"checkpoint_every": 0},
+        {"expected_fields": 0},
+    ):
+        with pytest.raises(ValueError, match=r"must be positive|two distinct bytes"):
+            profiling._NativeScanner(**(good | bad))  # type: ignore[arg-type]
+    scanner = profiling._NativeScanner(**good)  # type: ignore[arg-type]
+    scanner.feed(memoryview(b"a,b\n1,2\n"))  # any bytes-like object
+    scanner.finish()
+    assert (scanner.data_rows, scanner.expected_fields, scanner.checkpoints) == (
+        2,
+        2,
+        [(0, 0), (1, 4)],
+    )
