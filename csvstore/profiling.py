@@ -9,7 +9,9 @@ How it stays fast and flat
 --------------------------
 Only the first `sample_size` bytes (more if the first records are longer) are buffered and
 parsed with the `csv` module to sniff the dialect and the header. Everything after that is
-counted with C-level bytes operations, never one byte at a time in Python:
+counted by the C extension `csvstore._scan` when it was built (one pass, without the GIL;
+see csvstore/_scan.c), or else by `_RecordScanner` below, which reads the bytes the same way
+with C-level bytes operations, never one byte at a time in Python:
 
 * ``bytes.translate`` deletes every byte but the delimiter, CR, LF and the quote character.
   That reduced string is a few bytes per row, and for a file whose rows all have the
