@@ -95,35 +95,42 @@ end_record(Scanner *self, int nonempty, long long next_start)
     self->rec_start = next_start;
 }
 
-/* Byte by byte over data[p:stop) (p, stop: indexes into data); any state, any bytes. */
+/* Byte by byte over data[p:stop) (p, stop: indexes into data); any state, any bytes.
+ * The state lives in locals here (the compiler cannot keep fields of `self` in registers
+ * across reads of `data`, which may alias them) and goes back to `self` at the end and
+ * whenever a record ends. */
 static void
 scan_bytes(Scanner *self, const unsigned char *data, Py_ssize_t p, Py_ssize_t stop)
 {
     const unsigned char *classes = self->classes;
     const unsigned char quote = self->quote;
     const long long base = self->pos;
+    int in_quote = self->in_quote, quote_pending = self->quote_pending;
+    int cr_pending = self->cr_pending, field_start = self->field_start;
+    int rec_nonempty = self->rec_nonempty;
+    long long rec_delims = self->rec_delims;
 
     while (p < stop) {
         unsigned char c = data[p];
-        if (self->in_quote) {
-            if (!self->quote_pending) {
+        if (in_quote) {
+            if (!quote_pending) {
                 const unsigned char *found = memchr(data + p, quote, (size_t)(stop - p));
                 if (found == NULL)
-                    return;
-                self->quote_pending = 1;
+                    break;
+                quote_pending = 1;
                 p = found - data + 1;
                 continue;
             }
-            self->quote_pending = 0;
+            quote_pending = 0;
             if (c == quote) { /* "" : an escaped quote, still inside */
                 p++;
                 continue;
             }
-            self->in_quote = 0; /* the quote closed the field; c is outside */
-            self->field_start = 0;
+            in_quote = 0; /* the quote closed the field; c is outside */
+            field_start = 0;
         }
-        if (self->cr_pending) {
-            self->cr_pending = 0;
+        if (cr_pending) {
+            cr_pending = 0;
             if (c == '\n') { /* second half of a CRLF */
                 p++;
                 self->rec_start = base + p;
@@ -131,35 +138,44 @@ scan_bytes(Scanner *self, const unsigned char *data, Py_ssize_t p, Py_ssize_t st
             }
         }
         switch (classes[c]) {
-        case ORDINARY:
-            self->rec_nonempty = 1;
-            self->field_start = 0;
-            break;
+        case ORDINARY: /* and the ones after it, at once */
+            p++;
+            while (p < stop && classes[data[p]] == ORDINARY)
+                p++;
+            rec_nonempty = 1;
+            field_start = 0;
+            continue;
         case DELIM:
-            self->rec_delims++;
-            self->rec_nonempty = 1;
-            self->field_start = 1;
+            rec_delims++;
+            rec_nonempty = 1;
+            field_start = 1;
             break;
         case CR:
-            end_record(self, self->rec_nonempty, base + p + 1);
-            self->cr_pending = 1;
-            self->field_start = 1;
-            break;
         case LF:
-            end_record(self, self->rec_nonempty, base + p + 1);
-            self->field_start = 1;
+            self->rec_delims = rec_delims;
+            end_record(self, rec_nonempty, base + p + 1);
+            rec_delims = 0;
+            rec_nonempty = 0;
+            cr_pending = classes[c] == CR;
+            field_start = 1;
             break;
         case QUOTE:
-            self->rec_nonempty = 1;
-            if (self->field_start) {
-                self->in_quote = 1;
-                self->field_start = 0;
+            rec_nonempty = 1;
+            if (field_start) {
+                in_quote = 1;
+                field_start = 0;
             }
             /* elsewhere a quote is an ordinary character of an unquoted field */
             break;
         }
         p++;
     }
+    self->in_quote = in_quote;
+    self->quote_pending = quote_pending;
+    self->cr_pending = cr_pending;
+    self->field_start = field_start;
+    self->rec_nonempty = rec_nonempty;
+    self->rec_delims = rec_delims;
 }
 
 #if defined(__SSE2__)
