@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml setup.py csvstore/_scan.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@# A C extension that fails to build is skipped by the install (it is optional): remove
+	@# the old build first, so that the tests cannot run against a stale one.
+	rm -f csvstore/_scan.*.so
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
@@ -76,6 +79,7 @@ screenshot: $(STAMP) browser-deps
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
+	rm -f csvstore/_scan.*.so
 
 # The long runs: many more SIGKILLs of the real server under load.
 stress: $(STAMP)

@@ -59,6 +59,10 @@ add_checkpoint(Scanner *self, long long index, long long offset)
 {
     if (self->n_checkpoints == self->cap_checkpoints) {
         Py_ssize_t cap = self->cap_checkpoints ? self->cap_checkpoints * 2 : 16;
+        if (cap > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(Checkpoint) / 2) {
+            self->failed = 1;
+            return -1;
+        }
         Checkpoint *grown = realloc(self->checkpoints, (size_t)cap * sizeof(Checkpoint));
         if (grown == NULL) {
             self->failed = 1;
@@ -99,6 +103,18 @@ end_record(Scanner *self, int nonempty, long long next_start)
  * The state lives in locals here (the compiler cannot keep fields of `self` in registers
  * across reads of `data`, which may alias them) and goes back to `self` at the end and
  * whenever a record ends. */
+/* feed() lets go of the GIL while it counts: anything else called meanwhile (from another
+ * thread) would read or free what the count is changing, so it is refused. */
+static int
+refuse_if_busy(Scanner *self)
+{
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "the scanner is in use by a feed() in another thread");
+        return -1;
+    }
+    return 0;
+}
+
 static void
 scan_bytes(Scanner *self, const unsigned char *data, Py_ssize_t p, Py_ssize_t stop)
 {
@@ -269,6 +285,8 @@ Scanner_init(Scanner *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "$iiOLL", kwlist, &delimiter, &quotechar,
                                      &expected, &header_records, &every))
         return -1;
+    if (refuse_if_busy(self) < 0)
+        return -1;
     if (delimiter < 0 || delimiter > 255 || quotechar < 0 || quotechar > 255 ||
         delimiter == quotechar || delimiter == '\r' || delimiter == '\n' ||
         quotechar == '\r' || quotechar == '\n') {
@@ -327,9 +345,8 @@ Scanner_feed(Scanner *self, PyObject *arg)
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    if (self->busy) {
+    if (refuse_if_busy(self) < 0) {
         PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_RuntimeError, "feed() while another feed() is running");
         return NULL;
     }
     self->busy = 1;
@@ -350,6 +367,8 @@ Scanner_feed(Scanner *self, PyObject *arg)
 static PyObject *
 Scanner_finish(Scanner *self, PyObject *Py_UNUSED(ignored))
 {
+    if (refuse_if_busy(self) < 0)
+        return NULL;
     /* A quote as the very last byte closes its field; an unterminated quoted field at the
      * end still makes a record, as csv.reader does. */
     self->quote_pending = 0;
@@ -364,6 +383,8 @@ Scanner_finish(Scanner *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Scanner_data_rows(Scanner *self, void *Py_UNUSED(closure))
 {
+    if (refuse_if_busy(self) < 0)
+        return NULL;
     long long rows = self->records - self->header_records;
     return PyLong_FromLongLong(rows > 0 ? rows : 0);
 }
@@ -371,12 +392,16 @@ Scanner_data_rows(Scanner *self, void *Py_UNUSED(closure))
 static PyObject *
 Scanner_ragged(Scanner *self, void *Py_UNUSED(closure))
 {
+    if (refuse_if_busy(self) < 0)
+        return NULL;
     return PyLong_FromLongLong(self->ragged);
 }
 
 static PyObject *
 Scanner_expected_fields(Scanner *self, void *Py_UNUSED(closure))
 {
+    if (refuse_if_busy(self) < 0)
+        return NULL;
     if (self->expected < 0)
         Py_RETURN_NONE;
     return PyLong_FromLongLong(self->expected + 1);
@@ -385,6 +410,8 @@ Scanner_expected_fields(Scanner *self, void *Py_UNUSED(closure))
 static PyObject *
 Scanner_checkpoints(Scanner *self, void *Py_UNUSED(closure))
 {
+    if (refuse_if_busy(self) < 0)
+        return NULL;
     PyObject *list = PyList_New(self->n_checkpoints);
     if (list == NULL)
         return NULL;

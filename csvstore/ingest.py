@@ -14,6 +14,7 @@ import base64
 import binascii
 import contextlib
 import re
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -119,8 +120,24 @@ async def receive_upload(request: web.Request, store: CsvStore, limits: UploadLi
         return Uploaded(form.session_id, published.file, published.duplicate)
     finally:
         if form.writer is not None:
-            await form.settle()
-            await form.writer.abort()
+            await _discard(form.discard())
+
+
+# Discards still running after the request that started them was cancelled: the loop keeps
+# only weak references to tasks, so these are held here until they finish.
+_DISCARDS: set[asyncio.Task[None]] = set()
+
+
+async def _discard(discard: Coroutine[Any, Any, None]) -> None:
+    """Run the removal of a failed upload's bytes to its end, even if cancelled meanwhile.
+
+    A client that goes away cancels the request; cancelled halfway, the removal could leave
+    a temp file behind, or remove it while a worker thread is still writing it.
+    """
+    task = asyncio.ensure_future(discard)
+    _DISCARDS.add(task)
+    task.add_done_callback(_DISCARDS.discard)
+    await asyncio.shield(task)
 
 
 async def _read_form(body: StreamReader, boundary: str, limits: UploadLimits, form: _Form) -> None:
@@ -224,12 +241,17 @@ class _Form:
                 load(_upload_options, {name: self._field_text()}, what=f"form field {name!r}")
             )
 
-    async def settle(self) -> None:
-        """Let a block still being written finish (its errors no longer matter)."""
-        if self._file is not None:
-            # The upload already failed with the error that matters; this one is a consequence.
-            with contextlib.suppress(Exception):
-                await self._file.settle()
+    async def discard(self) -> None:
+        """Remove what was written of a failed upload, once no thread writes to it any more."""
+        assert self.writer is not None
+        try:
+            if self._file is not None:
+                # The upload already failed with the error that matters; any error of the
+                # block in flight is a consequence of it.
+                with contextlib.suppress(Exception):
+                    await self._file.settle()
+        finally:
+            await self.writer.abort()
 
     def _field_text(self) -> str:
         try:
@@ -278,10 +300,14 @@ class _FileStream:
 
         Also called before the writer is aborted, so no thread still writes to it.
         """
-        in_flight, self.in_flight = self.in_flight, None
+        in_flight = self.in_flight
         if in_flight is None:
             return
-        for outcome in await in_flight:
+        # Shielded: a cancelled request must not stop waiting for its worker threads (they
+        # go on anyway); it stays in flight, so the discard that follows waits for it again.
+        outcomes = await asyncio.shield(in_flight)
+        self.in_flight = None
+        for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
 

@@ -8,14 +8,19 @@ from __future__ import annotations
 import asyncio
 import errno
 import sqlite3
+import time
 from dataclasses import replace
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
+import aiofiles.threadpool
 import pytest
 
 from csvstore.config import Settings
+from csvstore.ingest import UploadLimits, _discard, _FileStream, _Form
 from csvstore.repo import Repo
-from csvstore.storage import LocalWriter
+from csvstore.service import CsvStore
+from csvstore.storage import LocalStorage, LocalWriter
 from tests.conftest import (
     BOUNDARY,
     Client,
@@ -102,6 +107,58 @@ async def test_not_a_csv_block_mid_stream_while_another_is_written(
     body = await assert_problem(await client.post("/api/csv/upload", data=upload_form(data)), 400)
     assert "NUL" in body["detail"]
     assert stored_state(settings) == (set(), set(), [])
+
+
+@pytest.mark.parametrize("cancels", [1, 2])
+async def test_cancelled_upload_waits_for_its_threads_then_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cancels: int
+) -> None:
+    """A client that goes away cancels its request while a block is still being written:
+    the temp file must not be removed under the writing thread (or re-created after), even
+    when a second cancel (a shutdown) comes during the clean-up."""
+    real_open = aiofiles.threadpool.sync_open  # type: ignore[attr-defined]
+
+    def slow_open(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)  # a slow disk: the temp file is opened in a thread meanwhile
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(aiofiles.threadpool, "sync_open", slow_open)
+    storage = LocalStorage(tmp_path / "uploads", tmp_path / "tmp", fsync=False)
+    await storage.prepare()
+    limits = UploadLimits(max_upload_size=1 << 30, chunk_size=512 * 1024, read_timeout=5)
+    form = _Form(cast(CsvStore, None), limits)
+    form.writer = await storage.begin("k1")
+    form._file = _FileStream(form.writer, storage, limits)
+    block = b"a,b,c\n" * (512 * 1024 // 6 + 1)
+    aborted = asyncio.Event()
+    real_abort = form.writer.abort
+
+    async def abort() -> None:
+        await real_abort()
+        aborted.set()
+
+    monkeypatch.setattr(form.writer, "abort", abort)
+
+    async def request() -> None:
+        assert form._file is not None
+        try:
+            await form._file.feed(block)  # in flight: the temp file is being opened
+            await form._file.feed(block)  # waits for the first block
+            await asyncio.sleep(10)
+        finally:  # as receive_upload's
+            await _discard(form.discard())
+
+    task = asyncio.ensure_future(request())
+    await asyncio.sleep(0.1)
+    for _ in range(cancels):
+        task.cancel()
+        await asyncio.sleep(0.05)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(aborted.wait(), 5)
+    await asyncio.sleep(0.5)  # nothing comes back after the abort
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert list((tmp_path / "uploads").iterdir()) == []
 
 
 @pytest.mark.local_storage

@@ -10,6 +10,7 @@ import codecs
 import csv
 import io
 import itertools
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -811,7 +812,7 @@ def test_c_counter_equals_python_counter(
     )
 
 
-def test_c_counter_refuses_bad_arguments_and_overlapping_feeds() -> None:
+def test_c_counter_refuses_bad_arguments() -> None:
     assert profiling._NativeScanner is not None
     good = dict(
         delimiter=44, quotechar=34, expected_fields=None, header_records=0, checkpoint_every=1
@@ -833,3 +834,39 @@ def test_c_counter_refuses_bad_arguments_and_overlapping_feeds() -> None:
         2,
         [(0, 0), (1, 4)],
     )
+
+
+def test_c_counter_refuses_to_be_used_while_another_thread_feeds_it() -> None:
+    """feed() counts without the GIL: meanwhile everything else on the same scanner raises
+    instead of reading (or freeing) what the count is changing."""
+    assert profiling._NativeScanner is not None
+    options = dict(
+        delimiter=44, quotechar=34, expected_fields=2, header_records=0, checkpoint_every=10**6
+    )
+    scanner = profiling._NativeScanner(**options)
+    rows = 16 * 1024 * 1024
+    big = b"a,b\n" * rows  # 64 MiB: tens of milliseconds of counting
+    feeding = threading.Thread(target=scanner.feed, args=(big,))
+    refused: set[str] = set()
+    messages: set[str] = set()
+    feeding.start()
+    while feeding.is_alive():
+        # Calls that change nothing when they do run (before or after the feed).
+        for name, call in {
+            "data_rows": lambda: scanner.data_rows,
+            "checkpoints": lambda: scanner.checkpoints,
+            "ragged": lambda: scanner.ragged,
+            "feed": lambda: scanner.feed(b""),
+            "finish": scanner.finish,
+        }.items():
+            try:
+                call()
+            except RuntimeError as exc:
+                messages.add(str(exc))
+                refused.add(name)
+    feeding.join()
+    assert messages == {"the scanner is in use by a feed() in another thread"}
+    assert refused  # at least one call landed during the feed, and was refused
+    scanner.finish()
+    assert scanner.data_rows == rows  # the feed itself was not disturbed
+    assert len(scanner.checkpoints) == -(-rows // 10**6)
