@@ -198,6 +198,20 @@ class Settings:
         ),
     )
 
+    # The worker threads behind file writes, fsyncs, renames and hashes. Python's default
+    # (cores + 4) suits CPU work; these threads mostly wait in fsync. With 6 of them, small
+    # uploads at 64 connections waited ~45 ms for a thread; with 32 the wait moves into the
+    # disk's queue (no clear change in uploads/s here, bench/RESULTS.md), but a slow fsync
+    # no longer holds up unrelated file work such as downloads' reads.
+    io_threads: int = field(
+        default=32,
+        metadata=_help(
+            "worker threads per process for blocking file work (writes, fsync, renames, "
+            "hashing); most of their time is spent waiting for the disk",
+            "CSVSTORE_IO_THREADS",
+        ),
+    )
+
     # Hashing and profiling cost a little CPU per byte; switching them off exists only so
     # the benchmark can measure that cost. Digest checks and dedupe need them on.
     analyse_uploads: bool = field(
@@ -400,6 +414,11 @@ def convert(name: str, raw: str) -> Any:
         if workers < 0:
             raise ValueError(f"workers must be 0 (one per core) or more, got {workers}")
         return workers or (os.cpu_count() or 1)
+    if name == "io_threads":
+        threads = int(raw)
+        if not 1 <= threads <= 1024:
+            raise ValueError(f"io threads must be between 1 and 1024, got {threads}")
+        return threads
     if name == "port":
         port = int(raw)
         if not 0 <= port <= 65535:

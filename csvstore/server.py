@@ -18,6 +18,7 @@ import resource
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
@@ -39,6 +40,9 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 def run_worker(settings: Settings, *, startup_check: bool, reuse_port: bool) -> None:
     loop = _loop_factory()()
     asyncio.set_event_loop(loop)
+    loop.set_default_executor(
+        ThreadPoolExecutor(settings.io_threads, thread_name_prefix="csvstore-io")
+    )
     try:
         with _logs_written_off_the_loop():
             loop.run_until_complete(
@@ -46,6 +50,7 @@ def run_worker(settings: Settings, *, startup_check: bool, reuse_port: bool) -> 
             )
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,51 @@ def test_bad_settings_exit_with_a_message() -> None:
     assert "not a size" in proc.stderr
 
 
+def test_io_threads_setting() -> None:
+    assert Settings().io_threads == 32
+    assert settings_from(["--io-threads", "4"], {}).io_threads == 4
+    assert settings_from([], {"CSVSTORE_IO_THREADS": "64"}).io_threads == 64
+    proc = subprocess.run(
+        [sys.executable, "-m", "csvstore", "--io-threads", "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "io threads must be between 1 and 1024" in proc.stderr
+
+
+def test_blocking_file_work_runs_on_the_configured_threads(tmp_path: Path) -> None:
+    """Concurrent uploads into the real process: their writes, fsyncs and renames run on
+    as many worker threads as ``--io-threads`` allows, and on no more."""
+    body = b"id,name\n" + b"".join(b"%d,n%d\n" % (i, i) for i in range(50))
+
+    def threads_after_load(io_threads: int) -> int:
+        server = ServerProcess(tmp_path / f"data{io_threads}", "--io-threads", str(io_threads))
+        server.start()
+        try:
+            assert server.proc is not None
+            url = server.url
+            requests.post(f"{url}/api/csv/sessions", json={"session_id": "t"}, timeout=10)
+
+            def upload(i: int) -> int:
+                files = {"file": (f"f{i}.csv", body, "text/csv")}
+                form = {"session_id": "t"}
+                return requests.post(
+                    f"{url}/api/csv/upload", data=form, files=files, timeout=30
+                ).status_code
+
+            with ThreadPoolExecutor(16) as pool:
+                assert set(pool.map(upload, range(64))) == {201}
+            return len(list(Path(f"/proc/{server.proc.pid}/task").iterdir()))
+        finally:
+            assert server.stop() == 0
+
+    # Python 3.11 does not name its threads in /proc: compare the thread counts of two
+    # processes that differ only in the setting.
+    one, twelve = threads_after_load(1), threads_after_load(12)
+    assert 1 <= twelve - one <= 11
+
+
 @pytest.mark.parametrize(
     ("text", "size"), [("1024", 1024), ("64KiB", 65536), ("1.5m", 1572864), ("1GiB", GiB)]
 )
@@ -167,7 +213,6 @@ def test_parse_size(text: str, size: int) -> None:
 def test_workers_share_the_port_and_the_database(server: str) -> None:
     """Two processes, one SQLite database: concurrent creates have one winner, and every
     upload answered 201 is listed."""
-    from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(16) as pool:
         creates = list(
