@@ -78,6 +78,22 @@ def tus_upload(
     return str(uploader.url)
 
 
+def tus_upload_through_restarts(url: str, path: Path, **options: Any) -> str:
+    """`tus_upload` to a server that may be down (killed and restarting) at any moment.
+
+    tuspy retries its PATCHes but not the creation: a creation that found no server is
+    tried again; one the server answered with an error is not.
+    """
+    for _ in range(20):
+        try:
+            return tus_upload(url, path, **options)
+        except TusCommunicationError as exc:
+            if exc.status_code is not None:
+                raise
+            time.sleep(0.3)  # the server was down when the upload was created
+    raise AssertionError(f"no server took the creation of {path.name}")
+
+
 def path_of(url: str) -> str:
     """``http://host:port/api/...`` -> ``/api/...``"""
     return "/" + url.split("/", 3)[3]
@@ -651,21 +667,14 @@ def test_tuspy_uploads_in_flight_survive_sigkills(tmp_path: Path) -> None:
 
     def upload(n: int, path: Path) -> None:
         try:
-            for _ in range(20):  # creation itself is not retried by tuspy
-                try:
-                    results[n] = tus_upload(
-                        server.url,
-                        path,
-                        session_id="k",
-                        chunk_size=256 * 1024,
-                        checksum=n % 2 == 1,
-                        retries=60,
-                    )
-                    return
-                except TusCommunicationError as exc:
-                    if exc.status_code is not None:
-                        raise
-                    time.sleep(0.3)  # the server was down when the upload was created
+            results[n] = tus_upload_through_restarts(
+                server.url,
+                path,
+                session_id="k",
+                chunk_size=256 * 1024,
+                checksum=n % 2 == 1,
+                retries=60,
+            )
         except BaseException as exc:
             errors.append(exc)
 

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 import requests
 from tusclient import client as tus_client
-from tusclient.exceptions import TusCommunicationError
 
 from csvstore.app import open_store
 from csvstore.check import reconcile
@@ -44,6 +43,7 @@ from tests.test_tus import (
     path_of,
     single_shot,
     tus_upload,
+    tus_upload_through_restarts,
     without_per_upload_fields,
 )
 from tests.tusproxy import DroppingProxy
@@ -459,21 +459,14 @@ def test_tuspy_uploads_in_flight_on_s3_survive_sigkills(
 
     def upload(n: int, path: Path) -> None:
         try:
-            for _ in range(20):  # creation itself is not retried by tuspy
-                try:
-                    results[n] = tus_upload(
-                        server.url,
-                        path,
-                        session_id="k",
-                        chunk_size=MiB,
-                        checksum=n % 2 == 1,
-                        retries=100,  # 0.2 s apart: past a restart and a lapsing lease
-                    )
-                    return
-                except TusCommunicationError as exc:
-                    if exc.status_code is not None:
-                        raise
-                    time.sleep(0.3)  # the server was down when the upload was created
+            results[n] = tus_upload_through_restarts(
+                server.url,
+                path,
+                session_id="k",
+                chunk_size=MiB,
+                checksum=n % 2 == 1,
+                retries=100,  # 0.2 s apart: past a restart and a lapsing lease
+            )
         except BaseException as exc:
             errors.append(exc)
 
