@@ -30,7 +30,7 @@ from csvstore.partial import LocalPartialStore, PartialStore
 from csvstore.routes import setup_routes
 from csvstore.security import add_security_headers, auth_middleware, load_keys, setup_cors
 from csvstore.service import CsvStore
-from csvstore.storage import LocalStorage, Storage
+from csvstore.storage import JOURNAL_MAX, LocalStorage, Storage
 from csvstore.tus import setup_tus
 
 log = logging.getLogger("csvstore")
@@ -38,6 +38,9 @@ log = logging.getLogger("csvstore")
 # JSON request bodies are a session id and a few options; 64 KiB is generous. Uploads are
 # streamed and limited by max_upload_size instead, which this does not affect.
 JSON_BODY_LIMIT = 64 * 1024
+# How often journaled files are synced and their journal entries dropped (storage.py). The
+# journal holds about this many seconds of small uploads; a sync per second is cheap.
+JOURNAL_FLUSH_INTERVAL = 1.0
 
 
 def create_app(settings: Settings, *, startup_check: bool = True) -> web.Application:
@@ -68,6 +71,7 @@ def create_app(settings: Settings, *, startup_check: bool = True) -> web.Applica
     app[STARTUP_CHECK_KEY] = startup_check
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_retention_sweeper)
+    app.cleanup_ctx.append(_journal_flusher)
     setup_routes(app)
     setup_tus(app)
     setup_openapi(app)
@@ -96,6 +100,30 @@ async def _retention_sweeper(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _journal_flusher(app: web.Application) -> AsyncIterator[None]:
+    """Sync journaled files and drop their entries every JOURNAL_FLUSH_INTERVAL seconds,
+    and once more at shutdown, so a clean stop leaves the journal empty."""
+    store = app[STORE_KEY]
+    task = asyncio.create_task(flush_forever(store, JOURNAL_FLUSH_INTERVAL), name="journal-flusher")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    try:
+        await store.flush_journal()
+    except Exception:  # what is left is written back by the next start-up check
+        log.exception("journal flush at shutdown failed")
+
+
+async def flush_forever(store: CsvStore, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await store.flush_journal()
+        except Exception:  # the entries stay, and so the bytes are safe: retried next time
+            log.exception("journal flush failed")
 
 
 async def sweep_forever(store: CsvStore, metrics: Metrics, interval: float) -> None:
@@ -182,7 +210,10 @@ async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
     duration; aiobotocore is imported only then, so a local set-up never loads it)."""
     if not settings.uses_s3:
         yield LocalStorage(
-            settings.uploads_dir, settings.temp_dir, fsync=settings.durability == "full"
+            settings.uploads_dir,
+            settings.temp_dir,
+            fsync=settings.durability == "full",
+            journal_max=JOURNAL_MAX,
         )
         return
     from csvstore.storage_s3 import S3Storage

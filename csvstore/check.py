@@ -2,9 +2,11 @@
 
 The invariant: storage holds exactly the files the database lists, each with the size and
 digest recorded for it. The check restores it where it can do so without losing anything
-a client was promised: temp files (uploads never acknowledged) and stored files with no
-row (published, then the process died before the commit) are removed. Rows whose bytes are
-missing or changed are reported, and removed only with ``repair`` -- a person decides.
+a client was promised: journaled files are written back from the journal (storage.py: a
+crash may have lost their unsynced bytes), temp files (uploads never acknowledged) and
+stored files with no row (published, then the process died before the commit) are removed.
+Rows whose bytes are missing or changed are reported, and removed only with ``repair`` -- a
+person decides.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ TEMP_MIN_AGE = 3600.0
 
 @dataclass(slots=True)
 class CheckReport:
+    journal_restored: int = 0  # small files written back from the journal
     temp_files_removed: int = 0
     partial_uploads_removed: int = 0  # broken or expired resumable uploads
     orphan_files_removed: int = 0
@@ -48,7 +51,8 @@ class CheckReport:
 
     def summary(self) -> str:
         return (
-            f"checked {self.files_checked} file(s): removed {self.temp_files_removed} temp "
+            f"checked {self.files_checked} file(s): wrote back {self.journal_restored} "
+            f"journaled file(s), removed {self.temp_files_removed} temp "
             f"file(s) and {self.orphan_files_removed} stored file(s) without a row, "
             f"{self.partial_uploads_removed} broken or expired resumable upload(s); "
             f"{len(self.missing_files)} row(s) with missing bytes, "
@@ -76,6 +80,7 @@ async def reconcile(
     report = CheckReport()
     storage, db, repo = store.storage, store.db, store.repo
     report.temp_files_removed = await storage.prepare(temp_min_age=temp_min_age)
+    report.journal_restored = await store.restore_journal()
     rows = await db.read(repo.files_for_check)
     listed = {row["file_path"] for row in rows}
     if store.partials is not None:
@@ -123,6 +128,7 @@ async def reconcile(
     report.integrity = await db.integrity_check()
     if (
         report.temp_files_removed
+        or report.journal_restored
         or report.partial_uploads_removed
         or orphans
         or bad_rows

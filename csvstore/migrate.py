@@ -72,6 +72,7 @@ async def migrate(source: Settings, target: Settings, *, page: int = PAGE) -> Mi
             await dst.db.write(
                 _run(dst, "restore_updated_at", id=session_pk, updated_at=updated_at)
             )
+        await dst.flush_journal()  # the copies on disk durable, the journal empty
     return report
 
 
@@ -135,8 +136,16 @@ async def _copy_file(src: CsvStore, dst: CsvStore, row: Row, report: MigrationRe
         report.bad_files.append(row["id"])
         return
     await writer.commit()
+    journal = writer.journal  # a small file on a local disk: kept with its row until synced
+
+    async def insert(x: Executor) -> Row | None:
+        inserted = await x.one(dst.db.queries.import_file, row)
+        if inserted is not None and journal is not None:
+            await dst.repo.add_journal_entry(x, row["id"], journal)
+        return inserted
+
     try:
-        inserted = await dst.db.write(_one(dst, "import_file", **row))
+        inserted = await dst.db.write(insert)
     except BaseException:
         await dst.storage.delete([key])
         raise

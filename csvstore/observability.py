@@ -232,6 +232,13 @@ class TimedStorage:
         with self._latency.labels("delete").time():
             await self.inner.delete(keys)
 
+    async def sync(self) -> None:
+        with self._latency.labels("sync").time():
+            await self.inner.sync()
+
+    async def restore(self, key: str, data: bytes) -> None:
+        await self.inner.restore(key, data)
+
     async def keys(self) -> set[str]:
         return await self.inner.keys()
 
@@ -257,6 +264,10 @@ class _TimedWriter:
     @property
     def size(self) -> int:
         return self._inner.size
+
+    @property
+    def journal(self) -> bytes | None:
+        return self._inner.journal
 
     async def write(self, chunk: bytes) -> None:
         await self._inner.write(chunk)

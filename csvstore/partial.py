@@ -507,6 +507,7 @@ class HoldPublisher(Generic[H]):
     def __init__(self, hold: H, key: str) -> None:
         self._hold = hold
         self.key = key
+        self.journal: bytes | None = None  # published durably by commit itself
 
     @property
     def size(self) -> int:

@@ -26,6 +26,16 @@ class NewFile:
     file_path: str
     created_at: str
     facts: FileFacts
+    # The bytes, when storage wrote them without an fsync: committed with the row into the
+    # journal, they are its durable copy until the uploads folder is synced.
+    journal: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    seq: int
+    file_path: str
+    data: bytes
 
 
 def _file(row: Row | None) -> Row | None:
@@ -135,7 +145,7 @@ class Repo:
     async def insert_file(self, x: Executor, new: NewFile) -> Row | None:
         """The stored row, or None when the session was deleted meanwhile."""
         facts = new.facts
-        return _file(
+        row = _file(
             await x.one(
                 self.q.insert_file,
                 {
@@ -161,6 +171,9 @@ class Repo:
                 },
             )
         )
+        if row is not None and new.journal is not None:
+            await self.add_journal_entry(x, new.id, new.journal)
+        return row
 
     async def insert_file_unless_duplicate(
         self, x: Executor, new: NewFile
@@ -194,6 +207,30 @@ class Repo:
         if deleted is None:
             return None
         return [str(row["file_path"]) for row in files]
+
+    # The journal of small uploads' bytes (see storage.py)
+
+    async def add_journal_entry(self, x: Executor, file_id: str, data: bytes) -> None:
+        """Keep ``data`` as the durable copy of the file's bytes: run with its row's insert."""
+        await x.all(self.q.insert_journal_entry, {"file_id": file_id, "data": data})
+
+    async def journal_high_water(self, x: Executor) -> int | None:
+        row = await x.one(self.q.journal_high_water)
+        return None if row is None or row["seq"] is None else int(row["seq"])
+
+    async def clear_journal(self, x: Executor, seq: int) -> None:
+        """Forget every entry up to ``seq``: their files are known to be on disk."""
+        await x.all(self.q.clear_journal, {"seq": seq})
+
+    async def journal_entries(self, x: Executor, *, after: int, limit: int) -> list[JournalEntry]:
+        rows = await x.all(self.q.journal_entries, {"after": after, "limit": limit})
+        return [
+            JournalEntry(int(row["seq"]), str(row["file_path"]), bytes(row["data"])) for row in rows
+        ]
+
+    async def delete_journal_entries(self, x: Executor, seqs: list[int]) -> None:
+        for seq in seqs:
+            await x.all(self.q.delete_journal_entry, {"seq": seq})
 
     async def ping(self, x: Executor) -> Row | None:
         return await x.one(self.q.ping)

@@ -9,6 +9,7 @@ worst a file without a row, which the start-up check removes -- never a row with
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import uuid
@@ -183,6 +184,8 @@ class CsvStore:
 
     async def _publish(self, writer: StorageWriter, new: NewFile, dedupe: bool) -> Published:
         await writer.commit()
+        if writer.journal is not None:  # visible, not yet durable: the row carries the bytes
+            new = dataclasses.replace(new, journal=writer.journal)
         try:
             if dedupe:  # checked again in the transaction: a twin may have committed meanwhile
                 row, duplicate = await self.db.write(
@@ -200,6 +203,41 @@ class CsvStore:
         if duplicate:
             await self.storage.delete([writer.key])
         return Published(row, duplicate=duplicate)
+
+    async def flush_journal(self) -> int:
+        """Make the journaled files durable and forget their entries (storage.py, "journal").
+
+        The entries to forget are read *before* the sync: each was committed after its file
+        was written, so a sync that begins later covers it. Entries committed meanwhile wait
+        for the next flush. Returns the sequence number flushed up to (0: nothing to do).
+        """
+        seq = await self.db.read(self.repo.journal_high_water)
+        if seq is None:
+            return 0
+        await self.storage.sync()
+        await self.db.write(lambda x: self.repo.clear_journal(x, seq))
+        return seq
+
+    async def restore_journal(self, *, batch: int = 100) -> int:
+        """Write every journaled file back from its entry (after a crash); how many.
+
+        Rewriting a file that survived is harmless (same bytes, replaced atomically), so
+        every entry is restored, whoever wrote it.
+        """
+        restored = after = 0
+        while True:
+            entries = await self.db.read(
+                functools.partial(self.repo.journal_entries, after=after, limit=batch)
+            )
+            for entry in entries:
+                await self.storage.restore(entry.file_path, entry.data)
+            seqs = [entry.seq for entry in entries]
+            if seqs:
+                await self.db.write(functools.partial(self.repo.delete_journal_entries, seqs=seqs))
+                restored += len(seqs)
+                after = seqs[-1]
+            if len(entries) < batch:
+                return restored
 
     async def get_file(self, file_id: str) -> Row:
         row = await self.db.read(lambda x: self.repo.get_file(x, file_id))

@@ -85,6 +85,7 @@ class S3Writer:
     def __init__(self, storage: S3Storage, key: str) -> None:
         self.key = key
         self.size = 0
+        self.journal: bytes | None = None  # an S3 object is durable once committed
         self._storage = storage
         self._object_key = storage.object_key(key)
         self._chunks: list[bytes] = []
@@ -333,6 +334,12 @@ class S3Storage:
                     f"S3 refused to delete {len(errors)} object(s), e.g. "
                     f"{errors[0].get('Key')}: {errors[0].get('Code')} {errors[0].get('Message')}"
                 )
+
+    async def sync(self) -> None:
+        """Nothing to do: an object is durable once its PUT (or completion) answers."""
+
+    async def restore(self, key: str, data: bytes) -> None:
+        await self.client.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=data)
 
     async def keys(self) -> set[str]:
         found: set[str] = set()

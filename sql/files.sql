@@ -55,3 +55,29 @@ SELECT file_path FROM files;
 -- name: files_for_check
 -- What the consistency check compares with the bytes in storage.
 SELECT id, file_path, file_size, sha256 FROM files ORDER BY id;
+
+-- The journal of small uploads' bytes (sql/migrations/0004_file_journal.sql).
+
+-- name: insert_journal_entry
+-- Committed with the file's row: the durable copy of bytes written without an fsync.
+INSERT INTO file_journal (file_id, data) VALUES (:file_id, :data);
+
+-- name: journal_high_water^
+-- The newest entry: once the uploads folder has been synced after this was read, every
+-- entry up to it is on disk in its file.
+SELECT max(seq) AS seq FROM file_journal;
+
+-- name: clear_journal
+DELETE FROM file_journal WHERE seq <= :seq;
+
+-- name: journal_entries
+-- Entries to write back into their files (start-up check), a page at a time.
+SELECT j.seq, f.file_path, j.data
+FROM file_journal AS j
+JOIN files AS f ON f.id = j.file_id
+WHERE j.seq > :after
+ORDER BY j.seq
+LIMIT :limit;
+
+-- name: delete_journal_entry
+DELETE FROM file_journal WHERE seq = :seq;

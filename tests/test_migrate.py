@@ -5,6 +5,7 @@ test-s3``, another SQLite file and folder under ``make test`` -- and served unch
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from dataclasses import replace
@@ -63,6 +64,9 @@ async def test_a_sqlite_and_folder_deployment_moves_over_whole(
     done = _migrate(settings, old.data_dir)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "copied 3 session(s) and 7 file(s)" in done.stdout
+    if not settings.uses_postgres:  # small copies on a local disk were journaled, then synced
+        with sqlite3.connect(settings.database_path) as conn:
+            assert conn.execute("SELECT count(*) FROM file_journal").fetchone() == (0,)
     target = await make_client(settings)
     after = await _everything(target)
     assert after == before  # ids, names, timestamps, updated_at, expires_at, profiles, bytes

@@ -17,6 +17,7 @@ import requests
 
 from csvstore.__main__ import build_parser, settings_from
 from csvstore.config import GiB, Settings, parse_size
+from csvstore.storage import JOURNAL_MAX
 from tests.conftest import assert_consistent
 from tests.serverproc import ServerProcess
 
@@ -172,8 +173,10 @@ def test_io_threads_setting() -> None:
 
 def test_blocking_file_work_runs_on_the_configured_threads(tmp_path: Path) -> None:
     """Concurrent uploads into the real process: their writes, fsyncs and renames run on
-    as many worker threads as ``--io-threads`` allows, and on no more."""
-    body = b"id,name\n" + b"".join(b"%d,n%d\n" % (i, i) for i in range(50))
+    as many worker threads as ``--io-threads`` allows, and on no more. (Over JOURNAL_MAX:
+    smaller files are written on the event loop and need no thread.)"""
+    body = b"id,name\n" + b"".join(b"%d,n%d\n" % (i, i) for i in range(10_000))
+    assert len(body) > JOURNAL_MAX
 
     def threads_after_load(io_threads: int) -> int:
         server = ServerProcess(tmp_path / f"data{io_threads}", "--io-threads", str(io_threads))
