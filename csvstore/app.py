@@ -38,9 +38,6 @@ log = logging.getLogger("csvstore")
 # JSON request bodies are a session id and a few options; 64 KiB is generous. Uploads are
 # streamed and limited by max_upload_size instead, which this does not affect.
 JSON_BODY_LIMIT = 64 * 1024
-# How often journaled files are synced and their journal entries dropped (storage.py). The
-# journal holds about this many seconds of small uploads; a sync per second is cheap.
-JOURNAL_FLUSH_INTERVAL = 1.0
 
 
 def create_app(settings: Settings, *, startup_check: bool = True) -> web.Application:
@@ -103,10 +100,11 @@ async def _retention_sweeper(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _journal_flusher(app: web.Application) -> AsyncIterator[None]:
-    """Sync journaled files and drop their entries every JOURNAL_FLUSH_INTERVAL seconds,
-    and once more at shutdown, so a clean stop leaves the journal empty."""
+    """Sync journaled files and drop their entries every ``journal_interval`` seconds, and
+    once more at shutdown, so a clean stop leaves the journal empty."""
     store = app[STORE_KEY]
-    task = asyncio.create_task(flush_forever(store, JOURNAL_FLUSH_INTERVAL), name="journal-flusher")
+    interval = app[SETTINGS_KEY].journal_interval
+    task = asyncio.create_task(flush_forever(store, interval), name="journal-flusher")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -209,12 +207,16 @@ async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
     """The storage that settings name: a local folder, or an S3 bucket (client open for the
     duration; aiobotocore is imported only then, so a local set-up never loads it)."""
     if not settings.uses_s3:
-        yield LocalStorage(
+        local = LocalStorage(
             settings.uploads_dir,
             settings.temp_dir,
             fsync=settings.durability == "full",
             journal_max=JOURNAL_MAX,
         )
+        try:
+            yield local
+        finally:
+            await local.close()
         return
     from csvstore.storage_s3 import S3Storage
 

@@ -232,6 +232,16 @@ class Settings:
             "CSVSTORE_DURABILITY",
         ),
     )
+    # Small uploads' bytes wait in the database's journal until the uploads folder is synced
+    # (storage.py); a sync per second is cheap, and the journal stays about that big.
+    journal_interval: float = field(
+        default=1.0,
+        metadata=_help(
+            "seconds between syncs of the uploads folder that let small uploads' bytes leave "
+            "the database's journal (durability full, local storage)",
+            "CSVSTORE_JOURNAL_INTERVAL",
+        ),
+    )
     # Refusing an upload that would leave less than this free keeps room for the database,
     # the logs and the uploads already in flight.
     min_free_space: int = field(
@@ -397,6 +407,11 @@ def convert(name: str, raw: str) -> Any:
         return lease
     if name in {"session_ttl", "sweep_interval", "tus_expiry"}:
         return parse_duration(raw)
+    if name == "journal_interval":
+        interval = parse_duration(raw)
+        if not 0.01 <= interval <= 86400:
+            raise ValueError(f"the journal interval is 0.01 s to 1 day, got {raw!r}")
+        return interval
     if name == "log_format":
         if raw not in {"text", "json"}:
             raise ValueError(f"log format is text or json, got {raw!r}")

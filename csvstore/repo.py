@@ -34,6 +34,7 @@ class NewFile:
 @dataclass(frozen=True, slots=True)
 class JournalEntry:
     seq: int
+    file_id: str
     file_path: str
     data: bytes
 
@@ -222,10 +223,15 @@ class Repo:
         """Forget every entry up to ``seq``: their files are known to be on disk."""
         await x.all(self.q.clear_journal, {"seq": seq})
 
-    async def journal_entries(self, x: Executor, *, after: int, limit: int) -> list[JournalEntry]:
-        rows = await x.all(self.q.journal_entries, {"after": after, "limit": limit})
+    async def journal_entries(
+        self, x: Executor, *, after: int, up_to: int, limit: int
+    ) -> list[JournalEntry]:
+        params = {"after": after, "up_to": up_to, "limit": limit}
         return [
-            JournalEntry(int(row["seq"]), str(row["file_path"]), bytes(row["data"])) for row in rows
+            JournalEntry(
+                int(row["seq"]), str(row["file_id"]), str(row["file_path"]), bytes(row["data"])
+            )
+            for row in await x.all(self.q.journal_entries, params)
         ]
 
     async def delete_journal_entries(self, x: Executor, seqs: list[int]) -> None:

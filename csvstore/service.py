@@ -52,6 +52,8 @@ class CsvStore:
         # True when other instances may use the same database and storage at the same time.
         self.shared = shared
         self.repo = Repo(db.queries)
+        # Journal entries up to this number saw a failed sync: only a rewrite may clear them.
+        self._sync_failed_up_to = 0
 
     async def startup_check(self) -> CheckReport:
         """Remove what a crash may have left: temp files, and stored files with no row.
@@ -210,27 +212,45 @@ class CsvStore:
         The entries to forget are read *before* the sync: each was committed after its file
         was written, so a sync that begins later covers it. Entries committed meanwhile wait
         for the next flush. Returns the sequence number flushed up to (0: nothing to do).
+
+        A failed sync may have dropped bytes that could not be written, and a later sync
+        would not report that again: every entry up to that point is then written back from
+        the journal instead, each file fsynced, before any of them is forgotten.
         """
         seq = await self.db.read(self.repo.journal_high_water)
         if seq is None:
             return 0
-        await self.storage.sync()
+        if not self._sync_failed_up_to:
+            try:
+                await self.storage.sync()
+            except OSError as exc:
+                log.warning("syncing the uploads folder failed (%s): writing files back", exc)
+                self._sync_failed_up_to = seq
+        if self._sync_failed_up_to:
+            await self.restore_journal(up_to=self._sync_failed_up_to)  # raises: tried again
+            self._sync_failed_up_to = 0
+            return seq
         await self.db.write(lambda x: self.repo.clear_journal(x, seq))
         return seq
 
-    async def restore_journal(self, *, batch: int = 100) -> int:
-        """Write every journaled file back from its entry (after a crash); how many.
-
-        Rewriting a file that survived is harmless (same bytes, replaced atomically), so
-        every entry is restored, whoever wrote it.
-        """
+    async def restore_journal(self, *, up_to: int = 2**62, batch: int = 100) -> int:
+        """Write journaled files back from their entries, fsynced, and forget the entries
+        (after a crash, or a failed sync); how many. Rewriting a file that is intact is
+        harmless (same bytes, replaced atomically), so every entry is restored, whoever
+        wrote it."""
         restored = after = 0
         while True:
             entries = await self.db.read(
-                functools.partial(self.repo.journal_entries, after=after, limit=batch)
+                functools.partial(self.repo.journal_entries, after=after, up_to=up_to, limit=batch)
             )
             for entry in entries:
                 await self.storage.restore(entry.file_path, entry.data)
+                # A delete may have removed the row (its entry with it) and then the file
+                # just before the rewrite. Deletes remove the row first: if it is still
+                # there now, a later delete removes this file too.
+                still_listed = functools.partial(self.repo.get_file, file_id=entry.file_id)
+                if await self.db.read(still_listed) is None:
+                    await self.storage.delete([entry.file_path])
             seqs = [entry.seq for entry in entries]
             if seqs:
                 await self.db.write(functools.partial(self.repo.delete_journal_entries, seqs=seqs))

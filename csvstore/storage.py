@@ -24,6 +24,7 @@ import ctypes
 import functools
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -162,26 +163,34 @@ def _syncfs() -> Callable[[int], int] | None:
     return function
 
 
-def sync_filesystem(path: Path) -> None:
-    """Flush everything written to the filesystem holding ``path``: data and metadata of
-    every file, to stable storage. Elsewhere than Linux, every filesystem (``sync``)."""
+def journal_supported() -> bool:
+    """Whether a sync failure is reliably reported: the journal depends on it.
+
+    syncfs(2) reports writeback errors (a page that could not be written is then dropped
+    from memory) since Linux 5.8; before, and where there is no syncfs, a sync that lost
+    bytes would look like one that did not.
+    """
+    if _syncfs() is None:
+        return False
+    version = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return version is not None and (int(version[1]), int(version[2])) >= (5, 8)
+
+
+def _sync_filesystem(fd: int) -> None:
+    """syncfs(2) on the filesystem of the open folder ``fd``: every file's data and
+    metadata to stable storage; an OSError if writeback failed since ``fd`` last asked."""
     syncfs = _syncfs()
-    if syncfs is None:
-        os.sync()
-        return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if syncfs(fd) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), str(path))
-    finally:
-        os.close(fd)
+    assert syncfs is not None  # journal_supported() said so
+    if syncfs(fd) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 
 
-def _write_new_file(path: Path, data: bytes, *, fsync: bool) -> None:
-    """Create ``path`` (it must not exist) holding ``data``; fsynced if asked. On a failed
-    write (a full disk) the file is removed again."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+def _write_new_file(path: Path, data: bytes, *, fsync: bool, exclusive: bool = True) -> None:
+    """Create ``path`` (it must not exist, unless not ``exclusive``) holding ``data``;
+    fsynced if asked. On a failed write (a full disk) the file is removed again."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o644)
     try:
         view = memoryview(data)
         while view:
@@ -245,7 +254,11 @@ class LocalWriter:
             # A failed write removes the file again; nothing is left to abort.
             self._closed = True
             self._first = None
-            _write_new_file(final_path, first, fsync=False)
+            self._storage.watch_writeback_errors()
+            try:
+                _write_new_file(final_path, first, fsync=False)
+            except FileExistsError:  # migrate-to resuming a copy cut off before its row
+                _write_new_file(final_path, first, fsync=False, exclusive=False)
             self.journal = first
             return
 
@@ -293,7 +306,13 @@ class LocalStorage:
         self.fsync = fsync
         # Uploads up to this size are journaled; -1: none. Only where files are fsynced:
         # without fsyncs there is nothing for the journal to save.
+        if journal_max >= 0 and fsync and not journal_supported():
+            log.info("small uploads fsynced one by one: syncfs here does not report errors")
+            journal_max = -1
         self.journal_max = journal_max if fsync else -1
+        # The folder held open for syncfs, from before the first journaled write on: its
+        # writeback errors are reported to each open file once, from its opening on.
+        self._sync_fd: int | None = None
         self.folder_sync = _FolderSync(root)
         self._free_bytes = 0
         self._free_checked_at = -1e9
@@ -355,9 +374,21 @@ class LocalStorage:
 
         await asyncio.to_thread(run)
 
+    def watch_writeback_errors(self) -> None:
+        if self._sync_fd is None:
+            self._sync_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
     async def sync(self) -> None:
-        if self.fsync:
-            await asyncio.to_thread(sync_filesystem, self.root)
+        if self.journal_max < 0:
+            return  # every file was fsynced before its 201
+        self.watch_writeback_errors()
+        assert self._sync_fd is not None
+        await asyncio.to_thread(_sync_filesystem, self._sync_fd)
+
+    async def close(self) -> None:
+        if self._sync_fd is not None:
+            os.close(self._sync_fd)
+            self._sync_fd = None
 
     async def restore(self, key: str, data: bytes) -> None:
         temp_path = self.temp_dir / f"{key}.restore-{os.getpid()}{TEMP_SUFFIX}"

@@ -71,11 +71,11 @@ SELECT max(seq) AS seq FROM file_journal;
 DELETE FROM file_journal WHERE seq <= :seq;
 
 -- name: journal_entries
--- Entries to write back into their files (start-up check), a page at a time.
-SELECT j.seq, f.file_path, j.data
+-- Entries to write back into their files (start-up check, failed sync), a page at a time.
+SELECT j.seq, j.file_id, f.file_path, j.data
 FROM file_journal AS j
 JOIN files AS f ON f.id = j.file_id
-WHERE j.seq > :after
+WHERE j.seq > :after AND j.seq <= :up_to
 ORDER BY j.seq
 LIMIT :limit;
 

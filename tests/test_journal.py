@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -26,7 +27,7 @@ from csvstore.config import Settings
 from csvstore.keys import STORE_KEY
 from csvstore.repo import JournalEntry
 from csvstore.service import CsvStore
-from csvstore.storage import JOURNAL_MAX
+from csvstore.storage import JOURNAL_MAX, LocalStorage
 from tests.conftest import (
     Client,
     MakeClient,
@@ -51,7 +52,9 @@ async def store(settings: Settings) -> AsyncIterator[CsvStore]:
 
 
 async def _journal(store: CsvStore) -> list[JournalEntry]:
-    return await store.db.read(lambda x: store.repo.journal_entries(x, after=0, limit=1000))
+    return await store.db.read(
+        lambda x: store.repo.journal_entries(x, after=0, up_to=2**62, limit=1000)
+    )
 
 
 async def _upload(store: CsvStore, data: bytes, *, session_id: str = "s1") -> str:
@@ -159,22 +162,82 @@ async def test_entries_committed_during_a_flush_wait_for_the_next(
     assert await _journal(store) == []
 
 
-async def test_a_failed_sync_keeps_the_entries(
-    store: CsvStore, monkeypatch: pytest.MonkeyPatch
+async def test_a_failed_sync_writes_the_files_back_before_forgetting(
+    store: CsvStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    key = await _upload(store, csv_bytes())
+    """A failed sync may have dropped bytes the disk would not take, and a later sync would
+    not say so again: the entries up to it are forgotten only once their files have been
+    rewritten from the journal -- even if the first rewrite fails too."""
+    data = csv_bytes(8)
+    key = await _upload(store, data)
+    path = settings.uploads_dir / key
+    real_sync, real_restore = store.storage.sync, store.storage.restore
+    syncs: list[str] = []
 
     async def failing_sync() -> None:
+        syncs.append("failed")
         raise OSError(errno.EIO, "simulated")
 
-    real_sync = store.storage.sync
+    async def failing_restore(key: str, data: bytes) -> None:
+        raise OSError(errno.EIO, "simulated")
+
+    async def counted_sync() -> None:
+        syncs.append("ok")
+        await real_sync()
+
     monkeypatch.setattr(store.storage, "sync", failing_sync)
+    monkeypatch.setattr(store.storage, "restore", failing_restore)
     with pytest.raises(OSError, match="simulated"):
         await store.flush_journal()
     assert [entry.file_path for entry in await _journal(store)] == [key]
-    monkeypatch.setattr(store.storage, "sync", real_sync)
-    await store.flush_journal()
+
+    os.truncate(path, 0)  # what the failed writeback could have left
+    monkeypatch.setattr(store.storage, "sync", counted_sync)
+    monkeypatch.setattr(store.storage, "restore", real_restore)
+    await store.flush_journal()  # a sync now would "succeed": it is not trusted
+    assert syncs == ["failed"]
+    assert path.read_bytes() == data
     assert await _journal(store) == []
+    later = await _upload(store, csv_bytes(9))  # and then back to syncing
+    await store.flush_journal()
+    assert syncs == ["failed", "ok"]
+    assert await _journal(store) == []
+    assert (settings.uploads_dir / later).exists()
+
+
+async def test_a_restore_racing_a_delete_leaves_no_file_behind(
+    store: CsvStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row (and its entry) deleted, and its file removed, just before the rewrite."""
+    key = await _upload(store, csv_bytes(3))
+    kept = await _upload(store, csv_bytes(4))
+    real_restore = store.storage.restore
+
+    async def deleted_meanwhile(restored: str, data: bytes) -> None:
+        if restored == key:
+            await store.delete_file(key.removesuffix(".csv"))
+        await real_restore(restored, data)
+
+    monkeypatch.setattr(store.storage, "restore", deleted_meanwhile)
+    assert await store.restore_journal() == 2
+    assert not (settings.uploads_dir / key).exists()
+    assert (settings.uploads_dir / kept).read_bytes() == csv_bytes(4)
+    assert_consistent(settings)
+
+
+async def test_a_journaled_write_replaces_a_leftover_of_a_cut_off_copy(
+    store: CsvStore, settings: Settings
+) -> None:
+    """migrate-to writes under the source's names: a copy cut off between its file and its
+    row leaves the file, and the copy run again writes it anew."""
+    leftover = settings.uploads_dir / "copied.csv"
+    leftover.write_bytes(b"half a cop")
+    writer = await store.storage.begin("copied.csv")
+    await writer.write(csv_bytes(2))
+    await writer.commit()
+    assert writer.journal == csv_bytes(2)
+    assert leftover.read_bytes() == csv_bytes(2)
+    leftover.unlink()
 
 
 async def test_sequence_numbers_only_grow(store: CsvStore) -> None:
@@ -203,17 +266,25 @@ async def test_deleting_journaled_files_drops_their_entries(
 
 
 async def test_the_app_flushes_the_journal_while_serving(
-    client: Client, session: str, settings: Settings
+    make_client: MakeClient, settings: Settings
 ) -> None:
+    client = await make_client(replace(settings, journal_interval=0.2))
     store = client.app[STORE_KEY]
+    await client.post("/api/csv/sessions", json={"session_id": "s1"})
     data = csv_bytes(30)
     resp = await client.post("/api/csv/upload", data=upload_form(data))
     assert resp.status == 201
     filename = (await resp.json())["file"]["filename"]
     deadline = time.monotonic() + 10
     while await _journal(store) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
     assert await _journal(store) == []
+    metrics = await (await client.get("/metrics")).text()
+    synced = re.search(
+        r'csvstore_storage_operation_duration_seconds_count\{operation="sync"\} (\S+)', metrics
+    )
+    assert synced is not None
+    assert float(synced[1]) >= 1  # emptied by a sync, not otherwise
     assert stored_bytes(settings, filename) == data
 
 
@@ -232,6 +303,12 @@ async def test_a_failed_journaled_write_leaves_nothing(
     assert await _journal(client.app[STORE_KEY]) == []
 
 
+def _journal_rows(settings: Settings) -> int:
+    """Entries in the journal of a server's SQLite database (WAL: read beside the server)."""
+    with sqlite3.connect(settings.database_path) as conn:
+        return int(conn.execute("SELECT count(*) FROM file_journal").fetchone()[0])
+
+
 def _upload_over_http(url: str, data: bytes) -> dict[str, str]:
     resp = requests.post(
         f"{url}/api/csv/upload",
@@ -248,7 +325,8 @@ def test_files_lost_with_the_page_cache_come_back_after_a_restart(tmp_path: Path
     then removed or emptied, as a power cut could leave them. The next start-up writes them
     back from the journal, and they download byte for byte."""
     settings = Settings(data_dir=tmp_path / "data")
-    server = ServerProcess(settings.data_dir)
+    # No flush while the test runs: the kill comes before any.
+    server = ServerProcess(settings.data_dir, "--journal-interval", "1d")
     server.start()
     try:
         assert requests.post(
@@ -256,6 +334,7 @@ def test_files_lost_with_the_page_cache_come_back_after_a_restart(tmp_path: Path
         ).ok
         datas = [csv_bytes(10 + i) for i in range(6)]
         files = [_upload_over_http(server.url, data) for data in datas]
+        assert _journal_rows(settings) == 6
         server.kill()
         for i, file in enumerate(files):
             path = settings.uploads_dir / file["filename"]
@@ -268,7 +347,7 @@ def test_files_lost_with_the_page_cache_come_back_after_a_restart(tmp_path: Path
             got = requests.get(f"{server.url}/api/csv/files/{file['id']}/content", timeout=10)
             assert got.status_code == 200
             assert got.content == data
-        assert "journaled file(s)" in server.log()
+        assert "wrote back 6 journaled file(s)" in server.log()
     finally:
         server.stop()
     assert_consistent(settings)
@@ -276,17 +355,17 @@ def test_files_lost_with_the_page_cache_come_back_after_a_restart(tmp_path: Path
 
 def test_a_clean_stop_leaves_the_journal_empty(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data")
-    server = ServerProcess(settings.data_dir)
+    server = ServerProcess(settings.data_dir, "--journal-interval", "1d")
     server.start()
     try:
         assert requests.post(
             f"{server.url}/api/csv/sessions", json={"session_id": "s1"}, timeout=10
         ).ok
         _upload_over_http(server.url, csv_bytes(5))
+        assert _journal_rows(settings) == 1  # only the shutdown can flush it
     finally:
         assert server.stop() == 0
-    with sqlite3.connect(settings.database_path) as conn:
-        assert conn.execute("SELECT count(*) FROM file_journal").fetchone() == (0,)
+    assert _journal_rows(settings) == 0
 
 
 async def test_downloads_read_a_journaled_file_at_once(
@@ -299,3 +378,22 @@ async def test_downloads_read_a_journaled_file_at_once(
     got = await client.get(f"/api/csv/files/{file['id']}/content")
     assert got.status == 200
     assert await got.read() == data
+
+
+@pytest.mark.parametrize(
+    ("release", "journaled"), [("6.1.0-18-amd64", True), ("5.8.0", True), ("5.4.0-150", False)]
+)
+def test_the_journal_needs_a_syncfs_that_reports_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, release: str, journaled: bool
+) -> None:
+    """Before Linux 5.8 syncfs does not report writeback errors: small files are then
+    fsynced one by one, as large ones."""
+    real = os.uname()
+    monkeypatch.setattr(
+        "csvstore.storage.os.uname",
+        lambda: os.uname_result((real.sysname, real.nodename, release, real.version, real.machine)),
+    )
+    storage = LocalStorage(tmp_path / "u", tmp_path / "t", journal_max=JOURNAL_MAX)
+    assert storage.journal_max == (JOURNAL_MAX if journaled else -1)
+    unsynced = LocalStorage(tmp_path / "u", tmp_path / "t", fsync=False, journal_max=5)
+    assert unsynced.journal_max == -1  # no fsyncs to save

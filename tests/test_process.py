@@ -158,6 +158,19 @@ def test_bad_settings_exit_with_a_message() -> None:
     assert "not a size" in proc.stderr
 
 
+def test_journal_interval_setting() -> None:
+    assert Settings().journal_interval == 1.0
+    assert settings_from(["--journal-interval", "0.25"], {}).journal_interval == 0.25
+    assert settings_from([], {"CSVSTORE_JOURNAL_INTERVAL": "2m"}).journal_interval == 120
+    proc = subprocess.run(
+        [sys.executable, "-m", "csvstore", "--journal-interval", "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "the journal interval is 0.01 s to 1 day" in proc.stderr
+
+
 def test_io_threads_setting() -> None:
     assert Settings().io_threads == 32
     assert settings_from(["--io-threads", "4"], {}).io_threads == 4
