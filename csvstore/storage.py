@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import aiofiles
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
@@ -184,6 +184,27 @@ def _sync_filesystem(fd: int) -> None:
     if syncfs(fd) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
+
+
+async def _open_for_reading(path: Path) -> BinaryIO:
+    """``open(path, "rb")`` in a worker thread. A caller cancelled while the thread opens
+    (a client gone, the server stopping) does not leave the file open: it is closed as soon
+    as the open completes."""
+    opening = asyncio.ensure_future(asyncio.to_thread(_open_binary, path))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_opened)
+        raise
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    return open(path, "rb")  # closed by the reader, or by _close_opened
+
+
+def _close_opened(opening: asyncio.Future[BinaryIO]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
 
 
 def _write_new_file(path: Path, data: bytes, *, fsync: bool, exclusive: bool = True) -> None:
@@ -343,7 +364,7 @@ class LocalStorage:
         self, key: str, start: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
         remaining = length
-        handle = await asyncio.to_thread(open, self.root / key, "rb")
+        handle = await _open_for_reading(self.root / key)
         try:
             if start:
                 handle.seek(start)  # moves an offset: no I/O
