@@ -242,6 +242,9 @@ class LocalWriter:
         self.journal: bytes | None = None
         self._storage = storage
         self._handle: AsyncBufferedIOBase | None = None
+        # The temp file's open, while a worker thread runs it: a request cancelled meanwhile
+        # leaves it running, and abort must wait for it (or it re-creates the file after).
+        self._opening: asyncio.Future[AsyncBufferedIOBase] | None = None
         self._first: bytes | None = None
         self._temp_path = storage.temp_dir / (key + TEMP_SUFFIX)
         self._closed = False
@@ -252,12 +255,17 @@ class LocalWriter:
                 self._first = chunk
                 self.size += len(chunk)
                 return
-            self._handle = await aiofiles.open(self._temp_path, "xb")
+            self._opening = asyncio.ensure_future(self._open_temp())
+            self._handle = await asyncio.shield(self._opening)
+            self._opening = None
             first, self._first = self._first, None
             if first is not None:
                 await self._handle.write(first)
         await self._handle.write(chunk)
         self.size += len(chunk)
+
+    async def _open_temp(self) -> AsyncBufferedIOBase:
+        return await aiofiles.open(self._temp_path, "xb")
 
     async def commit(self) -> None:
         """fsync the bytes, rename into place, fsync the folder: then the file is durable."""
@@ -309,6 +317,10 @@ class LocalWriter:
             return
         self._closed = True
         self._first = None
+        if self._opening is not None:  # cancelled while the thread opened the temp file
+            with contextlib.suppress(OSError):
+                self._handle = await self._opening
+            self._opening = None
         if self._handle is not None:
             with contextlib.suppress(OSError):
                 await self._handle.close()

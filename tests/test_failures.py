@@ -161,6 +161,45 @@ async def test_cancelled_upload_waits_for_its_threads_then_leaves_nothing(
     assert list((tmp_path / "uploads").iterdir()) == []
 
 
+async def test_upload_cancelled_while_its_temp_file_opens_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small reads: the second one opens the temp file, in a worker thread, from the
+    request itself. A request cancelled during that open must not leave the file (created
+    after the clean-up looked for it) nor its descriptor behind."""
+    real_open = aiofiles.threadpool.sync_open  # type: ignore[attr-defined]
+    opened: list[Any] = []
+
+    def slow_open(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)
+        handle = real_open(*args, **kwargs)
+        opened.append(handle)
+        return handle
+
+    monkeypatch.setattr(aiofiles.threadpool, "sync_open", slow_open)
+    storage = LocalStorage(tmp_path / "uploads", tmp_path / "tmp", fsync=False)
+    await storage.prepare()
+    writer = await storage.begin("k2")
+
+    async def request() -> None:
+        try:
+            await writer.write(b"a,b\n" * 100)  # held
+            await writer.write(b"1,2\n" * 100)  # opens the temp file
+            await asyncio.sleep(10)
+        finally:
+            await _discard(writer.abort())
+
+    task = asyncio.ensure_future(request())
+    await asyncio.sleep(0.1)  # the thread is opening
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.5)  # nothing comes back after the abort
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert len(opened) == 1
+    assert opened[0].closed
+
+
 @pytest.mark.local_storage
 async def test_storage_error_while_publishing_leaves_nothing(
     client: Client, session: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
