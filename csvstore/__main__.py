@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         else "no API keys: open to anyone who can reach " + settings.host
     )
     logging.getLogger("csvstore").info(
-        "csvstore %s listening on http://%s:%d with %d worker(s); data in %s; "
+        "csvstore %s starting on http://%s:%d with %d worker(s); data in %s; "
         "max upload %d bytes; durability %s; %s",
         __version__,
         settings.host,

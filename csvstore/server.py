@@ -111,6 +111,7 @@ async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> 
         await runner.cleanup()
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
         raise SystemExit(1) from None
+    log.info("listening on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

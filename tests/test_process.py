@@ -275,6 +275,24 @@ def test_a_taken_port_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
     assert "Task was destroyed" not in proc.stderr
 
 
+def test_the_log_says_listening_only_once_the_port_is_bound(tmp_path: Path) -> None:
+    """ "starting on" when the process starts; "listening on" after the bind, per worker."""
+    server = ServerProcess(tmp_path / "data", "--workers", "2")
+    server.start()
+    try:
+        deadline = time.monotonic() + 10
+        while server.log().count("listening on") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        assert server.stop() == 0
+    log = server.log()
+    starting = log.index(f"starting on http://127.0.0.1:{server.port} with 2 worker(s)")
+    listening = [line for line in log.splitlines() if "listening on" in line]
+    assert len(listening) == 2, log
+    assert all(f"listening on http://127.0.0.1:{server.port} (pid " in line for line in listening)
+    assert starting < log.index("listening on")
+
+
 def test_invalid_http_is_a_400_and_one_log_line(tmp_path: Path) -> None:
     """A request that is not valid HTTP (here a made-up Transfer-Encoding beside a
     Content-Length) is refused by the HTTP layer with a 400, and logged as the client's
