@@ -111,7 +111,7 @@ def test_json_logs_and_startup_line(tmp_path: Path) -> None:
     finally:
         assert server.stop() == 0
     records = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-    startup = next(r for r in records if "listening on" in r["message"])
+    startup = next(r for r in records if "starting on" in r["message"])
     assert "durability full" in startup["message"]
     assert "no API keys" in startup["message"]
     access = next(r for r in records if r.get("route") == "/healthz")
