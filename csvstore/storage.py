@@ -339,10 +339,12 @@ class LocalStorage:
         self.fsync = fsync
         # Uploads up to this size are journaled; -1: none. Only where files are fsynced:
         # without fsyncs there is nothing for the journal to save.
-        if journal_max >= 0 and fsync and not journal_supported():
+        if not fsync:
+            journal_max = -1
+        elif journal_max >= 0 and not journal_supported():
             log.info("small uploads fsynced one by one: syncfs here does not report errors")
             journal_max = -1
-        self.journal_max = journal_max if fsync else -1
+        self.journal_max = journal_max
         # The folder held open for syncfs, from before the first journaled write on: its
         # writeback errors are reported to each open file once, from its opening on.
         self._sync_fd: int | None = None

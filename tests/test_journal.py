@@ -309,6 +309,22 @@ def _journal_rows(settings: Settings) -> int:
         return int(conn.execute("SELECT count(*) FROM file_journal").fetchone()[0])
 
 
+def _serving_without_flushes(tmp_path: Path) -> tuple[Settings, ServerProcess]:
+    """A real server process whose journal is flushed only at shutdown, with session s1."""
+    settings = Settings(data_dir=tmp_path / "data")
+    server = ServerProcess(settings.data_dir, "--journal-interval", "1d")
+    server.start()
+    try:
+        created = requests.post(
+            f"{server.url}/api/csv/sessions", json={"session_id": "s1"}, timeout=10
+        )
+        assert created.ok
+    except BaseException:
+        server.stop()
+        raise
+    return settings, server
+
+
 def _upload_over_http(url: str, data: bytes) -> dict[str, str]:
     resp = requests.post(
         f"{url}/api/csv/upload",
@@ -324,14 +340,8 @@ def test_files_lost_with_the_page_cache_come_back_after_a_restart(tmp_path: Path
     """The real process is killed right after its 201s, before any flush; their files are
     then removed or emptied, as a power cut could leave them. The next start-up writes them
     back from the journal, and they download byte for byte."""
-    settings = Settings(data_dir=tmp_path / "data")
-    # No flush while the test runs: the kill comes before any.
-    server = ServerProcess(settings.data_dir, "--journal-interval", "1d")
-    server.start()
+    settings, server = _serving_without_flushes(tmp_path)  # the kill comes before any
     try:
-        assert requests.post(
-            f"{server.url}/api/csv/sessions", json={"session_id": "s1"}, timeout=10
-        ).ok
         datas = [csv_bytes(10 + i) for i in range(6)]
         files = [_upload_over_http(server.url, data) for data in datas]
         assert _journal_rows(settings) == 6
@@ -354,13 +364,8 @@ def test_files_lost_with_the_page_cache_come_back_after_a_restart(tmp_path: Path
 
 
 def test_a_clean_stop_leaves_the_journal_empty(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data")
-    server = ServerProcess(settings.data_dir, "--journal-interval", "1d")
-    server.start()
+    settings, server = _serving_without_flushes(tmp_path)
     try:
-        assert requests.post(
-            f"{server.url}/api/csv/sessions", json={"session_id": "s1"}, timeout=10
-        ).ok
         _upload_over_http(server.url, csv_bytes(5))
         assert _journal_rows(settings) == 1  # only the shutdown can flush it
     finally:
