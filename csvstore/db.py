@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ from csvstore.queries import SQL_DIR, Queries, Query, load_migrations
 from csvstore.timeutil import utc_now
 
 log = logging.getLogger("csvstore.db")
+
+# How long a connection waits for another process's write lock (PRAGMA busy_timeout too).
+_BUSY_TIMEOUT_S = 10.0
 
 Row = dict[str, Any]
 T = TypeVar("T")
@@ -64,6 +68,12 @@ class Database(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    # The extended code (SQLITE_BUSY_RECOVERY, ...) keeps the primary one in its low byte.
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
@@ -189,34 +199,73 @@ class SqliteDatabase:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        migrator = await self._connect()
         try:
-            await self._migrate(migrator)
-        finally:
-            await migrator.close()
-        for _ in range(self._reader_count):
-            self._readers.append(await self._connect())
-        self._writer = await self._on_writer_thread(self._connect_writer)
+            await asyncio.to_thread(self._enable_wal)
+            migrator = await self._connect()
+            try:
+                await self._migrate(migrator)
+            finally:
+                await migrator.close()
+            for _ in range(self._reader_count):
+                self._readers.append(await self._connect())
+            self._writer = await self._on_writer_thread(self._connect_writer)
+        except BaseException:
+            # Each aiosqlite connection owns a thread that is not a daemon: one left open
+            # would keep the process from ever exiting.
+            await self.close()
+            raise
         self._writer_task = asyncio.create_task(self._write_loop(), name="sqlite-writer")
 
-    async def _connect(self) -> aiosqlite.Connection:
+    def _enable_wal(self) -> None:
+        """Put the file in WAL mode once, before any other connection opens it (the mode is
+        stored in the file, so every later connection has it).
+
+        On a new file the switch needs an exclusive lock, and SQLite answers "database is
+        locked" at once, without waiting out the busy timeout, to a connection that could
+        deadlock waiting for it: several processes opening a new database together. Retry.
+        """
+        deadline = time.monotonic() + _BUSY_TIMEOUT_S
+        with contextlib.closing(self._plain_connection()) as conn:
+            while True:
+                try:
+                    conn.execute(self.queries.pragma_wal.sql)
+                    return
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc) or time.monotonic() > deadline:
+                        raise
+                time.sleep(0.01)
+
+    def _plain_connection(self) -> sqlite3.Connection:
         # isolation_level=None: transactions are begun explicitly (BEGIN IMMEDIATE).
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        conn.row_factory = _dict_row  # type: ignore[assignment]  # typeshed says type only
+        return sqlite3.connect(
+            self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_S, check_same_thread=False
+        )
+
+    def _pragmas(self) -> list[Query]:
         q = self.queries
-        for pragma in (q.pragma_wal, q.pragma_foreign_keys, q.pragma_busy_timeout):
-            await conn.execute(pragma.sql)
         sync = q.pragma_synchronous_full if self._synchronous_full else q.pragma_synchronous_normal
-        await conn.execute(sync.sql)
+        return [q.pragma_busy_timeout, q.pragma_foreign_keys, sync]
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_S)
+        try:
+            conn.row_factory = _dict_row  # type: ignore[assignment]  # typeshed says type only
+            for pragma in self._pragmas():
+                await conn.execute(pragma.sql)
+        except BaseException:
+            await conn.close()
+            raise
         return conn
 
     def _connect_writer(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.row_factory = _dict_row
-        q = self.queries
-        sync = q.pragma_synchronous_full if self._synchronous_full else q.pragma_synchronous_normal
-        for pragma in (q.pragma_wal, q.pragma_foreign_keys, q.pragma_busy_timeout, sync):
-            conn.execute(pragma.sql)
+        conn = self._plain_connection()
+        try:
+            conn.row_factory = _dict_row
+            for pragma in self._pragmas():
+                conn.execute(pragma.sql)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     async def _on_writer_thread(self, fn: Callable[..., T], *args: Any) -> T:
@@ -230,7 +279,11 @@ class SqliteDatabase:
         starting at once apply each migration exactly once.
         """
         q = self.queries
+        # In a write transaction: a bare CREATE reads, then writes, and in WAL mode a write
+        # after another process's commit fails at once instead of waiting.
+        await conn.execute(q.begin_immediate.sql)
         await conn.execute(q.create_migrations_table.sql)
+        await conn.commit()
         for migration in load_migrations(self._sql_dir / "migrations"):
             await conn.execute(q.begin_immediate.sql)
             try:

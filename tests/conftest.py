@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import io
 import os
 import sqlite3
@@ -41,6 +42,19 @@ def pytest_configure(config: pytest.Config) -> None:
         "local_storage: reaches into the local uploads folder (or patches LocalWriter); "
         "skipped when the suite runs on S3",
     )
+
+
+# How long the interpreter may take to exit once the suite is done.
+EXIT_GRACE_S = 60
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Anything the suite leaves running that is not a daemon (an aiosqlite connection not
+    closed, a thread pool not shut down) makes the interpreter wait for it at exit, forever:
+    a CI run hung there, its tests all reported, until its time limit. After EXIT_GRACE_S,
+    print every thread's stack -- the culprit's among them -- and exit with status 1."""
+    faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
