@@ -805,7 +805,13 @@ def test_header_vote_matches_the_cell_by_cell_vote(
 
 # Plain samples: no quote character. Spaces, digits, empty fields, blank lines, every line
 # ending, each candidate delimiter, and a NUL (which must take the csv.reader path).
-_PLAIN_TEXT = st.text(alphabet="ab1 ,;\t|\r\n\x00", max_size=300)
+_PLAIN_TEXT = st.one_of(
+    st.text(alphabet="ab1 ,;\t|\r\n\x00", max_size=300),
+    # LF only (split without StringIO), with runs of blank lines past what is split off.
+    st.lists(st.sampled_from(["a,b", "1;2", "", "", "\t|", " "]), max_size=150).map("\n".join),
+    # More records than are sampled (20), and what follows them.
+    st.lists(st.sampled_from(["a,b", "1;2", "", "c|d"]), min_size=18, max_size=40).map("\n".join),
+)
 
 
 @settings(max_examples=500)
