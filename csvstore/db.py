@@ -38,8 +38,9 @@ from csvstore.timeutil import utc_now
 
 log = logging.getLogger("csvstore.db")
 
-# How long a connection waits for another process's write lock (PRAGMA busy_timeout too).
-_BUSY_TIMEOUT_S = 10.0
+# How long opening retries to put a new file in WAL mode (as long as PRAGMA busy_timeout
+# lets a connection wait for another's lock).
+_WAL_RETRY_S = 10.0
 
 Row = dict[str, Any]
 T = TypeVar("T")
@@ -224,7 +225,7 @@ class SqliteDatabase:
         locked" at once, without waiting out the busy timeout, to a connection that could
         deadlock waiting for it: several processes opening a new database together. Retry.
         """
-        deadline = time.monotonic() + _BUSY_TIMEOUT_S
+        deadline = time.monotonic() + _WAL_RETRY_S
         with contextlib.closing(self._plain_connection()) as conn:
             while True:
                 try:
@@ -237,17 +238,15 @@ class SqliteDatabase:
 
     def _plain_connection(self) -> sqlite3.Connection:
         # isolation_level=None: transactions are begun explicitly (BEGIN IMMEDIATE).
-        return sqlite3.connect(
-            self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_S, check_same_thread=False
-        )
+        return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
 
     def _pragmas(self) -> list[Query]:
         q = self.queries
         sync = q.pragma_synchronous_full if self._synchronous_full else q.pragma_synchronous_normal
-        return [q.pragma_busy_timeout, q.pragma_foreign_keys, sync]
+        return [q.pragma_busy_timeout, q.pragma_foreign_keys, sync]  # the wait first
 
     async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_S)
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
         try:
             conn.row_factory = _dict_row  # type: ignore[assignment]  # typeshed says type only
             for pragma in self._pragmas():

@@ -822,9 +822,15 @@ def _read_sample(
 
 
 def _is_plain(text: str, quotechar: str) -> bool:
-    """Whether csv.reader reads `text` as lines split at the delimiter: no quote character
-    (and no NUL, and no field that could pass csv's field size limit)."""
-    return quotechar not in text and "\x00" not in text and len(text) <= csv.field_size_limit()
+    """Whether csv.reader reads `text` as lines split at the delimiter, each ended by LF or
+    CRLF: no quote character, no CR but before an LF, no NUL, and no field that could pass
+    csv's field size limit."""
+    return (
+        quotechar not in text
+        and "\x00" not in text
+        and ("\r" not in text or text.count("\r") == text.count("\r\n"))
+        and len(text) <= csv.field_size_limit()
+    )
 
 
 def _split_sample(
@@ -832,61 +838,50 @@ def _split_sample(
 ) -> tuple[list[_SampleRecord], Counter[str]]:
     """`_parse_sample` of a plain sample (see `_is_plain`), the same result at a fraction of
     the cost: csv.reader, fed through a generator that tracks offsets, cost ~5 us a record,
-    and every upload is sniffed."""
-    if "\r" not in text:
-        split = _split_lf_sample(text, delimiter, whole=whole)
-        if split is not None:
-            return split
+    and every upload is sniffed. str.split, not StringIO, which copies the sample into a
+    buffer of its own and makes each line from it."""
     records: list[_SampleRecord] = []
-    terminators: Counter[str] = Counter()
-    start = 0
-    end_of_text = len(text)
-    # The lines csv.reader is given (StringIO with newline="" ends them at CR, LF or CRLF).
-    for line in io.StringIO(text, newline=""):
-        stop = start + len(line)
-        if stop >= end_of_text and not whole:
-            break  # the last line may be cut short
-        content = line.rstrip("\r\n")
-        if len(content) < len(line):
-            terminators[line[len(content) :]] += 1
-        if content:
-            records.append(_SampleRecord(start, start + len(content), content.split(delimiter)))
-            if len(records) >= _MAX_SNIFF_RECORDS:
-                break
-        start = stop
-    return records, terminators
-
-
-def _split_lf_sample(
-    text: str, delimiter: str, *, whole: bool
-) -> tuple[list[_SampleRecord], Counter[str]] | None:
-    """`_split_sample` of a sample whose lines all end in LF, with str.split instead of
-    StringIO (which copies the sample into a buffer of its own and makes each line from
-    it); None in the rare case that the lines split off hold too few records."""
-    records: list[_SampleRecord] = []
-    # Enough lines for the records wanted and some blank ones; the rest stays in one piece.
+    # Enough lines for the records wanted and some blank ones; all of them if not enough.
     lines = text.split("\n", 4 * _MAX_SNIFF_RECORDS)
-    last = len(lines) - 1  # what follows the last LF split at
+    if "\n" in lines[-1]:
+        lines = text.split("\n")
+    last = len(lines) - 1  # what follows the last LF
+    crlf = "\r" in text  # (then every CR ends a line, before its LF: see _is_plain)
     start = 0
     for index, line in enumerate(lines):
         if index == last:
-            if "\n" in line:
-                return None  # more lines than were split off, mostly blank
             if whole and line:  # a last line without a line break
                 records.append(_SampleRecord(start, len(text), line.split(delimiter)))
             break
         stop = start + len(line) + 1
         if stop >= len(text) and not whole:
             break  # the last line may be cut short
-        if line:
-            records.append(_SampleRecord(start, start + len(line), line.split(delimiter)))
+        content = line[:-1] if crlf and line.endswith("\r") else line
+        if content:
+            records.append(_SampleRecord(start, start + len(content), content.split(delimiter)))
             if len(records) >= _MAX_SNIFF_RECORDS:
                 start = stop
                 break
         start = stop
-    # Every line before `start` ended in LF.
-    breaks = text.count("\n", 0, start)
-    return records, Counter({"\n": breaks}) if breaks else Counter()
+    return records, _line_endings(text, start)
+
+
+_LONE_LF_RE: Final = re.compile(r"(?<!\r)\n")
+
+
+def _line_endings(text: str, stop: int) -> Counter[str]:
+    """How many lines before `stop` end in CRLF and in LF alone, counted in the order in
+    which each first appears (csv.reader's order, which decides a tie)."""
+    crlf = text.count("\r\n", 0, stop) if "\r" in text else 0
+    lf = text.count("\n", 0, stop) - crlf
+    if crlf and lf:
+        lone_lf = _LONE_LF_RE.search(text, 0, stop)
+        if lone_lf is not None and lone_lf.start() < text.find("\r\n", 0, stop):
+            return Counter({"\n": lf, "\r\n": crlf})
+        return Counter({"\r\n": crlf, "\n": lf})
+    if crlf:
+        return Counter({"\r\n": crlf})
+    return Counter({"\n": lf}) if lf else Counter()
 
 
 def _one_record(text: str, delimiter: str, quotechar: str) -> list[str]:

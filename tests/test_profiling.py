@@ -811,6 +811,10 @@ _PLAIN_TEXT = st.one_of(
     st.lists(st.sampled_from(["a,b", "1;2", "", "", "\t|", " "]), max_size=150).map("\n".join),
     # More records than are sampled (20), and what follows them.
     st.lists(st.sampled_from(["a,b", "1;2", "", "c|d"]), min_size=18, max_size=40).map("\n".join),
+    # CRLF and LF mixed, as many of each (csv.reader's order of first sight breaks the tie).
+    st.lists(st.tuples(st.sampled_from(["a,b", "", "1;2"]), st.sampled_from(["\n", "\r\n"]))).map(
+        lambda lines: "".join(line + end for line, end in lines)
+    ),
 )
 
 
@@ -826,6 +830,15 @@ def test_plain_samples_split_as_csv_reader_reads_them(
     assert profiling._parse_sample(text, delimiter, '"', whole=whole) == expected
     if profiling._is_plain(text, '"'):
         assert profiling._split_sample(text, delimiter, whole=whole) == expected
+
+
+@pytest.mark.parametrize("text", ["a,b\nc,d\r\n", "a,b\r\nc,d\n", "\r\n\na,b\n\r\n"])
+def test_a_tie_of_line_endings_goes_to_the_one_seen_first(text: str) -> None:
+    """As many CRLF as LF lines: the sniffed terminator is csv.reader's pick, the first seen
+    (Counter equality, in the property test above, does not look at the order)."""
+    _, expected = profiling._read_sample(text, ",", '"', whole=True)
+    _, split = profiling._split_sample(text, ",", whole=True)
+    assert split.most_common() == expected.most_common()
 
 
 # --------------------------------------------------------------------------------------------
