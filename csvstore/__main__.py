@@ -12,7 +12,7 @@ from dataclasses import fields, replace
 
 from csvstore import __version__
 from csvstore.app import open_store
-from csvstore.check import ORPHAN_MIN_AGE, TEMP_MIN_AGE, CheckReport, reconcile
+from csvstore.check import TEMP_MIN_AGE, CheckReport, reconcile
 from csvstore.config import Settings, convert
 from csvstore.observability import ClientProtocolErrors
 from csvstore.profiling import native_counter
@@ -124,7 +124,6 @@ def run_check(argv: Sequence[str]) -> int:
                 store,
                 repair=args.repair,
                 verify=args.verify,
-                orphan_min_age=ORPHAN_MIN_AGE,
                 temp_min_age=TEMP_MIN_AGE,
             )
 

@@ -11,22 +11,21 @@ person decides.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
-import time
 from dataclasses import dataclass, field
 
+from csvstore.crashpoints import crash_point
 from csvstore.db import Operation
+from csvstore.intents import owner_alive
 from csvstore.repo import Repo
 from csvstore.service import CsvStore
 
 log = logging.getLogger("csvstore.check")
 
 # Checks on a live store (on demand, or at the start-up of one of several instances) spare
-# younger stored files: a running server publishes an upload's file a moment before it
-# commits its row.
-ORPHAN_MIN_AGE = 60.0
-# ... and temp files (multipart uploads on S3) of uploads that may still be streaming,
+# temp files (multipart uploads on S3) of uploads that may still be streaming,
 # however slowly.
 TEMP_MIN_AGE = 3600.0
 
@@ -37,6 +36,7 @@ class CheckReport:
     temp_files_removed: int = 0
     partial_uploads_removed: int = 0  # broken or expired resumable uploads
     orphan_files_removed: int = 0
+    intents_cleared: int = 0  # left by publishes that died before their commit
     missing_files: list[str] = field(default_factory=list)  # file ids whose bytes are gone
     mismatched_files: list[str] = field(default_factory=list)  # wrong size or digest
     rows_removed: int = 0
@@ -54,6 +54,7 @@ class CheckReport:
             f"checked {self.files_checked} file(s): wrote back {self.journal_restored} "
             f"journaled file(s), removed {self.temp_files_removed} temp "
             f"file(s) and {self.orphan_files_removed} stored file(s) without a row, "
+            f"cleared {self.intents_cleared} intent(s) of publishes that died, "
             f"{self.partial_uploads_removed} broken or expired resumable upload(s); "
             f"{len(self.missing_files)} row(s) with missing bytes, "
             f"{len(self.mismatched_files)} with wrong size or digest, "
@@ -67,14 +68,12 @@ async def reconcile(
     *,
     repair: bool = False,
     verify: bool = False,
-    orphan_min_age: float = 0.0,
     temp_min_age: float = 0.0,
 ) -> CheckReport:
     """Bring storage and database back in line; see the module docstring.
 
     ``verify`` also compares every file's size and SHA-256 (reads every byte).
-    ``orphan_min_age`` spares stored files younger than that many seconds: on a running
-    server such a file may be an upload between its publish and its commit.
+    Stored files without a row are spared while a live intent names them (intents.py).
     ``temp_min_age`` likewise spares temp files of uploads that may still be streaming.
     """
     report = CheckReport()
@@ -82,7 +81,6 @@ async def reconcile(
     report.temp_files_removed = await storage.prepare(temp_min_age=temp_min_age)
     report.journal_restored = await store.restore_journal()
     rows = await db.read(repo.files_for_check)
-    listed = {row["file_path"] for row in rows}
     if store.partials is not None:
         # Resumable (tus) uploads are not stale temp files: they stay. Broken or expired
         # ones go; one a crash caught between its publish and its record is marked done.
@@ -90,25 +88,25 @@ async def reconcile(
             published={str(row["id"]) for row in rows}, min_age=temp_min_age
         )
     on_disk = await storage.keys()
-
-    orphans = []
-    for key in sorted(on_disk - listed):
-        stat = await storage.stat(key) if orphan_min_age else None
-        if stat is not None and time.time() - stat[1] < orphan_min_age:
-            continue
-        orphans.append(key)
-    if orphans and orphan_min_age:
-        # A look at the rows again: an upload committed after they were first read is not
-        # an orphan (on S3 a long upload's object is dated from its start, so age alone
-        # would not spare it).
-        committed = await db.read(repo.all_file_paths)
-        orphans = [key for key in orphans if key not in committed]
+    # Read after the listing: a name listed there that is neither a file's nor a live
+    # intent's was published by nobody who can still commit it (intents.py).
+    committed, intents = await db.read(repo.names_in_use)
+    live = {i.storage_key for i in intents if owner_alive(i.owner, i.created_at)}
+    orphans = sorted(on_disk - committed - live)
     if orphans and store.partials is not None:
         # Nor is the object of a resumable upload whose completion was cut short before its
         # row: its next request publishes it.
         orphans = [key for key in orphans if not await store.partials.owns(key)]
-    await storage.delete(orphans)
+    for done, key in enumerate(orphans):
+        await storage.delete([key])
+        if done == 0:
+            crash_point("check.orphan_removed")
     report.orphan_files_removed = len(orphans)
+    # Dead intents go after their bytes (removed above as orphans, unless committed).
+    for key in sorted({i.storage_key for i in intents} - live):
+        crash_point("check.intent_cleared")
+        await db.write(functools.partial(repo.delete_intent, storage_key=key))
+        report.intents_cleared += 1
 
     bad_rows = []
     for row in rows:
@@ -131,6 +129,7 @@ async def reconcile(
         or report.journal_restored
         or report.partial_uploads_removed
         or orphans
+        or report.intents_cleared
         or bad_rows
         or report.integrity != ["ok"]
     ):

@@ -41,6 +41,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import orjson
 
 from csvstore.analysis import FileFacts, UploadAnalysis
+from csvstore.crashpoints import crash_point
 from csvstore.errors import ApiError
 from csvstore.storage import StorageWriter, fsync_dir
 
@@ -70,6 +71,7 @@ class PartialState:
     created_at: str
     expires_at: float  # Unix time; pushed forward whenever bytes arrive
     file_id: str | None = None  # set just before publishing: the id the file gets
+    publish_key: str | None = None  # ... and the stored name it gets
     completed: bool = False  # published; kept until it expires so HEAD can say so
 
     def to_json(self) -> bytes:
@@ -124,6 +126,17 @@ class PartialHold(Protocol):
     def target(self) -> tuple[str, str] | None:
         """The file id and storage key the upload must be published under, when they were
         fixed at its creation (S3: its multipart upload's key); None: any fresh ones."""
+        ...
+
+    @property
+    def interrupted_publish(self) -> str | None:
+        """The file id of a completion that a crash cut short (its row may or may not be
+        in): the caller settles it with :meth:`finish` or :meth:`abandon_publish`."""
+        ...
+
+    async def abandon_publish(self) -> None:
+        """The interrupted completion's row is not in: make the upload resumable again at
+        its acknowledged offset, and drop whatever of it was published."""
         ...
 
     @property
@@ -270,7 +283,8 @@ class LocalPartialStore:
             state = await asyncio.to_thread(self._read_state, upload_id)
             if state is not None and not state.completed:
                 hold = _LocalHold(self, state, fd)
-                await asyncio.to_thread(hold.settle)
+                if state.file_id is None:  # else its bytes may be a stored file's: settled later
+                    await asyncio.to_thread(hold.settle)
             yield hold
         finally:
             os.close(fd)  # closing releases the lock
@@ -362,6 +376,19 @@ class LocalPartialStore:
 
         return await asyncio.to_thread(run)
 
+    def publish_path(self, state: PartialState) -> Path:
+        return self.publish_dir / (state.publish_key or f"{state.file_id}.csv")
+
+    def _relink(self, state: PartialState) -> int | None:
+        published = self.publish_path(state)
+        try:
+            os.link(published, self.data_path(state.id))
+        except FileNotFoundError:
+            return None
+        if self.fsync:
+            fsync_dir(self.directory)
+        return self._lock(state.id)
+
     def _reconcile_one(
         self, upload_id: str, published: set[str], now: float, min_age: float
     ) -> int:
@@ -388,6 +415,10 @@ class LocalPartialStore:
                 with contextlib.suppress(FileNotFoundError):
                     self.data_path(upload_id).unlink()
                 return 0
+            if state.file_id is not None and fd is None:
+                # Published by the rename of earlier versions, then cut off before its row:
+                # the bytes go back to the partial area; the next request settles it.
+                fd = self._relink(state)
             if fd is None:  # no data file, and nothing published: lost
                 return int(self._remove_files(upload_id))
             if os.fstat(fd).st_size < state.offset:  # acknowledged bytes are missing
@@ -415,6 +446,24 @@ class _LocalHold:
     def pending(self) -> int:
         return self._pending
 
+    @property
+    def interrupted_publish(self) -> str | None:
+        return self._state.file_id
+
+    async def abandon_publish(self) -> None:
+        state = replace(self._state, file_id=None, publish_key=None)
+
+        def run() -> None:
+            published = self._store.publish_path(self._state)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(published).st_ino == os.fstat(self._fd).st_ino:
+                    os.unlink(published)
+            self._store._write_state(state)
+            self.settle()
+
+        await asyncio.to_thread(run)
+        self._state = state
+
     def settle(self) -> None:
         """Cut off bytes that were never acknowledged, and write from the offset on."""
         if os.fstat(self._fd).st_size != self._state.offset:
@@ -431,6 +480,7 @@ class _LocalHold:
         def run() -> None:
             if self._store.fsync:
                 os.fsync(self._fd)
+            crash_point("tus.checkpoint_synced")
             self._store._write_state(new)
 
         await asyncio.to_thread(run)
@@ -448,9 +498,11 @@ class _LocalHold:
 
     async def finish(self, state: PartialState) -> None:
         await self.save(state)
-        if not self.published:  # a duplicate (dedupe): the bytes are not wanted
-            with contextlib.suppress(FileNotFoundError):
-                await asyncio.to_thread(self._store.data_path(state.id).unlink)
+        crash_point("tus.finished")
+        # Published: the stored file is another link to these bytes; a duplicate (dedupe):
+        # they are not wanted.
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(self._store.data_path(state.id).unlink)
 
     @property
     def received(self) -> int:
@@ -518,7 +570,11 @@ class HoldPublisher(Generic[H]):
 
 
 class _PublishingWriter(HoldPublisher["_LocalHold"]):
-    """Commit renames the data file into ``uploads/`` (after an fsync), abort removes it."""
+    """Commit links the data file into ``uploads/`` (after an fsync), abort removes it.
+
+    A link, not a rename: until the upload is recorded as complete its bytes stay in the
+    partial area too, so a crash before the row leaves it resumable (docs/design/intents.md).
+    """
 
     async def commit(self) -> None:
         store = self._hold._store
@@ -529,9 +585,14 @@ class _PublishingWriter(HoldPublisher["_LocalHold"]):
         def run() -> None:
             if store.fsync:
                 os.fsync(fd)
-            os.rename(source, target)
+            os.link(source, target)
+            crash_point("tus.linked")
             if store.fsync:
-                fsync_dir(target.parent)
+                try:
+                    fsync_dir(target.parent)
+                except OSError:
+                    target.unlink()
+                    raise
 
         await asyncio.to_thread(run)
         self._hold.published = True

@@ -555,6 +555,13 @@ class _S3Hold:
     def has_all_bytes(self) -> bool:
         return self._all_bytes
 
+    @property
+    def interrupted_publish(self) -> None:
+        return None  # an interrupted completion here is an object with every byte (above)
+
+    async def abandon_publish(self) -> None:
+        raise RuntimeError("S3 holds have no interrupted publish to abandon")
+
     async def take_object(self, state: PartialState) -> None:
         """Go on from the stored object, which has every byte (see ``_settle``)."""
         await self._write(replace(self._record, state=state, object_done=True))

@@ -12,7 +12,9 @@ import orjson
 
 from csvstore.analysis import FileFacts
 from csvstore.db import Executor, Row
+from csvstore.intents import Intent
 from csvstore.queries import Queries
+from csvstore.timeutil import utc_now
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +176,7 @@ class Repo:
         )
         if row is not None and new.journal is not None:
             await self.add_journal_entry(x, new.id, new.journal)
+        await self.delete_intent(x, new.file_path)
         return row
 
     async def insert_file_unless_duplicate(
@@ -183,6 +186,7 @@ class Repo:
         one, else the newly inserted row (None when the session is gone)."""
         existing = await self.find_duplicate(x, new.session_id, new.facts.sha256)
         if existing is not None:
+            await self.delete_intent(x, new.file_path)
             return existing, True
         return await self.insert_file(x, new), False
 
@@ -237,6 +241,34 @@ class Repo:
     async def delete_journal_entries(self, x: Executor, seqs: list[int]) -> None:
         for seq in seqs:
             await x.all(self.q.delete_journal_entry, {"seq": seq})
+
+    # Upload intents (intents.py)
+
+    async def add_intent(self, x: Executor, storage_key: str, owner: str) -> None:
+        params = {"storage_key": storage_key, "owner": owner, "created_at": utc_now()}
+        await x.all(self.q.insert_intent, params)
+
+    async def delete_intent(self, x: Executor, storage_key: str) -> None:
+        await x.all(self.q.delete_intent, {"storage_key": storage_key})
+
+    async def intents(self, x: Executor) -> list[Intent]:
+        return [
+            Intent(str(row["storage_key"]), str(row["owner"]), str(row["created_at"]))
+            for row in await x.all(self.q.all_intents)
+        ]
+
+    async def names_in_use(self, x: Executor) -> tuple[set[str], list[Intent]]:
+        """The stored files' names and the intents, from one snapshot."""
+        listed: set[str] = set()
+        intents: list[Intent] = []
+        for row in await x.all(self.q.names_in_use):
+            if row["owner"] is None:
+                listed.add(str(row["storage_key"]))
+            else:
+                intents.append(
+                    Intent(str(row["storage_key"]), str(row["owner"]), str(row["created_at"]))
+                )
+        return listed, intents
 
     async def ping(self, x: Executor) -> Row | None:
         return await x.one(self.q.ping)

@@ -18,8 +18,10 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from csvstore.analysis import FileFacts
+from csvstore.crashpoints import crash_point
 from csvstore.db import Database, Row
 from csvstore.errors import BadRequest, NotFound
+from csvstore.intents import this_owner
 from csvstore.repo import NewFile, Repo
 from csvstore.storage import Storage, StorageWriter
 from csvstore.timeutil import format_utc, utc_now
@@ -58,14 +60,14 @@ class CsvStore:
     async def startup_check(self) -> CheckReport:
         """Remove what a crash may have left: temp files, and stored files with no row.
 
-        Alone, everything found at start-up is a leftover. When shared, another instance may
-        be streaming an upload (a temp file, a multipart upload) or be between publishing
-        one and committing its row: young leftovers are spared, as on a running server.
+        Alone, every temp file found at start-up is a leftover. When shared, another
+        instance may be streaming an upload (a temp file, a multipart upload): young ones
+        are spared. Stored files are spared by their intents, alone or shared.
         """
-        from csvstore.check import ORPHAN_MIN_AGE, TEMP_MIN_AGE, reconcile
+        from csvstore.check import TEMP_MIN_AGE, reconcile
 
         if self.shared:
-            return await reconcile(self, orphan_min_age=ORPHAN_MIN_AGE, temp_min_age=TEMP_MIN_AGE)
+            return await reconcile(self, temp_min_age=TEMP_MIN_AGE)
         return await reconcile(self)
 
     # Sessions
@@ -138,6 +140,7 @@ class CsvStore:
         keys = await self.db.write(lambda x: self.repo.delete_session(x, session_id))
         if keys is None:
             raise _session_not_found(session_id)
+        crash_point("delete.row_removed")
         await self.storage.delete(keys)
         return len(keys)
 
@@ -185,7 +188,22 @@ class CsvStore:
         return await asyncio.shield(self._publish(writer, new, dedupe))
 
     async def _publish(self, writer: StorageWriter, new: NewFile, dedupe: bool) -> Published:
-        await writer.commit()
+        # The intent first (intents.py): until the row commits, reconcile must not take the
+        # published bytes for an orphan, however old they look.
+        try:
+            await self.db.write(
+                functools.partial(self.repo.add_intent, storage_key=writer.key, owner=this_owner())
+            )
+        except BaseException:
+            await writer.abort()
+            raise
+        crash_point("publish.intent_committed")
+        try:
+            await writer.commit()
+        except BaseException:
+            await self._forget_intent(writer.key)
+            raise
+        crash_point("publish.bytes_published")
         if writer.journal is not None:  # visible, not yet durable: the row carries the bytes
             new = dataclasses.replace(new, journal=writer.journal)
         try:
@@ -197,14 +215,34 @@ class CsvStore:
                 row = await self.db.write(lambda x: self.repo.insert_file(x, new))
                 duplicate = False
         except BaseException:
-            await self.storage.delete([writer.key])
-            raise
+            try:
+                row = await self.db.read(lambda x: self.repo.get_file(x, new.id))
+            except Exception:
+                log.warning(
+                    "file %s: its commit failed and could not be read back; its bytes and "
+                    "intent are left to the check, which keeps them if the row exists",
+                    new.id,
+                )
+                raise
+            if row is None:  # not committed: nothing refers to the bytes
+                await self.storage.delete([writer.key])
+                await self._forget_intent(writer.key)
+                raise
+            duplicate = False  # committed after all (a connection lost around COMMIT)
+        crash_point("publish.row_committed")
         if row is None:  # the session was deleted while the upload streamed in
             await self.storage.delete([writer.key])
             raise _session_not_found(new.session_id)
         if duplicate:
             await self.storage.delete([writer.key])
         return Published(row, duplicate=duplicate)
+
+    async def _forget_intent(self, key: str) -> None:
+        """Drop an intent whose bytes are gone; if that fails, the check drops it later."""
+        try:
+            await self.db.write(functools.partial(self.repo.delete_intent, storage_key=key))
+        except Exception:
+            log.warning("could not drop the intent of %s; the check will", key)
 
     async def flush_journal(self) -> int:
         """Make the journaled files durable and forget their entries (storage.py, "journal").
@@ -230,6 +268,7 @@ class CsvStore:
             await self.restore_journal(up_to=self._sync_failed_up_to)  # raises: tried again
             self._sync_failed_up_to = 0
             return seq
+        crash_point("flush.synced")
         await self.db.write(lambda x: self.repo.clear_journal(x, seq))
         return seq
 
@@ -245,6 +284,7 @@ class CsvStore:
             )
             for entry in entries:
                 await self.storage.restore(entry.file_path, entry.data)
+                crash_point("restore.file_written")
                 # A delete may have removed the row (its entry with it) and then the file
                 # just before the rewrite. Deletes remove the row first: if it is still
                 # there now, a later delete removes this file too.
@@ -259,6 +299,9 @@ class CsvStore:
             if len(entries) < batch:
                 return restored
 
+    async def find_file(self, file_id: str) -> Row | None:
+        return await self.db.read(lambda x: self.repo.get_file(x, file_id))
+
     async def get_file(self, file_id: str) -> Row:
         row = await self.db.read(lambda x: self.repo.get_file(x, file_id))
         if row is None:
@@ -269,6 +312,7 @@ class CsvStore:
         key = await self.db.write(lambda x: self.repo.delete_file(x, file_id))
         if key is None:
             raise _file_not_found(file_id)
+        crash_point("delete.row_removed")
         await self.storage.delete([key])
 
 

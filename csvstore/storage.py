@@ -34,6 +34,8 @@ from typing import BinaryIO, Protocol
 import aiofiles
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
+from csvstore.crashpoints import crash_point
+
 log = logging.getLogger("csvstore.storage")
 
 TEMP_SUFFIX = ".part"
@@ -288,6 +290,7 @@ class LocalWriter:
                 _write_new_file(final_path, first, fsync=False)
             except FileExistsError:  # migrate-to resuming a copy cut off before its row
                 _write_new_file(final_path, first, fsync=False, exclusive=False)
+            crash_point("storage.journal_written")
             self.journal = first
             return
 
@@ -298,7 +301,9 @@ class LocalWriter:
                 _write_new_file(temp_path, first, fsync=fsync)
             elif fsync:
                 os.fsync(fd)
+            crash_point("storage.file_synced")
             os.rename(temp_path, final_path)
+            crash_point("storage.renamed")
             if fsync:
                 folder.sync()
 

@@ -37,6 +37,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from csvstore.analysis import FileFacts, UploadAnalysis
+from csvstore.crashpoints import crash_point
 from csvstore.csvcheck import clean_filename
 from csvstore.errors import (
     ApiError,
@@ -484,6 +485,14 @@ async def _locked_patch(
         if state.expires_at <= time.time():
             await hold.remove()
             raise _upload_not_found(upload_id)
+        if hold.interrupted_publish is not None:
+            done = await _settle_interrupted(store, hold, expiry)
+            if done is not None:
+                raise Conflict(
+                    f"upload {upload_id} is complete; Upload-Offset was {offset}",
+                    headers=_progress_headers(done),
+                )
+            state = hold.state
         if hold.has_all_bytes:
             # A completion that died after storing the file and before its row: finish it,
             # and answer as for any request to a complete upload.
@@ -631,6 +640,22 @@ async def _read(request: web.Request, limits: UploadLimits) -> bytes:
 # Completing
 
 
+async def _settle_interrupted(
+    store: CsvStore, hold: PartialHold, expiry: float
+) -> PartialState | None:
+    """A completion a crash cut short. Nobody else can be committing it (this request holds
+    the upload), so its row tells: in, and the upload is complete (returned); not in, and it
+    is resumable again from its acknowledged offset (None)."""
+    state = hold.state
+    assert state.file_id is not None
+    if await store.find_file(state.file_id) is not None:
+        done = replace(state, offset=state.length, completed=True, expires_at=time.time() + expiry)
+        await hold.finish(done)
+        return done
+    await hold.abandon_publish()
+    return None
+
+
 def _check_expectations(options: dict[str, Any], facts: FileFacts) -> None:
     expected = options.get("sha256")
     if expected is not None:
@@ -674,7 +699,8 @@ async def _complete(
         _check_expectations(state.options, facts)
         # Recorded before the publish: a crash after it can tell a published upload from
         # a lost one by looking for this id in the database.
-        await hold.save(replace(state, file_id=file_id))
+        await hold.save(replace(state, file_id=file_id, publish_key=key))
+        crash_point("tus.publishing_saved")
         published: Published = await store.publish_upload(
             writer,
             file_id=file_id,
@@ -684,6 +710,7 @@ async def _complete(
             dedupe=bool(state.options.get("dedupe")),
         )
         writer = None  # publish_upload owned it, and removed the bytes on failure
+        crash_point("tus.row_committed")
     except BaseException:
         if writer is not None:
             await writer.abort()

@@ -7,6 +7,8 @@ import faulthandler
 import io
 import os
 import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -309,3 +311,14 @@ async def session(client: Client) -> str:
     resp = await client.post("/api/csv/sessions", json={"session_id": "s1"})
     assert resp.status == 201
     return "s1"
+
+
+def dead_owner() -> str:
+    """An upload intent's owner that has exited: a process that named itself, then ended."""
+    named = subprocess.run(
+        [sys.executable, "-c", "from csvstore.intents import this_owner; print(this_owner())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return named.stdout.strip()

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 
 from csvstore.config import Settings
-from tests.conftest import MakeClient, csv_bytes, stored_state, upload_form
+from csvstore.intents import this_owner
+from csvstore.timeutil import utc_now
+from tests.conftest import MakeClient, csv_bytes, dead_owner, stored_state, upload_form
 
 # It damages the uploads folder by hand; tests/test_s3.py does the same to a bucket.
 pytestmark = pytest.mark.local_storage
@@ -42,11 +46,21 @@ async def test_check_reports_repairs_and_is_idempotent(
     stored = (uploads / f"{ids[2]}.csv").read_bytes()
     (uploads / f"{ids[2]}.csv").write_bytes(stored[:-2] + b"X\n")  # same size, other digest
     old = time.time() - 7200
-    orphan = uploads / "orphan.csv"
+    orphan = uploads / f"{uuid.uuid4()}.csv"
     orphan.write_bytes(b"a\n")
     os.utime(orphan, (old, old))
-    young_orphan = uploads / "young.csv"  # may be an upload in flight on a running server
-    young_orphan.write_bytes(b"a\n")
+    # Published by a live process that has not committed its row yet: however old the file
+    # looks, its intent spares it. A dead process's intent does not.
+    in_flight = uploads / f"{uuid.uuid4()}.csv"
+    in_flight.write_bytes(b"a\n")
+    os.utime(in_flight, (old, old))
+    abandoned = uploads / f"{uuid.uuid4()}.csv"
+    abandoned.write_bytes(b"a\n")
+    with sqlite3.connect(settings.data_dir / "csvstore.db") as db:
+        db.executemany(
+            "INSERT INTO upload_intents (storage_key, owner, created_at) VALUES (?, ?, ?)",
+            [(in_flight.name, this_owner(), utc_now()), (abandoned.name, dead_owner(), utc_now())],
+        )
     stale_temp = settings.temp_dir / "dead.csv.part"
     stale_temp.write_bytes(b"half")
     os.utime(stale_temp, (old, old))
@@ -58,13 +72,15 @@ async def test_check_reports_repairs_and_is_idempotent(
     assert f"size or sha256 differs: file {ids[2]}" in report.stdout
     assert "integrity: ok" in report.stdout
     assert not orphan.exists()
-    assert young_orphan.exists()
+    assert in_flight.exists()
+    assert not abandoned.exists()
+    assert "cleared 1 intent(s)" in report.stdout
     assert not stale_temp.exists()
 
     repaired = run_check(settings, "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert "3 row(s) removed" in repaired.stdout
-    young_orphan.unlink()
+    in_flight.unlink()
     on_disk, listed, temps = stored_state(settings)
     assert on_disk == listed == {f"{ids[3]}.csv"}
     assert temps == []

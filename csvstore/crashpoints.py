@@ -1,0 +1,49 @@
+"""Named crash points for the crash-safety tests: SIGKILL this process at one of them.
+
+``CSVSTORE_CRASH_AT=<name>`` (optionally ``<name>@<n>``: at its n-th passage) arms one
+point; unset, as in production, every call is a dictionary look-up that finds nothing.
+tests/test_crash_points.py walks every name in :data:`POINTS`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+POINTS = (
+    # publishing an upload (multipart, tus completion, migrate-to): service.CsvStore._publish
+    "publish.intent_committed",  # the intent is recorded, the bytes are not yet published
+    "publish.bytes_published",  # the bytes are under their final name, the row is not in
+    "publish.row_committed",  # the row is in, the client not yet answered
+    # local storage, inside a publish: storage.LocalWriter.commit
+    "storage.file_synced",  # the temp file is fsynced, not yet renamed
+    "storage.renamed",  # renamed into uploads/, the folder not yet fsynced
+    "storage.journal_written",  # a small file written in place, without an fsync
+    # tus: partial.py and tus.py
+    "tus.checkpoint_synced",  # the bytes of a PATCH are fsynced, the offset not yet saved
+    "tus.publishing_saved",  # the state names the file id it is about to be published as
+    "tus.linked",  # the data file is linked into uploads/, the folder not yet fsynced
+    "tus.row_committed",  # the row is in, the upload's state does not say complete yet
+    "tus.finished",  # the state says complete, the data file is not yet removed
+    # deletes: service.CsvStore
+    "delete.row_removed",  # a file's or a session's rows are gone, their bytes not yet
+    # the journal flusher: service.CsvStore.flush_journal / restore_journal
+    "flush.synced",  # the uploads folder is synced, its journal entries not yet cleared
+    "restore.file_written",  # a journaled file is written back, its entry not yet dropped
+    # the check: check.reconcile
+    "check.orphan_removed",  # the first orphan is deleted, the rest not yet
+    "check.intent_cleared",  # a dead intent's bytes are deleted, its row not yet
+)
+
+_ARMED = os.environ.get("CSVSTORE_CRASH_AT", "")
+_NAME, _, _NTH = _ARMED.partition("@")
+_passages: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """SIGKILL this process here if the tests armed this point."""
+    if name != _NAME:
+        return
+    _passages[name] = _passages.get(name, 0) + 1
+    if _passages[name] >= int(_NTH or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
