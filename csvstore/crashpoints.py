@@ -1,7 +1,9 @@
 """Named crash points for the crash-safety tests: SIGKILL this process at one of them.
 
 ``CSVSTORE_CRASH_AT=<name>`` (optionally ``<name>@<n>``: at its n-th passage) arms one
-point; unset, as in production, every call is a dictionary look-up that finds nothing.
+point; ``CSVSTORE_PAUSE_AT=<name>:<seconds>`` stops the whole process there that long
+instead (a window for another process to act in). Unset, as in production, every call is
+one string comparison.
 tests/test_crash_points.py walks every name in :data:`POINTS`.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 POINTS = (
     # publishing an upload (multipart, tus completion, migrate-to): service.CsvStore._publish
@@ -37,11 +40,14 @@ POINTS = (
 
 _ARMED = os.environ.get("CSVSTORE_CRASH_AT", "")
 _NAME, _, _NTH = _ARMED.partition("@")
+_PAUSE_NAME, _, _PAUSE_S = os.environ.get("CSVSTORE_PAUSE_AT", "").partition(":")
 _passages: dict[str, int] = {}
 
 
 def crash_point(name: str) -> None:
     """SIGKILL this process here if the tests armed this point."""
+    if name == _PAUSE_NAME:
+        time.sleep(float(_PAUSE_S))  # blocking on purpose: nothing in the process moves on
     if name != _NAME:
         return
     _passages[name] = _passages.get(name, 0) + 1

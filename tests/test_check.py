@@ -8,12 +8,13 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from csvstore.config import Settings
-from csvstore.intents import this_owner
-from csvstore.timeutil import utc_now
+from csvstore.intents import owner_alive, this_owner
+from csvstore.timeutil import format_utc, utc_now
 from tests.conftest import MakeClient, csv_bytes, dead_owner, stored_state, upload_form
 
 # It damages the uploads folder by hand; tests/test_s3.py does the same to a bucket.
@@ -89,3 +90,14 @@ async def test_check_reports_repairs_and_is_idempotent(
     assert again.returncode == 0
     assert "0 row(s) removed" in again.stdout
     assert "removed 0 temp file(s) and 0 stored file(s)" in again.stdout
+
+
+def test_an_intent_is_live_while_its_process_runs() -> None:
+    now = datetime.now(UTC)
+    assert owner_alive(this_owner(), utc_now())
+    assert not owner_alive(dead_owner(), utc_now())  # same host, process gone
+    # Another host's process cannot be asked: its intent is live until it is an hour old.
+    other = "elsewhere 1234 5678"
+    assert owner_alive(other, format_utc(now - timedelta(minutes=59)), now=now)
+    assert not owner_alive(other, format_utc(now - timedelta(minutes=61)), now=now)
+    assert not owner_alive(other, "not a time", now=now)
