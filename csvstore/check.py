@@ -7,6 +7,11 @@ crash may have lost their unsynced bytes), temp files (uploads never acknowledge
 stored files with no row (published, then the process died before the commit) are removed.
 Rows whose bytes are missing or changed are reported, and removed only with ``repair`` -- a
 person decides.
+
+Only csvstore's own names are ever looked at (``storage.STORED_NAME``), and only once the
+database and the storage are known to be one store's (csvstore/identity.py). Even then, a
+database that lists no files at all beside stored files is more likely the wrong one than a
+store whose every upload was lost: nothing is removed without ``repair``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ class CheckReport:
     temp_files_removed: int = 0
     partial_uploads_removed: int = 0  # broken or expired resumable uploads
     orphan_files_removed: int = 0
+    # Stored files kept because the database lists none at all: more likely the wrong
+    # database than leftovers; only ``repair`` removes them.
+    unlisted_files_kept: int = 0
     missing_files: list[str] = field(default_factory=list)  # file ids whose bytes are gone
     mismatched_files: list[str] = field(default_factory=list)  # wrong size or digest
     rows_removed: int = 0
@@ -47,7 +55,7 @@ class CheckReport:
     def problems(self) -> int:
         bad_db = self.integrity != ["ok"] and bool(self.integrity)
         unrepaired = len(self.missing_files) + len(self.mismatched_files) - self.rows_removed
-        return unrepaired + int(bad_db)
+        return unrepaired + int(bad_db) + self.unlisted_files_kept
 
     def summary(self) -> str:
         return (
@@ -59,6 +67,11 @@ class CheckReport:
             f"{len(self.mismatched_files)} with wrong size or digest, "
             f"{self.rows_removed} row(s) removed; database integrity: "
             f"{', '.join(self.integrity) or 'not checked'}"
+        ) + (
+            f"; the database lists no files, so the {self.unlisted_files_kept} stored file(s) "
+            "were kept: if this is the right database, 'check --repair' removes them"
+            if self.unlisted_files_kept
+            else ""
         )
 
 
@@ -107,6 +120,9 @@ async def reconcile(
         # Nor is the object of a resumable upload whose completion was cut short before its
         # row: its next request publishes it.
         orphans = [key for key in orphans if not await store.partials.owns(key)]
+    if on_disk and not listed and not repair:
+        report.unlisted_files_kept = len(on_disk)
+        orphans = []
     await storage.delete(orphans)
     report.orphan_files_removed = len(orphans)
 
@@ -131,6 +147,7 @@ async def reconcile(
         or report.journal_restored
         or report.partial_uploads_removed
         or orphans
+        or report.unlisted_files_kept
         or bad_rows
         or report.integrity != ["ok"]
     ):

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 
@@ -42,10 +43,10 @@ async def test_check_reports_repairs_and_is_idempotent(
     stored = (uploads / f"{ids[2]}.csv").read_bytes()
     (uploads / f"{ids[2]}.csv").write_bytes(stored[:-2] + b"X\n")  # same size, other digest
     old = time.time() - 7200
-    orphan = uploads / "orphan.csv"
+    orphan = uploads / f"{uuid.uuid4()}.csv"  # csvstore's name, no row
     orphan.write_bytes(b"a\n")
     os.utime(orphan, (old, old))
-    young_orphan = uploads / "young.csv"  # may be an upload in flight on a running server
+    young_orphan = uploads / f"{uuid.uuid4()}.csv"  # may be an upload in flight on a running server
     young_orphan.write_bytes(b"a\n")
     stale_temp = settings.temp_dir / "dead.csv.part"
     stale_temp.write_bytes(b"half")
