@@ -293,3 +293,20 @@ def test_instances_starting_together_agree_on_one_store_id(tmp_path: Path) -> No
     assert (data / "uploads" / STORE_MARKER).read_text().strip() == recorded
     assert sorted(p.name for p in (data / "uploads").iterdir()) == [STORE_MARKER]
     assert uuid.UUID(hex=recorded)
+
+
+def test_migrate_to_gives_the_target_a_store_id_of_its_own(tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    names = _deployment(old)
+    done = _csvstore("migrate-to", "--from-data-dir", str(old), "--data-dir", str(new))
+    assert done.returncode == 0, done.stdout + done.stderr
+    source, target = _store_id(old / "csvstore.db"), _store_id(new / "csvstore.db")
+    assert source is not None
+    assert target is not None
+    assert source != target
+    assert (new / "uploads" / STORE_MARKER).read_text().strip() == target
+    assert set(_snapshot(new / "uploads")) == {*names, STORE_MARKER}
+    # So the new database with the old folder is refused, not reconciled.
+    mixed = _csvstore("check", "--data-dir", str(new), "--storage", str(old / "uploads"))
+    assert mixed.returncode == 2, mixed.stdout + mixed.stderr
+    assert "belongs to store" in mixed.stderr
