@@ -14,11 +14,14 @@ from csvstore import __version__
 from csvstore.app import open_store
 from csvstore.check import TEMP_MIN_AGE, CheckReport, reconcile
 from csvstore.config import Settings, convert
+from csvstore.identity import StoreMismatch, check_placement
 from csvstore.observability import ClientProtocolErrors
 from csvstore.profiling import native_counter
 from csvstore.security import check_bind_is_safe, load_keys
 from csvstore.server import serve
 
+# The exit status when the database and the storage are not one store's (csvstore/identity.py).
+REFUSED = 2
 # The client's sub-commands (csvstore/cli); anything else starts the server as always.
 CLIENT_COMMANDS = frozenset({"sessions", "upload", "files"})
 
@@ -73,14 +76,19 @@ def build_check_parser() -> argparse.ArgumentParser:
             "files without a row (temp files older than an hour and stored files older than "
             "a minute, so a running server's uploads in flight are spared), report rows "
             "whose bytes are missing or whose size or SHA-256 no longer matches, run the "
-            "database's integrity check. "
+            "database's integrity check. Only names csvstore gives stored files (<uuid>.csv) "
+            "are ever removed, and none while the database lists no files. Refused (exit "
+            "status 2, nothing changed) when the database and the storage are not one "
+            "store's (their store ids differ, or the storage folder holds the database). "
             "Exit status 0 when nothing is left wrong, 1 otherwise."
         ),
     )
     parser.add_argument(
         "--repair",
         action="store_true",
-        help="also remove the rows whose bytes are missing or wrong",
+        help="also remove the rows whose bytes are missing or wrong; when the database "
+        "lists no files, remove the stored files; record a database and storage without "
+        "store ids as one store even when they do not look like one (look first)",
     )
     parser.add_argument(
         "--no-verify",
@@ -119,7 +127,7 @@ def run_check(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     async def go() -> CheckReport:
-        async with open_store(settings) as store:
+        async with open_store(settings, repair=args.repair) as store:
             return await reconcile(
                 store,
                 repair=args.repair,
@@ -127,7 +135,17 @@ def run_check(argv: Sequence[str]) -> int:
                 temp_min_age=TEMP_MIN_AGE,
             )
 
-    report = asyncio.run(go())
+    try:
+        check_placement(settings)
+        if not settings.uses_postgres and not settings.database_path.exists():
+            # Rather than create an empty one: a check of that could only find strangers.
+            raise StoreMismatch(
+                f"no database at {settings.database_path.resolve()} (--data-dir or --database-url?)"
+            )
+        report = asyncio.run(go())
+    except StoreMismatch as exc:
+        print(f"check refused: {exc}", file=sys.stderr)
+        return REFUSED
     print(report.summary())
     for file_id in report.missing_files:
         print(f"missing bytes: file {file_id}")
@@ -191,7 +209,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             "csvstore._scan is not built (no C compiler at install time): CSV profiles are "
             "counted by the pure-Python counter, same results, about 3x the CPU per byte"
         )
-    serve(settings)
+    try:
+        serve(settings)
+    except StoreMismatch as exc:
+        logging.getLogger("csvstore").error("refusing to start: %s", exc)
+        sys.exit(REFUSED)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from csvstore.config import Settings
 from csvstore.db import SqliteDatabase
 from csvstore.db_postgres import PostgresDatabase
 from csvstore.errors import error_middleware
+from csvstore.identity import check_placement, verify_store_id
 from csvstore.inflight import InFlight
 from csvstore.ingest import UploadLimits
 from csvstore.keys import (
@@ -139,10 +140,19 @@ async def sweep_forever(store: CsvStore, metrics: Metrics, interval: float) -> N
 
 
 @contextlib.asynccontextmanager
-async def open_store(settings: Settings, metrics: Metrics | None = None) -> AsyncIterator[CsvStore]:
-    """The database and storage that settings name, open (and migrated) for the duration.
+async def open_store(
+    settings: Settings,
+    metrics: Metrics | None = None,
+    *,
+    claim: bool = True,
+    repair: bool = False,
+) -> AsyncIterator[CsvStore]:
+    """The database and storage that settings name, open (and migrated) for the duration,
+    once their store ids match (csvstore/identity.py; ``StoreMismatch`` otherwise).
 
-    With ``metrics``, database and storage operations are timed into them."""
+    With ``metrics``, database and storage operations are timed into them. ``claim`` and
+    ``repair``: see :func:`verify_store_id`."""
+    check_placement(settings)  # before the database is opened, which would create it
     full = settings.durability == "full"
     db: SqliteDatabase | PostgresDatabase
     if settings.uses_postgres:
@@ -170,6 +180,7 @@ async def open_store(settings: Settings, metrics: Metrics | None = None) -> Asyn
             async def published(file_id: str) -> bool:
                 return await store.db.read(lambda x: store.repo.get_file(x, file_id)) is not None
 
+            await verify_store_id(store, settings, claim=claim, repair=repair)
             store.partials = open_partials(settings, storage, published)
             yield store
     finally:

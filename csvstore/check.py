@@ -7,6 +7,11 @@ crash may have lost their unsynced bytes), temp files (uploads never acknowledge
 stored files with no row (published, then the process died before the commit) are removed.
 Rows whose bytes are missing or changed are reported, and removed only with ``repair`` -- a
 person decides.
+
+Only csvstore's own names are ever looked at (``storage.STORED_NAME``), and only once the
+database and the storage are known to be one store's (csvstore/identity.py). Even then, a
+database that lists no files at all beside stored files is more likely the wrong one than a
+store whose every upload was lost: nothing is removed without ``repair``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ class CheckReport:
     partial_uploads_removed: int = 0  # broken or expired resumable uploads
     orphan_files_removed: int = 0
     intents_cleared: int = 0  # left by publishes that died before their commit
+    # Stored files kept because the database lists none at all: more likely the wrong
+    # database than leftovers; only ``repair`` removes them.
+    unlisted_files_kept: int = 0
     missing_files: list[str] = field(default_factory=list)  # file ids whose bytes are gone
     mismatched_files: list[str] = field(default_factory=list)  # wrong size or digest
     rows_removed: int = 0
@@ -47,7 +55,7 @@ class CheckReport:
     def problems(self) -> int:
         bad_db = self.integrity != ["ok"] and bool(self.integrity)
         unrepaired = len(self.missing_files) + len(self.mismatched_files) - self.rows_removed
-        return unrepaired + int(bad_db)
+        return unrepaired + int(bad_db) + self.unlisted_files_kept
 
     def summary(self) -> str:
         return (
@@ -60,6 +68,11 @@ class CheckReport:
             f"{len(self.mismatched_files)} with wrong size or digest, "
             f"{self.rows_removed} row(s) removed; database integrity: "
             f"{', '.join(self.integrity) or 'not checked'}"
+        ) + (
+            f"; the database lists no files, so the {self.unlisted_files_kept} stored file(s) "
+            "were kept: if this is the right database, 'check --repair' removes them"
+            if self.unlisted_files_kept
+            else ""
         )
 
 
@@ -97,6 +110,11 @@ async def reconcile(
         # Nor is the object of a resumable upload whose completion was cut short before its
         # row: its next request publishes it.
         orphans = [key for key in orphans if not await store.partials.owns(key)]
+    if on_disk and not committed and not repair:
+        # Only this database's own leftovers (an intent names them) go; the rest is kept.
+        ours = {i.storage_key for i in intents}
+        report.unlisted_files_kept = len([key for key in orphans if key not in ours])
+        orphans = [key for key in orphans if key in ours]
     for done, key in enumerate(orphans):
         await storage.delete([key])
         if done == 0:
@@ -130,6 +148,7 @@ async def reconcile(
         or report.partial_uploads_removed
         or orphans
         or report.intents_cleared
+        or report.unlisted_files_kept
         or bad_rows
         or report.integrity != ["ok"]
     ):

@@ -22,6 +22,7 @@ from pathlib import Path
 from csvstore.app import open_store
 from csvstore.config import Settings, convert
 from csvstore.db import Executor, Operation, Row
+from csvstore.identity import StoreMismatch
 from csvstore.service import CsvStore
 
 log = logging.getLogger("csvstore.migrate")
@@ -53,7 +54,9 @@ class MigrationReport:
 async def migrate(source: Settings, target: Settings, *, page: int = PAGE) -> MigrationReport:
     """Copy every session and file of ``source`` that ``target`` does not have yet."""
     report = MigrationReport()
-    async with open_store(source) as src, open_store(target) as dst:
+    # The target gets a store id of its own (a new store: a copy is not the original), the
+    # source's is only compared.
+    async with open_store(source, claim=False) as src, open_store(target) as dst:
         await dst.storage.prepare()
         updated: dict[str, str] = {}
         after = ""
@@ -214,7 +217,7 @@ def run_migrate(argv: Sequence[str]) -> int:
         parser.error(f"no source database at {source.database_path}")
     try:
         report = asyncio.run(migrate(source, target))
-    except MigrationError as exc:
+    except (MigrationError, StoreMismatch) as exc:
         print(f"migrate-to: {exc}")
         return 1
     print(report.summary())

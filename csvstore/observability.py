@@ -242,6 +242,12 @@ class TimedStorage:
     async def keys(self) -> set[str]:
         return await self.inner.keys()
 
+    async def read_store_id(self) -> str | None:
+        return await self.inner.read_store_id()
+
+    async def create_store_id(self, store_id: str) -> str:
+        return await self.inner.create_store_id(store_id)
+
     async def stat(self, key: str) -> tuple[int, float] | None:
         return await self.inner.stat(key)
 

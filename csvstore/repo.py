@@ -278,3 +278,10 @@ class Repo:
 
     async def all_file_paths(self, x: Executor) -> set[str]:
         return {str(row["file_path"]) for row in await x.all(self.q.all_file_paths)}
+
+    async def get_store_id(self, x: Executor) -> str | None:
+        row = await x.one(self.q.get_store_id)
+        return None if row is None else str(row["store_id"])
+
+    async def claim_store_id(self, x: Executor, store_id: str, created_at: str) -> None:
+        await x.all(self.q.claim_store_id, {"store_id": store_id, "created_at": created_at})

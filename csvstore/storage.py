@@ -39,6 +39,13 @@ from csvstore.crashpoints import crash_point
 log = logging.getLogger("csvstore.storage")
 
 TEMP_SUFFIX = ".part"
+# The only names csvstore gives stored files (CsvStore.new_file_key; a tus upload's file id
+# is a UUID too): listing, the check and its removals never look at any other name.
+STORED_NAME = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.csv$")
+# The storage's half of the store id (csvstore/identity.py), beside the stored files.
+STORE_MARKER = ".csvstore-store-id"
+# What may be in the temp folder: csvstore's temp files, and the readiness probe's.
+_TEMP_NAME = re.compile(r"^(.*\.part|\.probe-\d+)$")
 # A first block up to this size is held for the one-hop write of a small upload; a bigger
 # one goes straight to disk, so memory per upload stays one block.
 HELD_BLOCK = 256 * 1024
@@ -93,7 +100,18 @@ class Storage(Protocol):
         """Write ``data`` durably as the stored file ``key``, replacing what is there."""
         ...
 
-    async def keys(self) -> set[str]: ...
+    async def keys(self) -> set[str]:
+        """The stored files: only names shaped like csvstore's (``STORED_NAME``)."""
+        ...
+
+    async def read_store_id(self) -> str | None:
+        """The store id recorded in this storage (``STORE_MARKER``), or None."""
+        ...
+
+    async def create_store_id(self, store_id: str) -> str:
+        """Record ``store_id`` unless an id is recorded already (another instance's, a
+        moment earlier: the create is conditional); the id recorded now."""
+        ...
 
     async def stat(self, key: str) -> tuple[int, float] | None:
         """(size, modification time) of a stored file, or None if there is none."""
@@ -366,7 +384,9 @@ class LocalStorage:
             removed = 0
             cutoff = time.time() - temp_min_age
             for entry in self.temp_dir.iterdir():
-                if entry.is_file() and (not temp_min_age or entry.stat().st_mtime < cutoff):
+                if not _TEMP_NAME.match(entry.name) or not entry.is_file():
+                    continue  # not csvstore's: never removed
+                if not temp_min_age or entry.stat().st_mtime < cutoff:
                     entry.unlink(missing_ok=True)
                     removed += 1
             return removed
@@ -473,6 +493,41 @@ class LocalStorage:
 
     async def keys(self) -> set[str]:
         def run() -> set[str]:
-            return {entry.name for entry in os.scandir(self.root) if entry.is_file()}
+            if not self.root.exists():
+                return set()
+            return {
+                entry.name
+                for entry in os.scandir(self.root)
+                if STORED_NAME.match(entry.name) and entry.is_file()
+            }
+
+        return await asyncio.to_thread(run)
+
+    async def read_store_id(self) -> str | None:
+        def run() -> str | None:
+            try:
+                return (self.root / STORE_MARKER).read_text().strip()
+            except FileNotFoundError:
+                return None
+
+        return await asyncio.to_thread(run)
+
+    async def create_store_id(self, store_id: str) -> str:
+        def run() -> str:
+            self.root.mkdir(parents=True, exist_ok=True)
+            marker = self.root / STORE_MARKER
+            # Written whole under a name of its own, then linked into place: link(2) fails
+            # if the marker exists, and no one ever reads a half-written one.
+            new = self.root / f"{STORE_MARKER}.{os.getpid()}.{threading.get_ident()}.new"
+            new.unlink(missing_ok=True)
+            _write_new_file(new, f"{store_id}\n".encode(), fsync=True)
+            try:
+                os.link(new, marker)
+            except FileExistsError:
+                return marker.read_text().strip()
+            finally:
+                new.unlink()
+            fsync_dir(self.root)
+            return store_id
 
         return await asyncio.to_thread(run)

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -30,7 +29,8 @@ from botocore.exceptions import ClientError
 from botocore.loaders import Loader, create_loader
 
 from csvstore.config import parse_s3_url
-from csvstore.storage import READ_CHUNK
+from csvstore.storage import READ_CHUNK, STORE_MARKER
+from csvstore.storage import STORED_NAME as STORED_NAME  # partial_s3 takes it from here
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("csvstore.storage")
 
-STORED_NAME = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.csv$")
 # Resumable (tus) uploads keep their records under this folder of the prefix; each one's
 # multipart upload has the key of the stored file it becomes (see partial_s3.py).
 TUS_FOLDER = "tus/"
@@ -246,9 +245,7 @@ class S3Storage:
     def object_key(self, key: str) -> str:
         return self.prefix + key
 
-    async def prepare(self, *, temp_min_age: float = 0.0) -> int:
-        """Check the bucket is there and reachable; abort multipart uploads older than
-        ``temp_min_age`` seconds (uploads a dead process left); how many were aborted."""
+    async def _check_bucket(self) -> None:
         try:
             await self.client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
@@ -256,6 +253,11 @@ class S3Storage:
                 f"S3 bucket {self.bucket!r} cannot be used ({_error_code(exc) or exc}): "
                 "check that it exists, the endpoint, and the credentials"
             ) from exc
+
+    async def prepare(self, *, temp_min_age: float = 0.0) -> int:
+        """Check the bucket is there and reachable; abort multipart uploads older than
+        ``temp_min_age`` seconds (uploads a dead process left); how many were aborted."""
+        await self._check_bucket()
         cutoff = time.time() - temp_min_age
         aborted = 0
         paginator = self.client.get_paginator("list_multipart_uploads")
@@ -350,6 +352,38 @@ class S3Storage:
                 if STORED_NAME.match(name):
                     found.add(name)
         return found
+
+    async def read_store_id(self) -> str | None:
+        await self._check_bucket()
+        try:
+            response = await self.client.get_object(
+                Bucket=self.bucket, Key=self.object_key(STORE_MARKER)
+            )
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return None
+            raise
+        async with response["Body"] as body:
+            return (await body.read()).decode(errors="replace").strip()
+
+    async def create_store_id(self, store_id: str) -> str:
+        try:
+            # Conditional: of instances starting at once, exactly one PUT succeeds.
+            await self.client.put_object(
+                Bucket=self.bucket,
+                Key=self.object_key(STORE_MARKER),
+                Body=f"{store_id}\n".encode(),
+                ContentType="text/plain",
+                IfNoneMatch="*",
+            )
+        except ClientError as exc:
+            if _error_code(exc) not in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+                raise
+            found = await self.read_store_id()
+            if found is None:
+                raise OSError("the store id marker was refused but is not there") from exc
+            return found
+        return store_id
 
     async def stat(self, key: str) -> tuple[int, float] | None:
         """(size, last modified). For a multipart upload S3 dates the object from the

@@ -26,6 +26,7 @@ from aiohttp.test_utils import TestClient
 from csvstore.app import create_app
 from csvstore.config import Settings
 from csvstore.queries import Queries
+from csvstore.storage import STORE_MARKER
 from tests import s3util
 
 Client = TestClient[web.Request, web.Application]
@@ -196,15 +197,20 @@ def stored_state(settings: Settings) -> tuple[set[str], set[str], list[str]]:
         # their tail objects count as temp files: none may outlive its upload.
         tus = {name for name in objects if name.startswith("tus/")}
         tails = sorted(name for name in tus if ".tail." in name)
-        return objects - tus, listed_file_paths(settings), uploads + tails
-    on_disk = (
-        {p.name for p in settings.uploads_dir.iterdir()} if settings.uploads_dir.exists() else set()
-    )
+        return objects - tus - {STORE_MARKER}, listed_file_paths(settings), uploads + tails
+    on_disk = set(stored_names(settings.uploads_dir))
     listed = listed_file_paths(settings)
     temps = (
         sorted(p.name for p in settings.temp_dir.iterdir()) if settings.temp_dir.exists() else []
     )
     return on_disk, listed, temps
+
+
+def stored_names(folder: Path) -> list[str]:
+    """What a local uploads folder holds but the store id marker (csvstore/identity.py)."""
+    if not folder.exists():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.name != STORE_MARKER)
 
 
 def stored_bytes(settings: Settings, name: str) -> bytes | None:

@@ -47,7 +47,7 @@ async def test_check_reports_repairs_and_is_idempotent(
     stored = (uploads / f"{ids[2]}.csv").read_bytes()
     (uploads / f"{ids[2]}.csv").write_bytes(stored[:-2] + b"X\n")  # same size, other digest
     old = time.time() - 7200
-    orphan = uploads / f"{uuid.uuid4()}.csv"
+    orphan = uploads / f"{uuid.uuid4()}.csv"  # csvstore's name, no row
     orphan.write_bytes(b"a\n")
     os.utime(orphan, (old, old))
     # Published by a live process that has not committed its row yet: however old the file

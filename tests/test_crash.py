@@ -28,6 +28,7 @@ import requests
 
 from csvstore.config import Settings
 from csvstore.queries import Queries
+from tests.conftest import stored_names
 from tests.serverproc import ServerProcess
 
 KILL_ROUNDS = int(os.environ.get("CSVSTORE_KILL_ROUNDS", "4"))
@@ -101,7 +102,7 @@ def _verify(settings: Settings, ledger: Ledger) -> int:
     with sqlite3.connect(f"file:{settings.database_path}?mode=ro", uri=True) as conn:
         assert conn.execute(Queries().integrity_check.sql).fetchall() == [("ok",)]
         listed = {row[0] for row in conn.execute(Queries().all_file_paths.sql)}
-    on_disk = {p.name for p in settings.uploads_dir.iterdir()}
+    on_disk = set(stored_names(settings.uploads_dir))
     assert on_disk == listed, f"disk only: {on_disk - listed}, rows only: {listed - on_disk}"
     assert list(settings.temp_dir.iterdir()) == []
     expected = ledger.expected_files()
@@ -196,7 +197,7 @@ def test_sigterm_lets_uploads_finish_within_the_grace_period(
         server.stop()
     with sqlite3.connect(settings.database_path) as conn:
         rows = conn.execute(Queries().all_file_paths.sql).fetchall()
-    on_disk = {p.name for p in settings.uploads_dir.iterdir()}
+    on_disk = set(stored_names(settings.uploads_dir))
     assert on_disk == {row[0] for row in rows}
     assert len(on_disk) == (1 if finishes_in_time else 0)
     assert list(settings.temp_dir.iterdir()) == []  # the aborted upload's temp file is gone

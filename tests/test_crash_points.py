@@ -278,7 +278,7 @@ def _verify(data: Path, ledger: Ledger) -> None:
     assert "removed 0 temp file(s) and 0 stored file(s) without a row" in report.stdout, (
         report.stdout
     )
-    stored = {p.name for p in (data / "uploads").iterdir()}
+    stored = {p.name for p in (data / "uploads").glob("*.csv")}
     with sqlite3.connect(data / "csvstore.db") as db:
         rows = {path for (path,) in db.execute("SELECT file_path FROM files")}
         intents = db.execute("SELECT count(*) FROM upload_intents").fetchone()[0]

@@ -6,6 +6,7 @@ import asyncio
 import re
 import sqlite3
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -141,7 +142,8 @@ async def test_startup_check_removes_temp_and_orphan_files(tmp_path: Path) -> No
         store = CsvStore(db, storage)
         await store.startup_check()
         await store.create_session("s")
-        writer = await storage.begin("kept.csv")
+        kept = f"{uuid.uuid4()}.csv"  # only csvstore's names are looked at
+        writer = await storage.begin(kept)
         await writer.write(b"a\n")
         await store.publish_upload(
             writer,
@@ -151,10 +153,10 @@ async def test_startup_check_removes_temp_and_orphan_files(tmp_path: Path) -> No
             facts=FileFacts(),
         )
         (tmp_path / "tmp" / "stale.csv.part").write_bytes(b"half")
-        (tmp_path / "uploads" / "orphan.csv").write_bytes(b"no row")
+        (tmp_path / "uploads" / f"{uuid.uuid4()}.csv").write_bytes(b"no row")
         report = await store.startup_check()
         assert (report.temp_files_removed, report.orphan_files_removed) == (1, 1)
-        assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == ["kept.csv"]
+        assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == [kept]
         assert list((tmp_path / "tmp").iterdir()) == []
         again = await store.startup_check()  # idempotent
         assert (again.temp_files_removed, again.orphan_files_removed) == (0, 0)

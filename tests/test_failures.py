@@ -28,6 +28,7 @@ from tests.conftest import (
     assert_consistent,
     assert_problem,
     csv_bytes,
+    stored_names,
     stored_state,
     upload_form,
 )
@@ -158,7 +159,7 @@ async def test_cancelled_upload_waits_for_its_threads_then_leaves_nothing(
     await asyncio.wait_for(aborted.wait(), 5)
     await asyncio.sleep(0.5)  # nothing comes back after the abort
     assert list((tmp_path / "tmp").iterdir()) == []
-    assert list((tmp_path / "uploads").iterdir()) == []
+    assert stored_names(tmp_path / "uploads") == []
 
 
 async def test_upload_cancelled_while_its_temp_file_opens_leaves_nothing(

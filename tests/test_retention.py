@@ -17,6 +17,7 @@ from tests.conftest import (
     assert_consistent,
     assert_problem,
     csv_bytes,
+    stored_names,
     stored_state,
     upload_form,
 )
@@ -101,4 +102,4 @@ def test_short_ttl_against_the_real_server(tmp_path: Path) -> None:
         assert requests.get(f"{server.url}/api/csv/files/{file_id}").status_code == 404
     finally:
         assert server.stop() == 0
-    assert list((tmp_path / "data" / "uploads").iterdir()) == []
+    assert stored_names(tmp_path / "data" / "uploads") == []

@@ -26,8 +26,12 @@ from csvstore.__main__ import settings_from
 from csvstore.app import open_store
 from csvstore.check import reconcile
 from csvstore.config import MiB, Settings, convert, parse_s3_url
+from csvstore.db import Executor
+from csvstore.identity import StoreMismatch
 from csvstore.keys import STORE_KEY
 from csvstore.observability import TimedStorage
+from csvstore.queries import Query
+from csvstore.storage import STORE_MARKER
 from csvstore.storage_s3 import S3Storage
 from tests import s3util
 from tests.conftest import (
@@ -315,7 +319,7 @@ async def test_crash_leftovers_are_removed_by_the_check(
     objects = s3util.objects(s3_settings)
     s3util.delete_object(s3_settings, "notes/readme.txt")
     s3util.delete_object(s3_settings, "report.csv")
-    assert objects == {kept["filename"], "notes/readme.txt", "report.csv"}
+    assert objects == {kept["filename"], "notes/readme.txt", "report.csv", STORE_MARKER}
     assert s3util.multipart_uploads(s3_settings) == []
     again = _run_check(s3_settings, "--repair")
     assert again.returncode == 0, again.stdout + again.stderr
@@ -384,6 +388,141 @@ async def test_deleting_many_files_removes_every_object(
         for i in range(30)
     ]
     assert {r.status for r in await asyncio.gather(*uploads)} == {201}
-    assert len(s3util.objects(s3_settings)) == 30
+    assert len(s3util.objects(s3_settings) - {STORE_MARKER}) == 30
     assert (await client.delete("/api/csv/sessions/many")).status == 200
     assert stored_state(s3_settings) == (set(), set(), [])
+
+
+# The store id on S3 (tests/test_identity.py has the local folder's).
+
+
+async def _store_ids(settings: Settings) -> tuple[str | None, str | None]:
+    """(the database's, the storage's), read directly, without claiming anything."""
+    async with open_store(settings, claim=False) as store:
+        return (
+            await store.db.read(store.repo.get_store_id),
+            await store.storage.read_store_id(),
+        )
+
+
+async def _uploaded(make_client: MakeClient, count: int = 2) -> list[str]:
+    client = await make_client()
+    await client.post("/api/csv/sessions", json={"session_id": "s1"})
+    names = []
+    for i in range(count):
+        resp = await client.post("/api/csv/upload", data=upload_form(b"a\n%d\n" % i))
+        assert resp.status == 201
+        names.append((await resp.json())["file"]["filename"])
+    await client.close()
+    return names
+
+
+async def test_foreign_objects_survive_and_the_store_id_is_in_both_halves(
+    make_client: MakeClient, s3_settings: Settings
+) -> None:
+    foreign = {"notes.txt": b"mine\n", "mine.csv": b"a\n1\n", "sub/x.csv": b"x\n"}
+    for name, data in foreign.items():
+        s3util.put_object(s3_settings, name, data)
+    names = await _uploaded(make_client)
+    async with open_store(s3_settings) as store:
+        report = await reconcile(store)  # no age limit: anything not spared by name goes
+    assert report.orphan_files_removed == 0
+    checked = _run_check(s3_settings)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    for name, data in foreign.items():
+        assert s3util.read_object(s3_settings, name) == data
+        s3util.delete_object(s3_settings, name)
+    assert s3util.objects(s3_settings) == {*names, STORE_MARKER}
+    recorded, marker = await _store_ids(s3_settings)
+    assert recorded is not None
+    assert recorded == marker
+
+
+async def test_another_database_or_prefix_is_refused_on_s3(
+    make_client: MakeClient, s3_settings: Settings, tmp_path: Path
+) -> None:
+    names = await _uploaded(make_client)
+    other = Settings(data_dir=tmp_path / "other")
+    async with open_store(other):  # another store: a SQLite database and folder of its own
+        pass
+    wrong_db = replace(s3_settings, database_url=f"sqlite:///{other.database_path}")
+    with pytest.raises(StoreMismatch, match=r"belongs to store .* but the storage s3://"):
+        async with open_store(wrong_db) as store:
+            await reconcile(store)  # no age limit: it would have removed every object
+    checked = subprocess.run(
+        [sys.executable, "-m", "csvstore", "check", "--data-dir", str(other.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CSVSTORE_DATABASE_URL": ""},
+    )
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert "check refused" in checked.stderr
+    empty = replace(s3_settings, database_url=f"sqlite:///{tmp_path / 'empty.db'}")
+    with pytest.raises(StoreMismatch, match="which this database never recorded"):
+        async with open_store(empty) as store:
+            await reconcile(store)
+    # The right database with another store's storage: refused too.
+    other_prefix = replace(s3_settings, storage=s3util.fresh_prefix_url())
+    try:
+        async with open_store(replace(other_prefix, database_url=f"sqlite:///{tmp_path / 'x.db'}")):
+            pass
+        with pytest.raises(StoreMismatch, match="belongs to store"):
+            async with open_store(other_prefix):
+                pass
+    finally:
+        s3util.clear(other_prefix)
+    assert s3util.objects(s3_settings) == {*names, STORE_MARKER}
+    assert_consistent(s3_settings)
+
+
+async def test_an_s3_deployment_from_before_the_store_id_is_adopted(
+    make_client: MakeClient, s3_settings: Settings
+) -> None:
+    names = await _uploaded(make_client)
+    s3util.delete_object(s3_settings, STORE_MARKER)
+    async with open_store(s3_settings, claim=False) as store:
+
+        async def forget(x: Executor) -> None:
+            await x.all(Query("drop", "DROP TABLE store_identity", False))
+            await x.all(Query("unrecord", "DELETE FROM schema_migrations WHERE version = 5", False))
+
+        await store.db.write(forget)
+    client = await make_client()
+    listed = await (await client.get("/api/csv/sessions/s1")).json()
+    assert sorted(f["filename"] for f in listed["csv_files"]) == sorted(names)
+    await client.close()
+    recorded, marker = await _store_ids(s3_settings)
+    assert recorded is not None
+    assert recorded == marker
+
+
+async def test_instances_starting_together_agree_on_one_store_id_on_s3(
+    s3_settings: Settings,
+) -> None:
+    async def start() -> tuple[str | None, str | None]:
+        async with open_store(s3_settings) as store:
+            return (
+                await store.db.read(store.repo.get_store_id),
+                await store.storage.read_store_id(),
+            )
+
+    seen = await asyncio.gather(*[start() for _ in range(4)])
+    assert len(set(seen)) == 1
+    recorded, marker = seen[0]
+    assert recorded is not None
+    assert recorded == marker
+    # The marker's create is conditional: a second id never replaces the first.
+    async with S3Storage.open(
+        s3_settings.storage,
+        endpoint_url=s3_settings.s3_endpoint_url,
+        part_size=s3_settings.s3_part_size,
+    ) as storage:
+        fresh = replace(s3_settings, storage=s3util.fresh_prefix_url())
+        try:
+            racers = [S3Storage(storage.client, fresh.storage, part_size=storage.part_size)] * 3
+            won = await asyncio.gather(*[s.create_store_id(uuid.uuid4().hex) for s in racers])
+            assert len(set(won)) == 1
+            assert await racers[0].read_store_id() == won[0]
+        finally:
+            s3util.clear(fresh)

@@ -31,6 +31,7 @@ from tusclient.uploader.uploader import Uploader
 
 from csvstore.config import Settings
 from csvstore.queries import Queries
+from tests.conftest import stored_names
 from tests.serverproc import ServerProcess
 from tests.tusproxy import DroppingProxy
 
@@ -185,7 +186,7 @@ def partial_files(data_dir: Path) -> list[str]:
 def assert_uploads_match_rows(settings: Settings) -> None:
     with sqlite3.connect(f"file:{settings.database_path}?mode=ro", uri=True) as conn:
         listed = {row[0] for row in conn.execute(Queries().all_file_paths.sql)}
-    on_disk = {p.name for p in settings.uploads_dir.iterdir()}
+    on_disk = set(stored_names(settings.uploads_dir))
     assert on_disk == listed
 
 

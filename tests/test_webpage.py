@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from csvstore.config import Settings
-from tests.conftest import assert_consistent
+from tests.conftest import assert_consistent, stored_names
 from tests.serverproc import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,7 +144,7 @@ def test_whole_flow_in_chromium_with_an_api_key(
     # The session and every file are gone on the server too.
     gone = requests.get(f"{server.url}/api/csv/sessions/browser_session", headers=_auth(server))
     assert gone.status_code == 404
-    assert list((tmp_path / "data" / "uploads").iterdir()) == []
+    assert stored_names(tmp_path / "data" / "uploads") == []
 
 
 def test_open_server_pages_sessions_and_streams_downloads(
