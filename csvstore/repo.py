@@ -200,18 +200,33 @@ class Repo:
     async def get_file(self, x: Executor, file_id: str) -> Row | None:
         return _file(await x.one(self.q.get_file, {"id": file_id}))
 
-    async def delete_file(self, x: Executor, file_id: str) -> str | None:
-        """Delete a file's row; its storage key, or None when there was no such file."""
+    async def delete_file(
+        self, x: Executor, file_id: str, *, intent_owner: str | None = None
+    ) -> str | None:
+        """Delete a file's row; its storage key, or None when there was no such file.
+        ``intent_owner``: record an intent for the key, so that bytes a crash leaves behind
+        are known to be this database's leftovers."""
         row = await x.one(self.q.delete_file, {"id": file_id})
-        return None if row is None else str(row["file_path"])
+        if row is None:
+            return None
+        if intent_owner is not None:
+            await self.add_intent(x, str(row["file_path"]), intent_owner)
+        return str(row["file_path"])
 
-    async def delete_session(self, x: Executor, session_id: str) -> list[str] | None:
-        """Delete a session and its file rows; their storage keys, or None if no session."""
+    async def delete_session(
+        self, x: Executor, session_id: str, *, intent_owner: str | None = None
+    ) -> list[str] | None:
+        """Delete a session and its file rows; their storage keys, or None if no session.
+        ``intent_owner``: as for :meth:`delete_file`."""
         files = await x.all(self.q.delete_files_of_session, {"session_id": session_id})
         deleted = await x.one(self.q.delete_session, {"session_id": session_id})
         if deleted is None:
             return None
-        return [str(row["file_path"]) for row in files]
+        keys = [str(row["file_path"]) for row in files]
+        if intent_owner is not None:
+            for key in keys:
+                await self.add_intent(x, key, intent_owner)
+        return keys
 
     # The journal of small uploads' bytes (see storage.py)
 
@@ -250,6 +265,10 @@ class Repo:
 
     async def delete_intent(self, x: Executor, storage_key: str) -> None:
         await x.all(self.q.delete_intent, {"storage_key": storage_key})
+
+    async def delete_intents(self, x: Executor, storage_keys: list[str]) -> None:
+        for key in storage_keys:
+            await self.delete_intent(x, key)
 
     async def intents(self, x: Executor) -> list[Intent]:
         return [

@@ -137,11 +137,17 @@ class CsvStore:
 
     async def _delete_session(self, session_id: str) -> int:
         """Delete a session's rows, then its bytes; how many files went with it."""
-        keys = await self.db.write(lambda x: self.repo.delete_session(x, session_id))
+        # The keys become intents with the rows' delete: bytes a crash leaves behind are then
+        # known leftovers, which the check removes even when no file row is left.
+        owner = this_owner()
+        keys = await self.db.write(
+            lambda x: self.repo.delete_session(x, session_id, intent_owner=owner)
+        )
         if keys is None:
             raise _session_not_found(session_id)
         crash_point("delete.row_removed")
         await self.storage.delete(keys)
+        await self._forget_intents(keys)
         return len(keys)
 
     # Files
@@ -238,11 +244,16 @@ class CsvStore:
         return Published(row, duplicate=duplicate)
 
     async def _forget_intent(self, key: str) -> None:
-        """Drop an intent whose bytes are gone; if that fails, the check drops it later."""
+        await self._forget_intents([key])
+
+    async def _forget_intents(self, keys: list[str]) -> None:
+        """Drop intents whose bytes are gone; if that fails, the check drops them later."""
+        if not keys:
+            return
         try:
-            await self.db.write(functools.partial(self.repo.delete_intent, storage_key=key))
+            await self.db.write(functools.partial(self.repo.delete_intents, storage_keys=keys))
         except Exception:
-            log.warning("could not drop the intent of %s; the check will", key)
+            log.warning("could not drop the intents of %d file(s); the check will", len(keys))
 
     async def flush_journal(self) -> int:
         """Make the journaled files durable and forget their entries (storage.py, "journal").
@@ -309,11 +320,13 @@ class CsvStore:
         return row
 
     async def delete_file(self, file_id: str) -> None:
-        key = await self.db.write(lambda x: self.repo.delete_file(x, file_id))
+        owner = this_owner()  # as for a session (above)
+        key = await self.db.write(lambda x: self.repo.delete_file(x, file_id, intent_owner=owner))
         if key is None:
             raise _file_not_found(file_id)
         crash_point("delete.row_removed")
         await self.storage.delete([key])
+        await self._forget_intents([key])
 
 
 def _session_not_found(session_id: str) -> NotFound:
