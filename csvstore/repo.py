@@ -99,48 +99,43 @@ class Repo:
         return session
 
     async def list_sessions_with_files(self, x: Executor, *, after: str, limit: int) -> list[Row]:
-        """One page of sessions, each with its files: two queries whatever the page size."""
-        params = {"after": after, "limit": limit}
-        sessions = await x.all(self.q.list_sessions, params)
+        """One page of sessions, each with its files: two queries whatever the page size.
+
+        The reference the JSON listing is tested against. The files are read for the range
+        of session ids the first query returned, so a session created between the two reads
+        cannot push one of the page out of the second.
+        """
+        sessions = await x.all(self.q.list_sessions, {"after": after, "limit": limit})
         if not sessions:
             return sessions
         by_pk: dict[str, Row] = {}
         for session in sessions:
             session["csv_files"] = []
             by_pk[session["id"]] = session
-        for file in _files(await x.all(self.q.list_files_of_session_page, params)):
+        params = {"after": after, "last": sessions[-1]["session_id"]}
+        for file in _files(await x.all(self.q.list_files_of_session_range, params)):
             owner = by_pk.get(file["session_id"])
-            # The two reads are separate snapshots: files of a session created in between
-            # belong to no session of this page and are skipped, never misplaced.
-            if owner is not None:
+            if owner is not None:  # a session created in between is not of this page
                 owner["csv_files"].append(file)
         return sessions
 
     async def list_sessions_json(
         self, x: Executor, *, after: str, limit: int
     ) -> list[tuple[str, str]]:
-        """One page of sessions as (session id, JSON object with its files): two queries.
-
-        The engine renders each session and file (``*_json`` queries); here the files are
-        only spliced into their sessions' ``csv_files``, in order.
-        """
-        params = {"after": after, "limit": limit}
-        sessions = await x.all(self.q.list_sessions_json, params)
-        if not sessions:
-            return []
-        files: dict[str, list[str]] = {session["id"]: [] for session in sessions}
-        for file in await x.all(self.q.list_files_of_session_page_json, params):
-            # As in list_sessions_with_files: a file of a session created between the two
-            # reads belongs to no session of this page and is skipped.
-            owner = files.get(file["session_pk"])
-            if owner is not None:
-                owner.append(file["json"])
+        """One page of sessions as (session id, JSON object with its files), read in one
+        query so the page is one snapshot: the engine renders each session and file, here
+        the files are only spliced into their sessions' ``csv_files``, in order."""
+        heads: dict[str, str] = {}  # in session_id order, as the rows come
+        files: dict[str, list[str]] = {}
+        for row in await x.all(self.q.list_sessions_json, {"after": after, "limit": limit}):
+            session_id = row["session_id"]
+            if session_id not in heads:
+                heads[session_id], files[session_id] = row["json"], []
+            if row["file_json"] is not None:
+                files[session_id].append(row["file_json"])
         return [
-            (
-                session["session_id"],
-                f'{session["json"][:-1]},"csv_files":[{",".join(files[session["id"]])}]}}',
-            )
-            for session in sessions
+            (session_id, f'{head[:-1]},"csv_files":[{",".join(files[session_id])}]}}')
+            for session_id, head in heads.items()
         ]
 
     async def insert_file(self, x: Executor, new: NewFile) -> Row | None:
