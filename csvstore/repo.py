@@ -57,6 +57,12 @@ def _json(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
+def _can_exist(key: str) -> bool:
+    """False for a key no row can have: PostgreSQL's text holds no NUL (and refuses one as
+    a parameter, a 500), so no id was ever stored with one, on either engine."""
+    return "\x00" not in key
+
+
 def _files(rows: list[Row]) -> list[Row]:
     for row in rows:
         _file(row)
@@ -88,6 +94,8 @@ class Repo:
         return [str(row["session_id"]) for row in rows]
 
     async def get_session(self, x: Executor, session_id: str) -> Row | None:
+        if not _can_exist(session_id):
+            return None
         return await x.one(self.q.get_session, {"session_id": session_id})
 
     async def get_session_with_files(self, x: Executor, session_id: str) -> Row | None:
@@ -189,15 +197,21 @@ class Repo:
         )
 
     async def get_file(self, x: Executor, file_id: str) -> Row | None:
+        if not _can_exist(file_id):
+            return None
         return _file(await x.one(self.q.get_file, {"id": file_id}))
 
     async def delete_file(self, x: Executor, file_id: str) -> str | None:
         """Delete a file's row; its storage key, or None when there was no such file."""
+        if not _can_exist(file_id):
+            return None
         row = await x.one(self.q.delete_file, {"id": file_id})
         return None if row is None else str(row["file_path"])
 
     async def delete_session(self, x: Executor, session_id: str) -> list[str] | None:
         """Delete a session and its file rows; their storage keys, or None if no session."""
+        if not _can_exist(session_id):
+            return None
         files = await x.all(self.q.delete_files_of_session, {"session_id": session_id})
         deleted = await x.one(self.q.delete_session, {"session_id": session_id})
         if deleted is None:

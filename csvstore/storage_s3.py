@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("csvstore.storage")
 
-STORED_NAME = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.csv$")
+STORED_NAME = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.csv\Z")
 # Resumable (tus) uploads keep their records under this folder of the prefix; each one's
 # multipart upload has the key of the stored file it becomes (see partial_s3.py).
 TUS_FOLDER = "tus/"
