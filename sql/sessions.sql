@@ -61,15 +61,15 @@ LIMIT :limit;
 -- created between them. The engine builds the JSON, so a page of 100 sessions costs no
 -- per-row work in Python; the tests check it against the marshmallow schemas' dump.
 WITH page AS (
-    SELECT id, session_id, created_at, updated_at, expires_at
+    SELECT id, session_id,
+           json_object('id', id, 'session_id', session_id, 'created_at', created_at,
+                       'updated_at', updated_at, 'expires_at', expires_at) AS json
     FROM sessions
     WHERE session_id > :after
     ORDER BY session_id
     LIMIT :limit
 )
-SELECT p.session_id,
-       json_object('id', p.id, 'session_id', p.session_id, 'created_at', p.created_at,
-                   'updated_at', p.updated_at, 'expires_at', p.expires_at) AS json,
+SELECT p.session_id, p.json,
        CASE WHEN f.id IS NOT NULL THEN
        json_object('id', f.id, 'filename', f.filename, 'original_filename', f.original_filename,
                    'file_size', f.file_size, 'content_type', f.content_type,

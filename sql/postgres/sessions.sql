@@ -3,15 +3,15 @@
 
 -- name: list_sessions_json
 WITH page AS (
-    SELECT id, session_id, created_at, updated_at, expires_at
+    SELECT id, session_id,
+           json_build_object('id', id, 'session_id', session_id, 'created_at', created_at,
+                             'updated_at', updated_at, 'expires_at', expires_at)::text AS json
     FROM sessions
     WHERE session_id > :after
     ORDER BY session_id
     LIMIT :limit
 )
-SELECT p.session_id,
-       json_build_object('id', p.id, 'session_id', p.session_id, 'created_at', p.created_at,
-                         'updated_at', p.updated_at, 'expires_at', p.expires_at)::text AS json,
+SELECT p.session_id, p.json,
        CASE WHEN f.id IS NOT NULL THEN
        json_build_object('id', f.id, 'filename', f.filename,
                          'original_filename', f.original_filename,
