@@ -26,7 +26,7 @@ from csvstore.storage import Storage
 # Python codec names as stored -> charset names as registered for HTTP.
 _CHARSETS = {"utf-8": "utf-8", "utf-8-sig": "utf-8", "utf-16": "utf-16", "cp1252": "windows-1252"}
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"\Abytes=([0-9]*)-([0-9]*)\Z")
 
 
 @dataclass(frozen=True, slots=True)

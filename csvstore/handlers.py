@@ -7,6 +7,7 @@ from urllib.parse import quote
 
 import orjson
 from aiohttp import web
+from yarl import URL
 
 from csvstore import schemas
 from csvstore.download import send_archive, send_file
@@ -24,6 +25,8 @@ _file = projector(schemas.FileSchema())
 _uploaded = projector(schemas.UploadResponse())
 _message = projector(schemas.MessageResponse())
 _rows = projector(schemas.RowsResponse())
+
+SESSIONS_PATH = "/api/csv/sessions"
 
 
 def json_response(
@@ -62,7 +65,7 @@ async def create_session(request: web.Request) -> web.Response:
     return json_response(
         _session_created({"message": "Session created successfully", "session_id": session_id}),
         status=201,
-        headers={"Location": f"/api/csv/sessions/{quote(session_id)}"},
+        headers={"Location": f"{SESSIONS_PATH}/{quote(session_id)}"},
     )
 
 
@@ -76,7 +79,9 @@ async def list_sessions(request: web.Request) -> web.Response:
     headers = {}
     if len(page) > limit:
         page = page[:limit]
-        next_url = request.url.with_query({"limit": str(limit), "after": page[-1][0]})
+        # Relative, never built from Host: behind a TLS proxy the scheme would be wrong, and
+        # a client that sets Host would send the page (and its API key) elsewhere.
+        next_url = URL.build(path=SESSIONS_PATH, query={"limit": limit, "after": page[-1][0]})
         headers["Link"] = f'<{next_url}>; rel="next"'
     body = "[" + ",".join(session for _, session in page) + "]"
     return web.Response(body=body.encode(), content_type="application/json", headers=headers)

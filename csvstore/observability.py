@@ -39,7 +39,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID = web.RequestKey("request_id", str)
 UPLOADED_BYTES = web.RequestKey("uploaded_bytes", int)
 # A client's request id is echoed only if it is short and plain: it ends up in logs.
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/=+-]{1,128}$")
+_SAFE_REQUEST_ID = re.compile(r"\A[A-Za-z0-9._:/=+-]{1,128}\Z")
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 

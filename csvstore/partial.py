@@ -47,7 +47,7 @@ from csvstore.storage import StorageWriter, fsync_dir
 
 log = logging.getLogger("csvstore.tus")
 
-UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+UPLOAD_ID = re.compile(r"\A[0-9a-f]{32}\Z")
 DATA_SUFFIX = ".part"
 STATE_SUFFIX = ".json"
 _NEW_SUFFIX = ".new"  # a state being written; renamed over the state when complete

@@ -59,6 +59,12 @@ def _json(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
+def _can_exist(key: str) -> bool:
+    """False for a key no row can have: PostgreSQL's text holds no NUL (and refuses one as
+    a parameter, a 500), so no id was ever stored with one, on either engine."""
+    return "\x00" not in key
+
+
 def _files(rows: list[Row]) -> list[Row]:
     for row in rows:
         _file(row)
@@ -90,6 +96,8 @@ class Repo:
         return [str(row["session_id"]) for row in rows]
 
     async def get_session(self, x: Executor, session_id: str) -> Row | None:
+        if not _can_exist(session_id):
+            return None
         return await x.one(self.q.get_session, {"session_id": session_id})
 
     async def get_session_with_files(self, x: Executor, session_id: str) -> Row | None:
@@ -101,48 +109,43 @@ class Repo:
         return session
 
     async def list_sessions_with_files(self, x: Executor, *, after: str, limit: int) -> list[Row]:
-        """One page of sessions, each with its files: two queries whatever the page size."""
-        params = {"after": after, "limit": limit}
-        sessions = await x.all(self.q.list_sessions, params)
+        """One page of sessions, each with its files: two queries whatever the page size.
+
+        The reference the JSON listing is tested against. The files are read for the range
+        of session ids the first query returned, so a session created between the two reads
+        cannot push one of the page out of the second.
+        """
+        sessions = await x.all(self.q.list_sessions, {"after": after, "limit": limit})
         if not sessions:
             return sessions
         by_pk: dict[str, Row] = {}
         for session in sessions:
             session["csv_files"] = []
             by_pk[session["id"]] = session
-        for file in _files(await x.all(self.q.list_files_of_session_page, params)):
+        params = {"after": after, "last": sessions[-1]["session_id"]}
+        for file in _files(await x.all(self.q.list_files_of_session_range, params)):
             owner = by_pk.get(file["session_id"])
-            # The two reads are separate snapshots: files of a session created in between
-            # belong to no session of this page and are skipped, never misplaced.
-            if owner is not None:
+            if owner is not None:  # a session created in between is not of this page
                 owner["csv_files"].append(file)
         return sessions
 
     async def list_sessions_json(
         self, x: Executor, *, after: str, limit: int
     ) -> list[tuple[str, str]]:
-        """One page of sessions as (session id, JSON object with its files): two queries.
-
-        The engine renders each session and file (``*_json`` queries); here the files are
-        only spliced into their sessions' ``csv_files``, in order.
-        """
-        params = {"after": after, "limit": limit}
-        sessions = await x.all(self.q.list_sessions_json, params)
-        if not sessions:
-            return []
-        files: dict[str, list[str]] = {session["id"]: [] for session in sessions}
-        for file in await x.all(self.q.list_files_of_session_page_json, params):
-            # As in list_sessions_with_files: a file of a session created between the two
-            # reads belongs to no session of this page and is skipped.
-            owner = files.get(file["session_pk"])
-            if owner is not None:
-                owner.append(file["json"])
+        """One page of sessions as (session id, JSON object with its files), read in one
+        query so the page is one snapshot: the engine renders each session and file, here
+        the files are only spliced into their sessions' ``csv_files``, in order."""
+        heads: dict[str, str] = {}  # in session_id order, as the rows come
+        files: dict[str, list[str]] = {}
+        for row in await x.all(self.q.list_sessions_json, {"after": after, "limit": limit}):
+            session_id = row["session_id"]
+            if session_id not in heads:
+                heads[session_id], files[session_id] = row["json"], []
+            if row["file_json"] is not None:
+                files[session_id].append(row["file_json"])
         return [
-            (
-                session["session_id"],
-                f'{session["json"][:-1]},"csv_files":[{",".join(files[session["id"]])}]}}',
-            )
-            for session in sessions
+            (session_id, f'{head[:-1]},"csv_files":[{",".join(files[session_id])}]}}')
+            for session_id, head in heads.items()
         ]
 
     async def insert_file(self, x: Executor, new: NewFile) -> Row | None:
@@ -198,6 +201,8 @@ class Repo:
         )
 
     async def get_file(self, x: Executor, file_id: str) -> Row | None:
+        if not _can_exist(file_id):
+            return None
         return _file(await x.one(self.q.get_file, {"id": file_id}))
 
     async def delete_file(
@@ -206,6 +211,8 @@ class Repo:
         """Delete a file's row; its storage key, or None when there was no such file.
         ``intent_owner``: record an intent for the key, so that bytes a crash leaves behind
         are known to be this database's leftovers."""
+        if not _can_exist(file_id):
+            return None
         row = await x.one(self.q.delete_file, {"id": file_id})
         if row is None:
             return None
@@ -218,6 +225,8 @@ class Repo:
     ) -> list[str] | None:
         """Delete a session and its file rows; their storage keys, or None if no session.
         ``intent_owner``: as for :meth:`delete_file`."""
+        if not _can_exist(session_id):
+            return None
         files = await x.all(self.q.delete_files_of_session, {"session_id": session_id})
         deleted = await x.one(self.q.delete_session, {"session_id": session_id})
         if deleted is None:

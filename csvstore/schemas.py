@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from csvstore.errors import ValidationFailed
 
+# Matched in full (fullmatch): with re.match, "$" also matches before a trailing newline.
+# Written with ^ and $ so the OpenAPI document's pattern is a valid ECMA-262 one.
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
 SESSION_ID_RULE = (
     "a session id is 1-128 characters of A-Z a-z 0-9 . _ - and does not start with '.'"
@@ -20,11 +23,24 @@ MAX_PAGE_SIZE = 1000
 _TIMESTAMP = {"format": "date-time", "example": "2024-01-01T12:00:00.000Z"}
 
 
+class FullMatch(validate.Regexp):
+    """marshmallow's Regexp, but the whole value must match (``re.fullmatch``)."""
+
+    def __init__(self, regex: str, *, error: str) -> None:
+        super().__init__(regex, error=error)
+        self._whole = re.compile(regex)
+
+    def __call__(self, value: Any) -> Any:
+        if not isinstance(value, str) or self._whole.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
 class SessionIdField(fields.String):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(
             required=True,
-            validate=validate.Regexp(SESSION_ID_PATTERN, error=SESSION_ID_RULE),
+            validate=FullMatch(SESSION_ID_PATTERN, error=SESSION_ID_RULE),
             metadata={"description": SESSION_ID_RULE, "example": "my_session_123"},
             **kwargs,  # type: ignore[arg-type]
         )
@@ -61,7 +77,11 @@ class SessionListQuery(Schema):
     )
     after = fields.String(
         load_default="",
-        validate=validate.Length(max=128),
+        # No session id holds a NUL, and PostgreSQL refuses one in a text parameter.
+        validate=[
+            validate.Length(max=128),
+            FullMatch(r"^[^\x00]*$", error="must not contain a NUL character"),
+        ],
         metadata={"description": "cursor: list the sessions whose id sorts after this one"},
     )
 
@@ -166,7 +186,7 @@ class UploadOptions(Schema):
         unknown = RAISE
 
     sha256 = fields.String(
-        validate=validate.Regexp(r"^[0-9a-fA-F]{64}$", error="expected 64 hex digits"),
+        validate=FullMatch(r"^[0-9a-fA-F]{64}$", error="expected 64 hex digits"),
         metadata={"description": "expected SHA-256 (hex); a mismatch is a 400, nothing stored"},
     )
     strict = fields.Boolean(

@@ -152,17 +152,35 @@ _COMMON_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 _API_CSP = "default-src 'none'; frame-ancestors 'none'"
+# The page's script and style are files of its own (static/), so no inline code runs there:
+# an injected <script> or style attribute is refused.
 _PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+# Swagger UI, as the API-doc package serves it, starts from an inline script and style.
+DOCS_PREFIX = "/docs"
+_DOCS_CSP = (
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; frame-ancestors 'none'"
 )
 
 
+def content_security_policy(path: str) -> str:
+    if path.startswith(PROTECTED_PREFIX):
+        return _API_CSP
+    if path == DOCS_PREFIX or path.startswith(DOCS_PREFIX + "/"):
+        return _DOCS_CSP
+    return _PAGE_CSP
+
+
+def security_headers(path: str) -> dict[str, str]:
+    return {**_COMMON_HEADERS, "Content-Security-Policy": content_security_policy(path)}
+
+
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    for name, value in _COMMON_HEADERS.items():
+    for name, value in security_headers(request.path).items():
         response.headers.setdefault(name, value)
-    csp = _API_CSP if request.path.startswith(PROTECTED_PREFIX) else _PAGE_CSP
-    response.headers.setdefault("Content-Security-Policy", csp)
 
 
 def setup_cors(app: web.Application, origins: list[str]) -> None:

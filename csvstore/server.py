@@ -19,12 +19,18 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from csvstore.app import create_app, open_store
 from csvstore.config import Settings
+from csvstore.errors import problem_response
 from csvstore.keys import INFLIGHT_KEY
+from csvstore.security import PROTECTED_PREFIX, security_headers
 
 log = logging.getLogger("csvstore")
 
@@ -85,6 +91,51 @@ def _logs_written_off_the_loop() -> Iterator[None]:
         listener.stop()
 
 
+class _RequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering its own protocol errors (a malformed request
+    line or header, before any route runs) without echoing the client's bytes."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        # aiohttp's message quotes the offending bytes: they go to the log, not back to the
+        # client as text. A made-up method is mostly TLS or a scanner on the port: info.
+        level = logging.INFO if isinstance(exc, BadHttpMethod) else logging.WARNING
+        detail = " ".join(str(exc).split())  # one line: aiohttp's message spans several
+        log.log(level, "malformed request from %s refused: %s", request.remote, detail)
+        response = problem_response(
+            status,
+            "the request is not valid HTTP/1.1: see the server's log for what was wrong",
+            headers=security_headers(PROTECTED_PREFIX),  # no app hook runs for these
+        )
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _RequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _AppRunner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        # The app's own server (its startup has run), rebuilt to make our handlers.
+        made = await super()._make_server()
+        kwargs: dict[str, Any] = self._kwargs
+        return _Server(
+            made.request_handler,
+            request_factory=made.request_factory,
+            loop=asyncio.get_running_loop(),
+            **kwargs,
+        )
+
+
 async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully.
 
@@ -93,7 +144,7 @@ async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> 
     requests in flight run for up to ``shutdown_grace`` seconds, and only then let aiohttp
     cancel what is left (their partial uploads are removed as they unwind).
     """
-    runner = web.AppRunner(
+    runner = _AppRunner(
         app,
         access_log=None,
         shutdown_timeout=_CANCEL_WAIT,

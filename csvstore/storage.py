@@ -41,7 +41,7 @@ log = logging.getLogger("csvstore.storage")
 TEMP_SUFFIX = ".part"
 # The only names csvstore gives stored files (CsvStore.new_file_key; a tus upload's file id
 # is a UUID too): listing, the check and its removals never look at any other name.
-STORED_NAME = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.csv$")
+STORED_NAME = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.csv\Z")
 # The storage's half of the store id (csvstore/identity.py), beside the stored files.
 STORE_MARKER = ".csvstore-store-id"
 # What may be in the temp folder: csvstore's temp files, and the readiness probe's.

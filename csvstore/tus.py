@@ -182,7 +182,8 @@ def _int_header(request: web.Request, name: str, *, required: bool = True) -> in
         if required:
             raise BadRequest(f"the {name} header is required")
         return None
-    if not raw.isdigit() or len(raw) > 20:
+    # isdigit alone takes "²" and other digits int() refuses: ASCII digits only.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20:
         raise BadRequest(f"the {name} header must be a non-negative integer, got {raw!r}")
     return int(raw)
 
@@ -321,11 +322,24 @@ async def create(request: web.Request) -> web.Response:
     headers = {"Location": _location(state.id)}
     if with_upload or length == 0:
         # An empty file is complete at creation; otherwise the body's bytes go in now.
-        state = await _run_patch(
-            request, store, partials, state.id, offset=0, checksum=checksum, expiry=expiry
-        )
+        try:
+            state = await _run_patch(
+                request, store, partials, state.id, offset=0, checksum=checksum, expiry=expiry
+            )
+        except Exception:
+            # Refused (413, 460, ...): the answer has no Location, so no client can resume
+            # or terminate this upload; what it saved goes now, not at its expiry.
+            await _remove_refused(partials, state.id)
+            raise
     headers |= _progress_headers(state)
     return web.Response(status=201, headers=headers)
+
+
+async def _remove_refused(partials: PartialStore, upload_id: str) -> None:
+    try:
+        await partials.remove(upload_id)
+    except Exception:  # the refusal is the answer; the expiry sweep removes it later
+        log.warning("upload %s: refused at creation, not removed", upload_id, exc_info=True)
 
 
 async def head(request: web.Request) -> web.Response:

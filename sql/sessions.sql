@@ -18,15 +18,15 @@ WHERE session_id > :after
 ORDER BY session_id
 LIMIT :limit;
 
--- name: list_files_of_session_page
--- The files of exactly the sessions that list_sessions returns for the same parameters:
--- one query for the whole page, never one per session.
+-- name: list_files_of_session_range
+-- The files of the sessions with ids in (after, last]: those of a page list_sessions
+-- returned, in one query for the whole page, never one per session.
 SELECT f.id, f.session_id, f.filename, f.original_filename, f.file_size, f.content_type,
        f.file_path, f.created_at, f.sha256, f.encoding, f.delimiter, f.quotechar,
        f.line_terminator, f.has_header, f.columns, f.column_count, f.row_count, f.ragged_rows
 FROM files AS f
 WHERE f.session_id IN (
-    SELECT id FROM sessions WHERE session_id > :after ORDER BY session_id LIMIT :limit
+    SELECT id FROM sessions WHERE session_id > :after AND session_id <= :last
 )
 ORDER BY f.session_id, f.created_at, f.id;
 
@@ -54,22 +54,23 @@ ORDER BY expires_at
 LIMIT :limit;
 
 -- name: list_sessions_json
--- The listing's hot path: the same page as list_sessions, each session already rendered as
--- the API's JSON object (csv_files is spliced in by the caller from the next query). The
--- engine builds the JSON, so a page of 100 sessions costs no per-row work in Python; the
--- tests check it against the marshmallow schemas' dump of the same rows.
-SELECT id, session_id,
-       json_object('id', id, 'session_id', session_id, 'created_at', created_at,
-                   'updated_at', updated_at, 'expires_at', expires_at) AS json
-FROM sessions
-WHERE session_id > :after
-ORDER BY session_id
-LIMIT :limit;
-
--- name: list_files_of_session_page_json
--- The files of the sessions list_sessions_json returns for the same parameters, each as
--- the API's file object, in each session's order.
-SELECT f.session_id AS session_pk,
+-- The listing's hot path: one page of sessions in session_id order after the cursor, each
+-- already rendered as the API's JSON object, joined to its files (one row per file, or one
+-- row with file_json NULL), each file as the API's file object, in the session's order.
+-- One statement, so one snapshot: two queries could see different pages when a session is
+-- created between them. The engine builds the JSON, so a page of 100 sessions costs no
+-- per-row work in Python; the tests check it against the marshmallow schemas' dump.
+WITH page AS (
+    SELECT id, session_id,
+           json_object('id', id, 'session_id', session_id, 'created_at', created_at,
+                       'updated_at', updated_at, 'expires_at', expires_at) AS json
+    FROM sessions
+    WHERE session_id > :after
+    ORDER BY session_id
+    LIMIT :limit
+)
+SELECT p.session_id, p.json,
+       CASE WHEN f.id IS NOT NULL THEN
        json_object('id', f.id, 'filename', f.filename, 'original_filename', f.original_filename,
                    'file_size', f.file_size, 'content_type', f.content_type,
                    'created_at', f.created_at, 'sha256', f.sha256, 'encoding', f.encoding,
@@ -77,9 +78,8 @@ SELECT f.session_id AS session_pk,
                    'line_terminator', f.line_terminator,
                    'has_header', json(CASE f.has_header WHEN 1 THEN 'true' WHEN 0 THEN 'false' END),
                    'columns', json(f.columns), 'column_count', f.column_count,
-                   'row_count', f.row_count, 'ragged_rows', f.ragged_rows) AS json
-FROM files AS f
-WHERE f.session_id IN (
-    SELECT id FROM sessions WHERE session_id > :after ORDER BY session_id LIMIT :limit
-)
-ORDER BY f.session_id, f.created_at, f.id;
+                   'row_count', f.row_count, 'ragged_rows', f.ragged_rows)
+       END AS file_json
+FROM page AS p
+LEFT JOIN files AS f ON f.session_id = p.id
+ORDER BY p.session_id, f.created_at, f.id;

@@ -203,6 +203,8 @@ def stored_state(settings: Settings) -> tuple[set[str], set[str], list[str]]:
     temps = (
         sorted(p.name for p in settings.temp_dir.iterdir()) if settings.temp_dir.exists() else []
     )
+    if "tus" in temps:  # resumable uploads' folder (their records outlive the requests)
+        temps.remove("tus")
     return on_disk, listed, temps
 
 

@@ -311,5 +311,7 @@ def test_invalid_http_is_a_400_and_one_log_line(tmp_path: Path) -> None:
         assert server.stop() == 0
     log = server.log()
     assert "Traceback" not in log
-    assert "WARNING aiohttp.server: Error handling request" in log
-    assert "Transfer-Encoding" in log
+    refused = [line for line in log.splitlines() if "malformed request" in line]
+    assert len(refused) == 1, log
+    assert "WARNING csvstore: malformed request from 127.0.0.1 refused: 400" in refused[0]
+    assert "Transfer-Encoding" in refused[0]

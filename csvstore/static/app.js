@@ -181,7 +181,10 @@ async function requestJson(url, options = {}) {
 function nextLink(response) {
   const link = response.headers.get("Link") || "";
   const match = link.match(/<([^>]*)>\s*;\s*rel="?next"?/);
-  return match ? match[1] : null;
+  if (!match) return null;
+  // Followed with the API key: only ever to this page's own server.
+  const next = new URL(match[1], response.url);
+  return next.origin === location.origin ? next.pathname + next.search : null;
 }
 
 const sessionUrl = (id) => `${API}/sessions/${encodeURIComponent(id)}`;
