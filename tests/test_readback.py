@@ -245,6 +245,16 @@ async def test_session_archive(client: Client, session: str) -> None:
     await assert_problem(await client.get("/api/csv/sessions/nope/archive"), 404)
 
 
+async def test_archive_names_keep_their_extension(client: Client, session: str) -> None:
+    for name in ("x.csv", "x.csv", "X.CSV", ".csv", ".csv"):
+        form = upload_form(f"n\n{name}\n".encode(), filename=name)
+        assert (await client.post("/api/csv/upload", data=form)).status == 201
+    resp = await client.get(f"/api/csv/sessions/{session}/archive")
+    archive = zipfile.ZipFile(io.BytesIO(await resp.read()))
+    assert archive.namelist() == ["x.csv", "x (1).csv", "X (2).CSV", ".csv", "(1).csv"]
+    assert archive.read("(1).csv") == b"n\n.csv\n"
+
+
 # Row paging
 
 
