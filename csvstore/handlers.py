@@ -127,8 +127,13 @@ async def file_rows(request: web.Request) -> web.Response:
     query = schemas.load(schemas.RowsQuery(), dict(request.query), what="query")
     store = request.app[STORE_KEY]
     file = await store.get_file(request.match_info["file_id"])
-    rows, next_offset = await read_rows(store.storage, file, query["offset"], query["limit"])
-    body = {"columns": file.get("columns") or [], "rows": rows, "next_offset": next_offset}
+    page = await read_rows(store.storage, file, query["offset"], query["limit"])
+    body = {
+        "columns": file.get("columns") or [],
+        "rows": page.rows,
+        "next_offset": page.next_row,
+        "truncated": [[row, column] for row, column in page.truncated],
+    }
     return json_response(_rows(body))
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from csvstore.errors import ValidationFailed
+from csvstore.rows import CELL_LIMIT, ROWS_MAX_BYTES
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
 SESSION_ID_RULE = (
@@ -102,9 +103,28 @@ class RowsQuery(Schema):
 
 class RowsResponse(Schema):
     columns = fields.List(fields.String(), required=True, metadata={"description": "the header"})
-    rows = fields.List(fields.List(fields.String()), required=True)
+    rows = fields.List(
+        fields.List(fields.String()),
+        required=True,
+        metadata={
+            "description": f"at most {ROWS_MAX_BYTES // 2**20} MiB of the file is parsed per "
+            "request, from the first row returned: fewer rows than limit come back when they "
+            "are longer (next_offset goes on from there)"
+        },
+    )
     next_offset = fields.Integer(
         required=True, allow_none=True, metadata={"description": "null at the end of the file"}
+    )
+    truncated = fields.List(
+        fields.List(fields.Integer(), validate=validate.Length(equal=2)),
+        required=True,
+        metadata={
+            "description": "[row, column] of each cell cut short, row indexing `rows`: a cell "
+            f"over {CELL_LIMIT:,} characters comes back as its first {CELL_LIMIT:,}; a first "
+            f"row longer than the {ROWS_MAX_BYTES // 2**20} MiB read ends with the cell cut "
+            "there. The whole cell is in the file's content (GET .../content, with Range).",
+            "example": [[0, 3]],
+        },
     )
 
 

@@ -317,6 +317,7 @@ async def test_rows_in_the_files_own_dialect_and_encoding(client: Client, sessio
         "columns": ["nom", "prix"],
         "rows": [["café", "3,50"], ["thé", "2"]],
         "next_offset": None,
+        "truncated": [],
     }
     utf16 = (await _upload(client, "a\tb\n1\tü\n".encode("utf-16")))["file"]
     assert isinstance(utf16, dict)
