@@ -1269,6 +1269,12 @@ def _collect_rows(
 # Reading a bounded page of rows back
 # --------------------------------------------------------------------------------------------
 
+# csv.reader refuses a field over csv.field_size_limit() (131,072 characters by default);
+# read_page bounds the bytes it reads instead, so a field may be as long as that bound. Set
+# once, at import, so that every csv.reader in the process (the sniffer's too) sees the same.
+READ_FIELD_LIMIT: Final = 16 * 1024 * 1024
+csv.field_size_limit(max(csv.field_size_limit(), READ_FIELD_LIMIT))
+
 # The rows between a checkpoint and the first row asked for are counted in blocks this size:
 # the counter keeps a checkpoint per row in a block, so this bounds what it holds.
 _SKIP_BLOCK: Final = 64 * 1024
@@ -1301,8 +1307,10 @@ def read_page(
     as truncated. Cells over `cell_limit` characters are cut to it and listed too. Memory
     and work depend on `max_bytes`, not on the longest row or cell.
     """
-    if start_row < 0 or limit < 1 or max_bytes < 2 or cell_limit < 1:
-        raise ValueError("start_row must be >= 0; limit, max_bytes and cell_limit positive")
+    if start_row < 0 or limit < 1 or not 2 <= max_bytes <= READ_FIELD_LIMIT or cell_limit < 1:
+        raise ValueError(
+            f"start_row must be >= 0, max_bytes 2-{READ_FIELD_LIMIT}, limit and cell_limit > 0"
+        )
     if row_count is not None and start_row >= row_count:
         return RowsPage([], None, [])
     little = True
@@ -1322,9 +1330,6 @@ def read_page(
     )
     rows: list[list[str]] = []
     more = False
-    # A field may be as long as the bytes read; the module-wide limit is raised to allow that.
-    if csv.field_size_limit() < max_bytes:
-        csv.field_size_limit(max_bytes)
     for record in csv.reader(text, delimiter=profile.delimiter, quotechar=profile.quotechar):
         if not record:
             continue

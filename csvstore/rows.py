@@ -2,7 +2,7 @@
 
 The profile recorded at upload time holds checkpoints (data-row index -> byte offset);
 :func:`csvstore.profiling.read_page` seeks to the nearest one, counts its way to the first
-row asked for and parses from there with ``csv.reader``, over at most ``ROWS_MAX_BYTES``.
+row asked for and parses from there with ``csv.reader``, over at most ``max_bytes``.
 It reads a plain binary file object, so it runs in a worker thread over
 :class:`StorageFile`, which pulls the bytes from the (asynchronous) storage in chunks:
 memory stays bounded for any offset in any file, on any storage backend.
@@ -20,12 +20,6 @@ from csvstore.db import Row
 from csvstore.errors import ApiError
 from csvstore.profiling import RowsPage, read_page
 from csvstore.storage import Storage
-
-# What one /rows request parses at most, from the first row it returns: the bytes it reads
-# and holds are bounded by this, however long the rows are (README, "Reading rows back").
-ROWS_MAX_BYTES = 8 * 1024 * 1024
-# Cells longer than this many characters come back cut to it and listed in `truncated`.
-CELL_LIMIT = 65_536
 
 
 class NotProfiled(ApiError):
@@ -112,9 +106,11 @@ async def _next_chunk(stream: AsyncIterator[bytes]) -> bytes:
         return b""
 
 
-async def read_rows(storage: Storage, file: Row, offset: int, limit: int) -> RowsPage:
+async def read_rows(
+    storage: Storage, file: Row, offset: int, limit: int, *, max_bytes: int, cell_limit: int
+) -> RowsPage:
     """Up to ``limit`` data rows from data-row ``offset``, the next offset (or None), and the
-    cells cut short (see :func:`csvstore.profiling.read_page`)."""
+    cells cut short; at most ``max_bytes`` parsed (see :func:`csvstore.profiling.read_page`)."""
     if file.get("delimiter") is None or file.get("encoding") is None:
         raise NotProfiled(
             "this file was stored without a CSV profile, so its rows cannot be served; "
@@ -135,8 +131,8 @@ async def read_rows(storage: Storage, file: Row, offset: int, limit: int) -> Row
                 profile,
                 offset,
                 limit,
-                max_bytes=ROWS_MAX_BYTES,
-                cell_limit=CELL_LIMIT,
+                max_bytes=max_bytes,
+                cell_limit=cell_limit,
                 row_count=file.get("row_count"),
                 line_terminator=file.get("line_terminator"),
             )

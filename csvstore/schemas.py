@@ -6,8 +6,8 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
+from csvstore.config import Settings
 from csvstore.errors import ValidationFailed
-from csvstore.rows import CELL_LIMIT, ROWS_MAX_BYTES
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
 SESSION_ID_RULE = (
@@ -101,15 +101,19 @@ class RowsQuery(Schema):
     )
 
 
+_ROWS_MAX_MIB = Settings().rows_max_bytes // 2**20
+_CELL_LIMIT = Settings().rows_cell_limit
+
+
 class RowsResponse(Schema):
     columns = fields.List(fields.String(), required=True, metadata={"description": "the header"})
     rows = fields.List(
         fields.List(fields.String()),
         required=True,
         metadata={
-            "description": f"at most {ROWS_MAX_BYTES // 2**20} MiB of the file is parsed per "
-            "request, from the first row returned: fewer rows than limit come back when they "
-            "are longer (next_offset goes on from there)"
+            "description": f"at most {_ROWS_MAX_MIB} MiB of the file (--rows-max-bytes) is "
+            "parsed per request, from the first row returned: fewer rows than limit come back "
+            "when they are longer (next_offset goes on from there)"
         },
     )
     next_offset = fields.Integer(
@@ -120,9 +124,10 @@ class RowsResponse(Schema):
         required=True,
         metadata={
             "description": "[row, column] of each cell cut short, row indexing `rows`: a cell "
-            f"over {CELL_LIMIT:,} characters comes back as its first {CELL_LIMIT:,}; a first "
-            f"row longer than the {ROWS_MAX_BYTES // 2**20} MiB read ends with the cell cut "
-            "there. The whole cell is in the file's content (GET .../content, with Range).",
+            f"over {_CELL_LIMIT:,} characters (--rows-cell-limit) comes back as its first "
+            f"{_CELL_LIMIT:,}; a first row longer than the {_ROWS_MAX_MIB} MiB read ends with "
+            "the cell cut there. The whole cell is in the file's content (GET .../content, "
+            "with Range).",
             "example": [[0, 3]],
         },
     )

@@ -325,6 +325,24 @@ async def test_rows_in_the_files_own_dialect_and_encoding(client: Client, sessio
     assert page["rows"] == [["1", "ü"]]
 
 
+async def test_rows_follow_the_bound_settings(make_client: MakeClient, settings: Settings) -> None:
+    client = await make_client(replace(settings, rows_cell_limit=10, rows_max_bytes=64 * 1024))
+    await client.post("/api/csv/sessions", json={"session_id": "s1"})
+    rows = [[str(i), "x" * (i * 100)] for i in range(200)]  # 2 MB: rows grow to 20 KB
+    data = b"n,text\n" + b"".join(f"{n},{text}\n".encode() for n, text in rows)
+    file = (await (await client.post("/api/csv/upload", data=upload_form(data))).json())["file"]
+    url = f"/api/csv/files/{file['id']}/rows?limit=1000"
+    seen: list[list[str]] = []
+    offset: int | None = 0
+    while offset is not None:
+        page = await (await client.get(f"{url}&offset={offset}")).json()
+        assert 0 < len(page["rows"]) < 200  # 64 KiB a page: never all of the 2 MB
+        assert page["truncated"] == [[i, 1] for i, row in enumerate(page["rows"]) if row[1]]
+        seen += page["rows"]
+        offset = page["next_offset"]
+    assert seen == [[n, text[:10]] for n, text in rows]
+
+
 async def test_rows_of_an_unprofiled_file_is_409(
     make_client: MakeClient, settings: Settings
 ) -> None:

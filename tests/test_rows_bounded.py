@@ -7,6 +7,8 @@ them; the server's peak memory (VmHWM) is read from /proc.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,9 +18,12 @@ from typing import Any
 import pytest
 import requests
 
-from csvstore.config import MiB
-from csvstore.rows import CELL_LIMIT, ROWS_MAX_BYTES
+from csvstore.__main__ import settings_from
+from csvstore.config import KiB, MiB, Settings
 from tests.serverproc import ServerProcess
+
+CELL_LIMIT = Settings().rows_cell_limit
+ROWS_MAX_BYTES = Settings().rows_max_bytes
 
 # The 1 GiB case runs in `make stress`; make test runs the same test on 64 MiB.
 LINE_SIZE = int(os.environ.get("CSVSTORE_ROWS_LINE_SIZE", str(64 * MiB)))
@@ -120,6 +125,34 @@ def test_rows_of_a_single_huge_line_read_a_bounded_amount(server: ServerProcess)
     }
 
 
+def test_rows_after_a_huge_row_are_reached_by_counting(server: ServerProcess) -> None:
+    """Row 1 starts after a row longer than the bound: the counter finds it, holding none."""
+    half = LINE_SIZE // 2
+
+    def two_rows() -> Iterator[bytes]:
+        for number, fill in ((b"1", b"a"), (b"2", b"b")):
+            yield number + b","
+            left = half - 3
+            while left > 0:
+                yield fill * min(left, MiB)
+                left -= MiB
+            yield b"\n"
+
+    file = _upload_stream(server, "two", "two.csv", two_rows())
+    assert file["row_count"] == 2, file
+    url = f"{server.url}/api/csv/files/{file['id']}/rows"
+    rss_before = _memory(server, "VmRSS")
+    _reset_peak(server)
+    first = requests.get(f"{url}?limit=1000", timeout=120).json()
+    second = requests.get(f"{url}?offset=1", timeout=120).json()
+    peak = _memory(server, "VmHWM")
+    assert first["rows"] == [["1", "a" * CELL_LIMIT]]
+    assert (first["truncated"], first["next_offset"]) == ([[0, 1]], 1)
+    assert second["rows"] == [["2", "b" * CELL_LIMIT]]
+    assert (second["truncated"], second["next_offset"]) == ([[0, 1]], None)
+    assert peak - rss_before < 12 * ROWS_MAX_BYTES, (peak - rss_before) / MiB
+
+
 def test_a_cell_over_the_limit_comes_back_cut_and_listed(server: ServerProcess) -> None:
     cell = "".join(f"{i:07d}," for i in range(37_500))  # 300,000 characters, commas and all
     assert len(cell) == 300_000
@@ -141,3 +174,23 @@ def test_a_cell_over_the_limit_comes_back_cut_and_listed(server: ServerProcess) 
     )
     assert ranged.status_code == 206
     assert ranged.content.decode() == cell
+
+
+def test_rows_bound_settings() -> None:
+    assert (8 * MiB, 65_536) == (ROWS_MAX_BYTES, CELL_LIMIT)
+    given = settings_from(["--rows-max-bytes", "1MiB"], {"CSVSTORE_ROWS_CELL_LIMIT": "500"})
+    assert (given.rows_max_bytes, given.rows_cell_limit) == (MiB, 500)
+    assert settings_from([], {"CSVSTORE_ROWS_MAX_BYTES": "64KiB"}).rows_max_bytes == 64 * KiB
+    for flag, value, message in [
+        ("--rows-max-bytes", "32MiB", "the /rows byte bound is between 64KiB and 16MiB"),
+        ("--rows-max-bytes", "1k", "the /rows byte bound is between 64KiB and 16MiB"),
+        ("--rows-cell-limit", "0", "the /rows cell limit is at least 1 character"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-m", "csvstore", flag, value],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 2
+        assert message in done.stderr

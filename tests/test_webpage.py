@@ -21,9 +21,10 @@ import pytest
 import requests
 
 from csvstore.config import Settings
-from csvstore.rows import CELL_LIMIT
 from tests.conftest import assert_consistent
 from tests.serverproc import ServerProcess
+
+CELL_LIMIT = Settings().rows_cell_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 BROWSER_DIR = Path(__file__).resolve().parent / "browser"
