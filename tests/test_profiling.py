@@ -11,7 +11,7 @@ import csv
 import io
 import itertools
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -770,6 +770,59 @@ def test_matches_csv_reader(
     rows, next_row = iter_rows_from(io.BytesIO(stored), profile, start, limit)
     assert rows == ref.rows[start : start + limit]
     assert next_row == (start + limit if start + limit < len(ref.rows) else None)
+    check_read_page(data, stored, profile, ref, start, limit)
+
+
+def check_read_page(
+    data: st.DataObject, stored: bytes, profile: CsvProfile, ref: Reference, start: int, limit: int
+) -> None:
+    """read_page: as iter_rows_from under a bound the file fits in; under a small bound,
+    pages that visit every row once, each whole or cut where `truncated` says."""
+
+    def page_at(row: int, bound: int) -> profiling.RowsPage:
+        return read_page(
+            io.BytesIO(stored), profile, row, limit, max_bytes=bound, cell_limit=99,
+            row_count=profile.row_count, line_terminator=profile.line_terminator,
+        )  # fmt: skip
+
+    # The counter's blocks end anywhere: mid-record, between CR and LF, before blank lines.
+    saved = profiling._SKIP_BLOCK
+    setattr(profiling, "_SKIP_BLOCK", data.draw(st.sampled_from([1, 2, 5, saved])))  # noqa: B010
+    try:
+        check_pages(data, ref, page_at, start, limit, len(stored))
+    finally:
+        setattr(profiling, "_SKIP_BLOCK", saved)  # noqa: B010
+
+
+def check_pages(
+    data: st.DataObject,
+    ref: Reference,
+    page_at: Callable[[int, int], profiling.RowsPage],
+    start: int,
+    limit: int,
+    size: int,
+) -> None:
+    page = page_at(start, size + 2)
+    assert page.rows == ref.rows[start : start + limit]
+    assert page.truncated == []
+    assert page.next_row == (start + limit if start + limit < len(ref.rows) else None)
+    bound = data.draw(st.integers(2, 40))
+    at: int | None = data.draw(st.integers(0, len(ref.rows)))
+    reached = at
+    while at is not None:
+        page = page_at(at, bound)
+        reached = at + len(page.rows)
+        for index, row in enumerate(page.rows):
+            whole = ref.rows[at + index]
+            if (index, len(row) - 1) in page.truncated:
+                assert index == 0
+                assert row[:-1] == whole[: len(row) - 1]
+                assert whole[len(row) - 1].startswith(row[-1].rstrip("\ufffd"))
+            else:
+                assert row == whole
+        at = page.next_row
+        assert at is None or reached == at < len(ref.rows)
+    assert reached == len(ref.rows)  # every row to the last, from wherever it began
 
 
 WORD = st.text(alphabet="abcdefghij klmnop", min_size=1, max_size=8).filter(str.strip)
