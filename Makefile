@@ -88,3 +88,6 @@ stress: $(STAMP)
 	# tuspy: 1 GiB through two forced disconnects; resumable uploads under 8 SIGKILLs
 	CSVSTORE_TUS_STRESS_SIZE=1073741824 CSVSTORE_TUS_KILL_ROUNDS=8 \
 		$(PY) -m pytest -q -p no:cacheprovider -s tests/test_tus.py -k "stress or sigkills"
+	# /rows on a 1 GiB single line: server memory bounded by the byte bound, not the line
+	CSVSTORE_ROWS_LINE_SIZE=1073741824 \
+		$(PY) -m pytest -q -p no:cacheprovider -s tests/test_rows_bounded.py

@@ -222,6 +222,23 @@ class Settings:
         ),
     )
 
+    # /rows costs what it parses, not what a file's rows or cells hold (README, "Profiling").
+    rows_max_bytes: int = field(
+        default=8 * MiB,
+        metadata=_help(
+            "bytes one /rows request parses at most, from its first row (64KiB-16MiB); "
+            "longer rows make shorter pages",
+            "CSVSTORE_ROWS_MAX_BYTES",
+        ),
+    )
+    rows_cell_limit: int = field(
+        default=65_536,
+        metadata=_help(
+            "characters of a cell /rows returns: a longer cell comes back cut, listed in truncated",
+            "CSVSTORE_ROWS_CELL_LIMIT",
+        ),
+    )
+
     # "full": a 201 survives a crash or power cut (fsync of file, folder and database).
     # "fast": no fsync; a 201 survives the process being killed, not the machine losing power.
     durability: str = field(
@@ -447,6 +464,16 @@ def convert(name: str, raw: str) -> Any:
         return check_database_url(raw)
     if name == "storage":
         return check_storage(raw)
+    if name == "rows_max_bytes":
+        size = parse_size(raw)
+        if not 64 * KiB <= size <= 16 * MiB:  # 16 MiB: profiling.READ_FIELD_LIMIT
+            raise ValueError(f"the /rows byte bound is between 64KiB and 16MiB, got {raw!r}")
+        return size
+    if name == "rows_cell_limit":
+        limit = int(raw)
+        if limit < 1:
+            raise ValueError(f"the /rows cell limit is at least 1 character, got {raw!r}")
+        return limit
     if name == "s3_part_size":
         size = parse_size(raw)
         if not S3_MIN_PART_SIZE <= size <= S3_MAX_PART_SIZE:

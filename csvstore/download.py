@@ -12,7 +12,6 @@ import zlib
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
@@ -20,7 +19,7 @@ from aiohttp import web
 from stream_zip import ZIP_64, async_stream_zip
 
 from csvstore.db import Row
-from csvstore.errors import RangeNotSatisfiable
+from csvstore.errors import RangeNotSatisfiable, StoredFileUnavailable, start_response
 from csvstore.storage import Storage
 
 # Python codec names as stored -> charset names as registered for HTTP.
@@ -123,19 +122,44 @@ async def send_file(request: web.Request, storage: Storage, file: Row) -> web.St
         response.headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{size}"
         start, length = byte_range.start, byte_range.length
     response.content_length = length
-    await response.prepare(request)
-    if request.method != "HEAD":
-        chunks = storage.read(file["file_path"], start, length)
+    # Everything that can fail before the first byte fails here, while a problem response
+    # can still be sent: the stored size, and opening the file (its first chunk read).
+    stored = await storage.stat(file["file_path"])
+    if stored is None or stored[0] != size:
+        raise _unavailable(file, stored)
+    if request.method == "HEAD":
+        await start_response(request, response)
+        await response.write_eof()
+        return response
+    chunks = storage.read(file["file_path"], start, length)
+    try:
         try:
-            async for chunk in chunks:
-                await response.write(chunk)
-        finally:
-            # a client that goes away mid-download must not leave the file open
-            closer = getattr(chunks, "aclose", None)
-            if closer is not None:
-                await closer()
+            chunk = await anext(chunks, b"")
+        except FileNotFoundError:
+            raise _unavailable(file, None) from None
+        await start_response(request, response)
+        sent = 0
+        while chunk:
+            sent += len(chunk)
+            await response.write(chunk)
+            chunk = await anext(chunks, b"")
+        if sent != length:  # shrunk since the stat: the connection must not wait for more
+            raise OSError(f"stored file {file['id']} ended {length - sent} bytes early")
+    finally:
+        # a client that goes away mid-download must not leave the file open
+        closer = getattr(chunks, "aclose", None)
+        if closer is not None:
+            await closer()
     await response.write_eof()
     return response
+
+
+def _unavailable(file: Row, stored: tuple[int, float] | None) -> StoredFileUnavailable:
+    found = "are missing" if stored is None else f"are {stored[0]} bytes long"
+    return StoredFileUnavailable(
+        f"the stored bytes of file {file['id']} {found}, not the {file['file_size']} bytes "
+        "recorded: the file cannot be sent"
+    )
 
 
 def _deflate() -> Any:
@@ -145,15 +169,19 @@ def _deflate() -> Any:
 
 def unique_names(names: Iterable[str]) -> list[str]:
     """Archive entry names: the original names, with `` (1)``, `` (2)`` before the extension
-    where two files share one."""
+    where two files share one (``x.csv``, ``x (1).csv``; ``.csv``, ``(1).csv``)."""
     seen: set[str] = set()
     result = []
     for name in names:
         candidate, n = name, 0
-        path = PurePosixPath(name)
+        folder, slash, base = name.rpartition("/")
+        stem, dot, extension = base.rpartition(".")
+        if not dot:
+            stem, extension = base, ""
         while candidate.lower() in seen:
             n += 1
-            candidate = f"{path.stem} ({n}){path.suffix}"
+            numbered = f"{stem} ({n})".lstrip()
+            candidate = f"{folder}{slash}{numbered}{dot}{extension}"
         seen.add(candidate.lower())
         result.append(candidate)
     return result
@@ -172,7 +200,7 @@ async def send_archive(request: web.Request, storage: Storage, session: Row) -> 
                 modified,
                 stat.S_IFREG | 0o644,
                 ZIP_64,
-                storage.read(file["file_path"]),
+                _exactly(storage.read(file["file_path"]), file),
             )
 
     response = web.StreamResponse(
@@ -181,9 +209,26 @@ async def send_archive(request: web.Request, storage: Storage, session: Row) -> 
             "Content-Disposition": content_disposition(f"{session['session_id']}.zip"),
         }
     )
-    await response.prepare(request)
+    await start_response(request, response)  # from here an error leaves the ZIP unfinished
     if request.method != "HEAD":
         async for chunk in async_stream_zip(members(), get_compressobj=_deflate):
             await response.write(chunk)
     await response.write_eof()
     return response
+
+
+async def _exactly(chunks: AsyncIterator[bytes], file: Row) -> AsyncIterator[bytes]:
+    """A member's bytes, raising if they are not the recorded size (a file gone or cut)."""
+    sent = 0
+    try:
+        async for chunk in chunks:
+            sent += len(chunk)
+            yield chunk
+    except FileNotFoundError:
+        raise _unavailable(file, None) from None
+    finally:
+        closer = getattr(chunks, "aclose", None)
+        if closer is not None:
+            await closer()
+    if sent != file["file_size"]:
+        raise _unavailable(file, (sent, 0.0))

@@ -79,6 +79,12 @@ class InsufficientStorage(ApiError):
     status = 507
 
 
+class StoredFileUnavailable(ApiError):
+    """A file's row is there but its stored bytes are gone or not the size recorded."""
+
+    status = 500
+
+
 class ClientGone(Exception):
     """The client stopped sending mid-body; there is nobody left to answer."""
 
@@ -118,6 +124,17 @@ ERROR_KIND = web.RequestKey("error_kind", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# Set once a handler has sent (or buffered) its status line: an error after that point can
+# only end the connection, never become a second response inside the first one's body.
+RESPONSE_STARTED = web.RequestKey("response_started", bool)
+
+
+async def start_response(request: web.Request, response: web.StreamResponse) -> None:
+    """``response.prepare(request)``, marked so that a later error aborts the connection."""
+    request[RESPONSE_STARTED] = True
+    await response.prepare(request)
+
+
 _AIOHTTP_DETAILS = {
     404: "no such endpoint: {method} {path}",
     405: "method {method} is not allowed on {path}",
@@ -128,33 +145,55 @@ _AIOHTTP_DETAILS = {
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as exc:
+    except Exception as exc:
+        if request.get(RESPONSE_STARTED):
+            return _abort(request, exc)
+        return _error_response(request, exc)
+
+
+def _abort(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """End a response whose head is already out: the client sees a short (Content-Length)
+    or unterminated (chunked) body, which it reports as an error."""
+    if not isinstance(exc, ClientGone | ConnectionError):
+        log.error(
+            "error after the response to %s %s began; connection closed",
+            request.method,
+            request.path,
+            exc_info=exc,
+        )
+    if request.transport is not None:
+        request.transport.close()  # what was written is flushed, then the connection ends
+    # aiohttp prepares whatever is returned; over a closing transport that writes nothing.
+    return web.StreamResponse(status=500)
+
+
+def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+    if isinstance(exc, ApiError):
         request[ERROR_KIND] = type(exc).__name__
         return problem_response(exc.status, exc.detail, errors=exc.errors, headers=exc.headers)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         template = _AIOHTTP_DETAILS.get(exc.status)
         detail = (
             template.format(method=request.method, path=request.path) if template else exc.reason
         )
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return problem_response(exc.status, detail, headers=headers)
-    except OSError as exc:
+    if isinstance(exc, OSError):
         if exc.errno not in _DISK_FULL:
-            log.exception("unhandled error on %s %s", request.method, request.path)
+            log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
             return _internal_error()
         # Wherever the disk filled up (temp file, publish, folder sync), the answer is 507.
         request[ERROR_KIND] = "InsufficientStorage"
         return problem_response(507, "the server's disk is full: the upload could not be stored")
-    except ClientGone:
+    if isinstance(exc, ClientGone):
         request[ERROR_KIND] = "ClientGone"
         # Nothing useful can reach the client; 400 keeps it out of the 5xx figures.
         return problem_response(400, "the client closed the connection before the body ended")
-    except Exception:
-        # Never echo the exception: it may name internal paths. The log has the traceback.
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return _internal_error()
+    # Never echo the exception: it may name internal paths. The log has the traceback.
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return _internal_error()
 
 
 def _internal_error() -> web.Response:

@@ -13,7 +13,7 @@ from csvstore import schemas
 from csvstore.download import send_archive, send_file
 from csvstore.errors import BadRequest, UnsupportedMediaType
 from csvstore.ingest import UploadLimits, receive_upload
-from csvstore.keys import LIMITS_KEY, STORE_KEY
+from csvstore.keys import LIMITS_KEY, SETTINGS_KEY, STORE_KEY
 from csvstore.observability import UPLOADED_BYTES
 from csvstore.render import projector
 from csvstore.rows import read_rows
@@ -132,8 +132,21 @@ async def file_rows(request: web.Request) -> web.Response:
     query = schemas.load(schemas.RowsQuery(), dict(request.query), what="query")
     store = request.app[STORE_KEY]
     file = await store.get_file(request.match_info["file_id"])
-    rows, next_offset = await read_rows(store.storage, file, query["offset"], query["limit"])
-    body = {"columns": file.get("columns") or [], "rows": rows, "next_offset": next_offset}
+    settings = request.app[SETTINGS_KEY]
+    page = await read_rows(
+        store.storage,
+        file,
+        query["offset"],
+        query["limit"],
+        max_bytes=settings.rows_max_bytes,
+        cell_limit=settings.rows_cell_limit,
+    )
+    body = {
+        "columns": file.get("columns") or [],
+        "rows": page.rows,
+        "next_offset": page.next_row,
+        "truncated": [[row, column] for row, column in page.truncated],
+    }
     return json_response(_rows(body))
 
 

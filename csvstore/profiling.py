@@ -72,7 +72,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Final, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from csvstore._scan import Scanner
@@ -82,7 +82,9 @@ __all__ = [
     "CsvProfile",
     "CsvProfiler",
     "RowSource",
+    "RowsPage",
     "iter_rows_from",
+    "read_page",
 ]
 
 SUPPORTED_ENCODINGS: Final = ("utf-8", "utf-8-sig", "cp1252", "utf-16")
@@ -1261,3 +1263,191 @@ def _collect_rows(
             rows.append(record)
         row += 1
     return rows, None
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a bounded page of rows back
+# --------------------------------------------------------------------------------------------
+
+# csv.reader refuses a field over csv.field_size_limit() (131,072 characters by default);
+# read_page bounds the bytes it reads instead, so a field may be as long as that bound. Set
+# once, at import, so that every csv.reader in the process (the sniffer's too) sees the same.
+READ_FIELD_LIMIT: Final = 16 * 1024 * 1024
+csv.field_size_limit(max(csv.field_size_limit(), READ_FIELD_LIMIT))
+
+# The rows between a checkpoint and the first row asked for are counted in blocks this size:
+# the counter keeps a checkpoint per row in a block, so this bounds what it holds.
+_SKIP_BLOCK: Final = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RowsPage:
+    rows: list[list[str]]
+    next_row: int | None
+    truncated: list[tuple[int, int]]  # (index in rows, column) of each cell cut short
+
+
+def read_page(
+    fp: BinaryIO,
+    profile: RowSource,
+    start_row: int,
+    limit: int,
+    *,
+    max_bytes: int,
+    cell_limit: int,
+    row_count: int | None = None,
+    line_terminator: str | None = None,
+) -> RowsPage:
+    """Up to `limit` data rows from `start_row`, parsing at most `max_bytes` bytes of them.
+
+    The rows between the nearest checkpoint and `start_row` are counted by the record
+    counter, which holds none of them; csv.reader then parses from the first row asked for
+    over at most `max_bytes` bytes. A row that the bound cuts is left for the next page,
+    unless it is the first: then it is returned as far as it was read, its last cell listed
+    as truncated. Cells over `cell_limit` characters are cut to it and listed too. Memory
+    and work depend on `max_bytes`, not on the longest row or cell.
+    """
+    if start_row < 0 or limit < 1 or not 2 <= max_bytes <= READ_FIELD_LIMIT or cell_limit < 1:
+        raise ValueError(
+            f"start_row must be >= 0, max_bytes 2-{READ_FIELD_LIMIT}, limit and cell_limit > 0"
+        )
+    if row_count is not None and start_row >= row_count:
+        return RowsPage([], None, [])
+    little = True
+    if profile.encoding == "utf-16":
+        fp.seek(0)
+        little = fp.read(2) != codecs.BOM_UTF16_BE
+    begin = _row_offset(fp, profile, start_row, little, line_terminator or _DEFAULT_TERMINATOR)
+    if begin is None:
+        return RowsPage([], None, [])
+    fp.seek(begin)
+    capped = _CappedReader(fp, max_bytes - max_bytes % 2)  # whole UTF-16 code units
+    text = io.TextIOWrapper(
+        io.BufferedReader(capped, 64 * 1024),
+        encoding=_decoding_codec(profile.encoding, little),
+        errors="replace",
+        newline="",
+    )
+    rows: list[list[str]] = []
+    more = False
+    for record in csv.reader(text, delimiter=profile.delimiter, quotechar=profile.quotechar):
+        if not record:
+            continue
+        if len(rows) == limit:
+            more = True
+            break
+        rows.append(record)
+    truncated: list[tuple[int, int]] = []
+    if not more and capped.cut and rows:
+        if len(rows) > 1:
+            rows.pop()  # possibly cut: read whole from the start of the next page
+        else:
+            truncated.append((0, len(rows[0]) - 1))
+        more = True
+    for index, row in enumerate(rows):
+        for column, cell in enumerate(row):
+            if len(cell) > cell_limit:
+                row[column] = cell[:cell_limit]
+                if (index, column) not in truncated:
+                    truncated.append((index, column))
+    truncated.sort()
+    next_row = start_row + len(rows)
+    if not more or (row_count is not None and next_row >= row_count):
+        return RowsPage(rows, None, truncated)
+    return RowsPage(rows, next_row, truncated)
+
+
+class _CappedReader(io.RawIOBase):
+    """At most `cap` bytes of `fp` from where it stands; `cut` once more remained unread."""
+
+    def __init__(self, fp: BinaryIO, cap: int) -> None:
+        super().__init__()
+        self._fp = fp
+        self._left = cap
+        self.cut = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any, /) -> int:
+        target = memoryview(buffer).cast("B")
+        if self._left <= 0:
+            self.cut = self.cut or bool(self._fp.read(1))
+            return 0
+        data = self._fp.read(min(len(target), self._left))
+        target[: len(data)] = data
+        self._left -= len(data)
+        return len(data)
+
+
+def _row_offset(
+    fp: BinaryIO, profile: RowSource, start_row: int, little: bool, terminator: str
+) -> int | None:
+    """Where data row `start_row` starts, or None if the file ends before it.
+
+    From the last checkpoint at or before it, the record counter -- the profiler's own, so
+    records are csv.reader's -- counts the rows between, holding none of them.
+    """
+    checkpoints = profile.checkpoints
+    at = bisect.bisect_right(checkpoints, start_row, key=lambda checkpoint: checkpoint[0]) - 1
+    if at < 0:
+        return None  # no data rows at all
+    row, offset = checkpoints[at]
+    skip = start_row - row
+    if not skip:
+        return offset
+    wide = profile.encoding == "utf-16"
+    unit = 2 if wide else 1
+    projector = _Projector(wide=wide, little=little)
+    scanner: _Counter
+    if _NativeScanner is not None and _use_native:
+        scanner = _NativeScanner(
+            delimiter=ord(profile.delimiter),
+            quotechar=ord(profile.quotechar),
+            expected_fields=None,
+            header_records=0,
+            checkpoint_every=skip,
+        )
+    else:
+        scanner = _RecordScanner(
+            delimiter=ord(profile.delimiter),
+            quotechar=ord(profile.quotechar),
+            terminator=terminator.encode("ascii"),
+            expected_fields=None,
+            header_records=0,
+            checkpoint_every=skip,
+        )
+    fp.seek(offset)
+    counted = 0  # projected bytes fed
+    while True:
+        data = fp.read(_SKIP_BLOCK)
+        if data:
+            projected = projector.project(data)
+            scanner.feed(projected)
+            counted += len(projected)
+        if not data or scanner.data_rows >= skip:
+            # Rows 0..skip-1 are complete: row `skip` is in what was read (finish() closes
+            # it if it has begun, recording its checkpoint), or begins after blank lines.
+            scanner.finish()
+            break
+    for index, where in scanner.checkpoints:
+        if index == skip:
+            return offset + unit * where
+    if scanner.data_rows < skip:
+        return None
+    return _after_blank_lines(fp, offset + unit * counted, wide=wide, little=little)
+
+
+def _after_blank_lines(fp: BinaryIO, position: int, *, wide: bool, little: bool) -> int:
+    projector = _Projector(wide=wide, little=little)
+    unit = 2 if wide else 1
+    fp.seek(position)
+    while True:
+        data = fp.read(_SKIP_BLOCK)
+        if not data:
+            return position
+        projected = projector.project(data)
+        rest = projected.lstrip(b"\r\n")
+        if rest:
+            return position + unit * (len(projected) - len(rest))
+        position += unit * len(projected)

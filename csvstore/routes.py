@@ -116,6 +116,7 @@ ROUTES: tuple[Route, ...] = (
             304: ("Not modified (If-None-Match matched the ETag)", "empty"),
             404: ("No such file", None),
             416: ("Range outside the file", None),
+            500: ("The stored bytes are missing or not the size recorded", None),
         },
         parameters=[_FILE_ID],
     ),
@@ -126,7 +127,8 @@ ROUTES: tuple[Route, ...] = (
         "Parsed rows of a file, a page at a time, in its own dialect and encoding",
         {
             200: (
-                "Columns, rows from offset, and the next offset (null at the end)",
+                "Columns, rows from offset (at most 8 MiB of the file parsed), the next offset "
+                "(null at the end), and the cells cut short",
                 "RowsResponse",
             ),
             400: ("Invalid offset or limit", None),

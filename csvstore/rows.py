@@ -1,10 +1,11 @@
 """Parsed rows of a stored file, from any data-row offset, without reading from the top.
 
 The profile recorded at upload time holds checkpoints (data-row index -> byte offset);
-:func:`csvstore.profiling.iter_rows_from` seeks to the nearest one and parses from there
-with ``csv.reader``. It reads a plain binary file object, so it runs in a worker thread
-over :class:`StorageFile`, which pulls the bytes from the (asynchronous) storage in
-chunks: memory stays flat for any offset in any file, on any storage backend.
+:func:`csvstore.profiling.read_page` seeks to the nearest one, counts its way to the first
+row asked for and parses from there with ``csv.reader``, over at most ``max_bytes``.
+It reads a plain binary file object, so it runs in a worker thread over
+:class:`StorageFile`, which pulls the bytes from the (asynchronous) storage in chunks:
+memory stays bounded for any offset in any file, on any storage backend.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from csvstore.db import Row
 from csvstore.errors import ApiError
-from csvstore.profiling import iter_rows_from
+from csvstore.profiling import RowsPage, read_page
 from csvstore.storage import Storage
 
 
@@ -106,9 +107,10 @@ async def _next_chunk(stream: AsyncIterator[bytes]) -> bytes:
 
 
 async def read_rows(
-    storage: Storage, file: Row, offset: int, limit: int
-) -> tuple[list[list[str]], int | None]:
-    """Up to ``limit`` data rows from data-row ``offset``; and the next offset, or None."""
+    storage: Storage, file: Row, offset: int, limit: int, *, max_bytes: int, cell_limit: int
+) -> RowsPage:
+    """Up to ``limit`` data rows from data-row ``offset``, the next offset (or None), and the
+    cells cut short; at most ``max_bytes`` parsed (see :func:`csvstore.profiling.read_page`)."""
     if file.get("delimiter") is None or file.get("encoding") is None:
         raise NotProfiled(
             "this file was stored without a CSV profile, so its rows cannot be served; "
@@ -122,8 +124,17 @@ async def read_rows(
     )
     loop = asyncio.get_running_loop()
 
-    def parse() -> tuple[list[list[str]], int | None]:
+    def parse() -> RowsPage:
         with io.BufferedReader(StorageFile(storage, file["file_path"], loop), 256 * 1024) as fp:
-            return iter_rows_from(fp, profile, offset, limit)
+            return read_page(
+                fp,
+                profile,
+                offset,
+                limit,
+                max_bytes=max_bytes,
+                cell_limit=cell_limit,
+                row_count=file.get("row_count"),
+                line_terminator=file.get("line_terminator"),
+            )
 
     return await asyncio.to_thread(parse)

@@ -7,6 +7,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
+from csvstore.config import Settings
 from csvstore.errors import ValidationFailed
 
 # Matched in full (fullmatch): with re.match, "$" also matches before a trailing newline.
@@ -120,11 +121,35 @@ class RowsQuery(Schema):
     )
 
 
+_ROWS_MAX_MIB = Settings().rows_max_bytes // 2**20
+_CELL_LIMIT = Settings().rows_cell_limit
+
+
 class RowsResponse(Schema):
     columns = fields.List(fields.String(), required=True, metadata={"description": "the header"})
-    rows = fields.List(fields.List(fields.String()), required=True)
+    rows = fields.List(
+        fields.List(fields.String()),
+        required=True,
+        metadata={
+            "description": f"at most {_ROWS_MAX_MIB} MiB of the file (--rows-max-bytes) is "
+            "parsed per request, from the first row returned: fewer rows than limit come back "
+            "when they are longer (next_offset goes on from there)"
+        },
+    )
     next_offset = fields.Integer(
         required=True, allow_none=True, metadata={"description": "null at the end of the file"}
+    )
+    truncated = fields.List(
+        fields.List(fields.Integer(), validate=validate.Length(equal=2)),
+        required=True,
+        metadata={
+            "description": "[row, column] of each cell cut short, row indexing `rows`: a cell "
+            f"over {_CELL_LIMIT:,} characters (--rows-cell-limit) comes back as its first "
+            f"{_CELL_LIMIT:,}; a first row longer than the {_ROWS_MAX_MIB} MiB read ends with "
+            "the cell cut there. The whole cell is in the file's content (GET .../content, "
+            "with Range).",
+            "example": [[0, 3]],
+        },
     )
 
 

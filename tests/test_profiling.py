@@ -11,7 +11,7 @@ import csv
 import io
 import itertools
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from csvstore import profiling
-from csvstore.profiling import CsvProfile, CsvProfiler, iter_rows_from
+from csvstore.profiling import CsvProfile, CsvProfiler, iter_rows_from, read_page
 
 CHUNKINGS = (None, 1, 7)  # whole, 1-byte and 7-byte chunks
 
@@ -520,8 +520,13 @@ def test_first_record_longer_than_the_largest_sample() -> None:
 def test_field_over_csv_size_limit_in_the_sample() -> None:
     """The sniffer's csv.reader gives up at csv.field_size_limit(); counting does not."""
     data = b'id,blob\n1,"' + b"x," * 100_000 + b'"\n2,y\n3,z\n'
-    profile = profile_of(chunks(data, 65_536))
+    raised = csv.field_size_limit(131_072)  # csv's default: profiling.py raises it
+    try:
+        profile = profile_of(chunks(data, 65_536))
+    finally:
+        csv.field_size_limit(raised)
     assert (profile.columns, profile.row_count, profile.ragged_rows) == (["id", "blob"], 3, 0)
+    assert profile_of(chunks(data, 65_536)) == profile
 
 
 def test_header_over_columns_of_booleans_dates_and_numbers() -> None:
@@ -620,6 +625,81 @@ def test_iter_rows_from_edges() -> None:
         iter_rows_from(io.BytesIO(b""), empty, -1, 1)
 
 
+def _all_pages(
+    data: bytes, profile: CsvProfile, start: int, limit: int, max_bytes: int
+) -> list[list[str]]:
+    """Every row from `start`, page by page as a client follows next_row."""
+    rows: list[list[str]] = []
+    at: int | None = start
+    while at is not None:
+        page = read_page(
+            io.BytesIO(data), profile, at, limit, max_bytes=max_bytes, cell_limit=10**9,
+            row_count=profile.row_count, line_terminator=profile.line_terminator,
+        )  # fmt: skip
+        assert page.rows or page.next_row is None
+        assert page.truncated == []
+        rows += page.rows
+        at = page.next_row
+    return rows
+
+
+def test_read_page_counts_its_way_from_a_checkpoint() -> None:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(["n", "text"])
+    for i in range(2_000):
+        writer.writerow([i, f"row {i}\nwith, a break" if i % 3 == 0 else f"plain {i}"])
+        if i % 250 == 0:
+            out.write("\r\n" * (i % 3))  # blank lines: not rows
+    data = out.getvalue().encode()
+    profile = profile_of(chunks(data, 1_000), checkpoint_every=64)
+    expected = reference(data, "utf-8", profile).rows
+    for start in (0, 1, 63, 64, 65, 251, 700, 1_279, 1_999, 2_000, 5_000):
+        for limit in (1, 7, 100):
+            page = read_page(
+                io.BytesIO(data), profile, start, limit, max_bytes=1 << 20, cell_limit=1_000
+            )
+            assert page.rows == expected[start : start + limit]
+            assert page.next_row == (start + limit if start + limit < 2_000 else None)
+    # A small byte bound: fewer rows a page, and following next_row reads every row once.
+    for max_bytes in (40, 64, 1_000):  # the longest row is 26 bytes
+        assert _all_pages(data, profile, 0, 100, max_bytes) == expected
+        assert _all_pages(data, profile, 1_500, 7, max_bytes) == expected[1_500:]
+
+
+@pytest.mark.parametrize("name", ["excel cp1252 semicolon", "utf-8 with BOM", "utf-16 big endian"])
+def test_read_page_decodes_the_stored_encoding(name: str) -> None:
+    case = CASES[name]
+    profile = profile_of(case.data, case.encoding, checkpoint_every=3)
+    expected = reference(case.data, case.encoding, profile).rows
+    for start in range(len(expected) + 1):
+        page = read_page(io.BytesIO(case.data), profile, start, 2, max_bytes=4096, cell_limit=99)
+        assert page.rows == expected[start : start + 2]
+        assert _all_pages(case.data, profile, start, 2, 80) == expected[start:]
+
+
+def test_read_page_cuts_long_cells_and_rows() -> None:
+    data = b"a,b,c\n" + b"1,%s,3\n" % (b"x" * 300) + b'"%s",y,z\n' % (b"q\n" * 200) + b"4,5,6\n"
+    profile = profile_of(data, checkpoint_every=1)
+    page = read_page(io.BytesIO(data), profile, 0, 10, max_bytes=1 << 20, cell_limit=100)
+    assert page.rows == [["1", "x" * 100, "3"], ["q\n" * 50, "y", "z"], ["4", "5", "6"]]
+    assert page.truncated == [(0, 1), (1, 0)]
+    assert page.next_row is None
+    # A first row longer than the bound: returned as far as read, its last cell listed.
+    page = read_page(io.BytesIO(data), profile, 0, 10, max_bytes=50, cell_limit=100)
+    assert page.rows == [["1", "x" * 48]]
+    assert page.truncated == [(0, 1)]
+    assert page.next_row == 1
+    # ... and the next page starts at the next row, whatever the first one's length.
+    page = read_page(io.BytesIO(data), profile, 1, 10, max_bytes=50, cell_limit=100)
+    assert page.rows == [[("q\n" * 25)[:49]]]
+    assert (page.truncated, page.next_row) == ([(0, 0)], 2)
+    page = read_page(io.BytesIO(data), profile, 2, 10, max_bytes=50, cell_limit=100)
+    assert (page.rows, page.truncated, page.next_row) == ([["4", "5", "6"]], [], None)
+    # A row count that says the file ends there stops before any reading.
+    assert read_page(io.BytesIO(b""), profile, 3, 1, max_bytes=50, cell_limit=9).rows == []
+
+
 # --------------------------------------------------------------------------------------------
 # Property-based: generated files against csv.reader
 # --------------------------------------------------------------------------------------------
@@ -690,6 +770,59 @@ def test_matches_csv_reader(
     rows, next_row = iter_rows_from(io.BytesIO(stored), profile, start, limit)
     assert rows == ref.rows[start : start + limit]
     assert next_row == (start + limit if start + limit < len(ref.rows) else None)
+    check_read_page(data, stored, profile, ref, start, limit)
+
+
+def check_read_page(
+    data: st.DataObject, stored: bytes, profile: CsvProfile, ref: Reference, start: int, limit: int
+) -> None:
+    """read_page: as iter_rows_from under a bound the file fits in; under a small bound,
+    pages that visit every row once, each whole or cut where `truncated` says."""
+
+    def page_at(row: int, bound: int) -> profiling.RowsPage:
+        return read_page(
+            io.BytesIO(stored), profile, row, limit, max_bytes=bound, cell_limit=99,
+            row_count=profile.row_count, line_terminator=profile.line_terminator,
+        )  # fmt: skip
+
+    # The counter's blocks end anywhere: mid-record, between CR and LF, before blank lines.
+    saved = profiling._SKIP_BLOCK
+    setattr(profiling, "_SKIP_BLOCK", data.draw(st.sampled_from([1, 2, 5, saved])))  # noqa: B010
+    try:
+        check_pages(data, ref, page_at, start, limit, len(stored))
+    finally:
+        setattr(profiling, "_SKIP_BLOCK", saved)  # noqa: B010
+
+
+def check_pages(
+    data: st.DataObject,
+    ref: Reference,
+    page_at: Callable[[int, int], profiling.RowsPage],
+    start: int,
+    limit: int,
+    size: int,
+) -> None:
+    page = page_at(start, size + 2)
+    assert page.rows == ref.rows[start : start + limit]
+    assert page.truncated == []
+    assert page.next_row == (start + limit if start + limit < len(ref.rows) else None)
+    bound = data.draw(st.integers(2, 40))
+    at: int | None = data.draw(st.integers(0, len(ref.rows)))
+    reached = at
+    while at is not None:
+        page = page_at(at, bound)
+        reached = at + len(page.rows)
+        for index, row in enumerate(page.rows):
+            whole = ref.rows[at + index]
+            if (index, len(row) - 1) in page.truncated:
+                assert index == 0
+                assert row[:-1] == whole[: len(row) - 1]
+                assert whole[len(row) - 1].startswith(row[-1].rstrip("\ufffd"))
+            else:
+                assert row == whole
+        at = page.next_row
+        assert at is None or reached == at < len(ref.rows)
+    assert reached == len(ref.rows)  # every row to the last, from wherever it began
 
 
 WORD = st.text(alphabet="abcdefghij klmnop", min_size=1, max_size=8).filter(str.strip)

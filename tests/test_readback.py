@@ -245,6 +245,16 @@ async def test_session_archive(client: Client, session: str) -> None:
     await assert_problem(await client.get("/api/csv/sessions/nope/archive"), 404)
 
 
+async def test_archive_names_keep_their_extension(client: Client, session: str) -> None:
+    for name in ("x.csv", "x.csv", "X.CSV", ".csv", ".csv"):
+        form = upload_form(f"n\n{name}\n".encode(), filename=name)
+        assert (await client.post("/api/csv/upload", data=form)).status == 201
+    resp = await client.get(f"/api/csv/sessions/{session}/archive")
+    archive = zipfile.ZipFile(io.BytesIO(await resp.read()))
+    assert archive.namelist() == ["x.csv", "x (1).csv", "X (2).CSV", ".csv", "(1).csv"]
+    assert archive.read("(1).csv") == b"n\n.csv\n"
+
+
 # Row paging
 
 
@@ -307,11 +317,30 @@ async def test_rows_in_the_files_own_dialect_and_encoding(client: Client, sessio
         "columns": ["nom", "prix"],
         "rows": [["café", "3,50"], ["thé", "2"]],
         "next_offset": None,
+        "truncated": [],
     }
     utf16 = (await _upload(client, "a\tb\n1\tü\n".encode("utf-16")))["file"]
     assert isinstance(utf16, dict)
     page = await (await client.get(f"/api/csv/files/{utf16['id']}/rows")).json()
     assert page["rows"] == [["1", "ü"]]
+
+
+async def test_rows_follow_the_bound_settings(make_client: MakeClient, settings: Settings) -> None:
+    client = await make_client(replace(settings, rows_cell_limit=10, rows_max_bytes=64 * 1024))
+    await client.post("/api/csv/sessions", json={"session_id": "s1"})
+    rows = [[str(i), "x" * (i * 100)] for i in range(200)]  # 2 MB: rows grow to 20 KB
+    data = b"n,text\n" + b"".join(f"{n},{text}\n".encode() for n, text in rows)
+    file = (await (await client.post("/api/csv/upload", data=upload_form(data))).json())["file"]
+    url = f"/api/csv/files/{file['id']}/rows?limit=1000"
+    seen: list[list[str]] = []
+    offset: int | None = 0
+    while offset is not None:
+        page = await (await client.get(f"{url}&offset={offset}")).json()
+        assert 0 < len(page["rows"]) < 200  # 64 KiB a page: never all of the 2 MB
+        assert page["truncated"] == [[i, 1] for i, row in enumerate(page["rows"]) if row[1]]
+        seen += page["rows"]
+        offset = page["next_offset"]
+    assert seen == [[n, text[:10]] for n, text in rows]
 
 
 async def test_rows_of_an_unprofiled_file_is_409(

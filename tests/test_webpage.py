@@ -24,6 +24,8 @@ from csvstore.config import Settings
 from tests.conftest import assert_consistent, stored_names
 from tests.serverproc import ServerProcess
 
+CELL_LIMIT = Settings().rows_cell_limit
+
 ROOT = Path(__file__).resolve().parent.parent
 BROWSER_DIR = Path(__file__).resolve().parent / "browser"
 CHROMIUM = os.environ.get("CSVSTORE_CHROMIUM", "/usr/bin/chromium")
@@ -156,6 +158,8 @@ def test_open_server_pages_sessions_and_streams_downloads(
     uploads = _write_uploads(tmp_path / "csv")
     refused = tmp_path / "csv" / "report.csv"
     refused.write_bytes(b"%PDF-1.7\n" + bytes(range(256)))
+    cut = tmp_path / "csv" / "shapes.csv"
+    cut.write_text("id,shape\n1," + "x" * 300_000 + "\n")
     seen = _run_browser(
         browser,
         tmp_path,
@@ -170,8 +174,19 @@ def test_open_server_pages_sessions_and_streams_downloads(
             "downloadTo": str(tmp_path / "downloaded.csv"),
             "screenshot": str(tmp_path / "page.png"),
             "moreSessions": 52,
+            "cutCell": {"path": str(cut), "name": cut.name},
         },
     )
+    # The 300,000-character cell: shown cut to the server's limit, and marked as cut.
+    assert seen["cutCell"] == [
+        {"cut": False, "badge": None, "title": "", "length": 1},
+        {
+            "cut": True,
+            "badge": "cut",
+            "title": "Cut short: the whole cell is in the file's download",
+            "length": len("cut ") + CELL_LIMIT,
+        },
+    ]
     assert (seen["firstPage"], seen["afterMore"]) == (50, 52)
     assert "PDF" in seen["refused"], seen["refused"]  # the server's detail, on the file's line
     # No key: a plain link, so the browser streams the download itself.

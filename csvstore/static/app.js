@@ -453,8 +453,14 @@ async function loadPreviewRows() {
     table.tHead.append(el("tr", {}, el("th", { class: "num" }, "#"), ...names.map((name) => el("th", {}, name))));
   }
   const first = preview.nextOffset;
+  // Cells the server cut short (too long for a page) are marked as such, never shown as whole.
+  const cut = new Set((page.truncated || []).map(([row, column]) => `${row},${column}`));
+  const cell = (text, i, j) =>
+    cut.has(`${i},${j}`)
+      ? el("td", { class: "truncated", title: "Cut short: the whole cell is in the file's download" }, el("span", { class: "cut" }, "cut"), " ", text)
+      : el("td", {}, text);
   table.tBodies[0].append(
-    ...page.rows.map((row, i) => el("tr", {}, el("td", { class: "num muted" }, first + i + 1), ...row.map((cell) => el("td", {}, cell)))),
+    ...page.rows.map((row, i) => el("tr", {}, el("td", { class: "num muted" }, first + i + 1), ...row.map((text, j) => cell(text, i, j)))),
   );
   preview.nextOffset = page.next_offset;
   show($("preview-more"), page.next_offset !== null);

@@ -1,7 +1,8 @@
 // Drives Debian's chromium through the csvstore page, as a person would, and checks what the
 // page shows. Run by tests/test_webpage.py: `node webpage.mjs CONFIG.json`, where CONFIG is
 //   {url, chromium, sessionId, apiKey|null, uploads: [{path, name, columns, firstRow}],
-//    refused: path|null, dropped: {name, text}|null, downloadName, downloadTo, screenshot, moreSessions: n|null}
+//    refused: path|null, dropped: {name, text}|null, downloadName, downloadTo, screenshot, moreSessions: n|null,
+//    cutCell: {path, name}|null}
 // It prints one JSON line of what it saw; any failed check exits non-zero with the reason.
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
@@ -173,6 +174,20 @@ try {
   ]);
   await download.saveAs(config.downloadTo);
   seen.downloads.push({ suggested: download.suggestedFilename(), url: download.url().split(":")[0] });
+
+  // ---- a cell too long for a page: the preview marks it as cut, and shows only its start
+  if (config.cutCell) {
+    await page.setInputFiles("#file-input", [config.cutCell.path]);
+    const done = await page.locator("#upload-list li.done").count();
+    await page.locator("#upload-list li.done").nth(done).waitFor();
+    const row = page.locator("#file-rows tr").filter({ has: page.locator("td.name", { hasText: config.cutCell.name }) });
+    await row.getByRole("button", { name: "Preview" }).click();
+    await page.locator("#preview-title", { hasText: config.cutCell.name }).waitFor();
+    await page.locator("#preview-table tbody tr").first().waitFor();
+    seen.cutCell = await page.$$eval("#preview-table tbody tr:first-child td", (cells) =>
+      cells.slice(1).map((c) => ({ cut: c.classList.contains("truncated"), badge: c.querySelector(".cut")?.textContent ?? null, title: c.title, length: c.textContent.length })),
+    );
+  }
 
   // ---- delete one file, then the whole session
   if (config.dropped) {
