@@ -11,7 +11,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,6 +26,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from csvstore.db import Database, Operation
 from csvstore.errors import ERROR_KIND, Handler, problem_response
@@ -89,6 +91,9 @@ class Metrics:
             "csvstore_files_expired", "files removed with expired sessions", registry=r
         )
 
+    def watch_worker_restarts(self, read: Callable[[], int]) -> None:
+        self.registry.register(_WorkerRestarts(read))
+
     def watch_disk(self, storage: Storage) -> None:
         def free() -> float:
             value = storage.free_bytes()
@@ -98,6 +103,21 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _WorkerRestarts(Collector):
+    """The supervisor's count, read when /metrics is scraped (a Counter cannot be set)."""
+
+    def __init__(self, read: Callable[[], int]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            "csvstore_worker_restarts",
+            "worker processes started again after one died (with --workers N; the same "
+            "figure from every worker)",
+            value=self._read(),
+        )
 
 
 def _route_of(request: web.Request) -> str:
