@@ -14,7 +14,7 @@ from csvstore import __version__
 from csvstore.app import open_store
 from csvstore.check import ORPHAN_MIN_AGE, TEMP_MIN_AGE, CheckReport, reconcile
 from csvstore.config import Settings, convert
-from csvstore.observability import ClientProtocolErrors
+from csvstore.observability import ClientProtocolErrors, PoolReconnects
 from csvstore.profiling import native_counter
 from csvstore.security import check_bind_is_safe, load_keys
 from csvstore.server import serve
@@ -152,6 +152,7 @@ def configure_logging(settings: Settings) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
     logging.getLogger("aiohttp.server").addFilter(ClientProtocolErrors())
+    logging.getLogger("asyncpg.pool").addFilter(PoolReconnects())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -123,17 +123,25 @@ async def send_file(request: web.Request, storage: Storage, file: Row) -> web.St
         response.headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{size}"
         start, length = byte_range.start, byte_range.length
     response.content_length = length
-    await response.prepare(request)
-    if request.method != "HEAD":
-        chunks = storage.read(file["file_path"], start, length)
-        try:
+    if request.method == "HEAD":
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+    chunks = storage.read(file["file_path"], start, length)
+    try:
+        # The first bytes before the status line: storage that cannot be read (S3 out of
+        # reach, a file gone) is still an error answer, not a 200 cut short.
+        first = await anext(chunks, b"")
+        await response.prepare(request)
+        if first:
+            await response.write(first)
             async for chunk in chunks:
                 await response.write(chunk)
-        finally:
-            # a client that goes away mid-download must not leave the file open
-            closer = getattr(chunks, "aclose", None)
-            if closer is not None:
-                await closer()
+    finally:
+        # a client that goes away mid-download must not leave the file open
+        closer = getattr(chunks, "aclose", None)
+        if closer is not None:
+            await closer()
     await response.write_eof()
     return response
 
