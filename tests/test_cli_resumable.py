@@ -67,7 +67,8 @@ def test_a_large_upload_resumes_through_dropped_connections(
     path = tmp_path / "big.csv"
     body = big_csv(path)
     with DroppingProxy(server.port, [SIZE * 3 // 10, SIZE * 7 // 10]) as proxy:
-        extra = ["--sha256"] if sha256 else []
+        # --resend: both runs send the same bytes into one session, and the transfer is tested
+        extra = ["--sha256", "--resend"] if sha256 else ["--resend"]
         result = run_cli(proxy.url, "upload", "c", str(path), *extra)
         assert proxy.cuts == 2
     assert result.returncode == 0, result.stderr.decode()
@@ -86,7 +87,7 @@ def test_without_resume_a_dropped_connection_fails_the_file(
     path = tmp_path / "big.csv"
     big_csv(path)
     with DroppingProxy(server.port, [SIZE // 2]) as proxy:
-        result = run_cli(proxy.url, "upload", "c", str(path), "--no-resume")
+        result = run_cli(proxy.url, "upload", "c", str(path), "--no-resume", "--resend")
     assert result.returncode == 3, result.stderr.decode()
     [item] = json.loads(result.stdout)["files"]
     assert item["status"] == "failed"
@@ -97,7 +98,7 @@ def test_dedupe_reports_a_resumed_duplicate(server: ServerProcess, tmp_path: Pat
     big_csv(path)
     requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "d"}, timeout=30)
     first = json.loads(run_cli(server.url, "upload", "d", str(path), "--dedupe").stdout)
-    again = json.loads(run_cli(server.url, "upload", "d", str(path), "--dedupe").stdout)
+    again = json.loads(run_cli(server.url, "upload", "d", str(path), "--dedupe", "--resend").stdout)
     assert first["files"][0]["status"] == "stored"
     assert again["files"][0]["status"] == "duplicate"
     assert again["files"][0]["file"]["id"] == first["files"][0]["file"]["id"]
