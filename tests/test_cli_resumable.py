@@ -22,6 +22,8 @@ import requests
 from csvstore.cli.http import Api
 from csvstore.cli.resumable import TusUpload
 from csvstore.cli.upload import Source, UploadOptions
+from csvstore.config import Settings
+from tests import s3util
 from tests.serverproc import ServerProcess
 from tests.tusproxy import DroppingProxy
 
@@ -190,3 +192,50 @@ def test_an_upload_held_by_another_request_is_waited_for_beyond_the_attempts(
         holder.close()
     content = requests.get(f"{server.url}{stored_at}/content", timeout=60)
     assert content.content == body
+
+
+def _hold_with_a_half_sent_patch(
+    server: ServerProcess, location: str, body: bytes
+) -> socket.socket:
+    holder = socket.create_connection(("127.0.0.1", server.port))
+    holder.sendall(
+        (
+            f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+            "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        + body[: len(body) // 2]
+    )
+    return holder
+
+
+def test_after_a_crash_the_client_waits_out_the_dead_lease(
+    s3_settings: Settings, tmp_path: Path
+) -> None:
+    """S3: a process SIGKILLed mid-PATCH leaves its lease, and the upload answers 423 until
+    it lapses (here 45 s, longer than the 36 s that the 8 attempts' pauses add up to). The
+    client waits for each 423's Retry-After and finishes the upload, with the client's
+    default attempts and pauses."""
+    server = ServerProcess(s3_settings.data_dir, "--tus-lease", "45")
+    server.start()
+    try:
+        requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "c"}, timeout=30)
+        path = tmp_path / "leased.csv"
+        body = big_csv(path)
+        location = _tus_create(server, len(body))
+        holder = _hold_with_a_half_sent_patch(server, location, body)
+        record = f"tus/{location.rsplit('/', 1)[1]}.json"
+        deadline = time.monotonic() + 30
+        while not json.loads(s3util.read_object(s3_settings, record) or b"{}").get("owner"):
+            assert time.monotonic() < deadline, "the half-sent PATCH never took the lease"
+            time.sleep(0.05)
+        server.kill()
+        holder.close()
+        server.start()
+        started = time.monotonic()
+        stored_at = _send_with(TusUpload(patch_size=SMALL_PATCH), server, location, path)
+        assert time.monotonic() - started > 30  # the lease was there, and waited out
+        content = requests.get(f"{server.url}{stored_at}/content", timeout=60)
+        assert content.content == body
+    finally:
+        assert server.stop() == 0, server.log()
