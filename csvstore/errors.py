@@ -169,6 +169,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
+        if isinstance(exc, DependencyUnavailable):
+            return _unavailable(request, exc, exc.__cause__)
         request[ERROR_KIND] = type(exc).__name__
         return _api_error_response(exc)
     except web.HTTPException as exc:
@@ -206,7 +208,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def _unavailable(
-    request: web.Request, unavailable: DependencyUnavailable, cause: Exception
+    request: web.Request, unavailable: DependencyUnavailable, cause: BaseException | None
 ) -> web.Response:
     log.warning("%s %s: %s (%r)", request.method, request.path, unavailable.detail, cause)
     request[ERROR_KIND] = "DependencyUnavailable"

@@ -140,6 +140,7 @@ _REASONS = {
     "PayloadTooLarge": "too_large",
     "NotFound": "unknown_session",
     "InsufficientStorage": "disk_full",
+    "DependencyUnavailable": "unavailable",
     "RequestTimeout": "timeout",
     "ClientGone": "client_gone",
     "ValidationFailed": "bad_form",
