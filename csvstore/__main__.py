@@ -15,7 +15,7 @@ from csvstore.app import open_store
 from csvstore.check import TEMP_MIN_AGE, CheckReport, reconcile
 from csvstore.config import Settings, convert
 from csvstore.identity import StoreMismatch, check_placement
-from csvstore.observability import ClientProtocolErrors
+from csvstore.observability import ClientProtocolErrors, PoolReconnects
 from csvstore.profiling import native_counter
 from csvstore.security import check_bind_is_safe, load_keys
 from csvstore.server import serve
@@ -169,6 +169,7 @@ def configure_logging(settings: Settings) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
     logging.getLogger("aiohttp.server").addFilter(ClientProtocolErrors())
+    logging.getLogger("asyncpg.pool").addFilter(PoolReconnects())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -41,12 +41,20 @@ log = logging.getLogger("csvstore")
 JSON_BODY_LIMIT = 64 * 1024
 
 
-def create_app(settings: Settings, *, startup_check: bool = True) -> web.Application:
+def create_app(
+    settings: Settings,
+    *,
+    startup_check: bool = True,
+    worker_restarts: Callable[[], int] | None = None,
+) -> web.Application:
     """The application. ``startup_check=False`` when a supervisor already ran the check
-    (with several workers, one worker's check could remove another's upload in flight)."""
+    (with several workers, one worker's check could remove another's upload in flight);
+    ``worker_restarts`` reads the supervisor's count of restarted workers, for /metrics."""
     keys = load_keys(settings)
     inflight = InFlight()
     metrics = Metrics()
+    if worker_restarts is not None:
+        metrics.watch_worker_restarts(worker_restarts)
     middlewares: list[Middleware] = [
         inflight.middleware(),
         observe_middleware(metrics),

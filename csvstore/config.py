@@ -278,6 +278,16 @@ class Settings:
             "CSVSTORE_IDLE_TIMEOUT",
         ),
     )
+    # A load balancer's probe waits a few seconds at most; a dependency that takes longer
+    # than 2 s to answer a trivial query is not fit for traffic anyway.
+    ready_timeout: float = field(
+        default=2.0,
+        metadata=_help(
+            "seconds each of /readyz's checks (database, storage) may take before it "
+            "counts as failing",
+            "CSVSTORE_READY_TIMEOUT",
+        ),
+    )
     # Long enough for a typical upload to finish, short enough for a deploy to proceed.
     shutdown_grace: float = field(
         default=30.0,
@@ -439,6 +449,11 @@ def convert(name: str, raw: str) -> Any:
         return raw
     if name in {"shutdown_grace", "idle_timeout"}:
         return float(raw)
+    if name == "ready_timeout":
+        seconds = float(raw)
+        if not seconds > 0:
+            raise ValueError(f"ready timeout must be more than 0 seconds, got {raw}")
+        return seconds
     if name == "api_keys_file":
         return Path(raw)
     if name == "workers":

@@ -28,7 +28,7 @@ from asyncpg import Record
 from asyncpg.pool import PoolConnectionProxy
 
 from csvstore.db import Operation, Row
-from csvstore.errors import InsufficientStorage
+from csvstore.errors import DependencyUnavailable, InsufficientStorage
 from csvstore.queries import SQL_DIR, Queries, Query, load_migrations
 from csvstore.timeutil import utc_now
 
@@ -81,6 +81,28 @@ def _storage_errors() -> Iterator[None]:
     except asyncpg.exceptions.DiskFullError as exc:
         raise InsufficientStorage(
             "the database server's disk is full: the change could not be recorded"
+        ) from exc
+
+
+# The server is out of reach, restarting or shutting down, or cut the connection: the
+# request was sound and may succeed in a moment (503), unlike an error in a query (500).
+_UNREACHABLE = (
+    OSError,  # refused, reset, unreachable, while connecting or on a pooled connection
+    TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,  # SQLSTATE class 08, and a closed connection
+    asyncpg.exceptions.CannotConnectNowError,  # 57P03: starting up or shutting down
+    asyncpg.exceptions.AdminShutdownError,  # 57P01: terminated by a fast shutdown
+    asyncpg.exceptions.CrashShutdownError,  # 57P02
+)
+
+
+@contextlib.asynccontextmanager
+async def _reachable() -> AsyncIterator[None]:
+    try:
+        yield
+    except _UNREACHABLE as exc:
+        raise DependencyUnavailable(
+            "database", "the database (PostgreSQL) is unavailable: the request was not completed"
         ) from exc
 
 
@@ -200,13 +222,13 @@ class PostgresDatabase:
             yield conn
 
     async def read(self, op: Operation[T]) -> T:
-        async with self._acquire() as conn:
+        async with _reachable(), self._acquire() as conn:
             return await op(self._executor(conn))
 
     async def write(self, op: Operation[T]) -> T:
         for attempt in range(1, self.MAX_ATTEMPTS + 1):
             try:
-                async with self._acquire() as conn:
+                async with _reachable(), self._acquire() as conn:
                     with _storage_errors():
                         async with conn.transaction(isolation="read_committed"):
                             return await op(self._executor(conn))

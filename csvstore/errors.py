@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
+import sys
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -22,9 +24,13 @@ PROBLEM_JSON = "application/problem+json"
 
 
 class ApiError(Exception):
-    """An error a client can act on. ``status`` lives on the class; ``detail`` says why."""
+    """An error a client can act on. ``status`` lives on the class; ``detail`` says why.
+
+    ``retry_after`` (seconds; the class's default or the instance's) becomes ``Retry-After``:
+    the error passes, and the client may send the same request again after that long."""
 
     status: ClassVar[int] = 500
+    retry_after: float | None = None
 
     def __init__(
         self,
@@ -32,11 +38,24 @@ class ApiError(Exception):
         *,
         errors: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
         self.headers = headers
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+    def response_headers(self) -> dict[str, str] | None:
+        if self.retry_after is None:
+            return self.headers
+        return {"Retry-After": retry_after_value(self.retry_after), **(self.headers or {})}
+
+
+def retry_after_value(seconds: float) -> str:
+    """Whole seconds, rounded up: a client that waits exactly this long is not early."""
+    return str(max(1, math.ceil(seconds)))
 
 
 class BadRequest(ApiError):
@@ -77,6 +96,24 @@ class RangeNotSatisfiable(ApiError):
 
 class InsufficientStorage(ApiError):
     status = 507
+    # Space comes back when files are deleted or sessions expire (the sweeper runs every
+    # minute by default): sooner than that, a retry would most likely fail the same way.
+    retry_after = 60.0
+
+
+class DependencyUnavailable(ApiError):
+    """The database or the storage cannot be reached (stopped, restarting, refusing
+    connections): the request is sound, and may succeed once it is back. The problem body
+    names the dependency (``"dependency": "database"`` or ``"storage"``)."""
+
+    status = 503
+    # Long enough for a database restart or a fail-over to finish, short enough that
+    # clients come back soon after.
+    retry_after = 5.0
+
+    def __init__(self, dependency: str, detail: str) -> None:
+        super().__init__(detail)
+        self.dependency = dependency
 
 
 class StoredFileUnavailable(ApiError):
@@ -99,6 +136,7 @@ def problem_response(
     *,
     errors: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
+    extensions: dict[str, Any] | None = None,
 ) -> web.Response:
     body: dict[str, Any] = {
         "type": "about:blank",
@@ -108,6 +146,8 @@ def problem_response(
     }
     if errors:
         body["errors"] = errors
+    if extensions:
+        body.update(extensions)
     return web.Response(
         status=status,
         body=orjson.dumps(body),
@@ -168,9 +208,11 @@ def _abort(request: web.Request, exc: Exception) -> web.StreamResponse:
 
 
 def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+    if isinstance(exc, DependencyUnavailable):
+        return _unavailable(request, exc, exc.__cause__)
     if isinstance(exc, ApiError):
         request[ERROR_KIND] = type(exc).__name__
-        return problem_response(exc.status, exc.detail, errors=exc.errors, headers=exc.headers)
+        return _api_error_response(exc)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             raise exc
@@ -180,13 +222,18 @@ def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
         )
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return problem_response(exc.status, detail, headers=headers)
+    unavailable = storage_unavailable(exc)  # some of botocore's timeouts are OSErrors
+    if unavailable is not None:
+        return _unavailable(request, unavailable, exc)
     if isinstance(exc, OSError):
         if exc.errno not in _DISK_FULL:
             log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
             return _internal_error()
         # Wherever the disk filled up (temp file, publish, folder sync), the answer is 507.
         request[ERROR_KIND] = "InsufficientStorage"
-        return problem_response(507, "the server's disk is full: the upload could not be stored")
+        return _api_error_response(
+            InsufficientStorage("the server's disk is full: the upload could not be stored")
+        )
     if isinstance(exc, ClientGone):
         request[ERROR_KIND] = "ClientGone"
         # Nothing useful can reach the client; 400 keeps it out of the 5xx figures.
@@ -194,6 +241,43 @@ def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
     # Never echo the exception: it may name internal paths. The log has the traceback.
     log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
     return _internal_error()
+
+
+def _unavailable(
+    request: web.Request, unavailable: DependencyUnavailable, cause: BaseException | None
+) -> web.Response:
+    log.warning("%s %s: %s (%r)", request.method, request.path, unavailable.detail, cause)
+    request[ERROR_KIND] = "DependencyUnavailable"
+    return _api_error_response(unavailable)
+
+
+def _api_error_response(exc: ApiError) -> web.Response:
+    extensions = {"dependency": exc.dependency} if isinstance(exc, DependencyUnavailable) else None
+    return problem_response(
+        exc.status,
+        exc.detail,
+        errors=exc.errors,
+        headers=exc.response_headers(),
+        extensions=extensions,
+    )
+
+
+def storage_unavailable(exc: BaseException) -> DependencyUnavailable | None:
+    """S3 storage out of reach, as botocore reports it: no connection, a connection cut, a
+    timeout, or the service's own 5xx after botocore's retries. botocore is looked up, not
+    imported: if it was never loaded (local storage), this cannot be one of its errors."""
+    botocore = sys.modules.get("botocore.exceptions")
+    if botocore is None:
+        return None
+    unreachable = isinstance(exc, botocore.HTTPClientError | botocore.ConnectionError)
+    if isinstance(exc, botocore.ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        unreachable = status >= 500
+    if not unreachable:
+        return None
+    return DependencyUnavailable(
+        "storage", "the storage (S3) is unavailable: the request could not be completed"
+    )
 
 
 def _internal_error() -> web.Response:

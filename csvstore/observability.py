@@ -6,12 +6,13 @@ Metrics live in a registry per application (no process-wide state), exposed at
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,12 +27,21 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from csvstore.db import Database, Operation
-from csvstore.errors import ERROR_KIND, Handler, problem_response
+from csvstore.errors import (
+    ERROR_KIND,
+    DependencyUnavailable,
+    Handler,
+    problem_response,
+    retry_after_value,
+)
 from csvstore.storage import Storage, StorageWriter
 
 access_log = logging.getLogger("csvstore.access")
+log = logging.getLogger("csvstore")
 
 T = TypeVar("T")
 
@@ -89,6 +99,9 @@ class Metrics:
             "csvstore_files_expired", "files removed with expired sessions", registry=r
         )
 
+    def watch_worker_restarts(self, read: Callable[[], int]) -> None:
+        self.registry.register(_WorkerRestarts(read))
+
     def watch_disk(self, storage: Storage) -> None:
         def free() -> float:
             value = storage.free_bytes()
@@ -98,6 +111,21 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _WorkerRestarts(Collector):
+    """The supervisor's count, read when /metrics is scraped (a Counter cannot be set)."""
+
+    def __init__(self, read: Callable[[], int]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            "csvstore_worker_restarts",
+            "worker processes started again after one died (with --workers N; the same "
+            "figure from every worker)",
+            value=self._read(),
+        )
 
 
 def _route_of(request: web.Request) -> str:
@@ -112,6 +140,7 @@ _REASONS = {
     "PayloadTooLarge": "too_large",
     "NotFound": "unknown_session",
     "InsufficientStorage": "disk_full",
+    "DependencyUnavailable": "unavailable",
     "RequestTimeout": "timeout",
     "ClientGone": "client_gone",
     "ValidationFailed": "bad_form",
@@ -299,24 +328,20 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready for traffic: the database answers, storage is writable, space above minimum."""
+    """Ready for traffic: the database answers, storage is writable, space above minimum.
+
+    The database and storage are probed at once, each within ``ready_timeout`` seconds: a
+    dependency that hangs (a stalled PostgreSQL, an S3 endpoint that accepts and never
+    answers) is reported as such within the deadline instead of holding the probe."""
     from csvstore.keys import SETTINGS_KEY, STORE_KEY
 
     store = request.app[STORE_KEY]
     settings = request.app[SETTINGS_KEY]
-    checks: dict[str, str] = {}
-    try:
-        await store.db.read(store.repo.ping)
-        checks["database"] = "ok"
-    except Exception as exc:  # any failure means not ready; the log says what
-        logging.getLogger("csvstore").warning("readiness: database failed: %r", exc)
-        checks["database"] = "failing"
-    try:
-        await store.storage.probe_writable()
-        checks["storage"] = "ok"
-    except Exception as exc:
-        logging.getLogger("csvstore").warning("readiness: storage failed: %r", exc)
-        checks["storage"] = "failing"
+    database, storage = await asyncio.gather(
+        _probe("database", store.db.read(store.repo.ping), settings.ready_timeout),
+        _probe("storage", store.storage.probe_writable(), settings.ready_timeout),
+    )
+    checks = {"database": database, "storage": storage}
     free = store.storage.free_bytes()
     checks["free_space"] = (
         "ok" if free is None or free >= settings.min_free_space else "below minimum"
@@ -324,9 +349,33 @@ async def readyz(request: web.Request) -> web.Response:
     ready = all(value == "ok" for value in checks.values())
     if not ready:
         return problem_response(
-            503, "not ready: " + ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok")
+            503,
+            "not ready: " + ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok"),
+            headers={"Retry-After": retry_after_value(DependencyUnavailable.retry_after or 5)},
+            extensions={"checks": checks},
         )
     return web.json_response({"status": "ready", "checks": checks})
+
+
+async def _probe(name: str, check: Coroutine[Any, Any, object], deadline: float) -> str:
+    # A task waited on, not awaited under a timeout: cancelling a call to a hung server can
+    # itself wait on that server (a connection's clean-up), which must not hold the probe.
+    task = asyncio.ensure_future(check)
+    task.add_done_callback(_consume_outcome)
+    done, _ = await asyncio.wait({task}, timeout=deadline)
+    if not done:
+        task.cancel()
+        log.warning("readiness: %s gave no answer within %g s", name, deadline)
+        return f"no answer within {deadline:g} s"
+    if (exc := task.exception()) is not None:  # any failure means not ready; the log says what
+        log.warning("readiness: %s failed: %r", name, exc)
+        return "failing"
+    return "ok"
+
+
+def _consume_outcome(task: asyncio.Future[object]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class ClientProtocolErrors(logging.Filter):
@@ -343,4 +392,19 @@ class ClientProtocolErrors(logging.Filter):
             record.exc_info = None
             record.exc_text = None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+class PoolReconnects(logging.Filter):
+    """While PostgreSQL is down, asyncpg's pool logs each failed attempt to reconnect with a
+    traceback. The outage is already answered (503, /readyz): one warning line with the
+    reason is enough. Installed on the ``asyncpg.pool`` logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and record.levelno <= logging.WARNING:
+            record.msg = f"{record.getMessage()}: {exc!r}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
         return True

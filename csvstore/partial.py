@@ -57,6 +57,9 @@ class UploadLocked(ApiError):
     """Another request is writing to this upload right now."""
 
     status = 423
+    # A request holds an upload for one PATCH; a second is a fair first wait. An S3 lease
+    # left by a dead process says how long it has left instead.
+    retry_after = 1.0
 
 
 @dataclass(frozen=True, slots=True)

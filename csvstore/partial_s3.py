@@ -254,7 +254,7 @@ class S3PartialStore:
         record, etag = loaded
         now = time.time()
         if record.leased(now):
-            raise _locked(upload_id)
+            raise _locked(upload_id, retry_after=record.lease_until - now)
         token = uuid.uuid4().hex[:16]
         record = replace(record, owner=token, lease_until=now + self.lease_seconds)
         try:
@@ -517,8 +517,11 @@ class S3PartialStore:
         return True
 
 
-def _locked(upload_id: str) -> UploadLocked:
-    return UploadLocked(f"upload {upload_id} is being written by another request; retry shortly")
+def _locked(upload_id: str, *, retry_after: float | None = None) -> UploadLocked:
+    return UploadLocked(
+        f"upload {upload_id} is being written by another request; retry shortly",
+        retry_after=retry_after,
+    )
 
 
 class _S3Hold:

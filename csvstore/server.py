@@ -3,7 +3,8 @@
 Workers each bind the port with ``SO_REUSEPORT`` so the kernel spreads connections over
 them, and all write the one SQLite database (WAL; SQLite's own locking serialises their
 transactions). The supervisor runs migrations and the start-up check once, before any
-worker accepts an upload, forwards SIGINT/SIGTERM to the workers and waits for them.
+worker accepts an upload, starts a worker again when one dies (with back-off; it gives up
+when they keep dying), forwards SIGINT/SIGTERM to the workers and waits for them.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ import asyncio
 import contextlib
 import logging
 import logging.handlers
+import mmap
 import os
 import queue
 import resource
+import select
 import signal
+import struct
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -43,7 +48,13 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
-def run_worker(settings: Settings, *, startup_check: bool, reuse_port: bool) -> None:
+def run_worker(
+    settings: Settings,
+    *,
+    startup_check: bool,
+    reuse_port: bool,
+    restarts: Callable[[], int] | None = None,
+) -> None:
     loop = _loop_factory()()
     asyncio.set_event_loop(loop)
     loop.set_default_executor(
@@ -52,7 +63,11 @@ def run_worker(settings: Settings, *, startup_check: bool, reuse_port: bool) -> 
     try:
         with _logs_written_off_the_loop():
             loop.run_until_complete(
-                _serve(create_app(settings, startup_check=startup_check), settings, reuse_port)
+                _serve(
+                    create_app(settings, startup_check=startup_check, worker_restarts=restarts),
+                    settings,
+                    reuse_port,
+                )
             )
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
@@ -206,13 +221,139 @@ def serve(settings: Settings) -> None:
         run_worker(settings, startup_check=True, reuse_port=False)
         return
     asyncio.run(_prepare(settings))
-    children: list[int] = []
-    for _ in range(settings.workers):
+    sys.exit(Supervisor(settings).run())
+
+
+# A worker that dies is started again after a pause that doubles with each death in the
+# last RESTART_WINDOW seconds (0.1 s, 0.2 s, 0.4 s ...): a crash that repeats at once (a
+# database that refuses every connection, a bug on start-up) does not spin the CPU. More
+# than RESTART_LIMIT deaths in that window and the supervisor gives up: a process manager
+# that restarts the whole sees the failure, instead of a server that never settles.
+RESTART_FIRST_PAUSE = 0.1
+RESTART_MAX_PAUSE = 10.0
+RESTART_WINDOW = 60.0
+RESTART_LIMIT = 5
+
+
+class RestartCounter:
+    """Workers restarted since the supervisor started: one integer in memory shared with
+    every worker (mapped before the fork), so each worker's /metrics reports it."""
+
+    def __init__(self) -> None:
+        self._cell = mmap.mmap(-1, 8)
+
+    def add(self) -> None:
+        self._cell[:8] = struct.pack("q", self.value() + 1)
+
+    def value(self) -> int:
+        return int(struct.unpack("q", self._cell[:8])[0])
+
+
+class Supervisor:
+    """Forks the workers, restarts one that dies (with back-off), forwards SIGINT/SIGTERM."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.restarts = RestartCounter()
+        self.workers: set[int] = set()
+        self.deaths: list[float] = []  # monotonic times of the recent deaths
+        self.due: list[float] = []  # monotonic times at which a worker is to be started
+        self.stopping: int | None = None  # the signal that asked the workers to stop
+        self._wake = (-1, -1)  # the pipe that signals write a byte to, waking the loop
+
+    def run(self) -> int:
+        wake_read, wake_write = self._wake = os.pipe()
+        os.set_blocking(wake_read, False)
+        os.set_blocking(wake_write, False)
+        signal.set_wakeup_fd(wake_write)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._on_stop)
+        # Only for the wake-up byte: a default SIGCHLD is ignored without waking anyone.
+        signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
+        for _ in range(self.settings.workers):
+            self._start_worker()
+        log.info(
+            "started %d workers: %s", len(self.workers), ", ".join(map(str, sorted(self.workers)))
+        )
+        failed = False
+        while self.workers or (self.due and self.stopping is None):
+            timeout = max(0.0, min(self.due) - time.monotonic()) if self.due else None
+            with contextlib.suppress(InterruptedError):
+                select.select([wake_read], [], [], timeout)
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_read, 512)
+            failed = self._reap() or failed
+            now = time.monotonic()
+            while self.stopping is None and self.due and min(self.due) <= now:
+                self.due.remove(min(self.due))
+                self._start_worker(restart=True)
+        signal.set_wakeup_fd(-1)
+        os.close(wake_read)
+        os.close(wake_write)
+        return 1 if failed else 0
+
+    def _on_stop(self, signum: int, _frame: object) -> None:
+        self.stopping = signum
+        self.due.clear()
+        self._signal_all(signum)
+
+    def _signal_all(self, signum: int) -> None:
+        for pid in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def _reap(self) -> bool:
+        """Collect the workers that ended; True if the supervisor gave up on them."""
+        gave_up = False
+        while self.workers:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            self.workers.discard(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if self.stopping is not None:
+                if code != 0:
+                    log.warning("worker %d exited with status %d while stopping", pid, code)
+                    gave_up = True
+                continue
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            now = time.monotonic()
+            self.deaths = [t for t in self.deaths if now - t < RESTART_WINDOW] + [now]
+            if len(self.deaths) > RESTART_LIMIT:
+                log.error(
+                    "worker %d %s: %d workers died in the last %.0f s; giving up, stopping "
+                    "the others",
+                    pid, how, len(self.deaths), RESTART_WINDOW,
+                )  # fmt: skip
+                self.stopping = signal.SIGTERM
+                self.due.clear()
+                self._signal_all(signal.SIGTERM)
+                gave_up = True
+                continue
+            pause = min(RESTART_FIRST_PAUSE * 2 ** (len(self.deaths) - 1), RESTART_MAX_PAUSE)
+            log.error("worker %d %s; starting a new worker in %.1f s", pid, how, pause)
+            self.due.append(now + pause)
+        return gave_up
+
+    def _start_worker(self, *, restart: bool = False) -> None:
         pid = os.fork()
         if pid == 0:  # the worker
             code = 0
             try:
-                run_worker(settings, startup_check=False, reuse_port=True)
+                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+                    signal.signal(signum, signal.SIG_DFL)
+                signal.set_wakeup_fd(-1)
+                os.close(self._wake[0])
+                os.close(self._wake[1])
+                run_worker(
+                    self.settings,
+                    startup_check=False,
+                    reuse_port=True,
+                    restarts=self.restarts.value,
+                )
             except BaseException:
                 log.exception("worker failed")
                 code = 1
@@ -220,28 +361,7 @@ def serve(settings: Settings) -> None:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        children.append(pid)
-    log.info("started %d workers: %s", len(children), ", ".join(map(str, children)))
-    _supervise(children)
-
-
-def _supervise(children: list[int]) -> None:
-    def forward(signum: int, _frame: object) -> None:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    failed = False
-    remaining = set(children)
-    while remaining:
-        pid, status = os.wait()
-        remaining.discard(pid)
-        if os.waitstatus_to_exitcode(status) != 0 and remaining:
-            # One worker dying leaves a service that fails some requests: stop them all
-            # and let the process manager restart the whole.
-            log.error("worker %d exited with status %d; stopping the others", pid, status)
-            failed = True
-            forward(signal.SIGTERM, None)
-    sys.exit(1 if failed else 0)
+        self.workers.add(pid)
+        if restart:
+            self.restarts.add()
+            log.warning("started worker %d in place of the one that died", pid)

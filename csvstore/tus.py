@@ -95,6 +95,7 @@ class ChecksumMismatch(ApiError):
 
 class UploadLockedWhilePublishing(ApiError):
     status = 423
+    retry_after = 1.0
 
     def __init__(self, upload_id: str) -> None:
         super().__init__(

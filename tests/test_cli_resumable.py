@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +19,11 @@ from typing import Any
 import pytest
 import requests
 
+from csvstore.cli.http import Api
+from csvstore.cli.resumable import TusUpload
+from csvstore.cli.upload import Source, UploadOptions
+from csvstore.config import Settings
+from tests import s3util
 from tests.serverproc import ServerProcess
 from tests.tusproxy import DroppingProxy
 
@@ -59,7 +69,8 @@ def test_a_large_upload_resumes_through_dropped_connections(
     path = tmp_path / "big.csv"
     body = big_csv(path)
     with DroppingProxy(server.port, [SIZE * 3 // 10, SIZE * 7 // 10]) as proxy:
-        extra = ["--sha256"] if sha256 else []
+        # --resend: both runs send the same bytes into one session, and the transfer is tested
+        extra = ["--sha256", "--resend"] if sha256 else ["--resend"]
         result = run_cli(proxy.url, "upload", "c", str(path), *extra)
         assert proxy.cuts == 2
     assert result.returncode == 0, result.stderr.decode()
@@ -78,7 +89,7 @@ def test_without_resume_a_dropped_connection_fails_the_file(
     path = tmp_path / "big.csv"
     big_csv(path)
     with DroppingProxy(server.port, [SIZE // 2]) as proxy:
-        result = run_cli(proxy.url, "upload", "c", str(path), "--no-resume")
+        result = run_cli(proxy.url, "upload", "c", str(path), "--no-resume", "--resend")
     assert result.returncode == 3, result.stderr.decode()
     [item] = json.loads(result.stdout)["files"]
     assert item["status"] == "failed"
@@ -89,7 +100,142 @@ def test_dedupe_reports_a_resumed_duplicate(server: ServerProcess, tmp_path: Pat
     big_csv(path)
     requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "d"}, timeout=30)
     first = json.loads(run_cli(server.url, "upload", "d", str(path), "--dedupe").stdout)
-    again = json.loads(run_cli(server.url, "upload", "d", str(path), "--dedupe").stdout)
+    again = json.loads(run_cli(server.url, "upload", "d", str(path), "--dedupe", "--resend").stdout)
     assert first["files"][0]["status"] == "stored"
     assert again["files"][0]["status"] == "duplicate"
     assert again["files"][0]["file"]["id"] == first["files"][0]["file"]["id"]
+
+
+def _tus_create(server: ServerProcess, size: int) -> str:
+    metadata = f"session_id {b64('c')},filename {b64('held.csv')}"
+    created = requests.post(
+        f"{server.url}/api/csv/tus/",
+        headers={**TUS, "Upload-Length": str(size), "Upload-Metadata": metadata},
+        timeout=30,
+    )
+    assert created.status_code == 201, created.text
+    return str(created.headers["Location"])
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+TUS = {"Tus-Resumable": "1.0.0"}
+# In-process, under 1 MiB: aiohttp warns about larger bytes bodies, and warnings are errors.
+SMALL_PATCH = 512 * 1024
+
+
+def _send_with(strategy: TusUpload, server: ServerProcess, location: str, path: Path) -> str:
+    """The client's PATCH loop on an upload created beforehand; the stored file's path."""
+    source = Source(path, path.stat().st_size)
+
+    async def go() -> str:
+        async with Api(server.url, None) as api:
+            with path.open("rb") as handle:
+                return await strategy._send(
+                    api, api.url(location), handle, source, UploadOptions(), lambda _: None
+                )
+
+    return asyncio.run(go())
+
+
+def test_a_409_saying_complete_on_the_last_attempt_is_the_stored_file(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """The upload was completed meanwhile (an earlier PATCH whose answer was lost): the 409
+    carries the stored file's Content-Location, and that is success, even when it comes on
+    the last attempt (here the only one)."""
+    path = tmp_path / "done.csv"
+    body = big_csv(path)
+    location = _tus_create(server, len(body))
+    whole = requests.patch(
+        f"{server.url}{location}",
+        data=body,
+        headers={**TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+        timeout=60,
+    )
+    assert whole.status_code == 204, whole.text
+    stored_at = _send_with(TusUpload(attempts=0, patch_size=SMALL_PATCH), server, location, path)
+    assert stored_at == whole.headers["Content-Location"]
+
+
+def test_an_upload_held_by_another_request_is_waited_for_beyond_the_attempts(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """423 answers (another request holds the upload; on S3, a dead process's lease for up
+    to 30 s) are waited out for their Retry-After, not counted among the attempts: with
+    one attempt, the client still gets through once the holder finishes 4 s later."""
+    path = tmp_path / "held.csv"
+    body = big_csv(path)
+    location = _tus_create(server, len(body))
+    holder = socket.create_connection(("127.0.0.1", server.port))
+    holder.sendall(
+        (
+            f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+            "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        + body[: len(body) // 2]
+    )
+    try:
+        time.sleep(0.3)
+        finisher = threading.Timer(4.0, lambda: holder.sendall(body[len(body) // 2 :]))
+        finisher.start()
+        started = time.monotonic()
+        stored_at = _send_with(
+            TusUpload(attempts=1, pause=0.2, patch_size=SMALL_PATCH), server, location, path
+        )
+        assert time.monotonic() - started > 3.5
+        finisher.join()
+    finally:
+        holder.close()
+    content = requests.get(f"{server.url}{stored_at}/content", timeout=60)
+    assert content.content == body
+
+
+def _hold_with_a_half_sent_patch(
+    server: ServerProcess, location: str, body: bytes
+) -> socket.socket:
+    holder = socket.create_connection(("127.0.0.1", server.port))
+    holder.sendall(
+        (
+            f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+            "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        + body[: len(body) // 2]
+    )
+    return holder
+
+
+def test_after_a_crash_the_client_waits_out_the_dead_lease(
+    s3_settings: Settings, tmp_path: Path
+) -> None:
+    """S3: a process SIGKILLed mid-PATCH leaves its lease, and the upload answers 423 until
+    it lapses (here 45 s, longer than the 36 s that the 8 attempts' pauses add up to). The
+    client waits for each 423's Retry-After and finishes the upload, with the client's
+    default attempts and pauses."""
+    server = ServerProcess(s3_settings.data_dir, "--tus-lease", "45")
+    server.start()
+    try:
+        requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "c"}, timeout=30)
+        path = tmp_path / "leased.csv"
+        body = big_csv(path)
+        location = _tus_create(server, len(body))
+        holder = _hold_with_a_half_sent_patch(server, location, body)
+        record = f"tus/{location.rsplit('/', 1)[1]}.json"
+        deadline = time.monotonic() + 30
+        while not json.loads(s3util.read_object(s3_settings, record) or b"{}").get("owner"):
+            assert time.monotonic() < deadline, "the half-sent PATCH never took the lease"
+            time.sleep(0.05)
+        server.kill()
+        holder.close()
+        server.start()
+        started = time.monotonic()
+        stored_at = _send_with(TusUpload(patch_size=SMALL_PATCH), server, location, path)
+        assert time.monotonic() - started > 30  # the lease was there, and waited out
+        content = requests.get(f"{server.url}{stored_at}/content", timeout=60)
+        assert content.content == body
+    finally:
+        assert server.stop() == 0, server.log()

@@ -191,12 +191,51 @@ def test_upload_summary_sha256_and_dedupe(server: ServerProcess, tmp_path: Path)
     assert "1 of 1 uploaded" in summary
     assert " 50 " in summary  # the rows column
 
-    again = json_of(run_cli(server.url, "upload", "cli-dedupe", path, "--dedupe", "--json"))
+    again = json_of(
+        run_cli(server.url, "upload", "cli-dedupe", path, "--dedupe", "--resend", "--json")
+    )
     assert again["files"][0]["status"] == "duplicate"
     files = session_of(server, "cli-dedupe")["csv_files"]
     assert len(files) == 1
     assert again["files"][0]["file"]["duplicate_of"] == files[0]["id"]
     assert files[0]["sha256"] == hashlib.sha256(written["one.csv"]).hexdigest()
+
+
+def test_upload_again_skips_what_the_session_holds(server: ServerProcess, tmp_path: Path) -> None:
+    """Running the same upload twice sends only what the session lacks (by SHA-256, whatever
+    the name), and the summary says what was skipped; --resend sends everything."""
+    folder = tmp_path / "csvs"
+    written = write_csvs(folder, {"a.csv": 10, "b.csv": 20})
+    create_session(server, "cli-rerun")
+    assert run_cli(server.url, "upload", "cli-rerun", str(folder)).returncode == 0
+    first_ids = {f["id"] for f in session_of(server, "cli-rerun")["csv_files"]}
+
+    (folder / "c.csv").write_bytes(csv_bytes(30))
+    (folder / "renamed-a.csv").write_bytes(written["a.csv"])  # same bytes, another name
+    again = run_cli(server.url, "upload", "cli-rerun", str(folder), "--json")
+    assert again.returncode == 0, stderr_of(again)
+    document = json_of(again)
+    by_name = {Path(f["path"]).name: f for f in document["files"]}
+    assert {name: f["status"] for name, f in by_name.items()} == {
+        "a.csv": "skipped",
+        "b.csv": "skipped",
+        "c.csv": "stored",
+        "renamed-a.csv": "skipped",
+    }
+    assert by_name["a.csv"]["file"]["id"] in first_ids
+    assert (document["uploaded"], document["skipped"], document["failed"]) == (1, 3, 0)
+    files = session_of(server, "cli-rerun")["csv_files"]
+    assert sorted(f["original_filename"] for f in files) == ["a.csv", "b.csv", "c.csv"]
+
+    human = run_cli(server.url, "upload", "cli-rerun", str(folder)).stdout.decode()
+    assert "0 of 4 uploaded, 4 skipped (already in the session)" in human
+    assert "skipped: already in the session as" in human
+
+    resent = json_of(
+        run_cli(server.url, "upload", "cli-rerun", str(folder / "c.csv"), "--resend", "--json")
+    )
+    assert resent["files"][0]["status"] == "stored"
+    assert len(session_of(server, "cli-rerun")["csv_files"]) == 4
 
 
 def test_upload_refusals_are_reported_per_file(server: ServerProcess, tmp_path: Path) -> None:
@@ -287,6 +326,33 @@ def test_files_get_resumes_a_partial_download(server: ServerProcess, tmp_path: P
     assert json_of(replaced)["resumed_from"] == 0
 
 
+def test_files_get_without_o_never_replaces_another_file(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Without -o the file goes under its original name in the current folder: a different
+    file already there is left alone (exit 2) unless --force; the same file is complete."""
+    create_session(server, "cli-clobber")
+    data = csv_bytes(500)
+    file = upload_one(server, "cli-clobber", "notes.csv", data)
+    mine = tmp_path / "notes.csv"
+    mine.write_bytes(b"my own notes,not the server's\n")
+
+    refused = run_cli(server.url, "files", "get", file["id"], cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "already exists and is not this file" in stderr_of(refused)
+    assert mine.read_bytes() == b"my own notes,not the server's\n"
+    # a folder given with -o: the name in it is csvstore's choice too
+    assert run_cli(server.url, "files", "get", file["id"], "-o", str(tmp_path)).returncode == 2
+    assert mine.read_bytes() == b"my own notes,not the server's\n"
+
+    forced = run_cli(server.url, "files", "get", file["id"], "--force", cwd=tmp_path)
+    assert forced.returncode == 0, stderr_of(forced)
+    assert mine.read_bytes() == data
+    again = run_cli(server.url, "files", "get", file["id"], "--json", cwd=tmp_path)
+    assert again.returncode == 0, stderr_of(again)
+    assert json_of(again)["bytes_received"] == 0
+
+
 def test_files_get_refuses_bytes_that_do_not_match(server: ServerProcess, tmp_path: Path) -> None:
     create_session(server, "cli-corrupt")
     data = csv_bytes(100)
@@ -362,6 +428,29 @@ def test_api_key_from_flag_and_env(guarded_server: ServerProcess) -> None:
     listed = run_cli(url, "sessions", "list", "--json", env={"CSVSTORE_API_KEY": API_KEY})
     assert listed.returncode == 0
     assert "cli-keyed" in [s["session_id"] for s in json_of(listed)]
+
+
+def test_api_key_from_a_file(guarded_server: ServerProcess, tmp_path: Path) -> None:
+    """--api-key-file: the key stays out of the command line (and so out of ps)."""
+    url = guarded_server.url
+    key_file = tmp_path / "key"
+    key_file.write_text(API_KEY + "\n")
+    listed = run_cli(url, "sessions", "list", "--json", "--api-key-file", str(key_file))
+    assert listed.returncode == 0, stderr_of(listed)
+    # the file wins over the variable
+    env = {"CSVSTORE_API_KEY": "wrong-key-0123456789"}
+    assert (
+        run_cli(url, "sessions", "list", "--api-key-file", str(key_file), env=env).returncode == 0
+    )
+
+    missing = run_cli(url, "sessions", "list", "--api-key-file", str(tmp_path / "nope"))
+    assert missing.returncode == 2
+    assert "cannot read the API key file" in stderr_of(missing)
+    (tmp_path / "empty").write_text("\n")
+    empty = run_cli(url, "sessions", "list", "--api-key-file", str(tmp_path / "empty"))
+    assert empty.returncode == 2
+    both = run_cli(url, "sessions", "list", "--api-key", API_KEY, "--api-key-file", str(key_file))
+    assert both.returncode == 2
 
 
 def test_server_errors_exit_3(guarded_server: ServerProcess, tmp_path: Path) -> None:

@@ -64,6 +64,9 @@ async def test_storage_error_while_writing_leaves_nothing(
     assert "simulated" not in body["detail"]  # internals never reach the client
     if status == 507:
         assert "disk is full" in body["detail"]
+        assert resp.headers["Retry-After"] == "60"
+    else:
+        assert "Retry-After" not in resp.headers  # a server fault: no promise it passes
     assert stored_state(settings) == (set(), set(), [])
 
 
@@ -286,10 +289,10 @@ async def test_min_free_space_refuses_uploads_early(
     free = shutil.disk_usage(settings.data_dir.parent).free
     client = await make_client(replace(settings, min_free_space=free + 1024**4))
     await client.post("/api/csv/sessions", json={"session_id": "s1"})
-    body = await assert_problem(
-        await client.post("/api/csv/upload", data=upload_form(csv_bytes())), 507
-    )
+    refused = await client.post("/api/csv/upload", data=upload_form(csv_bytes()))
+    body = await assert_problem(refused, 507)
     assert "free disk space" in body["detail"]
+    assert refused.headers["Retry-After"] == "60"
     assert (await client.get("/api/csv/sessions/s1")).status == 200
     assert stored_state(settings) == (set(), set(), [])
 

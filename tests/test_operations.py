@@ -31,8 +31,11 @@ async def test_readyz_fails_below_the_free_space_minimum(
     make_client: MakeClient, settings: Settings
 ) -> None:
     client = await make_client(replace(settings, min_free_space=1 << 60))
-    body = await assert_problem(await client.get("/readyz"), 503)
+    reply = await client.get("/readyz")
+    body = await assert_problem(reply, 503)
     assert "free_space below minimum" in body["detail"]
+    assert body["checks"] == {"database": "ok", "storage": "ok", "free_space": "below minimum"}
+    assert reply.headers["Retry-After"] == "5"
     assert (await client.get("/healthz")).status == 200  # alive all the same
 
 

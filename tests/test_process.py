@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -315,3 +317,112 @@ def test_invalid_http_is_a_400_and_one_log_line(tmp_path: Path) -> None:
     assert len(refused) == 1, log
     assert "WARNING csvstore: malformed request from 127.0.0.1 refused: 400" in refused[0]
     assert "Transfer-Encoding" in refused[0]
+
+
+def _workers_of(pid: int) -> set[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return {int(child) for child in children}
+
+
+def _wait_for_workers(server: ServerProcess, count: int, timeout: float = 20) -> set[int]:
+    assert server.proc is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = _workers_of(server.proc.pid)
+        listening = server.log().count("listening on")
+        if len(workers) == count and listening >= count:
+            return workers
+        assert time.monotonic() < deadline, f"{len(workers)} workers:\n{server.log()}"
+        assert server.proc.poll() is None, f"the supervisor exited:\n{server.log()}"
+        time.sleep(0.05)
+
+
+def test_a_worker_killed_under_load_is_restarted_and_nothing_acknowledged_is_lost(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL one of two workers while uploads stream in: the supervisor starts a new one
+    (logged, counted in /metrics), the server goes on answering, and every upload answered
+    201 is listed with its bytes' SHA-256; nothing else is left behind."""
+    server = ServerProcess(tmp_path / "data", "--workers", "2")
+    server.start()
+    try:
+        first = _wait_for_workers(server, 2)
+        assert requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "s"}).ok
+        acknowledged: dict[str, str] = {}
+        stop_at = time.monotonic() + 6
+
+        def upload_until_stopped(thread: int) -> int:
+            failures = 0
+            i = 0
+            while time.monotonic() < stop_at:
+                name = f"t{thread}-{i}.csv"
+                body = b"a,b\n" + b"".join(b"%d,%d\n" % (i, n) for n in range(4000))
+                i += 1
+                try:
+                    reply = requests.post(
+                        f"{server.url}/api/csv/upload",
+                        files={"file": (name, body)},
+                        data={"session_id": "s"},
+                        timeout=30,
+                    )
+                except requests.ConnectionError:
+                    failures += 1  # the connection was on the killed worker
+                    continue
+                if reply.status_code == 201:
+                    acknowledged[name] = hashlib.sha256(body).hexdigest()
+                else:
+                    failures += 1
+            return failures
+
+        with ThreadPoolExecutor(6) as pool:
+            running = [pool.submit(upload_until_stopped, t) for t in range(6)]
+            time.sleep(1.5)
+            victim = min(first)
+            os.kill(victim, signal.SIGKILL)
+            failures = sum(f.result() for f in running)
+        after = _wait_for_workers(server, 2)
+        assert victim not in after
+        assert len(after - first) == 1
+        assert f"worker {victim} was killed by signal 9; starting a new worker in" in server.log()
+        # Every worker reports the supervisor's one count.
+        for _ in range(4):
+            metrics = requests.get(f"{server.url}/metrics").text
+            assert "csvstore_worker_restarts_total 1.0" in metrics
+        listed = requests.get(f"{server.url}/api/csv/sessions/s").json()["csv_files"]
+        stored = {f["original_filename"]: f["sha256"] for f in listed}
+        assert len(acknowledged) > 50
+        assert {name: stored.get(name) for name in acknowledged} == acknowledged
+        assert failures < len(acknowledged)
+    finally:
+        assert server.stop() == 0, server.log()
+    # What the killed worker had in flight (a temp file) goes at the next start-up check.
+    single = ServerProcess(tmp_path / "data")
+    single.start()
+    assert single.stop() == 0
+    assert_consistent(Settings(data_dir=tmp_path / "data"))
+
+
+def test_workers_that_keep_dying_stop_the_server_with_exit_1(tmp_path: Path) -> None:
+    """Each restart waits longer than the last; the sixth death within a minute makes the
+    supervisor give up: it stops the other worker and exits 1, saying why."""
+    from csvstore.server import RESTART_LIMIT
+
+    server = ServerProcess(tmp_path / "data", "--workers", "2")
+    server.start()
+    assert server.proc is not None
+    started = time.monotonic()
+    killed: set[int] = set()
+    while server.proc.poll() is None and time.monotonic() - started < 30:
+        workers = _workers_of(server.proc.pid) - killed
+        if len(workers) == 2 and len(killed) <= RESTART_LIMIT:
+            victim = max(workers)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+            killed.add(victim)
+        time.sleep(0.02)
+    assert server.proc.wait(timeout=30) == 1
+    log = server.log()
+    assert log.count("starting a new worker in") == RESTART_LIMIT
+    for pause in ("0.1 s", "0.2 s", "0.4 s", "0.8 s", "1.6 s"):
+        assert f"starting a new worker in {pause}" in log
+    assert f"{RESTART_LIMIT + 1} workers died in the last 60 s; giving up" in log

@@ -403,7 +403,9 @@ def test_concurrent_patches_one_wins_the_other_is_refused(
         second = patch(server.url, location, 0, body)
         assert second.status_code in (409, 423), second.text
         assert_problem(second, second.status_code)
-        assert_problem(requests.delete(f"{server.url}{location}", headers=V, timeout=30), 423)
+        held = requests.delete(f"{server.url}{location}", headers=V, timeout=30)
+        assert_problem(held, 423)
+        assert held.headers["Retry-After"] == "1"
         first.sendall(body[len(body) // 2 :])
         answer = first.recv(65536).decode()
     finally:

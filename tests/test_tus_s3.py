@@ -272,7 +272,9 @@ def test_concurrent_patches_across_instances_one_wins(
             lambda: json.loads(s3util.read_object(s3_settings, record) or b"{}")["owner"],
             "A holds the upload's lease",
         )
-        assert_problem(patch(b.url, location, 0, body[:1000]), 423)
+        held = patch(b.url, location, 0, body[:1000])
+        assert_problem(held, 423)
+        assert 1 <= int(held.headers["Retry-After"]) <= 30  # the lease's time left
         assert_problem(patch(a.url, location, 0, body[:1000]), 423)  # the same instance too
         assert_problem(requests.delete(f"{b.url}{location}", headers=V, timeout=30), 423)
         first.sendall(body[len(body) // 2 :])
@@ -337,6 +339,8 @@ def test_a_killed_instance_leaves_a_resumable_upload(s3_settings: Settings) -> N
             return answers[-1].status_code != 423  # the dead process's lease, until it lapses
 
         wait_for(resumed, "the upload could be resumed")
+        # Each 423 said how long the dead process's lease had left (2 s at most).
+        assert all(1 <= int(a.headers["Retry-After"]) <= 2 for a in answers if a.status_code == 423)
         assert answers[-1].status_code == 204, answers[-1].text
         assert content(server.url, file_id_of(answers[-1])) == body
         assert "bytes re-read and analysed" in server.log()

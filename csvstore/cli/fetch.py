@@ -175,14 +175,44 @@ async def _to_stdout(api: Api, file: dict[str, Any], out: Output) -> Fetched:
     return Fetched("-", received, 0, digest.hexdigest(), verified=expected is not None)
 
 
-async def get_file(api: Api, file_id: str, target: str | None, out: Output) -> dict[str, Any]:
+def _is_this_file(file_path: Path, file: dict[str, Any]) -> bool:
+    size = int(file["file_size"])
+    expected = file.get("sha256")
+    if not file_path.is_file() or file_path.stat().st_size != size or expected is None:
+        return False
+    return bool(_hash_prefix(file_path, size).hexdigest() == expected)
+
+
+async def _refuse_to_clobber(dest: Path, file: dict[str, Any]) -> None:
+    """A name csvstore chose (the original file name) that is taken by another file: refused,
+    as nobody asked for that file to be replaced. (A PATH given with -o is taken for an
+    interrupted download of this file and resumed.)"""
+    if not await asyncio.to_thread(dest.exists):
+        return
+    if await asyncio.to_thread(_is_this_file, dest, file):
+        return  # already downloaded: reported as complete, left as it is
+    raise CliFailure(
+        ExitCode.USAGE,
+        f"{dest} already exists and is not this file: nothing was written. Use -o PATH for "
+        f"another name, -o {dest} to resume an interrupted download into it, or --force to "
+        "replace it",
+    )
+
+
+async def get_file(
+    api: Api, file_id: str, target: str | None, out: Output, *, force: bool = False
+) -> dict[str, Any]:
     """Download a file; the ``--json`` document describing what happened."""
     file = await api.call("GET", path("files", file_id))
     try:
         if target == "-":
             fetched = await _to_stdout(api, file, out)
         else:
-            fetched = await _transfer(api, file, destination(target, file), out, resume=True)
+            dest = destination(target, file)
+            named = target is not None and dest == Path(target)
+            if not named and not force:
+                await _refuse_to_clobber(dest, file)
+            fetched = await _transfer(api, file, dest, out, resume=True)
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
         raise CliFailure(ExitCode.USAGE, f"cannot write{where}: {exc.strerror or exc}") from None

@@ -45,12 +45,20 @@ class CliFailure(Exception):
         *,
         status: int | None = None,
         title: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.exit_code = exit_code
         self.detail = detail
         self.status = status
         self.title = title
+        self.headers: Mapping[str, str] = headers or {}
+
+    @property
+    def retry_after(self) -> float | None:
+        """The server's ``Retry-After`` in seconds (the delta form; a date is ignored)."""
+        value = self.headers.get("Retry-After", "")
+        return float(value) if value.isdigit() else None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -66,7 +74,9 @@ def path(*segments: str) -> str:
     return API + "".join("/" + quote(segment, safe="") for segment in segments)
 
 
-def _failure_from_body(status: int, reason: str | None, body: bytes) -> CliFailure:
+def _failure_from_body(
+    status: int, reason: str | None, body: bytes, headers: Mapping[str, str]
+) -> CliFailure:
     exit_code = ExitCode.REFUSED if 400 <= status < 500 else ExitCode.UNAVAILABLE
     title = reason
     detail = ""
@@ -83,6 +93,7 @@ def _failure_from_body(status: int, reason: str | None, body: bytes) -> CliFailu
         f"{status} {title}: {detail}" if detail else f"{status} {title}",
         status=status,
         title=title,
+        headers=dict(headers),
     )
 
 
@@ -128,7 +139,7 @@ class Api:
             async with self._session.request(method, url, **kwargs) as response:
                 if response.status >= 400:
                     raise _failure_from_body(
-                        response.status, response.reason, await response.read()
+                        response.status, response.reason, await response.read(), response.headers
                     )
                 yield response
         except aiohttp.ClientConnectorError as exc:

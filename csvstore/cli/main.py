@@ -8,6 +8,7 @@ import math
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from csvstore.cli.fetch import get_file
@@ -17,6 +18,7 @@ from csvstore.cli.resumable import RESUMABLE_FROM, ResumableWhenLarge
 from csvstore.cli.upload import (
     MultipartUpload,
     UploadOptions,
+    already_held,
     collect_sources,
     summary_table,
     upload_all,
@@ -53,10 +55,18 @@ def _common_options(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=environ.get("CSVSTORE_URL") or DEFAULT_URL,
         help=f"the server (env CSVSTORE_URL; default {DEFAULT_URL})",
     )
-    group.add_argument(
+    keys = group.add_mutually_exclusive_group()
+    keys.add_argument(
         "--api-key",
         default=environ.get("CSVSTORE_API_KEY") or None,
-        help="sent as 'Authorization: Bearer KEY' (env CSVSTORE_API_KEY)",
+        help="sent as 'Authorization: Bearer KEY'; a flag shows in ps, so prefer the "
+        "environment variable CSVSTORE_API_KEY or --api-key-file",
+    )
+    keys.add_argument(
+        "--api-key-file",
+        type=Path,
+        metavar="FILE",
+        help="read the API key from the first line of FILE",
     )
     group.add_argument(
         "--json",
@@ -155,7 +165,14 @@ def build_client_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     upload.add_argument(
         "--dedupe",
         action="store_true",
-        help="a file whose bytes the session already has is not stored again",
+        help="ask the server not to store a file whose bytes the session already has (it "
+        "answers with the stored file; covers files another client sends meanwhile)",
+    )
+    upload.add_argument(
+        "--resend",
+        action="store_true",
+        help="send every file; by default files whose SHA-256 the session already holds "
+        "are skipped (said so in the summary)",
     )
     upload.add_argument(
         "--no-resume",
@@ -184,6 +201,12 @@ def build_client_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         metavar="PATH",
         help="where to write it: a file, a folder, or - for stdout "
         "(default: the original name in the current folder)",
+    )
+    get.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a different file that has the original name (by default that is "
+        "refused; a PATH given with -o is resumed into, as ever)",
     )
     rm = leaf(files_commands, "rm", "delete a stored file")
     rm.add_argument("file_id", metavar="FILE_ID")
@@ -244,7 +267,10 @@ async def _upload(api: Api, args: argparse.Namespace, out: Output) -> ExitCode:
     sources = collect_sources(args.paths)
     # One request first: an unknown session, a wrong key or a server that is down is one
     # clear message instead of one per file.
-    await api.call("GET", path("sessions", args.session_id))
+    session = await api.call("GET", path("sessions", args.session_id))
+    # Files the session holds already (same SHA-256) are not sent again: running the same
+    # upload twice, or again after a partial failure, sends only what is missing.
+    held = {} if args.resend else await already_held(sources, session["csv_files"], args.parallel)
     outcomes = await upload_all(
         api,
         args.session_id,
@@ -253,6 +279,7 @@ async def _upload(api: Api, args: argparse.Namespace, out: Output) -> ExitCode:
         parallel=args.parallel,
         out=out,
         strategy=ResumableWhenLarge() if args.resume else MultipartUpload(),
+        held=held,
     )
     for outcome in outcomes:  # after the bars are gone, so they don't garble the messages
         if outcome.failure is not None:
@@ -261,7 +288,8 @@ async def _upload(api: Api, args: argparse.Namespace, out: Output) -> ExitCode:
         out.document(
             {
                 "session_id": args.session_id,
-                "uploaded": sum(o.failure is None for o in outcomes),
+                "uploaded": sum(o.failure is None and not o.skipped for o in outcomes),
+                "skipped": sum(o.skipped for o in outcomes),
                 "failed": sum(o.failure is not None for o in outcomes),
                 "files": [o.as_json() for o in outcomes],
             }
@@ -284,7 +312,7 @@ async def _files_show(api: Api, args: argparse.Namespace, out: Output) -> ExitCo
 async def _files_get(api: Api, args: argparse.Namespace, out: Output) -> ExitCode:
     if args.output == "-" and args.json:
         raise CliFailure(ExitCode.USAGE, "--json and -o - both want stdout; choose one")
-    document = await get_file(api, args.file_id, args.output, out)
+    document = await get_file(api, args.file_id, args.output, out, force=args.force)
     if out.json_mode:
         out.document(document)
     return ExitCode.OK
@@ -310,9 +338,25 @@ COMMAND_TABLE: dict[tuple[str, str | None], Command] = {
 }
 
 
+def _api_key(args: argparse.Namespace) -> str | None:
+    if args.api_key_file is None:
+        return str(args.api_key) if args.api_key else None
+    try:
+        lines = args.api_key_file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not text"
+        raise CliFailure(
+            ExitCode.USAGE, f"cannot read the API key file {args.api_key_file}: {reason}"
+        ) from None
+    key = lines[0].strip() if lines else ""
+    if not key:
+        raise CliFailure(ExitCode.USAGE, f"the API key file {args.api_key_file} is empty")
+    return key
+
+
 async def _run(command: Command, args: argparse.Namespace, out: Output) -> ExitCode:
     connections = args.parallel if args.command == "upload" else 2
-    async with Api(args.url, args.api_key, connections=connections) as api:
+    async with Api(args.url, _api_key(args), connections=connections) as api:
         return await command(api, args, out)
 
 

@@ -36,8 +36,13 @@ RESUMABLE_FROM = 8 * 1024 * 1024
 # One PATCH per 8 MiB: memory per file in flight stays at one PATCH, and the server's answer
 # to each moves the progress bar.
 PATCH_SIZE = 8 * 1024 * 1024
-# Failures in a row (no progress in between) before giving up, pausing 1, 2, 3 ... seconds.
+# Failures in a row (no progress in between) before giving up, pausing 1, 2, 3 ... seconds
+# (or the server's Retry-After, when longer).
 ATTEMPTS = 8
+# A 423 is another request holding the upload: on S3, possibly a dead process's lease,
+# which blocks it for up to --tus-lease seconds (30 by default; Retry-After says how long
+# is left). 423s are waited out for this long in all, apart from the attempts above.
+LOCKED_PATIENCE = 120.0
 _RETRY_STATUSES = frozenset({409, 423, 460})
 
 
@@ -55,11 +60,17 @@ class TusUpload:
     """One tus upload per file; see the module docstring."""
 
     def __init__(
-        self, *, patch_size: int = PATCH_SIZE, attempts: int = ATTEMPTS, pause: float = 1.0
+        self,
+        *,
+        patch_size: int = PATCH_SIZE,
+        attempts: int = ATTEMPTS,
+        pause: float = 1.0,
+        locked_patience: float = LOCKED_PATIENCE,
     ) -> None:
         self.patch_size = patch_size
         self.attempts = attempts
         self.pause = pause
+        self.locked_patience = locked_patience
 
     async def upload(
         self,
@@ -106,6 +117,7 @@ class TusUpload:
     ) -> str:
         """PATCH until the server has every byte; the stored file's path."""
         offset = reported = failures = 0
+        locked_for = 0.0  # seconds waited on 423s
         while True:
             size = min(self.patch_size, source.size - offset)
             chunk = await asyncio.to_thread(_read_at, handle, offset, size)
@@ -119,17 +131,28 @@ class TusUpload:
                     done = response.headers.get("Content-Location")
                 failures = 0
             except CliFailure as failure:
+                stored_at = failure.headers.get("Content-Location")
+                if failure.status == 409 and stored_at:
+                    # "complete": an earlier PATCH whose answer was lost (or the server's
+                    # recovery after a crash) stored the file; the 409 says where.
+                    advance(source.size - reported)
+                    return stored_at
                 if not _retryable(failure):
                     raise
-                failures += 1
-                if failures > self.attempts:
-                    raise CliFailure(
-                        failure.exit_code,
-                        f"gave up after {self.attempts} attempts to resume: {failure.detail}",
-                        status=failure.status,
-                        title=failure.title,
-                    ) from None
-                await asyncio.sleep(self.pause * failures)
+                if failure.status == 423 and locked_for < self.locked_patience:
+                    wait = failure.retry_after or self.pause
+                    locked_for += wait
+                else:
+                    failures += 1
+                    if failures > self.attempts:
+                        raise CliFailure(
+                            failure.exit_code,
+                            f"gave up after {self.attempts} attempts to resume: {failure.detail}",
+                            status=failure.status,
+                            title=failure.title,
+                        ) from None
+                    wait = max(self.pause * failures, failure.retry_after or 0.0)
+                await asyncio.sleep(wait)
                 offset, done = await self._where(api, url, offset)
             if offset > reported:
                 advance(offset - reported)

@@ -171,11 +171,14 @@ class Outcome:
     source: Source
     stored: Stored | None = None
     failure: CliFailure | None = None
+    skipped: bool = False  # the session held these bytes already: not sent
 
     @property
     def status(self) -> str:
         if self.failure is not None:
             return "refused" if self.failure.exit_code == ExitCode.REFUSED else "failed"
+        if self.skipped:
+            return "skipped"
         assert self.stored is not None
         return "duplicate" if self.stored.duplicate else "stored"
 
@@ -187,6 +190,41 @@ class Outcome:
             "file": self.stored.file if self.stored else None,
             "error": self.failure.as_json() if self.failure else None,
         }
+
+
+def _sha256_of(file_path: Path) -> str:
+    digest = hashlib.sha256()
+    with file_path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def already_held(
+    sources: Sequence[Source], session_files: Sequence[dict[str, Any]], parallel: int
+) -> dict[Path, dict[str, Any]]:
+    """The sources whose SHA-256 a file of the session already has, with that file. A file
+    that cannot be read is left for the upload to report."""
+    by_digest = {str(f["sha256"]): f for f in session_files if f.get("sha256")}
+    if not by_digest:
+        return {}
+    sizes = {int(f["file_size"]) for f in by_digest.values()}
+    limit = asyncio.Semaphore(parallel)
+    held: dict[Path, dict[str, Any]] = {}
+
+    async def check(source: Source) -> None:
+        if source.size not in sizes:  # no need to read it: no file of that size is held
+            return
+        async with limit:
+            try:
+                digest = await asyncio.to_thread(_sha256_of, source.path)
+            except OSError:
+                return
+        if digest in by_digest:
+            held[source.path] = by_digest[digest]
+
+    await asyncio.gather(*(check(source) for source in sources))
+    return held
 
 
 def collect_sources(arguments: Sequence[str]) -> list[Source]:
@@ -232,13 +270,23 @@ async def upload_all(
     parallel: int,
     out: Output,
     strategy: UploadStrategy | None = None,
+    held: dict[Path, dict[str, Any]] | None = None,
 ) -> list[Outcome]:
-    """Upload every source, ``parallel`` at a time; one outcome per source, in order."""
+    """Upload every source, ``parallel`` at a time; one outcome per source, in order. The
+    sources in ``held`` (the session has their bytes already) are skipped."""
     strategy = strategy or MultipartUpload()
-    outcomes = [Outcome(source) for source in sources]
+    held = held or {}
+    outcomes = [
+        Outcome(source, Stored(held[source.path], duplicate=True), skipped=True)
+        if source.path in held
+        else Outcome(source)
+        for source in sources
+    ]
     queue: asyncio.Queue[Outcome] = asyncio.Queue()
     for outcome in outcomes:
-        queue.put_nowait(outcome)
+        if not outcome.skipped:
+            queue.put_nowait(outcome)
+    sources = [outcome.source for outcome in outcomes if not outcome.skipped]
 
     with out.progress() as progress:
         bars = _Bars(
@@ -289,6 +337,9 @@ def summary_table(outcomes: Sequence[Outcome]) -> Table:
         rows = outcome.stored.file.get("row_count") if outcome.stored else None
         if outcome.failure is not None:
             status = Text(f"{outcome.status}: {outcome.failure.detail}", style="red")
+        elif outcome.skipped:
+            assert outcome.stored is not None
+            status = Text(f"skipped: already in the session as {outcome.stored.file['id']}")
         elif outcome.stored is not None and outcome.stored.duplicate:
             duplicate_of = outcome.stored.file.get("duplicate_of") or outcome.stored.file["id"]
             status = Text(f"duplicate of {duplicate_of}", style="yellow")
@@ -301,12 +352,16 @@ def summary_table(outcomes: Sequence[Outcome]) -> Table:
             "-" if rows is None else str(rows),
             status,
         )
-    ok = sum(o.failure is None for o in outcomes)
+    sent = [o for o in outcomes if o.failure is None and not o.skipped]
+    skipped = sum(o.skipped for o in outcomes)
     table.add_section()
     table.add_row(
-        Text(f"{ok} of {len(outcomes)} uploaded"),
-        size_text(sum(o.source.size for o in outcomes if o.failure is None)),
-        str(sum(int(o.stored.file.get("row_count") or 0) for o in outcomes if o.stored)),
+        Text(
+            f"{len(sent)} of {len(outcomes)} uploaded"
+            + (f", {skipped} skipped (already in the session)" if skipped else "")
+        ),
+        size_text(sum(o.source.size for o in sent)),
+        str(sum(int(o.stored.file.get("row_count") or 0) for o in sent if o.stored)),
         "",
     )
     return table

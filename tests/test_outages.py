@@ -1,0 +1,267 @@
+"""The database or the storage goes away under a running server: requests get 503 with
+``Retry-After`` and a problem body naming the dependency, ``/readyz`` says which one within
+its deadline, and both recover when it comes back.
+
+Each test stops and restarts a PostgreSQL server (scripts/pg-test-cluster) or a SeaweedFS
+(scripts/s3-test-server) of its own, so the suite's shared servers are left alone. They run
+under ``make test-postgres`` / ``make test-s3``, where those servers can be started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.serverproc import ServerProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+READY_TIMEOUT = 2.0
+
+
+def _script(*args: str, **env: str) -> str:
+    done = subprocess.run(
+        [str(ROOT / "scripts" / args[0]), *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, **env},
+        check=True,
+    )
+    return done.stdout
+
+
+def assert_unavailable(reply: requests.Response, dependency: str) -> dict[str, Any]:
+    assert reply.status_code == 503, reply.text
+    assert reply.headers["Content-Type"].startswith("application/problem+json")
+    assert int(reply.headers["Retry-After"]) >= 1
+    body: dict[str, Any] = reply.json()
+    assert body["status"] == 503
+    assert body["dependency"] == dependency
+    assert dependency in body["detail"]
+    return body
+
+
+def readyz_within_deadline(url: str) -> requests.Response:
+    started = time.monotonic()
+    reply = requests.get(f"{url}/readyz", timeout=30)
+    assert time.monotonic() - started < READY_TIMEOUT + 1.5
+    return reply
+
+
+def wait_ready(url: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = requests.get(f"{url}/readyz", timeout=30)
+        if reply.status_code == 200:
+            body: dict[str, Any] = reply.json()
+            return body
+        assert time.monotonic() < deadline, reply.text
+        time.sleep(0.2)
+
+
+def upload(url: str, name: str) -> requests.Response:
+    return requests.post(
+        f"{url}/api/csv/upload",
+        files={"file": (name, b"a,b\n1,2\n")},
+        data={"session_id": "s"},
+        timeout=60,
+    )
+
+
+def _process_tree(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(p for child in children for p in _process_tree(int(child)))]
+
+
+@pytest.fixture
+def own_postgres(pg_server_url: str) -> Iterator[tuple[str, Path]]:
+    """A PostgreSQL server of this test's own: (URL, cluster folder)."""
+    # Not under pytest's tmp_path: the postgres user must reach the folder (as in the Makefile).
+    parent = Path(tempfile.mkdtemp(prefix="csvstore-outage-"))
+    parent.chmod(0o755)
+    folder = parent / "pg"
+    try:
+        url = _script("pg-test-cluster", "start", str(folder), "--fast").strip()
+        try:
+            yield url, folder
+        finally:
+            _script("pg-test-cluster", "stop", str(folder))
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def _pg_ctl(folder: Path, *args: str) -> None:
+    bin_dir = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
+    command = [str(bin_dir / "pg_ctl"), "-D", str(folder / "data"), *args]
+    if os.getuid() == 0:
+        command = ["runuser", "-u", "postgres", "--", *command]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+
+def test_postgres_stopped_and_hung_is_503_and_readyz_says_so(
+    own_postgres: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, folder = own_postgres
+    server = ServerProcess(
+        tmp_path / "data",
+        "--ready-timeout",
+        str(READY_TIMEOUT),
+        env={"CSVSTORE_DATABASE_URL": url, "CSVSTORE_STORAGE": ""},
+    )
+    server.start()
+    try:
+        assert requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "s"}).ok
+        assert upload(server.url, "before.csv").status_code == 201
+
+        _pg_ctl(folder, "-m", "fast", "-w", "stop")
+        assert_unavailable(requests.get(f"{server.url}/api/csv/sessions/s"), "database")
+        assert_unavailable(
+            requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "t"}), "database"
+        )
+        assert_unavailable(upload(server.url, "during.csv"), "database")
+        reply = readyz_within_deadline(server.url)
+        body = assert_unavailable_readyz(reply)
+        assert body["checks"]["database"] == "failing"
+        assert body["checks"]["storage"] == "ok"
+
+        port = (folder / "port").read_text().strip()
+        _pg_ctl(folder, "-l", str(folder / "server.log"), "-o", f"-p {port}", "-w", "start")
+        assert wait_ready(server.url)["checks"]["database"] == "ok"
+        assert upload(server.url, "after.csv").status_code == 201
+
+        # Hung: every PostgreSQL process stopped, connections open and never answered.
+        postmaster = int((folder / "data" / "postmaster.pid").read_text().split()[0])
+        hung = _process_tree(postmaster)
+        for pid in hung:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            body = assert_unavailable_readyz(readyz_within_deadline(server.url))
+            assert body["checks"]["database"] == f"no answer within {READY_TIMEOUT:g} s"
+        finally:
+            for pid in hung:
+                os.kill(pid, signal.SIGCONT)
+        assert wait_ready(server.url)["checks"]["database"] == "ok"
+        names = [
+            f["original_filename"]
+            for f in requests.get(f"{server.url}/api/csv/sessions/s").json()["csv_files"]
+        ]
+        assert sorted(names) == ["after.csv", "before.csv"]
+    finally:
+        assert server.stop() == 0, server.log()
+    assert "Traceback" not in server.log(), server.log()[-3000:]
+
+
+def assert_unavailable_readyz(reply: requests.Response) -> dict[str, Any]:
+    assert reply.status_code == 503, reply.text
+    assert reply.headers["Content-Type"].startswith("application/problem+json")
+    assert int(reply.headers["Retry-After"]) >= 1
+    body: dict[str, Any] = reply.json()
+    assert body["detail"].startswith("not ready: ")
+    return body
+
+
+@pytest.fixture
+def own_seaweedfs(s3_settings: object, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A SeaweedFS of this test's own: its S3 variables, and WEED_DIR."""
+    folder = tmp_path / "s3"
+    python = str(ROOT / ".venv" / "bin" / "python")
+    lines = _script("s3-test-server", "start", str(folder), PY=python).split()
+    found = dict(line.split("=", 1) for line in lines)
+    try:
+        yield {**found, "WEED_DIR": str(folder)}
+    finally:
+        _script("s3-test-server", "stop", str(folder))
+
+
+def _stop_weed(folder: Path) -> tuple[list[str], dict[str, str]]:
+    """SIGTERM SeaweedFS and wait; its command line and environment, to start it again."""
+    pid = int((folder / "pid").read_text())
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    environ = dict(
+        entry.split("=", 1)
+        for entry in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+        if "=" in entry
+    )
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if Path(f"/proc/{pid}").exists():
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+    return argv, environ
+
+
+def test_seaweedfs_stopped_and_hung_is_503_and_readyz_says_so(
+    own_seaweedfs: dict[str, str], tmp_path: Path
+) -> None:
+    s3 = own_seaweedfs
+    folder = Path(s3["WEED_DIR"])
+    server = ServerProcess(
+        tmp_path / "data",
+        "--ready-timeout",
+        str(READY_TIMEOUT),
+        env={
+            "CSVSTORE_DATABASE_URL": "",
+            "CSVSTORE_STORAGE": f"s3://{s3['S3_BUCKET']}/outage",
+            "CSVSTORE_S3_ENDPOINT_URL": s3["S3_ENDPOINT_URL"],
+            "AWS_ACCESS_KEY_ID": s3["AWS_ACCESS_KEY_ID"],
+            "AWS_SECRET_ACCESS_KEY": s3["AWS_SECRET_ACCESS_KEY"],
+        },
+    )
+    server.start()
+    weed: subprocess.Popen[bytes] | None = None
+    try:
+        assert requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "s"}).ok
+        stored = upload(server.url, "before.csv")
+        assert stored.status_code == 201
+        content = f"{server.url}/api/csv/files/{stored.json()['file']['id']}/content"
+
+        argv, environ = _stop_weed(folder)
+        assert_unavailable(upload(server.url, "during.csv"), "storage")
+        assert_unavailable(requests.get(content, timeout=60), "storage")
+        # The database is not the storage: what needs only the database still works.
+        assert requests.get(f"{server.url}/api/csv/sessions/s").status_code == 200
+        body = assert_unavailable_readyz(readyz_within_deadline(server.url))
+        assert body["checks"]["storage"] != "ok"
+        assert body["checks"]["database"] == "ok"
+
+        log = (folder / "weed-restarted.log").open("wb")
+        weed = subprocess.Popen(
+            argv, env=environ, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        (folder / "pid").write_text(str(weed.pid))  # for the fixture's stop
+        assert wait_ready(server.url, timeout=90)["checks"]["storage"] == "ok"
+        assert requests.get(content, timeout=60).content == b"a,b\n1,2\n"
+
+        for pid in _process_tree(weed.pid):
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            body = assert_unavailable_readyz(readyz_within_deadline(server.url))
+            assert body["checks"]["storage"] == f"no answer within {READY_TIMEOUT:g} s"
+        finally:
+            for pid in _process_tree(weed.pid):
+                os.kill(pid, signal.SIGCONT)
+        assert wait_ready(server.url, timeout=90)["checks"]["storage"] == "ok"
+        assert upload(server.url, "after.csv").status_code == 201
+    finally:
+        assert server.stop() == 0, server.log()
+        if weed is not None:
+            weed.terminate()
+            try:
+                weed.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                weed.kill()
+                weed.wait()
+    assert "Traceback" not in server.log(), server.log()[-3000:]
