@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from csvstore.__main__ import settings_from
 from csvstore.app import open_store
@@ -28,6 +32,7 @@ from csvstore.check import reconcile
 from csvstore.config import MiB, Settings, convert, parse_s3_url
 from csvstore.db import Executor
 from csvstore.identity import StoreMismatch
+from csvstore.intents import this_owner
 from csvstore.keys import STORE_KEY
 from csvstore.observability import TimedStorage
 from csvstore.queries import Query
@@ -39,10 +44,12 @@ from tests.conftest import (
     MakeClient,
     assert_consistent,
     assert_problem,
+    dead_owner,
     stored_bytes,
     stored_state,
     upload_form,
 )
+from tests.serverproc import ServerProcess
 
 LINE = b"12345,some text,3.14159,2024-01-01\n"
 
@@ -294,25 +301,37 @@ async def test_crash_leftovers_are_removed_by_the_check(
     s3util.start_multipart_upload(s3_settings, dangling)
     s3util.delete_object(s3_settings, lost["filename"])  # a row whose bytes are gone
 
-    # A shared store's start-up check spares the young leftovers: they may be another
-    # instance's upload in flight.
+    # An object being published by a live process (its intent committed, its row not yet)
+    # is spared however old it is; an object nobody intends goes at once. A shared store's
+    # start-up check spares young multipart uploads: another instance's uploads in flight.
+    in_flight = f"{uuid.uuid4()}.csv"
+    s3util.put_object(s3_settings, in_flight, b"a\n4\n")
     async with open_store(s3_settings) as store:
+        await store.db.write(
+            functools.partial(store.repo.add_intent, storage_key=in_flight, owner=this_owner())
+        )
         assert store.shared
         report = await store.startup_check()
-    assert (report.orphan_files_removed, report.temp_files_removed) == (0, 0)
+    assert (report.orphan_files_removed, report.temp_files_removed) == (1, 0)
     assert report.missing_files == [lost["id"]]
-    assert orphan in s3util.objects(s3_settings)
+    assert orphan not in s3util.objects(s3_settings)
+    assert in_flight in s3util.objects(s3_settings)
     assert s3util.multipart_uploads(s3_settings) == [dangling]
     # ... so does the on-demand check of a live store
     checked = _run_check(s3_settings)
     assert checked.returncode == 1, checked.stdout + checked.stderr
     assert f"missing bytes: file {lost['id']}" in checked.stdout
-    assert orphan in s3util.objects(s3_settings)
+    assert in_flight in s3util.objects(s3_settings)
 
-    # Once they are old enough (here: at once), they go.
+    # Once the multipart upload is old enough (here: at once), and the intent's process is
+    # gone, they go.
     async with open_store(s3_settings) as store:
+        await store.db.write(
+            functools.partial(store.repo.add_intent, storage_key=in_flight, owner=dead_owner())
+        )
         report = await reconcile(store, repair=True, verify=True)
     assert report.orphan_files_removed == 1
+    assert report.intents_cleared == 1
     assert report.temp_files_removed == 1
     assert report.rows_removed == 1
     assert report.problems == 0
@@ -526,3 +545,39 @@ async def test_instances_starting_together_agree_on_one_store_id_on_s3(
             assert await racers[0].read_store_id() == won[0]
         finally:
             s3util.clear(fresh)
+
+
+def test_a_check_during_a_publish_spares_the_object_before_its_row(s3_settings: Settings) -> None:
+    """The object of an upload is complete in the bucket a moment before its row commits. A
+    check then used to find it without a row and, since S3 dates an object from the start
+    of its upload, old: it was removed and the client still got its 201. The upload's intent
+    spares it now (the server is held between the two by CSVSTORE_PAUSE_AT)."""
+    server = ServerProcess(
+        s3_settings.data_dir, env={"CSVSTORE_PAUSE_AT": "publish.bytes_published:8"}
+    )
+    server.start()
+    data = csv_of_size(3 * MiB)
+    try:
+        assert requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "s"}).ok
+        before = s3util.objects(s3_settings)
+        with ThreadPoolExecutor(1) as pool:
+            sending = pool.submit(
+                requests.post,
+                f"{server.url}/api/csv/upload",
+                data={"session_id": "s"},
+                files={"file": ("big.csv", data, "text/csv")},
+                timeout=60,
+            )
+            deadline = time.monotonic() + 20
+            while not (published := s3util.objects(s3_settings) - before):
+                assert time.monotonic() < deadline, "the object never appeared"
+                time.sleep(0.05)
+            checked = _run_check(s3_settings)
+            assert checked.returncode == 0, checked.stdout + checked.stderr
+            assert published <= s3util.objects(s3_settings), "the check removed the object"
+            resp = sending.result(timeout=60)
+        assert resp.status_code == 201, resp.text
+        file = resp.json()["file"]
+        assert stored_bytes(s3_settings, file["filename"]) == data
+    finally:
+        server.stop()
