@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-postgres test-s3 lint bench bench-quick bench-postgres-s3 stress clean
+.PHONY: run test test-postgres test-s3 lint bench bench-quick bench-postgres-s3 stress clean wheel-check
 
 $(STAMP): pyproject.toml setup.py csvstore/_scan.c
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,10 @@ screenshot: $(STAMP) browser-deps
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
 	rm -f csvstore/_scan.*.so
+
+# The wheel as users get it: built, installed into a fresh virtualenv, run from elsewhere.
+wheel-check:
+	PYTHON=$(PYTHON) scripts/wheel-check
 
 # The long runs: many more SIGKILLs of the real server under load.
 stress: $(STAMP)

@@ -12,7 +12,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+# Inside an installed wheel, sql/ ships as csvstore/sql/ (setup.py); in a source checkout
+# or an editable install it is the repository's top-level folder.
+_PACKAGED_SQL = Path(__file__).resolve().parent / "sql"
+SQL_DIR = (
+    _PACKAGED_SQL if _PACKAGED_SQL.is_dir() else Path(__file__).resolve().parent.parent / "sql"
+)
 
 _NAME_LINE = re.compile(r"^--\s*name:\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<one>\^?)\s*$")
 
