@@ -169,15 +169,7 @@ def test_an_upload_held_by_another_request_is_waited_for_beyond_the_attempts(
     path = tmp_path / "held.csv"
     body = big_csv(path)
     location = _tus_create(server, len(body))
-    holder = socket.create_connection(("127.0.0.1", server.port))
-    holder.sendall(
-        (
-            f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
-            "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-        ).encode()
-        + body[: len(body) // 2]
-    )
+    holder = _hold_with_a_half_sent_patch(server, location, body)
     try:
         time.sleep(0.3)
         finisher = threading.Timer(4.0, lambda: holder.sendall(body[len(body) // 2 :]))

@@ -217,6 +217,22 @@ def test_every_point_is_walked() -> None:
     assert {case[0] for case in CASES} | set(OFFLINE) == set(POINTS)
 
 
+def _new_store_with_session(data: Path) -> None:
+    setup = ServerProcess(data)
+    setup.start()
+    _create_session(setup.url)
+    assert setup.stop() == 0
+
+
+def _wait_for_published(data: Path) -> list[Path]:
+    """The stored files, once there is one (an upload held between publish and commit)."""
+    deadline = time.monotonic() + 20
+    while not (stored := list((data / "uploads").glob("*.csv"))):
+        assert time.monotonic() < deadline, "the upload was never published"
+        time.sleep(0.05)
+    return stored
+
+
 def _armed(data: Path, point: str, *flags: str) -> ServerProcess:
     return ServerProcess(data, *flags, env={"CSVSTORE_CRASH_AT": point})
 
@@ -298,10 +314,7 @@ def test_crash_point(
         pytest.skip("the journal needs syncfs that reports errors (Linux >= 5.8)")
     data = tmp_path / "data"
     ledger = Ledger()
-    setup = ServerProcess(data)
-    setup.start()
-    _create_session(setup.url)
-    assert setup.stop() == 0
+    _new_store_with_session(data)
     server = _armed(data, point, *flags)
     server.start()
     scenario(server.url, ledger)
@@ -358,20 +371,14 @@ def test_a_check_during_a_slow_publish_spares_it(tmp_path: Path) -> None:
     re-reads 1 GiB) looks old; a check run between its publish and its commit used to take
     it for an orphan, and the client then got a 201 for bytes that were gone."""
     data = tmp_path / "data"
-    setup = ServerProcess(data)
-    setup.start()
-    _create_session(setup.url)
-    assert setup.stop() == 0
+    _new_store_with_session(data)
     server = ServerProcess(data, env={"CSVSTORE_PAUSE_AT": "publish.bytes_published:6"})
     server.start()
     ledger = Ledger()
     try:
         with ThreadPoolExecutor(1) as pool:
             sending = pool.submit(large, server.url, ledger)
-            deadline = time.monotonic() + 20
-            while not (stored := list((data / "uploads").glob("*.csv"))):
-                assert time.monotonic() < deadline, "the upload was never published"
-                time.sleep(0.05)
+            stored = _wait_for_published(data)
             hours_ago = time.time() - 7200  # as old as its last write, which a rename keeps
             os.utime(stored[0], (hours_ago, hours_ago))
             report = _check(data)
@@ -390,10 +397,7 @@ def test_a_session_deleted_while_its_tus_upload_completes(tmp_path: Path) -> Non
     server B, on the same data, deletes the session. A then finds no session to commit
     into: the client gets 404, and neither the stored file nor the upload is left."""
     data = tmp_path / "data"
-    setup = ServerProcess(data)
-    setup.start()
-    _create_session(setup.url)
-    assert setup.stop() == 0
+    _new_store_with_session(data)
     held = ServerProcess(data, env={"CSVSTORE_PAUSE_AT": "publish.bytes_published:6"})
     held.start()
     other = ServerProcess(data)
@@ -402,10 +406,7 @@ def test_a_session_deleted_while_its_tus_upload_completes(tmp_path: Path) -> Non
     try:
         with ThreadPoolExecutor(1) as pool:
             sending = pool.submit(tus_upload, held.url, ledger)
-            deadline = time.monotonic() + 20
-            while not list((data / "uploads").glob("*.csv")):
-                assert time.monotonic() < deadline, "the upload was never published"
-                time.sleep(0.05)
+            _wait_for_published(data)
             resp = requests.delete(f"{other.url}/api/csv/sessions/{SESSION}", timeout=10)
             assert resp.status_code == 200, resp.text
             with pytest.raises(AssertionError, match="404"):
