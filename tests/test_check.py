@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from csvstore.app import open_store
 from csvstore.config import Settings
 from csvstore.intents import owner_alive, this_owner
 from csvstore.timeutil import format_utc, utc_now
@@ -57,11 +58,11 @@ async def test_check_reports_repairs_and_is_idempotent(
     os.utime(in_flight, (old, old))
     abandoned = uploads / f"{uuid.uuid4()}.csv"
     abandoned.write_bytes(b"a\n")
-    with sqlite3.connect(settings.data_dir / "csvstore.db") as db:
-        db.executemany(
-            "INSERT INTO upload_intents (storage_key, owner, created_at) VALUES (?, ?, ?)",
-            [(in_flight.name, this_owner(), utc_now()), (abandoned.name, dead_owner(), utc_now())],
-        )
+    async with open_store(settings) as store:  # SQLite or, under test-postgres, PostgreSQL
+        for key, owner in ((in_flight.name, this_owner()), (abandoned.name, dead_owner())):
+            await store.db.write(
+                functools.partial(store.repo.add_intent, storage_key=key, owner=owner)
+            )
     stale_temp = settings.temp_dir / "dead.csv.part"
     stale_temp.write_bytes(b"half")
     os.utime(stale_temp, (old, old))
