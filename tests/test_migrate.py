@@ -27,6 +27,7 @@ from tests.conftest import (
     listed_file_paths,
     raw_multipart,
     run_async,
+    stored_bytes,
     stored_state,
     upload_form,
 )
@@ -328,3 +329,80 @@ async def test_a_rerun_against_a_live_target_spares_its_uploads_in_flight(
     file_id = (await resp.json())["file"]["id"]
     content = await target.get(f"/api/csv/files/{file_id}/content")
     assert await content.read() == data
+
+
+def _check(target: Settings) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "csvstore", "check", "--data-dir", str(target.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ},
+    )
+
+
+def _start_migrate(
+    target: Settings, source_dir: Path, env: dict[str, str]
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "csvstore", "migrate-to", "--from-data-dir", str(source_dir),
+            "--data-dir", str(target.data_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )  # fmt: skip
+
+
+async def test_a_check_during_a_migration_spares_its_copies(
+    make_client: MakeClient, settings: Settings, tmp_path: Path
+) -> None:
+    """Walks crashpoints' migrate.bytes_copied: a copy is in the target, its row not yet. The
+    copy had no intent, so a check of the (live) target took it for an orphan and removed it;
+    the row then committed without bytes."""
+    old = Settings(data_dir=tmp_path / "old")
+    ids = await _old_deployment(make_client, old, 2)
+    name = f"{max(ids)}.csv"  # the second copied (by id): the database lists the first by then
+    migrating = _start_migrate(
+        settings, old.data_dir, {"CSVSTORE_PAUSE_AT": "migrate.bytes_copied:6"}
+    )
+    try:
+        for _ in range(400):
+            if stored_bytes(settings, name) is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert stored_bytes(settings, name) is not None, "the copy was never published"
+        report = await asyncio.to_thread(_check, settings)
+        assert report.returncode == 0, report.stdout + report.stderr
+        assert stored_bytes(settings, name) is not None, "the check removed a copy in flight"
+        out, err = migrating.communicate(timeout=60)
+    finally:
+        migrating.kill()
+    assert migrating.returncode == 0, out + err
+    assert "copied 1 session(s) and 2 file(s)" in out
+    assert stored_bytes(settings, name) == b"a,b\n%d,x\n" % ids.index(max(ids))
+    assert_consistent(settings)
+
+
+async def test_a_migration_killed_between_copy_and_row_is_resumed(
+    make_client: MakeClient, settings: Settings, tmp_path: Path
+) -> None:
+    """SIGKILLed at migrate.bytes_copied: the check removes the copy of the dead process (its
+    intent says it is a leftover), and the next run copies it again."""
+    old = Settings(data_dir=tmp_path / "old")
+    ids = await _old_deployment(make_client, old, 2)
+    killed = _start_migrate(settings, old.data_dir, {"CSVSTORE_CRASH_AT": "migrate.bytes_copied@2"})
+    out, err = killed.communicate(timeout=120)
+    assert killed.returncode == -9, out + err
+    report = await asyncio.to_thread(_check, settings)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert_consistent(settings)  # one file copied, the other's bytes and intent cleared
+    assert len(listed_file_paths(settings)) == 1
+    again = _migrate(settings, old.data_dir)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "copied 0 session(s) and 1 file(s)" in again.stdout
+    assert "2 already there" in again.stdout  # the session and the first file
+    assert listed_file_paths(settings) == {f"{file_id}.csv" for file_id in ids}
+    assert_consistent(settings)
