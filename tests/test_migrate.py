@@ -250,10 +250,20 @@ async def _intents(url: str) -> int:
         await conn.close()
 
 
+@pytest.mark.parametrize("on", ["folder", "s3"])
 async def test_resumable_uploads_in_progress_are_not_dropped_silently(
-    make_client: MakeClient, settings: Settings, tmp_path: Path
+    make_client: MakeClient, settings: Settings, tmp_path: Path, on: str
 ) -> None:
+    """They were left behind, their acknowledged bytes with them, without a word."""
     old = Settings(data_dir=tmp_path / "old")
+    source_flags: tuple[str, ...] = ()
+    if on == "s3":
+        if not settings.uses_s3:
+            pytest.skip(f"S3 only: set {s3util.TEST_S3_URL_ENV} (make test-s3)")
+        old = replace(
+            settings, data_dir=old.data_dir, database_url="", storage=s3util.fresh_prefix_url()
+        )
+        source_flags = ("--from-storage", old.storage)
     await _old_deployment(make_client, old, 1)
     source = await make_client(old)
     meta = ",".join(
@@ -279,16 +289,20 @@ async def test_resumable_uploads_in_progress_are_not_dropped_silently(
     await source.close()
     upload_id = location.rstrip("/").rsplit("/", 1)[1]
 
-    refused = _migrate(settings, old.data_dir)
+    refused = _migrate(settings, old.data_dir, *source_flags)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "1 resumable (tus) upload(s) in progress" in refused.stdout
     assert upload_id in refused.stdout
     assert listed_file_paths(settings) == set()  # refused before anything was copied
 
-    dropped = _migrate(settings, old.data_dir, "--drop-uploads-in-progress")
+    dropped = _migrate(settings, old.data_dir, *source_flags, "--drop-uploads-in-progress")
     assert dropped.returncode == 0, dropped.stdout + dropped.stderr
     assert f"not copied: resumable upload {upload_id} in progress" in dropped.stdout
     assert "copied 1 session(s) and 1 file(s)" in dropped.stdout
+    source = await make_client(old)  # the upload ended, for the fixture's check of the source
+    ended = await source.delete(location, headers={"Tus-Resumable": "1.0.0"})
+    assert ended.status == 204
+    await source.close()
 
 
 async def test_a_rerun_against_a_live_target_spares_its_uploads_in_flight(
@@ -301,7 +315,7 @@ async def test_a_rerun_against_a_live_target_spares_its_uploads_in_flight(
     assert first.returncode == 0, first.stdout + first.stderr
     target = await make_client(settings)
     await target.post("/api/csv/sessions", json={"session_id": "live"})
-    data = b"id,text,value,day\n" + LINE * (3 * MiB // len(LINE))
+    data = b"id,text,value,day\n" + LINE * (12 * MiB // len(LINE))  # a part in S3 by half
     body, headers = raw_multipart(
         ('form-data; name="session_id"', b"live"),
         ('form-data; name="file"; filename="big.csv"', data),
@@ -315,16 +329,18 @@ async def test_a_rerun_against_a_live_target_spares_its_uploads_in_flight(
         yield body[half:]
 
     sending = asyncio.create_task(target.post("/api/csv/upload", data=slowly(), headers=headers))
-    for _ in range(200):  # until the upload has begun storing its bytes
-        _, _, temps = stored_state(settings)
-        if temps:
-            break
-        await asyncio.sleep(0.05)
-    assert temps, "the upload never began storing"
-    again = await asyncio.to_thread(_migrate, settings, old.data_dir)
-    assert again.returncode == 0, again.stdout + again.stderr
-    go_on.set()
-    resp = await sending
+    try:
+        for _ in range(400):  # until the upload has begun storing its bytes
+            _, _, temps = stored_state(settings)
+            if temps:
+                break
+            await asyncio.sleep(0.05)
+        assert temps, "the upload never began storing"
+        again = await asyncio.to_thread(_migrate, settings, old.data_dir)
+        assert again.returncode == 0, again.stdout + again.stderr
+    finally:
+        go_on.set()
+        resp = await sending
     assert resp.status == 201, await resp.text()
     file_id = (await resp.json())["file"]["id"]
     content = await target.get(f"/api/csv/files/{file_id}/content")
