@@ -263,8 +263,8 @@ async def _copy_file(src: CsvStore, dst: CsvStore, row: Row, report: MigrationRe
             log.warning("file %s: not copied, its insert failed: %s", row["id"], exc)
             report.failed.append((row["id"], f"its insert failed: {exc}"))
             return
+        # committed after all, the intent's delete with it
         log.warning("file %s: its commit raised (%s) but the row is there: kept", row["id"], exc)
-        await _forget_intent(dst, key, there)
     if inserted is None:  # copied meanwhile by another run: keep its bytes, which are these
         report.already_there += 1
         return
