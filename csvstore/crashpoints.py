@@ -33,6 +33,8 @@ POINTS = (
     # the journal flusher: service.CsvStore.flush_journal / restore_journal
     "flush.synced",  # the uploads folder is synced, its journal entries not yet cleared
     "restore.file_written",  # a journaled file is written back, its entry not yet dropped
+    # migrate-to: migrate._copy_file
+    "migrate.bytes_copied",  # a file's bytes are in the target under an intent, its row not yet
     # the check: check.reconcile
     "check.orphan_removed",  # the first orphan is deleted, the rest not yet
     "check.intent_cleared",  # a dead intent's bytes are deleted, its row not yet

@@ -28,7 +28,7 @@ RETURNING id;
 SELECT id, session_id FROM sessions WHERE id = :id;
 
 -- name: file_by_pk^
-SELECT id, file_size, sha256 FROM files WHERE id = :id;
+SELECT id, file_size, file_path, sha256 FROM files WHERE id = :id;
 
 -- name: import_file^
 INSERT INTO files (id, session_id, filename, original_filename, file_size, content_type,
