@@ -27,8 +27,17 @@ class Intent:
 
 
 @functools.cache
-def _host() -> str:
-    return socket.gethostname().replace(" ", "_") or "localhost"
+def _machine() -> str:
+    """Where a pid means one process: this kernel's boot and this pid namespace (two
+    containers on one host share the first, not the second), and the host name."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            boot_id = boot.read().strip()
+        namespace = os.readlink("/proc/self/ns/pid").removeprefix("pid:").strip("[]")
+    except OSError:
+        return "-"  # no /proc: never the same machine, so intents age out instead
+    host = socket.gethostname().replace(" ", "_") or "localhost"
+    return f"{boot_id}/{namespace}/{host}"
 
 
 def _start_time(pid: int) -> str | None:
@@ -43,21 +52,18 @@ def _start_time(pid: int) -> str | None:
 
 
 def this_owner() -> str:
-    """This process, as an intent's owner: ``"<host> <pid> <start time>"``."""
+    """This process, as an intent's owner: ``"<machine> <pid> <start time>"``."""
     pid = os.getpid()
-    return f"{_host()} {pid} {_start_time(pid) or '-'}"
+    return f"{_machine()} {pid} {_start_time(pid) or '-'}"
 
 
 def owner_alive(owner: str, created_at: str, *, now: datetime | None = None) -> bool:
     """Whether the process that wrote an intent may still publish its name."""
-    host, _, rest = owner.partition(" ")
+    machine, _, rest = owner.partition(" ")
     pid_text, _, started = rest.partition(" ")
-    if host == _host() and pid_text.isascii() and pid_text.isdigit():
-        running = _start_time(int(pid_text))
-        if started != "-":
-            return running == started
-        if running is None:
-            return False
+    here = _machine()
+    if machine == here != "-" and pid_text.isascii() and pid_text.isdigit() and started != "-":
+        return _start_time(int(pid_text)) == started
     try:
         written = datetime.fromisoformat(created_at)
     except ValueError:

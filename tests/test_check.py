@@ -98,7 +98,12 @@ def test_an_intent_is_live_while_its_process_runs() -> None:
     assert owner_alive(this_owner(), utc_now())
     assert not owner_alive(dead_owner(), utc_now())  # same host, process gone
     # Another host's process cannot be asked: its intent is live until it is an hour old.
-    other = "elsewhere 1234 5678"
+    other = "another-boot/4026531836/elsewhere 1234 5678"
     assert owner_alive(other, format_utc(now - timedelta(minutes=59)), now=now)
     assert not owner_alive(other, format_utc(now - timedelta(minutes=61)), now=now)
     assert not owner_alive(other, "not a time", now=now)
+    # Same kernel, another pid namespace (another container): its pids are not ours to ask.
+    machine, pid, started = this_owner().split(" ")
+    boot, _, host = machine.split("/", 2)
+    other_container = f"{boot}/1/{host} {os.getpid() + 1_000_000} {started}"
+    assert owner_alive(other_container, format_utc(now - timedelta(minutes=1)), now=now)
