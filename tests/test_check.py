@@ -103,7 +103,7 @@ def test_an_intent_is_live_while_its_process_runs() -> None:
     assert not owner_alive(other, format_utc(now - timedelta(minutes=61)), now=now)
     assert not owner_alive(other, "not a time", now=now)
     # Same kernel, another pid namespace (another container): its pids are not ours to ask.
-    machine, pid, started = this_owner().split(" ")
+    machine, _pid, started = this_owner().split(" ")
     boot, _, host = machine.split("/", 2)
     other_container = f"{boot}/1/{host} {os.getpid() + 1_000_000} {started}"
     assert owner_alive(other_container, format_utc(now - timedelta(minutes=1)), now=now)
