@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 from csvstore.analysis import FileFacts
 from csvstore.crashpoints import crash_point
 from csvstore.db import Database, Row
-from csvstore.errors import BadRequest, NotFound
+from csvstore.errors import BadRequest, DependencyUnavailable, NotFound
 from csvstore.intents import this_owner
 from csvstore.repo import NewFile, Repo
 from csvstore.storage import Storage, StorageWriter
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("csvstore")
 
 STORED_CONTENT_TYPE = "text/csv"
+# How long a publish whose insert failed keeps asking whether its row committed: longer
+# than a database restart takes, within a client's patience.
+READ_BACK_PATIENCE = 30.0
+READ_BACK_PAUSE = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,8 @@ class CsvStore:
         self.repo = Repo(db.queries)
         # Journal entries up to this number saw a failed sync: only a rewrite may clear them.
         self._sync_failed_up_to = 0
+        # Stored names whose rows are gone but whose removal failed (storage unavailable).
+        self._leftovers: set[str] = set()
 
     async def startup_check(self) -> CheckReport:
         """Remove what a crash may have left: temp files, and stored files with no row.
@@ -146,8 +153,7 @@ class CsvStore:
         if keys is None:
             raise _session_not_found(session_id)
         crash_point("delete.row_removed")
-        await self.storage.delete(keys)
-        await self._forget_intents(keys)
+        await self._remove_bytes(keys)
         return len(keys)
 
     # Files
@@ -222,7 +228,7 @@ class CsvStore:
                 duplicate = False
         except BaseException:
             try:
-                row = await self.db.read(lambda x: self.repo.get_file(x, new.id))
+                row = await self._read_back(new.id)
             except Exception:
                 log.warning(
                     "file %s: its commit failed and could not be read back; its bytes and "
@@ -231,8 +237,7 @@ class CsvStore:
                 )
                 raise
             if row is None:  # not committed: nothing refers to the bytes
-                await self.storage.delete([writer.key])
-                await self._forget_intent(writer.key)
+                await self._remove_bytes([writer.key])
                 raise
             duplicate = False  # committed after all (a connection lost around COMMIT)
         crash_point("publish.row_committed")
@@ -242,6 +247,44 @@ class CsvStore:
         if duplicate:
             await self.storage.delete([writer.key])
         return Published(row, duplicate=duplicate)
+
+    async def _read_back(self, file_id: str) -> Row | None:
+        """A file's row, read after its insert failed. The database is often still away
+        (restarting: the failure was that): ask again for a while, so that the client gets
+        the true outcome and no bytes wait for a check with an intent of this live process."""
+        deadline = time.monotonic() + READ_BACK_PATIENCE
+        while True:
+            try:
+                return await self.db.read(lambda x: self.repo.get_file(x, file_id))
+            except DependencyUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(READ_BACK_PAUSE)
+
+    async def _remove_bytes(self, keys: list[str]) -> None:
+        """Remove bytes no row lists any more, then their intents. Their rows are gone (or
+        never were), so the request's outcome is settled: if the storage fails, the bytes
+        are removed later by :meth:`remove_leftovers` (their intents, of this live process,
+        keep a check from taking them for anything but leftovers)."""
+        try:
+            await self.storage.delete(keys)
+        except Exception as exc:
+            log.warning("could not remove %d stored file(s) (%r): retried", len(keys), exc)
+            self._leftovers.update(keys)
+            return
+        await self._forget_intents(keys)
+
+    async def remove_leftovers(self) -> int:
+        """Remove the bytes an earlier removal failed on; raises (and keeps them) if the
+        storage still fails. How many were removed."""
+        if not self._leftovers:
+            return 0
+        keys = sorted(self._leftovers)
+        await self.storage.delete(keys)
+        self._leftovers.difference_update(keys)
+        await self._forget_intents(keys)
+        log.info("removed %d stored file(s) left by a failed removal", len(keys))
+        return len(keys)
 
     async def _forget_intent(self, key: str) -> None:
         await self._forget_intents([key])
@@ -325,8 +368,7 @@ class CsvStore:
         if key is None:
             raise _file_not_found(file_id)
         crash_point("delete.row_removed")
-        await self.storage.delete([key])
-        await self._forget_intents([key])
+        await self._remove_bytes([key])
 
 
 def _session_not_found(session_id: str) -> NotFound:
