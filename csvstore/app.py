@@ -131,6 +131,10 @@ async def flush_forever(store: CsvStore, interval: float) -> None:
             await store.flush_journal()
         except Exception:  # the entries stay, and so the bytes are safe: retried next time
             log.exception("journal flush failed")
+        try:  # bytes of deleted files the storage failed to remove (CsvStore._remove_bytes)
+            await store.remove_leftovers()
+        except Exception as exc:
+            log.warning("removing leftover stored files failed (%r): retried", exc)
 
 
 async def sweep_forever(store: CsvStore, metrics: Metrics, interval: float) -> None:

@@ -96,11 +96,21 @@ _UNREACHABLE = (
 )
 
 
+def _connection_broken(exc: BaseException) -> bool:
+    """asyncpg's own errors for a connection the server cut mid-operation: the rollback of
+    a transaction whose connection is gone, a protocol left in the middle of a query."""
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        return True
+    return isinstance(exc, asyncpg.exceptions.InterfaceError) and "connection is closed" in str(exc)
+
+
 @contextlib.asynccontextmanager
 async def _reachable() -> AsyncIterator[None]:
     try:
         yield
-    except _UNREACHABLE as exc:
+    except Exception as exc:
+        if not isinstance(exc, _UNREACHABLE) and not _connection_broken(exc):
+            raise
         raise DependencyUnavailable(
             "database", "the database (PostgreSQL) is unavailable: the request was not completed"
         ) from exc
@@ -216,10 +226,20 @@ class PostgresDatabase:
 
     @contextlib.asynccontextmanager
     async def _acquire(self) -> AsyncIterator[PoolConnectionProxy[Record]]:
-        if self._pool is None:
+        pool = self._pool
+        if pool is None:
             raise RuntimeError("the database is not open")
-        async with self._pool.acquire() as conn:
+        conn = await pool.acquire()
+        try:
             yield conn
+        finally:
+            try:
+                await pool.release(conn)
+            except Exception as exc:
+                # The reset of a connection the server cut after the work was done (the
+                # pool terminates it): the outcome stands -- for a write, its COMMIT went
+                # through, and an error here would answer a stored change as failed.
+                log.info("a broken connection was dropped from the pool: %r", exc)
 
     async def read(self, op: Operation[T]) -> T:
         async with _reachable(), self._acquire() as conn:

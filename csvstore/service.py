@@ -12,15 +12,17 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from csvstore.analysis import FileFacts
 from csvstore.crashpoints import crash_point
 from csvstore.db import Database, Row
-from csvstore.errors import BadRequest, NotFound
+from csvstore.errors import BadRequest, DependencyUnavailable, NotFound
 from csvstore.intents import this_owner
 from csvstore.repo import NewFile, Repo
 from csvstore.storage import Storage, StorageWriter
@@ -33,6 +35,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("csvstore")
 
 STORED_CONTENT_TYPE = "text/csv"
+# How long a publish waits for a database that went away: longer than a restart takes,
+# within a client's patience.
+PATIENCE = 30.0
+PATIENCE_PAUSE = 0.25
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +63,9 @@ class CsvStore:
         self.repo = Repo(db.queries)
         # Journal entries up to this number saw a failed sync: only a rewrite may clear them.
         self._sync_failed_up_to = 0
+        # Stored names whose rows are gone but whose removal failed (storage unavailable).
+        self._leftovers: set[str] = set()
+        self._stale_intents: set[str] = set()  # of removed bytes, whose drop failed
 
     async def startup_check(self) -> CheckReport:
         """Remove what a crash may have left: temp files, and stored files with no row.
@@ -146,8 +156,7 @@ class CsvStore:
         if keys is None:
             raise _session_not_found(session_id)
         crash_point("delete.row_removed")
-        await self.storage.delete(keys)
-        await self._forget_intents(keys)
+        await self._remove_bytes(keys)
         return len(keys)
 
     # Files
@@ -196,10 +205,11 @@ class CsvStore:
     async def _publish(self, writer: StorageWriter, new: NewFile, dedupe: bool) -> Published:
         # The intent first (intents.py): until the row commits, reconcile must not take the
         # published bytes for an orphan, however old they look.
-        try:
-            await self.db.write(
-                functools.partial(self.repo.add_intent, storage_key=writer.key, owner=this_owner())
-            )
+        add_intent = functools.partial(
+            self.repo.add_intent, storage_key=writer.key, owner=this_owner()
+        )
+        try:  # the upload is all here: a database restarting is waited out, not answered 503
+            await self._patiently(lambda: self.db.write(add_intent))
         except BaseException:
             await writer.abort()
             raise
@@ -212,29 +222,36 @@ class CsvStore:
         crash_point("publish.bytes_published")
         if writer.journal is not None:  # visible, not yet durable: the row carries the bytes
             new = dataclasses.replace(new, journal=writer.journal)
-        try:
-            if dedupe:  # checked again in the transaction: a twin may have committed meanwhile
-                row, duplicate = await self.db.write(
-                    lambda x: self.repo.insert_file_unless_duplicate(x, new)
-                )
-            else:
-                row = await self.db.write(lambda x: self.repo.insert_file(x, new))
-                duplicate = False
-        except BaseException:
+        deadline = time.monotonic() + PATIENCE
+        while True:
             try:
-                row = await self.db.read(lambda x: self.repo.get_file(x, new.id))
-            except Exception:
-                log.warning(
-                    "file %s: its commit failed and could not be read back; its bytes and "
-                    "intent are left to the check, which keeps them if the row exists",
-                    new.id,
-                )
+                if dedupe:  # checked again in the transaction: a twin may have committed
+                    row, duplicate = await self.db.write(
+                        lambda x: self.repo.insert_file_unless_duplicate(x, new)
+                    )
+                else:
+                    row = await self.db.write(lambda x: self.repo.insert_file(x, new))
+                    duplicate = False
+                break
+            except BaseException as exc:
+                try:
+                    row = await self._patiently(
+                        lambda: self.db.read(lambda x: self.repo.get_file(x, new.id))
+                    )
+                except Exception:
+                    log.warning(
+                        "file %s: its commit failed and could not be read back; its bytes and "
+                        "intent are left to the check, which keeps them if the row exists",
+                        new.id,
+                    )
+                    raise
+                if row is not None:  # committed after all (a connection lost around COMMIT)
+                    duplicate = False
+                    break
+                if isinstance(exc, DependencyUnavailable) and time.monotonic() < deadline:
+                    continue  # not committed, and the database answers again: once more
+                await self._remove_bytes([writer.key])  # nothing refers to the bytes
                 raise
-            if row is None:  # not committed: nothing refers to the bytes
-                await self.storage.delete([writer.key])
-                await self._forget_intent(writer.key)
-                raise
-            duplicate = False  # committed after all (a connection lost around COMMIT)
         crash_point("publish.row_committed")
         if row is None:  # the session was deleted while the upload streamed in
             await self.storage.delete([writer.key])
@@ -243,17 +260,63 @@ class CsvStore:
             await self.storage.delete([writer.key])
         return Published(row, duplicate=duplicate)
 
+    @staticmethod
+    async def _patiently(call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, again while the database is unavailable, for up to PATIENCE seconds.
+        For a publish, whose bytes are all here: a restart of the database is waited out,
+        the client gets the true outcome, and no bytes wait for a check with an intent of
+        this live process."""
+        deadline = time.monotonic() + PATIENCE
+        while True:
+            try:
+                return await call()
+            except DependencyUnavailable as exc:
+                if exc.dependency != "database" or time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(PATIENCE_PAUSE)
+
+    async def _remove_bytes(self, keys: list[str]) -> None:
+        """Remove bytes no row lists any more, then their intents. Their rows are gone (or
+        never were), so the request's outcome is settled: if the storage fails, the bytes
+        are removed later by :meth:`remove_leftovers` (their intents, of this live process,
+        keep a check from taking them for anything but leftovers)."""
+        try:
+            await self.storage.delete(keys)
+        except Exception as exc:
+            log.warning("could not remove %d stored file(s) (%r): retried", len(keys), exc)
+            self._leftovers.update(keys)
+            return
+        await self._forget_intents(keys)
+
+    async def remove_leftovers(self) -> int:
+        """Remove the bytes an earlier removal failed on, and drop the intents an earlier
+        drop failed on; raises (and keeps them) if that fails again. How many bytes."""
+        if self._stale_intents:
+            stale = sorted(self._stale_intents)
+            await self.db.write(functools.partial(self.repo.delete_intents, storage_keys=stale))
+            self._stale_intents.difference_update(stale)
+        if not self._leftovers:
+            return 0
+        keys = sorted(self._leftovers)
+        await self.storage.delete(keys)
+        self._leftovers.difference_update(keys)
+        await self._forget_intents(keys)
+        log.info("removed %d stored file(s) left by a failed removal", len(keys))
+        return len(keys)
+
     async def _forget_intent(self, key: str) -> None:
         await self._forget_intents([key])
 
     async def _forget_intents(self, keys: list[str]) -> None:
-        """Drop intents whose bytes are gone; if that fails, the check drops them later."""
+        """Drop intents whose bytes are gone; if that fails, :meth:`remove_leftovers` tries
+        again (and after a stop, the check drops them)."""
         if not keys:
             return
         try:
             await self.db.write(functools.partial(self.repo.delete_intents, storage_keys=keys))
         except Exception:
-            log.warning("could not drop the intents of %d file(s); the check will", len(keys))
+            log.warning("could not drop the intents of %d file(s): retried", len(keys))
+            self._stale_intents.update(keys)
 
     async def flush_journal(self) -> int:
         """Make the journaled files durable and forget their entries (storage.py, "journal").
@@ -325,8 +388,7 @@ class CsvStore:
         if key is None:
             raise _file_not_found(file_id)
         crash_point("delete.row_removed")
-        await self.storage.delete([key])
-        await self._forget_intents([key])
+        await self._remove_bytes([key])
 
 
 def _session_not_found(session_id: str) -> NotFound:

@@ -400,7 +400,11 @@ class S3Storage:
         return None  # the store grows as needed; its quota is not ours to see
 
     async def probe_writable(self) -> None:
-        """Write and remove a small object (its name is never taken for a stored file)."""
-        probe = f"{self.prefix}.csvstore-probe-{uuid.uuid4().hex}"
+        """Write and remove a small object (its name is never taken for a stored file).
+
+        One name for every probe: one that S3 went away from (or a deadline cut) between
+        its write and its remove leaves an object that the next probe removes, instead of
+        a new leftover each time."""
+        probe = f"{self.prefix}.csvstore-probe"
         await self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"ok")
         await self.client.delete_object(Bucket=self.bucket, Key=probe)
