@@ -259,7 +259,7 @@ class _Form:
             await self.writer.abort()
 
     def _declared_encoding(self, part: MultipartSegment) -> str | None:
-        charset = parse_options_header(part.content_type or "")[1].get("charset")
+        charset = part.charset
         if charset is not None:
             charset = declared_encoding(charset, "the file part's Content-Type charset")
         field = self.options.get("encoding")

@@ -171,7 +171,21 @@ class FileSchema(Schema):
     sha256 = fields.String(allow_none=True, metadata={"description": "hex SHA-256 of the bytes"})
     encoding = fields.String(
         allow_none=True,
-        metadata={"description": "Python codec: utf-8, utf-8-sig, utf-16 or cp1252"},
+        metadata={"description": "Python codec the file is read back in", "example": "cp1251"},
+    )
+    encoding_source = fields.String(
+        allow_none=True,
+        metadata={"description": "how it was decided: declared, bom, detected or fallback"},
+    )
+    encoding_confidence = fields.Float(
+        allow_none=True, metadata={"description": "0-1: the detector's confidence; null: fallback"}
+    )
+    invalid_bytes = fields.Integer(
+        allow_none=True,
+        metadata={"description": "bytes not valid in the encoding (read back as U+FFFD)"},
+    )
+    first_invalid_offset = fields.Integer(
+        allow_none=True, metadata={"description": "byte offset of the first of them"}
     )
     delimiter = fields.String(allow_none=True, metadata={"example": ","})
     quotechar = fields.String(allow_none=True, metadata={"example": '"'})
