@@ -17,6 +17,10 @@ import pytest
 import requests
 from aiohttp import FormData
 
+from csvstore.csvcheck import CsvContentCheck, EncodingVerdict
+from csvstore.errors import NotACsv
+from csvstore.profiling import CsvProfiler, read_page
+from csvstore.rows import StoredProfile
 from tests.conftest import Client, assert_problem, upload_form
 from tests.serverproc import ServerProcess
 from tests.test_client import json_of, run_cli, stderr_of
@@ -429,3 +433,52 @@ def test_cli_encoding_is_declared(server: ServerProcess, tmp_path: Path, size: s
     wrong = run_cli(server.url, "upload", session_id, str(path), "--encoding", "utf-8", "--resend")
     assert wrong.returncode != 0
     assert "not valid utf-8 as declared" in stderr_of(wrong)
+
+
+# -- the same verdicts however the bytes are chunked ---------------------------------------
+
+CHUNKINGS = [1, 2, 3, 7, 64, 1 << 20]
+
+
+def _verdict(data: bytes, size: int, declared: str | None = None) -> EncodingVerdict:
+    check = CsvContentCheck(declared)
+    for start in range(0, len(data), size):
+        check.feed(data[start : start + size])
+    return check.finish()
+
+
+@pytest.mark.parametrize("size", CHUNKINGS)
+def test_stray_bytes_are_counted_wherever_chunks_split(size: int) -> None:
+    good = "".join(f"{i},Zoë Łukasiewicz,Kraków\n" for i in range(300)).encode()
+    data = good + b"x,Jos\xe9,Lyon\n" + good + "y,é".encode()[:-1]  # and a cut-off é at the end
+    verdict = _verdict(data, size)
+    assert (verdict.encoding, verdict.source) == ("utf-8", "detected")
+    assert (verdict.invalid_bytes, verdict.first_invalid_offset) == (2, len(good) + 5)
+
+
+@pytest.mark.parametrize("size", CHUNKINGS)
+def test_declared_encodings_name_the_first_bad_offset_wherever_chunks_split(size: int) -> None:
+    with pytest.raises(NotACsv, match=r"at byte offset 3$"):
+        _verdict(GREEK.data(), size, "utf-8")
+    good = SHIFT_JIS.data()
+    with pytest.raises(NotACsv, match=rf"at byte offset {len(good) + 2}$"):
+        _verdict(good + b"9,\x81\x20\n", size, "shift_jis")  # 0x81 0x20 is no Shift-JIS pair
+    assert _verdict(good, size, "shift_jis") == EncodingVerdict("shift_jis", "declared", 1.0)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 4096])
+def test_shift_jis_profile_and_rows_do_not_depend_on_chunking(size: int) -> None:
+    rows = [[str(i), "ポイントカード", "表計算ソフト", "ソニー"] for i in range(500)]
+    text = "".join("|".join(row) + "\n" for row in [["id", "名前", "製品", "会社"], *rows])
+    data = text.encode("shift_jis")
+    profiler = CsvProfiler(encoding="shift_jis", checkpoint_every=64)
+    for start in range(0, len(data), size):
+        profiler.feed(data[start : start + size])
+    profile = profiler.finish()
+    assert (profile.row_count, profile.ragged_rows, profile.column_count) == (500, 0, 4)
+    assert profile.columns == ["id", "名前", "製品", "会社"]
+    stored = StoredProfile(
+        encoding="shift_jis", delimiter="|", quotechar='"', checkpoints=profile.checkpoints
+    )
+    page = read_page(io.BytesIO(data), stored, 300, 3, max_bytes=1 << 20, cell_limit=100)
+    assert page.rows == rows[300:303]
