@@ -122,6 +122,7 @@ class CsvContentCheck:
         self._first_bad: int | None = None
         self._sample: list[bytes] = []  # non-ASCII lines, collected once UTF-8 failed
         self._sample_size = 0
+        self._partial_line = b""  # the end of the last chunk, until its line is complete
         self._cp1252_ok = True
 
     @property
@@ -165,6 +166,8 @@ class CsvContentCheck:
             return EncodingVerdict(
                 "utf-8", "detected", round(1.0 - share, 4), self._utf8_bad, self._first_bad
             )
+        if self._partial_line:
+            self._collect_sample(b"", final=True)
         detected = self._detect()
         if detected is not None:
             return detected
@@ -194,8 +197,11 @@ class CsvContentCheck:
             return None
         try:
             encoding = codecs.lookup(name).name
-            sample.decode(encoding)
-        except (LookupError, UnicodeDecodeError):
+            # Pieces of lines cut by chunk boundaries may split a character: a few are fine.
+            unfit = sample.decode(encoding, "replace").count("\ufffd")
+        except LookupError:
+            return None
+        if unfit > 2 + len(sample) // 1000:
             return None
         if encoding in ("utf-8", "ascii") or not profilable(encoding):
             return None
@@ -232,6 +238,8 @@ class CsvContentCheck:
             raise NotACsv("the file contains NUL bytes: it is binary data, not CSV text")
         offset, self._offset = self._offset, self._offset + len(chunk)
         if chunk.isascii() and not self._utf8_pending:
+            if self._partial_line:
+                self._collect_sample(chunk)  # it may complete a sampled line
             return  # ASCII is valid in every candidate encoding
         if self._utf8_ok:
             self._check_utf8(chunk, offset)
@@ -266,10 +274,15 @@ class CsvContentCheck:
             self._first_bad = offset
         self._utf8_bad += count
 
-    def _collect_sample(self, chunk: bytes) -> None:
+    def _collect_sample(self, chunk: bytes, *, final: bool = False) -> None:
         if self._sample_size >= _SAMPLE_BYTES:
+            self._partial_line = b""
             return
-        for line in _NON_ASCII_LINE.findall(chunk):
+        # Whole lines, however the chunks split them, so that a character is never cut.
+        data = self._partial_line + chunk if self._partial_line else chunk
+        end = len(data) if final else data.rfind(b"\n") + 1
+        self._partial_line = data[end:][-_SAMPLE_BYTES:]
+        for line in _NON_ASCII_LINE.findall(data, 0, end):
             self._sample.append(line)
             self._sample_size += len(line)
             if self._sample_size >= _SAMPLE_BYTES:

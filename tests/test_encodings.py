@@ -457,6 +457,14 @@ def test_stray_bytes_are_counted_wherever_chunks_split(size: int) -> None:
 
 
 @pytest.mark.parametrize("size", CHUNKINGS)
+def test_detection_does_not_depend_on_chunking(size: int) -> None:
+    for shape in SHAPES:
+        verdict = _verdict(shape.data() * 4, size)
+        assert verdict.encoding in shape.detected, (shape.name, verdict)
+        assert verdict.source == "detected"
+
+
+@pytest.mark.parametrize("size", CHUNKINGS)
 def test_declared_encodings_name_the_first_bad_offset_wherever_chunks_split(size: int) -> None:
     with pytest.raises(NotACsv, match=r"at byte offset 3$"):
         _verdict(GREEK.data(), size, "utf-8")
