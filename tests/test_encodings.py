@@ -431,7 +431,7 @@ def test_cli_encoding_is_declared(server: ServerProcess, tmp_path: Path, size: s
     else:
         assert file["row_count"] == (len(data) // len(shape.data())) * (len(shape.rows) + 1) - 1
     wrong = run_cli(server.url, "upload", session_id, str(path), "--encoding", "utf-8", "--resend")
-    assert wrong.returncode != 0
+    assert wrong.returncode == 1  # the server refused the file
     assert "not valid utf-8 as declared" in stderr_of(wrong)
 
 
