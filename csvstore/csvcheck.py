@@ -203,12 +203,12 @@ class CsvContentCheck:
             return None
         if unfit > 2 + len(sample) // 1000:
             return None
-        if encoding in ("utf-8", "ascii") or not profilable(encoding):
+        confidence = found.get("confidence") or 0.0
+        if encoding.startswith("utf") or encoding == "ascii" or not profilable(encoding):
             return None
-        confidence = found.get("confidence")
-        return EncodingVerdict(
-            encoding, "detected", None if confidence is None else round(confidence, 4)
-        )
+        if confidence < _MIN_CONFIDENCE:
+            return None
+        return EncodingVerdict(encoding, "detected", round(confidence, 4))
 
     def _start(self, head: bytes) -> None:
         self._started = True
@@ -312,6 +312,9 @@ class CsvContentCheck:
 # invalid; past that (and _BAD_TO_GIVE_UP bad bytes) it is some other encoding.
 _MAX_BAD_SHARE = 100
 _BAD_TO_GIVE_UP = 64
+# Below this the detector is guessing (a lone "café" scores ~0.01, three stray bytes 0.002;
+# one line of Greek, Cyrillic or Japanese scores 0.07-0.2): cp1252 is then the fallback.
+_MIN_CONFIDENCE = 0.05
 # Detection reads at most this much of the file's non-ASCII lines: enough for the detector
 # to be as sure as it gets (bench/RESULTS.md), and bounded whatever the file size.
 _SAMPLE_BYTES = 64 * 1024
@@ -336,6 +339,6 @@ class _HasInvalidBytes(Protocol):
 
 _BAD_UTF8_AFTER_BOM = "the file starts with a UTF-8 byte order mark but is not valid UTF-8"
 _NOT_TEXT = (
-    "the file is not text in a supported encoding "
-    "(UTF-8 with or without BOM, UTF-16 with BOM, or cp1252)"
+    "the file is not UTF-8 and no encoding was recognised in it: if it is text, declare its "
+    "encoding (the file part's charset, an encoding field before the file, or tus metadata)"
 )

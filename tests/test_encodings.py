@@ -286,8 +286,12 @@ async def test_declarations_that_cannot_be_used_are_refused(client: Client, sess
 
 async def test_short_files_and_the_fallback_are_labelled(client: Client, session: str) -> None:
     short = await _upload(client, "nom;prix\ncafé;3,50 €\n".encode("cp1252"))
-    assert (short["encoding"], short["encoding_source"]) == ("cp1252", "detected")
-    assert short["encoding_confidence"] < 0.5  # few letters: the detector says it is unsure
+    assert (short["encoding"], short["encoding_source"]) == ("cp1252", "fallback")
+    assert short["encoding_confidence"] is None  # too few letters for the detector
+    assert (await _all_rows(client, short["id"]))["rows"] == [["café", "3,50 €"]]
+    one_line = await _upload(client, "id,город\n1,Москва\n".encode("cp1251"))
+    assert (one_line["encoding"], one_line["encoding_source"]) == ("cp1251", "detected")
+    assert 0.05 <= one_line["encoding_confidence"] < 0.5
     ascii_only = await _upload(client, b"a,b\n1,2\n")
     assert (ascii_only["encoding"], ascii_only["encoding_source"]) == ("utf-8", "detected")
     bom = await _upload(client, codecs.BOM_UTF8 + "a,b\nü,2\n".encode())
