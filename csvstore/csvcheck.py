@@ -251,23 +251,31 @@ class CsvContentCheck:
     def _check_utf8(self, chunk: bytes, offset: int) -> None:
         data = self._utf8_pending + chunk if self._utf8_pending else chunk
         base = offset - len(self._utf8_pending)
+        view = memoryview(data)  # past each bad byte without copying the rest of the chunk
+        at = 0
         while True:
             try:
-                text, used = codecs.utf_8_decode(data, "strict", False)
+                text, used = codecs.utf_8_decode(view[at:], "strict", False)
             except UnicodeDecodeError as exc:
-                self._utf8_good += exc.start - len(data[: exc.start].decode("utf-8"))
-                self._count_bad(base + exc.start, exc.end - exc.start)
+                good = view[at : at + exc.start]
+                self._utf8_good += len(good) - len(codecs.utf_8_decode(good)[0])
+                self._count_bad(base + at + exc.start, exc.end - exc.start)
                 if self._encoding == "utf-8-sig":
                     raise NotACsv(_BAD_UTF8_AFTER_BOM) from None
                 if self._utf8_bad >= _BAD_TO_GIVE_UP and not self._mostly_utf8():
-                    self._utf8_ok = False  # not UTF-8: stop paying for the decoding
-                    self._utf8_pending = b""
+                    self._give_up_utf8()
                     return
-                data, base = data[exc.end :], base + exc.end
+                at += exc.end
                 continue
             self._utf8_good += used - len(text)
-            self._utf8_pending = data[used:]
+            self._utf8_pending = bytes(view[at + used :])
+            if self._utf8_bad >= _BAD_TO_JUDGE and not self._mostly_utf8():
+                self._give_up_utf8()
             return
+
+    def _give_up_utf8(self) -> None:
+        self._utf8_ok = False  # not UTF-8: stop paying for the decoding
+        self._utf8_pending = b""
 
     def _count_bad(self, offset: int, count: int) -> None:
         if self._first_bad is None:
@@ -309,9 +317,12 @@ class CsvContentCheck:
 
 
 # A file is UTF-8 with stray bytes while at most 1 in this many of its non-ASCII bytes is
-# invalid; past that (and _BAD_TO_GIVE_UP bad bytes) it is some other encoding.
+# invalid. UTF-8 is given up as soon as that fails at the end of a chunk with _BAD_TO_JUDGE
+# bad bytes, or within one with _BAD_TO_GIVE_UP (bad bytes clustered at a chunk's start
+# must not decide alone; nor may a legacy chunk cost a loop turn per letter).
 _MAX_BAD_SHARE = 100
-_BAD_TO_GIVE_UP = 64
+_BAD_TO_JUDGE = 64
+_BAD_TO_GIVE_UP = 1024
 # Below this the detector is guessing (a lone "café" scores ~0.01, three stray bytes 0.002;
 # one line of Greek, Cyrillic or Japanese scores 0.07-0.2): cp1252 is then the fallback.
 _MIN_CONFIDENCE = 0.05

@@ -460,6 +460,16 @@ def test_stray_bytes_are_counted_wherever_chunks_split(size: int) -> None:
     assert (verdict.invalid_bytes, verdict.first_invalid_offset) == (2, len(good) + 5)
 
 
+def test_stray_bytes_clustered_at_the_start_do_not_relabel_a_utf8_file() -> None:
+    lines = [f"{i},José Núñez,São Paulo\n".encode() for i in range(50_000)]
+    for i in range(500):
+        lines[i] = lines[i].replace(b"S\xc3\xa3o", b"S\xe3o")  # cp1252 ã in the first 500
+    data = b"".join(lines)
+    verdict = _verdict(data, 1 << 20)
+    assert (verdict.encoding, verdict.invalid_bytes) == ("utf-8", 500)
+    assert verdict.first_invalid_offset == data.index(b"\xe3")
+
+
 @pytest.mark.parametrize("size", CHUNKINGS)
 def test_detection_does_not_depend_on_chunking(size: int) -> None:
     for shape in SHAPES:
