@@ -383,6 +383,22 @@ def test_tus_uploads_detect_or_check_the_encoding(
     _read_back(server, shape, file)
 
 
+def test_tus_upload_of_utf8_with_a_stray_byte_stays_utf8(server: ServerProcess) -> None:
+    session_id = _session(server, "tus-stray")
+    data, stray = _stray_byte_file()
+    assert _tus(server, session_id, data).status_code == 204
+    file = _stored(server, session_id)
+    assert (file["encoding"], file["encoding_source"]) == ("utf-8", "detected")
+    assert (file["invalid_bytes"], file["first_invalid_offset"]) == (1, stray)
+    last = requests.get(
+        f"{server.url}/api/csv/files/{file['id']}/rows?offset=200001", timeout=10
+    ).json()
+    assert last["rows"] == [["200001", "Jos\ufffd", "Lyon"]]
+    download = requests.get(f"{server.url}/api/csv/files/{file['id']}/content", timeout=10)
+    assert download.headers["Content-Type"] == "text/csv; charset=utf-8"
+    assert download.content == data
+
+
 def test_tus_strict_and_bad_declarations_are_refused(server: ServerProcess) -> None:
     session_id = _session(server, "tus-refusals")
     data, stray = _stray_byte_file()
