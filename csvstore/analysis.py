@@ -15,12 +15,12 @@ import logging
 from dataclasses import dataclass, field
 
 from csvstore.csvcheck import CsvContentCheck
-from csvstore.profiling import CsvProfile, CsvProfiler
+from csvstore.profiling import CsvProfile, CsvProfiler, profilable
 
 log = logging.getLogger("csvstore.analysis")
 
-# The header is re-read from these first bytes when the encoding turns out to be cp1252 only
-# at the end (UTF-8 and cp1252 agree on every byte the profiler counts, not on names).
+# The header is re-read from these first bytes when the encoding is detected only at the end
+# (UTF-8 and the code pages agree on every byte the profiler counts, not on names).
 _HEAD_KEPT = 64 * 1024
 
 
@@ -28,6 +28,10 @@ _HEAD_KEPT = 64 * 1024
 class FileFacts:
     sha256: str | None = None
     encoding: str | None = None
+    encoding_source: str | None = None  # declared | bom | detected | fallback
+    encoding_confidence: float | None = None
+    invalid_bytes: int | None = None  # bytes that do not decode in `encoding`
+    first_invalid_offset: int | None = None
     delimiter: str | None = None
     quotechar: str | None = None
     line_terminator: str | None = None
@@ -45,8 +49,10 @@ class UploadAnalysis:
     With ``enabled=False`` only the CSV check runs (the benchmark's comparison point).
     """
 
-    def __init__(self, *, enabled: bool = True, checkpoint_every: int = 10_000) -> None:
-        self._check = CsvContentCheck()
+    def __init__(
+        self, *, enabled: bool = True, checkpoint_every: int = 10_000, encoding: str | None = None
+    ) -> None:
+        self._check = CsvContentCheck(encoding)
         self._enabled = enabled
         self._checkpoint_every = checkpoint_every
         self._hash = hashlib.sha256() if enabled else None
@@ -72,7 +78,7 @@ class UploadAnalysis:
             return
         if len(self._head) < _HEAD_KEPT:
             self._head += chunk[: _HEAD_KEPT - len(self._head)]
-        if self._profiler is None:
+        if self._profiler is None and not self._profile_failed:
             self._waiting.append(chunk)
             if self._check.started:
                 self._start_profiler(self._check.encoding or "utf-8")
@@ -80,18 +86,25 @@ class UploadAnalysis:
             self._profile(chunk)
 
     def finish(self) -> FileFacts:
-        encoding = self._check.finish()
+        verdict = self._check.finish()
+        encoding = verdict.encoding
+        known = FileFacts(
+            encoding=encoding,
+            encoding_source=verdict.source,
+            encoding_confidence=verdict.confidence,
+            invalid_bytes=verdict.invalid_bytes,
+            first_invalid_offset=verdict.first_invalid_offset,
+        )
         if self._hash is None:
-            return FileFacts(encoding=encoding)
-        sha256 = self._hash.hexdigest()
-        if self._profiler is None:
+            return known
+        known = dataclasses.replace(known, sha256=self._hash.hexdigest())
+        if self._profiler is None and not self._profile_failed:
             self._start_profiler(encoding)
         profile = self._finish_profile(encoding)
         if profile is None:
-            return FileFacts(sha256=sha256, encoding=encoding)
-        return FileFacts(
-            sha256=sha256,
-            encoding=encoding,
+            return known
+        return dataclasses.replace(
+            known,
             delimiter=profile.delimiter,
             quotechar=profile.quotechar,
             line_terminator=profile.line_terminator,
@@ -104,8 +117,12 @@ class UploadAnalysis:
         )
 
     def _start_profiler(self, encoding: str) -> None:
-        # Without a BOM the choice between UTF-8 and cp1252 is made at the end; both are
-        # ASCII-compatible, so the counting is the same and only the names may change.
+        # Without a declaration or BOM the encoding is decided at the end; the profiler counts
+        # the bytes as UTF-8 meanwhile (the specials are ASCII in every detected code page),
+        # and only the header's names are decoded again.
+        if not profilable(encoding):
+            self._profile_failed = True  # declared codecs such as UTF-32: stored unprofiled
+            return
         self._profiler = CsvProfiler(encoding=encoding, checkpoint_every=self._checkpoint_every)
         waiting, self._waiting = self._waiting, []
         for chunk in waiting:
@@ -127,10 +144,9 @@ class UploadAnalysis:
         except Exception:
             self._give_up()
             return None
-        if encoding == "cp1252" and profile.encoding != "cp1252" and profile.has_header:
-            profile = dataclasses.replace(
-                profile, encoding=encoding, columns=self._header_in(encoding, profile)
-            )
+        if profile.encoding != encoding:
+            columns = self._header_in(encoding, profile) if profile.has_header else []
+            profile = dataclasses.replace(profile, encoding=encoding, columns=columns)
         return profile
 
     def _header_in(self, encoding: str, profile: CsvProfile) -> list[str]:

@@ -23,7 +23,36 @@ from csvstore.errors import RangeNotSatisfiable, StoredFileUnavailable, start_re
 from csvstore.storage import Storage
 
 # Python codec names as stored -> charset names as registered for HTTP.
-_CHARSETS = {"utf-8": "utf-8", "utf-8-sig": "utf-8", "utf-16": "utf-16", "cp1252": "windows-1252"}
+# Python codec names (as stored) to the IANA charset names HTTP clients know.
+_CHARSETS = {
+    "utf-8-sig": "utf-8",
+    "cp932": "ms932",  # a label browsers and Python both know (Python lacks windows-31j)
+    "shift_jis": "shift_jis",
+    "cp936": "gbk",
+    "cp949": "euc-kr",
+    "cp950": "big5",
+    "mac-roman": "macintosh",
+    "ascii": "us-ascii",
+}
+_WINDOWS_CODE_PAGE = re.compile(r"\Acp(125[0-8]|874)\Z")
+_IBM_CODE_PAGE = re.compile(r"\Acp([0-9]{3,4})\Z")
+_ISO_8859 = re.compile(r"\Aiso8859-([0-9]+)\Z")
+
+
+def charset_of(encoding: str | None) -> str | None:
+    """The charset parameter for a file recorded in `encoding` (None: not known)."""
+    if not encoding:
+        return None
+    if encoding in _CHARSETS:
+        return _CHARSETS[encoding]
+    if match := _WINDOWS_CODE_PAGE.match(encoding):
+        return f"windows-{match[1]}"
+    if match := _IBM_CODE_PAGE.match(encoding):
+        return f"ibm{match[1]}"
+    if match := _ISO_8859.match(encoding):
+        return f"iso-8859-{match[1]}"
+    return encoding.replace("_", "-")
+
 
 _RANGE = re.compile(r"\Abytes=([0-9]*)-([0-9]*)\Z")
 
@@ -96,7 +125,7 @@ def _last_modified(file: Row) -> str:
 async def send_file(request: web.Request, storage: Storage, file: Row) -> web.StreamResponse:
     size: int = file["file_size"]
     etag = etag_of(file)
-    charset = _CHARSETS.get(file.get("encoding") or "")
+    charset = charset_of(file.get("encoding"))
     headers = {
         "Content-Type": f"text/csv; charset={charset}" if charset else "text/csv",
         "Content-Disposition": content_disposition(file["original_filename"]),

@@ -31,12 +31,13 @@ from multipart import (
 )
 
 from csvstore.analysis import FileFacts, UploadAnalysis
-from csvstore.csvcheck import clean_filename
+from csvstore.csvcheck import clean_filename, declared_encoding, invalid_bytes_message
 from csvstore.db import Row
 from csvstore.errors import (
     BadRequest,
     ClientGone,
     InsufficientStorage,
+    NotACsv,
     PayloadTooLarge,
     RequestTimeout,
     ValidationFailed,
@@ -208,9 +209,10 @@ class _Form:
                 await self.store.require_session(self.session_id)
                 self.session_checked = True
             self.part_digest = parse_content_digest(part.header("Content-Digest"))
+            encoding = self._declared_encoding(part)
             self.file_id, key = self.store.new_file_key()
             self.writer = await self.store.storage.begin(key)
-            self._file = _FileStream(self.writer, self.store.storage, self.limits)
+            self._file = _FileStream(self.writer, self.store.storage, self.limits, encoding)
         elif name == "session_id" and self.session_id is not None:
             raise BadRequest("the form has more than one 'session_id' field")
         elif name in _OPTION_FIELDS and name in self.options:
@@ -236,6 +238,9 @@ class _Form:
             if self.writer is None and self.check_session_early:  # before a large file streams
                 await self.store.require_session(self.session_id)
                 self.session_checked = True
+        elif name == "encoding" and self.writer is not None:
+            # The bytes were checked as they streamed: a declaration after them is too late.
+            raise BadRequest("the 'encoding' form field must come before the file part")
         elif name in _OPTION_FIELDS:
             self.options.update(
                 load(_upload_options, {name: self._field_text()}, what=f"form field {name!r}")
@@ -253,6 +258,18 @@ class _Form:
         finally:
             await self.writer.abort()
 
+    def _declared_encoding(self, part: MultipartSegment) -> str | None:
+        charset = part.charset
+        if charset is not None:
+            charset = declared_encoding(charset, "the file part's Content-Type charset")
+        field = self.options.get("encoding")
+        if charset is not None and field is not None and charset != field:
+            raise BadRequest(
+                f"the file part's charset ({charset}) and the 'encoding' field ({field}) differ"
+            )
+        result: str | None = charset or field
+        return result
+
     def _field_text(self) -> str:
         try:
             return self._field.decode("utf-8")
@@ -268,11 +285,17 @@ class _FileStream:
     so blocks reach the writer and the hash in order and at most one is in flight.
     """
 
-    def __init__(self, writer: StorageWriter, storage: Storage, limits: UploadLimits) -> None:
+    def __init__(
+        self,
+        writer: StorageWriter,
+        storage: Storage,
+        limits: UploadLimits,
+        encoding: str | None = None,
+    ) -> None:
         self.writer = writer
         self.storage = storage
         self.limits = limits
-        self.analysis = UploadAnalysis(enabled=limits.analyse)
+        self.analysis = UploadAnalysis(enabled=limits.analyse, encoding=encoding)
         self.received = 0
         # The parser hands over whatever the network delivered (often 64 KiB); gather a
         # full chunk before writing so each thread hop to the disk moves a large block.
@@ -405,6 +428,8 @@ def _check_expectations(form: _Form, facts: FileFacts) -> None:
             f"strict=true: {facts.ragged_rows} row(s) have a different number of fields than "
             f"the header's {facts.column_count}; nothing was stored"
         )
+    if form.options.get("strict") and facts.invalid_bytes:
+        raise NotACsv(invalid_bytes_message(facts))
 
 
 def _validated_session_id(value: str) -> str:

@@ -120,7 +120,9 @@ class PartialHold(Protocol):
         """Bytes in the data file: the acknowledged ones and the pending ones."""
         ...
 
-    async def analyse(self, *, enabled: bool, chunk_size: int) -> FileFacts:
+    async def analyse(
+        self, *, enabled: bool, chunk_size: int, encoding: str | None = None
+    ) -> FileFacts:
         """The complete upload through the analysis, read back once (when the analysis fed
         while the bytes arrived was lost)."""
         ...
@@ -523,9 +525,11 @@ class _LocalHold:
             remaining -= len(chunk)
             yield chunk
 
-    async def analyse(self, *, enabled: bool, chunk_size: int) -> FileFacts:
+    async def analyse(
+        self, *, enabled: bool, chunk_size: int, encoding: str | None = None
+    ) -> FileFacts:
         def run() -> FileFacts:
-            analysis = UploadAnalysis(enabled=enabled)
+            analysis = UploadAnalysis(enabled=enabled, encoding=encoding)
             for chunk in self.read_all(chunk_size):
                 analysis.feed(chunk)
             return analysis.finish()

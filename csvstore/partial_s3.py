@@ -771,11 +771,13 @@ class _S3Hold:
         # Recorded, so that a removal deletes the object rather than aborting the upload.
         await self._write(replace(self._record, object_done=True))
 
-    async def analyse(self, *, enabled: bool, chunk_size: int) -> FileFacts:
+    async def analyse(
+        self, *, enabled: bool, chunk_size: int, encoding: str | None = None
+    ) -> FileFacts:
         """Complete the object, then read it back through the analysis (none was carried
         over: another instance or process received earlier bytes)."""
         await self.complete_object()
-        analysis = UploadAnalysis(enabled=enabled)
+        analysis = UploadAnalysis(enabled=enabled, encoding=encoding)
         async for chunk in self._store.storage.read(self.target[1]):
             # In a thread, as the local store's re-read: the profile is seconds of CPU per
             # GiB, which the event loop's other requests should not wait behind.

@@ -84,6 +84,7 @@ __all__ = [
     "RowSource",
     "RowsPage",
     "iter_rows_from",
+    "profilable",
     "read_page",
 ]
 
@@ -214,14 +215,17 @@ class _Projector:
     like U+012C (low byte 0x2C, a comma) cannot pass for a delimiter.
     """
 
-    __slots__ = ("_carry", "_little", "_wide")
+    __slots__ = ("_carry", "_little", "_pairs", "_wide")
 
-    def __init__(self, *, wide: bool, little: bool) -> None:
+    def __init__(self, *, wide: bool, little: bool, encoding: str = "") -> None:
         self._wide = wide
         self._little = little
         self._carry = b""  # an odd trailing byte of UTF-16, completed by the next chunk
+        self._pairs = _DOUBLE_BYTE.get(encoding)
 
     def project(self, data: bytes) -> bytes:
+        if self._pairs is not None:
+            return self._mask_pairs(self._pairs, data)
         if not self._wide:
             return data
         if self._carry:
@@ -240,8 +244,40 @@ class _Projector:
         merged = int.from_bytes(low, "big") | int.from_bytes(flags, "big")
         return merged.to_bytes(len(low), "big")
 
+    def _mask_pairs(self, pairs: tuple[re.Pattern[bytes], bytes], data: bytes) -> bytes:
+        # Double-byte codecs such as Shift-JIS have trail bytes in the ASCII range ("|" is
+        # one): each lead+trail pair becomes two non-ASCII bytes, offsets unchanged.
+        pattern, leads = pairs
+        carry, self._carry = self._carry, b""
+        if carry:
+            data = carry + data
+        masked = pattern.sub(b"\x80\x80", data)
+        if data and masked[-1] == data[-1] and data[-1] in leads:
+            self._carry = data[-1:]  # a lead byte whose trail is the next chunk's first byte
+        return masked[len(carry) :]
+
 
 _NONZERO_TO_HIGH_BIT: Final = bytes([0] + [0x80] * 255)
+_SJIS_LEADS: Final = bytes([*range(0x81, 0xA0), *range(0xE0, 0xFD)])
+_DBCS_LEADS: Final = bytes(range(0x81, 0xFF))
+_SJIS_PAIR: Final = (re.compile(rb"[\x81-\x9f\xe0-\xfc][\x40-\x7e\x80-\xfc]"), _SJIS_LEADS)
+# GB18030's four-byte sequences are two such pairs (the second byte of each is a digit).
+_DBCS_PAIR: Final = (re.compile(rb"[\x81-\xfe][\x30-\x39\x40-\x7e\x80-\xfe]"), _DBCS_LEADS)
+# Python's names (codecs.lookup(...).name) of the codecs whose trail bytes can be ASCII.
+_DOUBLE_BYTE: Final = {
+    **dict.fromkeys(("shift_jis", "cp932", "shift_jis_2004", "shift_jisx0213"), _SJIS_PAIR),
+    **dict.fromkeys(("gbk", "gb18030", "big5", "big5hkscs", "cp950", "cp949", "johab"), _DBCS_PAIR),
+}
+
+
+def profilable(encoding: str) -> bool:
+    """True if the profiler can count records of a file in this codec (Python's name)."""
+    if encoding in SUPPORTED_ENCODINGS or encoding in _DOUBLE_BYTE:
+        return True
+    try:
+        return bytes(range(128)).decode(encoding) == bytes(range(128)).decode("ascii")
+    except (UnicodeDecodeError, LookupError):
+        return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -1083,7 +1119,7 @@ class CsvProfiler:
         checkpoint_every: int = 10_000,
         sample_size: int = 64 * 1024,
     ) -> None:
-        if encoding not in SUPPORTED_ENCODINGS:
+        if not profilable(encoding):
             raise ValueError(f"unsupported encoding {encoding!r}")
         if checkpoint_every < 1 or sample_size < 1:
             raise ValueError("checkpoint_every and sample_size must be positive")
@@ -1095,7 +1131,7 @@ class CsvProfiler:
         self._max_sample = self._threshold * _MAX_SAMPLE_FACTOR
         self._sample: bytearray | None = bytearray()
         self._bom_len = 0
-        self._projector = _Projector(wide=self._unit == 2, little=True)
+        self._projector = _Projector(wide=self._unit == 2, little=True, encoding=encoding)
         self._scanner: _Counter | None = None
         self._sniffed: _Sniffed | None = None
         self._has_header = False
@@ -1140,7 +1176,7 @@ class CsvProfiler:
             bom_len = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
         else:
             bom_len = 0
-        projector = _Projector(wide=self._unit == 2, little=little)
+        projector = _Projector(wide=self._unit == 2, little=little, encoding=self._encoding)
         projected = projector.project(raw[bom_len:])
         # Always the same window for the same threshold, however the bytes were chunked.
         window = min(len(projected), (self._threshold - bom_len) // self._unit)
@@ -1398,7 +1434,7 @@ def _row_offset(
         return offset
     wide = profile.encoding == "utf-16"
     unit = 2 if wide else 1
-    projector = _Projector(wide=wide, little=little)
+    projector = _Projector(wide=wide, little=little, encoding=profile.encoding)
     scanner: _Counter
     if _NativeScanner is not None and _use_native:
         scanner = _NativeScanner(

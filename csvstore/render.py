@@ -22,9 +22,8 @@ def _is_plain(field: fields.Field[Any]) -> bool:
     """Fields whose dump leaves a database value as it is."""
     if isinstance(field, fields.List):
         return _is_plain(field.inner)
-    return isinstance(field, fields.String | fields.Integer | fields.Boolean | fields.Dict) or (
-        type(field) is fields.Raw
-    )
+    plain = fields.String | fields.Integer | fields.Float | fields.Boolean | fields.Dict
+    return isinstance(field, plain) or (type(field) is fields.Raw)
 
 
 def projector(schema: Schema) -> Projection:

@@ -174,6 +174,10 @@ class Repo:
                     "row_count": facts.row_count,
                     "ragged_rows": facts.ragged_rows,
                     "row_checkpoints": _json(facts.checkpoints),
+                    "encoding_source": facts.encoding_source,
+                    "encoding_confidence": facts.encoding_confidence,
+                    "invalid_bytes": facts.invalid_bytes,
+                    "first_invalid_offset": facts.first_invalid_offset,
                 },
             )
         )

@@ -8,7 +8,8 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from csvstore.config import Settings
-from csvstore.errors import ValidationFailed
+from csvstore.csvcheck import declared_encoding
+from csvstore.errors import BadRequest, ValidationFailed
 
 # Matched in full (fullmatch): with re.match, "$" also matches before a trailing newline.
 # Written with ^ and $ so the OpenAPI document's pattern is a valid ECMA-262 one.
@@ -170,7 +171,21 @@ class FileSchema(Schema):
     sha256 = fields.String(allow_none=True, metadata={"description": "hex SHA-256 of the bytes"})
     encoding = fields.String(
         allow_none=True,
-        metadata={"description": "Python codec: utf-8, utf-8-sig, utf-16 or cp1252"},
+        metadata={"description": "Python codec the file is read back in", "example": "cp1251"},
+    )
+    encoding_source = fields.String(
+        allow_none=True,
+        metadata={"description": "how it was decided: declared, bom, detected or fallback"},
+    )
+    encoding_confidence = fields.Float(
+        allow_none=True, metadata={"description": "0-1: the detector's confidence; null: fallback"}
+    )
+    invalid_bytes = fields.Integer(
+        allow_none=True,
+        metadata={"description": "bytes not valid in the encoding (read back as U+FFFD)"},
+    )
+    first_invalid_offset = fields.Integer(
+        allow_none=True, metadata={"description": "byte offset of the first of them"}
     )
     delimiter = fields.String(allow_none=True, metadata={"example": ","})
     quotechar = fields.String(allow_none=True, metadata={"example": '"'})
@@ -222,11 +237,24 @@ class UploadOptions(Schema):
             "description": "if the session already has these bytes, answer 200 with that file"
         }
     )
+    encoding = fields.String(
+        validate=validate.Length(min=1, max=40),
+        metadata={
+            "description": "the file's encoding (any Python codec name); every byte must "
+            "decode in it, else 400. In a form it must come before the file part",
+            "example": "iso-8859-7",
+        },
+    )
 
     def load(self, *args: Any, **kwargs: Any) -> Any:
         data = super().load(*args, **kwargs)
         if "sha256" in data:
             data["sha256"] = data["sha256"].lower()
+        if "encoding" in data:
+            try:
+                data["encoding"] = declared_encoding(data["encoding"], "encoding")
+            except BadRequest as exc:
+                raise ValidationError({"encoding": [exc.detail]}) from None
         return data
 
 

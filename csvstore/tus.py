@@ -38,7 +38,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from csvstore.analysis import FileFacts, UploadAnalysis
 from csvstore.crashpoints import crash_point
-from csvstore.csvcheck import clean_filename
+from csvstore.csvcheck import clean_filename, invalid_bytes_message
 from csvstore.errors import (
     ApiError,
     BadRequest,
@@ -118,10 +118,12 @@ class LiveAnalyses:
         self._limit = limit
         self._by_id: dict[str, tuple[int, UploadAnalysis]] = {}
 
-    def take(self, upload_id: str, offset: int, *, analyse: bool) -> UploadAnalysis | None:
+    def take(
+        self, upload_id: str, offset: int, *, analyse: bool, encoding: str | None = None
+    ) -> UploadAnalysis | None:
         entry = self._by_id.pop(upload_id, None)
         if offset == 0:
-            return UploadAnalysis(enabled=analyse)
+            return UploadAnalysis(enabled=analyse, encoding=encoding)
         if entry is not None and entry[0] == offset:
             return entry[1]
         return None
@@ -529,7 +531,10 @@ async def _locked_patch(
             )
         hasher = hashlib.new(checksum[0]) if checksum else None
         analyses = request.app[ANALYSES_KEY]
-        live = _Live(analyses.take(upload_id, offset, analyse=limits.analyse), offset)
+        encoding = state.options.get("encoding")
+        live = _Live(
+            analyses.take(upload_id, offset, analyse=limits.analyse, encoding=encoding), offset
+        )
         try:
             await _receive(request, store, hold, limits, hasher, expiry, live)
         except BaseException as exc:
@@ -686,6 +691,8 @@ def _check_expectations(options: dict[str, Any], facts: FileFacts) -> None:
             f"strict=true: {facts.ragged_rows} row(s) have a different number of fields than "
             f"the header's {facts.column_count}; nothing was stored"
         )
+    if options.get("strict") and facts.invalid_bytes:
+        raise NotACsv(invalid_bytes_message(facts))
 
 
 async def _complete(
@@ -709,7 +716,11 @@ async def _complete(
         if analysis is not None:
             facts = analysis.finish()
         else:
-            facts = await hold.analyse(enabled=limits.analyse, chunk_size=limits.chunk_size)
+            facts = await hold.analyse(
+                enabled=limits.analyse,
+                chunk_size=limits.chunk_size,
+                encoding=state.options.get("encoding"),
+            )
         analysed = time.monotonic() - started
         _check_expectations(state.options, facts)
         # Recorded before the publish: a crash after it can tell a published upload from

@@ -11,7 +11,8 @@ LIMIT :limit;
 -- name: export_files
 SELECT id, session_id, filename, original_filename, file_size, content_type, file_path,
        created_at, sha256, encoding, delimiter, quotechar, line_terminator, has_header,
-       columns, column_count, row_count, ragged_rows, row_checkpoints
+       columns, column_count, row_count, ragged_rows, row_checkpoints, encoding_source,
+       encoding_confidence, invalid_bytes, first_invalid_offset
 FROM files
 WHERE id > :after
 ORDER BY id
@@ -34,11 +35,13 @@ SELECT id, file_size, file_path, sha256 FROM files WHERE id = :id;
 INSERT INTO files (id, session_id, filename, original_filename, file_size, content_type,
                    file_path, created_at, sha256, encoding, delimiter, quotechar,
                    line_terminator, has_header, columns, column_count, row_count, ragged_rows,
-                   row_checkpoints)
+                   row_checkpoints, encoding_source, encoding_confidence, invalid_bytes,
+                   first_invalid_offset)
 VALUES (:id, :session_id, :filename, :original_filename, :file_size, :content_type,
         :file_path, :created_at, :sha256, :encoding, :delimiter, :quotechar,
         :line_terminator, :has_header, :columns, :column_count, :row_count, :ragged_rows,
-        :row_checkpoints)
+        :row_checkpoints, :encoding_source, :encoding_confidence, :invalid_bytes,
+        :first_invalid_offset)
 ON CONFLICT DO NOTHING
 RETURNING id;
 

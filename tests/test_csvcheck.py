@@ -16,7 +16,7 @@ def run(data: bytes, size: int) -> str:
     check = CsvContentCheck()
     for start in range(0, len(data), size):
         check.feed(data[start : start + size])
-    return check.finish()
+    return check.finish().encoding
 
 
 CHUNKINGS = [1, 2, 3, 7, 64, 1 << 20]

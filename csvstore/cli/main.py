@@ -169,6 +169,12 @@ def build_client_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "answers with the stored file; covers files another client sends meanwhile)",
     )
     upload.add_argument(
+        "--encoding",
+        metavar="CODEC",
+        help="the files' encoding (e.g. cp1251, shift_jis): the server checks every byte "
+        "in it instead of detecting one",
+    )
+    upload.add_argument(
         "--resend",
         action="store_true",
         help="send every file; by default files whose SHA-256 the session already holds "
@@ -275,7 +281,7 @@ async def _upload(api: Api, args: argparse.Namespace, out: Output) -> ExitCode:
         api,
         args.session_id,
         sources,
-        options=UploadOptions(sha256=args.sha256, dedupe=args.dedupe),
+        options=UploadOptions(sha256=args.sha256, dedupe=args.dedupe, encoding=args.encoding),
         parallel=args.parallel,
         out=out,
         strategy=ResumableWhenLarge() if args.resume else MultipartUpload(),

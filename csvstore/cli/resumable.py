@@ -82,6 +82,8 @@ class TusUpload:
     ) -> Stored:
         values = {"session_id": session_id, "filename": source.name}
         existing: set[str] = set()
+        if options.encoding:
+            values["encoding"] = options.encoding
         if options.dedupe:
             values["dedupe"] = "true"
             # The session's files before this upload: if the server answers with one of

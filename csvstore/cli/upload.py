@@ -48,6 +48,7 @@ class Source:
 class UploadOptions:
     sha256: bool = False  # send the digest so the server refuses bytes that differ
     dedupe: bool = False  # answer with the stored file if the session already has these bytes
+    encoding: str | None = None  # declared to the server, which then checks instead of detecting
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,8 @@ class MultipartUpload:
         form.append_payload(_field("session_id", session_id))
         if options.dedupe:
             form.append_payload(_field("dedupe", "true"))
+        if options.encoding:  # before the file: the server checks the bytes as they stream
+            form.append_payload(_field("encoding", options.encoding))
         file_part = _SizedStream(chunks, source.size, "text/csv")
         file_part.set_content_disposition("form-data", name="file", filename=source.name)
         form.append_payload(file_part)

@@ -21,7 +21,11 @@ SELECT p.session_id, p.json,
                          'line_terminator', f.line_terminator,
                          'has_header', CASE f.has_header WHEN 1 THEN true WHEN 0 THEN false END,
                          'columns', f.columns::json, 'column_count', f.column_count,
-                         'row_count', f.row_count, 'ragged_rows', f.ragged_rows)::text
+                         'row_count', f.row_count, 'ragged_rows', f.ragged_rows,
+                         'encoding_source', f.encoding_source,
+                         'encoding_confidence', f.encoding_confidence,
+                         'invalid_bytes', f.invalid_bytes,
+                         'first_invalid_offset', f.first_invalid_offset)::text
        END AS file_json
 FROM page AS p
 LEFT JOIN files AS f ON f.session_id = p.id
