@@ -428,6 +428,24 @@ class S3PartialStore:
                 await _S3Hold(self, *acquired).release()
         return removed
 
+    async def remove_for_sessions(self, session_ids: set[str]) -> int:
+        removed = 0
+        for upload_id in sorted(await self._records()):
+            try:
+                loaded = await self._load(upload_id)
+            except ValueError:
+                continue  # the start-up check's business
+            if loaded is None or loaded[0].state.session_id not in session_ids:
+                continue
+            try:
+                acquired = await self._acquire(upload_id)
+            except UploadLocked:
+                continue  # its request finds the session gone
+            if acquired is not None:
+                await self._remove_all(acquired[0])
+                removed += 1
+        return removed
+
     async def reconcile(self, *, published: set[str], min_age: float = 0.0) -> int:
         removed = 0
         now = time.time()

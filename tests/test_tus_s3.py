@@ -38,6 +38,7 @@ from tests.test_tus import (
     assert_problem,
     create,
     csv_file,
+    delete_session_under_uploads,
     file_id_of,
     file_row,
     head,
@@ -193,6 +194,17 @@ def test_termination_aborts_the_multipart_upload(
     assert s3util.multipart_uploads(s3_settings) == []
     assert tus_objects(s3_settings) == []
     assert_problem(requests.delete(f"{server.url}{location}", headers=V, timeout=30), 404)
+
+
+def test_deleting_a_session_terminates_its_uploads_on_s3(
+    server: ServerProcess, s3_settings: Settings
+) -> None:
+    """Deleting a session left its tus uploads in the bucket -- record, tail segments, the
+    multipart upload and its parts -- until their expiry (24 h), answering HEAD with 200."""
+    body = csv_file(Path("/dev/null"), 12 * MiB, seed=15)  # a part and a tail in each
+    delete_session_under_uploads(server.url, server.port, "s1", body)
+    assert s3util.multipart_uploads(s3_settings) == []
+    assert tus_objects(s3_settings) == []
 
 
 def test_expiry_aborts_the_multipart_upload(s3_settings: Settings, tmp_path: Path) -> None:
