@@ -42,7 +42,7 @@ POINTS = (
 # the points of POINTS that S3 paths pass.
 S3_POINTS = (
     "tus.s3_upload_started",  # a tus upload's multipart upload is started, its record not naming it
-    "tus.s3_object_completed",  # the multipart upload is completed, the record does not say so
+    "tus.s3_object_completed",  # the object is made (completed, or one PUT), the record not told
     "tus.s3_tails_dropped",  # a completed upload's tail segments are deleted, its record not marked
 )
 

@@ -781,7 +781,7 @@ class _S3Hold:
                 UploadId=record.upload,
                 MultipartUpload={"Parts": completed},
             )
-            crash_point("tus.s3_object_completed")
+        crash_point("tus.s3_object_completed")
         self._buffer = bytearray()
         # Recorded, so that a removal deletes the object rather than aborting the upload.
         await self._write(replace(self._record, object_done=True))

@@ -86,21 +86,44 @@ def _create_tus(url: str, ledger: S3Ledger, body: bytes, name: str) -> Resumable
     return upload
 
 
-def tus_upload(url: str, ledger: S3Ledger) -> None:
-    """Create, send half (a part and a tail segment), then the rest; stops where it died."""
-    body = _body(TUS_SIZE, 1000 + len(ledger.resumable))
+def _tus(url: str, ledger: S3Ledger, size: int, *, stop_at: int | None = None) -> None:
+    """Create, send half, then the rest (or stop at ``stop_at``); stops where it died."""
+    body = _body(size, 1000 + len(ledger.resumable))
     upload = _create_tus(url, ledger, body, f"t{len(ledger.resumable)}-{uuid.uuid4().hex[:6]}.csv")
     if upload is None:
         return
-    first = TUS_SIZE // 2
-    for start, end in ((0, first), (first, len(body))):
+    _send(url, upload, [size // 2, len(body)] if stop_at is None else [stop_at])
+
+
+def _send(url: str, upload: Resumable, ends: list[int]) -> None:
+    for end in ends:
         try:
-            resp = _patch(url + upload.url, body[start:end], start)
+            resp = _patch(url + upload.url, upload.body[upload.told : end], upload.told)
         except requests.ConnectionError:
             return
         assert resp.status_code == 204, resp.text
         upload.told = int(resp.headers["Upload-Offset"])
-    upload.done = True
+    upload.done = upload.told == len(upload.body)
+
+
+def tus_upload(url: str, ledger: S3Ledger) -> None:
+    """The first PATCH leaves a whole part and a tail segment."""
+    _tus(url, ledger, TUS_SIZE)
+
+
+def tus_small(url: str, ledger: S3Ledger) -> None:
+    """No whole part: completed by one PUT, its multipart upload aborted."""
+    _tus(url, ledger, 300_000)
+
+
+def tus_first_half(url: str, ledger: S3Ledger) -> None:
+    _tus(url, ledger, TUS_SIZE, stop_at=TUS_SIZE // 2)
+
+
+def tus_rest(url: str, ledger: S3Ledger) -> None:
+    """The rest of an upload another process began: this one has none of its analysis, so
+    it completes the object first and reads it back, before the publish."""
+    _send(url, ledger.resumable[-1], [TUS_SIZE])
 
 
 def delete_file(url: str, ledger: S3Ledger) -> None:
@@ -126,16 +149,21 @@ def delete_session_with_tus(url: str, ledger: S3Ledger) -> None:
 
 Scenario = Callable[[str, S3Ledger], None]
 
-# (point, scenario): every point an S3 path passes.
-CASES: list[tuple[str, Scenario]] = [
-    *[(p, s) for p in POINTS if p.startswith("publish.") for s in (small, large, tus_upload)],
-    ("tus.checkpoint_synced", tus_upload),
-    ("tus.publishing_saved", tus_upload),
-    ("tus.row_committed", tus_upload),
-    *[(p, tus_upload) for p in S3_POINTS],
-    ("delete.row_removed", delete_file),
-    ("delete.row_removed", delete_session),
-    ("delete.row_removed", delete_session_with_tus),
+# (point, scenario, what a clean server does first): every point an S3 path passes.
+COMPLETION = (
+    *[p for p in POINTS if p.startswith("publish.")],
+    "tus.publishing_saved",
+    "tus.row_committed",
+    *S3_POINTS[1:],
+)
+CASES: list[tuple[str, Scenario, Scenario | None]] = [
+    *[(p, s, None) for p in POINTS if p.startswith("publish.") for s in (small, large)],
+    *[(p, tus_upload, None) for p in ("tus.checkpoint_synced", S3_POINTS[0], *COMPLETION)],
+    *[(p, tus_rest, tus_first_half) for p in COMPLETION],
+    ("tus.s3_object_completed", tus_small, None),
+    ("delete.row_removed", delete_file, None),
+    ("delete.row_removed", delete_session, None),
+    ("delete.row_removed", delete_session_with_tus, None),
 ]
 # Local storage only: the temp file's fsync and rename, the journal (S3 objects are durable
 # once written), the local tus data file's link and removal.
@@ -235,17 +263,21 @@ def _verify(settings: Settings, ledger: S3Ledger) -> None:
 
 
 @pytest.mark.parametrize(
-    ("point", "scenario"),
+    ("point", "scenario", "before"),
     CASES,
-    ids=[f"{point}-{scenario.__name__}" for point, scenario in CASES],
+    ids=[f"{point}-{scenario.__name__}" for point, scenario, _ in CASES],
 )
-def test_crash_point_on_s3(s3_settings: Settings, point: str, scenario: Scenario) -> None:
+def test_crash_point_on_s3(
+    s3_settings: Settings, point: str, scenario: Scenario, before: Scenario | None
+) -> None:
     if not s3_settings.uses_postgres:
         pytest.skip("S3 with PostgreSQL (make test-s3)")
     ledger = S3Ledger()
     setup = ServerProcess(s3_settings.data_dir)
     setup.start()
     _create_session(setup.url)
+    if before is not None:
+        before(setup.url, ledger)
     assert setup.stop() == 0
     server = _armed(s3_settings, point)
     server.start()
