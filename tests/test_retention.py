@@ -61,7 +61,12 @@ async def test_sweeper_deletes_expired_sessions_and_files(
     assert kept["expires_at"] is None
     assert len(stored_state(settings)[0]) == 1
     assert_consistent(settings)
-    metrics = await (await client.get("/metrics")).text()
+    # Counted when the sweep pass ends, after the session's resumable uploads are removed.
+    for _ in range(100):
+        metrics = await (await client.get("/metrics")).text()
+        if "csvstore_sessions_expired_total 1.0" in metrics:
+            break
+        await asyncio.sleep(0.05)
     assert "csvstore_sessions_expired_total 1.0" in metrics
     assert "csvstore_files_expired_total 1.0" in metrics
 
