@@ -91,7 +91,14 @@ async def reconcile(
     """
     report = CheckReport()
     storage, db, repo = store.storage, store.db, store.repo
-    report.temp_files_removed = await storage.prepare(temp_min_age=temp_min_age)
+    # A publish whose process is known dead (its intent's owner) left its multipart upload,
+    # however young: it goes now, not an hour later.
+    abandoned = frozenset(
+        i.storage_key for i in await db.read(repo.intents) if not owner_alive(i.owner, i.created_at)
+    )
+    report.temp_files_removed = await storage.prepare(
+        temp_min_age=temp_min_age, abandoned=abandoned
+    )
     report.journal_restored = await store.restore_journal()
     rows = await db.read(repo.files_for_check)
     if store.partials is not None:

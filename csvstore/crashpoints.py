@@ -4,7 +4,8 @@
 point; ``CSVSTORE_PAUSE_AT=<name>:<seconds>`` stops the whole process there that long
 instead (a window for another process to act in). Unset, as in production, every call is
 one string comparison.
-tests/test_crash_points.py walks every name in :data:`POINTS`.
+tests/test_crash_points.py walks every name in :data:`POINTS`, test_crash_points_s3.py those
+of :data:`S3_POINTS` and the ones S3 paths pass.
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ POINTS = (
     # the check: check.reconcile
     "check.orphan_removed",  # the first orphan is deleted, the rest not yet
     "check.intent_cleared",  # a dead intent's bytes are deleted, its row not yet
+)
+# Passed on S3 storage only (partial_s3.py); tests/test_crash_points_s3.py walks them, with
+# the points of POINTS that S3 paths pass.
+S3_POINTS = (
+    "tus.s3_upload_started",  # a tus upload's multipart upload is started, its record not naming it
+    "tus.s3_object_completed",  # the object is made (completed, or one PUT), the record not told
+    "tus.s3_tails_dropped",  # a completed upload's tail segments are deleted, its record not marked
 )
 
 _ARMED = os.environ.get("CSVSTORE_CRASH_AT", "")

@@ -246,8 +246,10 @@ class TimedStorage:
         self.inner = inner
         self._latency = metrics.storage_latency
 
-    async def prepare(self, *, temp_min_age: float = 0.0) -> int:
-        return await self.inner.prepare(temp_min_age=temp_min_age)
+    async def prepare(
+        self, *, temp_min_age: float = 0.0, abandoned: frozenset[str] = frozenset()
+    ) -> int:
+        return await self.inner.prepare(temp_min_age=temp_min_age, abandoned=abandoned)
 
     async def begin(self, key: str) -> StorageWriter:
         with self._latency.labels("begin").time():

@@ -179,6 +179,10 @@ class PartialStore(Protocol):
         """Remove the uploads whose time is up (sparing any in use); how many went."""
         ...
 
+    async def remove_for_sessions(self, session_ids: set[str]) -> int:
+        """Remove the uploads into these sessions (sparing any in use); how many went."""
+        ...
+
     async def reconcile(self, *, published: set[str], min_age: float = 0.0) -> int:
         """After a crash: keep resumable uploads, settle interrupted completions, remove
         broken and expired ones (those younger than ``min_age`` seconds are spared)."""
@@ -349,6 +353,29 @@ class LocalPartialStore:
                     current = self._read_state(upload_id)
                     if current is not None and current.expires_at <= now:
                         removed += self._remove_files(upload_id)
+                finally:
+                    if fd is not None:
+                        os.close(fd)
+            return removed
+
+        return await asyncio.to_thread(run)
+
+    async def remove_for_sessions(self, session_ids: set[str]) -> int:
+        def run() -> int:
+            removed = 0
+            for upload_id in sorted(self._ids()):
+                try:
+                    state = self._read_state(upload_id)
+                except (ValueError, TypeError):
+                    continue  # reconcile's business
+                if state is None or state.session_id not in session_ids:
+                    continue
+                try:
+                    fd = self._lock(upload_id)
+                except UploadLocked:
+                    continue  # its request finds the session gone
+                try:
+                    removed += self._remove_files(upload_id)
                 finally:
                     if fd is not None:
                         os.close(fd)

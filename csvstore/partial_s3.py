@@ -49,6 +49,7 @@ import orjson
 from botocore.exceptions import ClientError
 
 from csvstore.analysis import FileFacts, UploadAnalysis
+from csvstore.crashpoints import crash_point
 from csvstore.partial import UPLOAD_ID, HoldPublisher, PartialState, UploadLocked
 from csvstore.storage_s3 import (
     _PART_CHECKSUMS,
@@ -140,8 +141,7 @@ class S3PartialStore:
         lease_seconds: float = LEASE_SECONDS,
         is_published: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
-        """``expiry``: the tus expiry. A multipart upload of a stored name with no record,
-        older than that, is one a crash left: the sweeper aborts it."""
+        """``expiry``: the tus expiry, of completed uploads' records too."""
         if part_size % S3_MIN_PART:
             raise ValueError(f"tus part size {part_size} is not a multiple of 5 MiB")
         self.storage = storage
@@ -215,19 +215,25 @@ class S3PartialStore:
     # The protocol
 
     async def create(self, state: PartialState) -> None:
-        """The multipart upload first: a crash before the record leaves one with no parts
-        and no record, which the sweeper aborts once it is older than the expiry."""
+        """The record first, naming no multipart upload yet; then the multipart upload; then
+        the record naming it. So every tus multipart upload has a record from its start: a
+        multipart upload of a stored name without one is a single-shot upload's (perhaps
+        streaming still), never ours to abort. A crash in between leaves a record without
+        an upload id, whose removal aborts whatever was started under its key."""
         _, key = self.target(state.id)
         client, bucket = self.storage.client, self.storage.bucket
-        created = await client.create_multipart_upload(
-            Bucket=bucket, Key=self.storage.object_key(key), ContentType="text/csv"
-        )
-        record = _Record(state=state, upload=created["UploadId"], part_size=self.part_size)
+        record = _Record(state=state, upload="", part_size=self.part_size)
+        etag = await self._put(record, if_match=None)
         try:
-            await self._put(record, if_match=None)
+            created = await client.create_multipart_upload(
+                Bucket=bucket, Key=self.storage.object_key(key), ContentType="text/csv"
+            )
+            crash_point("tus.s3_upload_started")
+            record = replace(record, upload=created["UploadId"])
+            await self._put(record, if_match=etag)
         except BaseException:
             with contextlib.suppress(Exception):
-                await self._abort_upload(record)
+                await self._remove_all(record)
             raise
 
     async def get(self, upload_id: str) -> PartialState | None:
@@ -338,18 +344,29 @@ class S3PartialStore:
         return True
 
     async def _abort_upload(self, record: _Record) -> None:
-        if record.object_done:
-            return
-        _, key = self.target(record.state.id)
-        try:
-            await self.storage.client.abort_multipart_upload(
-                Bucket=self.storage.bucket,
-                Key=self.storage.object_key(key),
-                UploadId=record.upload,
-            )
-        except ClientError as exc:
-            if _error_code(exc) != "NoSuchUpload":
-                raise
+        if not record.object_done:
+            await self._abort_uploads(record.state.id, record.upload)
+
+    async def _abort_uploads(self, upload_id: str, known: str = "") -> None:
+        """Abort the upload's multipart upload; without its id (a creation cut short, an
+        unreadable record), every one started under its key, which is this upload's alone."""
+        client, bucket = self.storage.client, self.storage.bucket
+        object_key = self.storage.object_key(self.target(upload_id)[1])
+        upload_ids = [known]
+        if not known:
+            paginator = client.get_paginator("list_multipart_uploads")
+            upload_ids = [
+                upload["UploadId"]
+                async for page in paginator.paginate(Bucket=bucket, Prefix=object_key)
+                for upload in page.get("Uploads", [])
+                if upload["Key"] == object_key
+            ]
+        for each in upload_ids:
+            try:
+                await client.abort_multipart_upload(Bucket=bucket, Key=object_key, UploadId=each)
+            except ClientError as exc:
+                if _error_code(exc) != "NoSuchUpload":
+                    raise
 
     async def _delete_tails(self, upload_id: str) -> None:
         """Every tail segment of the upload (strays of crashed writers too)."""
@@ -409,31 +426,25 @@ class S3PartialStore:
                 removed += 1
             elif acquired is not None:
                 await _S3Hold(self, *acquired).release()
-        await self._abort_orphans(set(records), now)
         return removed
 
-    async def _abort_orphans(self, records: set[str], now: float) -> int:
-        """Abort the multipart uploads of stored names that no tus record owns and that are
-        older than the tus expiry: a crash between starting one and writing its record."""
-        aborted = 0
-        client, bucket, prefix = self.storage.client, self.storage.bucket, self.storage.prefix
-        paginator = client.get_paginator("list_multipart_uploads")
-        async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-            for upload in page.get("Uploads", []):
-                name = upload["Key"].removeprefix(prefix)
-                if not STORED_NAME.match(name):
-                    continue
-                upload_id = uuid.UUID(name.removesuffix(".csv")).hex
-                if upload_id in records or upload["Initiated"].timestamp() > now - self.expiry:
-                    continue
-                with contextlib.suppress(ClientError):
-                    await client.abort_multipart_upload(
-                        Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                    )
-                    aborted += 1
-        if aborted:
-            log.info("aborted %d multipart upload(s) that no tus upload owns", aborted)
-        return aborted
+    async def remove_for_sessions(self, session_ids: set[str]) -> int:
+        removed = 0
+        for upload_id in sorted(await self._records()):
+            try:
+                loaded = await self._load(upload_id)
+            except ValueError:
+                continue  # the start-up check's business
+            if loaded is None or loaded[0].state.session_id not in session_ids:
+                continue
+            try:
+                acquired = await self._acquire(upload_id)
+            except UploadLocked:
+                continue  # its request finds the session gone
+            if acquired is not None:
+                await self._remove_all(acquired[0])
+                removed += 1
+        return removed
 
     async def reconcile(self, *, published: set[str], min_age: float = 0.0) -> int:
         removed = 0
@@ -457,8 +468,8 @@ class S3PartialStore:
             try:
                 if await self._load(upload_id) is None:
                     return 0
-            except ValueError:  # unreadable: nothing to resume (its multipart upload, if
-                # any, is an orphan the sweeper aborts)
+            except ValueError:  # unreadable: nothing to resume
+                await self._abort_uploads(upload_id)
                 await self._delete_tails(upload_id)
                 await self._delete_record(upload_id)
                 return 1
@@ -502,6 +513,8 @@ class S3PartialStore:
         return True
 
     async def _upload_exists(self, record: _Record) -> bool:
+        if not record.upload:
+            return False  # its creation was cut short
         _, key = self.target(record.state.id)
         try:
             await self.storage.client.list_parts(
@@ -696,6 +709,7 @@ class _S3Hold:
                 tail = [*tail, await self._put_segment(fresh)]
         state = replace(record.state, offset=self.received, expires_at=expires_at)
         new = replace(record, state=state, parts=record.parts + self._new_parts, tail=tail)
+        crash_point("tus.checkpoint_synced")  # on S3: parts and segment stored, not yet named
         await self._write(new)
         self._new_parts = []
         self._pending = 0
@@ -767,6 +781,7 @@ class _S3Hold:
                 UploadId=record.upload,
                 MultipartUpload={"Parts": completed},
             )
+        crash_point("tus.s3_object_completed")
         self._buffer = bytearray()
         # Recorded, so that a removal deletes the object rather than aborting the upload.
         await self._write(replace(self._record, object_done=True))
@@ -794,6 +809,7 @@ class _S3Hold:
         # segments beside a completed record.
         with contextlib.suppress(Exception):  # what is left goes with the record
             await self._store._delete_tails(state.id)
+        crash_point("tus.s3_tails_dropped")
         await self._write(replace(record, state=state, parts=[], tail=[], object_done=True))
 
     async def remove(self) -> None:

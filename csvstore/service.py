@@ -133,20 +133,24 @@ class CsvStore:
             expired: list[str] = await self.db.read(
                 functools.partial(self.repo.expired_sessions, now=utc_now(), limit=batch)
             )
+            gone = set()
             for session_id in expired:
                 try:
-                    files += await self._delete_session(session_id)
+                    files += await self._delete_session(session_id, partials=False)
                     sessions += 1
+                    gone.add(session_id)
                 except NotFound:  # deleted by someone else meanwhile
                     pass
+            await self._remove_partials(gone)  # one pass over the partial uploads per batch
             if len(expired) < batch:
                 return sessions, files
 
     async def delete_session(self, session_id: str) -> None:
         await self._delete_session(session_id)
 
-    async def _delete_session(self, session_id: str) -> int:
-        """Delete a session's rows, then its bytes; how many files went with it."""
+    async def _delete_session(self, session_id: str, *, partials: bool = True) -> int:
+        """Delete a session's rows, then its bytes, then (``partials``) its resumable uploads
+        in progress; how many files went with it."""
         # The keys become intents with the rows' delete: bytes a crash leaves behind are then
         # known leftovers, which the check removes even when no file row is left.
         owner = this_owner()
@@ -157,7 +161,26 @@ class CsvStore:
             raise _session_not_found(session_id)
         crash_point("delete.row_removed")
         await self._remove_bytes(keys)
+        if partials:
+            await self._remove_partials({session_id})
         return len(keys)
+
+    async def _remove_partials(self, session_ids: set[str]) -> None:
+        """Terminate the resumable uploads into these (deleted) sessions. One that fails or
+        is being written now is left to its next request, which finds no session: 404, and
+        the upload goes (tus.py)."""
+        if self.partials is None or not session_ids:
+            return
+        try:
+            removed = await self.partials.remove_for_sessions(session_ids)
+        except Exception:
+            log.warning("could not remove the resumable uploads of deleted sessions", exc_info=True)
+            return
+        if removed:
+            log.info("removed %d resumable upload(s) of deleted session(s)", removed)
+
+    async def session_exists(self, session_id: str) -> bool:
+        return await self.db.read(lambda x: self.repo.get_session(x, session_id)) is not None
 
     # Files
 

@@ -80,8 +80,12 @@ class StorageWriter(Protocol):
 
 
 class Storage(Protocol):
-    async def prepare(self, *, temp_min_age: float = 0.0) -> int:
-        """Create what is missing; remove temp objects older than ``temp_min_age`` seconds."""
+    async def prepare(
+        self, *, temp_min_age: float = 0.0, abandoned: frozenset[str] = frozenset()
+    ) -> int:
+        """Create what is missing; remove temp objects older than ``temp_min_age`` seconds,
+        and those of the stored names in ``abandoned`` (their process is known dead) at any
+        age where the storage can tell them (S3: a multipart upload has its final key)."""
         ...
 
     async def begin(self, key: str) -> StorageWriter: ...
@@ -375,7 +379,9 @@ class LocalStorage:
         self._free_bytes = 0
         self._free_checked_at = -1e9
 
-    async def prepare(self, *, temp_min_age: float = 0.0) -> int:
+    async def prepare(
+        self, *, temp_min_age: float = 0.0, abandoned: frozenset[str] = frozenset()
+    ) -> int:
         """Create the folders and remove temp files a crash left behind; how many were removed."""
 
         def run() -> int:

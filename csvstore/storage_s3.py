@@ -254,9 +254,12 @@ class S3Storage:
                 "check that it exists, the endpoint, and the credentials"
             ) from exc
 
-    async def prepare(self, *, temp_min_age: float = 0.0) -> int:
+    async def prepare(
+        self, *, temp_min_age: float = 0.0, abandoned: frozenset[str] = frozenset()
+    ) -> int:
         """Check the bucket is there and reachable; abort multipart uploads older than
-        ``temp_min_age`` seconds (uploads a dead process left); how many were aborted."""
+        ``temp_min_age`` seconds (uploads a dead process left), or of a name in
+        ``abandoned`` (a publish whose process is known dead); how many were aborted."""
         await self._check_bucket()
         cutoff = time.time() - temp_min_age
         aborted = 0
@@ -266,7 +269,8 @@ class S3Storage:
                 name = upload["Key"].removeprefix(self.prefix)
                 if not STORED_NAME.match(name):
                     continue
-                if temp_min_age and upload["Initiated"].timestamp() >= cutoff:
+                young = temp_min_age and upload["Initiated"].timestamp() >= cutoff
+                if young and name not in abandoned:
                     continue
                 if await self._is_resumable(name):
                     continue  # a tus upload, waiting for its client: it expires by itself

@@ -53,7 +53,7 @@ from csvstore.errors import (
 )
 from csvstore.ingest import UploadLimits
 from csvstore.keys import LIMITS_KEY, SETTINGS_KEY, STORE_KEY
-from csvstore.partial import PartialHold, PartialState, PartialStore
+from csvstore.partial import PartialHold, PartialState, PartialStore, UploadLocked
 from csvstore.schemas import UploadForm, UploadOptions, load
 from csvstore.security import TUS_EXPOSE_HEADERS, TUS_REQUEST_HEADERS
 from csvstore.service import CsvStore, Published
@@ -392,10 +392,24 @@ async def terminate(request: web.Request) -> web.Response:
 
 async def _get(request: web.Request) -> PartialState:
     upload_id = request.match_info["upload_id"]
-    state = await _partials(request).get(upload_id)
+    partials = _partials(request)
+    state = await partials.get(upload_id)
     if state is None or (state.expires_at <= time.time() and not state.completed):
         raise _upload_not_found(upload_id)
+    await _require_live_session(request.app[STORE_KEY], partials, state)
     return state
+
+
+async def _require_live_session(
+    store: CsvStore, partials: PartialStore, state: PartialState
+) -> None:
+    """An upload whose session was deleted is gone with it (the delete removes the uploads
+    it can; one it could not, or created meanwhile, goes at its next request)."""
+    if await store.session_exists(state.session_id):
+        return
+    with contextlib.suppress(UploadLocked):  # its own request finds the session gone
+        await partials.remove(state.id)
+    raise NotFound(f"upload {state.id!r} not found: its session {state.session_id!r} was deleted")
 
 
 def _upload_not_found(upload_id: str) -> NotFound:
@@ -463,6 +477,7 @@ async def _run_patch(
     state = await partials.get(upload_id)
     if state is None:
         raise _upload_not_found(upload_id)
+    await _require_live_session(store, partials, state)
     if state.completed:
         if offset == state.length and not _has_body(request):
             return state  # a retry of the final request: nothing more to do

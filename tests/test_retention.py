@@ -109,3 +109,47 @@ def test_short_ttl_against_the_real_server(tmp_path: Path) -> None:
     finally:
         assert server.stop() == 0
     assert stored_names(tmp_path / "data" / "uploads") == []
+
+
+async def test_an_expired_session_takes_its_resumable_uploads_with_it(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    """The retention sweep deletes a session as DELETE does: its tus uploads in progress go
+    too (before, they stayed until their own expiry, 24 h)."""
+    from tests import s3util
+
+    client = await make_client(replace(settings, sweep_interval=0.05))
+    await client.post("/api/csv/sessions", json={"session_id": "brief", "ttl_seconds": 1})
+    body = csv_bytes(2000)
+    meta = "session_id YnJpZWY=,filename YS5jc3Y="  # brief, a.csv
+    tus = {"Tus-Resumable": "1.0.0"}
+    created = await client.post(
+        "/api/csv/tus/", headers={**tus, "Upload-Length": str(len(body)), "Upload-Metadata": meta}
+    )
+    assert created.status == 201, await created.text()
+    location = created.headers["Location"]
+    sent = await client.patch(
+        location,
+        data=body[:1000],
+        headers={**tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+    )
+    assert sent.status == 204, await sent.text()
+
+    def partials_left() -> list[str]:
+        if settings.uses_s3:
+            objects, uploads = s3util.listing(settings)
+            return sorted(n for n in objects if n.startswith("tus/")) + uploads
+        folder = settings.temp_dir / "tus"
+        return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+    assert partials_left()
+    for _ in range(100):
+        if (await client.get("/api/csv/sessions/brief")).status == 404:
+            break
+        await asyncio.sleep(0.05)
+    for _ in range(40):  # the sweep removes the uploads just after the session
+        if not partials_left():
+            break
+        await asyncio.sleep(0.05)
+    assert partials_left() == []
+    assert (await client.head(location, headers=tus)).status == 404

@@ -823,3 +823,44 @@ def test_resumed_equals_single_shot_on_every_backend(settings: Settings, tmp_pat
         assert not [n for n in partial_files(settings.data_dir) if n.endswith(".part")]
     finally:
         assert server.stop() == 0
+
+
+def delete_session_under_uploads(url: str, port: int, session_id: str, body: bytes) -> list[str]:
+    """Two uploads into the session, one idle at an offset, one with a PATCH in flight; the
+    session deleted meanwhile; the PATCH then ends. Both answer 404 afterwards (HEAD, PATCH);
+    their locations."""
+    idle = create(url, len(body), session_id=session_id).headers["Location"]
+    assert patch(url, idle, 0, body[: len(body) // 3]).status_code == 204
+    busy = create(url, len(body), session_id=session_id).headers["Location"]
+    half = len(body) // 2
+    sock = _raw_patch_start(port, busy, 0, half, body[:1000])
+    try:
+        time.sleep(0.5)  # the PATCH holds its upload
+        resp = requests.delete(f"{url}/api/csv/sessions/{session_id}", timeout=30)
+        assert resp.status_code == 200, resp.text
+        sock.sendall(body[1000:half])
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            received = sock.recv(65536)
+            assert received, answer
+            answer += received
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 204"), answer  # not complete: saved, session unseen
+    for location in (idle, busy):
+        assert head(url, location).status_code == 404
+        assert_problem(patch(url, location, 0, body[:10]), 404)
+    return [idle, busy]
+
+
+def test_deleting_a_session_terminates_its_uploads(server: ServerProcess, session: str) -> None:
+    """A session's resumable uploads in progress go with it: the delete removes the idle
+    one, and the one a PATCH was writing goes at its next request (404, nothing left).
+    Before, both stayed under tmp/tus/ until their expiry, and answered HEAD with 200."""
+    body = b"id,v\n" + b"".join(f"{i},{i}\n".encode() for i in range(40_000))
+    locations = delete_session_under_uploads(server.url, server.port, session, body)
+    tus_dir = server.data_dir / "tmp" / "tus"
+    left = {p.name for p in tus_dir.iterdir()} if tus_dir.exists() else set()
+    for location in locations:
+        upload_id = location.rsplit("/", 1)[1]
+        assert not [name for name in left if name.startswith(upload_id)], left

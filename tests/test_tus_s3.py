@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import threading
 import time
 import uuid
@@ -37,6 +38,7 @@ from tests.test_tus import (
     assert_problem,
     create,
     csv_file,
+    delete_session_under_uploads,
     file_id_of,
     file_row,
     head,
@@ -194,9 +196,18 @@ def test_termination_aborts_the_multipart_upload(
     assert_problem(requests.delete(f"{server.url}{location}", headers=V, timeout=30), 404)
 
 
-def test_expiry_aborts_the_multipart_upload_and_orphans(
-    s3_settings: Settings, tmp_path: Path
+def test_deleting_a_session_terminates_its_uploads_on_s3(
+    server: ServerProcess, s3_settings: Settings
 ) -> None:
+    """Deleting a session left its tus uploads in the bucket -- record, tail segments, the
+    multipart upload and its parts -- until their expiry (24 h), answering HEAD with 200."""
+    body = csv_file(Path("/dev/null"), 12 * MiB, seed=15)  # a part and a tail in each
+    delete_session_under_uploads(server.url, server.port, "s1", body)
+    assert s3util.multipart_uploads(s3_settings) == []
+    assert tus_objects(s3_settings) == []
+
+
+def test_expiry_aborts_the_multipart_upload(s3_settings: Settings, tmp_path: Path) -> None:
     server = ServerProcess(s3_settings.data_dir, "--tus-expiry", "1.5", "--sweep-interval", "0.2")
     server.start()
     try:
@@ -204,18 +215,63 @@ def test_expiry_aborts_the_multipart_upload_and_orphans(
         body = csv_file(tmp_path / "e.csv", 6 * MiB, seed=6)
         location = create(server.url, len(body)).headers["Location"]
         assert patch(server.url, location, 0, body[: 5 * MiB + 10]).status_code == 204
-        # A multipart upload of a stored name with no record: a crash between starting a
-        # tus upload's multipart upload and writing its record.
-        s3util.start_multipart_upload(s3_settings, f"{uuid.uuid4()}.csv")
         wait_for(lambda: head(server.url, location).status_code == 404, "the upload expired")
         wait_for(
             lambda: s3util.multipart_uploads(s3_settings) == [] and not tus_objects(s3_settings),
-            "the sweeper aborted the multipart uploads and removed record and tail",
+            "the sweeper aborted the multipart upload and removed record and tail",
         )
         assert_problem(patch(server.url, location, 5 * MiB + 10, body[5 * MiB + 10 :]), 404)
     finally:
         assert server.stop() == 0
     assert "Traceback" not in server.log()
+    assert_consistent(s3_settings)
+
+
+def _slow_form_upload(port: int, body: bytes, pause_at: int, pause: float) -> bytes:
+    """A single-shot upload whose body stalls ``pause`` seconds at ``pause_at``; the answer."""
+    boundary = "slowformboundary"
+    head_part = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="session_id"\r\n\r\ns1\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        'filename="slow.csv"\r\nContent-Type: text/csv\r\n\r\n'
+    ).encode()
+    form = head_part + body + f"\r\n--{boundary}--\r\n".encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(
+            (
+                f"POST /api/csv/upload HTTP/1.1\r\nHost: x\r\nContent-Length: {len(form)}\r\n"
+                f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                "Connection: close\r\n\r\n"
+            ).encode()
+        )
+        sock.sendall(form[:pause_at])
+        time.sleep(pause)
+        sock.sendall(form[pause_at:])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_the_tus_sweeper_spares_a_slow_single_shot_upload(
+    s3_settings: Settings,
+) -> None:
+    """A single-shot upload streams into a multipart upload of a stored name with no tus
+    record; the tus sweeper took it for a tus upload's orphan once it was older than the
+    tus expiry and aborted it, and the upload's commit answered 500."""
+    server = ServerProcess(s3_settings.data_dir, "--tus-expiry", "1", "--sweep-interval", "0.2")
+    server.start()
+    try:
+        requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "s1"}, timeout=30)
+        body = csv_file(Path("/dev/null"), 7 * MiB, seed=14)
+        # Past one part (the multipart upload is started), then a pause of several sweeps.
+        answer = _slow_form_upload(server.port, body, 6 * MiB, pause=3.0)
+        assert answer.startswith(b"HTTP/1.1 201"), answer[:2000]
+        file_id = json.loads(answer.split(b"\r\n\r\n", 1)[1])["file"]["id"]
+        assert content(server.url, file_id) == body
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.log(), server.log()[-3000:]
     assert_consistent(s3_settings)
 
 
