@@ -632,7 +632,7 @@ class _PublishingWriter(HoldPublisher["_LocalHold"]):
         self._hold.published = True
 
     async def abort(self) -> None:
-        if self._hold.published:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            await asyncio.to_thread(self._hold._store.data_path(self._hold.state.id).unlink)
+        # Nothing here: the data file is the hold's, removed by its remove() when the file
+        # is refused, and kept when the publish failed for a passing reason (the upload stays
+        # resumable; tus.py). A link already made is removed by the publish that made it.
+        return

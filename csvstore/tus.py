@@ -43,6 +43,7 @@ from csvstore.errors import (
     ApiError,
     BadRequest,
     ClientGone,
+    DependencyUnavailable,
     InsufficientStorage,
     NotACsv,
     NotFound,
@@ -752,7 +753,12 @@ async def _complete(
         )
         writer = None  # publish_upload owned it, and removed the bytes on failure
         crash_point("tus.row_committed")
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, DependencyUnavailable) and hold.interrupted_publish is not None:
+            # The database or storage is away, not the file at fault: the upload stays as a
+            # crash would leave it, and its next request settles it (complete, or resumable
+            # at its acknowledged offset).
+            raise
         if writer is not None:
             await writer.abort()
         await hold.remove()

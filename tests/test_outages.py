@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,73 @@ def assert_unavailable_readyz(reply: requests.Response) -> dict[str, Any]:
     body: dict[str, Any] = reply.json()
     assert body["detail"].startswith("not ready: ")
     return body
+
+
+def test_a_tus_upload_whose_completion_meets_a_stopped_database_stays_resumable(
+    own_postgres: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The last PATCH of a tus upload reaches its completion, and PostgreSQL stops there.
+    The client gets a 503 after the publish has waited for it; the upload is not removed
+    (it was, with every acknowledged byte): once the database is back, HEAD gives the
+    offset the client was last told and the resend completes the file."""
+    url, folder = own_postgres
+    data_dir = tmp_path / "data"
+    server = ServerProcess(
+        data_dir,
+        env={
+            "CSVSTORE_DATABASE_URL": url,
+            "CSVSTORE_STORAGE": "",
+            "CSVSTORE_PAUSE_AT": "tus.publishing_saved:3",
+        },
+    )
+    server.start()
+    body = b"id,name\n" + b"".join(b"%d,name %d\n" % (i, i) for i in range(20_000))
+    half = len(body) // 2
+    headers = {"Tus-Resumable": "1.0.0"}
+    patch_headers = {**headers, "Content-Type": "application/offset+octet-stream"}
+    try:
+        assert requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "s"}).ok
+        meta = "session_id cw==,filename ZC5jc3Y="  # "s" and "d.csv", base64
+        created = requests.post(
+            f"{server.url}/api/csv/tus/",
+            headers={**headers, "Upload-Length": str(len(body)), "Upload-Metadata": meta},
+        )
+        assert created.status_code == 201, created.text
+        location = f"{server.url}{created.headers['Location']}"
+        first = requests.patch(
+            location, data=body[:half], headers={**patch_headers, "Upload-Offset": "0"}
+        )
+        assert first.status_code == 204, first.text
+        state = next((data_dir / "tmp" / "tus").glob("*.json"))
+
+        def last_patch() -> requests.Response:
+            return requests.patch(
+                location,
+                data=body[half:],
+                headers={**patch_headers, "Upload-Offset": str(half)},
+                timeout=120,
+            )
+
+        with ThreadPoolExecutor(1) as pool:
+            sending = pool.submit(last_patch)
+            deadline = time.monotonic() + 20
+            while b'"file_id":null' in state.read_bytes().replace(b" ", b""):
+                assert time.monotonic() < deadline, "the completion never began"
+                time.sleep(0.02)
+            _pg_ctl(folder, "-m", "fast", "-w", "stop")  # while the server is held there
+            assert_unavailable(sending.result(timeout=120), "database")
+        port = (folder / "port").read_text().strip()
+        _pg_ctl(folder, "-l", str(folder / "server.log"), "-o", f"-p {port}", "-w", "start")
+        wait_ready(server.url)
+        head = requests.head(location, headers=headers)
+        assert head.status_code == 200, head.status_code
+        assert int(head.headers["Upload-Offset"]) == half
+        again = last_patch()
+        assert again.status_code == 204, again.text
+        stored = requests.get(f"{server.url}{again.headers['Content-Location']}/content")
+        assert stored.content == body
+    finally:
+        assert server.stop() == 0, server.log()
 
 
 @pytest.fixture
