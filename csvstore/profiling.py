@@ -66,6 +66,7 @@ from __future__ import annotations
 import bisect
 import codecs
 import csv
+import dataclasses
 import functools
 import io
 import re
@@ -90,6 +91,10 @@ __all__ = [
 SUPPORTED_ENCODINGS: Final = ("utf-8", "utf-8-sig", "cp1252", "utf-16")
 
 _DELIMITERS: Final = (",", ";", "\t", "|")
+# Tried only when none of _DELIMITERS splits the sample consistently (see _sniff).
+_EXTRA_DELIMITERS: Final = (":", "~", "^", "!")
+_FITS: Final = 0.9  # share of sampled records with the modal width that counts as a fit
+_COMMENT: Final = "#"
 _DEFAULT_TERMINATOR: Final = "\n"
 _CR: Final = 0x0D
 _LF: Final = 0x0A
@@ -97,10 +102,16 @@ _TERMINATOR_RE: Final = re.compile(rb"\r\n|\r|\n")
 _LONE_CR_RE: Final = re.compile(rb"\r(?!\n)")
 # The sample grows (doubling) until it holds two complete records, up to this many times
 # `sample_size`; past that the first record alone is too long to sniff from.
-_MAX_SAMPLE_FACTOR: Final = 16
-# has_header and the delimiter score look at this many sampled records at most.
-_MAX_SNIFF_RECORDS: Final = 20
+_MAX_SAMPLE_FACTOR: Final = 64
+# The sample grows until it holds this many records of the table (a header and enough rows
+# to vote on), whatever their width, within the bound above.
+_MIN_SNIFF_RECORDS: Final = 8
+# has_header and the delimiter score look at this many sampled records at most (preamble
+# lines included).
+_MAX_SNIFF_RECORDS: Final = 60
 _MAX_HEADER_VOTE_ROWS: Final = 20
+# Leading records that may be preamble (titles, comments, key: value lines).
+_MAX_PREAMBLE: Final = 30
 # The scanner takes chunks in blocks of at most this many bytes (see _RecordScanner.feed).
 _BLOCK: Final = 256 * 1024
 
@@ -119,6 +130,12 @@ class CsvProfile:
     ragged_rows: int
     checkpoints: list[tuple[int, int]]
     encoding: str
+    # Dialect beyond csv's defaults (see _sniff and the README's "How a file is read").
+    preamble_lines: int = 0  # lines before the table (titles, comments, blank lines)
+    table_offset: int = 0  # stored-file offset of the table's first line (the header)
+    skip_initial_space: bool = False
+    comment_char: str | None = None
+    duplicate_columns: list[str] = dataclasses.field(default_factory=list)
 
 
 class RowSource(Protocol):
@@ -135,6 +152,12 @@ class RowSource(Protocol):
 
     @property
     def checkpoints(self) -> Sequence[tuple[int, int]]: ...
+
+    @property
+    def skip_initial_space(self) -> bool: ...
+
+    @property
+    def comment_char(self) -> str | None: ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -724,6 +747,106 @@ def native_counter() -> bool:
     return _NativeScanner is not None and _use_native
 
 
+class _DialectFilter:
+    """Feeds a counter bytes rewritten, length for length, so that its plain reading of
+    records (csv.reader's defaults) gives the counts of a file with comment lines or a space
+    after the delimiter; offsets are unchanged.
+
+    * A line starting with the comment character becomes line breaks only: blank lines,
+      which are not rows. `read_page` blanks the same physical lines before csv.reader.
+    * With skip_initial_space, ``delimiter + spaces + quote`` becomes ``spaces + delimiter +
+      quote``: the quote then opens a field where csv.reader(skipinitialspace=True) opens
+      one, with the same fields and records.
+
+    Files with neither (nearly all) do not go through it.
+    """
+
+    __slots__ = ("_at_line_start", "_carry", "_comment", "_counter", "_in_comment", "_space_re",
+                 "_tail_re")  # fmt: skip
+
+    def __init__(
+        self, counter: _Counter, *, delimiter: str, quotechar: str, skip_space: bool,
+        comment_char: str | None,
+    ) -> None:  # fmt: skip
+        self._counter = counter
+        self._comment = comment_char.encode("latin-1") if comment_char else None
+        delim = re.escape(delimiter.encode("latin-1"))
+        quote = re.escape(quotechar.encode("latin-1"))
+        self._space_re = re.compile(delim + rb"( +)(?=" + quote + rb")") if skip_space else None
+        self._tail_re = re.compile(delim + rb" *\Z")
+        self._at_line_start = True
+        self._in_comment = False
+        self._carry = b""
+
+    @property
+    def counter(self) -> _Counter:
+        return self._counter
+
+    def feed(self, data: bytes) -> None:
+        if self._comment is not None and data:
+            data = self._blank_comments(data)
+        if self._space_re is not None:
+            data = self._carry + data
+            # A delimiter and spaces at the end wait for the next byte (a quote or not).
+            tail = self._tail_re.search(data)
+            cut = tail.start() if tail is not None else len(data)
+            data, self._carry = data[:cut], data[cut:]
+            data = self._space_re.sub(_move_spaces, data)
+        if data:
+            self._counter.feed(data)
+
+    def finish(self) -> None:
+        if self._carry:
+            self._counter.feed(self._carry)
+            self._carry = b""
+        self._counter.finish()
+
+    def _blank_comments(self, data: bytes) -> bytes:
+        assert self._comment is not None
+        mark = self._comment
+        original = data
+        line_start = self._at_line_start
+        if self._in_comment:  # the rest of a comment line begun in the previous chunk
+            stop = _first_break(data)
+            data = b"\n" * stop + data[stop:]
+            if stop == len(data):
+                self._at_line_start = False
+                return data
+            self._in_comment = line_start = False
+        if line_start and data.startswith(mark):
+            stop = _first_break(data)
+            data = b"\n" * stop + data[stop:]
+        if b"\n" + mark in data or b"\r" + mark in data:
+            pattern = _COMMENT_LINE_RE if mark == b"#" else _comment_line_re(mark)
+            data = pattern.sub(_blank, data)
+        last = max(original.rfind(b"\n"), original.rfind(b"\r"))
+        start = last + 1 if last >= 0 else (0 if line_start else len(original))
+        self._in_comment = original.startswith(mark, start)  # runs on into the next chunk
+        self._at_line_start = original[-1] in (0x0A, 0x0D)
+        return data
+
+
+_COMMENT_LINE_RE: Final = re.compile(rb"(?<=[\r\n])#[^\r\n]*")
+
+
+@functools.lru_cache(maxsize=8)
+def _comment_line_re(mark: bytes) -> re.Pattern[bytes]:
+    return re.compile(rb"(?<=[\r\n])" + re.escape(mark) + rb"[^\r\n]*")
+
+
+def _blank(match: re.Match[bytes]) -> bytes:
+    return b"\n" * (match.end() - match.start())
+
+
+def _move_spaces(match: re.Match[bytes]) -> bytes:
+    return match.group(1) + match.group(0)[:1]
+
+
+def _first_break(data: bytes) -> int:
+    found = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
+    return min(found) if found else len(data)
+
+
 # --------------------------------------------------------------------------------------------
 # Sniffing the dialect and the header from the sample
 # --------------------------------------------------------------------------------------------
@@ -740,8 +863,12 @@ class _Sniffed:
     delimiter: str
     quotechar: str
     terminator: str
-    records: list[_SampleRecord]  # complete, non-blank records of the sample
+    records: list[_SampleRecord]  # complete, non-blank records of the table in the sample
     complete: bool  # False: not one whole record in the largest sample, first one unknown
+    table_start: int = 0  # offset in the sample of the table's first line (after a preamble)
+    preamble_lines: int = 0
+    skip_space: bool = False
+    comment_char: str | None = None
 
 
 _SEPARATOR_CLASS: Final = "[,;\t|\r\n]"
@@ -770,20 +897,20 @@ def _line_ending(text: str, stop: int) -> str:
 
 
 def _parse_sample(
-    text: str, delimiter: str, quotechar: str, *, whole: bool
+    text: str, delimiter: str, quotechar: str, *, whole: bool, skip: bool = False
 ) -> tuple[list[_SampleRecord], Counter[str]]:
     """Non-blank records of `text` and the count of each record terminator.
 
     Unless `whole` (the sample is the entire file), the record running into the end of the
     sample is dropped: it may be cut short.
     """
-    if _is_plain(text, quotechar):
+    if not skip and _is_plain(text, quotechar):
         return _split_sample(text, delimiter, whole=whole)
-    return _read_sample(text, delimiter, quotechar, whole=whole)
+    return _read_sample(text, delimiter, quotechar, whole=whole, skip=skip)
 
 
 def _read_sample(
-    text: str, delimiter: str, quotechar: str, *, whole: bool
+    text: str, delimiter: str, quotechar: str, *, whole: bool, skip: bool = False
 ) -> tuple[list[_SampleRecord], Counter[str]]:
     """`_parse_sample` with csv.reader: any sample."""
     consumed = 0
@@ -800,7 +927,9 @@ def _read_sample(
     terminators: Counter[str] = Counter()
     start = 0
     try:
-        for fields in csv.reader(lines(), delimiter=delimiter, quotechar=quotechar):
+        for fields in csv.reader(
+            lines(), delimiter=delimiter, quotechar=quotechar, skipinitialspace=skip
+        ):
             stop = consumed
             if stop >= len(text) and not whole:
                 break
@@ -808,7 +937,8 @@ def _read_sample(
             if (
                 ending
                 and stop == len(text)
-                and fields != _one_record(text[start : stop - len(ending)], delimiter, quotechar)
+                and fields
+                != _one_record(text[start : stop - len(ending)], delimiter, quotechar, skip)
             ):
                 ending = ""  # a line break inside a quoted field left open at the end
             if ending:
@@ -886,8 +1016,13 @@ def _line_endings(text: str, stop: int) -> Counter[str]:
     return Counter({"\n": lf}) if lf else Counter()
 
 
-def _one_record(text: str, delimiter: str, quotechar: str) -> list[str]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar=quotechar)
+def _one_record(text: str, delimiter: str, quotechar: str, skip: bool = False) -> list[str]:
+    reader = csv.reader(
+        io.StringIO(text, newline=""),
+        delimiter=delimiter,
+        quotechar=quotechar,
+        skipinitialspace=skip,
+    )
     return next(reader, [])
 
 
@@ -902,32 +1037,120 @@ def _delimiter_score(records: list[_SampleRecord]) -> tuple[float, int]:
     return count / len(records), width
 
 
+def _spaced(text: str, delimiter: str, records: list[_SampleRecord]) -> bool:
+    """Whether fields after a delimiter start with a space: nearly all that are not empty,
+    in at least two records (``1, "Smith, J"``)."""
+    if delimiter + " " not in text:
+        return False
+    spaced = plain = lines = 0
+    for record in records:
+        after = [field[:1] for field in record.fields[1:] if field]
+        count = after.count(" ")
+        spaced += count
+        plain += len(after) - count
+        lines += count > 0
+    return lines >= 2 and spaced >= 9 * plain
+
+
+_Candidate = tuple[tuple[float, int, int], str, list[_SampleRecord], Counter[str], bool]
+
+
+def _candidate(
+    text: str, delimiter: str, quotechar: str, preference: int, *, whole: bool
+) -> _Candidate:
+    records, terminators = _parse_sample(text, delimiter, quotechar, whole=whole)
+    skip = _spaced(text, delimiter, records)
+    if skip:
+        records, terminators = _parse_sample(text, delimiter, quotechar, whole=whole, skip=True)
+    return (*_delimiter_score(records), -preference), delimiter, records, terminators, skip
+
+
 def _sniff(text: str, *, whole: bool, last_chance: bool) -> _Sniffed | None:
     """Dialect of the sample; None when it needs more data and more may come."""
     quotechar = _choose_quotechar(text)
-    best: tuple[tuple[float, int, int], str, list[_SampleRecord], Counter[str]] | None = None
+    best: _Candidate | None = None
     for preference, delimiter in enumerate(_DELIMITERS):
         if delimiter not in text and best is not None:
             continue  # it cannot split anything: no need to parse the sample with it
-        records, terminators = _parse_sample(text, delimiter, quotechar, whole=whole)
-        score = (*_delimiter_score(records), -preference)
-        if best is None or score > best[0]:
-            best = (score, delimiter, records, terminators)
+        candidate = _candidate(text, delimiter, quotechar, preference, whole=whole)
+        if best is None or candidate[0] > best[0]:
+            best = candidate
     assert best is not None
-    (consistency, _, _), delimiter, records, terminators = best
+    if best[0][0] < _FITS:
+        # None of the usual delimiters fits: the rarer ones, only now (they cost a parse
+        # each), and only if one splits the records more consistently.
+        for preference, delimiter in enumerate(_EXTRA_DELIMITERS, start=len(_DELIMITERS)):
+            if delimiter in text:
+                candidate = _candidate(text, delimiter, quotechar, preference, whole=whole)
+                if candidate[0] > best[0]:
+                    best = candidate
+    (consistency, _, _), delimiter, records, terminators, skip = best
     if consistency == 0.0:
-        delimiter = ","  # no candidate splits the lines consistently: one column
+        delimiter, skip = ",", False  # no candidate splits the lines consistently: one column
         records, terminators = _parse_sample(text, delimiter, quotechar, whole=whole)
     complete = whole or bool(records)
-    if len(records) < 2 and not whole:
+    first, comment_char = _table_start(text, records)
+    table = records[first:]
+    if comment_char is not None:
+        table = [record for record in table if not text.startswith(comment_char, record.start)]
+    if len(table) < _MIN_SNIFF_RECORDS and not whole:
         if not last_chance:
             return None
-        if not records:
+        if not table:
             # Not one whole record even in the largest sample: pick the delimiter from the
             # partial first record, and let its width be found while streaming.
             return _sniff_partial(text, quotechar)
     terminator = terminators.most_common(1)[0][0] if terminators else _DEFAULT_TERMINATOR
-    return _Sniffed(delimiter, quotechar, terminator, records, complete)
+    start = records[first].start if first else 0
+    return _Sniffed(
+        delimiter, quotechar, terminator, table, complete,
+        table_start=start, preamble_lines=_line_count(text, start), skip_space=skip,
+        comment_char=comment_char,
+    )  # fmt: skip
+
+
+def _line_count(text: str, stop: int) -> int:
+    crlf = text.count("\r\n", 0, stop)
+    return text.count("\n", 0, stop) + text.count("\r", 0, stop) - crlf
+
+
+def _table_start(text: str, records: list[_SampleRecord]) -> tuple[int, str | None]:
+    """(index of the table's first record, comment character or None).
+
+    Leading records are preamble, not table, when they are comments (starting with ``#``)
+    narrower than the table, or at most half as wide as the table (titles, ``key: value``
+    lines), or, in a table of three columns or more, have at most one non-empty cell (a
+    title in a spreadsheet export), and the table after them is what most records are: at
+    least as many records of the table's width follow as there are preamble records.
+    ``#`` is the comment character when some sampled line starts with it and none of them
+    has the table's width after the preamble.
+    """
+    widths = Counter(
+        len(record.fields) for record in records if not text.startswith(_COMMENT, record.start)
+    )
+    if not widths:
+        return 0, None
+    width = widths.most_common(1)[0][0]
+    first = 0
+    limit = min(len(records) - 1, _MAX_PREAMBLE)
+    while first < limit:
+        record = records[first]
+        size = len(record.fields)
+        if text.startswith(_COMMENT, record.start):
+            if size == width and width > 1:
+                break  # a header like "#,name": part of the table
+        elif size >= width or 2 * size > width:
+            if not (width >= 3 and size <= width and sum(map(bool, record.fields)) <= 1):
+                break
+        first += 1
+    if first and sum(len(record.fields) == width for record in records[first:]) < first:
+        first = 0  # not a table after them: leave the file as it is
+    if first and len(records[first].fields) != width:
+        first = 0
+    commented = [record for record in records[first:] if text.startswith(_COMMENT, record.start)]
+    lead = any(text.startswith(_COMMENT, record.start) for record in records[:first])
+    comment = (lead or bool(commented)) and all(len(record.fields) != width for record in commented)
+    return first, _COMMENT if comment else None
 
 
 def _sniff_partial(text: str, quotechar: str) -> _Sniffed:
@@ -1006,9 +1229,10 @@ def _column_kinds(values: list[str]) -> set[str]:
 
 
 def _plain_names(cells: list[str]) -> bool:
-    """Cells that read like column names: all non-empty text, no two alike."""
+    """Cells that read like column names: all non-empty text, mostly distinct (a name or
+    two may repeat, as in ``id,name,name``; a row of one word over and over is no header)."""
     names = [cell.strip() for cell in cells]
-    distinct = len(set(names)) == len(names)
+    distinct = 2 * len(set(names)) > len(names) or len(names) == 1
     return distinct and all(name and _kind(name) == "text" for name in names)
 
 
@@ -1016,7 +1240,8 @@ def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
     """Whether the first record names the columns of the rows after it.
 
     Columns of numbers, dates or booleans decide first, as in csv.Sniffer.has_header: each
-    votes for a header when the first cell is text and against when it is of the same kind.
+    votes for a header when the first cell is text (or a number over booleans) and against
+    when it is of the same kind.
     Without such evidence (only free text, or no rows at all) the first record is a header
     when its cells read like names, as most CSV files start with one; only when they don't
     does csv.Sniffer's weaker hint count: a text column whose values all have one length
@@ -1041,8 +1266,8 @@ def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
             head_kind = _kind(head)
             if head_kind in kinds:
                 typed -= 1
-            elif head_kind == "text":
-                typed += 1
+            elif head_kind == "text" or (head_kind == "number" and kinds == {"bool"}):
+                typed += 1  # a name, or a number naming a column of booleans (wide.csv)
         elif kinds == {"text"} and len(values) > 1:
             lengths = set(map(len, values))
             if len(lengths) == 1:
@@ -1096,7 +1321,8 @@ class CsvProfiler:
         self._sample: bytearray | None = bytearray()
         self._bom_len = 0
         self._projector = _Projector(wide=self._unit == 2, little=True)
-        self._scanner: _Counter | None = None
+        self._scanner: _Counter | _DialectFilter | None = None  # what is fed
+        self._counter: _Counter | None = None  # what counts (the same, or behind a filter)
         self._sniffed: _Sniffed | None = None
         self._has_header = False
         self._columns: list[str] = []
@@ -1121,9 +1347,10 @@ class CsvProfiler:
             if self._scanner is None:
                 self._try_sniff(at_eof=True)
             assert self._scanner is not None
+            assert self._counter is not None
             assert self._sniffed is not None
             self._scanner.finish()
-            self._profile = self._build_profile(self._scanner, self._sniffed)
+            self._profile = self._build_profile(self._counter, self._sniffed)
         return self._profile
 
     # -- sniffing ------------------------------------------------------------------------
@@ -1157,11 +1384,17 @@ class CsvProfiler:
         self._bom_len = bom_len
         self._projector = projector
         self._sniffed = sniffed
-        self._scanner = self._start_scanner(
+        self._counter = self._start_scanner(
             sniffed, raw[bom_len:], _decoding_codec(self._encoding, little)
         )
+        self._scanner = self._counter
+        if sniffed.skip_space or sniffed.comment_char is not None:
+            self._scanner = _DialectFilter(
+                self._counter, delimiter=sniffed.delimiter, quotechar=sniffed.quotechar,
+                skip_space=sniffed.skip_space, comment_char=sniffed.comment_char,
+            )  # fmt: skip
         self._sample = None
-        self._scanner.feed(projected)
+        self._scanner.feed(projected[sniffed.table_start :] if sniffed.table_start else projected)
         return True
 
     def _start_scanner(self, sniffed: _Sniffed, body: bytes, codec: str) -> _Counter:
@@ -1174,7 +1407,10 @@ class CsvProfiler:
             if self._has_header:
                 raw_header = body[first.start * self._unit : first.end * self._unit]
                 self._columns = _one_record(
-                    raw_header.decode(codec, "replace"), sniffed.delimiter, sniffed.quotechar
+                    raw_header.decode(codec, "replace"),
+                    sniffed.delimiter,
+                    sniffed.quotechar,
+                    sniffed.skip_space,
                 )
                 expected = len(self._columns)
             else:
@@ -1199,6 +1435,8 @@ class CsvProfiler:
 
     def _build_profile(self, scanner: _Counter, sniffed: _Sniffed) -> CsvProfile:
         bom, unit = self._bom_len, self._unit
+        table = sniffed.table_start
+        seen: Counter[str] = Counter(self._columns)
         return CsvProfile(
             delimiter=sniffed.delimiter,
             quotechar=sniffed.quotechar,
@@ -1208,8 +1446,15 @@ class CsvProfiler:
             column_count=scanner.expected_fields or 0,
             row_count=scanner.data_rows,
             ragged_rows=scanner.ragged,
-            checkpoints=[(row, bom + unit * offset) for row, offset in scanner.checkpoints],
+            checkpoints=[
+                (row, bom + unit * (table + offset)) for row, offset in scanner.checkpoints
+            ],
             encoding=self._encoding,
+            preamble_lines=sniffed.preamble_lines,
+            table_offset=bom + unit * table,
+            skip_initial_space=sniffed.skip_space,
+            comment_char=sniffed.comment_char,
+            duplicate_columns=[name for name, count in seen.items() if count > 1],
         )
 
 
@@ -1254,7 +1499,7 @@ def _collect_rows(
     text: io.TextIOWrapper, profile: RowSource, row: int, start_row: int, limit: int
 ) -> tuple[list[list[str]], int | None]:
     rows: list[list[str]] = []
-    for record in csv.reader(text, delimiter=profile.delimiter, quotechar=profile.quotechar):
+    for record in _reader(text, profile):
         if not record:
             continue
         if row >= start_row:
@@ -1330,7 +1575,7 @@ def read_page(
     )
     rows: list[list[str]] = []
     more = False
-    for record in csv.reader(text, delimiter=profile.delimiter, quotechar=profile.quotechar):
+    for record in _reader(text, profile):
         if not record:
             continue
         if len(rows) == limit:
@@ -1355,6 +1600,21 @@ def read_page(
     if not more or (row_count is not None and next_row >= row_count):
         return RowsPage(rows, None, truncated)
     return RowsPage(rows, next_row, truncated)
+
+
+def _reader(text: io.TextIOWrapper, profile: RowSource) -> Iterator[list[str]]:
+    """csv.reader in the profile's dialect; comment lines read as blank lines (not rows), as
+    the profiler's counter sees them (`_DialectFilter`)."""
+    mark = profile.comment_char
+    lines: Iterator[str] = (
+        text if mark is None else ("\n" if line.startswith(mark) else line for line in text)
+    )
+    return csv.reader(
+        lines,
+        delimiter=profile.delimiter,
+        quotechar=profile.quotechar,
+        skipinitialspace=profile.skip_initial_space,
+    )
 
 
 class _CappedReader(io.RawIOBase):
@@ -1417,18 +1677,24 @@ def _row_offset(
             header_records=0,
             checkpoint_every=skip,
         )
+    fed: _Counter | _DialectFilter = scanner
+    if profile.skip_initial_space or profile.comment_char is not None:
+        fed = _DialectFilter(
+            scanner, delimiter=profile.delimiter, quotechar=profile.quotechar,
+            skip_space=profile.skip_initial_space, comment_char=profile.comment_char,
+        )  # fmt: skip
     fp.seek(offset)
     counted = 0  # projected bytes fed
     while True:
         data = fp.read(_SKIP_BLOCK)
         if data:
             projected = projector.project(data)
-            scanner.feed(projected)
+            fed.feed(projected)
             counted += len(projected)
         if not data or scanner.data_rows >= skip:
             # Rows 0..skip-1 are complete: row `skip` is in what was read (finish() closes
             # it if it has begun, recording its checkpoint), or begins after blank lines.
-            scanner.finish()
+            fed.finish()
             break
     for index, where in scanner.checkpoints:
         if index == skip:

@@ -12,7 +12,7 @@ import io
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -77,12 +77,15 @@ class Reference:
 
 def reference(data: bytes, encoding: str, profile: CsvProfile) -> Reference:
     """What csv.reader says about `data` in the profile's dialect."""
+    lines = io.StringIO(decode(data, encoding), newline="").readlines()[profile.preamble_lines :]
+    mark = profile.comment_char
     records = [
         record
         for record in csv.reader(
-            io.StringIO(decode(data, encoding), newline=""),
+            ["\n" if mark and line.startswith(mark) else line for line in lines],
             delimiter=profile.delimiter,
             quotechar=profile.quotechar,
+            skipinitialspace=profile.skip_initial_space,
         )
         if record
     ]
@@ -139,6 +142,14 @@ class _Single:
     def checkpoints(self) -> list[tuple[int, int]]:
         return [(self.row, self.offset)]
 
+    @property
+    def skip_initial_space(self) -> bool:
+        return self.inner.skip_initial_space
+
+    @property
+    def comment_char(self) -> str | None:
+        return self.inner.comment_char
+
 
 @dataclass(frozen=True)
 class _FromTop(_Single):
@@ -167,6 +178,10 @@ class Case:
     column_count: int
     row_count: int
     ragged_rows: int
+    preamble_lines: int = 0
+    skip_initial_space: bool = False
+    comment_char: str | None = None
+    duplicate_columns: list[str] = field(default_factory=list)
 
 
 EXCEL_CP1252 = (
@@ -416,7 +431,47 @@ CASES = {
         3,
         1,
     ),
-}
+    # Issue 17's shapes, as they come from spreadsheets, government portals and old tools.
+    "a title and a comment before the header": Case(
+        b"# clean this data!\nReport generated 2024-01-01\n\nid,name,population\n"
+        b"1,Britain,67\n2,France,67\n3,Germany,83\n",
+        "utf-8", ",", '"', "\n", True, ["id", "name", "population"], 3, 3, 0,
+        preamble_lines=3, comment_char="#",
+    ),
+    "key: value metadata and a spreadsheet title": Case(
+        b"Source: statistics office\r\nUnit: thousands\r\nTable 4,,,\r\n"
+        b"region,year,men,women\r\nNorth,2020,10,11\r\nSouth,2020,12,13\r\n"
+        b"East,2021,9,8\r\n",
+        "utf-8", ",", '"', "\r\n", True, ["region", "year", "men", "women"], 4, 3, 0,
+        preamble_lines=3,
+    ),
+    "comment lines among the rows": Case(
+        b"# exported\nid,name\n1,english\n# it's a comment!\n2,chinese\n#\n3,x\n",
+        "utf-8", ",", '"', "\n", True, ["id", "name"], 2, 3, 0,
+        preamble_lines=1, comment_char="#",
+    ),
+    "a space after the delimiter": Case(
+        b'id, name, city\n1, "Smith, J", "Oslo"\n2, "Doe, A", Rome\n3, "X ""Y""", "Z"\n',
+        "utf-8", ",", '"', "\n", True, ["id", "name", "city"], 3, 3, 0,
+        skip_initial_space=True,
+    ),
+    "colon-delimited": Case(
+        b"id:name:qty\n1:apple:3\n2:pear:4\n3:fig:5\n",
+        "utf-8", ":", '"', "\n", True, ["id", "name", "qty"], 3, 3, 0,
+    ),
+    "duplicate column names": Case(
+        b"id,name,name,note\n1,ann,bob,x\n2,cy,dee,y\n",
+        "utf-8", ",", '"', "\n", True, ["id", "name", "name", "note"], 4, 2, 0,
+        duplicate_columns=["name"],
+    ),
+    "9,000 columns, named by numbers": Case(
+        ("id," + ",".join(str(100000 + i) for i in range(9000)) + "\n" + "".join(
+            f"id{r}," + ",".join("TRUE" if (r * i) % 3 else "FALSE" for i in range(9000)) + "\n"
+            for r in range(12))).encode(),
+        "utf-8", ",", '"', "\n", True,
+        ["id", *(str(100000 + i) for i in range(9000))], 9001, 12, 0,
+    ),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -435,6 +490,11 @@ def test_real_world_shapes(name: str, size: int | None) -> None:
         ragged_rows=case.ragged_rows,
         checkpoints=profile.checkpoints,
         encoding=case.encoding,
+        preamble_lines=case.preamble_lines,
+        table_offset=profile.table_offset,
+        skip_initial_space=case.skip_initial_space,
+        comment_char=case.comment_char,
+        duplicate_columns=case.duplicate_columns,
     )
     check_against_reference(case.data, case.encoding, profile)
 
@@ -901,7 +961,8 @@ def _header_vote_cell_by_cell(first: list[str], rows: list[list[str]]) -> bool:
         kinds = {profiling._kind(value) for value in values}
         if len(kinds) == 1 and kinds != {"text"}:
             head_kind = profiling._kind(head)
-            typed += -1 if head_kind in kinds else 1 if head_kind == "text" else 0
+            names = head_kind == "text" or (head_kind == "number" and kinds == {"bool"})
+            typed += -1 if head_kind in kinds else 1 if names else 0
         elif kinds == {"text"} and len(values) > 1:
             lengths = {len(value) for value in values}
             if len(lengths) == 1:
