@@ -11,7 +11,8 @@ LIMIT :limit;
 -- name: export_files
 SELECT id, session_id, filename, original_filename, file_size, content_type, file_path,
        created_at, sha256, encoding, delimiter, quotechar, line_terminator, has_header,
-       columns, column_count, row_count, ragged_rows, row_checkpoints
+       columns, column_count, row_count, ragged_rows, row_checkpoints, preamble_lines,
+       skip_initial_space, comment_char, duplicate_columns
 FROM files
 WHERE id > :after
 ORDER BY id
@@ -34,11 +35,13 @@ SELECT id, file_size, sha256 FROM files WHERE id = :id;
 INSERT INTO files (id, session_id, filename, original_filename, file_size, content_type,
                    file_path, created_at, sha256, encoding, delimiter, quotechar,
                    line_terminator, has_header, columns, column_count, row_count, ragged_rows,
-                   row_checkpoints)
+                   row_checkpoints, preamble_lines, skip_initial_space, comment_char,
+                   duplicate_columns)
 VALUES (:id, :session_id, :filename, :original_filename, :file_size, :content_type,
         :file_path, :created_at, :sha256, :encoding, :delimiter, :quotechar,
         :line_terminator, :has_header, :columns, :column_count, :row_count, :ragged_rows,
-        :row_checkpoints)
+        :row_checkpoints, :preamble_lines, :skip_initial_space, :comment_char,
+        :duplicate_columns)
 ON CONFLICT DO NOTHING
 RETURNING id;
 

@@ -23,7 +23,8 @@ LIMIT :limit;
 -- returned, in one query for the whole page, never one per session.
 SELECT f.id, f.session_id, f.filename, f.original_filename, f.file_size, f.content_type,
        f.file_path, f.created_at, f.sha256, f.encoding, f.delimiter, f.quotechar,
-       f.line_terminator, f.has_header, f.columns, f.column_count, f.row_count, f.ragged_rows
+       f.line_terminator, f.has_header, f.columns, f.column_count, f.row_count, f.ragged_rows,
+       f.preamble_lines, f.skip_initial_space, f.comment_char, f.duplicate_columns
 FROM files AS f
 WHERE f.session_id IN (
     SELECT id FROM sessions WHERE session_id > :after AND session_id <= :last
@@ -78,7 +79,12 @@ SELECT p.session_id, p.json,
                    'line_terminator', f.line_terminator,
                    'has_header', json(CASE f.has_header WHEN 1 THEN 'true' WHEN 0 THEN 'false' END),
                    'columns', json(f.columns), 'column_count', f.column_count,
-                   'row_count', f.row_count, 'ragged_rows', f.ragged_rows)
+                   'row_count', f.row_count, 'ragged_rows', f.ragged_rows,
+                   'preamble_lines', f.preamble_lines,
+                   'skip_initial_space',
+                   json(CASE f.skip_initial_space WHEN 1 THEN 'true' WHEN 0 THEN 'false' END),
+                   'comment_char', f.comment_char,
+                   'duplicate_columns', json(f.duplicate_columns))
        END AS file_json
 FROM page AS p
 LEFT JOIN files AS f ON f.session_id = p.id

@@ -27,7 +27,8 @@ from tests.conftest import (
 ORIGINAL_FIELDS = {"id", "filename", "original_filename", "file_size", "content_type", "created_at"}
 PROFILE_FIELDS = {
     "sha256", "encoding", "delimiter", "quotechar", "line_terminator", "has_header", "columns",
-    "column_count", "row_count", "ragged_rows",
+    "column_count", "row_count", "ragged_rows", "preamble_lines", "skip_initial_space",
+    "comment_char", "duplicate_columns",
 }  # fmt: skip
 
 

@@ -21,7 +21,12 @@ SELECT p.session_id, p.json,
                          'line_terminator', f.line_terminator,
                          'has_header', CASE f.has_header WHEN 1 THEN true WHEN 0 THEN false END,
                          'columns', f.columns::json, 'column_count', f.column_count,
-                         'row_count', f.row_count, 'ragged_rows', f.ragged_rows)::text
+                         'row_count', f.row_count, 'ragged_rows', f.ragged_rows,
+                         'preamble_lines', f.preamble_lines,
+                         'skip_initial_space',
+                         CASE f.skip_initial_space WHEN 1 THEN true WHEN 0 THEN false END,
+                         'comment_char', f.comment_char,
+                         'duplicate_columns', f.duplicate_columns::json)::text
        END AS file_json
 FROM page AS p
 LEFT JOIN files AS f ON f.session_id = p.id
