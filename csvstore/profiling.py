@@ -1027,14 +1027,20 @@ def _one_record(text: str, delimiter: str, quotechar: str, skip: bool = False) -
 
 
 def _delimiter_score(records: list[_SampleRecord]) -> tuple[float, int]:
-    """(share of records with the most common width, that width); (0, 0) if it is 1."""
-    widths = Counter([len(record.fields) for record in records])
+    """(share of records with the most common width, that width); (0, 0) if it is 1.
+
+    Records that start with ``#`` (comments, if any others are left) are not counted, and of
+    two widths as common the wider wins: a preamble as long as the table is not the table.
+    """
+    table = [record for record in records if not record.fields[0].startswith(_COMMENT)]
+    counted = table or records
+    widths = Counter([len(record.fields) for record in counted])
     if not widths:
         return 0.0, 0
-    width, count = widths.most_common(1)[0]
+    count, width = max((count, width) for width, count in widths.items())
     if width < 2:
         return 0.0, 0
-    return count / len(records), width
+    return count / len(counted), width
 
 
 def _spaced(text: str, delimiter: str, records: list[_SampleRecord]) -> bool:
@@ -1068,15 +1074,21 @@ def _candidate(
 def _sniff(text: str, *, whole: bool, last_chance: bool) -> _Sniffed | None:
     """Dialect of the sample; None when it needs more data and more may come."""
     quotechar = _choose_quotechar(text)
+    # Excel's "sep=;" first line names the delimiter; it is not part of the table.
+    named = _SEP_LINE_RE.match(text)
     best: _Candidate | None = None
+    if named is not None:
+        best = _candidate(text, named.group(1), quotechar, 0, whole=whole)
     for preference, delimiter in enumerate(_DELIMITERS):
+        if named is not None:
+            break
         if delimiter not in text and best is not None:
             continue  # it cannot split anything: no need to parse the sample with it
         candidate = _candidate(text, delimiter, quotechar, preference, whole=whole)
         if best is None or candidate[0] > best[0]:
             best = candidate
     assert best is not None
-    if best[0][0] < _FITS:
+    if best[0][0] < _FITS and named is None:
         # None of the usual delimiters fits: the rarer ones, only now (they cost a parse
         # each), and only if one splits the records more consistently.
         for preference, delimiter in enumerate(_EXTRA_DELIMITERS, start=len(_DELIMITERS)):
@@ -1085,11 +1097,13 @@ def _sniff(text: str, *, whole: bool, last_chance: bool) -> _Sniffed | None:
                 if candidate[0] > best[0]:
                     best = candidate
     (consistency, _, _), delimiter, records, terminators, skip = best
-    if consistency == 0.0:
+    if consistency == 0.0 and named is None:
         delimiter, skip = ",", False  # no candidate splits the lines consistently: one column
         records, terminators = _parse_sample(text, delimiter, quotechar, whole=whole)
     complete = whole or bool(records)
     first, comment_char = _table_start(text, records)
+    if named is not None and not first and len(records) > 1:
+        first = 1
     table = records[first:]
     if comment_char is not None:
         table = [record for record in table if not text.startswith(comment_char, record.start)]
@@ -1107,6 +1121,9 @@ def _sniff(text: str, *, whole: bool, last_chance: bool) -> _Sniffed | None:
         table_start=start, preamble_lines=_line_count(text, start), skip_space=skip,
         comment_char=comment_char,
     )  # fmt: skip
+
+
+_SEP_LINE_RE: Final = re.compile(r"sep=([^\r\n\"])(?:\r\n|\r|\n)")
 
 
 def _line_count(text: str, stop: int) -> int:
@@ -1130,7 +1147,7 @@ def _table_start(text: str, records: list[_SampleRecord]) -> tuple[int, str | No
     )
     if not widths:
         return 0, None
-    width = widths.most_common(1)[0][0]
+    width = max((count, width) for width, count in widths.items())[1]  # ties: the wider
     first = 0
     limit = min(len(records) - 1, _MAX_PREAMBLE)
     while first < limit:
@@ -1139,9 +1156,10 @@ def _table_start(text: str, records: list[_SampleRecord]) -> tuple[int, str | No
         if text.startswith(_COMMENT, record.start):
             if size == width and width > 1:
                 break  # a header like "#,name": part of the table
-        elif size >= width or 2 * size > width:
-            if not (width >= 3 and size <= width and sum(map(bool, record.fields)) <= 1):
-                break
+        elif (size >= width or 2 * size > width) and not (
+            width >= 3 and size <= width and sum(map(bool, record.fields)) <= 1
+        ):
+            break
         first += 1
     if first and sum(len(record.fields) == width for record in records[first:]) < first:
         first = 0  # not a table after them: leave the file as it is

@@ -455,6 +455,10 @@ CASES = {
         "utf-8", ",", '"', "\n", True, ["id", "name", "city"], 3, 3, 0,
         skip_initial_space=True,
     ),
+    "Excel's sep= line": Case(
+        b"sep=;\r\nname;amount\r\nann;3,5\r\nbob;4\r\n",
+        "utf-8", ";", '"', "\r\n", True, ["name", "amount"], 2, 2, 0, preamble_lines=1,
+    ),
     "colon-delimited": Case(
         b"id:name:qty\n1:apple:3\n2:pear:4\n3:fig:5\n",
         "utf-8", ":", '"', "\n", True, ["id", "name", "qty"], 3, 3, 0,
@@ -841,7 +845,7 @@ def check_read_page(
 
     def page_at(row: int, bound: int) -> profiling.RowsPage:
         return read_page(
-            io.BytesIO(stored), profile, row, limit, max_bytes=bound, cell_limit=99,
+            io.BytesIO(stored), profile, row, limit, max_bytes=bound, cell_limit=1 << 20,
             row_count=profile.row_count, line_terminator=profile.line_terminator,
         )  # fmt: skip
 
@@ -931,6 +935,63 @@ def test_sniffs_the_dialect_of_well_shaped_tables(
     assert profile.line_terminator == terminator
     assert profile.row_count + profile.has_header == row_count + 1
     assert profile.ragged_rows == 0
+
+
+PREAMBLE_LINE = st.one_of(
+    WORD,  # a title
+    WORD.map(lambda w: "# " + w),  # a comment
+    st.tuples(WORD, WORD).map(lambda kv: f"{kv[0].strip()}: {kv[1]}"),  # key: value
+    st.just(""),  # a blank line
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.data(),
+    tables(),
+    st.lists(PREAMBLE_LINE, min_size=1, max_size=3).filter(lambda ls: any(ls)),
+    st.booleans(),
+    # Samples that hold the preamble and more of the table (the counter's chunk boundaries
+    # are walked by read_page's small blocks, and by the small-sample test of CASES).
+    st.sampled_from([256, 64 * 1024]),
+)
+def test_a_preamble_and_comment_lines_leave_the_table_as_it_was(
+    data: st.DataObject,
+    table: tuple[str, str, str, str, int],
+    preamble: list[str],
+    comments: bool,
+    sample_size: int,
+) -> None:
+    """Lines before the header, and comment lines between rows, change no count, name or
+    row of the table: the profile equals the bare table's, offsets moved past them."""
+    text, delimiter, quotechar, terminator, _ = table
+    bare = profile_of(text.encode())
+    if comments:  # after the header and after every other record of the table
+        lines = list(io.StringIO(text, newline=""))  # comment lines go between records only
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar=quotechar)
+        ends = []
+        for _record in reader:
+            ends.append(reader.line_num)
+        out = []
+        for number, line in enumerate(lines, start=1):
+            out.append(line)
+            if number in ends[::2]:
+                out.append("# note" + terminator)
+        text = "".join(out)
+    full = terminator.join(preamble) + terminator + text
+    stored = full.encode()
+    parts = data.draw(chunkings(stored))
+    profile = profile_of(parts, "utf-8", checkpoint_every=2, sample_size=sample_size)
+    assert profile.preamble_lines == len(preamble)
+    if comments or any(line.startswith("#") for line in preamble):
+        assert profile.comment_char == "#"
+    assert (profile.delimiter, profile.quotechar) == (bare.delimiter, bare.quotechar)
+    assert (profile.has_header, profile.columns) == (bare.has_header, bare.columns)
+    assert (profile.row_count, profile.ragged_rows) == (bare.row_count, bare.ragged_rows)
+    ref = check_against_reference(stored, "utf-8", profile)
+    check_checkpoints(stored, profile, 2)
+    start = data.draw(st.integers(0, len(ref.rows)))
+    check_read_page(data, stored, profile, ref, start, data.draw(st.integers(1, 4)))
 
 
 _CELLS = st.one_of(
