@@ -108,10 +108,10 @@ _MAX_SAMPLE_FACTOR: Final = 64
 _MIN_SNIFF_RECORDS: Final = 8
 # has_header and the delimiter score look at this many sampled records at most (preamble
 # lines included).
-_MAX_SNIFF_RECORDS: Final = 60
+_MAX_SNIFF_RECORDS: Final = 40
 _MAX_HEADER_VOTE_ROWS: Final = 20
 # Leading records that may be preamble (titles, comments, key: value lines).
-_MAX_PREAMBLE: Final = 30
+_MAX_PREAMBLE: Final = 16
 # The scanner takes chunks in blocks of at most this many bytes (see _RecordScanner.feed).
 _BLOCK: Final = 256 * 1024
 
@@ -1026,14 +1026,16 @@ def _one_record(text: str, delimiter: str, quotechar: str, skip: bool = False) -
     return next(reader, [])
 
 
-def _delimiter_score(records: list[_SampleRecord]) -> tuple[float, int]:
+def _delimiter_score(records: list[_SampleRecord], comments: bool) -> tuple[float, int]:
     """(share of records with the most common width, that width); (0, 0) if it is 1.
 
     Records that start with ``#`` (comments, if any others are left) are not counted, and of
     two widths as common the wider wins: a preamble as long as the table is not the table.
     """
-    table = [record for record in records if not record.fields[0].startswith(_COMMENT)]
-    counted = table or records
+    counted = records
+    if comments:  # (the sample holds a "#")
+        counted = [record for record in records if not record.fields[0].startswith(_COMMENT)]
+        counted = counted or records
     widths = Counter([len(record.fields) for record in counted])
     if not widths:
         return 0.0, 0
@@ -1043,13 +1045,16 @@ def _delimiter_score(records: list[_SampleRecord]) -> tuple[float, int]:
     return count / len(counted), width
 
 
-def _spaced(text: str, delimiter: str, records: list[_SampleRecord]) -> bool:
+def _spaced(records: list[_SampleRecord]) -> bool:
     """Whether fields after a delimiter start with a space: nearly all that are not empty,
     in at least two records (``1, "Smith, J"``)."""
-    if delimiter + " " not in text:
-        return False
-    spaced = plain = lines = 0
+    spaced = plain = lines = checked = 0
     for record in records:
+        if len(record.fields) < 2:
+            continue  # a title or a comment
+        if checked == 3 and not lines:
+            return False  # (cheaper than searching the sample for ", ")
+        checked += 1
         after = [field[:1] for field in record.fields[1:] if field]
         count = after.count(" ")
         spaced += count
@@ -1065,10 +1070,11 @@ def _candidate(
     text: str, delimiter: str, quotechar: str, preference: int, *, whole: bool
 ) -> _Candidate:
     records, terminators = _parse_sample(text, delimiter, quotechar, whole=whole)
-    skip = _spaced(text, delimiter, records)
+    skip = _spaced(records)
     if skip:
         records, terminators = _parse_sample(text, delimiter, quotechar, whole=whole, skip=True)
-    return (*_delimiter_score(records), -preference), delimiter, records, terminators, skip
+    score = _delimiter_score(records, _COMMENT in text)
+    return (*score, -preference), delimiter, records, terminators, skip
 
 
 def _sniff(text: str, *, whole: bool, last_chance: bool) -> _Sniffed | None:
@@ -1142,9 +1148,10 @@ def _table_start(text: str, records: list[_SampleRecord]) -> tuple[int, str | No
     ``#`` is the comment character when some sampled line starts with it and none of them
     has the table's width after the preamble.
     """
-    widths = Counter(
-        len(record.fields) for record in records if not text.startswith(_COMMENT, record.start)
-    )
+    if _COMMENT in text:
+        widths = Counter(len(r.fields) for r in records if not text.startswith(_COMMENT, r.start))
+    else:
+        widths = Counter([len(record.fields) for record in records])
     if not widths:
         return 0, None
     width = max((count, width) for width, count in widths.items())[1]  # ties: the wider
@@ -1165,6 +1172,8 @@ def _table_start(text: str, records: list[_SampleRecord]) -> tuple[int, str | No
         first = 0  # not a table after them: leave the file as it is
     if first and len(records[first].fields) != width:
         first = 0
+    if _COMMENT not in text:
+        return first, None
     commented = [record for record in records[first:] if text.startswith(_COMMENT, record.start)]
     lead = any(text.startswith(_COMMENT, record.start) for record in records[:first])
     comment = (lead or bool(commented)) and all(len(record.fields) != width for record in commented)
@@ -1583,6 +1592,11 @@ def read_page(
     begin = _row_offset(fp, profile, start_row, little, line_terminator or _DEFAULT_TERMINATOR)
     if begin is None:
         return RowsPage([], None, [])
+    if profile.comment_char is not None:  # the bound is for rows, not for comments before
+        wide = profile.encoding == "utf-16"
+        begin = _after_blank_lines(
+            fp, begin, wide=wide, little=little, comment=profile.comment_char
+        )
     fp.seek(begin)
     capped = _CappedReader(fp, max_bytes - max_bytes % 2)  # whole UTF-16 code units
     text = io.TextIOWrapper(
@@ -1722,16 +1736,32 @@ def _row_offset(
     return _after_blank_lines(fp, offset + unit * counted, wide=wide, little=little)
 
 
-def _after_blank_lines(fp: BinaryIO, position: int, *, wide: bool, little: bool) -> int:
+def _after_blank_lines(
+    fp: BinaryIO, position: int, *, wide: bool, little: bool, comment: str | None = None
+) -> int:
+    """Where the first line from `position` (a line start) that is neither blank nor, with
+    `comment`, a comment line begins; the end of the file if none does."""
     projector = _Projector(wide=wide, little=little)
     unit = 2 if wide else 1
+    mark = comment.encode("latin-1") if comment else None
+    in_comment = False
     fp.seek(position)
     while True:
         data = fp.read(_SKIP_BLOCK)
         if not data:
             return position
         projected = projector.project(data)
-        rest = projected.lstrip(b"\r\n")
-        if rest:
-            return position + unit * (len(projected) - len(rest))
+        at = 0
+        while at < len(projected):
+            if in_comment:
+                at = _first_break(projected[at:]) + at
+                in_comment = at == len(projected)
+                continue
+            rest = projected[at:].lstrip(b"\r\n")
+            at = len(projected) - len(rest)
+            if not rest:
+                break
+            if mark is None or not rest.startswith(mark):
+                return position + unit * at
+            in_comment = True
         position += unit * len(projected)
