@@ -100,8 +100,8 @@ _CR: Final = 0x0D
 _LF: Final = 0x0A
 _TERMINATOR_RE: Final = re.compile(rb"\r\n|\r|\n")
 _LONE_CR_RE: Final = re.compile(rb"\r(?!\n)")
-# The sample grows (doubling) until it holds two complete records, up to this many times
-# `sample_size`; past that the first record alone is too long to sniff from.
+# The sample grows (doubling) until it holds _MIN_SNIFF_RECORDS records of the table, up to
+# this many times `sample_size` (4 MiB by default); past that it makes do with what it has.
 _MAX_SAMPLE_FACTOR: Final = 64
 # The sample grows until it holds this many records of the table (a header and enough rows
 # to vote on), whatever their width, within the bound above.
@@ -1323,8 +1323,8 @@ def _decoding_codec(encoding: str, little_endian: bool) -> str:
 class CsvProfiler:
     """Profiles a CSV file from its stored bytes, fed in order in chunks of any size.
 
-    The first `sample_size` bytes (up to 16 times more while the sample holds fewer than two
-    complete records) are buffered to sniff the dialect and the header; from then on each
+    The first `sample_size` bytes (up to 64 times more while the sample holds fewer than 8
+    records of the table) are buffered to sniff the dialect and the header; from then on each
     chunk is counted as it arrives and nothing of it is kept.
     """
 

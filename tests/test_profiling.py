@@ -573,7 +573,7 @@ def test_rejects_bad_arguments(kwargs: dict[str, object]) -> None:
 
 
 def test_first_record_longer_than_the_largest_sample() -> None:
-    """Past 16 x sample_size without a whole record, the first record sets the width."""
+    """Past 64 x sample_size without a whole record, the first record sets the width."""
     wide = b",".join(b"c%d" % i for i in range(200)) + b"\n"
     data = wide + b"1,2\n" + wide
     profile = profile_of(chunks(data, 10), sample_size=8)
