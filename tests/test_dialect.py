@@ -70,6 +70,19 @@ SHAPES: list[tuple[str, bytes, dict[str, Any], list[list[str]]]] = [
         [["1", "Smith, J", "Oslo"], ["2", "Doe, A", "Rome"]],
     ),
     (
+        "cp1252 with a title: names re-read past the preamble",
+        "Rapport: ventes été\n\nnom;prix;qté\ncafé;3,50;1\nthé;2;3\n".encode("cp1252"),
+        {"encoding": "cp1252", "preamble_lines": 2, "columns": ["nom", "prix", "qté"],
+         "row_count": 2},
+        [["café", "3,50", "1"], ["thé", "2", "3"]],
+    ),
+    (
+        "Excel's sep= line",
+        b"sep=;\r\nname;amount\r\nann;3,5\r\nbob;4\r\n",
+        {"delimiter": ";", "preamble_lines": 1, "columns": ["name", "amount"], "row_count": 2},
+        [["ann", "3,5"], ["bob", "4"]],
+    ),
+    (
         "colon-delimited",
         b"id:name:qty\n1:apple:3\n2:pear:4\n3:fig:5\n",
         {"delimiter": ":", "columns": ["id", "name", "qty"], "row_count": 3, "ragged_rows": 0,
