@@ -1144,7 +1144,8 @@ def _table_start(text: str, records: list[_SampleRecord]) -> tuple[int, str | No
     narrower than the table, or at most half as wide as the table (titles, ``key: value``
     lines), or, in a table of three columns or more, have at most one non-empty cell (a
     title in a spreadsheet export), and the table after them is what most records are: at
-    least as many records of the table's width follow as there are preamble records.
+    least as many records of the table's width follow as there are preamble records (and,
+    unless each is a comment or a single cell, a header is voted after them).
     ``#`` is the comment character when some sampled line starts with it and none of them
     has the table's width after the preamble.
     """
@@ -1172,6 +1173,15 @@ def _table_start(text: str, records: list[_SampleRecord]) -> tuple[int, str | No
         first = 0  # not a table after them: leave the file as it is
     if first and len(records[first].fields) != width:
         first = 0
+    if first and not all(
+        text.startswith(_COMMENT, record.start) or sum(map(bool, record.fields)) <= 1
+        for record in records[:first]
+    ):
+        # A narrow record of several cells may be a short header over rows with trailing
+        # empty cells ("a,b" over "1,2,,"): preamble only if a header follows it.
+        rows = [record.fields for record in records[first + 1 : first + 21]]
+        if not _looks_like_header(records[first].fields, rows):
+            first = 0
     if _COMMENT not in text:
         return first, None
     commented = [record for record in records[first:] if text.startswith(_COMMENT, record.start)]

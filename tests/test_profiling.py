@@ -455,6 +455,10 @@ CASES = {
         "utf-8", ",", '"', "\n", True, ["id", "name", "city"], 3, 3, 0,
         skip_initial_space=True,
     ),
+    "a short header over rows with trailing empty cells (no preamble)": Case(
+        b"a,b\n1,2,,\n3,4,,\n5,6,,\n",
+        "utf-8", ",", '"', "\n", True, ["a", "b"], 2, 3, 3,
+    ),
     "Excel's sep= line": Case(
         b"sep=;\r\nname;amount\r\nann;3,5\r\nbob;4\r\n",
         "utf-8", ";", '"', "\r\n", True, ["name", "amount"], 2, 2, 0, preamble_lines=1,
