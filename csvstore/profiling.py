@@ -1141,11 +1141,11 @@ def _table_start(text: str, records: list[_SampleRecord]) -> tuple[int, str | No
     """(index of the table's first record, comment character or None).
 
     Leading records are preamble, not table, when they are comments (starting with ``#``)
-    narrower than the table, or at most half as wide as the table (titles, ``key: value``
-    lines), or, in a table of three columns or more, have at most one non-empty cell (a
-    title in a spreadsheet export), and the table after them is what most records are: at
-    least as many records of the table's width follow as there are preamble records (and,
-    unless each is a comment or a single cell, a header is voted after them).
+    narrower than the table, or narrower than the table (titles, ``key: value`` lines,
+    ``Sales, Q1``), or, in a table of three columns or more, have at most one non-empty
+    cell (a title in a spreadsheet export), and the table after them is what most records
+    are: at least as many records of the table's width follow as there are preamble records
+    (and, unless each is a comment or a single cell, a header is voted after them).
     ``#`` is the comment character when some sampled line starts with it and none of them
     has the table's width after the preamble.
     """
@@ -1164,7 +1164,7 @@ def _table_start(text: str, records: list[_SampleRecord]) -> tuple[int, str | No
         if text.startswith(_COMMENT, record.start):
             if size == width and width > 1:
                 break  # a header like "#,name": part of the table
-        elif (size >= width or 2 * size > width) and not (
+        elif size >= width and not (
             width >= 3 and size <= width and sum(map(bool, record.fields)) <= 1
         ):
             break

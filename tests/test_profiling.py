@@ -459,6 +459,10 @@ CASES = {
         b"a,b\n1,2,,\n3,4,,\n5,6,,\n",
         "utf-8", ",", '"', "\n", True, ["a", "b"], 2, 3, 3,
     ),
+    "a title with a comma, over a header": Case(
+        b"Sales, Q1\nregion,year,total\nNorth,2020,3\nSouth,2021,4\n",
+        "utf-8", ",", '"', "\n", True, ["region", "year", "total"], 3, 2, 0, preamble_lines=1,
+    ),
     "Excel's sep= line": Case(
         b"sep=;\r\nname;amount\r\nann;3,5\r\nbob;4\r\n",
         "utf-8", ";", '"', "\r\n", True, ["name", "amount"], 2, 2, 0, preamble_lines=1,
