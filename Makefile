@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-postgres test-s3 lint bench bench-quick bench-postgres-s3 stress clean wheel-check
+.PHONY: run test test-postgres test-s3 lint bench bench-quick bench-postgres-s3 stress clean wheel-check accuracy
 
 $(STAMP): pyproject.toml setup.py csvstore/_scan.c
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,12 @@ bench-quick: $(STAMP)
 
 bench-postgres-s3: $(STAMP)
 	$(PY) -m bench.run --backend postgres-s3
+
+# Dialect accuracy against clevercsv and csv.Sniffer on public corpora (bench/accuracy.py):
+# downloads them once into the git-ignored bench/.cache/, and the accuracy extra's detectors.
+accuracy: $(STAMP)
+	@$(PY) -c "import clevercsv, chardet" 2>/dev/null || $(PY) -m pip install -q -e '.[accuracy]'
+	$(PY) -m bench.accuracy
 
 # The browser test's tools (tests/test_webpage.py): Debian's chromium, and Playwright's
 # playwright-core from npm, pinned by tests/browser/package-lock.json, into the git-ignored

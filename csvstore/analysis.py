@@ -41,6 +41,11 @@ class FileFacts:
     row_count: int | None = None
     ragged_rows: int | None = None
     checkpoints: list[tuple[int, int]] = field(default_factory=list)
+    # Dialect (issue 17): see CsvProfile.
+    preamble_lines: int | None = None
+    skip_initial_space: bool | None = None
+    comment_char: str | None = None
+    duplicate_columns: list[str] | None = None
 
 
 class UploadAnalysis:
@@ -114,6 +119,10 @@ class UploadAnalysis:
             row_count=profile.row_count,
             ragged_rows=profile.ragged_rows,
             checkpoints=profile.checkpoints,
+            preamble_lines=profile.preamble_lines,
+            skip_initial_space=profile.skip_initial_space,
+            comment_char=profile.comment_char,
+            duplicate_columns=profile.duplicate_columns,
         )
 
     def _start_profiler(self, encoding: str) -> None:
@@ -150,8 +159,14 @@ class UploadAnalysis:
         return profile
 
     def _header_in(self, encoding: str, profile: CsvProfile) -> list[str]:
-        text = io.StringIO(bytes(self._head).decode(encoding, errors="replace"), newline="")
-        reader = csv.reader(text, delimiter=profile.delimiter, quotechar=profile.quotechar)
+        head = bytes(self._head)[profile.table_offset :]  # past any preamble
+        text = io.StringIO(head.decode(encoding, errors="replace"), newline="")
+        reader = csv.reader(
+            text,
+            delimiter=profile.delimiter,
+            quotechar=profile.quotechar,
+            skipinitialspace=profile.skip_initial_space,
+        )
         for record in reader:
             if record:
                 return record

@@ -66,6 +66,7 @@ from __future__ import annotations
 import bisect
 import codecs
 import csv
+import dataclasses
 import functools
 import io
 import re
@@ -91,17 +92,27 @@ __all__ = [
 SUPPORTED_ENCODINGS: Final = ("utf-8", "utf-8-sig", "cp1252", "utf-16")
 
 _DELIMITERS: Final = (",", ";", "\t", "|")
+# Tried only when none of _DELIMITERS splits the sample consistently (see _sniff).
+_EXTRA_DELIMITERS: Final = (":", "~", "^", "!")
+_FITS: Final = 0.9  # share of sampled records with the modal width that counts as a fit
+_COMMENT: Final = "#"
 _DEFAULT_TERMINATOR: Final = "\n"
 _CR: Final = 0x0D
 _LF: Final = 0x0A
 _TERMINATOR_RE: Final = re.compile(rb"\r\n|\r|\n")
 _LONE_CR_RE: Final = re.compile(rb"\r(?!\n)")
-# The sample grows (doubling) until it holds two complete records, up to this many times
-# `sample_size`; past that the first record alone is too long to sniff from.
-_MAX_SAMPLE_FACTOR: Final = 16
-# has_header and the delimiter score look at this many sampled records at most.
-_MAX_SNIFF_RECORDS: Final = 20
+# The sample grows (doubling) until it holds _MIN_SNIFF_RECORDS records of the table, up to
+# this many times `sample_size` (4 MiB by default); past that it makes do with what it has.
+_MAX_SAMPLE_FACTOR: Final = 64
+# The sample grows until it holds this many records of the table (a header and enough rows
+# to vote on), whatever their width, within the bound above.
+_MIN_SNIFF_RECORDS: Final = 8
+# has_header and the delimiter score look at this many sampled records at most (preamble
+# lines included).
+_MAX_SNIFF_RECORDS: Final = 40
 _MAX_HEADER_VOTE_ROWS: Final = 20
+# Leading records that may be preamble (titles, comments, key: value lines).
+_MAX_PREAMBLE: Final = 16
 # The scanner takes chunks in blocks of at most this many bytes (see _RecordScanner.feed).
 _BLOCK: Final = 256 * 1024
 
@@ -120,6 +131,12 @@ class CsvProfile:
     ragged_rows: int
     checkpoints: list[tuple[int, int]]
     encoding: str
+    # Dialect beyond csv's defaults (see _sniff and the README's "How a file is read").
+    preamble_lines: int = 0  # lines before the table (titles, comments, blank lines)
+    table_offset: int = 0  # stored-file offset of the table's first line (the header)
+    skip_initial_space: bool = False
+    comment_char: str | None = None
+    duplicate_columns: list[str] = dataclasses.field(default_factory=list)
 
 
 class RowSource(Protocol):
@@ -136,6 +153,12 @@ class RowSource(Protocol):
 
     @property
     def checkpoints(self) -> Sequence[tuple[int, int]]: ...
+
+    @property
+    def skip_initial_space(self) -> bool: ...
+
+    @property
+    def comment_char(self) -> str | None: ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -760,6 +783,106 @@ def native_counter() -> bool:
     return _NativeScanner is not None and _use_native
 
 
+class _DialectFilter:
+    """Feeds a counter bytes rewritten, length for length, so that its plain reading of
+    records (csv.reader's defaults) gives the counts of a file with comment lines or a space
+    after the delimiter; offsets are unchanged.
+
+    * A line starting with the comment character becomes line breaks only: blank lines,
+      which are not rows. `read_page` blanks the same physical lines before csv.reader.
+    * With skip_initial_space, ``delimiter + spaces + quote`` becomes ``spaces + delimiter +
+      quote``: the quote then opens a field where csv.reader(skipinitialspace=True) opens
+      one, with the same fields and records.
+
+    Files with neither (nearly all) do not go through it.
+    """
+
+    __slots__ = ("_at_line_start", "_carry", "_comment", "_counter", "_in_comment", "_space_re",
+                 "_tail_re")  # fmt: skip
+
+    def __init__(
+        self, counter: _Counter, *, delimiter: str, quotechar: str, skip_space: bool,
+        comment_char: str | None,
+    ) -> None:  # fmt: skip
+        self._counter = counter
+        self._comment = comment_char.encode("latin-1") if comment_char else None
+        delim = re.escape(delimiter.encode("latin-1"))
+        quote = re.escape(quotechar.encode("latin-1"))
+        self._space_re = re.compile(delim + rb"( +)(?=" + quote + rb")") if skip_space else None
+        self._tail_re = re.compile(delim + rb" *\Z")
+        self._at_line_start = True
+        self._in_comment = False
+        self._carry = b""
+
+    @property
+    def counter(self) -> _Counter:
+        return self._counter
+
+    def feed(self, data: bytes) -> None:
+        if self._comment is not None and data:
+            data = self._blank_comments(data)
+        if self._space_re is not None:
+            data = self._carry + data
+            # A delimiter and spaces at the end wait for the next byte (a quote or not).
+            tail = self._tail_re.search(data)
+            cut = tail.start() if tail is not None else len(data)
+            data, self._carry = data[:cut], data[cut:]
+            data = self._space_re.sub(_move_spaces, data)
+        if data:
+            self._counter.feed(data)
+
+    def finish(self) -> None:
+        if self._carry:
+            self._counter.feed(self._carry)
+            self._carry = b""
+        self._counter.finish()
+
+    def _blank_comments(self, data: bytes) -> bytes:
+        assert self._comment is not None
+        mark = self._comment
+        original = data
+        line_start = self._at_line_start
+        if self._in_comment:  # the rest of a comment line begun in the previous chunk
+            stop = _first_break(data)
+            data = b"\n" * stop + data[stop:]
+            if stop == len(data):
+                self._at_line_start = False
+                return data
+            self._in_comment = line_start = False
+        if line_start and data.startswith(mark):
+            stop = _first_break(data)
+            data = b"\n" * stop + data[stop:]
+        if b"\n" + mark in data or b"\r" + mark in data:
+            pattern = _COMMENT_LINE_RE if mark == b"#" else _comment_line_re(mark)
+            data = pattern.sub(_blank, data)
+        last = max(original.rfind(b"\n"), original.rfind(b"\r"))
+        start = last + 1 if last >= 0 else (0 if line_start else len(original))
+        self._in_comment = original.startswith(mark, start)  # runs on into the next chunk
+        self._at_line_start = original[-1] in (0x0A, 0x0D)
+        return data
+
+
+_COMMENT_LINE_RE: Final = re.compile(rb"(?<=[\r\n])#[^\r\n]*")
+
+
+@functools.lru_cache(maxsize=8)
+def _comment_line_re(mark: bytes) -> re.Pattern[bytes]:
+    return re.compile(rb"(?<=[\r\n])" + re.escape(mark) + rb"[^\r\n]*")
+
+
+def _blank(match: re.Match[bytes]) -> bytes:
+    return b"\n" * (match.end() - match.start())
+
+
+def _move_spaces(match: re.Match[bytes]) -> bytes:
+    return match.group(1) + match.group(0)[:1]
+
+
+def _first_break(data: bytes) -> int:
+    found = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
+    return min(found) if found else len(data)
+
+
 # --------------------------------------------------------------------------------------------
 # Sniffing the dialect and the header from the sample
 # --------------------------------------------------------------------------------------------
@@ -776,8 +899,12 @@ class _Sniffed:
     delimiter: str
     quotechar: str
     terminator: str
-    records: list[_SampleRecord]  # complete, non-blank records of the sample
+    records: list[_SampleRecord]  # complete, non-blank records of the table in the sample
     complete: bool  # False: not one whole record in the largest sample, first one unknown
+    table_start: int = 0  # offset in the sample of the table's first line (after a preamble)
+    preamble_lines: int = 0
+    skip_space: bool = False
+    comment_char: str | None = None
 
 
 _SEPARATOR_CLASS: Final = "[,;\t|\r\n]"
@@ -806,20 +933,20 @@ def _line_ending(text: str, stop: int) -> str:
 
 
 def _parse_sample(
-    text: str, delimiter: str, quotechar: str, *, whole: bool
+    text: str, delimiter: str, quotechar: str, *, whole: bool, skip: bool = False
 ) -> tuple[list[_SampleRecord], Counter[str]]:
     """Non-blank records of `text` and the count of each record terminator.
 
     Unless `whole` (the sample is the entire file), the record running into the end of the
     sample is dropped: it may be cut short.
     """
-    if _is_plain(text, quotechar):
+    if not skip and _is_plain(text, quotechar):
         return _split_sample(text, delimiter, whole=whole)
-    return _read_sample(text, delimiter, quotechar, whole=whole)
+    return _read_sample(text, delimiter, quotechar, whole=whole, skip=skip)
 
 
 def _read_sample(
-    text: str, delimiter: str, quotechar: str, *, whole: bool
+    text: str, delimiter: str, quotechar: str, *, whole: bool, skip: bool = False
 ) -> tuple[list[_SampleRecord], Counter[str]]:
     """`_parse_sample` with csv.reader: any sample."""
     consumed = 0
@@ -836,7 +963,9 @@ def _read_sample(
     terminators: Counter[str] = Counter()
     start = 0
     try:
-        for fields in csv.reader(lines(), delimiter=delimiter, quotechar=quotechar):
+        for fields in csv.reader(
+            lines(), delimiter=delimiter, quotechar=quotechar, skipinitialspace=skip
+        ):
             stop = consumed
             if stop >= len(text) and not whole:
                 break
@@ -844,7 +973,8 @@ def _read_sample(
             if (
                 ending
                 and stop == len(text)
-                and fields != _one_record(text[start : stop - len(ending)], delimiter, quotechar)
+                and fields
+                != _one_record(text[start : stop - len(ending)], delimiter, quotechar, skip)
             ):
                 ending = ""  # a line break inside a quoted field left open at the end
             if ending:
@@ -922,48 +1052,178 @@ def _line_endings(text: str, stop: int) -> Counter[str]:
     return Counter({"\n": lf}) if lf else Counter()
 
 
-def _one_record(text: str, delimiter: str, quotechar: str) -> list[str]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar=quotechar)
+def _one_record(text: str, delimiter: str, quotechar: str, skip: bool = False) -> list[str]:
+    reader = csv.reader(
+        io.StringIO(text, newline=""),
+        delimiter=delimiter,
+        quotechar=quotechar,
+        skipinitialspace=skip,
+    )
     return next(reader, [])
 
 
-def _delimiter_score(records: list[_SampleRecord]) -> tuple[float, int]:
-    """(share of records with the most common width, that width); (0, 0) if it is 1."""
-    widths = Counter([len(record.fields) for record in records])
+def _delimiter_score(records: list[_SampleRecord], comments: bool) -> tuple[float, int]:
+    """(share of records with the most common width, that width); (0, 0) if it is 1.
+
+    Records that start with ``#`` (comments, if any others are left) are not counted, and of
+    two widths as common the wider wins: a preamble as long as the table is not the table.
+    """
+    counted = records
+    if comments:  # (the sample holds a "#")
+        counted = [record for record in records if not record.fields[0].startswith(_COMMENT)]
+        counted = counted or records
+    widths = Counter([len(record.fields) for record in counted])
     if not widths:
         return 0.0, 0
-    width, count = widths.most_common(1)[0]
+    count, width = max((count, width) for width, count in widths.items())
     if width < 2:
         return 0.0, 0
-    return count / len(records), width
+    return count / len(counted), width
+
+
+def _spaced(records: list[_SampleRecord]) -> bool:
+    """Whether fields after a delimiter start with a space: nearly all that are not empty,
+    in at least two records (``1, "Smith, J"``)."""
+    spaced = plain = lines = checked = 0
+    for record in records:
+        if len(record.fields) < 2:
+            continue  # a title or a comment
+        if checked == 3 and not lines:
+            return False  # (cheaper than searching the sample for ", ")
+        checked += 1
+        after = [field[:1] for field in record.fields[1:] if field]
+        count = after.count(" ")
+        spaced += count
+        plain += len(after) - count
+        lines += count > 0
+    return lines >= 2 and spaced >= 9 * plain
+
+
+_Candidate = tuple[tuple[float, int, int], str, list[_SampleRecord], Counter[str], bool]
+
+
+def _candidate(
+    text: str, delimiter: str, quotechar: str, preference: int, *, whole: bool
+) -> _Candidate:
+    records, terminators = _parse_sample(text, delimiter, quotechar, whole=whole)
+    skip = _spaced(records)
+    if skip:
+        records, terminators = _parse_sample(text, delimiter, quotechar, whole=whole, skip=True)
+    score = _delimiter_score(records, _COMMENT in text)
+    return (*score, -preference), delimiter, records, terminators, skip
 
 
 def _sniff(text: str, *, whole: bool, last_chance: bool) -> _Sniffed | None:
     """Dialect of the sample; None when it needs more data and more may come."""
     quotechar = _choose_quotechar(text)
-    best: tuple[tuple[float, int, int], str, list[_SampleRecord], Counter[str]] | None = None
+    # Excel's "sep=;" first line names the delimiter; it is not part of the table.
+    named = _SEP_LINE_RE.match(text)
+    best: _Candidate | None = None
+    if named is not None:
+        best = _candidate(text, named.group(1), quotechar, 0, whole=whole)
     for preference, delimiter in enumerate(_DELIMITERS):
+        if named is not None:
+            break
         if delimiter not in text and best is not None:
             continue  # it cannot split anything: no need to parse the sample with it
-        records, terminators = _parse_sample(text, delimiter, quotechar, whole=whole)
-        score = (*_delimiter_score(records), -preference)
-        if best is None or score > best[0]:
-            best = (score, delimiter, records, terminators)
+        candidate = _candidate(text, delimiter, quotechar, preference, whole=whole)
+        if best is None or candidate[0] > best[0]:
+            best = candidate
     assert best is not None
-    (consistency, _, _), delimiter, records, terminators = best
-    if consistency == 0.0:
-        delimiter = ","  # no candidate splits the lines consistently: one column
+    if best[0][0] < _FITS and named is None:
+        # None of the usual delimiters fits: the rarer ones, only now (they cost a parse
+        # each), and only if one splits the records more consistently.
+        for preference, delimiter in enumerate(_EXTRA_DELIMITERS, start=len(_DELIMITERS)):
+            if delimiter in text:
+                candidate = _candidate(text, delimiter, quotechar, preference, whole=whole)
+                if candidate[0] > best[0]:
+                    best = candidate
+    (consistency, _, _), delimiter, records, terminators, skip = best
+    if consistency == 0.0 and named is None:
+        delimiter, skip = ",", False  # no candidate splits the lines consistently: one column
         records, terminators = _parse_sample(text, delimiter, quotechar, whole=whole)
     complete = whole or bool(records)
-    if len(records) < 2 and not whole:
+    first, comment_char = _table_start(text, records)
+    if named is not None and not first and len(records) > 1:
+        first = 1
+    table = records[first:]
+    if comment_char is not None:
+        table = [record for record in table if not text.startswith(comment_char, record.start)]
+    if len(table) < _MIN_SNIFF_RECORDS and not whole:
         if not last_chance:
             return None
-        if not records:
+        if not table:
             # Not one whole record even in the largest sample: pick the delimiter from the
             # partial first record, and let its width be found while streaming.
             return _sniff_partial(text, quotechar)
     terminator = terminators.most_common(1)[0][0] if terminators else _DEFAULT_TERMINATOR
-    return _Sniffed(delimiter, quotechar, terminator, records, complete)
+    start = records[first].start if first else 0
+    return _Sniffed(
+        delimiter, quotechar, terminator, table, complete,
+        table_start=start, preamble_lines=_line_count(text, start), skip_space=skip,
+        comment_char=comment_char,
+    )  # fmt: skip
+
+
+_SEP_LINE_RE: Final = re.compile(r"sep=([^\r\n\"])(?:\r\n|\r|\n)")
+
+
+def _line_count(text: str, stop: int) -> int:
+    crlf = text.count("\r\n", 0, stop)
+    return text.count("\n", 0, stop) + text.count("\r", 0, stop) - crlf
+
+
+def _table_start(text: str, records: list[_SampleRecord]) -> tuple[int, str | None]:
+    """(index of the table's first record, comment character or None).
+
+    Leading records are preamble, not table, when they are comments (starting with ``#``)
+    narrower than the table, or narrower than the table (titles, ``key: value`` lines,
+    ``Sales, Q1``), or, in a table of three columns or more, have at most one non-empty
+    cell (a title in a spreadsheet export), and the table after them is what most records
+    are: at least as many records of the table's width follow as there are preamble records
+    (and, unless each is a comment or a single cell, a header is voted after them).
+    ``#`` is the comment character when some sampled line starts with it and none of them
+    has the table's width after the preamble.
+    """
+    if _COMMENT in text:
+        widths = Counter(len(r.fields) for r in records if not text.startswith(_COMMENT, r.start))
+    else:
+        widths = Counter([len(record.fields) for record in records])
+    if not widths:
+        return 0, None
+    width = max((count, width) for width, count in widths.items())[1]  # ties: the wider
+    first = 0
+    limit = min(len(records) - 1, _MAX_PREAMBLE)
+    while first < limit:
+        record = records[first]
+        size = len(record.fields)
+        if text.startswith(_COMMENT, record.start):
+            if size == width and width > 1:
+                break  # a header like "#,name": part of the table
+        elif size >= width and not (
+            width >= 3 and size <= width and sum(map(bool, record.fields)) <= 1
+        ):
+            break
+        first += 1
+    if first and sum(len(record.fields) == width for record in records[first:]) < first:
+        first = 0  # not a table after them: leave the file as it is
+    if first and len(records[first].fields) != width:
+        first = 0
+    if first and not all(
+        text.startswith(_COMMENT, record.start) or sum(map(bool, record.fields)) <= 1
+        for record in records[:first]
+    ):
+        # A narrow record of several cells may be a short header over rows with trailing
+        # empty cells ("a,b" over "1,2,,"): preamble only if a header follows it.
+        rows = [record.fields for record in records[first + 1 : first + 21]]
+        if not _looks_like_header(records[first].fields, rows):
+            first = 0
+    if _COMMENT not in text:
+        return first, None
+    commented = [record for record in records[first:] if text.startswith(_COMMENT, record.start)]
+    lead = any(text.startswith(_COMMENT, record.start) for record in records[:first])
+    comment = (lead or bool(commented)) and all(len(record.fields) != width for record in commented)
+    return first, _COMMENT if comment else None
 
 
 def _sniff_partial(text: str, quotechar: str) -> _Sniffed:
@@ -1042,9 +1302,10 @@ def _column_kinds(values: list[str]) -> set[str]:
 
 
 def _plain_names(cells: list[str]) -> bool:
-    """Cells that read like column names: all non-empty text, no two alike."""
+    """Cells that read like column names: all non-empty text, mostly distinct (a name or
+    two may repeat, as in ``id,name,name``; a row of one word over and over is no header)."""
     names = [cell.strip() for cell in cells]
-    distinct = len(set(names)) == len(names)
+    distinct = 2 * len(set(names)) > len(names) or len(names) == 1
     return distinct and all(name and _kind(name) == "text" for name in names)
 
 
@@ -1052,7 +1313,8 @@ def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
     """Whether the first record names the columns of the rows after it.
 
     Columns of numbers, dates or booleans decide first, as in csv.Sniffer.has_header: each
-    votes for a header when the first cell is text and against when it is of the same kind.
+    votes for a header when the first cell is text (or a number over booleans) and against
+    when it is of the same kind.
     Without such evidence (only free text, or no rows at all) the first record is a header
     when its cells read like names, as most CSV files start with one; only when they don't
     does csv.Sniffer's weaker hint count: a text column whose values all have one length
@@ -1077,8 +1339,8 @@ def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
             head_kind = _kind(head)
             if head_kind in kinds:
                 typed -= 1
-            elif head_kind == "text":
-                typed += 1
+            elif head_kind == "text" or (head_kind == "number" and kinds == {"bool"}):
+                typed += 1  # a name, or a number naming a column of booleans (wide.csv)
         elif kinds == {"text"} and len(values) > 1:
             lengths = set(map(len, values))
             if len(lengths) == 1:
@@ -1107,8 +1369,8 @@ def _decoding_codec(encoding: str, little_endian: bool) -> str:
 class CsvProfiler:
     """Profiles a CSV file from its stored bytes, fed in order in chunks of any size.
 
-    The first `sample_size` bytes (up to 16 times more while the sample holds fewer than two
-    complete records) are buffered to sniff the dialect and the header; from then on each
+    The first `sample_size` bytes (up to 64 times more while the sample holds fewer than 8
+    records of the table) are buffered to sniff the dialect and the header; from then on each
     chunk is counted as it arrives and nothing of it is kept.
     """
 
@@ -1132,7 +1394,8 @@ class CsvProfiler:
         self._sample: bytearray | None = bytearray()
         self._bom_len = 0
         self._projector = _Projector(wide=self._unit == 2, little=True, encoding=encoding)
-        self._scanner: _Counter | None = None
+        self._scanner: _Counter | _DialectFilter | None = None  # what is fed
+        self._counter: _Counter | None = None  # what counts (the same, or behind a filter)
         self._sniffed: _Sniffed | None = None
         self._has_header = False
         self._columns: list[str] = []
@@ -1157,9 +1420,10 @@ class CsvProfiler:
             if self._scanner is None:
                 self._try_sniff(at_eof=True)
             assert self._scanner is not None
+            assert self._counter is not None
             assert self._sniffed is not None
             self._scanner.finish()
-            self._profile = self._build_profile(self._scanner, self._sniffed)
+            self._profile = self._build_profile(self._counter, self._sniffed)
         return self._profile
 
     # -- sniffing ------------------------------------------------------------------------
@@ -1193,11 +1457,17 @@ class CsvProfiler:
         self._bom_len = bom_len
         self._projector = projector
         self._sniffed = sniffed
-        self._scanner = self._start_scanner(
+        self._counter = self._start_scanner(
             sniffed, raw[bom_len:], _decoding_codec(self._encoding, little)
         )
+        self._scanner = self._counter
+        if sniffed.skip_space or sniffed.comment_char is not None:
+            self._scanner = _DialectFilter(
+                self._counter, delimiter=sniffed.delimiter, quotechar=sniffed.quotechar,
+                skip_space=sniffed.skip_space, comment_char=sniffed.comment_char,
+            )  # fmt: skip
         self._sample = None
-        self._scanner.feed(projected)
+        self._scanner.feed(projected[sniffed.table_start :] if sniffed.table_start else projected)
         return True
 
     def _start_scanner(self, sniffed: _Sniffed, body: bytes, codec: str) -> _Counter:
@@ -1210,7 +1480,10 @@ class CsvProfiler:
             if self._has_header:
                 raw_header = body[first.start * self._unit : first.end * self._unit]
                 self._columns = _one_record(
-                    raw_header.decode(codec, "replace"), sniffed.delimiter, sniffed.quotechar
+                    raw_header.decode(codec, "replace"),
+                    sniffed.delimiter,
+                    sniffed.quotechar,
+                    sniffed.skip_space,
                 )
                 expected = len(self._columns)
             else:
@@ -1235,6 +1508,8 @@ class CsvProfiler:
 
     def _build_profile(self, scanner: _Counter, sniffed: _Sniffed) -> CsvProfile:
         bom, unit = self._bom_len, self._unit
+        table = sniffed.table_start
+        seen: Counter[str] = Counter(self._columns)
         return CsvProfile(
             delimiter=sniffed.delimiter,
             quotechar=sniffed.quotechar,
@@ -1244,8 +1519,15 @@ class CsvProfiler:
             column_count=scanner.expected_fields or 0,
             row_count=scanner.data_rows,
             ragged_rows=scanner.ragged,
-            checkpoints=[(row, bom + unit * offset) for row, offset in scanner.checkpoints],
+            checkpoints=[
+                (row, bom + unit * (table + offset)) for row, offset in scanner.checkpoints
+            ],
             encoding=self._encoding,
+            preamble_lines=sniffed.preamble_lines,
+            table_offset=bom + unit * table,
+            skip_initial_space=sniffed.skip_space,
+            comment_char=sniffed.comment_char,
+            duplicate_columns=[name for name, count in seen.items() if count > 1],
         )
 
 
@@ -1290,7 +1572,7 @@ def _collect_rows(
     text: io.TextIOWrapper, profile: RowSource, row: int, start_row: int, limit: int
 ) -> tuple[list[list[str]], int | None]:
     rows: list[list[str]] = []
-    for record in csv.reader(text, delimiter=profile.delimiter, quotechar=profile.quotechar):
+    for record in _reader(text, profile):
         if not record:
             continue
         if row >= start_row:
@@ -1356,6 +1638,11 @@ def read_page(
     begin = _row_offset(fp, profile, start_row, little, line_terminator or _DEFAULT_TERMINATOR)
     if begin is None:
         return RowsPage([], None, [])
+    if profile.comment_char is not None:  # the bound is for rows, not for comments before
+        wide = profile.encoding == "utf-16"
+        begin = _after_blank_lines(
+            fp, begin, wide=wide, little=little, comment=profile.comment_char
+        )
     fp.seek(begin)
     capped = _CappedReader(fp, max_bytes - max_bytes % 2)  # whole UTF-16 code units
     text = io.TextIOWrapper(
@@ -1366,7 +1653,7 @@ def read_page(
     )
     rows: list[list[str]] = []
     more = False
-    for record in csv.reader(text, delimiter=profile.delimiter, quotechar=profile.quotechar):
+    for record in _reader(text, profile):
         if not record:
             continue
         if len(rows) == limit:
@@ -1391,6 +1678,21 @@ def read_page(
     if not more or (row_count is not None and next_row >= row_count):
         return RowsPage(rows, None, truncated)
     return RowsPage(rows, next_row, truncated)
+
+
+def _reader(text: io.TextIOWrapper, profile: RowSource) -> Iterator[list[str]]:
+    """csv.reader in the profile's dialect; comment lines read as blank lines (not rows), as
+    the profiler's counter sees them (`_DialectFilter`)."""
+    mark = profile.comment_char
+    lines: Iterator[str] = (
+        text if mark is None else ("\n" if line.startswith(mark) else line for line in text)
+    )
+    return csv.reader(
+        lines,
+        delimiter=profile.delimiter,
+        quotechar=profile.quotechar,
+        skipinitialspace=profile.skip_initial_space,
+    )
 
 
 class _CappedReader(io.RawIOBase):
@@ -1453,18 +1755,24 @@ def _row_offset(
             header_records=0,
             checkpoint_every=skip,
         )
+    fed: _Counter | _DialectFilter = scanner
+    if profile.skip_initial_space or profile.comment_char is not None:
+        fed = _DialectFilter(
+            scanner, delimiter=profile.delimiter, quotechar=profile.quotechar,
+            skip_space=profile.skip_initial_space, comment_char=profile.comment_char,
+        )  # fmt: skip
     fp.seek(offset)
     counted = 0  # projected bytes fed
     while True:
         data = fp.read(_SKIP_BLOCK)
         if data:
             projected = projector.project(data)
-            scanner.feed(projected)
+            fed.feed(projected)
             counted += len(projected)
         if not data or scanner.data_rows >= skip:
             # Rows 0..skip-1 are complete: row `skip` is in what was read (finish() closes
             # it if it has begun, recording its checkpoint), or begins after blank lines.
-            scanner.finish()
+            fed.finish()
             break
     for index, where in scanner.checkpoints:
         if index == skip:
@@ -1474,16 +1782,32 @@ def _row_offset(
     return _after_blank_lines(fp, offset + unit * counted, wide=wide, little=little)
 
 
-def _after_blank_lines(fp: BinaryIO, position: int, *, wide: bool, little: bool) -> int:
+def _after_blank_lines(
+    fp: BinaryIO, position: int, *, wide: bool, little: bool, comment: str | None = None
+) -> int:
+    """Where the first line from `position` (a line start) that is neither blank nor, with
+    `comment`, a comment line begins; the end of the file if none does."""
     projector = _Projector(wide=wide, little=little)
     unit = 2 if wide else 1
+    mark = comment.encode("latin-1") if comment else None
+    in_comment = False
     fp.seek(position)
     while True:
         data = fp.read(_SKIP_BLOCK)
         if not data:
             return position
         projected = projector.project(data)
-        rest = projected.lstrip(b"\r\n")
-        if rest:
-            return position + unit * (len(projected) - len(rest))
+        at = 0
+        while at < len(projected):
+            if in_comment:
+                at = _first_break(projected[at:]) + at
+                in_comment = at == len(projected)
+                continue
+            rest = projected[at:].lstrip(b"\r\n")
+            at = len(projected) - len(rest)
+            if not rest:
+                break
+            if mark is None or not rest.startswith(mark):
+                return position + unit * at
+            in_comment = True
         position += unit * len(projected)

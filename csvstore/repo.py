@@ -49,6 +49,10 @@ def _file(row: Row | None) -> Row | None:
         row["columns"] = orjson.loads(row["columns"])
     if row["has_header"] is not None:
         row["has_header"] = bool(row["has_header"])
+    if row.get("skip_initial_space") is not None:
+        row["skip_initial_space"] = bool(row["skip_initial_space"])
+    if row.get("duplicate_columns") is not None:
+        row["duplicate_columns"] = orjson.loads(row["duplicate_columns"])
     checkpoints = row.get("row_checkpoints")
     if checkpoints is not None:
         row["row_checkpoints"] = orjson.loads(checkpoints)
@@ -178,6 +182,12 @@ class Repo:
                     "encoding_confidence": facts.encoding_confidence,
                     "invalid_bytes": facts.invalid_bytes,
                     "first_invalid_offset": facts.first_invalid_offset,
+                    "preamble_lines": facts.preamble_lines,
+                    "skip_initial_space": facts.skip_initial_space,
+                    "comment_char": facts.comment_char,
+                    "duplicate_columns": None
+                    if facts.duplicate_columns is None
+                    else _json(facts.duplicate_columns),
                 },
             )
         )

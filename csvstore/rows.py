@@ -34,6 +34,8 @@ class StoredProfile:
     delimiter: str
     quotechar: str
     checkpoints: Sequence[tuple[int, int]]
+    skip_initial_space: bool = False
+    comment_char: str | None = None
 
 
 class StorageFile(io.RawIOBase):
@@ -121,6 +123,8 @@ async def read_rows(
         delimiter=file["delimiter"],
         quotechar=file["quotechar"] or '"',
         checkpoints=[(int(row), int(at)) for row, at in file.get("row_checkpoints") or []],
+        skip_initial_space=bool(file.get("skip_initial_space")),
+        comment_char=file.get("comment_char"),
     )
     loop = asyncio.get_running_loop()
 

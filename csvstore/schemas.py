@@ -197,6 +197,26 @@ class FileSchema(Schema):
     ragged_rows = fields.Integer(
         allow_none=True, metadata={"description": "rows whose field count differs"}
     )
+    preamble_lines = fields.Integer(
+        allow_none=True,
+        metadata={
+            "description": "lines before the header (titles, comments, key: value lines, "
+            "blank lines) that are not part of the table; rows and columns start after them"
+        },
+    )
+    skip_initial_space = fields.Boolean(
+        allow_none=True,
+        metadata={"description": 'spaces after a delimiter are skipped (1, "Smith, J")'},
+    )
+    comment_char = fields.String(
+        allow_none=True,
+        metadata={"description": "lines starting with it are comments, not rows", "example": "#"},
+    )
+    duplicate_columns = fields.List(
+        fields.String(),
+        allow_none=True,
+        metadata={"description": "header names that occur more than once"},
+    )
     duplicate_of = fields.String(
         metadata={"description": "set when dedupe=true found these bytes already stored"}
     )

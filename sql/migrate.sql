@@ -12,7 +12,8 @@ LIMIT :limit;
 SELECT id, session_id, filename, original_filename, file_size, content_type, file_path,
        created_at, sha256, encoding, delimiter, quotechar, line_terminator, has_header,
        columns, column_count, row_count, ragged_rows, row_checkpoints, encoding_source,
-       encoding_confidence, invalid_bytes, first_invalid_offset
+       encoding_confidence, invalid_bytes, first_invalid_offset, preamble_lines,
+       skip_initial_space, comment_char, duplicate_columns
 FROM files
 WHERE id > :after
 ORDER BY id
@@ -36,12 +37,14 @@ INSERT INTO files (id, session_id, filename, original_filename, file_size, conte
                    file_path, created_at, sha256, encoding, delimiter, quotechar,
                    line_terminator, has_header, columns, column_count, row_count, ragged_rows,
                    row_checkpoints, encoding_source, encoding_confidence, invalid_bytes,
-                   first_invalid_offset)
+                   first_invalid_offset, preamble_lines, skip_initial_space, comment_char,
+                   duplicate_columns)
 VALUES (:id, :session_id, :filename, :original_filename, :file_size, :content_type,
         :file_path, :created_at, :sha256, :encoding, :delimiter, :quotechar,
         :line_terminator, :has_header, :columns, :column_count, :row_count, :ragged_rows,
         :row_checkpoints, :encoding_source, :encoding_confidence, :invalid_bytes,
-        :first_invalid_offset)
+        :first_invalid_offset, :preamble_lines, :skip_initial_space, :comment_char,
+        :duplicate_columns)
 ON CONFLICT DO NOTHING
 RETURNING id;
 

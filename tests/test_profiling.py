@@ -12,7 +12,7 @@ import io
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -77,12 +77,15 @@ class Reference:
 
 def reference(data: bytes, encoding: str, profile: CsvProfile) -> Reference:
     """What csv.reader says about `data` in the profile's dialect."""
+    lines = io.StringIO(decode(data, encoding), newline="").readlines()[profile.preamble_lines :]
+    mark = profile.comment_char
     records = [
         record
         for record in csv.reader(
-            io.StringIO(decode(data, encoding), newline=""),
+            ["\n" if mark and line.startswith(mark) else line for line in lines],
             delimiter=profile.delimiter,
             quotechar=profile.quotechar,
+            skipinitialspace=profile.skip_initial_space,
         )
         if record
     ]
@@ -139,6 +142,14 @@ class _Single:
     def checkpoints(self) -> list[tuple[int, int]]:
         return [(self.row, self.offset)]
 
+    @property
+    def skip_initial_space(self) -> bool:
+        return self.inner.skip_initial_space
+
+    @property
+    def comment_char(self) -> str | None:
+        return self.inner.comment_char
+
 
 @dataclass(frozen=True)
 class _FromTop(_Single):
@@ -167,6 +178,10 @@ class Case:
     column_count: int
     row_count: int
     ragged_rows: int
+    preamble_lines: int = 0
+    skip_initial_space: bool = False
+    comment_char: str | None = None
+    duplicate_columns: list[str] = field(default_factory=list)
 
 
 EXCEL_CP1252 = (
@@ -416,7 +431,59 @@ CASES = {
         3,
         1,
     ),
-}
+    # Issue 17's shapes, as they come from spreadsheets, government portals and old tools.
+    "a title and a comment before the header": Case(
+        b"# clean this data!\nReport generated 2024-01-01\n\nid,name,population\n"
+        b"1,Britain,67\n2,France,67\n3,Germany,83\n",
+        "utf-8", ",", '"', "\n", True, ["id", "name", "population"], 3, 3, 0,
+        preamble_lines=3, comment_char="#",
+    ),
+    "key: value metadata and a spreadsheet title": Case(
+        b"Source: statistics office\r\nUnit: thousands\r\nTable 4,,,\r\n"
+        b"region,year,men,women\r\nNorth,2020,10,11\r\nSouth,2020,12,13\r\n"
+        b"East,2021,9,8\r\n",
+        "utf-8", ",", '"', "\r\n", True, ["region", "year", "men", "women"], 4, 3, 0,
+        preamble_lines=3,
+    ),
+    "comment lines among the rows": Case(
+        b"# exported\nid,name\n1,english\n# it's a comment!\n2,chinese\n#\n3,x\n",
+        "utf-8", ",", '"', "\n", True, ["id", "name"], 2, 3, 0,
+        preamble_lines=1, comment_char="#",
+    ),
+    "a space after the delimiter": Case(
+        b'id, name, city\n1, "Smith, J", "Oslo"\n2, "Doe, A", Rome\n3, "X ""Y""", "Z"\n',
+        "utf-8", ",", '"', "\n", True, ["id", "name", "city"], 3, 3, 0,
+        skip_initial_space=True,
+    ),
+    "a short header over rows with trailing empty cells (no preamble)": Case(
+        b"a,b\n1,2,,\n3,4,,\n5,6,,\n",
+        "utf-8", ",", '"', "\n", True, ["a", "b"], 2, 3, 3,
+    ),
+    "a title with a comma, over a header": Case(
+        b"Sales, Q1\nregion,year,total\nNorth,2020,3\nSouth,2021,4\n",
+        "utf-8", ",", '"', "\n", True, ["region", "year", "total"], 3, 2, 0, preamble_lines=1,
+    ),
+    "Excel's sep= line": Case(
+        b"sep=;\r\nname;amount\r\nann;3,5\r\nbob;4\r\n",
+        "utf-8", ";", '"', "\r\n", True, ["name", "amount"], 2, 2, 0, preamble_lines=1,
+    ),
+    "colon-delimited": Case(
+        b"id:name:qty\n1:apple:3\n2:pear:4\n3:fig:5\n",
+        "utf-8", ":", '"', "\n", True, ["id", "name", "qty"], 3, 3, 0,
+    ),
+    "duplicate column names": Case(
+        b"id,name,name,note\n1,ann,bob,x\n2,cy,dee,y\n",
+        "utf-8", ",", '"', "\n", True, ["id", "name", "name", "note"], 4, 2, 0,
+        duplicate_columns=["name"],
+    ),
+    "9,000 columns, named by numbers": Case(
+        ("id," + ",".join(str(100000 + i) for i in range(9000)) + "\n" + "".join(
+            f"id{r}," + ",".join("TRUE" if (r * i) % 3 else "FALSE" for i in range(9000)) + "\n"
+            for r in range(12))).encode(),
+        "utf-8", ",", '"', "\n", True,
+        ["id", *(str(100000 + i) for i in range(9000))], 9001, 12, 0,
+    ),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -435,6 +502,11 @@ def test_real_world_shapes(name: str, size: int | None) -> None:
         ragged_rows=case.ragged_rows,
         checkpoints=profile.checkpoints,
         encoding=case.encoding,
+        preamble_lines=case.preamble_lines,
+        table_offset=profile.table_offset,
+        skip_initial_space=case.skip_initial_space,
+        comment_char=case.comment_char,
+        duplicate_columns=case.duplicate_columns,
     )
     check_against_reference(case.data, case.encoding, profile)
 
@@ -509,7 +581,7 @@ def test_rejects_bad_arguments(kwargs: dict[str, object]) -> None:
 
 
 def test_first_record_longer_than_the_largest_sample() -> None:
-    """Past 16 x sample_size without a whole record, the first record sets the width."""
+    """Past 64 x sample_size without a whole record, the first record sets the width."""
     wide = b",".join(b"c%d" % i for i in range(200)) + b"\n"
     data = wide + b"1,2\n" + wide
     profile = profile_of(chunks(data, 10), sample_size=8)
@@ -781,7 +853,7 @@ def check_read_page(
 
     def page_at(row: int, bound: int) -> profiling.RowsPage:
         return read_page(
-            io.BytesIO(stored), profile, row, limit, max_bytes=bound, cell_limit=99,
+            io.BytesIO(stored), profile, row, limit, max_bytes=bound, cell_limit=1 << 20,
             row_count=profile.row_count, line_terminator=profile.line_terminator,
         )  # fmt: skip
 
@@ -873,6 +945,63 @@ def test_sniffs_the_dialect_of_well_shaped_tables(
     assert profile.ragged_rows == 0
 
 
+PREAMBLE_LINE = st.one_of(
+    WORD,  # a title
+    WORD.map(lambda w: "# " + w),  # a comment
+    st.tuples(WORD, WORD).map(lambda kv: f"{kv[0].strip()}: {kv[1]}"),  # key: value
+    st.just(""),  # a blank line
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.data(),
+    tables(),
+    st.lists(PREAMBLE_LINE, min_size=1, max_size=3).filter(lambda ls: any(ls)),
+    st.booleans(),
+    # Samples that hold the preamble and more of the table (the counter's chunk boundaries
+    # are walked by read_page's small blocks, and by the small-sample test of CASES).
+    st.sampled_from([256, 64 * 1024]),
+)
+def test_a_preamble_and_comment_lines_leave_the_table_as_it_was(
+    data: st.DataObject,
+    table: tuple[str, str, str, str, int],
+    preamble: list[str],
+    comments: bool,
+    sample_size: int,
+) -> None:
+    """Lines before the header, and comment lines between rows, change no count, name or
+    row of the table: the profile equals the bare table's, offsets moved past them."""
+    text, delimiter, quotechar, terminator, _ = table
+    bare = profile_of(text.encode())
+    if comments:  # after the header and after every other record of the table
+        lines = list(io.StringIO(text, newline=""))  # comment lines go between records only
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar=quotechar)
+        ends = []
+        for _record in reader:
+            ends.append(reader.line_num)
+        out = []
+        for number, line in enumerate(lines, start=1):
+            out.append(line)
+            if number in ends[::2]:
+                out.append("# note" + terminator)
+        text = "".join(out)
+    full = terminator.join(preamble) + terminator + text
+    stored = full.encode()
+    parts = data.draw(chunkings(stored))
+    profile = profile_of(parts, "utf-8", checkpoint_every=2, sample_size=sample_size)
+    assert profile.preamble_lines == len(preamble)
+    if comments or any(line.startswith("#") for line in preamble):
+        assert profile.comment_char == "#"
+    assert (profile.delimiter, profile.quotechar) == (bare.delimiter, bare.quotechar)
+    assert (profile.has_header, profile.columns) == (bare.has_header, bare.columns)
+    assert (profile.row_count, profile.ragged_rows) == (bare.row_count, bare.ragged_rows)
+    ref = check_against_reference(stored, "utf-8", profile)
+    check_checkpoints(stored, profile, 2)
+    start = data.draw(st.integers(0, len(ref.rows)))
+    check_read_page(data, stored, profile, ref, start, data.draw(st.integers(1, 4)))
+
+
 _CELLS = st.one_of(
     st.from_regex(r"[-+]?\d{1,6}([.,]\d{0,3})?([eE][-+]?\d{1,2})?%?", fullmatch=True),
     st.from_regex(r"\d{1,3}([,. ']\d{3}){1,2}([.,]\d{1,2})?", fullmatch=True),
@@ -901,7 +1030,8 @@ def _header_vote_cell_by_cell(first: list[str], rows: list[list[str]]) -> bool:
         kinds = {profiling._kind(value) for value in values}
         if len(kinds) == 1 and kinds != {"text"}:
             head_kind = profiling._kind(head)
-            typed += -1 if head_kind in kinds else 1 if head_kind == "text" else 0
+            names = head_kind == "text" or (head_kind == "number" and kinds == {"bool"})
+            typed += -1 if head_kind in kinds else 1 if names else 0
         elif kinds == {"text"} and len(values) > 1:
             lengths = {len(value) for value in values}
             if len(lengths) == 1:

@@ -28,7 +28,8 @@ ORIGINAL_FIELDS = {"id", "filename", "original_filename", "file_size", "content_
 PROFILE_FIELDS = {
     "sha256", "encoding", "delimiter", "quotechar", "line_terminator", "has_header", "columns",
     "column_count", "row_count", "ragged_rows", "encoding_source", "encoding_confidence",
-    "invalid_bytes", "first_invalid_offset",
+    "invalid_bytes", "first_invalid_offset", "preamble_lines", "skip_initial_space",
+    "comment_char", "duplicate_columns",
 }  # fmt: skip
 
 

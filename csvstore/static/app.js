@@ -423,7 +423,9 @@ function closePreview() {
 
 async function openPreview(file) {
   state.preview = { file, nextOffset: 0 };
-  $("preview-title").textContent = `Preview: ${file.original_filename}`;
+  // Titles and comments before the header are not rows: say that they are left out.
+  const skipped = file.preamble_lines ? ` (${plural(file.preamble_lines, "line")} before the header not shown)` : "";
+  $("preview-title").textContent = `Preview: ${file.original_filename}${skipped}`;
   const table = $("preview-table");
   table.tHead.replaceChildren();
   table.tBodies[0].replaceChildren();

@@ -25,7 +25,12 @@ SELECT p.session_id, p.json,
                          'encoding_source', f.encoding_source,
                          'encoding_confidence', f.encoding_confidence,
                          'invalid_bytes', f.invalid_bytes,
-                         'first_invalid_offset', f.first_invalid_offset)::text
+                         'first_invalid_offset', f.first_invalid_offset,
+                         'preamble_lines', f.preamble_lines,
+                         'skip_initial_space',
+                         CASE f.skip_initial_space WHEN 1 THEN true WHEN 0 THEN false END,
+                         'comment_char', f.comment_char,
+                         'duplicate_columns', f.duplicate_columns::json)::text
        END AS file_json
 FROM page AS p
 LEFT JOIN files AS f ON f.session_id = p.id

@@ -1,0 +1,139 @@
+"""CSV as it comes from the wild (issue 17), through the API: each shape uploaded, its file
+object as the upload answers it, as it is read back and listed, and its rows through /rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp import FormData
+
+from tests.conftest import Client, upload_form
+
+WIDE_COLUMNS = 9_000
+WIDE_ROWS = 5
+
+
+def _wide() -> bytes:
+    header = "id," + ",".join(str(100_000 + i) for i in range(WIDE_COLUMNS))
+    rows = [
+        f"id{r}," + ",".join("TRUE" if (r + i) % 3 else "FALSE" for i in range(WIDE_COLUMNS))
+        for r in range(WIDE_ROWS)
+    ]
+    return ("\n".join([header, *rows]) + "\n").encode()
+
+
+# name, bytes, what the file object says, the first rows /rows gives (their first 3 cells)
+SHAPES: list[tuple[str, bytes, dict[str, Any], list[list[str]]]] = [
+    (
+        "preamble",
+        b"# clean this data!\nReport generated 2024-01-01\n\nid,neighbor_id,name,population\n"
+        b"1,Ireland,Britain,67\n2,3,France,67\n3,22,Germany,83\n",
+        {"preamble_lines": 3, "has_header": True, "comment_char": "#", "ragged_rows": 0,
+         "columns": ["id", "neighbor_id", "name", "population"], "column_count": 4,
+         "row_count": 3},
+        [["1", "Ireland", "Britain"], ["2", "3", "France"], ["3", "22", "Germany"]],
+    ),
+    (
+        "spreadsheet title and key: value lines",
+        b"Source: statistics office\r\nUnit: thousands\r\nTable 4,,,\r\n"
+        b"region,year,men,women\r\nNorth,2020,10,11\r\nSouth,2020,12,13\r\n",
+        {"preamble_lines": 3, "comment_char": None, "columns": ["region", "year", "men", "women"],
+         "row_count": 2, "ragged_rows": 0},
+        [["North", "2020", "10"], ["South", "2020", "12"]],
+    ),
+    (
+        "comment lines among the rows",
+        b"id,name\n1,english\n# it's a comment!\n2,chinese\n",
+        {"preamble_lines": 0, "comment_char": "#", "row_count": 2, "ragged_rows": 0},
+        [["1", "english"], ["2", "chinese"]],
+    ),
+    (
+        "9,000 columns",
+        _wide(),
+        {"has_header": True, "column_count": WIDE_COLUMNS + 1, "row_count": WIDE_ROWS,
+         "ragged_rows": 0, "preamble_lines": 0},
+        [["id0", "FALSE", "TRUE"], ["id1", "TRUE", "TRUE"], ["id2", "TRUE", "FALSE"]],
+    ),
+    (
+        "duplicate names",
+        b"id,name,name\n1,ann,bob\n2,cy,dee\n",
+        {"has_header": True, "columns": ["id", "name", "name"], "duplicate_columns": ["name"],
+         "row_count": 2},
+        [["1", "ann", "bob"], ["2", "cy", "dee"]],
+    ),
+    (
+        "space after the delimiter",
+        b'id, name, city\n1, "Smith, J", "Oslo"\n2, "Doe, A", Rome\n',
+        {"skip_initial_space": True, "columns": ["id", "name", "city"], "column_count": 3,
+         "row_count": 2, "ragged_rows": 0},
+        [["1", "Smith, J", "Oslo"], ["2", "Doe, A", "Rome"]],
+    ),
+    (
+        "cp1252 with a title: names re-read past the preamble",
+        "Rapport: ventes été\n\nnom;prix;qté\ncafé;3,50;1\nthé;2;3\n".encode("cp1252"),
+        {"encoding": "cp1252", "preamble_lines": 2, "columns": ["nom", "prix", "qté"],
+         "row_count": 2},
+        [["café", "3,50", "1"], ["thé", "2", "3"]],
+    ),
+    (
+        "Excel's sep= line",
+        b"sep=;\r\nname;amount\r\nann;3,5\r\nbob;4\r\n",
+        {"delimiter": ";", "preamble_lines": 1, "columns": ["name", "amount"], "row_count": 2},
+        [["ann", "3,5"], ["bob", "4"]],
+    ),
+    (
+        "colon-delimited",
+        b"id:name:qty\n1:apple:3\n2:pear:4\n3:fig:5\n",
+        {"delimiter": ":", "columns": ["id", "name", "qty"], "row_count": 3, "ragged_rows": 0,
+         "preamble_lines": 0, "skip_initial_space": False, "duplicate_columns": []},
+        [["1", "apple", "3"], ["2", "pear", "4"], ["3", "fig", "5"]],
+    ),
+]  # fmt: skip
+
+
+def _form(data: bytes, **fields: str) -> FormData:
+    form = upload_form(data)
+    for name, value in fields.items():
+        form.add_field(name, value)
+    return form
+
+
+@pytest.mark.parametrize(("name", "data", "expected", "rows"), SHAPES, ids=[s[0] for s in SHAPES])
+async def test_shape_through_upload_and_rows(
+    client: Client,
+    session: str,
+    name: str,
+    data: bytes,
+    expected: dict[str, Any],
+    rows: list[list[str]],
+) -> None:
+    # strict=true: a file read from its real header has no ragged rows, so it is taken.
+    resp = await client.post("/api/csv/upload", data=_form(data, strict="true"))
+    assert resp.status == 201, await resp.text()
+    file = (await resp.json())["file"]
+    for field, value in expected.items():
+        assert file[field] == value, (field, file[field])
+    again = await (await client.get(f"/api/csv/files/{file['id']}")).json()
+    assert again == file
+    listed = await (await client.get(f"/api/csv/sessions/{session}")).json()
+    assert listed["csv_files"] == [file]
+    page = await (await client.get(f"/api/csv/files/{file['id']}/rows?limit=3")).json()
+    assert [row[:3] for row in page["rows"]] == rows[:3]
+    assert page["columns"] == file["columns"]
+    # From a later offset too: the counter that finds row 1 reads the file's dialect.
+    later = await (await client.get(f"/api/csv/files/{file['id']}/rows?offset=1&limit=1")).json()
+    assert [row[:3] for row in later["rows"]] == rows[1:2]
+
+
+async def test_session_listing_carries_the_dialect_fields(client: Client, session: str) -> None:
+    data = b'# exported\nid, name\n1, "a, b"\n2, "c"\n'
+    assert (await client.post("/api/csv/upload", data=upload_form(data))).status == 201
+    listing = await (await client.get("/api/csv/sessions")).json()
+    (file,) = (
+        listing["sessions"][0]["csv_files"] if "sessions" in listing else listing[0]["csv_files"]
+    )
+    assert file["preamble_lines"] == 1
+    assert file["skip_initial_space"] is True
+    assert file["comment_char"] == "#"
+    assert file["duplicate_columns"] == []
