@@ -51,6 +51,7 @@ from csvstore.errors import (
     RequestTimeout,
     UnsupportedMediaType,
     ValidationFailed,
+    storage_unavailable,
 )
 from csvstore.ingest import UploadLimits
 from csvstore.keys import LIMITS_KEY, SETTINGS_KEY, STORE_KEY
@@ -754,7 +755,7 @@ async def _complete(
         writer = None  # publish_upload owned it, and removed the bytes on failure
         crash_point("tus.row_committed")
     except BaseException as exc:
-        if isinstance(exc, DependencyUnavailable) and hold.interrupted_publish is not None:
+        if isinstance(exc, DependencyUnavailable) or storage_unavailable(exc) is not None:
             # The database or storage is away, not the file at fault: the upload stays as a
             # crash would leave it, and its next request settles it (complete, or resumable
             # at its acknowledged offset).

@@ -171,20 +171,37 @@ def assert_unavailable_readyz(reply: requests.Response) -> dict[str, Any]:
     return body
 
 
+def _wait_until_held(server: ServerProcess) -> None:
+    """Until the server is held at its CSVSTORE_PAUSE_AT point: it answers nothing then,
+    not even /healthz."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            requests.get(f"{server.url}/healthz", timeout=0.5)
+        except requests.Timeout:
+            return
+        assert time.monotonic() < deadline, "the server was never held"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("storage", ["local", "s3"])
 def test_a_tus_upload_whose_completion_meets_a_stopped_database_stays_resumable(
-    own_postgres: tuple[str, Path], tmp_path: Path
+    own_postgres: tuple[str, Path], tmp_path: Path, storage: str, request: pytest.FixtureRequest
 ) -> None:
     """The last PATCH of a tus upload reaches its completion, and PostgreSQL stops there.
     The client gets a 503 after the publish has waited for it; the upload is not removed
     (it was, with every acknowledged byte): once the database is back, HEAD gives the
     offset the client was last told and the resend completes the file."""
     url, folder = own_postgres
+    # On S3 the bucket of make test-s3 (its variables are in the environment), a prefix of
+    # this test's own.
+    bucket = request.getfixturevalue("s3_settings").storage if storage == "s3" else ""
     data_dir = tmp_path / "data"
     server = ServerProcess(
         data_dir,
         env={
             "CSVSTORE_DATABASE_URL": url,
-            "CSVSTORE_STORAGE": "",
+            "CSVSTORE_STORAGE": f"{bucket}/tus-db-outage" if bucket else "",
             "CSVSTORE_PAUSE_AT": "tus.publishing_saved:3",
         },
     )
@@ -206,7 +223,6 @@ def test_a_tus_upload_whose_completion_meets_a_stopped_database_stays_resumable(
             location, data=body[:half], headers={**patch_headers, "Upload-Offset": "0"}
         )
         assert first.status_code == 204, first.text
-        state = next((data_dir / "tmp" / "tus").glob("*.json"))
 
         def last_patch() -> requests.Response:
             return requests.patch(
@@ -218,10 +234,7 @@ def test_a_tus_upload_whose_completion_meets_a_stopped_database_stays_resumable(
 
         with ThreadPoolExecutor(1) as pool:
             sending = pool.submit(last_patch)
-            deadline = time.monotonic() + 20
-            while b'"file_id":null' in state.read_bytes().replace(b" ", b""):
-                assert time.monotonic() < deadline, "the completion never began"
-                time.sleep(0.02)
+            _wait_until_held(server)
             _pg_ctl(folder, "-m", "fast", "-w", "stop")  # while the server is held there
             assert_unavailable(sending.result(timeout=120), "database")
         port = (folder / "port").read_text().strip()
@@ -230,7 +243,10 @@ def test_a_tus_upload_whose_completion_meets_a_stopped_database_stays_resumable(
         head = requests.head(location, headers=headers)
         assert head.status_code == 200, head.status_code
         assert int(head.headers["Upload-Offset"]) == half
-        again = last_patch()
+        deadline = time.monotonic() + 90
+        while (again := last_patch()).status_code == 423:  # a lease that had to lapse
+            assert time.monotonic() < deadline, again.text
+            time.sleep(float(again.headers["Retry-After"]))
         assert again.status_code == 204, again.text
         stored = requests.get(f"{server.url}{again.headers['Content-Location']}/content")
         assert stored.content == body
@@ -333,3 +349,89 @@ def test_seaweedfs_stopped_and_hung_is_503_and_readyz_says_so(
                 weed.kill()
                 weed.wait()
     assert "Traceback" not in server.log(), server.log()[-3000:]
+
+
+def test_a_tus_upload_whose_completion_meets_a_stopped_seaweedfs_stays_resumable(
+    own_seaweedfs: dict[str, str], tmp_path: Path
+) -> None:
+    """As with the database: SeaweedFS stops while a tus upload completes (the server held
+    just before it stores the object). The client gets a 503; the upload is not removed:
+    once the storage is back, HEAD gives the offset the client was last told and the
+    resend completes the file."""
+    s3 = own_seaweedfs
+    folder = Path(s3["WEED_DIR"])
+    server = ServerProcess(
+        tmp_path / "data",
+        env={
+            "CSVSTORE_DATABASE_URL": "",
+            "CSVSTORE_STORAGE": f"s3://{s3['S3_BUCKET']}/tus-outage",
+            "CSVSTORE_S3_ENDPOINT_URL": s3["S3_ENDPOINT_URL"],
+            "AWS_ACCESS_KEY_ID": s3["AWS_ACCESS_KEY_ID"],
+            "AWS_SECRET_ACCESS_KEY": s3["AWS_SECRET_ACCESS_KEY"],
+            "CSVSTORE_PAUSE_AT": "tus.publishing_saved:4",
+        },
+    )
+    server.start()
+    body = b"id,name\n" + b"".join(b"%d,name %d\n" % (i, i) for i in range(20_000))
+    half = len(body) // 2
+    headers = {"Tus-Resumable": "1.0.0"}
+    patch_headers = {**headers, "Content-Type": "application/offset+octet-stream"}
+    weed: subprocess.Popen[bytes] | None = None
+    try:
+        assert requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "s"}).ok
+        created = requests.post(
+            f"{server.url}/api/csv/tus/",
+            headers={
+                **headers,
+                "Upload-Length": str(len(body)),
+                "Upload-Metadata": "session_id cw==,filename ZC5jc3Y=",  # "s", "d.csv"
+            },
+        )
+        assert created.status_code == 201, created.text
+        location = f"{server.url}{created.headers['Location']}"
+        first = requests.patch(
+            location, data=body[:half], headers={**patch_headers, "Upload-Offset": "0"}
+        )
+        assert first.status_code == 204, first.text
+
+        def last_patch() -> requests.Response:
+            return requests.patch(
+                location,
+                data=body[half:],
+                headers={**patch_headers, "Upload-Offset": str(half)},
+                timeout=180,
+            )
+
+        with ThreadPoolExecutor(1) as pool:
+            sending = pool.submit(last_patch)
+            _wait_until_held(server)
+            argv, environ = _stop_weed(folder)
+            assert_unavailable(sending.result(timeout=180), "storage")
+        log = (folder / "weed-restarted.log").open("wb")
+        weed = subprocess.Popen(
+            argv, env=environ, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        (folder / "pid").write_text(str(weed.pid))  # for the fixture's stop
+        wait_ready(server.url, timeout=90)
+        head = requests.head(location, headers=headers)
+        assert head.status_code == 200, head.status_code
+        assert int(head.headers["Upload-Offset"]) == half
+        # The failed request's lease could not be released while the storage was away:
+        # the upload answers 423 until it lapses, saying how long (as a tus client waits).
+        deadline = time.monotonic() + 90
+        while (again := last_patch()).status_code == 423:
+            assert time.monotonic() < deadline, again.text
+            time.sleep(float(again.headers["Retry-After"]))
+        assert again.status_code == 204, again.text
+        stored = requests.get(f"{server.url}{again.headers['Content-Location']}/content")
+        assert stored.content == body
+    finally:
+        assert server.stop() == 0, server.log()
+        if weed is not None:
+            weed.terminate()
+            try:
+                weed.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                weed.kill()
+                weed.wait()
