@@ -3,7 +3,7 @@
 Run from the repository root::
 
     python -m bench.run                 # full run (a few minutes)
-    python -m bench.run --quick         # < 1 minute, for use while developing
+    python -m bench.run --quick         # ~2 minutes, for use while developing
     python -m bench.run --only small    # one scenario (small, large, listing, tus; comma-separated)
     python -m bench.run --workers 2     # csvstore with --workers 2 (and the 1-process figure)
     python -m bench.run --ref HEAD~1    # csvstore as committed at a git ref (git archive)
@@ -1704,7 +1704,7 @@ async def amain(args: argparse.Namespace, h: Harness, rep: Report) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small sizes and short runs (< 1 min)")
+    p.add_argument("--quick", action="store_true", help="small sizes and short runs (~2 min)")
     p.add_argument(
         "--only", metavar="SCENARIO", help=f"comma-separated subset of {', '.join(SCENARIOS)}"
     )
