@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-postgres test-s3 lint bench bench-quick bench-postgres-s3 stress clean wheel-check accuracy
+.PHONY: run test test-postgres test-s3 lint bench bench-quick bench-postgres-s3 stress clean wheel-check accuracy bench-tus
 
 $(STAMP): pyproject.toml setup.py csvstore/_scan.c
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,11 @@ bench-postgres-s3: $(STAMP)
 accuracy: $(STAMP)
 	@$(PY) -c "import clevercsv, chardet" 2>/dev/null || $(PY) -m pip install -q -e '.[accuracy]'
 	$(PY) -m bench.accuracy
+
+# csvstore's tus endpoint against @tus/server (npm ci into the git-ignored
+# bench/tus_peer/node_modules on first use; skipped with a note without node and npm).
+bench-tus: $(STAMP)
+	$(PY) -m bench.run --only tus
 
 # The browser test's tools (tests/test_webpage.py): Debian's chromium, and Playwright's
 # playwright-core from npm, pinned by tests/browser/package-lock.json, into the git-ignored

@@ -3,8 +3,8 @@
 Run from the repository root::
 
     python -m bench.run                 # full run (a few minutes)
-    python -m bench.run --quick         # < 1 minute, for use while developing
-    python -m bench.run --only small    # one scenario (small, large, listing; comma-separated)
+    python -m bench.run --quick         # ~2 minutes, for use while developing
+    python -m bench.run --only small    # one scenario (small, large, listing, tus; comma-separated)
     python -m bench.run --workers 2     # csvstore with --workers 2 (and the 1-process figure)
     python -m bench.run --ref HEAD~1    # csvstore as committed at a git ref (git archive)
     python -m bench.run --markdown      # also print the table as Markdown for RESULTS.md
@@ -12,7 +12,8 @@ Run from the repository root::
 
 Scenarios (see bench/README.md): ``small`` (4 KiB uploads under wrk at 8/64/512
 connections), ``large`` (1 x 1 GiB and 8 x 128 MiB with curl, MB/s and peak RSS) and
-``listing`` (1,000 sessions x 10 files, then GET latencies). Every figure is printed with
+``listing`` (1,000 sessions x 10 files, then GET latencies) and ``tus`` (csvstore's tus
+endpoint against @tus/server: bench/tus_scenarios.py). Every figure is printed with
 the ratio csvstore/baseline and the target from issue 3; JSON lines go to
 ``bench/out/results-<timestamp>.jsonl``.
 """
@@ -53,7 +54,7 @@ KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
 MB = 1_000_000  # throughput is in MB/s (10^6 bytes per second), sizes in MiB/GiB
-SCENARIOS = ("small", "large", "listing")
+SCENARIOS = ("small", "large", "listing", "tus")
 SERVER_START_TIMEOUT = 60.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -1664,10 +1665,17 @@ async def scenario_listing(h: Harness, s: Settings, rep: Report) -> None:
 # --------------------------------------------------------------------------- main
 
 
+async def scenario_tus(h: Harness, s: Settings, rep: Report) -> None:
+    from bench.tus_scenarios import scenario_tus as run_tus  # it imports this module
+
+    await run_tus(h, s, rep)
+
+
 SCENARIO_FUNCS = {
     "small": scenario_small,
     "large": scenario_large,
     "listing": scenario_listing,
+    "tus": scenario_tus,
 }
 
 
@@ -1696,7 +1704,7 @@ async def amain(args: argparse.Namespace, h: Harness, rep: Report) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small sizes and short runs (< 1 min)")
+    p.add_argument("--quick", action="store_true", help="small sizes and short runs (~2 min)")
     p.add_argument(
         "--only", metavar="SCENARIO", help=f"comma-separated subset of {', '.join(SCENARIOS)}"
     )
@@ -1746,7 +1754,7 @@ def main(argv: list[str] | None = None) -> int:
     rep = Report(
         OUT_DIR / f"results-{stamp}.jsonl", "" if args.backend == "sqlite" else args.backend
     )
-    if not args.only or "small" in args.only:
+    if not args.only or "small" in args.only or "tus" in args.only:
         ensure_wrk()
     raise_limits()
     info = machine_info()
@@ -1831,4 +1839,5 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 if __name__ == "__main__":
+    sys.modules.setdefault("bench.run", sys.modules[__name__])  # one copy for tus_scenarios
     sys.exit(main())
