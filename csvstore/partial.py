@@ -33,7 +33,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -336,55 +336,39 @@ class LocalPartialStore:
         return ids
 
     async def sweep_expired(self, now: float) -> int:
-        def run() -> int:
-            removed = 0
-            for upload_id in sorted(self._ids()):
-                try:
-                    state = self._read_state(upload_id)
-                except (ValueError, TypeError):
-                    continue  # reconcile's business
-                if state is None or state.expires_at > now:
-                    continue
-                try:
-                    fd = self._lock(upload_id)
-                except UploadLocked:
-                    continue  # in use: not abandoned after all
-                try:
-                    current = self._read_state(upload_id)
-                    if current is not None and current.expires_at <= now:
-                        removed += self._remove_files(upload_id)
-                finally:
-                    if fd is not None:
-                        os.close(fd)
-            return removed
-
-        return await asyncio.to_thread(run)
+        return await asyncio.to_thread(self._remove_where, lambda state: state.expires_at <= now)
 
     async def remove_for_sessions(self, session_ids: set[str]) -> int:
-        def run() -> int:
-            removed = 0
-            for upload_id in sorted(self._ids()):
-                try:
-                    state = self._read_state(upload_id)
-                except (ValueError, TypeError):
-                    continue  # reconcile's business
-                if state is None or state.session_id not in session_ids:
-                    continue
-                try:
-                    fd = self._lock(upload_id)
-                except UploadLocked:
-                    continue  # its request finds the session gone
-                try:
-                    removed += self._remove_files(upload_id)
-                finally:
-                    if fd is not None:
-                        os.close(fd)
-            return removed
+        return await asyncio.to_thread(
+            self._remove_where, lambda state: state.session_id in session_ids
+        )
 
-        return await asyncio.to_thread(run)
+    def _remove_where(self, wanted: Callable[[PartialState], bool]) -> int:
+        """Remove the uploads whose state is ``wanted`` (asked again under the upload's
+        lock); one in use is left to its request."""
+        removed = 0
+        for upload_id in sorted(self._ids()):
+            try:
+                state = self._read_state(upload_id)
+            except (ValueError, TypeError):
+                continue  # reconcile's business
+            if state is None or not wanted(state):
+                continue
+            try:
+                fd = self._lock(upload_id)
+            except UploadLocked:
+                continue  # in use: its request settles it
+            try:
+                current = self._read_state(upload_id)
+                if current is not None and wanted(current):
+                    removed += self._remove_files(upload_id)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+        return removed
 
     async def owns(self, key: str) -> bool:
-        return False  # a data file is renamed into uploads/ only to be published
+        return False  # a data file is linked into uploads/ only to be published
 
     async def reconcile(self, *, published: set[str], min_age: float = 0.0) -> int:
         def run() -> int:

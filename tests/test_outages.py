@@ -171,6 +171,56 @@ def assert_unavailable_readyz(reply: requests.Response) -> dict[str, Any]:
     return body
 
 
+TUS_HEADERS = {"Tus-Resumable": "1.0.0"}
+TUS_PATCH_HEADERS = {**TUS_HEADERS, "Content-Type": "application/offset+octet-stream"}
+TUS_BODY = b"id,name\n" + b"".join(b"%d,name %d\n" % (i, i) for i in range(20_000))
+TUS_HALF = len(TUS_BODY) // 2
+
+
+def _half_sent_tus_upload(server: ServerProcess) -> str:
+    """A tus upload into a new session "s" with its first half sent: its URL."""
+    assert requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "s"}).ok
+    created = requests.post(
+        f"{server.url}/api/csv/tus/",
+        headers={
+            **TUS_HEADERS,
+            "Upload-Length": str(len(TUS_BODY)),
+            "Upload-Metadata": "session_id cw==,filename ZC5jc3Y=",  # "s", "d.csv"
+        },
+    )
+    assert created.status_code == 201, created.text
+    location = f"{server.url}{created.headers['Location']}"
+    first = _patch_tus(location, 0)
+    assert first.status_code == 204, first.text
+    return location
+
+
+def _patch_tus(location: str, offset: int) -> requests.Response:
+    end = TUS_HALF if offset == 0 else len(TUS_BODY)
+    return requests.patch(
+        location,
+        data=TUS_BODY[offset:end],
+        headers={**TUS_PATCH_HEADERS, "Upload-Offset": str(offset)},
+        timeout=180,
+    )
+
+
+def _resumes_where_it_was_told(server: ServerProcess, location: str) -> None:
+    """HEAD gives the offset the client was last told, and the resend completes the file
+    (after waiting out the lease of the request the outage cut: 423 with Retry-After)."""
+    wait_ready(server.url, timeout=90)
+    head = requests.head(location, headers=TUS_HEADERS)
+    assert head.status_code == 200, head.status_code
+    assert int(head.headers["Upload-Offset"]) == TUS_HALF
+    deadline = time.monotonic() + 90
+    while (again := _patch_tus(location, TUS_HALF)).status_code == 423:
+        assert time.monotonic() < deadline, again.text
+        time.sleep(float(again.headers["Retry-After"]))
+    assert again.status_code == 204, again.text
+    stored = requests.get(f"{server.url}{again.headers['Content-Location']}/content")
+    assert stored.content == TUS_BODY
+
+
 def _wait_until_held(server: ServerProcess) -> None:
     """Until the server is held at its CSVSTORE_PAUSE_AT point: it answers nothing then,
     not even /healthz."""
@@ -206,50 +256,16 @@ def test_a_tus_upload_whose_completion_meets_a_stopped_database_stays_resumable(
         },
     )
     server.start()
-    body = b"id,name\n" + b"".join(b"%d,name %d\n" % (i, i) for i in range(20_000))
-    half = len(body) // 2
-    headers = {"Tus-Resumable": "1.0.0"}
-    patch_headers = {**headers, "Content-Type": "application/offset+octet-stream"}
     try:
-        assert requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "s"}).ok
-        meta = "session_id cw==,filename ZC5jc3Y="  # "s" and "d.csv", base64
-        created = requests.post(
-            f"{server.url}/api/csv/tus/",
-            headers={**headers, "Upload-Length": str(len(body)), "Upload-Metadata": meta},
-        )
-        assert created.status_code == 201, created.text
-        location = f"{server.url}{created.headers['Location']}"
-        first = requests.patch(
-            location, data=body[:half], headers={**patch_headers, "Upload-Offset": "0"}
-        )
-        assert first.status_code == 204, first.text
-
-        def last_patch() -> requests.Response:
-            return requests.patch(
-                location,
-                data=body[half:],
-                headers={**patch_headers, "Upload-Offset": str(half)},
-                timeout=120,
-            )
-
+        location = _half_sent_tus_upload(server)
         with ThreadPoolExecutor(1) as pool:
-            sending = pool.submit(last_patch)
+            sending = pool.submit(_patch_tus, location, TUS_HALF)
             _wait_until_held(server)
             _pg_ctl(folder, "-m", "fast", "-w", "stop")  # while the server is held there
-            assert_unavailable(sending.result(timeout=120), "database")
+            assert_unavailable(sending.result(timeout=180), "database")
         port = (folder / "port").read_text().strip()
         _pg_ctl(folder, "-l", str(folder / "server.log"), "-o", f"-p {port}", "-w", "start")
-        wait_ready(server.url)
-        head = requests.head(location, headers=headers)
-        assert head.status_code == 200, head.status_code
-        assert int(head.headers["Upload-Offset"]) == half
-        deadline = time.monotonic() + 90
-        while (again := last_patch()).status_code == 423:  # a lease that had to lapse
-            assert time.monotonic() < deadline, again.text
-            time.sleep(float(again.headers["Retry-After"]))
-        assert again.status_code == 204, again.text
-        stored = requests.get(f"{server.url}{again.headers['Content-Location']}/content")
-        assert stored.content == body
+        _resumes_where_it_was_told(server, location)
     finally:
         assert server.stop() == 0, server.log()
 
@@ -372,38 +388,11 @@ def test_a_tus_upload_whose_completion_meets_a_stopped_seaweedfs_stays_resumable
         },
     )
     server.start()
-    body = b"id,name\n" + b"".join(b"%d,name %d\n" % (i, i) for i in range(20_000))
-    half = len(body) // 2
-    headers = {"Tus-Resumable": "1.0.0"}
-    patch_headers = {**headers, "Content-Type": "application/offset+octet-stream"}
     weed: subprocess.Popen[bytes] | None = None
     try:
-        assert requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "s"}).ok
-        created = requests.post(
-            f"{server.url}/api/csv/tus/",
-            headers={
-                **headers,
-                "Upload-Length": str(len(body)),
-                "Upload-Metadata": "session_id cw==,filename ZC5jc3Y=",  # "s", "d.csv"
-            },
-        )
-        assert created.status_code == 201, created.text
-        location = f"{server.url}{created.headers['Location']}"
-        first = requests.patch(
-            location, data=body[:half], headers={**patch_headers, "Upload-Offset": "0"}
-        )
-        assert first.status_code == 204, first.text
-
-        def last_patch() -> requests.Response:
-            return requests.patch(
-                location,
-                data=body[half:],
-                headers={**patch_headers, "Upload-Offset": str(half)},
-                timeout=180,
-            )
-
+        location = _half_sent_tus_upload(server)
         with ThreadPoolExecutor(1) as pool:
-            sending = pool.submit(last_patch)
+            sending = pool.submit(_patch_tus, location, TUS_HALF)
             _wait_until_held(server)
             argv, environ = _stop_weed(folder)
             assert_unavailable(sending.result(timeout=180), "storage")
@@ -413,19 +402,7 @@ def test_a_tus_upload_whose_completion_meets_a_stopped_seaweedfs_stays_resumable
         )
         log.close()
         (folder / "pid").write_text(str(weed.pid))  # for the fixture's stop
-        wait_ready(server.url, timeout=90)
-        head = requests.head(location, headers=headers)
-        assert head.status_code == 200, head.status_code
-        assert int(head.headers["Upload-Offset"]) == half
-        # The failed request's lease could not be released while the storage was away:
-        # the upload answers 423 until it lapses, saying how long (as a tus client waits).
-        deadline = time.monotonic() + 90
-        while (again := last_patch()).status_code == 423:
-            assert time.monotonic() < deadline, again.text
-            time.sleep(float(again.headers["Retry-After"]))
-        assert again.status_code == 204, again.text
-        stored = requests.get(f"{server.url}{again.headers['Content-Location']}/content")
-        assert stored.content == body
+        _resumes_where_it_was_told(server, location)
     finally:
         assert server.stop() == 0, server.log()
         if weed is not None:
