@@ -13,7 +13,7 @@ from aiohttp.typedefs import Middleware
 from csvstore.config import Settings
 from csvstore.db import SqliteDatabase
 from csvstore.db_postgres import PostgresDatabase
-from csvstore.errors import error_middleware
+from csvstore.errors import DependencyUnavailable, error_middleware
 from csvstore.identity import check_placement, verify_store_id
 from csvstore.inflight import InFlight
 from csvstore.ingest import UploadLimits
@@ -129,6 +129,8 @@ async def flush_forever(store: CsvStore, interval: float) -> None:
         await asyncio.sleep(interval)
         try:
             await store.flush_journal()
+        except DependencyUnavailable as exc:  # an outage, not a bug: one line, no traceback
+            log.warning("journal flush failed: %s; retried", exc.detail)
         except Exception:  # the entries stay, and so the bytes are safe: retried next time
             log.exception("journal flush failed")
         try:  # bytes of deleted files the storage failed to remove (CsvStore._remove_bytes)
@@ -141,6 +143,8 @@ async def sweep_forever(store: CsvStore, metrics: Metrics, interval: float) -> N
     while True:
         try:
             sessions, files = await store.expire_sessions()
+        except DependencyUnavailable as exc:  # an outage, not a bug: one line, no traceback
+            log.warning("retention sweep failed: %s; retried", exc.detail)
         except Exception:  # a failed sweep is retried next time; the service goes on
             log.exception("retention sweep failed")
         else:
