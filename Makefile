@@ -6,12 +6,12 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: run test test-postgres test-s3 lint bench bench-quick bench-postgres-s3 stress clean wheel-check accuracy bench-tus
 
-$(STAMP): pyproject.toml setup.py csvstore/_scan.c
+$(STAMP): pyproject.toml setup.py csvstore/analysis/_scan.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@# A C extension that fails to build is skipped by the install (it is optional): remove
 	@# the old build first, so that the tests cannot run against a stale one.
-	rm -f csvstore/_scan.*.so
+	rm -f csvstore/_scan.*.so csvstore/analysis/_scan.*.so
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
@@ -90,7 +90,7 @@ screenshot: $(STAMP) browser-deps
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
-	rm -f csvstore/_scan.*.so
+	rm -f csvstore/_scan.*.so csvstore/analysis/_scan.*.so
 
 # The wheel as users get it: built, installed into a fresh virtualenv, run from elsewhere.
 wheel-check:

@@ -27,5 +27,7 @@ class BuildPyWithSql(build_py):
 
 setup(
     cmdclass={"build_py": BuildPyWithSql},
-    ext_modules=[Extension("csvstore._scan", ["csvstore/_scan.c"], optional=True)],
+    ext_modules=[
+        Extension("csvstore.analysis._scan", ["csvstore/analysis/_scan.c"], optional=True)
+    ],
 )

@@ -117,7 +117,7 @@ def _decode(data: bytes, encoding: str | None) -> str:
 
 
 def run_csvstore(data: bytes) -> Guess:
-    from csvstore.analysis import UploadAnalysis
+    from csvstore.analysis.stream import UploadAnalysis
     from csvstore.errors import NotACsv
 
     start = time.perf_counter()

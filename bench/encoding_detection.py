@@ -11,7 +11,7 @@ import time
 import chardet
 import charset_normalizer
 
-from csvstore.csvcheck import CsvContentCheck
+from csvstore.analysis.content import CsvContentCheck
 from tests.test_encodings import CYRILLIC, GREEK, POLISH, SHIFT_JIS, Shape
 
 FRENCH = Shape(

@@ -19,18 +19,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
 
-from csvstore.analysis import FileFacts
+from csvstore.analysis.stream import FileFacts
 from csvstore.crashpoints import crash_point
-from csvstore.db import Database, Row
+from csvstore.db.repo import NewFile, Repo
+from csvstore.db.sqlite import Database, Row
 from csvstore.errors import BadRequest, DependencyUnavailable, NotFound
 from csvstore.intents import this_owner
-from csvstore.repo import NewFile, Repo
-from csvstore.storage import Storage, StorageWriter
+from csvstore.storage.local import Storage, StorageWriter
 from csvstore.timeutil import format_utc, utc_now
 
 if TYPE_CHECKING:
-    from csvstore.check import CheckReport
-    from csvstore.partial import PartialStore
+    from csvstore.resumable.local import PartialStore
 
 log = logging.getLogger("csvstore")
 
@@ -66,19 +65,6 @@ class CsvStore:
         # Stored names whose rows are gone but whose removal failed (storage unavailable).
         self._leftovers: set[str] = set()
         self._stale_intents: set[str] = set()  # of removed bytes, whose drop failed
-
-    async def startup_check(self) -> CheckReport:
-        """Remove what a crash may have left: temp files, and stored files with no row.
-
-        Alone, every temp file found at start-up is a leftover. When shared, another
-        instance may be streaming an upload (a temp file, a multipart upload): young ones
-        are spared. Stored files are spared by their intents, alone or shared.
-        """
-        from csvstore.check import TEMP_MIN_AGE, reconcile
-
-        if self.shared:
-            return await reconcile(self, temp_min_age=TEMP_MIN_AGE)
-        return await reconcile(self)
 
     # Sessions
 

@@ -23,10 +23,10 @@ import pytest
 from aiohttp import FormData, web
 from aiohttp.test_utils import TestClient
 
-from csvstore.app import create_app
 from csvstore.config import Settings
-from csvstore.queries import Queries
-from csvstore.storage import STORE_MARKER
+from csvstore.db.queries import Queries
+from csvstore.storage.local import STORE_MARKER
+from csvstore.web.app import create_app
 from tests import s3util
 
 Client = TestClient[web.Request, web.Application]

@@ -65,7 +65,7 @@ class _Clients:
         return asyncio.run_coroutine_threadsafe(go(), loop).result()
 
     async def _client(self, settings: Settings) -> S3Client:
-        from csvstore.storage_s3 import S3Storage
+        from csvstore.storage.s3 import S3Storage
 
         where = (settings.s3_endpoint_url, settings.s3_region)
         if where not in self._clients:

@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from csvstore.app import open_store
 from csvstore.config import Settings
 from csvstore.intents import owner_alive, this_owner
 from csvstore.timeutil import format_utc, utc_now
+from csvstore.wiring import open_store
 from tests.conftest import MakeClient, csv_bytes, dead_owner, stored_state, upload_form
 
 # It damages the uploads folder by hand; tests/test_s3.py does the same to a bucket.

@@ -27,7 +27,7 @@ import pytest
 import requests
 
 from csvstore.config import Settings
-from csvstore.queries import Queries
+from csvstore.db.queries import Queries
 from tests.conftest import stored_names
 from tests.serverproc import ServerProcess
 

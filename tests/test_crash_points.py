@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from csvstore.crashpoints import POINTS
-from csvstore.storage import journal_supported
+from csvstore.storage.local import journal_supported
 from tests.serverproc import ServerProcess
 
 pytestmark = pytest.mark.local_storage

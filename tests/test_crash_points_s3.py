@@ -25,7 +25,7 @@ import requests
 
 from csvstore.config import MiB, Settings
 from csvstore.crashpoints import POINTS, S3_POINTS
-from csvstore.storage import STORE_MARKER
+from csvstore.storage.local import STORE_MARKER
 from tests import s3util
 from tests.conftest import listed_file_paths, run_async
 from tests.serverproc import ServerProcess

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from csvstore.csvcheck import CsvContentCheck, clean_filename
+from csvstore.analysis.content import CsvContentCheck, clean_filename
 from csvstore.errors import NotACsv
 
 

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from csvstore.analysis import FileFacts
-from csvstore.db import Executor, SqliteDatabase, split_statements
+from csvstore.analysis.stream import FileFacts
+from csvstore.db.queries import SQL_DIR, Queries, load_migrations, parse_queries
+from csvstore.db.sqlite import Executor, SqliteDatabase, split_statements
 from csvstore.errors import InsufficientStorage
-from csvstore.queries import SQL_DIR, Queries, load_migrations, parse_queries
+from csvstore.maintenance.reconcile import startup_check
 from csvstore.service import CsvStore
-from csvstore.storage import LocalStorage
+from csvstore.storage.local import LocalStorage
 
 
 def test_parse_queries_reads_names_kinds_and_docs() -> None:
@@ -140,7 +141,7 @@ async def test_startup_check_removes_temp_and_orphan_files(tmp_path: Path) -> No
     storage = LocalStorage(tmp_path / "uploads", tmp_path / "tmp")
     try:
         store = CsvStore(db, storage)
-        await store.startup_check()
+        await startup_check(store)
         await store.create_session("s")
         kept = f"{uuid.uuid4()}.csv"  # only csvstore's names are looked at
         writer = await storage.begin(kept)
@@ -154,11 +155,11 @@ async def test_startup_check_removes_temp_and_orphan_files(tmp_path: Path) -> No
         )
         (tmp_path / "tmp" / "stale.csv.part").write_bytes(b"half")
         (tmp_path / "uploads" / f"{uuid.uuid4()}.csv").write_bytes(b"no row")
-        report = await store.startup_check()
+        report = await startup_check(store)
         assert (report.temp_files_removed, report.orphan_files_removed) == (1, 1)
         assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == [kept]
         assert list((tmp_path / "tmp").iterdir()) == []
-        again = await store.startup_check()  # idempotent
+        again = await startup_check(store)  # idempotent
         assert (again.temp_files_removed, again.orphan_files_removed) == (0, 0)
     finally:
         await db.close()

@@ -17,10 +17,10 @@ import pytest
 import requests
 from aiohttp import FormData
 
-from csvstore.csvcheck import CsvContentCheck, EncodingVerdict
+from csvstore.analysis.content import CsvContentCheck, EncodingVerdict
+from csvstore.analysis.profile import CsvProfiler, read_page
+from csvstore.analysis.rows import StoredProfile
 from csvstore.errors import NotACsv
-from csvstore.profiling import CsvProfiler, read_page
-from csvstore.rows import StoredProfile
 from tests.conftest import Client, assert_problem, upload_form
 from tests.serverproc import ServerProcess
 from tests.test_client import json_of, run_cli, stderr_of

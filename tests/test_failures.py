@@ -17,10 +17,10 @@ import aiofiles.threadpool
 import pytest
 
 from csvstore.config import Settings
-from csvstore.ingest import UploadLimits, _discard, _FileStream, _Form
-from csvstore.repo import Repo
+from csvstore.db.repo import Repo
 from csvstore.service import CsvStore
-from csvstore.storage import LocalStorage, LocalWriter
+from csvstore.storage.local import LocalStorage, LocalWriter
+from csvstore.web.ingest import UploadLimits, _discard, _FileStream, _Form
 from tests.conftest import (
     BOUNDARY,
     Client,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from csvstore.storage import STORE_MARKER
+from csvstore.storage.local import STORE_MARKER
 from tests.serverproc import ServerProcess, free_port
 
 pytestmark = pytest.mark.local_storage

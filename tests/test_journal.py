@@ -21,13 +21,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from csvstore.analysis import FileFacts
-from csvstore.app import open_store
+from csvstore.analysis.stream import FileFacts
 from csvstore.config import Settings
-from csvstore.keys import STORE_KEY
-from csvstore.repo import JournalEntry
+from csvstore.db.repo import JournalEntry
+from csvstore.maintenance.reconcile import startup_check
 from csvstore.service import CsvStore
-from csvstore.storage import JOURNAL_MAX, LocalStorage
+from csvstore.storage.local import JOURNAL_MAX, LocalStorage
+from csvstore.web.keys import STORE_KEY
+from csvstore.wiring import open_store
 from tests.conftest import (
     Client,
     MakeClient,
@@ -46,7 +47,7 @@ pytestmark = pytest.mark.local_storage  # S3 objects are durable when written: n
 @pytest.fixture
 async def store(settings: Settings) -> AsyncIterator[CsvStore]:
     async with open_store(settings) as opened:
-        await opened.startup_check()
+        await startup_check(opened)
         await opened.create_session("s1")
         yield opened
 
@@ -97,7 +98,7 @@ async def test_only_uploads_up_to_the_journal_limit_are_journaled(
 
 async def test_fast_durability_journals_nothing(settings: Settings) -> None:
     async with open_store(replace(settings, durability="fast")) as store:
-        await store.startup_check()
+        await startup_check(store)
         await store.create_session("s1")
         key = await _upload(store, csv_bytes())
         assert await _journal(store) == []
@@ -114,14 +115,14 @@ async def test_the_startup_check_writes_journaled_files_back(
     journaled_key = await _upload(store, journaled)
     (settings.uploads_dir / journaled_key).unlink()
 
-    report = await store.startup_check()
+    report = await startup_check(store)
     assert report.journal_restored == 1
     assert report.missing_files == []  # written back before the rows are compared
     assert (settings.uploads_dir / journaled_key).read_bytes() == journaled
     assert (settings.uploads_dir / flushed_key).read_bytes() == flushed
     assert await _journal(store) == []
     assert list(settings.temp_dir.iterdir()) == []
-    assert (await store.startup_check()).journal_restored == 0
+    assert (await startup_check(store)).journal_restored == 0
 
 
 async def test_restore_replaces_a_torn_file_and_many_entries(
@@ -296,9 +297,9 @@ async def test_a_failed_journaled_write_leaves_nothing(
     def disk_full(fd: int, data: bytes | memoryview) -> int:
         raise OSError(errno.ENOSPC, "simulated")
 
-    monkeypatch.setattr("csvstore.storage.os.write", disk_full)
+    monkeypatch.setattr("csvstore.storage.local.os.write", disk_full)
     await assert_problem(await client.post("/api/csv/upload", data=upload_form(csv_bytes())), 507)
-    monkeypatch.setattr("csvstore.storage.os.write", real_write)
+    monkeypatch.setattr("csvstore.storage.local.os.write", real_write)
     assert stored_state(settings) == (set(), set(), [])
     assert await _journal(client.app[STORE_KEY]) == []
 
@@ -395,7 +396,7 @@ def test_the_journal_needs_a_syncfs_that_reports_errors(
     fsynced one by one, as large ones."""
     real = os.uname()
     monkeypatch.setattr(
-        "csvstore.storage.os.uname",
+        "csvstore.storage.local.os.uname",
         lambda: os.uname_result((real.sysname, real.nodename, release, real.version, real.machine)),
     )
     storage = LocalStorage(tmp_path / "u", tmp_path / "t", journal_max=JOURNAL_MAX)

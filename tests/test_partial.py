@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from csvstore.partial import LocalPartialStore, PartialState, UploadLocked
+from csvstore.resumable.local import LocalPartialStore, PartialState, UploadLocked
 
 
 def state(upload_id: str, **changes: object) -> PartialState:
@@ -89,7 +89,7 @@ async def test_an_upload_held_by_one_process_is_locked_for_another(
     other_process = f"""
 import asyncio, sys
 from pathlib import Path
-from csvstore.partial import LocalPartialStore, UploadLocked
+from csvstore.resumable.local import LocalPartialStore, UploadLocked
 store = LocalPartialStore(Path({str(store.directory)!r}), Path(), fsync=False)
 async def main():
     try:

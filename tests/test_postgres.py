@@ -20,17 +20,17 @@ import asyncpg
 import pytest
 import requests
 
-from csvstore.__main__ import settings_from
-from csvstore.analysis import FileFacts
-from csvstore.app import open_store
+from csvstore.analysis.stream import FileFacts
+from csvstore.commandline import settings_from
 from csvstore.config import Settings, convert
-from csvstore.db import Executor, SqliteDatabase
-from csvstore.db_postgres import PostgresDatabase, to_positional
+from csvstore.db.postgres import PostgresDatabase, to_positional
+from csvstore.db.queries import SQL_DIR, Queries, Query, load_migrations
+from csvstore.db.repo import NewFile, Repo
+from csvstore.db.sqlite import Executor, SqliteDatabase
 from csvstore.errors import InsufficientStorage
-from csvstore.queries import SQL_DIR, Queries, Query, load_migrations
-from csvstore.repo import NewFile, Repo
 from csvstore.service import CsvStore
-from csvstore.storage import LocalStorage
+from csvstore.storage.local import LocalStorage
+from csvstore.wiring import open_store
 from tests.conftest import (
     Client,
     MakeClient,

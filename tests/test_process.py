@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from csvstore.__main__ import build_parser, settings_from
+from csvstore.commandline import build_parser, settings_from
 from csvstore.config import GiB, Settings, parse_size
-from csvstore.storage import JOURNAL_MAX
+from csvstore.storage.local import JOURNAL_MAX
 from tests.conftest import assert_consistent
 from tests.serverproc import ServerProcess
 
@@ -405,7 +405,7 @@ def test_a_worker_killed_under_load_is_restarted_and_nothing_acknowledged_is_los
 def test_workers_that_keep_dying_stop_the_server_with_exit_1(tmp_path: Path) -> None:
     """Each restart waits longer than the last; the sixth death within a minute makes the
     supervisor give up: it stops the other worker and exits 1, saying why."""
-    from csvstore.server import RESTART_LIMIT
+    from csvstore.web.server import RESTART_LIMIT
 
     server = ServerProcess(tmp_path / "data", "--workers", "2")
     server.start()

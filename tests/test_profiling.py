@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from csvstore import profiling
-from csvstore.profiling import CsvProfile, CsvProfiler, iter_rows_from, read_page
+from csvstore.analysis import profile as profiling
+from csvstore.analysis.profile import CsvProfile, CsvProfiler, iter_rows_from, read_page
 
 CHUNKINGS = (None, 1, 7)  # whole, 1-byte and 7-byte chunks
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from marshmallow import Schema, fields
 
-from csvstore import schemas
-from csvstore.render import projector
+from csvstore.web import schemas
+from csvstore.web.render import projector
 
 FILE_ROW = {
     "id": "e6a2f52c-0f4c-40f9-b3ff-1fcf35fdff1e",

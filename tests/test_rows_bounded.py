@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from csvstore.__main__ import settings_from
+from csvstore.commandline import settings_from
 from csvstore.config import KiB, MiB, Settings
 from tests.serverproc import ServerProcess
 

@@ -26,18 +26,18 @@ from typing import Any
 import pytest
 import requests
 
-from csvstore.__main__ import settings_from
-from csvstore.app import open_store
-from csvstore.check import reconcile
+from csvstore.commandline import settings_from
 from csvstore.config import MiB, Settings, convert, parse_s3_url
-from csvstore.db import Executor
+from csvstore.db.queries import Query
+from csvstore.db.sqlite import Executor
 from csvstore.identity import StoreMismatch
 from csvstore.intents import this_owner
-from csvstore.keys import STORE_KEY
-from csvstore.observability import TimedStorage
-from csvstore.queries import Query
-from csvstore.storage import STORE_MARKER
-from csvstore.storage_s3 import S3Storage
+from csvstore.maintenance.reconcile import reconcile, startup_check
+from csvstore.metrics import TimedStorage
+from csvstore.storage.local import STORE_MARKER
+from csvstore.storage.s3 import S3Storage
+from csvstore.web.keys import STORE_KEY
+from csvstore.wiring import open_store
 from tests import s3util
 from tests.conftest import (
     Client,
@@ -311,7 +311,7 @@ async def test_crash_leftovers_are_removed_by_the_check(
             functools.partial(store.repo.add_intent, storage_key=in_flight, owner=this_owner())
         )
         assert store.shared
-        report = await store.startup_check()
+        report = await startup_check(store)
     assert (report.orphan_files_removed, report.temp_files_removed) == (1, 0)
     assert report.missing_files == [lost["id"]]
     assert orphan not in s3util.objects(s3_settings)
@@ -381,7 +381,7 @@ async def test_an_upload_in_flight_survives_another_instance_starting(
         await asyncio.sleep(0.05)
     assert len(s3util.multipart_uploads(s3_settings)) == 1
     async with open_store(s3_settings) as other:
-        report = await other.startup_check()
+        report = await startup_check(other)
     assert report.temp_files_removed == 0
     go_on.set()
     resp = await sending
@@ -394,7 +394,7 @@ async def test_a_missing_bucket_is_a_clear_start_up_error(s3_settings: Settings)
     missing = replace(s3_settings, storage=f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/p")
     with pytest.raises(RuntimeError, match=r"no-such-bucket-.* cannot be used"):
         async with open_store(missing) as store:
-            await store.startup_check()
+            await startup_check(store)
 
 
 async def test_deleting_many_files_removes_every_object(

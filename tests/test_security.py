@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from csvstore.__main__ import settings_from
+from csvstore.commandline import settings_from
 from csvstore.config import Settings
-from csvstore.security import parse_key_spec
+from csvstore.web.security import parse_key_spec
 from tests.conftest import Client, MakeClient, assert_problem, csv_bytes, upload_form
 
 KEY = "k" * 24

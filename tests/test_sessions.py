@@ -8,8 +8,8 @@ from urllib.parse import urljoin
 
 import pytest
 
-from csvstore.keys import STORE_KEY
-from csvstore.schemas import SessionSchema
+from csvstore.web.keys import STORE_KEY
+from csvstore.web.schemas import SessionSchema
 from tests.conftest import Client, assert_problem, csv_bytes, upload_form
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")

@@ -10,7 +10,7 @@ from typing import BinaryIO
 
 import pytest
 
-from csvstore import storage
+from csvstore.storage import local as storage
 
 
 def test_concurrent_renames_share_folder_fsyncs(

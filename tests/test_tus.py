@@ -30,7 +30,7 @@ from tusclient.exceptions import TusCommunicationError
 from tusclient.uploader.uploader import Uploader
 
 from csvstore.config import Settings
-from csvstore.queries import Queries
+from csvstore.db.queries import Queries
 from tests.conftest import stored_names
 from tests.serverproc import ServerProcess
 from tests.tusproxy import DroppingProxy

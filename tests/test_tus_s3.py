@@ -22,10 +22,10 @@ import pytest
 import requests
 from tusclient import client as tus_client
 
-from csvstore.app import open_store
-from csvstore.check import reconcile
 from csvstore.config import MiB, Settings
-from csvstore.storage import STORE_MARKER
+from csvstore.maintenance.reconcile import reconcile, startup_check
+from csvstore.storage.local import STORE_MARKER
+from csvstore.wiring import open_store
 from tests import s3util
 from tests.conftest import assert_consistent
 from tests.serverproc import ServerProcess
@@ -454,7 +454,7 @@ async def test_the_check_settles_partial_uploads_on_s3(s3_settings: Settings) ->
 
     # A shared store's start-up check spares young partial uploads (another instance's).
     async with open_store(s3_settings) as store:
-        assert (await store.startup_check()).partial_uploads_removed == 0
+        assert (await startup_check(store)).partial_uploads_removed == 0
     assert len(s3util.multipart_uploads(s3_settings)) == 3
     # Once old enough (here: at once): the expired one, the one missing acknowledged
     # bytes and the unreadable one go; the live one stays, multipart upload and all.

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import FormData
 
 from csvstore.config import Settings
-from csvstore.keys import SETTINGS_KEY
+from csvstore.web.keys import SETTINGS_KEY
 from tests.conftest import (
     Client,
     MakeClient,

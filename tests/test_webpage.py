@@ -223,6 +223,6 @@ def test_page_and_its_files_are_served_without_a_key(server: ServerProcess) -> N
 
 def test_page_keeps_server_data_out_of_html() -> None:
     """The script builds the DOM from text only: no innerHTML, outerHTML or document.write."""
-    script = (ROOT / "csvstore" / "static" / "app.js").read_text()
+    script = (ROOT / "csvstore" / "web" / "static" / "app.js").read_text()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in script, sink

@@ -1,0 +1,1 @@
+"""What csvstore learns from a CSV file: content check, dialect and profile, read-back."""

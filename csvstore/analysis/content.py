@@ -1,0 +1,355 @@
+"""Is this upload a CSV file? Decided from its name and its bytes, as they stream past.
+
+The declared part type is only a hint (curl sends ``application/octet-stream`` for a
+``.csv``), so the test is the content: not a known binary format, decodable in one of the
+encodings CSV files come in, with no NUL character in the text. The checks run on each
+chunk as it is written, so a bad file is refused as soon as its first bad chunk arrives.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import unquote
+
+from csvstore.analysis.profile import profilable
+from csvstore.errors import BadRequest, NotACsv
+
+# Signatures of binary formats most often renamed or mistaken for CSV files.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"PK\x03\x04", "a ZIP archive (an .xlsx workbook is one)"),
+    (b"PK\x05\x06", "a ZIP archive"),
+    (b"%PDF-", "a PDF document"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\x1f\x8b", "a gzip-compressed file"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old Office document (.xls)"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"BZh", "a bzip2-compressed file"),
+    (b"\xfd7zXZ\x00", "an xz-compressed file"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"(\xb5/\xfd", "a zstd-compressed file"),
+    (b"Rar!\x1a\x07", "a RAR archive"),
+    (b"SQLite format 3\x00", "an SQLite database"),
+    (b"\x7fELF", "an executable"),
+    (b"PAR1", "a Parquet file"),
+)
+_MAGIC_LENGTH = max(len(magic) for magic, _ in _MAGIC)
+
+_BOMS: tuple[tuple[bytes, str], ...] = (
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+# Bytes with no character in cp1252: a file holding one cannot be an Excel export.
+_CP1252_UNDEFINED = re.compile(rb"[\x81\x8d\x8f\x90\x9d]")
+
+MAX_FILENAME_LENGTH = 255
+
+
+def clean_filename(raw: str | None) -> str:
+    """The original file name, safe to store and to echo in headers.
+
+    Percent-escapes are decoded first: aiohttp's client and browsers escape characters
+    such as ``/``, ``"`` and CR/LF in the header (``..%2Fx.csv``). Then only the last path
+    component is kept (``../``, absolute paths and Windows paths lose
+    their folders), control characters go, and the length is bounded. The stored file
+    never uses this name: it only describes the upload.
+    """
+    if raw is None:
+        raise NotACsv(
+            "the file part has no filename: send it as a file, e.g. curl -F file=@data.csv"
+        )
+    name = unquote(raw).replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip()
+    if name in {"", ".", ".."}:
+        raise NotACsv("the file name is empty once its folders are removed")
+    if len(name) > MAX_FILENAME_LENGTH:
+        stem, dot, ext = name.rpartition(".")
+        keep = MAX_FILENAME_LENGTH - len(dot + ext)
+        name = (stem[:keep] + dot + ext) if dot and keep > 0 else name[:MAX_FILENAME_LENGTH]
+    if not name.lower().endswith(".csv"):
+        raise NotACsv(f"only .csv files are accepted, got {name!r}")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class EncodingVerdict:
+    """The encoding an upload is recorded with, how it was decided, and what did not fit it."""
+
+    encoding: str  # a Python codec name
+    source: str  # declared | bom | detected | fallback
+    confidence: float | None = None
+    invalid_bytes: int = 0  # bytes that do not decode in `encoding` (read back as U+FFFD)
+    first_invalid_offset: int | None = None
+
+
+def declared_encoding(name: str, what: str) -> str:
+    """The codec `name` stands for (canonical name); BadRequest if Python has no such text codec."""
+    try:
+        info = codecs.lookup(name.strip())
+    except (LookupError, ValueError):
+        raise BadRequest(f"{what} names an unknown encoding: {name[:40]!r}") from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise BadRequest(f"{what} names {info.name!r}, which is not a text encoding")
+    return info.name
+
+
+class CsvContentCheck:
+    """Feed the upload's bytes in order; :meth:`finish` names the encoding or raises NotACsv.
+
+    With a declared encoding every byte must decode in it. Without one a BOM decides; else
+    UTF-8 is tried (a few invalid bytes are counted, not a reason to relabel), and only a
+    file that is not UTF-8 pays for detection, on a bounded sample of its non-ASCII lines.
+    """
+
+    def __init__(self, declared: str | None = None) -> None:
+        self._head = b""  # the first bytes, until there are enough to judge signatures and BOMs
+        self._started = False
+        self._declared = declared
+        self._encoding: str | None = None  # fixed by a declaration or a BOM
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._offset = 0  # bytes passed to _check so far
+        self._utf8_ok = True
+        self._utf8_pending = b""  # an incomplete sequence at the end of the last chunk
+        self._utf8_bad = 0  # bytes in invalid sequences
+        self._utf8_good = 0  # continuation bytes of valid multi-byte sequences
+        self._first_bad: int | None = None
+        self._sample: list[bytes] = []  # non-ASCII lines, collected once UTF-8 failed
+        self._sample_size = 0
+        self._partial_line = b""  # the end of the last chunk, until its line is complete
+        self._cp1252_ok = True
+
+    @property
+    def encoding(self) -> str | None:
+        """The encoding a declaration or BOM fixed, once :attr:`started`; else None."""
+        return self._encoding
+
+    @property
+    def started(self) -> bool:
+        """True once enough bytes have arrived to judge signatures and byte order marks."""
+        return self._started
+
+    def feed(self, chunk: bytes) -> None:
+        if not self._started:
+            self._head += chunk
+            if len(self._head) < _MAGIC_LENGTH:
+                return
+            chunk, self._head = self._head, b""
+            self._start(chunk)
+        self._check(chunk)
+
+    def finish(self) -> EncodingVerdict:
+        """How the file is encoded; raises NotACsv if the bytes are not text."""
+        if not self._started:
+            head, self._head = self._head, b""
+            self._start(head)
+            self._check(head)
+        if self._decoder is not None:
+            self._decode_checked(b"", final=True)
+            assert self._encoding is not None
+            source = "declared" if self._declared else "bom"
+            return EncodingVerdict(self._encoding, source, 1.0)
+        if self._utf8_pending and self._utf8_ok:
+            self._count_bad(self._offset - len(self._utf8_pending), len(self._utf8_pending))
+        if self._encoding == "utf-8-sig":
+            if self._utf8_bad:
+                raise NotACsv(_BAD_UTF8_AFTER_BOM)
+            return EncodingVerdict(self._encoding, "bom", 1.0)
+        if self._utf8_ok and self._mostly_utf8():
+            share = self._utf8_bad / (self._utf8_bad + self._utf8_good) if self._utf8_bad else 0.0
+            return EncodingVerdict(
+                "utf-8", "detected", round(1.0 - share, 4), self._utf8_bad, self._first_bad
+            )
+        if self._partial_line:
+            self._collect_sample(b"", final=True)
+        detected = self._detect()
+        if detected is not None:
+            return detected
+        if self._cp1252_ok:
+            return EncodingVerdict("cp1252", "fallback", None)
+        raise NotACsv(_NOT_TEXT)
+
+    def _mostly_utf8(self) -> bool:
+        return self._utf8_bad * _MAX_BAD_SHARE <= self._utf8_good + self._utf8_bad or not (
+            self._utf8_bad
+        )
+
+    def _detect(self) -> EncodingVerdict | None:
+        import chardet  # imported on first use: UTF-8 uploads never need it
+
+        sample = b"".join(self._sample)
+        # "ascii" stands for "no match": the sample holds only non-ASCII lines. DOS, Mac and
+        # mainframe code pages are left out: on short samples they win wrongly (cp862 for
+        # "café"), and CSV exports come in Windows, ISO and East Asian encodings.
+        found = chardet.detect(
+            sample,
+            encoding_era=chardet.EncodingEra.MODERN_WEB | chardet.EncodingEra.LEGACY_ISO,
+            no_match_encoding="ascii",
+        )
+        name = found.get("encoding")
+        if not name:
+            return None
+        try:
+            encoding = codecs.lookup(name).name
+            # Pieces of lines cut by chunk boundaries may split a character: a few are fine.
+            unfit = sample.decode(encoding, "replace").count("\ufffd")
+        except LookupError:
+            return None
+        if unfit > 2 + len(sample) // 1000:
+            return None
+        confidence = found.get("confidence") or 0.0
+        if encoding.startswith("utf") or encoding == "ascii" or not profilable(encoding):
+            return None
+        if confidence < _MIN_CONFIDENCE:
+            return None
+        return EncodingVerdict(encoding, "detected", round(confidence, 4))
+
+    def _start(self, head: bytes) -> None:
+        self._started = True
+        for magic, what in _MAGIC:
+            if head.startswith(magic):
+                raise NotACsv(f"the file is {what}, not a CSV text file")
+        if self._declared is not None:
+            encoding = self._declared
+            if encoding == "utf-8" and head.startswith(codecs.BOM_UTF8):
+                encoding = "utf-8-sig"
+            self._encoding = encoding
+            self._decoder = codecs.getincrementaldecoder(encoding)()
+            return
+        for bom, encoding in _BOMS:
+            if head.startswith(bom):
+                self._encoding = encoding
+                if encoding == "utf-16":
+                    self._decoder = codecs.getincrementaldecoder("utf-16")()
+                return
+
+    def _check(self, chunk: bytes) -> None:
+        if self._decoder is not None:
+            self._decode_checked(chunk, final=False)
+            self._offset += len(chunk)
+            return
+        if b"\x00" in chunk:
+            raise NotACsv("the file contains NUL bytes: it is binary data, not CSV text")
+        offset, self._offset = self._offset, self._offset + len(chunk)
+        if chunk.isascii() and not self._utf8_pending:
+            if self._partial_line:
+                self._collect_sample(chunk)  # it may complete a sampled line
+            return  # ASCII is valid in every candidate encoding
+        if self._utf8_ok:
+            self._check_utf8(chunk, offset)
+        if not self._utf8_ok or self._utf8_bad:
+            self._collect_sample(chunk)
+        if self._cp1252_ok and _CP1252_UNDEFINED.search(chunk):
+            self._cp1252_ok = False
+
+    def _check_utf8(self, chunk: bytes, offset: int) -> None:
+        data = self._utf8_pending + chunk if self._utf8_pending else chunk
+        base = offset - len(self._utf8_pending)
+        view = memoryview(data)  # past each bad byte without copying the rest of the chunk
+        at = 0
+        while True:
+            try:
+                text, used = codecs.utf_8_decode(view[at:], "strict", False)
+            except UnicodeDecodeError as exc:
+                good = view[at : at + exc.start]
+                self._utf8_good += len(good) - len(codecs.utf_8_decode(good)[0])
+                self._count_bad(base + at + exc.start, exc.end - exc.start)
+                if self._encoding == "utf-8-sig":
+                    raise NotACsv(_BAD_UTF8_AFTER_BOM) from None
+                if self._utf8_bad >= _BAD_TO_GIVE_UP and not self._mostly_utf8():
+                    self._give_up_utf8()
+                    return
+                at += exc.end
+                continue
+            self._utf8_good += used - len(text)
+            self._utf8_pending = bytes(view[at + used :])
+            if self._utf8_bad >= _BAD_TO_JUDGE and not self._mostly_utf8():
+                self._give_up_utf8()
+            return
+
+    def _give_up_utf8(self) -> None:
+        self._utf8_ok = False  # not UTF-8: stop paying for the decoding
+        self._utf8_pending = b""
+
+    def _count_bad(self, offset: int, count: int) -> None:
+        if self._first_bad is None:
+            self._first_bad = offset
+        self._utf8_bad += count
+
+    def _collect_sample(self, chunk: bytes, *, final: bool = False) -> None:
+        if self._sample_size >= _SAMPLE_BYTES:
+            self._partial_line = b""
+            return
+        # Whole lines, however the chunks split them, so that a character is never cut.
+        data = self._partial_line + chunk if self._partial_line else chunk
+        end = len(data) if final else data.rfind(b"\n") + 1
+        self._partial_line = data[end:][-_SAMPLE_BYTES:]
+        for line in _NON_ASCII_LINE.findall(data, 0, end):
+            self._sample.append(line)
+            self._sample_size += len(line)
+            if self._sample_size >= _SAMPLE_BYTES:
+                return
+
+    def _decode_checked(self, chunk: bytes, *, final: bool) -> None:
+        assert self._decoder is not None
+        pending = len(self._decoder.getstate()[0])
+        try:
+            text = self._decoder.decode(chunk, final)
+        except UnicodeDecodeError as exc:
+            where = self._offset - pending + exc.start
+            if self._declared is None:
+                raise NotACsv(
+                    "the file starts with a UTF-16 byte order mark but is not UTF-16: "
+                    f"{exc.reason} at byte offset {where}"
+                ) from None
+            raise NotACsv(
+                f"the file is not valid {self._declared} as declared: {exc.reason} "
+                f"at byte offset {where}"
+            ) from None
+        if "\x00" in text:
+            raise NotACsv("the file contains NUL characters: it is binary data, not CSV text")
+
+
+# A file is UTF-8 with stray bytes while at most 1 in this many of its non-ASCII bytes is
+# invalid. UTF-8 is given up as soon as that fails at the end of a chunk with _BAD_TO_JUDGE
+# bad bytes, or within one with _BAD_TO_GIVE_UP (bad bytes clustered at a chunk's start
+# must not decide alone; nor may a legacy chunk cost a loop turn per letter).
+_MAX_BAD_SHARE = 100
+_BAD_TO_JUDGE = 64
+_BAD_TO_GIVE_UP = 1024
+# Below this the detector is guessing (a lone "café" scores ~0.01, three stray bytes 0.002;
+# one line of Greek, Cyrillic or Japanese scores 0.07-0.2): cp1252 is then the fallback.
+_MIN_CONFIDENCE = 0.05
+# Detection reads at most this much of the file's non-ASCII lines: enough for the detector
+# to be as sure as it gets (bench/RESULTS.md), and bounded whatever the file size.
+_SAMPLE_BYTES = 64 * 1024
+_NON_ASCII_LINE = re.compile(rb"[^\n]*[\x80-\xff][^\n]*\n?")
+
+
+def invalid_bytes_message(facts: _HasInvalidBytes) -> str:
+    return (
+        f"strict=true: {facts.invalid_bytes} byte(s) are not valid {facts.encoding}, the first "
+        f"at byte offset {facts.first_invalid_offset}; nothing was stored"
+    )
+
+
+class _HasInvalidBytes(Protocol):
+    @property
+    def encoding(self) -> str | None: ...
+    @property
+    def invalid_bytes(self) -> int | None: ...
+    @property
+    def first_invalid_offset(self) -> int | None: ...
+
+
+_BAD_UTF8_AFTER_BOM = "the file starts with a UTF-8 byte order mark but is not valid UTF-8"
+_NOT_TEXT = (
+    "the file is not UTF-8 and no encoding was recognised in it: if it is text, declare its "
+    "encoding (the file part's charset, an encoding field before the file, or tus metadata)"
+)

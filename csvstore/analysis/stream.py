@@ -1,0 +1,179 @@
+"""What csvstore learns about an upload in the one pass that writes it.
+
+Each chunk is checked (is it CSV text?), hashed (SHA-256) and profiled (dialect, header,
+rows) as it goes to disk, so nothing reads the file a second time and memory does not grow
+with its size.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import logging
+from dataclasses import dataclass, field
+
+from csvstore.analysis.content import CsvContentCheck
+from csvstore.analysis.profile import CsvProfile, CsvProfiler, profilable
+
+log = logging.getLogger("csvstore.analysis")
+
+# The header is re-read from these first bytes when the encoding is detected only at the end
+# (UTF-8 and the code pages agree on every byte the profiler counts, not on names).
+_HEAD_KEPT = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FileFacts:
+    sha256: str | None = None
+    encoding: str | None = None
+    encoding_source: str | None = None  # declared | bom | detected | fallback
+    encoding_confidence: float | None = None
+    invalid_bytes: int | None = None  # bytes that do not decode in `encoding`
+    first_invalid_offset: int | None = None
+    delimiter: str | None = None
+    quotechar: str | None = None
+    line_terminator: str | None = None
+    has_header: bool | None = None
+    columns: list[str] | None = None
+    column_count: int | None = None
+    row_count: int | None = None
+    ragged_rows: int | None = None
+    checkpoints: list[tuple[int, int]] = field(default_factory=list)
+    # Dialect (issue 17): see CsvProfile.
+    preamble_lines: int | None = None
+    skip_initial_space: bool | None = None
+    comment_char: str | None = None
+    duplicate_columns: list[str] | None = None
+
+
+class UploadAnalysis:
+    """Feed every chunk in order; :meth:`finish` returns the facts or raises NotACsv.
+
+    With ``enabled=False`` only the CSV check runs (the benchmark's comparison point).
+    """
+
+    def __init__(
+        self, *, enabled: bool = True, checkpoint_every: int = 10_000, encoding: str | None = None
+    ) -> None:
+        self._check = CsvContentCheck(encoding)
+        self._enabled = enabled
+        self._checkpoint_every = checkpoint_every
+        self._hash = hashlib.sha256() if enabled else None
+        self._profiler: CsvProfiler | None = None
+        self._profile_failed = False
+        self._waiting: list[bytes] = []  # bytes seen before the encoding family is known
+        self._head = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self.inspect(chunk)
+        self.digest(chunk)
+
+    def digest(self, chunk: bytes) -> None:
+        """The hashing half of :meth:`feed`: it may run in a worker thread (hashlib lets go
+        of the GIL on large buffers), while :meth:`inspect` of the same chunk runs here."""
+        if self._hash is not None:
+            self._hash.update(chunk)
+
+    def inspect(self, chunk: bytes) -> None:
+        """The checking and profiling half of :meth:`feed`."""
+        self._check.feed(chunk)
+        if self._hash is None:
+            return
+        if len(self._head) < _HEAD_KEPT:
+            self._head += chunk[: _HEAD_KEPT - len(self._head)]
+        if self._profiler is None and not self._profile_failed:
+            self._waiting.append(chunk)
+            if self._check.started:
+                self._start_profiler(self._check.encoding or "utf-8")
+        else:
+            self._profile(chunk)
+
+    def finish(self) -> FileFacts:
+        verdict = self._check.finish()
+        encoding = verdict.encoding
+        known = FileFacts(
+            encoding=encoding,
+            encoding_source=verdict.source,
+            encoding_confidence=verdict.confidence,
+            invalid_bytes=verdict.invalid_bytes,
+            first_invalid_offset=verdict.first_invalid_offset,
+        )
+        if self._hash is None:
+            return known
+        known = dataclasses.replace(known, sha256=self._hash.hexdigest())
+        if self._profiler is None and not self._profile_failed:
+            self._start_profiler(encoding)
+        profile = self._finish_profile(encoding)
+        if profile is None:
+            return known
+        return dataclasses.replace(
+            known,
+            delimiter=profile.delimiter,
+            quotechar=profile.quotechar,
+            line_terminator=profile.line_terminator,
+            has_header=profile.has_header,
+            columns=profile.columns,
+            column_count=profile.column_count,
+            row_count=profile.row_count,
+            ragged_rows=profile.ragged_rows,
+            checkpoints=profile.checkpoints,
+            preamble_lines=profile.preamble_lines,
+            skip_initial_space=profile.skip_initial_space,
+            comment_char=profile.comment_char,
+            duplicate_columns=profile.duplicate_columns,
+        )
+
+    def _start_profiler(self, encoding: str) -> None:
+        # Without a declaration or BOM the encoding is decided at the end; the profiler counts
+        # the bytes as UTF-8 meanwhile (the specials are ASCII in every detected code page),
+        # and only the header's names are decoded again.
+        if not profilable(encoding):
+            self._profile_failed = True  # declared codecs such as UTF-32: stored unprofiled
+            return
+        self._profiler = CsvProfiler(encoding=encoding, checkpoint_every=self._checkpoint_every)
+        waiting, self._waiting = self._waiting, []
+        for chunk in waiting:
+            self._profile(chunk)
+
+    def _profile(self, chunk: bytes) -> None:
+        if self._profile_failed or self._profiler is None:
+            return
+        try:
+            self._profiler.feed(chunk)
+        except Exception:
+            self._give_up()
+
+    def _finish_profile(self, encoding: str) -> CsvProfile | None:
+        if self._profile_failed or self._profiler is None:
+            return None
+        try:
+            profile = self._profiler.finish()
+        except Exception:
+            self._give_up()
+            return None
+        if profile.encoding != encoding:
+            columns = self._header_in(encoding, profile) if profile.has_header else []
+            profile = dataclasses.replace(profile, encoding=encoding, columns=columns)
+        return profile
+
+    def _header_in(self, encoding: str, profile: CsvProfile) -> list[str]:
+        head = bytes(self._head)[profile.table_offset :]  # past any preamble
+        text = io.StringIO(head.decode(encoding, errors="replace"), newline="")
+        reader = csv.reader(
+            text,
+            delimiter=profile.delimiter,
+            quotechar=profile.quotechar,
+            skipinitialspace=profile.skip_initial_space,
+        )
+        for record in reader:
+            if record:
+                return record
+        return profile.columns
+
+    def _give_up(self) -> None:
+        # A profile is a description, not a verdict: a file the profiler cannot follow is
+        # still stored (with empty profile fields) rather than refused or failing with 500.
+        self._profile_failed = True
+        log.warning("could not profile an upload; storing it without a profile", exc_info=True)

@@ -1,0 +1,300 @@
+"""The ``csvstore`` command: serve (flags, then ``CSVSTORE_*`` variables, then defaults),
+``check``, ``migrate-to``, and the client's sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import fields, replace
+from pathlib import Path
+
+from csvstore import __version__
+from csvstore.analysis.profile import native_counter
+from csvstore.config import Settings, convert
+from csvstore.db.postgres import PoolReconnects
+from csvstore.identity import StoreMismatch, check_placement
+from csvstore.maintenance.migrate import MigrationError, migrate, shared_storage
+from csvstore.maintenance.reconcile import TEMP_MIN_AGE, CheckReport, reconcile
+from csvstore.web.observability import ClientProtocolErrors
+from csvstore.web.security import check_bind_is_safe, load_keys
+from csvstore.web.server import serve
+from csvstore.wiring import open_store
+
+# The exit status when the database and the storage are not one store's (csvstore/identity.py).
+REFUSED = 2
+# The client's sub-commands (csvstore/cli); anything else starts the server as always.
+CLIENT_COMMANDS = frozenset({"sessions", "upload", "files"})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m csvstore",
+        description=(
+            "csvstore: an HTTP service that stores CSV files grouped by client-chosen "
+            "sessions. Every setting is a flag or a CSVSTORE_* environment variable; "
+            "a flag wins over the variable, the variable over the default."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"csvstore {__version__}")
+    parser.epilog = (
+        "Sub-command: 'python -m csvstore check [--repair] [--no-verify]' reconciles the "
+        "stored files with the database (see 'check --help'); 'python -m csvstore "
+        "migrate-to --from-data-dir DIR ...' copies a deployment to another database and "
+        "storage (see 'migrate-to --help'). "
+        "Client: 'python -m csvstore sessions|upload|files ...' talks to a running server "
+        "(see 'python -m csvstore upload --help')."
+    )
+    add_settings_arguments(parser)
+    return parser
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = Settings()
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        is_switch = isinstance(getattr(defaults, f.name), bool)
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            metavar=f.name.upper(),
+            default=None,
+            # a boolean is a switch (--insecure) that also takes an explicit value
+            nargs="?" if is_switch else None,
+            const="true" if is_switch else None,
+            help=(
+                f"{f.metadata['help']} "
+                f"(env {f.metadata['env']}; default: {getattr(defaults, f.name)})"
+            ),
+        )
+
+
+def build_check_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m csvstore check",
+        description=(
+            "Reconcile the stored files with the database: remove temp files and stored "
+            "files without a row (temp files older than an hour and stored files older than "
+            "a minute, so a running server's uploads in flight are spared), report rows "
+            "whose bytes are missing or whose size or SHA-256 no longer matches, run the "
+            "database's integrity check. Only names csvstore gives stored files (<uuid>.csv) "
+            "are ever removed, and none while the database lists no files. Refused (exit "
+            "status 2, nothing changed) when the database and the storage are not one "
+            "store's (their store ids differ, or the storage folder holds the database). "
+            "Exit status 0 when nothing is left wrong, 1 otherwise."
+        ),
+    )
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="also remove the rows whose bytes are missing or wrong; when the database "
+        "lists no files, remove the stored files; record a database and storage without "
+        "store ids as one store even when they do not look like one (look first)",
+    )
+    parser.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip reading every file to compare its size and SHA-256 (only check presence)",
+    )
+    add_settings_arguments(parser)
+    return parser
+
+
+def settings_from(
+    argv: Sequence[str], environ: Mapping[str, str], parser: argparse.ArgumentParser | None = None
+) -> Settings:
+    parser = parser or build_parser()
+    args, _ = parser.parse_known_args(argv)
+    parser.parse_args(argv)  # unknown arguments are an error, reported by argparse
+    try:
+        settings = Settings.from_mapping(environ)
+        overrides = {
+            f.name: convert(f.name, value)
+            for f in fields(Settings)
+            if (value := getattr(args, f.name)) is not None
+        }
+        settings = replace(settings, **overrides)
+        check_bind_is_safe(settings, load_keys(settings))
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
+    return settings
+
+
+def run_check(argv: Sequence[str]) -> int:
+    parser = build_check_parser()
+    args = parser.parse_args(argv)
+    settings = settings_from(argv, os.environ, parser)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    async def go() -> CheckReport:
+        async with open_store(settings, repair=args.repair) as store:
+            return await reconcile(
+                store,
+                repair=args.repair,
+                verify=args.verify,
+                temp_min_age=TEMP_MIN_AGE,
+            )
+
+    try:
+        check_placement(settings)
+        if not settings.uses_postgres and not settings.database_path.exists():
+            # Rather than create an empty one: a check of that could only find strangers.
+            raise StoreMismatch(
+                f"no database at {settings.database_path.resolve()} (--data-dir or --database-url?)"
+            )
+        report = asyncio.run(go())
+    except StoreMismatch as exc:
+        print(f"check refused: {exc}", file=sys.stderr)
+        return REFUSED
+    print(report.summary())
+    for file_id in report.missing_files:
+        print(f"missing bytes: file {file_id}")
+    for file_id in report.mismatched_files:
+        print(f"size or sha256 differs: file {file_id}")
+    return 1 if report.problems else 0
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
+    logging.getLogger("aiohttp.server").addFilter(ClientProtocolErrors())
+    logging.getLogger("asyncpg.pool").addFilter(PoolReconnects())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "check":
+        sys.exit(run_check(argv[1:]))
+    if argv and argv[0] == "migrate-to":
+        sys.exit(run_migrate(argv[1:]))
+    if argv and argv[0] in CLIENT_COMMANDS:
+        from csvstore.cli import run_client  # only the client needs rich
+
+        sys.exit(run_client(argv))
+    settings = settings_from(argv, os.environ)
+    configure_logging(settings)
+    keys = load_keys(settings)
+    read_only = sum(key.read_only for key in keys)
+    access = (
+        f"{len(keys)} API key(s), {read_only} read-only"
+        if keys
+        else "no API keys: open to anyone who can reach " + settings.host
+    )
+    logging.getLogger("csvstore").info(
+        "csvstore %s starting on http://%s:%d with %d worker(s); data in %s; "
+        "max upload %d bytes; durability %s; %s",
+        __version__,
+        settings.host,
+        settings.port,
+        settings.workers,
+        settings.data_dir.resolve(),
+        settings.max_upload_size,
+        settings.durability,
+        access,
+    )
+    if settings.analyse_uploads and not native_counter():
+        logging.getLogger("csvstore").warning(
+            "csvstore._scan is not built (no C compiler at install time): CSV profiles are "
+            "counted by the pure-Python counter, same results, about 3x the CPU per byte"
+        )
+    try:
+        serve(settings)
+    except StoreMismatch as exc:
+        logging.getLogger("csvstore").error("refusing to start: %s", exc)
+        sys.exit(REFUSED)
+
+
+def build_migrate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m csvstore migrate-to",
+        description=(
+            "Copy every session, file row and stored file of a deployment (the source: "
+            "--from-data-dir, by default SQLite and the uploads folder there) into the "
+            "database and storage named by the usual settings (the target, e.g. "
+            "--database-url postgresql://... --storage s3://bucket/prefix). The source is "
+            "only read; the target's schema is created. Bytes are checked against each "
+            "row's size and SHA-256 on the way. Running it again copies only what is "
+            "missing, and copies again the bytes of files the target lists without them. "
+            "The target's storage must not be the source's. Stop the source server first. "
+            "Exit status 0 when everything was copied, 1 when something could not be."
+        ),
+    )
+    parser.add_argument(
+        "--from-data-dir", required=True, type=Path, help="the source deployment's data folder"
+    )
+    parser.add_argument(
+        "--from-database-url",
+        default="",
+        help="the source database if not FROM_DATA_DIR/csvstore.db: a path, sqlite:///PATH "
+        "or postgresql://...",
+    )
+    parser.add_argument(
+        "--from-storage",
+        default="",
+        help="the source storage if not FROM_DATA_DIR/uploads: a folder or s3://BUCKET/PREFIX",
+    )
+    parser.add_argument(
+        "--drop-uploads-in-progress",
+        action="store_true",
+        help="copy even though the source has resumable (tus) uploads in progress; their "
+        "acknowledged bytes are not copied (without it, migrate-to refuses and lists them)",
+    )
+    add_settings_arguments(parser)
+    return parser
+
+
+def run_migrate(argv: Sequence[str]) -> int:
+    parser = build_migrate_parser()
+    args = parser.parse_args(argv)
+    target = settings_from(argv, os.environ, parser)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        source = replace(
+            target,
+            data_dir=args.from_data_dir,
+            database_url=convert("database_url", args.from_database_url),
+            storage=convert("storage", args.from_storage),
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    if source.database_path == target.database_path and not target.uses_postgres:
+        parser.error("the source and target databases are the same")
+    if source.uses_postgres and source.database_url == target.database_url:
+        parser.error("the source and target databases are the same")
+    if not source.uses_postgres and not source.database_path.exists():
+        parser.error(f"no source database at {source.database_path}")
+    if (shared := shared_storage(source, target)) is not None:
+        parser.error(
+            f"the source and target storage are the same ({shared}): migrate-to copies the "
+            "stored files, so the target needs a storage of its own"
+        )
+    try:
+        report = asyncio.run(
+            migrate(source, target, drop_uploads_in_progress=args.drop_uploads_in_progress)
+        )
+    except (MigrationError, StoreMismatch) as exc:
+        print(f"migrate-to: {exc}")
+        return 1
+    print(report.summary())
+    for file_id in report.bad_files:
+        print(f"not copied: file {file_id} (see 'python -m csvstore check' on the source)")
+    for file_id, why in report.failed:
+        print(f"not copied: file {file_id} ({why}); run migrate-to again")
+    for upload_id in report.dropped_uploads:
+        print(f"not copied: resumable upload {upload_id} in progress")
+    return 1 if report.bad_files or report.failed else 0

@@ -1,0 +1,1 @@
+"""Metadata databases (SQLite, PostgreSQL), the named-query loader and the repository."""

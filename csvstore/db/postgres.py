@@ -1,0 +1,285 @@
+"""The metadata database on PostgreSQL, through asyncpg: the interface of ``db.py``.
+
+Reads run on a pooled connection; each write runs in a READ COMMITTED transaction of its
+own on a pooled connection. Nothing here orders writers: the database does, so any number
+of instances can share it. Uniqueness is a constraint (``ON CONFLICT DO NOTHING``), and an
+upload racing the delete of its session is ordered by the session row's lock, which every
+change to a session's files takes (``sql/postgres/files.sql``). A deadlock or serialization
+failure the server reports is retried a few times, so callers see only real errors.
+
+The named queries are the shared ``sql/*.sql`` with the ``sql/postgres/`` overlay; their
+``:name`` parameters become ``$1..$n`` once per query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import asyncpg.exceptions
+from asyncpg import Record
+from asyncpg.pool import PoolConnectionProxy
+
+from csvstore.db.queries import SQL_DIR, Queries, Query, load_migrations
+from csvstore.db.sqlite import Operation, Row
+from csvstore.errors import DependencyUnavailable, InsufficientStorage
+from csvstore.timeutil import utc_now
+
+log = logging.getLogger("csvstore.db")
+
+T = TypeVar("T")
+
+# Text that may contain ":word" without it being a parameter, and the parameters themselves.
+_PARAM_OR_SKIPPED = re.compile(
+    r"""
+      (?P<skip>
+          [eE]'(?:[^'\\]|\\.|'')*'                       # E'escape string'
+        | '(?:[^']|'')*'                                 # 'string'
+        | "(?:[^"]|"")*"                                 # "quoted identifier"
+        | \$\$.*?\$\$                                    # $$dollar-quoted$$
+        | \$(?P<tag>[A-Za-z_][A-Za-z0-9_]*)\$.*?\$(?P=tag)\$  # $tag$dollar-quoted$tag$
+        | --[^\n]*                                       # line comment
+        | /\*.*?\*/                                      # block comment
+        | ::                                             # a cast, not a parameter
+      )
+    | :(?P<name>[A-Za-z_][A-Za-z0-9_]*)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+
+
+def to_positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """``WHERE a = :x AND b = :y OR c = :x`` -> (``... $1 ... $2 ... $1``, ("x", "y")).
+
+    Strings, quoted identifiers, comments and ``::casts`` are left alone.
+    """
+    names: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name is None:
+            return match[0]
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    return _PARAM_OR_SKIPPED.sub(replace, sql), tuple(names)
+
+
+@contextlib.contextmanager
+def _storage_errors() -> Iterator[None]:
+    """A full disk on the database server is the client's 507, as on SQLite."""
+    try:
+        yield
+    except asyncpg.exceptions.DiskFullError as exc:
+        raise InsufficientStorage(
+            "the database server's disk is full: the change could not be recorded"
+        ) from exc
+
+
+# The server is out of reach, restarting or shutting down, or cut the connection: the
+# request was sound and may succeed in a moment (503), unlike an error in a query (500).
+_UNREACHABLE = (
+    OSError,  # refused, reset, unreachable, while connecting or on a pooled connection
+    TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,  # SQLSTATE class 08, and a closed connection
+    asyncpg.exceptions.CannotConnectNowError,  # 57P03: starting up or shutting down
+    asyncpg.exceptions.AdminShutdownError,  # 57P01: terminated by a fast shutdown
+    asyncpg.exceptions.CrashShutdownError,  # 57P02
+)
+
+
+def _connection_broken(exc: BaseException) -> bool:
+    """asyncpg's own errors for a connection the server cut mid-operation: the rollback of
+    a transaction whose connection is gone, a protocol left in the middle of a query."""
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        return True
+    return isinstance(exc, asyncpg.exceptions.InterfaceError) and "connection is closed" in str(exc)
+
+
+@contextlib.asynccontextmanager
+async def _reachable() -> AsyncIterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        if not isinstance(exc, _UNREACHABLE) and not _connection_broken(exc):
+            raise
+        raise DependencyUnavailable(
+            "database", "the database (PostgreSQL) is unavailable: the request was not completed"
+        ) from exc
+
+
+class _PostgresExecutor:
+    __slots__ = ("_compiled", "_conn")
+
+    def __init__(
+        self, conn: PoolConnectionProxy[Record], compiled: dict[str, tuple[str, tuple[str, ...]]]
+    ) -> None:
+        self._conn = conn
+        self._compiled = compiled
+
+    async def all(self, query: Query, params: Mapping[str, Any] | None = None) -> list[Row]:
+        compiled = self._compiled.get(query.sql)
+        if compiled is None:
+            compiled = self._compiled[query.sql] = to_positional(query.sql)
+        sql, names = compiled
+        params = params or {}
+        try:
+            args = [params[name] for name in names]
+        except KeyError as exc:
+            raise KeyError(f"query {query.name!r} needs the parameter {exc.args[0]!r}") from None
+        with _storage_errors():
+            records = await self._conn.fetch(sql, *args)
+        return [dict(record) for record in records]
+
+    async def one(self, query: Query, params: Mapping[str, Any] | None = None) -> Row | None:
+        rows = await self.all(query, params)
+        return rows[0] if rows else None
+
+
+# What the server answers when two transactions collided and one of them was rolled back;
+# running that one again is safe and almost always succeeds.
+_RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+
+
+class PostgresDatabase:
+    """A pool of asyncpg connections to one PostgreSQL database."""
+
+    # Connections per instance: enough for its reads and writes in flight (each holds one
+    # only for a few statements), few enough that several instances fit in PostgreSQL's
+    # default max_connections of 100.
+    POOL_SIZE = 10
+    # Attempts of a write whose transaction the server aborted to break a deadlock or a
+    # serialization conflict, before the caller sees the error.
+    MAX_ATTEMPTS = 5
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = POOL_SIZE,
+        synchronous_commit: bool = True,
+        sql_dir: Path = SQL_DIR,
+    ) -> None:
+        """``synchronous_commit=False`` (durability "fast"): a commit returns before the
+        server has flushed it; a crash of the server, not of this process, can lose it."""
+        self.url = url
+        self._server_settings = {"application_name": "csvstore"}
+        if not synchronous_commit:
+            self._server_settings["synchronous_commit"] = "off"
+        self.queries = Queries(sql_dir, dialect="postgres")
+        self._migrations_dir = sql_dir / "postgres" / "migrations"
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool[Record] | None = None
+        self._compiled: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self.url,
+            min_size=1,
+            max_size=self._pool_size,
+            server_settings=self._server_settings,
+        )
+        try:
+            await self._migrate()
+        except BaseException:
+            await self._pool.close()
+            self._pool = None
+            raise
+
+    def _executor(self, conn: PoolConnectionProxy[Record]) -> _PostgresExecutor:
+        return _PostgresExecutor(conn, self._compiled)
+
+    async def _migrate(self) -> None:
+        """Apply each pending migration in its own transaction, recording its version, all
+        under an advisory lock: instances starting at once apply each exactly once."""
+        q = self.queries
+        async with self._acquire() as conn:
+            x = self._executor(conn)
+            await x.all(q.migration_lock)
+            try:
+                await x.all(q.create_migrations_table)
+                applied = {row["version"] for row in await x.all(q.applied_migrations)}
+                for migration in load_migrations(self._migrations_dir):
+                    if migration.version in applied:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(migration.sql)
+                        await x.all(
+                            q.record_migration,
+                            {
+                                "version": migration.version,
+                                "name": migration.name,
+                                "applied_at": utc_now(),
+                            },
+                        )
+                    log.info("applied migration %s", migration.name)
+            finally:
+                await x.all(q.migration_unlock)
+
+    @contextlib.asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[PoolConnectionProxy[Record]]:
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("the database is not open")
+        conn = await pool.acquire()
+        try:
+            yield conn
+        finally:
+            try:
+                await pool.release(conn)
+            except Exception as exc:
+                # The reset of a connection the server cut after the work was done (the
+                # pool terminates it): the outcome stands -- for a write, its COMMIT went
+                # through, and an error here would answer a stored change as failed.
+                log.info("a broken connection was dropped from the pool: %r", exc)
+
+    async def read(self, op: Operation[T]) -> T:
+        async with _reachable(), self._acquire() as conn:
+            return await op(self._executor(conn))
+
+    async def write(self, op: Operation[T]) -> T:
+        for attempt in range(1, self.MAX_ATTEMPTS + 1):
+            try:
+                async with _reachable(), self._acquire() as conn:
+                    with _storage_errors():
+                        async with conn.transaction(isolation="read_committed"):
+                            return await op(self._executor(conn))
+            except _RETRYABLE as exc:
+                if attempt == self.MAX_ATTEMPTS:
+                    raise
+                log.info("write attempt %d rolled back (%s); retrying", attempt, exc.sqlstate)
+                # A short random pause, growing, so the colliding writers do not meet again.
+                await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    async def integrity_check(self) -> list[str]:
+        rows = await self.read(lambda x: x.all(self.queries.integrity_check))
+        return [str(row["problem"]) for row in rows] or ["ok"]
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+
+class PoolReconnects(logging.Filter):
+    """While PostgreSQL is down, asyncpg's pool logs each failed attempt to reconnect with a
+    traceback. The outage is already answered (503, /readyz): one warning line with the
+    reason is enough. Installed on the ``asyncpg.pool`` logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and record.levelno <= logging.WARNING:
+            record.msg = f"{record.getMessage()}: {exc!r}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True

@@ -1,0 +1,1 @@
+"""Operator commands over a whole store: the consistency check and migrate-to."""

@@ -1,0 +1,622 @@
+"""Partial uploads of the tus protocol: the bytes received so far and their state.
+
+A partial upload is two files in the temp area's ``tus/`` folder (never in ``uploads/``):
+
+* ``<upload id>.part``, the bytes received so far, and
+* ``<upload id>.json``, its state (:class:`PartialState`): length, acknowledged offset,
+  metadata, expiry; replaced atomically (write, fsync, rename, folder fsync) and never
+  edited in place.
+
+The state is the truth. The data file may be longer than the acknowledged offset (a
+request cut off before its bytes were made durable, or bytes refused by a checksum); it is
+cut back to the offset before the next bytes are appended. So a crash at any moment leaves
+either a resumable upload at its last acknowledged offset, or nothing.
+
+One request at a time changes an upload: it holds ``flock(LOCK_EX | LOCK_NB)`` on the data
+file, which works between the worker processes of one machine as well as within one, and
+a second request finds it taken (:class:`UploadLocked`, a 423).
+
+On completion the data file is published through the same :class:`StorageWriter` contract
+as a single-shot upload (fsync, rename into ``uploads/``, folder fsync), so the service's
+``publish_upload`` handles both alike. :class:`PartialStore` is the interface; on S3 storage
+``partial_s3.S3PartialStore`` implements it (one multipart upload per tus upload, nothing
+on local disk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+import orjson
+
+from csvstore.analysis.stream import FileFacts, UploadAnalysis
+from csvstore.crashpoints import crash_point
+from csvstore.errors import ApiError
+from csvstore.storage.local import StorageWriter, fsync_dir
+
+log = logging.getLogger("csvstore.tus")
+
+UPLOAD_ID = re.compile(r"\A[0-9a-f]{32}\Z")
+DATA_SUFFIX = ".part"
+STATE_SUFFIX = ".json"
+_NEW_SUFFIX = ".new"  # a state being written; renamed over the state when complete
+
+
+class UploadLocked(ApiError):
+    """Another request is writing to this upload right now."""
+
+    status = 423
+    # A request holds an upload for one PATCH; a second is a fair first wait. An S3 lease
+    # left by a dead process says how long it has left instead.
+    retry_after = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class PartialState:
+    id: str
+    length: int  # Upload-Length: the whole file
+    offset: int  # bytes acknowledged so far (durable)
+    session_id: str
+    filename: str  # the original name, cleaned
+    metadata: str  # the Upload-Metadata header as the client sent it, echoed by HEAD
+    options: dict[str, Any]  # sha256, strict, dedupe, as for a single-shot upload
+    created_at: str
+    expires_at: float  # Unix time; pushed forward whenever bytes arrive
+    file_id: str | None = None  # set just before publishing: the id the file gets
+    publish_key: str | None = None  # ... and the stored name it gets
+    completed: bool = False  # published; kept until it expires so HEAD can say so
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> PartialState:
+        state = cls(**orjson.loads(raw))
+        if not (UPLOAD_ID.match(state.id) and 0 <= state.offset <= state.length):
+            raise ValueError(f"inconsistent state: {state}")
+        return state
+
+
+class PartialHold(Protocol):
+    """One upload, held exclusively by the request that changes it."""
+
+    @property
+    def state(self) -> PartialState: ...
+
+    @property
+    def pending(self) -> int:
+        """Bytes appended since the last :meth:`checkpoint`, not yet acknowledged."""
+        ...
+
+    async def append(self, chunk: bytes) -> None: ...
+
+    async def checkpoint(self, *, expires_at: float) -> PartialState:
+        """Make the pending bytes durable and acknowledge them (the new offset)."""
+        ...
+
+    async def rollback(self) -> None:
+        """Forget the pending bytes: the upload stays at its acknowledged offset."""
+        ...
+
+    async def save(self, state: PartialState) -> None: ...
+
+    async def finish(self, state: PartialState) -> None:
+        """Record the upload as published and drop its bytes from the partial area."""
+        ...
+
+    @property
+    def received(self) -> int:
+        """Bytes in the data file: the acknowledged ones and the pending ones."""
+        ...
+
+    async def analyse(
+        self, *, enabled: bool, chunk_size: int, encoding: str | None = None
+    ) -> FileFacts:
+        """The complete upload through the analysis, read back once (when the analysis fed
+        while the bytes arrived was lost)."""
+        ...
+
+    @property
+    def target(self) -> tuple[str, str] | None:
+        """The file id and storage key the upload must be published under, when they were
+        fixed at its creation (S3: its multipart upload's key); None: any fresh ones."""
+        ...
+
+    @property
+    def interrupted_publish(self) -> str | None:
+        """The file id of a completion that a crash cut short (its row may or may not be
+        in): the caller settles it with :meth:`finish` or :meth:`abandon_publish`."""
+        ...
+
+    async def abandon_publish(self) -> None:
+        """The interrupted completion's row is not in: make the upload resumable again at
+        its acknowledged offset, and drop whatever of it was published."""
+        ...
+
+    @property
+    def has_all_bytes(self) -> bool:
+        """Every byte is stored already and only the publish is missing: a completion that
+        died after making the stored object (S3), before its row. Complete it now."""
+        ...
+
+    def publisher(self, key: str) -> StorageWriter:
+        """A writer whose commit publishes the complete upload under ``key`` where its bytes
+        are (a rename; completing an S3 multipart upload); its abort removes them."""
+        ...
+
+    async def remove(self) -> None: ...
+
+
+H = TypeVar("H", bound=PartialHold)
+
+
+class PartialStore(Protocol):
+    async def create(self, state: PartialState) -> None: ...
+
+    async def get(self, upload_id: str) -> PartialState | None: ...
+
+    def hold(self, upload_id: str) -> contextlib.AbstractAsyncContextManager[PartialHold | None]:
+        """The upload, locked for this request; None if it is gone or already published.
+        Raises :class:`UploadLocked` if another request holds it."""
+        ...
+
+    async def remove(self, upload_id: str) -> bool:
+        """Terminate an upload; False if there was none. Raises UploadLocked while busy."""
+        ...
+
+    async def sweep_expired(self, now: float) -> int:
+        """Remove the uploads whose time is up (sparing any in use); how many went."""
+        ...
+
+    async def remove_for_sessions(self, session_ids: set[str]) -> int:
+        """Remove the uploads into these sessions (sparing any in use); how many went."""
+        ...
+
+    async def reconcile(self, *, published: set[str], min_age: float = 0.0) -> int:
+        """After a crash: keep resumable uploads, settle interrupted completions, remove
+        broken and expired ones (those younger than ``min_age`` seconds are spared)."""
+        ...
+
+    async def owns(self, key: str) -> bool:
+        """Whether a stored name without a row is a partial upload's, waiting for its publish
+        (so not an orphan for the check to remove)."""
+        ...
+
+
+class LocalPartialStore:
+    """Partial uploads in a folder beside the temp files (same filesystem as ``uploads/``)."""
+
+    def __init__(self, directory: Path, publish_dir: Path, *, fsync: bool = True) -> None:
+        """``publish_dir``: the folder of the stored files, on this filesystem, so a complete
+        upload is published by a rename. (On S3 storage, ``partial_s3`` keeps partial uploads
+        in the bucket instead.)"""
+        self.directory = directory
+        self.publish_dir = publish_dir
+        self.fsync = fsync
+
+    def data_path(self, upload_id: str) -> Path:
+        return self.directory / (upload_id + DATA_SUFFIX)
+
+    def state_path(self, upload_id: str) -> Path:
+        return self.directory / (upload_id + STATE_SUFFIX)
+
+    # State files
+
+    def _write_state(self, state: PartialState) -> None:
+        """Replace the state atomically: a crash leaves the old one or the new one."""
+        path = self.state_path(state.id)
+        new = path.with_name(path.name + _NEW_SUFFIX)
+        with new.open("wb") as handle:
+            handle.write(state.to_json())
+            if self.fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(new, path)
+        if self.fsync:
+            fsync_dir(self.directory)
+
+    def _read_state(self, upload_id: str) -> PartialState | None:
+        try:
+            return PartialState.from_json(self.state_path(upload_id).read_bytes())
+        except FileNotFoundError:
+            return None
+
+    async def create(self, state: PartialState) -> None:
+        def run() -> None:
+            self.directory.mkdir(parents=True, exist_ok=True)  # made on first use
+            # The data file first: a crash before the state is written leaves a data file
+            # without a state, which reconcile removes.
+            fd = os.open(self.data_path(state.id), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.close(fd)
+            self._write_state(state)
+
+        await asyncio.to_thread(run)
+
+    async def get(self, upload_id: str) -> PartialState | None:
+        if not UPLOAD_ID.match(upload_id):
+            return None
+        try:
+            return await asyncio.to_thread(self._read_state, upload_id)
+        except (ValueError, TypeError):
+            log.warning("partial upload %s has an unreadable state", upload_id)
+            return None
+
+    # Holding an upload
+
+    def _lock(self, upload_id: str) -> int | None:
+        """An open, locked descriptor of the data file; None if there is no data file."""
+        path = self.data_path(upload_id)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UploadLocked(
+                f"upload {upload_id} is being written by another request; retry shortly"
+            ) from None
+        # Locked, but maybe an inode that was removed or published meanwhile.
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            return None
+        return fd
+
+    @contextlib.asynccontextmanager
+    async def hold(self, upload_id: str) -> AsyncIterator[_LocalHold | None]:
+        if not UPLOAD_ID.match(upload_id):
+            yield None
+            return
+        fd = await asyncio.to_thread(self._lock, upload_id)
+        if fd is None:
+            yield None
+            return
+        hold: _LocalHold | None = None
+        try:
+            state = await asyncio.to_thread(self._read_state, upload_id)
+            if state is not None and not state.completed:
+                hold = _LocalHold(self, state, fd)
+                if state.file_id is None:  # else its bytes may be a stored file's: settled later
+                    await asyncio.to_thread(hold.settle)
+            yield hold
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    async def remove(self, upload_id: str) -> bool:
+        if not UPLOAD_ID.match(upload_id):
+            return False
+
+        def run() -> bool:
+            fd = self._lock(upload_id)
+            try:
+                return self._remove_files(upload_id)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+
+        return await asyncio.to_thread(run)
+
+    def _remove_files(self, upload_id: str) -> bool:
+        """The state first: a data file without a state is removed by reconcile."""
+        found = False
+        for path in (self.state_path(upload_id), self.data_path(upload_id)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                found = True
+        if self.fsync:
+            fsync_dir(self.directory)
+        return found
+
+    # Sweeping and reconciling
+
+    def _ids(self) -> set[str]:
+        ids: set[str] = set()
+        if not self.directory.exists():
+            return ids
+        for entry in os.scandir(self.directory):
+            stem = entry.name.split(".", 1)[0]
+            if UPLOAD_ID.match(stem):
+                ids.add(stem)
+        return ids
+
+    async def sweep_expired(self, now: float) -> int:
+        return await asyncio.to_thread(self._remove_where, lambda state: state.expires_at <= now)
+
+    async def remove_for_sessions(self, session_ids: set[str]) -> int:
+        return await asyncio.to_thread(
+            self._remove_where, lambda state: state.session_id in session_ids
+        )
+
+    def _remove_where(self, wanted: Callable[[PartialState], bool]) -> int:
+        """Remove the uploads whose state is ``wanted`` (asked again under the upload's
+        lock); one in use is left to its request."""
+        removed = 0
+        for upload_id in sorted(self._ids()):
+            try:
+                state = self._read_state(upload_id)
+            except (ValueError, TypeError):
+                continue  # reconcile's business
+            if state is None or not wanted(state):
+                continue
+            try:
+                fd = self._lock(upload_id)
+            except UploadLocked:
+                continue  # in use: its request settles it
+            try:
+                current = self._read_state(upload_id)
+                if current is not None and wanted(current):
+                    removed += self._remove_files(upload_id)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+        return removed
+
+    async def owns(self, key: str) -> bool:
+        return False  # a data file is linked into uploads/ only to be published
+
+    async def reconcile(self, *, published: set[str], min_age: float = 0.0) -> int:
+        def run() -> int:
+            if not self.directory.exists():
+                return 0
+            removed = 0
+            now = time.time()
+            for entry in list(os.scandir(self.directory)):
+                stem = entry.name.split(".", 1)[0]
+                foreign = not UPLOAD_ID.match(stem) or entry.name.endswith(_NEW_SUFFIX)
+                if foreign and now - entry.stat().st_mtime >= min_age:  # or a torn write
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                    removed += 1
+            for upload_id in sorted(self._ids()):
+                try:
+                    removed += self._reconcile_one(upload_id, published, now, min_age)
+                except UploadLocked:
+                    continue  # a running server is writing it: it is not broken
+            return removed
+
+        return await asyncio.to_thread(run)
+
+    def publish_path(self, state: PartialState) -> Path:
+        return self.publish_dir / (state.publish_key or f"{state.file_id}.csv")
+
+    def _relink(self, state: PartialState) -> int | None:
+        published = self.publish_path(state)
+        try:
+            os.link(published, self.data_path(state.id))
+        except FileNotFoundError:
+            return None
+        if self.fsync:
+            fsync_dir(self.directory)
+        return self._lock(state.id)
+
+    def _reconcile_one(
+        self, upload_id: str, published: set[str], now: float, min_age: float
+    ) -> int:
+        """1 if the upload was removed, else 0."""
+        paths = [self.state_path(upload_id), self.data_path(upload_id)]
+        ages = [now - p.stat().st_mtime for p in paths if p.exists()]
+        if ages and min(ages) < min_age:
+            return 0
+        fd = self._lock(upload_id)
+        try:
+            try:
+                state = self._read_state(upload_id)
+            except (ValueError, TypeError):
+                state = None
+            if state is None:  # no state, or an unreadable one: nothing to resume
+                return int(self._remove_files(upload_id))
+            if state.expires_at <= now:
+                return int(self._remove_files(upload_id))
+            if state.completed:
+                return 0
+            if state.file_id is not None and state.file_id in published:
+                # Published, then the process died before it could record so.
+                self._write_state(replace(state, offset=state.length, completed=True))
+                with contextlib.suppress(FileNotFoundError):
+                    self.data_path(upload_id).unlink()
+                return 0
+            if state.file_id is not None and fd is None:
+                # Published by the rename of earlier versions, then cut off before its row:
+                # the bytes go back to the partial area; the next request settles it.
+                fd = self._relink(state)
+            if fd is None:  # no data file, and nothing published: lost
+                return int(self._remove_files(upload_id))
+            if os.fstat(fd).st_size < state.offset:  # acknowledged bytes are missing
+                log.warning("partial upload %s lost acknowledged bytes; removed", upload_id)
+                return int(self._remove_files(upload_id))
+            return 0
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+
+class _LocalHold:
+    def __init__(self, store: LocalPartialStore, state: PartialState, fd: int) -> None:
+        self._store = store
+        self._state = state
+        self._fd = fd
+        self._pending = 0
+        self.published = False
+
+    @property
+    def state(self) -> PartialState:
+        return self._state
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    @property
+    def interrupted_publish(self) -> str | None:
+        return self._state.file_id
+
+    async def abandon_publish(self) -> None:
+        state = replace(self._state, file_id=None, publish_key=None)
+
+        def run() -> None:
+            published = self._store.publish_path(self._state)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(published).st_ino == os.fstat(self._fd).st_ino:
+                    os.unlink(published)
+            self._store._write_state(state)
+            self.settle()
+
+        await asyncio.to_thread(run)
+        self._state = state
+
+    def settle(self) -> None:
+        """Cut off bytes that were never acknowledged, and write from the offset on."""
+        if os.fstat(self._fd).st_size != self._state.offset:
+            os.ftruncate(self._fd, self._state.offset)
+        os.lseek(self._fd, self._state.offset, os.SEEK_SET)
+
+    async def append(self, chunk: bytes) -> None:
+        await asyncio.to_thread(_write_all, self._fd, chunk)
+        self._pending += len(chunk)
+
+    async def checkpoint(self, *, expires_at: float) -> PartialState:
+        new = replace(self._state, offset=self._state.offset + self._pending, expires_at=expires_at)
+
+        def run() -> None:
+            if self._store.fsync:
+                os.fsync(self._fd)
+            crash_point("tus.checkpoint_synced")
+            self._store._write_state(new)
+
+        await asyncio.to_thread(run)
+        self._state = new
+        self._pending = 0
+        return new
+
+    async def rollback(self) -> None:
+        self._pending = 0
+        await asyncio.to_thread(self.settle)
+
+    async def save(self, state: PartialState) -> None:
+        await asyncio.to_thread(self._store._write_state, state)
+        self._state = state
+
+    async def finish(self, state: PartialState) -> None:
+        await self.save(state)
+        crash_point("tus.finished")
+        # Published: the stored file is another link to these bytes; a duplicate (dedupe):
+        # they are not wanted.
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(self._store.data_path(state.id).unlink)
+
+    @property
+    def received(self) -> int:
+        """Bytes in the data file: the acknowledged ones and the pending ones."""
+        return self._state.offset + self._pending
+
+    def read_all(self, chunk_size: int) -> Iterator[bytes]:
+        remaining = self.received
+        position = 0
+        while remaining > 0:
+            chunk = os.pread(self._fd, min(chunk_size, remaining), position)
+            if not chunk:
+                raise OSError(errno.EIO, "the partial upload is shorter than it should be")
+            position += len(chunk)
+            remaining -= len(chunk)
+            yield chunk
+
+    async def analyse(
+        self, *, enabled: bool, chunk_size: int, encoding: str | None = None
+    ) -> FileFacts:
+        def run() -> FileFacts:
+            analysis = UploadAnalysis(enabled=enabled, encoding=encoding)
+            for chunk in self.read_all(chunk_size):
+                analysis.feed(chunk)
+            return analysis.finish()
+
+        return await asyncio.to_thread(run)
+
+    @property
+    def target(self) -> tuple[str, str] | None:
+        return None
+
+    @property
+    def has_all_bytes(self) -> bool:
+        return False  # a renamed data file is settled by the start-up check
+
+    def publisher(self, key: str) -> StorageWriter:
+        return _PublishingWriter(self, key)
+
+    async def remove(self) -> None:
+        await asyncio.to_thread(self._store._remove_files, self._state.id)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class HoldPublisher(Generic[H]):
+    """A complete upload as a :class:`StorageWriter` whose bytes are already in its hold:
+    nothing is written through it; each store says how ``commit`` publishes them and how
+    ``abort`` removes them."""
+
+    def __init__(self, hold: H, key: str) -> None:
+        self._hold = hold
+        self.key = key
+        self.journal: bytes | None = None  # published durably by commit itself
+
+    @property
+    def size(self) -> int:
+        return self._hold.received
+
+    async def write(self, chunk: bytes) -> None:
+        raise RuntimeError("a partial upload's bytes arrive through its hold, not its writer")
+
+
+class _PublishingWriter(HoldPublisher["_LocalHold"]):
+    """Commit links the data file into ``uploads/`` (after an fsync), abort removes it.
+
+    A link, not a rename: until the upload is recorded as complete its bytes stay in the
+    partial area too, so a crash before the row leaves it resumable (docs/design/intents.md).
+    """
+
+    async def commit(self) -> None:
+        store = self._hold._store
+        source = store.data_path(self._hold.state.id)
+        target = store.publish_dir / self.key
+        fd = self._hold._fd
+
+        def run() -> None:
+            if store.fsync:
+                os.fsync(fd)
+            os.link(source, target)
+            crash_point("tus.linked")
+            if store.fsync:
+                try:
+                    fsync_dir(target.parent)
+                except OSError:
+                    target.unlink()
+                    raise
+
+        await asyncio.to_thread(run)
+        self._hold.published = True
+
+    async def abort(self) -> None:
+        # Nothing here: the data file is the hold's, removed by its remove() when the file
+        # is refused, and kept when the publish failed for a passing reason (the upload stays
+        # resumable; tus.py). A link already made is removed by the publish that made it.
+        return

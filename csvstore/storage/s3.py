@@ -1,0 +1,414 @@
+"""Stored files as objects in an S3-compatible bucket, under a prefix.
+
+An upload smaller than one part is held in memory and stored with one ``PutObject`` at
+commit. A larger one becomes a multipart upload: each part is sent while the next fills, so
+an upload holds at most two parts in memory. ``commit`` completes it; any failure, and
+``abort``, abort it, so no partial object and no dangling multipart upload survive. A
+multipart upload whose process died is the S3 form of a temp file: ``prepare`` aborts those
+older than ``temp_min_age`` -- except a resumable (tus) upload's, which waits for its client
+under a record in ``tus/`` and expires by itself (``partial_s3.py``).
+
+Only keys shaped like csvstore's stored names (``<uuid>.csv``) directly under the prefix are
+ever listed, checked or removed: other objects that share the bucket are left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, cast
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import ClientError
+from botocore.loaders import Loader, create_loader
+
+from csvstore.config import parse_s3_url
+from csvstore.storage.local import READ_CHUNK, STORE_MARKER
+from csvstore.storage.local import STORED_NAME as STORED_NAME  # partial_s3 takes it from here
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+log = logging.getLogger("csvstore.storage")
+
+# Resumable (tus) uploads keep their records under this folder of the prefix; each one's
+# multipart upload has the key of the stored file it becomes (see partial_s3.py).
+TUS_FOLDER = "tus/"
+# S3's limits: parts per upload, and keys per DeleteObjects request.
+MAX_PARTS = 10_000
+DELETE_BATCH = 1000
+# Every upload in flight holds a connection while it sends a part or its one PUT; botocore's
+# default pool of 10 would queue the eleventh concurrent upload behind the others.
+MAX_CONNECTIONS = 128
+# The checksum fields S3 may return for a part; CompleteMultipartUpload wants them back.
+_PART_CHECKSUMS = (
+    "ChecksumCRC32",
+    "ChecksumCRC32C",
+    "ChecksumCRC64NVME",
+    "ChecksumSHA1",
+    "ChecksumSHA256",
+)
+
+
+@functools.cache
+def _model_loader() -> Loader:
+    """botocore's reader of its service descriptions, shared by every client this process
+    opens: it only reads and caches the package's JSON files, and loading S3's anew costs
+    about 0.3 s per client (each app and test opens one)."""
+    return create_loader()
+
+
+def tus_file_id(upload_id: str) -> str:
+    """The file id (and so the stored name) a tus upload's bytes are published under."""
+    return str(uuid.UUID(hex=upload_id))
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _is_not_found(exc: ClientError) -> bool:
+    return _error_code(exc) in {"404", "NoSuchKey", "NotFound"}
+
+
+class S3Writer:
+    """One upload on its way into the bucket; nothing is visible under its key before commit."""
+
+    def __init__(self, storage: S3Storage, key: str) -> None:
+        self.key = key
+        self.size = 0
+        self.journal: bytes | None = None  # an S3 object is durable once committed
+        self._storage = storage
+        self._object_key = storage.object_key(key)
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._upload_id: str | None = None
+        self._parts: list[CompletedPartTypeDef] = []
+        self._sending: asyncio.Task[None] | None = None
+        self._finished = False
+
+    async def write(self, chunk: bytes) -> None:
+        if self._finished:
+            raise RuntimeError(f"write to a finished upload of {self.key}")
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        self.size += len(chunk)
+        if self._buffered >= self._storage.part_size:
+            await self._send_part()
+
+    async def _send_part(self) -> None:
+        """Hand the buffered bytes to a part upload that runs while the next part fills."""
+        client, bucket = self._storage.client, self._storage.bucket
+        body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks, self._buffered = [], 0
+        if self._upload_id is None:
+            created = await client.create_multipart_upload(
+                Bucket=bucket, Key=self._object_key, ContentType="text/csv"
+            )
+            self._upload_id = created["UploadId"]
+        await self._wait_for_part()  # at most one part in flight, one filling
+        number = len(self._parts) + 1
+        if number > MAX_PARTS:
+            raise ValueError(f"upload of {self.key} needs more than {MAX_PARTS} parts")
+        # A placeholder keeps the numbering; the task fills in the ETag and checksum.
+        self._parts.append({"PartNumber": number})
+        self._sending = asyncio.create_task(self._upload_part(number, body))
+
+    async def _upload_part(self, number: int, body: bytes) -> None:
+        assert self._upload_id is not None
+        sent = await self._storage.client.upload_part(
+            Bucket=self._storage.bucket,
+            Key=self._object_key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=body,
+        )
+        part: dict[str, Any] = {"PartNumber": number, "ETag": sent["ETag"]}
+        for name in _PART_CHECKSUMS:
+            if sent.get(name):
+                part[name] = sent.get(name)
+        self._parts[number - 1] = cast("CompletedPartTypeDef", part)
+
+    async def _wait_for_part(self) -> None:
+        sending, self._sending = self._sending, None
+        if sending is not None:
+            await sending
+
+    async def commit(self) -> None:
+        """Store the object whole under its key; on failure nothing is left and it raises."""
+        if self._finished:
+            raise RuntimeError(f"commit of a finished upload of {self.key}")
+        client, bucket = self._storage.client, self._storage.bucket
+        try:
+            if self._upload_id is None:
+                body = b"".join(self._chunks)
+                self._chunks = []
+                await client.put_object(
+                    Bucket=bucket, Key=self._object_key, Body=body, ContentType="text/csv"
+                )
+            else:
+                if self._chunks:  # the last part may be smaller than the minimum
+                    await self._send_part()
+                await self._wait_for_part()
+                await client.complete_multipart_upload(
+                    Bucket=bucket,
+                    Key=self._object_key,
+                    UploadId=self._upload_id,
+                    MultipartUpload={"Parts": self._parts},
+                )
+        except BaseException:
+            await self.abort()
+            # The request may have succeeded and only its answer been lost: make sure.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(client.delete_object(Bucket=bucket, Key=self._object_key))
+            raise
+        self._finished = True
+
+    async def abort(self) -> None:
+        """Leave nothing: stop the part in flight and abort the multipart upload, if any.
+
+        Shielded, so a cancelled request still cleans up; if S3 cannot be reached, the next
+        ``prepare`` (start-up, or ``python -m csvstore check``) aborts the upload instead.
+        """
+        if self._finished:
+            return
+        self._finished = True
+        self._chunks = []
+        sending, self._sending = self._sending, None
+        if sending is not None:
+            sending.cancel()
+            with contextlib.suppress(BaseException):
+                await sending
+        if self._upload_id is not None:
+            try:
+                await asyncio.shield(
+                    self._storage.client.abort_multipart_upload(
+                        Bucket=self._storage.bucket, Key=self._object_key, UploadId=self._upload_id
+                    )
+                )
+            except Exception as exc:  # left for prepare() to remove
+                log.warning("could not abort the multipart upload of %s: %r", self.key, exc)
+
+
+class S3Storage:
+    """Objects ``<prefix><key>`` in one bucket; see the module docstring."""
+
+    def __init__(self, client: S3Client, url: str, *, part_size: int) -> None:
+        self.client = client
+        self.url = url
+        self.bucket, self.prefix = parse_s3_url(url)
+        self.part_size = part_size
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls,
+        url: str,
+        *,
+        endpoint_url: str = "",
+        region: str = "",
+        part_size: int,
+        max_object_size: int = 0,
+    ) -> AsyncIterator[S3Storage]:
+        """A client for the bucket of ``url``, open for the duration.
+
+        Credentials and (without ``region``) the region come from botocore's usual places:
+        the environment, the shared config and credentials files, the instance's role. The
+        part size grows if the largest object would otherwise need more than 10,000 parts.
+        """
+        config = AioConfig(
+            max_pool_connections=MAX_CONNECTIONS,
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=10,
+            read_timeout=60,
+            # Path-style URLs work on every S3-compatible service without DNS set-up.
+            s3={"addressing_style": "path"} if endpoint_url else {},
+        )
+        part_size = max(part_size, -(-max_object_size // MAX_PARTS))
+        session = get_session()
+        session.register_component("data_loader", _model_loader())
+        async with session.create_client(
+            "s3",
+            endpoint_url=endpoint_url or None,
+            region_name=region or None,
+            config=config,
+        ) as client:
+            yield cls(client, url, part_size=part_size)
+
+    def object_key(self, key: str) -> str:
+        return self.prefix + key
+
+    async def _check_bucket(self) -> None:
+        try:
+            await self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            raise RuntimeError(
+                f"S3 bucket {self.bucket!r} cannot be used ({_error_code(exc) or exc}): "
+                "check that it exists, the endpoint, and the credentials"
+            ) from exc
+
+    async def prepare(
+        self, *, temp_min_age: float = 0.0, abandoned: frozenset[str] = frozenset()
+    ) -> int:
+        """Check the bucket is there and reachable; abort multipart uploads older than
+        ``temp_min_age`` seconds (uploads a dead process left), or of a name in
+        ``abandoned`` (a publish whose process is known dead); how many were aborted."""
+        await self._check_bucket()
+        cutoff = time.time() - temp_min_age
+        aborted = 0
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for upload in page.get("Uploads", []):
+                name = upload["Key"].removeprefix(self.prefix)
+                if not STORED_NAME.match(name):
+                    continue
+                young = temp_min_age and upload["Initiated"].timestamp() >= cutoff
+                if young and name not in abandoned:
+                    continue
+                if await self._is_resumable(name):
+                    continue  # a tus upload, waiting for its client: it expires by itself
+                with contextlib.suppress(ClientError):  # finished or aborted meanwhile
+                    await self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+        return aborted
+
+    async def _is_resumable(self, name: str) -> bool:
+        """Whether a multipart upload of a stored name belongs to a live tus upload."""
+        upload_id = name.removesuffix(".csv").replace("-", "")
+        record = f"{self.prefix}{TUS_FOLDER}{upload_id}.json"
+        try:
+            await self.client.head_object(Bucket=self.bucket, Key=record)
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return False
+            raise
+        return True
+
+    async def begin(self, key: str) -> S3Writer:
+        return S3Writer(self, key)
+
+    async def read(
+        self, key: str, start: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """The object's bytes from ``start``; S3 sends only the range asked for."""
+        if length == 0:
+            return
+        byte_range = ""
+        if start or length is not None:
+            end = "" if length is None else str(start + length - 1)
+            byte_range = f"bytes={start}-{end}"
+        try:
+            if byte_range:
+                response = await self.client.get_object(
+                    Bucket=self.bucket, Key=self.object_key(key), Range=byte_range
+                )
+            else:
+                response = await self.client.get_object(
+                    Bucket=self.bucket, Key=self.object_key(key)
+                )
+        except ClientError as exc:
+            if _is_not_found(exc):
+                raise FileNotFoundError(f"no stored object {key}") from exc
+            raise
+        async with response["Body"] as body:
+            async for chunk in body.iter_chunks(READ_CHUNK):
+                yield chunk
+
+    async def delete(self, keys: list[str]) -> None:
+        """Remove objects; one already gone is not an error (deletes are idempotent)."""
+        if len(keys) == 1:
+            await self.client.delete_object(Bucket=self.bucket, Key=self.object_key(keys[0]))
+            return
+        for first in range(0, len(keys), DELETE_BATCH):
+            batch = keys[first : first + DELETE_BATCH]
+            result = await self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": self.object_key(k)} for k in batch], "Quiet": True},
+            )
+            errors = [e for e in result.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if errors:
+                raise OSError(
+                    f"S3 refused to delete {len(errors)} object(s), e.g. "
+                    f"{errors[0].get('Key')}: {errors[0].get('Code')} {errors[0].get('Message')}"
+                )
+
+    async def sync(self) -> None:
+        """Nothing to do: an object is durable once its PUT (or completion) answers."""
+
+    async def restore(self, key: str, data: bytes) -> None:
+        await self.client.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=data)
+
+    async def keys(self) -> set[str]:
+        found: set[str] = set()
+        paginator = self.client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for entry in page.get("Contents", []):
+                name = entry["Key"].removeprefix(self.prefix)
+                if STORED_NAME.match(name):
+                    found.add(name)
+        return found
+
+    async def read_store_id(self) -> str | None:
+        await self._check_bucket()
+        try:
+            response = await self.client.get_object(
+                Bucket=self.bucket, Key=self.object_key(STORE_MARKER)
+            )
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return None
+            raise
+        async with response["Body"] as body:
+            return (await body.read()).decode(errors="replace").strip()
+
+    async def create_store_id(self, store_id: str) -> str:
+        try:
+            # Conditional: of instances starting at once, exactly one PUT succeeds.
+            await self.client.put_object(
+                Bucket=self.bucket,
+                Key=self.object_key(STORE_MARKER),
+                Body=f"{store_id}\n".encode(),
+                ContentType="text/plain",
+                IfNoneMatch="*",
+            )
+        except ClientError as exc:
+            if _error_code(exc) not in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+                raise
+            found = await self.read_store_id()
+            if found is None:
+                raise OSError("the store id marker was refused but is not there") from exc
+            return found
+        return store_id
+
+    async def stat(self, key: str) -> tuple[int, float] | None:
+        """(size, last modified). For a multipart upload S3 dates the object from the
+        upload's start, so a long upload's object looks older than its commit."""
+        try:
+            head = await self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return None
+            raise
+        return head["ContentLength"], head["LastModified"].timestamp()
+
+    def free_bytes(self) -> int | None:
+        return None  # the store grows as needed; its quota is not ours to see
+
+    async def probe_writable(self) -> None:
+        """Write and remove a small object (its name is never taken for a stored file).
+
+        One name for every probe: one that S3 went away from (or a deadline cut) between
+        its write and its remove leaves an object that the next probe removes, instead of
+        a new leftover each time."""
+        probe = f"{self.prefix}.csvstore-probe"
+        await self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"ok")
+        await self.client.delete_object(Bucket=self.bucket, Key=probe)

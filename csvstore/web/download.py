@@ -1,0 +1,263 @@
+"""Sending stored files back: conditional requests, byte ranges, names, and ZIP archives.
+
+The bytes are streamed from storage chunk by chunk, never read whole. The ETag is the
+file's SHA-256, so it is strong and stays the same across servers and restarts.
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+import zlib
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+from stream_zip import ZIP_64, async_stream_zip
+
+from csvstore.db.sqlite import Row
+from csvstore.errors import RangeNotSatisfiable, StoredFileUnavailable, start_response
+from csvstore.storage.local import Storage
+
+# Python codec names as stored -> charset names as registered for HTTP.
+# Python codec names (as stored) to the IANA charset names HTTP clients know.
+_CHARSETS = {
+    "utf-8-sig": "utf-8",
+    "cp932": "ms932",  # a label browsers and Python both know (Python lacks windows-31j)
+    "shift_jis": "shift_jis",
+    "cp936": "gbk",
+    "cp949": "euc-kr",
+    "cp950": "big5",
+    "mac-roman": "macintosh",
+    "ascii": "us-ascii",
+}
+_WINDOWS_CODE_PAGE = re.compile(r"\Acp(125[0-8]|874)\Z")
+_IBM_CODE_PAGE = re.compile(r"\Acp([0-9]{3,4})\Z")
+_ISO_8859 = re.compile(r"\Aiso8859-([0-9]+)\Z")
+
+
+def charset_of(encoding: str | None) -> str | None:
+    """The charset parameter for a file recorded in `encoding` (None: not known)."""
+    if not encoding:
+        return None
+    if encoding in _CHARSETS:
+        return _CHARSETS[encoding]
+    if match := _WINDOWS_CODE_PAGE.match(encoding):
+        return f"windows-{match[1]}"
+    if match := _IBM_CODE_PAGE.match(encoding):
+        return f"ibm{match[1]}"
+    if match := _ISO_8859.match(encoding):
+        return f"iso-8859-{match[1]}"
+    return encoding.replace("_", "-")
+
+
+_RANGE = re.compile(r"\Abytes=([0-9]*)-([0-9]*)\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    start: int
+    end: int  # inclusive, as in Content-Range
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """The one range a ``Range`` header asks for, or None to send the whole file.
+
+    Several ranges, or a unit other than bytes, are answered with the whole file, which
+    RFC 9110 allows; a syntactically valid range outside the file raises.
+    """
+    if not header or size == 0:
+        return None
+    match = _RANGE.match(header.strip())
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # the last N bytes
+        suffix = int(last)
+        if suffix == 0:
+            raise _unsatisfiable(header, size)
+        return ByteRange(max(0, size - suffix), size - 1)
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or (last and int(last) < start):
+        raise _unsatisfiable(header, size)
+    return ByteRange(start, end)
+
+
+def _unsatisfiable(header: str, size: int) -> RangeNotSatisfiable:
+    return RangeNotSatisfiable(
+        f"range {header!r} is outside the file, which is {size} bytes long",
+        headers={"Content-Range": f"bytes */{size}"},
+    )
+
+
+def etag_of(file: Row) -> str | None:
+    return f'"{file["sha256"]}"' if file.get("sha256") else None
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    candidates = [tag.strip().removeprefix("W/") for tag in header.split(",")]
+    return "*" in candidates or etag in candidates
+
+
+def content_disposition(original_filename: str, disposition: str = "attachment") -> str:
+    """RFC 6266: an ASCII fallback and the exact name in ``filename*`` (RFC 8187)."""
+    fallback = "".join(
+        ch if 0x20 <= ord(ch) < 0x7F and ch not in '"\\%' else "_" for ch in original_filename
+    )
+    return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(original_filename)}"
+
+
+def _last_modified(file: Row) -> str:
+    created = datetime.strptime(file["created_at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return created.strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+
+async def send_file(request: web.Request, storage: Storage, file: Row) -> web.StreamResponse:
+    size: int = file["file_size"]
+    etag = etag_of(file)
+    charset = charset_of(file.get("encoding"))
+    headers = {
+        "Content-Type": f"text/csv; charset={charset}" if charset else "text/csv",
+        "Content-Disposition": content_disposition(file["original_filename"]),
+        "Accept-Ranges": "bytes",
+        "Last-Modified": _last_modified(file),
+    }
+    if etag:
+        headers["ETag"] = etag
+        if_none_match = request.headers.get("If-None-Match")
+        if if_none_match and _etag_matches(if_none_match, etag):
+            return web.Response(status=304, headers={k: headers[k] for k in ("ETag",)})
+    requested = request.headers.get("Range")
+    if_range = request.headers.get("If-Range")
+    if if_range is not None and if_range.strip() != etag:
+        requested = None  # the client's copy is stale: send the whole current file
+    byte_range = parse_range(requested, size)
+
+    response = web.StreamResponse(headers=headers)
+    if byte_range is None:
+        start, length = 0, size
+    else:
+        response.set_status(206)
+        response.headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{size}"
+        start, length = byte_range.start, byte_range.length
+    response.content_length = length
+    # Everything that can fail before the first byte fails here, while a problem response
+    # can still be sent: the stored size, and opening the file (its first chunk read).
+    stored = await storage.stat(file["file_path"])
+    if stored is None or stored[0] != size:
+        raise _unavailable(file, stored)
+    if request.method == "HEAD":
+        await start_response(request, response)
+        await response.write_eof()
+        return response
+    chunks = storage.read(file["file_path"], start, length)
+    try:
+        try:
+            chunk = await anext(chunks, b"")
+        except FileNotFoundError:
+            raise _unavailable(file, None) from None
+        await start_response(request, response)
+        sent = 0
+        while chunk:
+            sent += len(chunk)
+            await response.write(chunk)
+            chunk = await anext(chunks, b"")
+        if sent != length:  # shrunk since the stat: the connection must not wait for more
+            raise OSError(f"stored file {file['id']} ended {length - sent} bytes early")
+    finally:
+        # a client that goes away mid-download must not leave the file open
+        closer = getattr(chunks, "aclose", None)
+        if closer is not None:
+            await closer()
+    await response.write_eof()
+    return response
+
+
+def _unavailable(file: Row, stored: tuple[int, float] | None) -> StoredFileUnavailable:
+    found = "are missing" if stored is None else f"are {stored[0]} bytes long"
+    return StoredFileUnavailable(
+        f"the stored bytes of file {file['id']} {found}, not the {file['file_size']} bytes "
+        "recorded: the file cannot be sent"
+    )
+
+
+def _deflate() -> Any:
+    # zlib's default level: CSV shrinks several times at a fraction of level 9's CPU.
+    return zlib.compressobj(wbits=-zlib.MAX_WBITS, level=6)
+
+
+def unique_names(names: Iterable[str]) -> list[str]:
+    """Archive entry names: the original names, with `` (1)``, `` (2)`` before the extension
+    where two files share one (``x.csv``, ``x (1).csv``; ``.csv``, ``(1).csv``)."""
+    seen: set[str] = set()
+    result = []
+    for name in names:
+        candidate, n = name, 0
+        folder, slash, base = name.rpartition("/")
+        stem, dot, extension = base.rpartition(".")
+        if not dot:
+            stem, extension = base, ""
+        while candidate.lower() in seen:
+            n += 1
+            numbered = f"{stem} ({n})".lstrip()
+            candidate = f"{folder}{slash}{numbered}{dot}{extension}"
+        seen.add(candidate.lower())
+        result.append(candidate)
+    return result
+
+
+async def send_archive(request: web.Request, storage: Storage, session: Row) -> web.StreamResponse:
+    """The session's files as one ZIP, built while it is sent (nothing assembled first)."""
+    files: list[dict[str, Any]] = session["csv_files"]
+    names = unique_names(f["original_filename"] for f in files)
+
+    async def members() -> AsyncIterator[Any]:
+        for file, name in zip(files, names, strict=True):
+            modified = datetime.strptime(file["created_at"], "%Y-%m-%dT%H:%M:%S.%fZ")
+            yield (
+                name,
+                modified,
+                stat.S_IFREG | 0o644,
+                ZIP_64,
+                _exactly(storage.read(file["file_path"]), file),
+            )
+
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "application/zip",
+            "Content-Disposition": content_disposition(f"{session['session_id']}.zip"),
+        }
+    )
+    await start_response(request, response)  # from here an error leaves the ZIP unfinished
+    if request.method != "HEAD":
+        async for chunk in async_stream_zip(members(), get_compressobj=_deflate):
+            await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def _exactly(chunks: AsyncIterator[bytes], file: Row) -> AsyncIterator[bytes]:
+    """A member's bytes, raising if they are not the recorded size (a file gone or cut)."""
+    sent = 0
+    try:
+        async for chunk in chunks:
+            sent += len(chunk)
+            yield chunk
+    except FileNotFoundError:
+        raise _unavailable(file, None) from None
+    finally:
+        closer = getattr(chunks, "aclose", None)
+        if closer is not None:
+            await closer()
+    if sent != file["file_size"]:
+        raise _unavailable(file, (sent, 0.0))

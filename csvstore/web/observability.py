@@ -1,0 +1,207 @@
+"""What operators see: request ids, one access line per request, Prometheus metrics, probes.
+
+Metrics live in a registry per application (no process-wide state), exposed at
+``/metrics`` by the official client. With ``--workers N`` each process answers for itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+import secrets
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Middleware
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+)
+
+from csvstore.errors import (
+    ERROR_KIND,
+    DependencyUnavailable,
+    Handler,
+    problem_response,
+    retry_after_value,
+)
+from csvstore.metrics import Metrics
+from csvstore.web.keys import METRICS_KEY, SETTINGS_KEY, STORE_KEY
+
+access_log = logging.getLogger("csvstore.access")
+log = logging.getLogger("csvstore")
+
+T = TypeVar("T")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID = web.RequestKey("request_id", str)
+UPLOADED_BYTES = web.RequestKey("uploaded_bytes", int)
+# A client's request id is echoed only if it is short and plain: it ends up in logs.
+_SAFE_REQUEST_ID = re.compile(r"\A[A-Za-z0-9._:/=+-]{1,128}\Z")
+
+
+def _route_of(request: web.Request) -> str:
+    info = request.match_info
+    resource = info.route.resource if info.http_exception is None else None
+    return resource.canonical if resource is not None else "unmatched"
+
+
+# Upload failures by the error that ended them, for csvstore_uploads_rejected{reason}.
+_REASONS = {
+    "NotACsv": "not_csv",
+    "PayloadTooLarge": "too_large",
+    "NotFound": "unknown_session",
+    "InsufficientStorage": "disk_full",
+    "DependencyUnavailable": "unavailable",
+    "RequestTimeout": "timeout",
+    "ClientGone": "client_gone",
+    "ValidationFailed": "bad_form",
+    "BadRequest": "bad_request",
+    "Unauthorized": "unauthorized",
+}
+
+
+def observe_middleware(metrics: Metrics) -> Middleware:
+    """Request id, access log line and metrics for every request, whatever its outcome."""
+
+    # Request ids: a random prefix per app and a counter, unique without a uuid4 (a system
+    # call for random bytes) on every request.
+    prefix = secrets.token_hex(8)
+    serial = itertools.count(1)
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        incoming = request.headers.get(REQUEST_ID_HEADER, "")
+        request_id = (
+            incoming if _SAFE_REQUEST_ID.match(incoming) else f"{prefix}{next(serial):016x}"
+        )
+        request[REQUEST_ID] = request_id
+        route = _route_of(request)
+        is_upload = route == "/api/csv/upload" and request.method == "POST"
+        started = time.perf_counter()
+        if is_upload:
+            metrics.uploads_in_flight.inc()
+        response: web.StreamResponse | None = None
+        try:
+            response = await handler(request)
+            response.headers[REQUEST_ID_HEADER] = request_id
+            return response
+        finally:
+            elapsed = time.perf_counter() - started
+            status = response.status if response is not None else 500
+            if is_upload:
+                metrics.uploads_in_flight.dec()
+                if status >= 400:
+                    reason = _REASONS.get(request.get(ERROR_KIND, ""), "other")
+                    metrics.uploads_rejected.labels(reason).inc()
+                elif UPLOADED_BYTES in request:
+                    metrics.uploaded_bytes.inc(request[UPLOADED_BYTES])
+            if response is not None and route.endswith("/content") and status < 300:
+                sent_body = request.method != "HEAD"
+                metrics.downloaded_bytes.inc((response.content_length or 0) if sent_body else 0)
+            # The response is sent after this middleware returns: its declared length.
+            sent = (response.content_length or 0) if response is not None else 0
+            metrics.requests.labels(request.method, route, str(status)).inc()
+            metrics.latency.labels(request.method, route).observe(elapsed)
+            access_log.info(
+                "%s %s %s %d %dB %.1fms id=%s",
+                request.remote,
+                request.method,
+                request.path_qs,
+                status,
+                sent,
+                elapsed * 1000,
+                request_id,
+                extra={
+                    "request_id": request_id,
+                    "method": request.method,
+                    "route": route,
+                    "path": request.path,
+                    "status": status,
+                    "bytes": sent,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "remote": request.remote,
+                },
+            )
+
+    return observe
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = request.app[METRICS_KEY].exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Alive: the process answers. Nothing else is checked, so a slow disk can't fail it."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready for traffic: the database answers, storage is writable, space above minimum.
+
+    The database and storage are probed at once, each within ``ready_timeout`` seconds: a
+    dependency that hangs (a stalled PostgreSQL, an S3 endpoint that accepts and never
+    answers) is reported as such within the deadline instead of holding the probe."""
+    store = request.app[STORE_KEY]
+    settings = request.app[SETTINGS_KEY]
+    database, storage = await asyncio.gather(
+        _probe("database", store.db.read(store.repo.ping), settings.ready_timeout),
+        _probe("storage", store.storage.probe_writable(), settings.ready_timeout),
+    )
+    checks = {"database": database, "storage": storage}
+    free = store.storage.free_bytes()
+    checks["free_space"] = (
+        "ok" if free is None or free >= settings.min_free_space else "below minimum"
+    )
+    ready = all(value == "ok" for value in checks.values())
+    if not ready:
+        return problem_response(
+            503,
+            "not ready: " + ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok"),
+            headers={"Retry-After": retry_after_value(DependencyUnavailable.retry_after or 5)},
+            extensions={"checks": checks},
+        )
+    return web.json_response({"status": "ready", "checks": checks})
+
+
+async def _probe(name: str, check: Coroutine[Any, Any, object], deadline: float) -> str:
+    # A task waited on, not awaited under a timeout: cancelling a call to a hung server can
+    # itself wait on that server (a connection's clean-up), which must not hold the probe.
+    task = asyncio.ensure_future(check)
+    task.add_done_callback(_consume_outcome)
+    done, _ = await asyncio.wait({task}, timeout=deadline)
+    if not done:
+        task.cancel()
+        log.warning("readiness: %s gave no answer within %g s", name, deadline)
+        return f"no answer within {deadline:g} s"
+    if (exc := task.exception()) is not None:  # any failure means not ready; the log says what
+        log.warning("readiness: %s failed: %r", name, exc)
+        return "failing"
+    return "ok"
+
+
+def _consume_outcome(task: asyncio.Future[object]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+class ClientProtocolErrors(logging.Filter):
+    """A request that is not valid HTTP (a bad Transfer-Encoding, a malformed header line)
+    is refused by aiohttp's HTTP layer with a plain 400 before any route sees it, and aiohttp
+    logs it with a traceback as if the server had failed. It is the client's error: one
+    warning line with the reason, no traceback. Installed on the ``aiohttp.server`` logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            record.msg = f"{record.getMessage()}: {exc.code} {exc.message}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True

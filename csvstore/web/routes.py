@@ -1,0 +1,258 @@
+"""The one URL table. Each route also carries what the OpenAPI document says about it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from csvstore.web import handlers, observability, schemas, tus
+from csvstore.web import page as webpage
+
+API = "/api/csv"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    # status -> (description, response schema name or None); errors use the Problem schema
+    responses: dict[int, tuple[str, str | None]]
+    request_schema: str | None = None
+    request_type: str = "application/json"
+    parameters: list[dict[str, Any]] = field(default_factory=list)
+    tag: str = "csv"
+
+
+_SESSION_ID = {"in": "path", "name": "session_id", "required": True, "schema": {"type": "string"}}
+_FILE_ID = {"in": "path", "name": "file_id", "required": True, "schema": {"type": "string"}}
+_UPLOAD_ID = {"in": "path", "name": "upload_id", "required": True, "schema": {"type": "string"}}
+_COUNT = {"type": "integer", "minimum": 0}
+_TEXT = {"type": "string"}
+
+
+def _header(name: str, schema: dict[str, Any] | None = None, *, required: bool = True) -> Any:
+    return {"in": "header", "name": name, "required": required, "schema": schema or _TEXT}
+
+
+_TUS_RESUMABLE = _header("Tus-Resumable", {"type": "string", "enum": ["1.0.0"]})
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST",
+        f"{API}/sessions",
+        handlers.create_session,
+        "Create a session",
+        {
+            201: ("Created; Location names the session", "SessionCreatedResponse"),
+            400: ("Duplicate or invalid session id", None),
+            415: ("Body is not JSON", None),
+        },
+        request_schema="SessionCreateRequest",
+    ),
+    Route(
+        "GET",
+        f"{API}/sessions",
+        handlers.list_sessions,
+        "List sessions with their files, a page at a time (Link: rel=next while more remain)",
+        {
+            200: ("A page of sessions, in session_id order", "SessionSchema[]"),
+            400: ("Invalid limit or cursor", None),
+        },
+        parameters=[{"in": "query", "schema": schemas.SessionListQuery}],
+    ),
+    Route(
+        "GET",
+        f"{API}/sessions/{{session_id}}",
+        handlers.get_session,
+        "Get a session and its files",
+        {200: ("The session", "SessionSchema"), 404: ("No such session", None)},
+        parameters=[_SESSION_ID],
+    ),
+    Route(
+        "DELETE",
+        f"{API}/sessions/{{session_id}}",
+        handlers.delete_session,
+        "Delete a session, its files' rows and their stored bytes",
+        {200: ("Deleted", "MessageResponse"), 404: ("No such session", None)},
+        parameters=[_SESSION_ID],
+    ),
+    Route(
+        "POST",
+        f"{API}/upload",
+        handlers.upload,
+        "Upload a CSV file into a session (streamed)",
+        {
+            201: ("Stored; Location names the file", "UploadResponse"),
+            400: ("Not a CSV, or a bad form", None),
+            404: ("No such session", None),
+            413: ("Larger than the upload limit", None),
+            507: ("The server's disk is full", None),
+        },
+        request_schema="UploadForm",
+        request_type="multipart/form-data",
+    ),
+    Route(
+        "GET",
+        f"{API}/files/{{file_id}}",
+        handlers.get_file,
+        "Get a file's metadata",
+        {200: ("The file", "FileSchema"), 404: ("No such file", None)},
+        parameters=[_FILE_ID],
+    ),
+    Route(
+        "GET",
+        f"{API}/files/{{file_id}}/content",
+        handlers.download_file,
+        "Download a file's bytes (ETag, If-None-Match, single Range, HEAD)",
+        {
+            200: ("The stored bytes", "binary"),
+            206: ("The requested range (Content-Range)", "binary"),
+            304: ("Not modified (If-None-Match matched the ETag)", "empty"),
+            404: ("No such file", None),
+            416: ("Range outside the file", None),
+            500: ("The stored bytes are missing or not the size recorded", None),
+        },
+        parameters=[_FILE_ID],
+    ),
+    Route(
+        "GET",
+        f"{API}/files/{{file_id}}/rows",
+        handlers.file_rows,
+        "Parsed rows of a file, a page at a time, in its own dialect and encoding",
+        {
+            200: (
+                "Columns, rows from offset (at most 8 MiB of the file parsed), the next offset "
+                "(null at the end), and the cells cut short",
+                "RowsResponse",
+            ),
+            400: ("Invalid offset or limit", None),
+            404: ("No such file", None),
+            409: ("The file was stored without a profile", None),
+        },
+        parameters=[_FILE_ID, {"in": "query", "schema": schemas.RowsQuery}],
+    ),
+    Route(
+        "GET",
+        f"{API}/sessions/{{session_id}}/archive",
+        handlers.download_archive,
+        "Download every file of a session as one ZIP, streamed as it is built",
+        {
+            200: ("A ZIP archive, entries named by original filename", "zip"),
+            404: ("No such session", None),
+        },
+        parameters=[_SESSION_ID],
+    ),
+    Route(
+        "DELETE",
+        f"{API}/files/{{file_id}}",
+        handlers.delete_file,
+        "Delete a file's row and its stored bytes",
+        {200: ("Deleted", "MessageResponse"), 404: ("No such file", None)},
+        parameters=[_FILE_ID],
+    ),
+    # Resumable uploads (tus 1.0): see csvstore/tus.py and the README.
+    Route(
+        "OPTIONS",
+        tus.TUS_ROOT,
+        tus.options,
+        "tus discovery: Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm",
+        {204: ("What this tus server supports, in headers", "empty")},
+        tag="tus",
+    ),
+    Route(
+        "POST",
+        tus.TUS_ROOT,
+        tus.create,
+        "tus creation: a new resumable upload into a session (Upload-Length, Upload-Metadata "
+        "with base64 session_id and filename); with an application/offset+octet-stream body "
+        "its first bytes too",
+        {
+            201: ("Created; Location names the upload, Upload-Expires says until when", "empty"),
+            400: ("Bad metadata, not a .csv name, or a refused body", None),
+            404: ("No such session", None),
+            412: ("Tus-Resumable is not 1.0.0 (Tus-Version says what is)", None),
+            413: ("Upload-Length over the upload limit", None),
+            415: ("A body that is not application/offset+octet-stream", None),
+            460: ("Upload-Checksum does not match the body", None),
+            507: ("The server's disk is full", None),
+        },
+        parameters=[_TUS_RESUMABLE, _header("Upload-Length", _COUNT), _header("Upload-Metadata")],
+        tag="tus",
+    ),
+    Route(
+        "HEAD",
+        f"{tus.TUS_ROOT}{{upload_id}}",
+        tus.head,
+        "tus: how far an upload got (Upload-Offset, Upload-Length, Upload-Metadata)",
+        {
+            200: ("Upload-Offset and Upload-Length in headers", "empty"),
+            404: ("No such upload (never created, expired or terminated)", None),
+            412: ("Tus-Resumable is not 1.0.0", None),
+        },
+        parameters=[_UPLOAD_ID, _TUS_RESUMABLE],
+        tag="tus",
+    ),
+    Route(
+        "PATCH",
+        f"{tus.TUS_ROOT}{{upload_id}}",
+        tus.patch,
+        "tus: append bytes at Upload-Offset; the last byte stores the file as POST /upload "
+        "would (Content-Location then names it)",
+        {
+            204: ("Appended; Upload-Offset is the new offset", "empty"),
+            400: ("Bad headers, or the complete file is not a CSV", None),
+            404: ("No such upload, or its session was deleted", None),
+            409: ("Upload-Offset is not the upload's offset", None),
+            412: ("Tus-Resumable is not 1.0.0", None),
+            413: ("The body goes past Upload-Length", None),
+            415: ("Content-Type is not application/offset+octet-stream", None),
+            423: ("Another request is writing to this upload", None),
+            460: ("Upload-Checksum does not match the body", None),
+            507: ("The server's disk is full", None),
+        },
+        request_schema="binary",
+        request_type=tus.OFFSET_STREAM,
+        parameters=[
+            _UPLOAD_ID,
+            _TUS_RESUMABLE,
+            _header("Upload-Offset", _COUNT),
+            _header("Upload-Checksum", required=False),
+        ],
+        tag="tus",
+    ),
+    Route(
+        "DELETE",
+        f"{tus.TUS_ROOT}{{upload_id}}",
+        tus.terminate,
+        "tus termination: abandon an upload and remove its bytes",
+        {
+            204: ("Terminated", "empty"),
+            404: ("No such upload", None),
+            412: ("Tus-Resumable is not 1.0.0", None),
+            423: ("Another request is writing to this upload", None),
+        },
+        parameters=[_UPLOAD_ID, _TUS_RESUMABLE],
+        tag="tus",
+    ),
+)
+
+
+def setup_routes(app: web.Application) -> None:
+    # Operations: outside /api, so they answer without an API key.
+    app.router.add_get("/healthz", observability.healthz)
+    app.router.add_get("/readyz", observability.readyz)
+    app.router.add_get("/metrics", observability.metrics_handler)
+    # The web page and its files: outside /api too; the page asks for a key on a 401.
+    webpage.setup_webpage(app)
+    for route in ROUTES:
+        if route.method == "GET":  # answers HEAD too
+            app.router.add_get(route.path, route.handler)
+        else:
+            app.router.add_route(route.method, route.path, route.handler)

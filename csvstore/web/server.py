@@ -1,0 +1,369 @@
+"""Running the app: one process, or a supervisor with several worker processes.
+
+Workers each bind the port with ``SO_REUSEPORT`` so the kernel spreads connections over
+them, and all write the one SQLite database (WAL; SQLite's own locking serialises their
+transactions). The supervisor runs migrations and the start-up check once, before any
+worker accepts an upload, starts a worker again when one dies (with back-off; it gives up
+when they keep dying), forwards SIGINT/SIGTERM to the workers and waits for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import logging.handlers
+import mmap
+import os
+import queue
+import resource
+import select
+import signal
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from csvstore.config import Settings
+from csvstore.errors import problem_response
+from csvstore.maintenance.reconcile import startup_check
+from csvstore.web.app import create_app
+from csvstore.web.keys import INFLIGHT_KEY
+from csvstore.web.security import PROTECTED_PREFIX, security_headers
+from csvstore.wiring import open_store
+
+log = logging.getLogger("csvstore")
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is optional off Linux
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    startup_check: bool,
+    reuse_port: bool,
+    restarts: Callable[[], int] | None = None,
+) -> None:
+    loop = _loop_factory()()
+    asyncio.set_event_loop(loop)
+    loop.set_default_executor(
+        ThreadPoolExecutor(settings.io_threads, thread_name_prefix="csvstore-io")
+    )
+    try:
+        with _logs_written_off_the_loop():
+            loop.run_until_complete(
+                _serve(
+                    create_app(settings, startup_check=startup_check, worker_restarts=restarts),
+                    settings,
+                    reuse_port,
+                )
+            )
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+
+
+class _HandOff(logging.handlers.QueueHandler):
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # The record as it is: formatting happens on the listener's thread. Its arguments
+        # are never changed after the call (ids, numbers, strings), so nothing is lost.
+        return record
+
+
+@contextlib.contextmanager
+def _logs_written_off_the_loop() -> Iterator[None]:
+    """Log records are formatted and written by a thread of their own while serving.
+
+    The access log line of every request, formatted and written on the event loop, cost
+    ~7 % of a small upload's CPU there; the loop now only queues the record. Started per
+    worker (threads do not survive fork); stopping drains the queue, so no line is lost.
+    """
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    if not handlers:
+        yield
+        return
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, *handlers, respect_handler_level=True)
+    root.handlers = [_HandOff(records)]
+    listener.start()
+    try:
+        yield
+    finally:
+        root.handlers = handlers
+        listener.stop()
+
+
+class _RequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering its own protocol errors (a malformed request
+    line or header, before any route runs) without echoing the client's bytes."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        # aiohttp's message quotes the offending bytes: they go to the log, not back to the
+        # client as text. A made-up method is mostly TLS or a scanner on the port: info.
+        level = logging.INFO if isinstance(exc, BadHttpMethod) else logging.WARNING
+        detail = " ".join(str(exc).split())  # one line: aiohttp's message spans several
+        log.log(level, "malformed request from %s refused: %s", request.remote, detail)
+        response = problem_response(
+            status,
+            "the request is not valid HTTP/1.1: see the server's log for what was wrong",
+            headers=security_headers(PROTECTED_PREFIX),  # no app hook runs for these
+        )
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _RequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _AppRunner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        # The app's own server (its startup has run), rebuilt to make our handlers.
+        made = await super()._make_server()
+        kwargs: dict[str, Any] = self._kwargs
+        return _Server(
+            made.request_handler,
+            request_factory=made.request_factory,
+            loop=asyncio.get_running_loop(),
+            **kwargs,
+        )
+
+
+async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down gracefully.
+
+    aiohttp's own graceful shutdown stops reading from every connection at once, so an
+    upload still sending its body could never finish. Instead: stop accepting, let the
+    requests in flight run for up to ``shutdown_grace`` seconds, and only then let aiohttp
+    cancel what is left (their partial uploads are removed as they unwind).
+    """
+    runner = _AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=_CANCEL_WAIT,
+        # aiohttp starts this clock when a connection opens and closes the connection if
+        # no complete request has arrived by then: the header timeout, and the idle one.
+        keepalive_timeout=settings.idle_timeout,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port)
+    try:
+        await site.start()
+    except OSError as exc:
+        # Port taken, address not local: say so in one line, and shut the app down
+        # properly (its background tasks and database) rather than leave a traceback.
+        await runner.cleanup()
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
+        raise SystemExit(1) from None
+    log.info("listening on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+        log.info("stopping: no new connections; waiting for requests in flight")
+        await site.stop()
+        inflight = app[INFLIGHT_KEY]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(settings.shutdown_grace):
+                await inflight.idle()
+        if inflight.count:
+            log.warning("grace period over: aborting %d request(s) in flight", inflight.count)
+    finally:
+        await runner.cleanup()
+
+
+# After the grace period, how long cancelled handlers get to clean up after themselves.
+_CANCEL_WAIT = 5.0
+
+
+async def _prepare(settings: Settings) -> None:
+    async with open_store(settings) as store:
+        await startup_check(store)
+
+
+def _raise_open_file_limit() -> None:
+    """Every connection is a file descriptor; the usual soft limit of 1,024 would turn away
+    clients long before memory or CPU run short. Raise it to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 16
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def serve(settings: Settings) -> None:
+    _raise_open_file_limit()
+    if settings.workers <= 1:
+        run_worker(settings, startup_check=True, reuse_port=False)
+        return
+    asyncio.run(_prepare(settings))
+    sys.exit(Supervisor(settings).run())
+
+
+# A worker that dies is started again after a pause that doubles with each death in the
+# last RESTART_WINDOW seconds (0.1 s, 0.2 s, 0.4 s ...): a crash that repeats at once (a
+# database that refuses every connection, a bug on start-up) does not spin the CPU. More
+# than RESTART_LIMIT deaths in that window and the supervisor gives up: a process manager
+# that restarts the whole sees the failure, instead of a server that never settles.
+RESTART_FIRST_PAUSE = 0.1
+RESTART_MAX_PAUSE = 10.0
+RESTART_WINDOW = 60.0
+RESTART_LIMIT = 5
+
+
+class RestartCounter:
+    """Workers restarted since the supervisor started: one integer in memory shared with
+    every worker (mapped before the fork), so each worker's /metrics reports it."""
+
+    def __init__(self) -> None:
+        self._cell = mmap.mmap(-1, 8)
+
+    def add(self) -> None:
+        self._cell[:8] = struct.pack("q", self.value() + 1)
+
+    def value(self) -> int:
+        return int(struct.unpack("q", self._cell[:8])[0])
+
+
+class Supervisor:
+    """Forks the workers, restarts one that dies (with back-off), forwards SIGINT/SIGTERM."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.restarts = RestartCounter()
+        self.workers: set[int] = set()
+        self.deaths: list[float] = []  # monotonic times of the recent deaths
+        self.due: list[float] = []  # monotonic times at which a worker is to be started
+        self.stopping: int | None = None  # the signal that asked the workers to stop
+        self._wake = (-1, -1)  # the pipe that signals write a byte to, waking the loop
+
+    def run(self) -> int:
+        wake_read, wake_write = self._wake = os.pipe()
+        os.set_blocking(wake_read, False)
+        os.set_blocking(wake_write, False)
+        signal.set_wakeup_fd(wake_write)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._on_stop)
+        # Only for the wake-up byte: a default SIGCHLD is ignored without waking anyone.
+        signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
+        for _ in range(self.settings.workers):
+            self._start_worker()
+        log.info(
+            "started %d workers: %s", len(self.workers), ", ".join(map(str, sorted(self.workers)))
+        )
+        failed = False
+        while self.workers or (self.due and self.stopping is None):
+            timeout = max(0.0, min(self.due) - time.monotonic()) if self.due else None
+            with contextlib.suppress(InterruptedError):
+                select.select([wake_read], [], [], timeout)
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_read, 512)
+            failed = self._reap() or failed
+            now = time.monotonic()
+            while self.stopping is None and self.due and min(self.due) <= now:
+                self.due.remove(min(self.due))
+                self._start_worker(restart=True)
+        signal.set_wakeup_fd(-1)
+        os.close(wake_read)
+        os.close(wake_write)
+        return 1 if failed else 0
+
+    def _on_stop(self, signum: int, _frame: object) -> None:
+        self.stopping = signum
+        self.due.clear()
+        self._signal_all(signum)
+
+    def _signal_all(self, signum: int) -> None:
+        for pid in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def _reap(self) -> bool:
+        """Collect the workers that ended; True if the supervisor gave up on them."""
+        gave_up = False
+        while self.workers:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            self.workers.discard(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if self.stopping is not None:
+                if code != 0:
+                    log.warning("worker %d exited with status %d while stopping", pid, code)
+                    gave_up = True
+                continue
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            now = time.monotonic()
+            self.deaths = [t for t in self.deaths if now - t < RESTART_WINDOW] + [now]
+            if len(self.deaths) > RESTART_LIMIT:
+                log.error(
+                    "worker %d %s: %d workers died in the last %.0f s; giving up, stopping "
+                    "the others",
+                    pid, how, len(self.deaths), RESTART_WINDOW,
+                )  # fmt: skip
+                self.stopping = signal.SIGTERM
+                self.due.clear()
+                self._signal_all(signal.SIGTERM)
+                gave_up = True
+                continue
+            pause = min(RESTART_FIRST_PAUSE * 2 ** (len(self.deaths) - 1), RESTART_MAX_PAUSE)
+            log.error("worker %d %s; starting a new worker in %.1f s", pid, how, pause)
+            self.due.append(now + pause)
+        return gave_up
+
+    def _start_worker(self, *, restart: bool = False) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 0
+            try:
+                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+                    signal.signal(signum, signal.SIG_DFL)
+                signal.set_wakeup_fd(-1)
+                os.close(self._wake[0])
+                os.close(self._wake[1])
+                run_worker(
+                    self.settings,
+                    startup_check=False,
+                    reuse_port=True,
+                    restarts=self.restarts.value,
+                )
+            except BaseException:
+                log.exception("worker failed")
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        self.workers.add(pid)
+        if restart:
+            self.restarts.add()
+            log.warning("started worker %d in place of the one that died", pid)
