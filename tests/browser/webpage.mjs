@@ -9,7 +9,7 @@ import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
 
 const config = JSON.parse(readFileSync(process.argv[2], "utf8"));
-const STEP_TIMEOUT = 15_000;
+const STEP_TIMEOUT = 30_000; // generous: CI machines are shared, and Chromium is slow under load
 const seen = { dialogs: [], downloads: [] };
 
 // The flags a headless chromium needs on this machine: no sandbox as root, no GPU, and no
