@@ -37,8 +37,7 @@ def _imports(path: Path) -> set[str]:
                 f"{node.module}.{alias.name}"
                 for alias in node.names
                 if f"{node.module}.{alias.name}" in MODULES
-                or node.module == "aiohttp"
-                and alias.name == "web"
+                or (node.module == "aiohttp" and alias.name == "web")
             )
         elif isinstance(node, ast.ImportFrom) and node.level:
             raise AssertionError(f"{path}: relative import; csvstore imports absolutely")
