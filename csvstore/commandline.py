@@ -124,8 +124,7 @@ def settings_from(
     argv: Sequence[str], environ: Mapping[str, str], parser: argparse.ArgumentParser | None = None
 ) -> Settings:
     parser = parser or build_parser()
-    args, _ = parser.parse_known_args(argv)
-    parser.parse_args(argv)  # unknown arguments are an error, reported by argparse
+    args = parser.parse_args(argv)
     try:
         settings = Settings.from_mapping(environ)
         given = {
