@@ -8,13 +8,14 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
-from csvstore import __version__
+from csvstore import __version__, config
 from csvstore.analysis.profile import native_counter
-from csvstore.config import Settings, convert
+from csvstore.config import GROUPS, Settings, check_database_url, check_storage
 from csvstore.db.postgres import PoolReconnects
 from csvstore.identity import StoreMismatch, check_placement
 from csvstore.maintenance.migrate import MigrationError, migrate, shared_storage
@@ -33,10 +34,13 @@ CLIENT_COMMANDS = frozenset({"sessions", "upload", "files"})
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m csvstore",
+        usage="%(prog)s [-h] [--version] [--SETTING VALUE ...]",
         description=(
             "csvstore: an HTTP service that stores CSV files grouped by client-chosen "
-            "sessions. Every setting is a flag or a CSVSTORE_* environment variable; "
-            "a flag wins over the variable, the variable over the default."
+            "sessions. Every setting is a flag or a CSVSTORE_* environment variable "
+            "(docs/settings.md); a flag wins over the variable, the variable over the default. "
+            "Sizes are bytes or 64KiB, 8MiB, 1GiB (binary units); durations are seconds or "
+            "30s, 15m, 24h, 7d; switches take true/false."
         ),
     )
     parser.add_argument("--version", action="version", version=f"csvstore {__version__}")
@@ -52,29 +56,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:  # argparse shows an ArgumentTypeError's text after the flag
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = Settings()
+    groups = {name: parser.add_argument_group(name) for name in GROUPS}
     for f in fields(Settings):
-        flag = "--" + f.name.replace("_", "-")
-        is_switch = isinstance(getattr(defaults, f.name), bool)
-        parser.add_argument(
-            flag,
+        spec = config.spec(f)
+        is_switch = isinstance(f.default, bool)
+        default = config.shown_default(f) or "none"
+        groups[spec.group].add_argument(
+            config.flag_name(f),
             dest=f.name,
-            metavar=f.name.upper(),
+            metavar=("{" + ",".join(spec.choices) + "}" if spec.choices else "")
+            or spec.metavar
+            or f.name.upper(),
+            type=_flag_type(spec.parse),
             default=None,
             # a boolean is a switch (--insecure) that also takes an explicit value
             nargs="?" if is_switch else None,
-            const="true" if is_switch else None,
-            help=(
-                f"{f.metadata['help']} "
-                f"(env {f.metadata['env']}; default: {getattr(defaults, f.name)})"
-            ),
+            const=True if is_switch else None,
+            help=f"{spec.help} [{config.env_name(f)}; default: {default}]",
         )
 
 
 def build_check_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m csvstore check",
+        usage="%(prog)s [-h] [--repair] [--no-verify] [--SETTING VALUE ...]",
         description=(
             "Reconcile the stored files with the database: remove temp files and stored "
             "files without a row (temp files older than an hour and stored files older than "
@@ -108,16 +124,13 @@ def settings_from(
     argv: Sequence[str], environ: Mapping[str, str], parser: argparse.ArgumentParser | None = None
 ) -> Settings:
     parser = parser or build_parser()
-    args, _ = parser.parse_known_args(argv)
-    parser.parse_args(argv)  # unknown arguments are an error, reported by argparse
+    args = parser.parse_args(argv)
     try:
         settings = Settings.from_mapping(environ)
-        overrides = {
-            f.name: convert(f.name, value)
-            for f in fields(Settings)
-            if (value := getattr(args, f.name)) is not None
+        given = {
+            f.name: value for f in fields(Settings) if (value := getattr(args, f.name)) is not None
         }
-        settings = replace(settings, **overrides)
+        settings = replace(settings, **given)
         check_bind_is_safe(settings, load_keys(settings))
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
@@ -222,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def build_migrate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m csvstore migrate-to",
+        usage="%(prog)s [-h] --from-data-dir DIR [--from-... VALUE] [--SETTING VALUE ...]",
         description=(
             "Copy every session, file row and stored file of a deployment (the source: "
             "--from-data-dir, by default SQLite and the uploads folder there) into the "
@@ -240,12 +254,14 @@ def build_migrate_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--from-database-url",
         default="",
+        type=_flag_type(check_database_url),
         help="the source database if not FROM_DATA_DIR/csvstore.db: a path, sqlite:///PATH "
         "or postgresql://...",
     )
     parser.add_argument(
         "--from-storage",
         default="",
+        type=_flag_type(check_storage),
         help="the source storage if not FROM_DATA_DIR/uploads: a folder or s3://BUCKET/PREFIX",
     )
     parser.add_argument(
@@ -263,15 +279,12 @@ def run_migrate(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     target = settings_from(argv, os.environ, parser)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        source = replace(
-            target,
-            data_dir=args.from_data_dir,
-            database_url=convert("database_url", args.from_database_url),
-            storage=convert("storage", args.from_storage),
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
+    source = replace(
+        target,
+        data_dir=args.from_data_dir,
+        database_url=args.from_database_url,
+        storage=args.from_storage,
+    )
     if source.database_path == target.database_path and not target.uses_postgres:
         parser.error("the source and target databases are the same")
     if source.uses_postgres and source.database_url == target.database_url:

@@ -1,21 +1,30 @@
-"""Settings: one frozen dataclass, built from flags and ``CSVSTORE_*`` variables.
-
-Tests build :class:`Settings` directly; ``__main__`` builds it from the command line,
-falling back to the environment, falling back to the defaults below.
-"""
+"""Settings: one frozen dataclass. Each field owns its parser, help and group, and is both
+the flag ``--name`` and the variable ``CSVSTORE_NAME`` (docs/settings.md)."""
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
+
+ENV_PREFIX = "CSVSTORE_"
+GROUPS = (
+    "server",
+    "storage and database",
+    "uploads and limits",
+    "resumable uploads (tus)",
+    "retention",
+    "security",
+    "observability",
+)
+SERVER, STORAGE, UPLOADS, TUS, RETENTION, SECURITY, OBSERVABILITY = GROUPS
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mb": MiB, "mib": MiB}
 _SIZE_UNITS |= {"g": GiB, "gb": GiB, "gib": GiB, "t": 1024 * GiB, "tb": 1024 * GiB}
@@ -29,6 +38,48 @@ def parse_size(text: str) -> int:
     if match is None or unit not in _SIZE_UNITS:
         raise ValueError(f"not a size: {text!r} (use bytes or a unit such as 64KiB, 1GiB)")
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def format_size(size: int) -> str:
+    for unit, name in ((GiB, "GiB"), (MiB, "MiB"), (KiB, "KiB")):
+        if size and size % unit == 0:
+            return f"{size // unit}{name}"
+    return str(size)
+
+
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """``"90"`` or ``"90s"`` -> 90.0; ``"15m"``, ``"24h"``, ``"7d"`` likewise."""
+    match = _DURATION_RE.match(text.lower())
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (use seconds or 30s, 15m, 24h, 7d)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    if seconds == 0:
+        return "0"
+    for unit, name in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds % unit == 0 and seconds >= 2 * unit:
+            return f"{int(seconds // unit)}{name}"
+    return f"{seconds:g}s"
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered not in {"true", "false", "1", "0", "yes", "no", "on", "off"}:
+        raise ValueError(f"expected true or false, got {text!r}")
+    return lowered in {"true", "1", "yes", "on"}
+
+
+def parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected an integer, got {text!r}") from None
 
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -76,304 +127,372 @@ def check_storage(value: str) -> str:
     return value
 
 
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+def _checked(
+    parse: Callable[[str], Any], ok: Callable[[Any], bool], expected: str
+) -> Callable[[str], Any]:
+    def check(text: str) -> Any:
+        value = parse(text)
+        if not ok(value):
+            raise ValueError(f"{expected}, got {text!r}")
+        return value
+
+    return check
 
 
-def parse_duration(text: str) -> float:
-    """``"90"`` or ``"90s"`` -> 90.0; ``"15m"``, ``"24h"``, ``"7d"`` likewise."""
-    match = _DURATION_RE.match(text.lower())
-    if match is None:
-        raise ValueError(f"not a duration: {text!r} (use seconds or 30s, 15m, 24h, 7d)")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        if text.lower() not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text.lower()
+
+    return check
 
 
-def _help(text: str, env: str, flag: str | None = None) -> dict[str, Any]:
-    return {"help": text, "env": env, "flag": flag}
+def parse_workers(text: str) -> int:
+    workers = parse_int(text)
+    if workers < 0:
+        raise ValueError(f"workers must be 0 (one per core) or more, got {text!r}")
+    return workers or (os.cpu_count() or 1)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "" if value is None else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """How one setting is read from text and explained."""
+
+    help: str
+    group: str
+    parse: Callable[[str], Any]
+    show: Callable[[Any], str] = _show
+    metavar: str = ""
+    choices: tuple[str, ...] = ()
+
+
+def _setting(
+    help: str, group: str, parse: Callable[[str], Any] = str, **more: Any
+) -> dict[str, Spec]:
+    return {"spec": Spec(help, group, parse, **more)}
+
+
+def _size(help: str, group: str, parse: Callable[[str], Any] = parse_size) -> dict[str, Spec]:
+    return _setting(help, group, parse, show=format_size, metavar="SIZE")
+
+
+def _duration(
+    help: str, group: str, parse: Callable[[str], Any] = parse_duration
+) -> dict[str, Spec]:
+    return _setting(help, group, parse, show=format_duration, metavar="DURATION")
+
+
+def _choice(help: str, group: str, *choices: str) -> dict[str, Spec]:
+    return _setting(help, group, _one_of(*choices), choices=choices)
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything the service can be told. Each field is a flag and a ``CSVSTORE_*`` variable."""
+    """Everything the service can be told; tests build it directly."""
 
     host: str = field(
         default="127.0.0.1",
-        metadata=_help(
-            "address to listen on; loopback by default so a fresh start is never public",
-            "CSVSTORE_HOST",
+        metadata=_setting(
+            "address to listen on; loopback by default so a fresh start is never public", SERVER
         ),
     )
-    port: int = field(default=8000, metadata=_help("TCP port to listen on", "CSVSTORE_PORT"))
-    data_dir: Path = field(
-        default=Path("."),
-        metadata=_help(
-            "folder holding the SQLite database (csvstore.db), the stored files (uploads/) "
-            "and in-progress uploads (tmp/)",
-            "CSVSTORE_DATA_DIR",
+    port: int = field(
+        default=8000,
+        metadata=_setting(
+            "TCP port to listen on",
+            SERVER,
+            _checked(parse_int, lambda p: 0 <= p <= 65535, "expected a port from 0 to 65535"),
         ),
     )
-    # 1 GiB: large enough for real exports, small enough that one client cannot fill a disk
-    # by accident. Checked while streaming, so a bigger upload costs nothing to refuse.
-    max_upload_size: int = field(
-        default=GiB,
-        metadata=_help(
-            "largest accepted CSV file (bytes, or with a unit: 512MiB, 2GiB); larger -> 413",
-            "CSVSTORE_MAX_UPLOAD_SIZE",
-        ),
-    )
-    log_level: str = field(
-        default="info",
-        metadata=_help("logging level: debug, info, warning, error", "CSVSTORE_LOG_LEVEL"),
-    )
-    # None by default: sessions live until deleted, as in the original service.
-    session_ttl: float = field(
-        default=0.0,
-        metadata=_help(
-            "default lifetime of a new session (seconds, or 30m, 24h, 7d); 0 = forever; "
-            "a client may ask for its own with ttl_seconds",
-            "CSVSTORE_SESSION_TTL",
-        ),
-    )
-    # A minute: expired data goes soon after its time, and an idle server does little work.
-    sweep_interval: float = field(
-        default=60.0,
-        metadata=_help(
-            "seconds between sweeps that delete expired sessions and their files",
-            "CSVSTORE_SWEEP_INTERVAL",
-        ),
-    )
-    # A day: a client whose connection dropped has the night to come back, and the partial
-    # bytes of one that never does are not kept for long.
-    tus_expiry: float = field(
-        default=24 * 3600.0,
-        metadata=_help(
-            "how long a resumable (tus) upload may sit idle before it expires and its partial "
-            "bytes are removed (seconds, or 30m, 24h, 7d); every received byte restarts it",
-            "CSVSTORE_TUS_EXPIRY",
-        ),
-    )
-    # Half a minute: after an instance dies mid-PATCH its upload answers 423 that long at
-    # most; the holder renews its lease every third of it (one small PUT).
-    tus_lease: float = field(
-        default=30.0,
-        metadata=_help(
-            "S3 storage: how long a request's hold on a resumable (tus) upload outlives the "
-            "request's process if it dies (seconds); the upload answers 423 meanwhile",
-            "CSVSTORE_TUS_LEASE",
-        ),
-    )
-    log_format: str = field(
-        default="text",
-        metadata=_help(
-            "text (readable) or json (one object per line, for log shippers)",
-            "CSVSTORE_LOG_FORMAT",
-        ),
-    )
-    # 1 MiB chunks: aiohttp's default 8 KiB read_chunk costs a thread hop per 8 KiB written;
-    # 1 MiB keeps hops rare while memory stays bounded at one chunk per upload in flight.
-    upload_chunk_size: int = field(
-        default=MiB,
-        metadata=_help(
-            "bytes read from the request and written to disk per step",
-            "CSVSTORE_UPLOAD_CHUNK_SIZE",
-        ),
-    )
-    # A client that sends nothing for this long is cut off, so a stalled upload cannot hold
-    # a connection and a temp file forever.
-    body_read_timeout: float = field(
-        default=60.0,
-        metadata=_help(
-            "seconds to wait for the next piece of a request body before giving up",
-            "CSVSTORE_BODY_READ_TIMEOUT",
-        ),
-    )
-
-    # One process uses one core; on a multi-core machine more workers share the port
-    # (SO_REUSEPORT) and the one SQLite database.
+    # One process uses one core; more workers share the port (SO_REUSEPORT) and the database.
     workers: int = field(
         default=1,
-        metadata=_help(
-            "server processes sharing the port; 0 means one per CPU core",
-            "CSVSTORE_WORKERS",
+        metadata=_setting(
+            "server processes sharing the port; 0 means one per CPU core", SERVER, parse_workers
         ),
     )
-
-    # The worker threads behind file writes, fsyncs, renames and hashes. Python's default
-    # (cores + 4) suits CPU work; these threads mostly wait in fsync. With 6 of them, small
-    # uploads at 64 connections waited ~45 ms for a thread; with 32 the wait moves into the
-    # disk's queue (no clear change in uploads/s here, bench/RESULTS.md), but a slow fsync
-    # no longer holds up unrelated file work such as downloads' reads.
+    # These threads mostly wait in fsync, so more than Python's default (cores + 4): a slow
+    # fsync then does not hold up unrelated file work such as downloads' reads.
     io_threads: int = field(
         default=32,
-        metadata=_help(
+        metadata=_setting(
             "worker threads per process for blocking file work (writes, fsync, renames, "
             "hashing); most of their time is spent waiting for the disk",
-            "CSVSTORE_IO_THREADS",
-        ),
-    )
-
-    # Hashing and profiling cost a little CPU per byte; switching them off exists only so
-    # the benchmark can measure that cost. Digest checks and dedupe need them on.
-    analyse_uploads: bool = field(
-        default=True,
-        metadata=_help(
-            "compute sha256 and the CSV profile while streaming (true/false)",
-            "CSVSTORE_ANALYSE_UPLOADS",
-        ),
-    )
-
-    # /rows costs what it parses, not what a file's rows or cells hold (README, "Profiling").
-    rows_max_bytes: int = field(
-        default=8 * MiB,
-        metadata=_help(
-            "bytes one /rows request parses at most, from its first row (64KiB-16MiB); "
-            "longer rows make shorter pages",
-            "CSVSTORE_ROWS_MAX_BYTES",
-        ),
-    )
-    rows_cell_limit: int = field(
-        default=65_536,
-        metadata=_help(
-            "characters of a cell /rows returns: a longer cell comes back cut, listed in truncated",
-            "CSVSTORE_ROWS_CELL_LIMIT",
-        ),
-    )
-
-    # "full": a 201 survives a crash or power cut (fsync of file, folder and database).
-    # "fast": no fsync; a 201 survives the process being killed, not the machine losing power.
-    durability: str = field(
-        default="full",
-        metadata=_help(
-            "full (fsync before every 201) or fast (no fsync: survives a process crash, "
-            "not a power cut)",
-            "CSVSTORE_DURABILITY",
-        ),
-    )
-    # Small uploads' bytes wait in the database's journal until the uploads folder is synced
-    # (storage.py); a sync per second is cheap, and the journal stays about that big.
-    journal_interval: float = field(
-        default=1.0,
-        metadata=_help(
-            "seconds between syncs of the uploads folder that let small uploads' bytes leave "
-            "the database's journal (durability full, local storage)",
-            "CSVSTORE_JOURNAL_INTERVAL",
-        ),
-    )
-    # Refusing an upload that would leave less than this free keeps room for the database,
-    # the logs and the uploads already in flight.
-    min_free_space: int = field(
-        default=64 * MiB,
-        metadata=_help(
-            "uploads are refused with 507 when the disk would have less free space than this",
-            "CSVSTORE_MIN_FREE_SPACE",
+            SERVER,
+            _checked(parse_int, lambda n: 1 <= n <= 1024, "io threads must be between 1 and 1024"),
         ),
     )
     # nginx's choice: long enough for a keep-alive client between requests, short enough
     # that a connection which never finishes its headers (slowloris) is dropped.
     idle_timeout: float = field(
         default=75.0,
-        metadata=_help(
-            "seconds a connection may stay without a complete request (headers that never "
+        metadata=_duration(
+            "how long a connection may stay without a complete request (headers that never "
             "finish, or an idle keep-alive) before it is closed",
-            "CSVSTORE_IDLE_TIMEOUT",
+            SERVER,
+        ),
+    )
+    # Long enough for a typical upload to finish, short enough for a deploy to proceed.
+    shutdown_grace: float = field(
+        default=30.0,
+        metadata=_duration(
+            "how long in-flight requests may take to finish after SIGTERM before they are "
+            "aborted (their partial uploads removed)",
+            SERVER,
+        ),
+    )
+
+    data_dir: Path = field(
+        default=Path("."),
+        metadata=_setting(
+            "folder holding the SQLite database (csvstore.db), the stored files (uploads/) "
+            "and in-progress uploads (tmp/)",
+            STORAGE,
+            Path,
+        ),
+    )
+    database_url: str = field(
+        default="",
+        metadata=_setting(
+            "metadata database: empty for SQLite at DATA_DIR/csvstore.db; a path, "
+            "sqlite:///relative/path.db or sqlite:////absolute/path.db for another SQLite "
+            "file; postgresql://USER[:PASSWORD]@HOST[:PORT]/DB for PostgreSQL",
+            STORAGE,
+            check_database_url,
+        ),
+    )
+    storage: str = field(
+        default="",
+        metadata=_setting(
+            "where stored files go: empty for DATA_DIR/uploads; a path for another local "
+            "folder; s3://BUCKET/PREFIX for an S3-compatible bucket (credentials from the "
+            "standard AWS settings: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ...)",
+            STORAGE,
+            check_storage,
+        ),
+    )
+    s3_endpoint_url: str = field(
+        default="",
+        metadata=_setting(
+            "S3 endpoint for MinIO, Ceph, R2, SeaweedFS and the like (http://host:port); "
+            "empty for AWS itself",
+            STORAGE,
+        ),
+    )
+    s3_region: str = field(
+        default="",
+        metadata=_setting(
+            "S3 region; empty to take it from AWS_REGION / AWS_DEFAULT_REGION / the profile",
+            STORAGE,
+        ),
+    )
+    # A little over S3's 5 MiB minimum halves a large upload's requests; memory stays at two
+    # parts per upload in flight.
+    s3_part_size: int = field(
+        default=8 * MiB,
+        metadata=_size(
+            "multipart upload part size for S3 storage (at least 5MiB); an upload holds at "
+            "most two parts in memory; uploads smaller than one part are a single PUT",
+            STORAGE,
+            _checked(
+                parse_size,
+                lambda s: S3_MIN_PART_SIZE <= s <= S3_MAX_PART_SIZE,
+                "the S3 part size is between 5MiB and 5GiB",
+            ),
+        ),
+    )
+    durability: str = field(
+        default="full",
+        metadata=_choice(
+            "full: fsync before every 201, which then survives a power cut; fast: no fsync, "
+            "a 201 survives a killed process but not a power cut",
+            STORAGE,
+            "full",
+            "fast",
+        ),
+    )
+    # Small uploads' bytes wait in the database's journal until the uploads folder is synced;
+    # a sync per second is cheap, and the journal stays about that big.
+    journal_interval: float = field(
+        default=1.0,
+        metadata=_duration(
+            "time between syncs of the uploads folder that let small uploads' bytes leave "
+            "the database's journal (durability full, local storage)",
+            STORAGE,
+            _checked(
+                parse_duration,
+                lambda s: 0.01 <= s <= 86400,
+                "the journal interval is 0.01 s to 1 day",
+            ),
+        ),
+    )
+
+    # Large enough for real exports, small enough that one client cannot fill a disk by
+    # accident; checked while streaming, so a bigger upload costs nothing to refuse.
+    max_upload_size: int = field(
+        default=GiB,
+        metadata=_size("largest accepted CSV file; larger -> 413", UPLOADS),
+    )
+    # aiohttp's default 8 KiB read costs a thread hop per 8 KiB written; 1 MiB keeps hops
+    # rare while memory stays at one chunk per upload in flight.
+    upload_chunk_size: int = field(
+        default=MiB,
+        metadata=_size("bytes read from the request and written to disk per step", UPLOADS),
+    )
+    # A client that sends nothing for this long is cut off, so a stalled upload cannot hold
+    # a connection and a temp file forever.
+    body_read_timeout: float = field(
+        default=60.0,
+        metadata=_duration(
+            "how long to wait for the next piece of a request body before giving up (408)",
+            UPLOADS,
+        ),
+    )
+    # Room for the database, the logs and the uploads already in flight.
+    min_free_space: int = field(
+        default=64 * MiB,
+        metadata=_size(
+            "uploads are refused with 507 when the disk would have less free space than this",
+            UPLOADS,
+        ),
+    )
+    # Off exists only so the benchmark can measure the cost; digest checks and dedupe need it.
+    analyse_uploads: bool = field(
+        default=True,
+        metadata=_setting(
+            "compute sha256 and the CSV profile while streaming",
+            UPLOADS,
+            parse_bool,
+            metavar="BOOL",
+        ),
+    )
+    # /rows costs what it parses, not what a file's rows or cells hold.
+    rows_max_bytes: int = field(
+        default=8 * MiB,
+        metadata=_size(
+            "bytes one /rows request parses at most, from its first row (64KiB-16MiB); "
+            "longer rows make shorter pages",
+            UPLOADS,
+            _checked(
+                parse_size,
+                lambda s: 64 * KiB <= s <= 16 * MiB,  # 16 MiB: profile.READ_FIELD_LIMIT
+                "the /rows byte bound is between 64KiB and 16MiB",
+            ),
+        ),
+    )
+    rows_cell_limit: int = field(
+        default=65_536,
+        metadata=_setting(
+            "characters of a cell /rows returns: a longer cell comes back cut, listed in truncated",
+            UPLOADS,
+            _checked(parse_int, lambda n: n >= 1, "the /rows cell limit is at least 1 character"),
+        ),
+    )
+
+    # A client whose connection dropped has the night to come back, and the partial bytes of
+    # one that never does are not kept for long.
+    tus_expiry: float = field(
+        default=24 * 3600.0,
+        metadata=_duration(
+            "how long a resumable (tus) upload may sit idle before it expires and its partial "
+            "bytes are removed; every received byte restarts it",
+            TUS,
+        ),
+    )
+    # After an instance dies mid-PATCH its upload answers 423 that long at most; the holder
+    # renews its lease every third of it (one small PUT).
+    tus_lease: float = field(
+        default=30.0,
+        metadata=_duration(
+            "S3 storage: how long a request's hold on a resumable (tus) upload outlives the "
+            "request's process if it dies; the upload answers 423 meanwhile",
+            TUS,
+            _checked(parse_duration, lambda s: s >= 1, "the tus lease is at least 1 second"),
+        ),
+    )
+
+    session_ttl: float = field(
+        default=0.0,
+        metadata=_duration(
+            "default lifetime of a new session; 0 = forever; a client may ask for its own "
+            "with ttl_seconds",
+            RETENTION,
+        ),
+    )
+    # Expired data goes soon after its time, and an idle server does little work.
+    sweep_interval: float = field(
+        default=60.0,
+        metadata=_duration(
+            "time between sweeps that delete expired sessions and their files", RETENTION
+        ),
+    )
+
+    api_keys: str = field(
+        default="",
+        metadata=_setting(
+            "comma-separated API keys; 'ro:KEY' makes a read-only (GET) key; when any key is "
+            "configured every /api route needs 'Authorization: Bearer KEY'",
+            SECURITY,
+        ),
+    )
+    api_keys_file: Path | None = field(
+        default=None,
+        metadata=_setting(
+            "file with one API key per line: KEY, sha256:HEX (stored hashed), "
+            "prefix 'ro:' for read-only; '#' starts a comment",
+            SECURITY,
+            Path,
+        ),
+    )
+    insecure: bool = field(
+        default=False,
+        metadata=_setting(
+            "allow listening on a non-loopback address without API keys",
+            SECURITY,
+            parse_bool,
+            metavar="BOOL",
+        ),
+    )
+    cors_origins: str = field(
+        default="",
+        metadata=_setting(
+            "comma-separated origins allowed to call the API from a browser (CORS); "
+            "empty = CORS off",
+            SECURITY,
+        ),
+    )
+
+    log_level: str = field(
+        default="info",
+        metadata=_choice(
+            "logging level", OBSERVABILITY, "debug", "info", "warning", "error", "critical"
+        ),
+    )
+    log_format: str = field(
+        default="text",
+        metadata=_choice(
+            "text (readable) or json (one object per line, for log shippers)",
+            OBSERVABILITY,
+            "text",
+            "json",
         ),
     )
     # A load balancer's probe waits a few seconds at most; a dependency that takes longer
     # than 2 s to answer a trivial query is not fit for traffic anyway.
     ready_timeout: float = field(
         default=2.0,
-        metadata=_help(
-            "seconds each of /readyz's checks (database, storage) may take before it "
-            "counts as failing",
-            "CSVSTORE_READY_TIMEOUT",
-        ),
-    )
-    # Long enough for a typical upload to finish, short enough for a deploy to proceed.
-    shutdown_grace: float = field(
-        default=30.0,
-        metadata=_help(
-            "seconds in-flight requests may take to finish after SIGTERM before they are "
-            "aborted (their partial uploads removed)",
-            "CSVSTORE_SHUTDOWN_GRACE",
-        ),
-    )
-    api_keys: str = field(
-        default="",
-        metadata=_help(
-            "comma-separated API keys; 'ro:KEY' makes a read-only (GET) key; when any key is "
-            "configured every /api route needs 'Authorization: Bearer KEY'",
-            "CSVSTORE_API_KEYS",
-        ),
-    )
-    api_keys_file: Path | None = field(
-        default=None,
-        metadata=_help(
-            "file with one API key per line: KEY, sha256:HEX (stored hashed), "
-            "prefix 'ro:' for read-only; '#' starts a comment",
-            "CSVSTORE_API_KEYS_FILE",
-        ),
-    )
-    insecure: bool = field(
-        default=False,
-        metadata=_help(
-            "allow listening on a non-loopback address without API keys (true/false)",
-            "CSVSTORE_INSECURE",
-        ),
-    )
-    cors_origins: str = field(
-        default="",
-        metadata=_help(
-            "comma-separated origins allowed to call the API from a browser (CORS); "
-            "empty = CORS off",
-            "CSVSTORE_CORS_ORIGINS",
-        ),
-    )
-    # SQLite in data_dir needs no set-up; PostgreSQL lets several instances share the
-    # metadata (README, "Scaling out"). A URL, so one setting names engine and place.
-    database_url: str = field(
-        default="",
-        metadata=_help(
-            "metadata database: empty for SQLite at DATA_DIR/csvstore.db; a path, "
-            "sqlite:///relative/path.db or sqlite:////absolute/path.db for another SQLite "
-            "file; postgresql://USER[:PASSWORD]@HOST[:PORT]/DB for PostgreSQL",
-            "CSVSTORE_DATABASE_URL",
-        ),
-    )
-
-    # A local folder needs no set-up; an S3-compatible bucket lets several instances share
-    # the bytes (README, "Scaling out"). A URL, so one setting names the kind and the place.
-    storage: str = field(
-        default="",
-        metadata=_help(
-            "where stored files go: empty for DATA_DIR/uploads; a path for another local "
-            "folder; s3://BUCKET/PREFIX for an S3-compatible bucket (credentials from the "
-            "standard AWS settings: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ...)",
-            "CSVSTORE_STORAGE",
-        ),
-    )
-    s3_endpoint_url: str = field(
-        default="",
-        metadata=_help(
-            "S3 endpoint for MinIO, Ceph, R2, SeaweedFS and the like (http://host:port); "
-            "empty for AWS itself",
-            "CSVSTORE_S3_ENDPOINT_URL",
-        ),
-    )
-    s3_region: str = field(
-        default="",
-        metadata=_help(
-            "S3 region; empty to take it from AWS_REGION / AWS_DEFAULT_REGION / the profile",
-            "CSVSTORE_S3_REGION",
-        ),
-    )
-    # 8 MiB: S3's minimum part is 5 MiB; a little more halves the requests of a large upload
-    # while memory stays at two parts per upload in flight.
-    s3_part_size: int = field(
-        default=8 * MiB,
-        metadata=_help(
-            "multipart upload part size for S3 storage (at least 5MiB); an upload holds at "
-            "most two parts in memory; uploads smaller than one part are a single PUT",
-            "CSVSTORE_S3_PART_SIZE",
+        metadata=_duration(
+            "how long each of /readyz's checks (database, storage) may take before it counts "
+            "as failing",
+            OBSERVABILITY,
+            _checked(parse_duration, lambda s: s > 0, "ready timeout must be more than 0 seconds"),
         ),
     )
 
@@ -409,93 +528,54 @@ class Settings:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> Settings:
-        """Build settings from ``CSVSTORE_*`` style strings (the environment, or a test's dict)."""
+        """Build settings from ``CSVSTORE_*`` strings; a bad value's error names its variable."""
         kwargs: dict[str, Any] = {}
         for f in fields(cls):
-            raw = values.get(f.metadata["env"])
+            raw = values.get(env_name(f))
             if raw is not None and raw != "":
-                kwargs[f.name] = convert(f.name, raw)
+                try:
+                    kwargs[f.name] = spec(f).parse(raw)
+                except ValueError as exc:
+                    raise ValueError(f"{env_name(f)}: {exc}") from None
         return cls(**kwargs)
+
+
+def spec(f: Field[Any]) -> Spec:
+    found: Spec = f.metadata["spec"]
+    return found
+
+
+def env_name(f: Field[Any]) -> str:
+    return ENV_PREFIX + f.name.upper()
+
+
+def flag_name(f: Field[Any]) -> str:
+    return "--" + f.name.replace("_", "-")
+
+
+def shown_default(f: Field[Any]) -> str:
+    """The default as people write it (``1GiB``, ``24h``); empty when there is none."""
+    return spec(f).show(f.default)
 
 
 def convert(name: str, raw: str) -> Any:
     """Turn the text of one setting into its typed value; ``ValueError`` says what is wrong."""
-    if name in {"max_upload_size", "upload_chunk_size", "min_free_space"}:
-        return parse_size(raw)
-    if name in {"analyse_uploads", "insecure"}:
-        lowered = raw.strip().lower()
-        if lowered not in {"true", "false", "1", "0", "yes", "no", "on", "off"}:
-            raise ValueError(f"expected true or false, got {raw!r}")
-        return lowered in {"true", "1", "yes", "on"}
-    if name == "tus_lease":
-        lease = parse_duration(raw)
-        if lease < 1:
-            raise ValueError(f"the tus lease is at least 1 second, got {raw!r}")
-        return lease
-    if name in {"session_ttl", "sweep_interval", "tus_expiry"}:
-        return parse_duration(raw)
-    if name == "journal_interval":
-        interval = parse_duration(raw)
-        if not 0.01 <= interval <= 86400:
-            raise ValueError(f"the journal interval is 0.01 s to 1 day, got {raw!r}")
-        return interval
-    if name == "log_format":
-        if raw not in {"text", "json"}:
-            raise ValueError(f"log format is text or json, got {raw!r}")
-        return raw
-    if name == "durability":
-        if raw not in {"full", "fast"}:
-            raise ValueError(f"durability is full or fast, got {raw!r}")
-        return raw
-    if name in {"shutdown_grace", "idle_timeout"}:
-        return float(raw)
-    if name == "ready_timeout":
-        seconds = float(raw)
-        if not seconds > 0:
-            raise ValueError(f"ready timeout must be more than 0 seconds, got {raw}")
-        return seconds
-    if name == "api_keys_file":
-        return Path(raw)
-    if name == "workers":
-        workers = int(raw)
-        if workers < 0:
-            raise ValueError(f"workers must be 0 (one per core) or more, got {workers}")
-        return workers or (os.cpu_count() or 1)
-    if name == "io_threads":
-        threads = int(raw)
-        if not 1 <= threads <= 1024:
-            raise ValueError(f"io threads must be between 1 and 1024, got {threads}")
-        return threads
-    if name == "port":
-        port = int(raw)
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port out of range: {port}")
-        return port
-    if name == "body_read_timeout":
-        return float(raw)
-    if name == "data_dir":
-        return Path(raw)
-    if name == "database_url":
-        return check_database_url(raw)
-    if name == "storage":
-        return check_storage(raw)
-    if name == "rows_max_bytes":
-        size = parse_size(raw)
-        if not 64 * KiB <= size <= 16 * MiB:  # 16 MiB: profiling.READ_FIELD_LIMIT
-            raise ValueError(f"the /rows byte bound is between 64KiB and 16MiB, got {raw!r}")
-        return size
-    if name == "rows_cell_limit":
-        limit = int(raw)
-        if limit < 1:
-            raise ValueError(f"the /rows cell limit is at least 1 character, got {raw!r}")
-        return limit
-    if name == "s3_part_size":
-        size = parse_size(raw)
-        if not S3_MIN_PART_SIZE <= size <= S3_MAX_PART_SIZE:
-            raise ValueError(f"the S3 part size is between 5MiB and 5GiB, got {raw!r}")
-        return size
-    if name == "log_level":
-        if raw.lower() not in {"debug", "info", "warning", "error", "critical"}:
-            raise ValueError(f"unknown log level: {raw}")
-        return raw.lower()
-    return raw
+    [found] = [f for f in fields(Settings) if f.name == name]
+    return spec(found).parse(raw)
+
+
+def settings_reference() -> str:
+    """The Markdown tables of docs/settings.md, one per group (scripts/settings-doc)."""
+    out: list[str] = []
+    for group in GROUPS:
+        out += [f"## {group.capitalize()}", ""]
+        out += ["| flag | variable | default | meaning |", "| --- | --- | --- | --- |"]
+        for f in fields(Settings):
+            if spec(f).group == group:
+                meaning = spec(f).help
+                if spec(f).choices:
+                    meaning += "; one of " + ", ".join(f"`{c}`" for c in spec(f).choices)
+                default = f"`{shown_default(f)}`" if shown_default(f) else "(none)"
+                out.append(f"| `{flag_name(f)}` | `{env_name(f)}` | {default} | {meaning} |")
+        out.append("")
+    return "\n".join(out)

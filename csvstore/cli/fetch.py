@@ -1,12 +1,5 @@
-"""``files get FILE_ID [-o PATH]``: stream a stored file to disk, resume it, verify it.
-
-A file already at PATH is taken for an interrupted download of this one: its bytes are
-hashed and the rest is asked for with ``Range: bytes=N-`` and ``If-Range: "<sha256>"``
-(the ETag), so a server that cannot vouch for the same bytes sends the whole file instead.
-The result must have the SHA-256 the server recorded. If a resumed file does not, the local
-part was not a prefix of this file: it is downloaded once more from the start. If a whole
-download does not, the file is removed and the exit code is 4.
-"""
+"""``files get FILE_ID [-o PATH]``: stream a stored file to disk, resume an interrupted
+download (``Range`` + ``If-Range`` on the SHA-256 ETag), verify it (docs/cli.md)."""
 
 from __future__ import annotations
 
@@ -45,8 +38,7 @@ class Fetched:
 
 
 def destination(target: str | None, file: dict[str, Any]) -> Path:
-    """``-o PATH`` as given, a folder's entry named after the original file, or the original
-    name in the current folder. The server keeps only a name's last component; so do we."""
+    """``-o PATH`` as given, else the original name (its last component) in a folder."""
     name = Path(str(file.get("original_filename") or "")).name
     if name in ("", ".", ".."):
         name = f"{file['id']}.csv"

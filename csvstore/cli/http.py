@@ -1,8 +1,5 @@
-"""Talking to a csvstore server: one aiohttp session, the API key, and exit codes for failures.
-
-Every way a request can fail becomes a ``CliFailure`` carrying the exit code scripts see:
-a 4xx is the server refusing (1), no answer or a 5xx is the server being unavailable (3).
-"""
+"""Talking to a csvstore server: one aiohttp session, the API key, and every failure as a
+``CliFailure`` carrying the exit code scripts see."""
 
 from __future__ import annotations
 
@@ -19,8 +16,7 @@ from csvstore import __version__
 
 API = "/api/csv"
 
-# Connecting is quick or it is not going to happen; an answer may take long (a large upload is
-# fsynced and committed before the server answers), and a body as long as it takes.
+# Connecting is quick or never; an answer may wait for a large upload's fsync and commit.
 CONNECT_TIMEOUT = 30.0
 READ_TIMEOUT = 300.0
 
@@ -132,8 +128,8 @@ class Api:
     async def request(
         self, method: str, url: str, **kwargs: Any
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """The response of a request that succeeded (< 400); raises ``CliFailure`` otherwise,
-        also for a connection that breaks while the caller reads the body."""
+        """The response of a request that succeeded (< 400); else (or on a broken body)
+        ``CliFailure``."""
         assert self._session is not None, "use Api as an async context manager"
         try:
             async with self._session.request(method, url, **kwargs) as response:

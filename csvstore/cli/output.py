@@ -1,9 +1,5 @@
-"""What the client prints: rich tables and progress bars for people, one JSON document for scripts.
-
-Progress bars are drawn only when stdout is a terminal and neither ``--json`` nor ``--quiet``
-was given; ``--json`` prints exactly one JSON document on stdout and nothing else there.
-Errors always go to stderr.
-"""
+"""What the client prints: rich tables and progress bars for people (on a terminal), one
+JSON document for scripts (``--json``); errors always go to stderr."""
 
 from __future__ import annotations
 

@@ -1,15 +1,5 @@
-"""Resumable uploads from the command line: the tus 1.0 protocol as an ``UploadStrategy``.
-
-A file is created on the server (``POST /api/csv/tus/``) and sent in PATCHes of
-``PATCH_SIZE``. When a PATCH fails on the way -- the connection drops, the server restarts,
-answers 5xx, 409 (another offset), 423 (busy) or 460 (the bytes arrived damaged) -- the
-client asks where the upload stands (HEAD) and goes on from there, a few times with a
-growing pause. What the server refused (400 not a CSV, 404, 413) is reported at once.
-
-Files from ``RESUMABLE_FROM`` bytes up go this way by default (``--no-resume`` turns it
-off); smaller ones are one multipart POST, which costs one request instead of three and
-loses little when it has to be sent again.
-"""
+"""Resumable uploads from the command line: the tus 1.0 protocol as an ``UploadStrategy``;
+a failed PATCH asks where the upload stands (HEAD) and goes on from there (docs/cli.md)."""
 
 from __future__ import annotations
 
@@ -33,15 +23,11 @@ TUS = {"Tus-Resumable": "1.0.0"}
 OFFSET_STREAM = "application/offset+octet-stream"
 # 8 MiB: below it a dropped upload is cheap to send again whole.
 RESUMABLE_FROM = 8 * 1024 * 1024
-# One PATCH per 8 MiB: memory per file in flight stays at one PATCH, and the server's answer
-# to each moves the progress bar.
+# Memory per file in flight stays at one PATCH, and each answer moves the progress bar.
 PATCH_SIZE = 8 * 1024 * 1024
-# Failures in a row (no progress in between) before giving up, pausing 1, 2, 3 ... seconds
-# (or the server's Retry-After, when longer).
+# Failures in a row before giving up, pausing 1, 2, 3 ... s (or a longer Retry-After).
 ATTEMPTS = 8
-# A 423 is another request holding the upload: on S3, possibly a dead process's lease,
-# which blocks it for up to --tus-lease seconds (30 by default; Retry-After says how long
-# is left). 423s are waited out for this long in all, apart from the attempts above.
+# A 423 may be a dead process's S3 lease (up to --tus-lease): waited out this long in all.
 LOCKED_PATIENCE = 120.0
 _RETRY_STATUSES = frozenset({409, 423, 460})
 
@@ -86,9 +72,8 @@ class TusUpload:
             values["encoding"] = options.encoding
         if options.dedupe:
             values["dedupe"] = "true"
-            # The session's files before this upload: if the server answers with one of
-            # them, it was a duplicate. (Comparing timestamps with the Date header, which has
-            # whole seconds only, misreported a duplicate made within the same second.)
+            # An answer naming one of these was a duplicate (the Date header's whole seconds
+            # could not tell a duplicate made within the same second).
             session = await api.call("GET", f"/api/csv/sessions/{session_id}")
             existing = {str(f["id"]) for f in session["csv_files"]}
         created_headers = {
@@ -135,8 +120,7 @@ class TusUpload:
             except CliFailure as failure:
                 stored_at = failure.headers.get("Content-Location")
                 if failure.status == 409 and stored_at:
-                    # "complete": an earlier PATCH whose answer was lost (or the server's
-                    # recovery after a crash) stored the file; the 409 says where.
+                    # An earlier PATCH whose answer was lost stored the file.
                     advance(source.size - reported)
                     return stored_at
                 if not _retryable(failure):

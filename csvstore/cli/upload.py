@@ -1,10 +1,5 @@
-"""``upload SESSION FILE_OR_DIR...``: stream files into a session, several at a time.
-
-How one file's bytes reach the server is an ``UploadStrategy``. Today there is one, a
-multipart POST to /api/csv/upload; a resumable protocol (tus) can be added as another
-strategy with the same ``upload`` call, and chosen per file (say, above a size) without
-touching the parallel runner, the progress bars or the summary.
-"""
+"""``upload SESSION FILE_OR_DIR...``: stream files into a session, several at a time; how
+one file's bytes travel is an ``UploadStrategy`` (multipart POST, or tus in cli/resumable)."""
 
 from __future__ import annotations
 
@@ -25,8 +20,7 @@ from rich.text import Text
 from csvstore.cli.http import Api, CliFailure, ExitCode, path
 from csvstore.cli.output import Output, size_text
 
-# Large enough that per-chunk overhead vanishes, small enough that memory per upload stays
-# bounded (one chunk in flight per file) and the bars move smoothly.
+# Per-chunk overhead vanishes; memory stays at one chunk per file and the bars move smoothly.
 CHUNK_SIZE = 1024 * 1024
 
 Advance = Callable[[int], None]
@@ -68,8 +62,7 @@ class UploadStrategy(Protocol):
         options: UploadOptions,
         advance: Advance,
     ) -> Stored:
-        """Send ``source`` into the session, calling ``advance(n)`` as bytes go out.
-        Raises ``CliFailure`` when the file is refused or cannot be sent."""
+        """Send ``source``, calling ``advance(n)`` as bytes go out; ``CliFailure`` if refused."""
         ...
 
 
@@ -206,8 +199,7 @@ def _sha256_of(file_path: Path) -> str:
 async def already_held(
     sources: Sequence[Source], session_files: Sequence[dict[str, Any]], parallel: int
 ) -> dict[Path, dict[str, Any]]:
-    """The sources whose SHA-256 a file of the session already has, with that file. A file
-    that cannot be read is left for the upload to report."""
+    """The sources whose SHA-256 a file of the session already has, with that file."""
     by_digest = {str(f["sha256"]): f for f in session_files if f.get("sha256")}
     if not by_digest:
         return {}
@@ -275,8 +267,7 @@ async def upload_all(
     strategy: UploadStrategy | None = None,
     held: dict[Path, dict[str, Any]] | None = None,
 ) -> list[Outcome]:
-    """Upload every source, ``parallel`` at a time; one outcome per source, in order. The
-    sources in ``held`` (the session has their bytes already) are skipped."""
+    """Upload every source not ``held``, ``parallel`` at a time; one outcome each, in order."""
     strategy = strategy or MultipartUpload()
     held = held or {}
     outcomes = [

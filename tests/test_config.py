@@ -1,0 +1,164 @@
+"""Settings: each field is one flag and one CSVSTORE_* variable, read as people write values;
+errors name the flag or the variable; docs/settings.md is generated from the fields."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import requests
+
+from csvstore.commandline import (
+    build_check_parser,
+    build_migrate_parser,
+    build_parser,
+    settings_from,
+)
+from csvstore.config import GROUPS, GiB, MiB, Settings, env_name, flag_name, shown_default, spec
+from tests.serverproc import ServerProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def csvstore(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "csvstore", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("CSVSTORE_PORT", "abc", "CSVSTORE_PORT: expected an integer, got 'abc'"),
+        ("CSVSTORE_INSECURE", "maybe", "CSVSTORE_INSECURE: expected true or false, got 'maybe'"),
+        ("CSVSTORE_DURABILITY", "slow", "CSVSTORE_DURABILITY: expected one of full, fast"),
+        ("CSVSTORE_MAX_UPLOAD_SIZE", "lots", "CSVSTORE_MAX_UPLOAD_SIZE: not a size: 'lots'"),
+        ("CSVSTORE_SHUTDOWN_GRACE", "soon", "CSVSTORE_SHUTDOWN_GRACE: not a duration: 'soon'"),
+    ],
+)
+def test_a_bad_variable_is_named_by_the_real_process(
+    variable: str, value: str, message: str
+) -> None:
+    done = csvstore(env={variable: value})
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "abc"], "argument --port: expected an integer, got 'abc'"),
+        (["--port", "70000"], "argument --port: expected a port from 0 to 65535, got '70000'"),
+        (["--log-format", "xml"], "argument --log-format: expected one of text, json"),
+        (["--idle-timeout", "-1"], "argument --idle-timeout: not a duration: '-1'"),
+        (["check", "--workers", "many"], "argument --workers: expected an integer"),
+        (
+            ["migrate-to", "--from-data-dir", "x", "--from-storage", "gs://b/p"],
+            "argument --from-storage: unsupported storage 'gs://b/p'",
+        ),
+    ],
+)
+def test_a_bad_flag_is_named_by_the_real_process(args: list[str], message: str) -> None:
+    done = csvstore(*args)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_check_and_migrate_to_name_a_bad_variable() -> None:
+    for command in (["check"], ["migrate-to", "--from-data-dir", "x"]):
+        done = csvstore(*command, env={"CSVSTORE_S3_PART_SIZE": "1MiB"})
+        assert done.returncode == 2, done.stderr
+        assert "CSVSTORE_S3_PART_SIZE: the S3 part size is between 5MiB and 5GiB" in done.stderr
+
+
+def test_help_groups_the_flags_and_shows_values_as_people_write_them() -> None:
+    out = csvstore("--help").stdout
+    headings = [out.index(f"\n{group}:\n") for group in GROUPS]
+    assert headings == sorted(headings)
+    server, storage, uploads = (out.index(f"\n{group}:\n") for group in GROUPS[:3])
+    assert server < out.index("--port PORT") < storage < out.index("--durability") < uploads
+    assert "--durability {full,fast}" in out
+    assert "--log-level {debug,info,warning,error,critical}" in out
+    assert "--max-upload-size SIZE" in out
+    for text in ("default: 1GiB]", "default: 64MiB]", "default: 24h]", "default: 30s]"):
+        assert text in " ".join(out.split())
+    assert "1073741824" not in out
+    for parser in (build_check_parser(), build_migrate_parser()):
+        text = parser.format_help()
+        assert all(f"\n{group}:\n" in text for group in GROUPS)
+        assert "--tus-expiry DURATION" in text
+
+
+def test_sizes_and_durations_as_people_write_them() -> None:
+    for text, size in [("1GiB", GiB), ("1G", GiB), ("500MB", 500 * MiB), ("1073741824", GiB)]:
+        assert settings_from(["--max-upload-size", text], {}).max_upload_size == size
+        assert settings_from([], {"CSVSTORE_MIN_FREE_SPACE": text}).min_free_space == size
+    given = settings_from(
+        ["--shutdown-grace", "30s", "--idle-timeout", "2m", "--ready-timeout", "0.5"],
+        {"CSVSTORE_BODY_READ_TIMEOUT": "1h", "CSVSTORE_TUS_EXPIRY": "7d"},
+    )
+    assert (given.shutdown_grace, given.idle_timeout, given.ready_timeout) == (30, 120, 0.5)
+    assert (given.body_read_timeout, given.tus_expiry) == (3600, 7 * 86400)
+    assert settings_from(["--shutdown-grace", "45"], {}).shutdown_grace == 45
+
+
+def test_every_field_is_one_flag_and_one_variable() -> None:
+    help_text = build_parser().format_help()
+    defaults = Settings()
+    for f in fields(Settings):
+        assert env_name(f) == "CSVSTORE_" + f.name.upper()
+        assert flag_name(f) in help_text
+        assert env_name(f) in help_text
+        assert spec(f).group in GROUPS
+        shown = shown_default(f)
+        if shown:  # the default as shown reads back as the default, by flag and by variable
+            assert getattr(settings_from([flag_name(f), shown], {}), f.name) == getattr(
+                defaults, f.name
+            )
+            assert getattr(Settings.from_mapping({env_name(f): shown}), f.name) == getattr(
+                defaults, f.name
+            )
+
+
+def test_docs_settings_is_generated_from_the_fields() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "settings-doc"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    text = (ROOT / "docs" / "settings.md").read_text()
+    assert all(f"`{flag_name(f)}` | `{env_name(f)}`" in text for f in fields(Settings))
+
+
+def test_the_real_server_takes_values_as_people_write_them(tmp_path: Path) -> None:
+    server = ServerProcess(
+        tmp_path / "data",
+        "--max-upload-size", "1K", "--shutdown-grace", "5s", "--idle-timeout", "2m",
+        env={"CSVSTORE_BODY_READ_TIMEOUT": "30s", "CSVSTORE_SWEEP_INTERVAL": "1m"},
+    )  # fmt: skip
+    server.start()
+    try:
+        requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "s"}, timeout=10)
+        for size, status in [(1000, 201), (2000, 413)]:
+            body = b"a\n" + b"1\n" * ((size - 2) // 2)
+            done = requests.post(
+                f"{server.url}/api/csv/upload",
+                files={"file": ("f.csv", body)},
+                data={"session_id": "s"},
+                timeout=10,
+            )
+            assert done.status_code == status, done.text
+    finally:
+        assert server.stop() == 0
