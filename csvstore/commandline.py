@@ -13,7 +13,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from csvstore import __version__
-from csvstore.analysis.profile import native_counter
+from csvstore.analysis.counter import native_counter
 from csvstore.config import Settings, convert
 from csvstore.db.postgres import PoolReconnects
 from csvstore.identity import StoreMismatch, check_placement

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import unquote
 
-from csvstore.analysis.profile import profilable
+from csvstore.analysis.projection import profilable
 from csvstore.errors import BadRequest, NotACsv
 
 # Signatures of binary formats most often renamed or mistaken for CSV files.

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from csvstore.analysis.profile import RowsPage, read_page
+from csvstore.analysis.pages import RowsPage, read_page
 from csvstore.db.sqlite import Row
 from csvstore.errors import ApiError
 from csvstore.storage.local import Storage

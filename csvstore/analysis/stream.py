@@ -15,7 +15,8 @@ import logging
 from dataclasses import dataclass, field
 
 from csvstore.analysis.content import CsvContentCheck
-from csvstore.analysis.profile import CsvProfile, CsvProfiler, profilable
+from csvstore.analysis.profile import CsvProfile, CsvProfiler
+from csvstore.analysis.projection import profilable
 
 log = logging.getLogger("csvstore.analysis")
 
