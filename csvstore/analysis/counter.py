@@ -32,14 +32,11 @@ class _Counter(Protocol):
     def checkpoints(self) -> list[tuple[int, int]]: ...
 
 
-# The same counter in C (csvstore/_scan.c), built at install when a C compiler is there: it
-# costs about a quarter of `_RecordScanner`'s time per byte and lets go of the GIL, so a large
-# upload's profile no longer holds up the event loop. `_RecordScanner` stays the reference
-# (the tests run both against csv.reader) and the fallback.
+# The C counter (_scan.c) lets go of the GIL; `_RecordScanner` is the reference and fallback.
 def _native_scanner() -> type[Scanner] | None:
     try:
         from csvstore.analysis._scan import Scanner
-    except ImportError:  # not built: there was no C compiler at install time
+    except ImportError:  # no C compiler at install time
         return None
     return Scanner
 
@@ -81,18 +78,8 @@ def _new_counter(
 
 
 class _DialectFilter:
-    """Feeds a counter bytes rewritten, length for length, so that its plain reading of
-    records (csv.reader's defaults) gives the counts of a file with comment lines or a space
-    after the delimiter; offsets are unchanged.
-
-    * A line starting with the comment character becomes line breaks only: blank lines,
-      which are not rows. `read_page` blanks the same physical lines before csv.reader.
-    * With skip_initial_space, ``delimiter + spaces + quote`` becomes ``spaces + delimiter +
-      quote``: the quote then opens a field where csv.reader(skipinitialspace=True) opens
-      one, with the same fields and records.
-
-    Files with neither (nearly all) do not go through it.
-    """
+    """Feeds a counter bytes rewritten length for length (offsets kept): comment lines
+    blanked, ``delimiter + spaces + quote`` as ``spaces + delimiter + quote``."""
 
     __slots__ = ("_at_line_start", "_carry", "_comment", "_counter", "_in_comment", "_space_re",
                  "_tail_re")  # fmt: skip
@@ -120,7 +107,7 @@ class _DialectFilter:
             data = self._blank_comments(data)
         if self._space_re is not None:
             data = self._carry + data
-            # A delimiter and spaces at the end wait for the next byte (a quote or not).
+            # A trailing delimiter and spaces wait for the next byte.
             tail = self._tail_re.search(data)
             cut = tail.start() if tail is not None else len(data)
             data, self._carry = data[:cut], data[cut:]
@@ -139,7 +126,7 @@ class _DialectFilter:
         mark = self._comment
         original = data
         line_start = self._at_line_start
-        if self._in_comment:  # the rest of a comment line begun in the previous chunk
+        if self._in_comment:
             stop = _first_break(data)
             data = b"\n" * stop + data[stop:]
             if stop == len(data):
@@ -154,7 +141,7 @@ class _DialectFilter:
             data = pattern.sub(_blank, data)
         last = max(original.rfind(b"\n"), original.rfind(b"\r"))
         start = last + 1 if last >= 0 else (0 if line_start else len(original))
-        self._in_comment = original.startswith(mark, start)  # runs on into the next chunk
+        self._in_comment = original.startswith(mark, start)
         self._at_line_start = original[-1] in (0x0A, 0x0D)
         return data
 
@@ -178,8 +165,3 @@ def _move_spaces(match: re.Match[bytes]) -> bytes:
 def _first_break(data: bytes) -> int:
     found = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
     return min(found) if found else len(data)
-
-
-# --------------------------------------------------------------------------------------------
-# Sniffing the dialect and the header from the sample
-# --------------------------------------------------------------------------------------------

@@ -22,9 +22,7 @@ def _kind(cell: str) -> str:
     value = cell.strip()
     if not value:
         return "empty"
-    # Fast paths for the common cells, the same answers as the patterns below: numbers and
-    # dates start with a digit, a sign, '.' or ','; a plain run of ASCII digits is a number.
-    # The header vote classifies every cell of its rows, on every upload.
+    # Fast paths, the same answers as the patterns: every upload's vote runs this per cell.
     first = value[0]
     if first.isalpha():
         return "bool" if value.lower() in _BOOLEANS else "text"
@@ -49,57 +47,40 @@ _DATE_COLUMN_RE: Final = _column_re(_DATE_RE)
 
 
 def _column_kinds(values: list[str]) -> set[str]:
-    """The kinds of a column's non-empty cells; the same as ``{_kind(v) for v in values}``.
-
-    Columns of numbers or of dates, the commonest typed columns, are recognised by one match
-    over the whole column instead of one or two per cell (the vote runs on every upload).
-    No text matches both patterns (a date has '-', '/', ':' or two separators around a
-    one- or two-digit group; a number has none of these), so an all-date column is "date".
-    """
+    """``{_kind(v) for v in values}``, by one match over a column of numbers or dates (no
+    cell matches both patterns) and C-level passes over free text."""
     stripped = list(map(str.strip, values))
     joined = "\x00".join(stripped)
     if _NUMBER_COLUMN_RE.fullmatch(joined):
         return {"number"}
     if _DATE_COLUMN_RE.fullmatch(joined):
         return {"date"}
-    # Free text, the commonest column of all: every cell starts with a letter (which makes
-    # it text or a boolean, see _kind) and none is a boolean. Tested with C-level passes.
     starts = "".join([value[:1] for value in stripped])
-    text_only = len(starts) == len(stripped) and starts.isalpha()  # (blank: no first char)
+    text_only = len(starts) == len(stripped) and starts.isalpha()
     if text_only and _BOOLEANS.isdisjoint(map(str.lower, stripped)):
         return {"text"}
     return {_kind(value) for value in values}
 
 
 def _plain_names(cells: list[str]) -> bool:
-    """Cells that read like column names: all non-empty text, mostly distinct (a name or
-    two may repeat, as in ``id,name,name``; a row of one word over and over is no header)."""
+    """Cells that read like column names: all non-empty text, mostly distinct."""
     names = [cell.strip() for cell in cells]
     distinct = 2 * len(set(names)) > len(names) or len(names) == 1
     return distinct and all(name and _kind(name) == "text" for name in names)
 
 
 def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
-    """Whether the first record names the columns of the rows after it.
-
-    Columns of numbers, dates or booleans decide first, as in csv.Sniffer.has_header: each
-    votes for a header when the first cell is text (or a number over booleans) and against
-    when it is of the same kind.
-    Without such evidence (only free text, or no rows at all) the first record is a header
-    when its cells read like names, as most CSV files start with one; only when they don't
-    does csv.Sniffer's weaker hint count: a text column whose values all have one length
-    votes for a header when the first cell's length differs, against when it is the same.
-    """
+    """Typed columns vote first (as in csv.Sniffer.has_header), then names, then text
+    lengths: docs/design/profiler.md (the header vote)."""
     typed = 0
     by_length = 0
     width = len(first)
-    # Rows as wide as the first, the usual case, are read column by column with zip.
     columns: Iterator[Sequence[str]] | None = None
     if rows and all(len(row) == width for row in rows):
         columns = zip(*rows, strict=True)
     for column, head in enumerate(first):
         if columns is not None:
-            values = list(filter(str.strip, next(columns)))  # the non-blank cells
+            values = list(filter(str.strip, next(columns)))
         else:
             values = [row[column] for row in rows if column < len(row) and row[column].strip()]
         if not values:
@@ -120,8 +101,3 @@ def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
     if _plain_names(first):
         return True
     return by_length > 0
-
-
-# --------------------------------------------------------------------------------------------
-# The profiler
-# --------------------------------------------------------------------------------------------

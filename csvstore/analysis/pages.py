@@ -41,20 +41,14 @@ class RowSource(Protocol):
 def iter_rows_from(
     fp: BinaryIO, profile: RowSource, start_row: int, limit: int
 ) -> tuple[list[list[str]], int | None]:
-    """Up to `limit` data rows from data-row index `start_row`, and the next index or None.
-
-    Seeks `fp` (the stored file, opened in binary mode) to the last checkpoint at or before
-    `start_row` and parses from there with csv.reader, so the work and memory depend on the
-    checkpoint spacing and `limit`, not on the file size or the offset. Blank lines are
-    skipped, as the profiler does not count them. `fp` is left open, at an unspecified
-    position. csv.Error propagates (e.g. a field over csv.field_size_limit()).
-    """
+    """Up to `limit` data rows from `start_row` and the next index or None, parsed from the
+    last checkpoint before it. `fp` is left open; csv.Error propagates."""
     if start_row < 0 or limit < 1:
         raise ValueError("start_row must be >= 0 and limit >= 1")
     checkpoints = profile.checkpoints
     at = bisect.bisect_right(checkpoints, start_row, key=lambda checkpoint: checkpoint[0]) - 1
     if at < 0:
-        return [], None  # no data rows at all
+        return [], None
     row, offset = checkpoints[at]
     little = True
     if profile.encoding == "utf-16":
@@ -67,7 +61,7 @@ def iter_rows_from(
     try:
         return _collect_rows(text, profile, row, start_row, limit)
     finally:
-        text.detach()  # leave the caller's file open
+        text.detach()
 
 
 def _collect_rows(
@@ -85,13 +79,7 @@ def _collect_rows(
     return rows, None
 
 
-# --------------------------------------------------------------------------------------------
-# Reading a bounded page of rows back
-# --------------------------------------------------------------------------------------------
-
-
-# The rows between a checkpoint and the first row asked for are counted in blocks this size:
-# the counter keeps a checkpoint per row in a block, so this bounds what it holds.
+# Rows are skipped in blocks this size: it bounds the checkpoints the counter holds.
 _SKIP_BLOCK: Final = 64 * 1024
 
 
@@ -99,7 +87,7 @@ _SKIP_BLOCK: Final = 64 * 1024
 class RowsPage:
     rows: list[list[str]]
     next_row: int | None
-    truncated: list[tuple[int, int]]  # (index in rows, column) of each cell cut short
+    truncated: list[tuple[int, int]]  # (index in rows, column)
 
 
 def read_page(
@@ -113,15 +101,8 @@ def read_page(
     row_count: int | None = None,
     line_terminator: str | None = None,
 ) -> RowsPage:
-    """Up to `limit` data rows from `start_row`, parsing at most `max_bytes` bytes of them.
-
-    The rows between the nearest checkpoint and `start_row` are counted by the record
-    counter, which holds none of them; csv.reader then parses from the first row asked for
-    over at most `max_bytes` bytes. A row that the bound cuts is left for the next page,
-    unless it is the first: then it is returned as far as it was read, its last cell listed
-    as truncated. Cells over `cell_limit` characters are cut to it and listed too. Memory
-    and work depend on `max_bytes`, not on the longest row or cell.
-    """
+    """Up to `limit` data rows from `start_row`, parsing at most `max_bytes` bytes: a row
+    the bound cuts waits for the next page unless it is the first (then it is truncated)."""
     if start_row < 0 or limit < 1 or not 2 <= max_bytes <= READ_FIELD_LIMIT or cell_limit < 1:
         raise ValueError(
             f"start_row must be >= 0, max_bytes 2-{READ_FIELD_LIMIT}, limit and cell_limit > 0"
@@ -141,7 +122,7 @@ def read_page(
             fp, begin, wide=wide, little=little, comment=profile.comment_char
         )
     fp.seek(begin)
-    capped = _CappedReader(fp, max_bytes - max_bytes % 2)  # whole UTF-16 code units
+    capped = _CappedReader(fp, max_bytes - max_bytes % 2)
     text = io.TextIOWrapper(
         io.BufferedReader(capped, 64 * 1024),
         encoding=_decoding_codec(profile.encoding, little),
@@ -160,7 +141,7 @@ def read_page(
     truncated: list[tuple[int, int]] = []
     if not more and capped.cut and rows:
         if len(rows) > 1:
-            rows.pop()  # possibly cut: read whole from the start of the next page
+            rows.pop()  # maybe cut: the next page starts with it
         else:
             truncated.append((0, len(rows[0]) - 1))
         more = True
@@ -178,8 +159,7 @@ def read_page(
 
 
 def _reader(text: io.TextIOWrapper, profile: RowSource) -> Iterator[list[str]]:
-    """csv.reader in the profile's dialect; comment lines read as blank lines (not rows), as
-    the profiler's counter sees them (`_DialectFilter`)."""
+    """csv.reader in the profile's dialect, comment lines blank as the counter sees them."""
     mark = profile.comment_char
     lines: Iterator[str] = (
         text if mark is None else ("\n" if line.startswith(mark) else line for line in text)
@@ -218,15 +198,12 @@ class _CappedReader(io.RawIOBase):
 def _row_offset(
     fp: BinaryIO, profile: RowSource, start_row: int, little: bool, terminator: str
 ) -> int | None:
-    """Where data row `start_row` starts, or None if the file ends before it.
-
-    From the last checkpoint at or before it, the record counter -- the profiler's own, so
-    records are csv.reader's -- counts the rows between, holding none of them.
-    """
+    """Where data row `start_row` starts (None: past the end), counted by the record counter
+    from the last checkpoint before it."""
     checkpoints = profile.checkpoints
     at = bisect.bisect_right(checkpoints, start_row, key=lambda checkpoint: checkpoint[0]) - 1
     if at < 0:
-        return None  # no data rows at all
+        return None
     row, offset = checkpoints[at]
     skip = start_row - row
     if not skip:
@@ -249,7 +226,7 @@ def _row_offset(
             skip_space=profile.skip_initial_space, comment_char=profile.comment_char,
         )  # fmt: skip
     fp.seek(offset)
-    counted = 0  # projected bytes fed
+    counted = 0
     while True:
         data = fp.read(_SKIP_BLOCK)
         if data:
@@ -257,8 +234,7 @@ def _row_offset(
             fed.feed(projected)
             counted += len(projected)
         if not data or scanner.data_rows >= skip:
-            # Rows 0..skip-1 are complete: row `skip` is in what was read (finish() closes
-            # it if it has begun, recording its checkpoint), or begins after blank lines.
+            # finish() closes row `skip` if it has begun, recording its checkpoint.
             fed.finish()
             break
     for index, where in scanner.checkpoints:
@@ -272,8 +248,7 @@ def _row_offset(
 def _after_blank_lines(
     fp: BinaryIO, position: int, *, wide: bool, little: bool, comment: str | None = None
 ) -> int:
-    """Where the first line from `position` (a line start) that is neither blank nor, with
-    `comment`, a comment line begins; the end of the file if none does."""
+    """Start of the first line from `position` neither blank nor a comment; else EOF."""
     projector = _Projector(wide=wide, little=little)
     unit = 2 if wide else 1
     mark = comment.encode("latin-1") if comment else None

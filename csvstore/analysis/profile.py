@@ -35,21 +35,16 @@ class CsvProfile:
     ragged_rows: int
     checkpoints: list[tuple[int, int]]
     encoding: str
-    # Dialect beyond csv's defaults (see _sniff and the README's "How a file is read").
-    preamble_lines: int = 0  # lines before the table (titles, comments, blank lines)
-    table_offset: int = 0  # stored-file offset of the table's first line (the header)
+    preamble_lines: int = 0
+    table_offset: int = 0  # stored-file offset of the table's first line
     skip_initial_space: bool = False
     comment_char: str | None = None
     duplicate_columns: list[str] = dataclasses.field(default_factory=list)
 
 
 class CsvProfiler:
-    """Profiles a CSV file from its stored bytes, fed in order in chunks of any size.
-
-    The first `sample_size` bytes (up to 64 times more while the sample holds fewer than 8
-    records of the table) are buffered to sniff the dialect and the header; from then on each
-    chunk is counted as it arrives and nothing of it is kept.
-    """
+    """Profiles a CSV file from its bytes, fed in order in chunks of any size: a sample is
+    sniffed, then every chunk counted and dropped."""
 
     def __init__(
         self,
@@ -65,21 +60,19 @@ class CsvProfiler:
         self._encoding = encoding
         self._checkpoint_every = checkpoint_every
         self._unit = 2 if encoding == "utf-16" else 1
-        # At least enough to see a BOM whole.
         self._threshold = max(sample_size * self._unit, 4)
         self._max_sample = self._threshold * _MAX_SAMPLE_FACTOR
         self._sample: bytearray | None = bytearray()
         self._bom_len = 0
         self._projector = _Projector(wide=self._unit == 2, little=True, encoding=encoding)
         self._scanner: _Counter | _DialectFilter | None = None  # what is fed
-        self._counter: _Counter | None = None  # what counts (the same, or behind a filter)
+        self._counter: _Counter | None = None  # what counts
         self._sniffed: _Sniffed | None = None
         self._has_header = False
         self._columns: list[str] = []
         self._profile: CsvProfile | None = None
 
     def feed(self, data: bytes) -> None:
-        """Add the next bytes of the file."""
         if self._profile is not None:
             raise RuntimeError("feed() after finish()")
         if self._scanner is not None:
@@ -92,7 +85,6 @@ class CsvProfiler:
                 self._threshold *= 2
 
     def finish(self) -> CsvProfile:
-        """Close the stream and return the profile (the same one if called again)."""
         if self._profile is None:
             if self._scanner is None:
                 self._try_sniff(at_eof=True)
@@ -103,10 +95,7 @@ class CsvProfiler:
             self._profile = self._build_profile(self._counter, self._sniffed)
         return self._profile
 
-    # -- sniffing ------------------------------------------------------------------------
-
     def _try_sniff(self, *, at_eof: bool) -> bool:
-        """Sniff the buffered sample and start counting; False if it needs more bytes."""
         assert self._sample is not None
         raw = bytes(self._sample)
         little = True
@@ -119,10 +108,8 @@ class CsvProfiler:
             bom_len = 0
         projector = _Projector(wide=self._unit == 2, little=little, encoding=self._encoding)
         projected = projector.project(raw[bom_len:])
-        # Always the same window for the same threshold, however the bytes were chunked.
         window = min(len(projected), (self._threshold - bom_len) // self._unit)
-        # Decided by the window, not by how much is buffered, so that the outcome does not
-        # depend on how the file was chunked.
+        # The window, not what is buffered, decides: chunking must not change the outcome.
         last_chance = at_eof or self._threshold >= self._max_sample
         sniffed = _sniff(
             projected[:window].decode("latin-1"),

@@ -9,19 +9,15 @@ SUPPORTED_ENCODINGS: Final = ("utf-8", "utf-8-sig", "cp1252", "utf-16")
 
 
 class _Projector:
-    """Turns stored bytes into one byte per code unit, with the CSV specials where they were.
-
-    For ASCII-compatible encodings that is the identity. For UTF-16 a code unit maps to its
-    low byte when it is ASCII (high byte zero) and to a byte >= 0x80 otherwise, so a code unit
-    like U+012C (low byte 0x2C, a comma) cannot pass for a delimiter.
-    """
+    """One byte per code unit: the low byte of an ASCII UTF-16 unit, >= 0x80 for any other
+    (U+012C is no comma); identity for ASCII-compatible codecs."""
 
     __slots__ = ("_carry", "_little", "_pairs", "_wide")
 
     def __init__(self, *, wide: bool, little: bool, encoding: str = "") -> None:
         self._wide = wide
         self._little = little
-        self._carry = b""  # an odd trailing byte of UTF-16, completed by the next chunk
+        self._carry = b""
         self._pairs = _DOUBLE_BYTE.get(encoding)
 
     def project(self, data: bytes) -> bytes:
@@ -38,23 +34,21 @@ class _Projector:
             self._carry = b""
         low, high = (data[0::2], data[1::2]) if self._little else (data[1::2], data[0::2])
         if high.count(0) == len(high):
-            return low  # all code units below U+0100: the low bytes are the projection
+            return low
         flags = high.translate(_NONZERO_TO_HIGH_BIT)
-        # One big-int OR sets the high bit of every non-ASCII unit at C speed; a Python loop
-        # over the units would be two orders of magnitude slower.
+        # One big-int OR sets the high bit of every non-ASCII unit, at C speed.
         merged = int.from_bytes(low, "big") | int.from_bytes(flags, "big")
         return merged.to_bytes(len(low), "big")
 
     def _mask_pairs(self, pairs: tuple[re.Pattern[bytes], bytes], data: bytes) -> bytes:
-        # Double-byte codecs such as Shift-JIS have trail bytes in the ASCII range ("|" is
-        # one): each lead+trail pair becomes two non-ASCII bytes, offsets unchanged.
+        # Shift-JIS and the like have ASCII trail bytes ("|"): pairs become two non-ASCII.
         pattern, leads = pairs
         carry, self._carry = self._carry, b""
         if carry:
             data = carry + data
         masked = pattern.sub(b"\x80\x80", data)
         if data and masked[-1] == data[-1] and data[-1] in leads:
-            self._carry = data[-1:]  # a lead byte whose trail is the next chunk's first byte
+            self._carry = data[-1:]  # a lead byte; its trail is in the next chunk
         return masked[len(carry) :]
 
 
@@ -62,7 +56,6 @@ _NONZERO_TO_HIGH_BIT: Final = bytes([0] + [0x80] * 255)
 _SJIS_LEADS: Final = bytes([*range(0x81, 0xA0), *range(0xE0, 0xFD)])
 _DBCS_LEADS: Final = bytes(range(0x81, 0xFF))
 _SJIS_PAIR: Final = (re.compile(rb"[\x81-\x9f\xe0-\xfc][\x40-\x7e\x80-\xfc]"), _SJIS_LEADS)
-# GB18030's four-byte sequences are two such pairs (the second byte of each is a digit).
 _DBCS_PAIR: Final = (re.compile(rb"[\x81-\xfe][\x30-\x39\x40-\x7e\x80-\xfe]"), _DBCS_LEADS)
 # Python's names (codecs.lookup(...).name) of the codecs whose trail bytes can be ASCII.
 _DOUBLE_BYTE: Final = {

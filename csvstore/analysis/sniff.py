@@ -13,28 +13,21 @@ from typing import Final, NamedTuple
 from csvstore.analysis.header import _looks_like_header
 
 _DELIMITERS: Final = (",", ";", "\t", "|")
-# Tried only when none of _DELIMITERS splits the sample consistently (see _sniff).
 _EXTRA_DELIMITERS: Final = (":", "~", "^", "!")
 _FITS: Final = 0.9  # share of sampled records with the modal width that counts as a fit
 _COMMENT: Final = "#"
 _DEFAULT_TERMINATOR: Final = "\n"
-# The sample grows (doubling) until it holds _MIN_SNIFF_RECORDS records of the table, up to
-# this many times `sample_size` (4 MiB by default); past that it makes do with what it has.
+# The sample doubles up to this many times `sample_size` for _MIN_SNIFF_RECORDS records.
 _MAX_SAMPLE_FACTOR: Final = 64
-# The sample grows until it holds this many records of the table (a header and enough rows
-# to vote on), whatever their width, within the bound above.
 _MIN_SNIFF_RECORDS: Final = 8
-# has_header and the delimiter score look at this many sampled records at most (preamble
-# lines included).
 _MAX_SNIFF_RECORDS: Final = 40
 _MAX_HEADER_VOTE_ROWS: Final = 20
-# Leading records that may be preamble (titles, comments, key: value lines).
 _MAX_PREAMBLE: Final = 16
 
 
-class _SampleRecord(NamedTuple):  # not a frozen dataclass: twenty are made per upload
-    start: int  # offset of the record in the sample
-    end: int  # offset just past its last field (terminator excluded)
+class _SampleRecord(NamedTuple):  # not a frozen dataclass: cheaper, forty per upload
+    start: int
+    end: int
     fields: list[str]
 
 
@@ -43,9 +36,9 @@ class _Sniffed:
     delimiter: str
     quotechar: str
     terminator: str
-    records: list[_SampleRecord]  # complete, non-blank records of the table in the sample
-    complete: bool  # False: not one whole record in the largest sample, first one unknown
-    table_start: int = 0  # offset in the sample of the table's first line (after a preamble)
+    records: list[_SampleRecord]  # whole, non-blank records of the table
+    complete: bool  # False: not one whole record in the largest sample
+    table_start: int = 0
     preamble_lines: int = 0
     skip_space: bool = False
     comment_char: str | None = None
@@ -79,11 +72,8 @@ def _line_ending(text: str, stop: int) -> str:
 def _parse_sample(
     text: str, delimiter: str, quotechar: str, *, whole: bool, skip: bool = False
 ) -> tuple[list[_SampleRecord], Counter[str]]:
-    """Non-blank records of `text` and the count of each record terminator.
-
-    Unless `whole` (the sample is the entire file), the record running into the end of the
-    sample is dropped: it may be cut short.
-    """
+    """Non-blank records of `text` and the count of each terminator; unless `whole`, the
+    last record (maybe cut short) is dropped."""
     if not skip and _is_plain(text, quotechar):
         return _split_sample(text, delimiter, whole=whole)
     return _read_sample(text, delimiter, quotechar, whole=whole, skip=skip)
@@ -92,12 +82,10 @@ def _parse_sample(
 def _read_sample(
     text: str, delimiter: str, quotechar: str, *, whole: bool, skip: bool = False
 ) -> tuple[list[_SampleRecord], Counter[str]]:
-    """`_parse_sample` with csv.reader: any sample."""
     consumed = 0
 
     def lines() -> Iterator[str]:
-        # csv.reader pulls exactly the lines of one record before yielding it, so the length
-        # consumed so far is where that record ends.
+        # csv.reader pulls exactly one record's lines before yielding it: `consumed` is its end.
         nonlocal consumed
         for line in io.StringIO(text, newline=""):
             consumed += len(line)
@@ -120,7 +108,7 @@ def _read_sample(
                 and fields
                 != _one_record(text[start : stop - len(ending)], delimiter, quotechar, skip)
             ):
-                ending = ""  # a line break inside a quoted field left open at the end
+                ending = ""  # inside a quoted field left open at the end
             if ending:
                 terminators[ending] += 1
             if fields:
@@ -134,9 +122,7 @@ def _read_sample(
 
 
 def _is_plain(text: str, quotechar: str) -> bool:
-    """Whether csv.reader reads `text` as lines split at the delimiter, each ended by LF or
-    CRLF: no quote character, no CR but before an LF, no NUL, and no field that could pass
-    csv's field size limit."""
+    """Whether csv.reader reads `text` as lines (LF or CRLF) split at the delimiter."""
     return (
         quotechar not in text
         and "\x00" not in text
@@ -148,26 +134,22 @@ def _is_plain(text: str, quotechar: str) -> bool:
 def _split_sample(
     text: str, delimiter: str, *, whole: bool
 ) -> tuple[list[_SampleRecord], Counter[str]]:
-    """`_parse_sample` of a plain sample (see `_is_plain`), the same result at a fraction of
-    the cost: csv.reader, fed through a generator that tracks offsets, cost ~5 us a record,
-    and every upload is sniffed. str.split, not StringIO, which copies the sample into a
-    buffer of its own and makes each line from it."""
+    """`_parse_sample` of a plain sample by str.split: the same result, far cheaper."""
     records: list[_SampleRecord] = []
-    # Enough lines for the records wanted and some blank ones; all of them if not enough.
     lines = text.split("\n", 4 * _MAX_SNIFF_RECORDS)
     if "\n" in lines[-1]:
         lines = text.split("\n")
-    last = len(lines) - 1  # what follows the last LF
-    crlf = "\r" in text  # (then every CR ends a line, before its LF: see _is_plain)
+    last = len(lines) - 1
+    crlf = "\r" in text
     start = 0
     for index, line in enumerate(lines):
         if index == last:
-            if whole and line:  # a last line without a line break
+            if whole and line:
                 records.append(_SampleRecord(start, len(text), line.split(delimiter)))
             break
         stop = start + len(line) + 1
         if stop >= len(text) and not whole:
-            break  # the last line may be cut short
+            break
         content = line[:-1] if crlf and line.endswith("\r") else line
         if content:
             records.append(_SampleRecord(start, start + len(content), content.split(delimiter)))
@@ -182,8 +164,7 @@ _LONE_LF_RE: Final = re.compile(r"(?<!\r)\n")
 
 
 def _line_endings(text: str, stop: int) -> Counter[str]:
-    """How many lines before `stop` end in CRLF and in LF alone, counted in the order in
-    which each first appears (csv.reader's order, which decides a tie)."""
+    """Lines before `stop` ending in CRLF and in LF, in csv.reader's order (ties)."""
     crlf = text.count("\r\n", 0, stop) if "\r" in text else 0
     lf = text.count("\n", 0, stop) - crlf
     if crlf and lf:
@@ -207,13 +188,10 @@ def _one_record(text: str, delimiter: str, quotechar: str, skip: bool = False) -
 
 
 def _delimiter_score(records: list[_SampleRecord], comments: bool) -> tuple[float, int]:
-    """(share of records with the most common width, that width); (0, 0) if it is 1.
-
-    Records that start with ``#`` (comments, if any others are left) are not counted, and of
-    two widths as common the wider wins: a preamble as long as the table is not the table.
-    """
+    """(share of records with the modal width, that width), comments not counted; ties go
+    to the wider: a preamble as long as the table is not the table."""
     counted = records
-    if comments:  # (the sample holds a "#")
+    if comments:
         counted = [record for record in records if not record.fields[0].startswith(_COMMENT)]
         counted = counted or records
     widths = Counter([len(record.fields) for record in counted])
@@ -231,9 +209,9 @@ def _spaced(records: list[_SampleRecord]) -> bool:
     spaced = plain = lines = checked = 0
     for record in records:
         if len(record.fields) < 2:
-            continue  # a title or a comment
+            continue
         if checked == 3 and not lines:
-            return False  # (cheaper than searching the sample for ", ")
+            return False
         checked += 1
         after = [field[:1] for field in record.fields[1:] if field]
         count = after.count(" ")
@@ -269,14 +247,13 @@ def _sniff(text: str, *, whole: bool, last_chance: bool) -> _Sniffed | None:
         if named is not None:
             break
         if delimiter not in text and best is not None:
-            continue  # it cannot split anything: no need to parse the sample with it
+            continue
         candidate = _candidate(text, delimiter, quotechar, preference, whole=whole)
         if best is None or candidate[0] > best[0]:
             best = candidate
     assert best is not None
     if best[0][0] < _FITS and named is None:
-        # None of the usual delimiters fits: the rarer ones, only now (they cost a parse
-        # each), and only if one splits the records more consistently.
+        # The rarer delimiters only now, as each costs a parse.
         for preference, delimiter in enumerate(_EXTRA_DELIMITERS, start=len(_DELIMITERS)):
             if delimiter in text:
                 candidate = _candidate(text, delimiter, quotechar, preference, whole=whole)
@@ -284,7 +261,7 @@ def _sniff(text: str, *, whole: bool, last_chance: bool) -> _Sniffed | None:
                     best = candidate
     (consistency, _, _), delimiter, records, terminators, skip = best
     if consistency == 0.0 and named is None:
-        delimiter, skip = ",", False  # no candidate splits the lines consistently: one column
+        delimiter, skip = ",", False
         records, terminators = _parse_sample(text, delimiter, quotechar, whole=whole)
     complete = whole or bool(records)
     first, comment_char = _table_start(text, records)
@@ -297,8 +274,7 @@ def _sniff(text: str, *, whole: bool, last_chance: bool) -> _Sniffed | None:
         if not last_chance:
             return None
         if not table:
-            # Not one whole record even in the largest sample: pick the delimiter from the
-            # partial first record, and let its width be found while streaming.
+            # Not one whole record: the width is found while streaming.
             return _sniff_partial(text, quotechar)
     terminator = terminators.most_common(1)[0][0] if terminators else _DEFAULT_TERMINATOR
     start = records[first].start if first else 0
@@ -318,24 +294,15 @@ def _line_count(text: str, stop: int) -> int:
 
 
 def _table_start(text: str, records: list[_SampleRecord]) -> tuple[int, str | None]:
-    """(index of the table's first record, comment character or None).
-
-    Leading records are preamble, not table, when they are comments (starting with ``#``)
-    narrower than the table, or narrower than the table (titles, ``key: value`` lines,
-    ``Sales, Q1``), or, in a table of three columns or more, have at most one non-empty
-    cell (a title in a spreadsheet export), and the table after them is what most records
-    are: at least as many records of the table's width follow as there are preamble records
-    (and, unless each is a comment or a single cell, a header is voted after them).
-    ``#`` is the comment character when some sampled line starts with it and none of them
-    has the table's width after the preamble.
-    """
+    """(index of the table's first record, comment character or None); the rules are in
+    docs/design/profiler.md (preamble)."""
     if _COMMENT in text:
         widths = Counter(len(r.fields) for r in records if not text.startswith(_COMMENT, r.start))
     else:
         widths = Counter([len(record.fields) for record in records])
     if not widths:
         return 0, None
-    width = max((count, width) for width, count in widths.items())[1]  # ties: the wider
+    width = max((count, width) for width, count in widths.items())[1]
     first = 0
     limit = min(len(records) - 1, _MAX_PREAMBLE)
     while first < limit:
@@ -350,15 +317,14 @@ def _table_start(text: str, records: list[_SampleRecord]) -> tuple[int, str | No
             break
         first += 1
     if first and sum(len(record.fields) == width for record in records[first:]) < first:
-        first = 0  # not a table after them: leave the file as it is
+        first = 0
     if first and len(records[first].fields) != width:
         first = 0
     if first and not all(
         text.startswith(_COMMENT, record.start) or sum(map(bool, record.fields)) <= 1
         for record in records[:first]
     ):
-        # A narrow record of several cells may be a short header over rows with trailing
-        # empty cells ("a,b" over "1,2,,"): preamble only if a header follows it.
+        # Maybe a short header over rows with trailing empty cells ("a,b" over "1,2,,").
         rows = [record.fields for record in records[first + 1 : first + 21]]
         if not _looks_like_header(records[first].fields, rows):
             first = 0
