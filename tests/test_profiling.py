@@ -1,4 +1,4 @@
-"""Tests of the single-pass CSV profiler and of paged read-back (csvstore.profiling).
+"""Tests of the single-pass CSV profiler and of paged read-back (csvstore.analysis).
 
 The reference throughout is csv.reader over the whole decoded text, with the dialect the
 profiler detected, blank records ([]) left out: the profiler does not count blank lines.

@@ -454,7 +454,7 @@ static PyTypeObject ScannerType = {
 static struct PyModuleDef scan_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "csvstore.analysis._scan",
-    .m_doc = "The CSV record counter of csvstore.profiling, in C.",
+    .m_doc = "The CSV record counter of csvstore.analysis, in C.",
     .m_size = -1,
 };
 
