@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from csvstore import __version__, config
-from csvstore.analysis.profile import native_counter
+from csvstore.analysis.counter import native_counter
 from csvstore.config import GROUPS, Settings, check_database_url, check_storage
 from csvstore.db.postgres import PoolReconnects
 from csvstore.identity import StoreMismatch, check_placement

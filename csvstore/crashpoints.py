@@ -1,12 +1,5 @@
-"""Named crash points for the crash-safety tests: SIGKILL this process at one of them.
-
-``CSVSTORE_CRASH_AT=<name>`` (optionally ``<name>@<n>``: at its n-th passage) arms one
-point; ``CSVSTORE_PAUSE_AT=<name>:<seconds>`` stops the whole process there that long
-instead (a window for another process to act in). Unset, as in production, every call is
-one string comparison.
-tests/test_crash_points.py walks every name in :data:`POINTS`, test_crash_points_s3.py those
-of :data:`S3_POINTS` and the ones S3 paths pass.
-"""
+"""Named crash points for the crash-safety tests: ``CSVSTORE_CRASH_AT=<name>[@<n>]`` SIGKILLs
+the process there, ``CSVSTORE_PAUSE_AT=<name>:<seconds>`` pauses it (docs/testing.md)."""
 
 from __future__ import annotations
 
@@ -15,33 +8,25 @@ import signal
 import time
 
 POINTS = (
-    # publishing an upload (multipart, tus completion, migrate-to): service.CsvStore._publish
     "publish.intent_committed",  # the intent is recorded, the bytes are not yet published
     "publish.bytes_published",  # the bytes are under their final name, the row is not in
     "publish.row_committed",  # the row is in, the client not yet answered
-    # local storage, inside a publish: storage.LocalWriter.commit
     "storage.file_synced",  # the temp file is fsynced, not yet renamed
     "storage.renamed",  # renamed into uploads/, the folder not yet fsynced
     "storage.journal_written",  # a small file written in place, without an fsync
-    # tus: partial.py and tus.py
     "tus.checkpoint_synced",  # the bytes of a PATCH are fsynced, the offset not yet saved
     "tus.publishing_saved",  # the state names the file id it is about to be published as
     "tus.linked",  # the data file is linked into uploads/, the folder not yet fsynced
     "tus.row_committed",  # the row is in, the upload's state does not say complete yet
     "tus.finished",  # the state says complete, the data file is not yet removed
-    # deletes: service.CsvStore
     "delete.row_removed",  # a file's or a session's rows are gone, their bytes not yet
-    # the journal flusher: service.CsvStore.flush_journal / restore_journal
     "flush.synced",  # the uploads folder is synced, its journal entries not yet cleared
     "restore.file_written",  # a journaled file is written back, its entry not yet dropped
-    # migrate-to: migrate._copy_file
     "migrate.bytes_copied",  # a file's bytes are in the target under an intent, its row not yet
-    # the check: check.reconcile
     "check.orphan_removed",  # the first orphan is deleted, the rest not yet
     "check.intent_cleared",  # a dead intent's bytes are deleted, its row not yet
 )
-# Passed on S3 storage only (partial_s3.py); tests/test_crash_points_s3.py walks them, with
-# the points of POINTS that S3 paths pass.
+# Passed on S3 storage only (resumable/s3.py): tests/test_crash_points_s3.py.
 S3_POINTS = (
     "tus.s3_upload_started",  # a tus upload's multipart upload is started, its record not naming it
     "tus.s3_object_completed",  # the object is made (completed, or one PUT), the record not told
@@ -57,7 +42,7 @@ _passages: dict[str, int] = {}
 def crash_point(name: str) -> None:
     """SIGKILL this process here if the tests armed this point."""
     if name == _PAUSE_NAME:
-        time.sleep(float(_PAUSE_S))  # blocking on purpose: nothing in the process moves on
+        time.sleep(float(_PAUSE_S))  # blocking on purpose: the whole process stops
     if name != _NAME:
         return
     _passages[name] = _passages.get(name, 0) + 1

@@ -18,7 +18,8 @@ import requests
 from aiohttp import FormData
 
 from csvstore.analysis.content import CsvContentCheck, EncodingVerdict
-from csvstore.analysis.profile import CsvProfiler, read_page
+from csvstore.analysis.pages import read_page
+from csvstore.analysis.profile import CsvProfiler
 from csvstore.analysis.rows import StoredProfile
 from csvstore.errors import NotACsv
 from tests.conftest import Client, assert_problem, upload_form

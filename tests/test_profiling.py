@@ -1,4 +1,4 @@
-"""Tests of the single-pass CSV profiler and of paged read-back (csvstore.profiling).
+"""Tests of the single-pass CSV profiler and of paged read-back (csvstore.analysis).
 
 The reference throughout is csv.reader over the whole decoded text, with the dialect the
 profiler detected, blank records ([]) left out: the profiler does not count blank lines.
@@ -18,8 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from csvstore.analysis import profile as profiling
-from csvstore.analysis.profile import CsvProfile, CsvProfiler, iter_rows_from, read_page
+from csvstore.analysis import counter, header, pages, scanner, sniff
+from csvstore.analysis.pages import iter_rows_from, read_page
+from csvstore.analysis.profile import CsvProfile, CsvProfiler
 
 CHUNKINGS = (None, 1, 7)  # whole, 1-byte and 7-byte chunks
 
@@ -27,16 +28,16 @@ CHUNKINGS = (None, 1, 7)  # whole, 1-byte and 7-byte chunks
 @pytest.fixture(autouse=True, scope="module", params=["c", "python"])
 def record_counter(request: pytest.FixtureRequest) -> Iterator[str]:
     """Every test here runs with the C record counter and with the pure-Python one."""
-    saved = profiling._use_native
-    profiling._use_native = request.param == "c"
+    saved = counter._use_native
+    counter._use_native = request.param == "c"
     yield request.param
-    profiling._use_native = saved
+    counter._use_native = saved
 
 
 def test_the_c_counter_is_built(record_counter: str) -> None:
     # make test builds csvstore/_scan.c; a missing build would silently test Python twice.
-    assert profiling._NativeScanner is not None
-    assert profiling.native_counter() == (record_counter == "c")
+    assert counter._NativeScanner is not None
+    assert counter.native_counter() == (record_counter == "c")
 
 
 def chunks(data: bytes, size: int | None) -> Iterator[bytes]:
@@ -592,7 +593,7 @@ def test_first_record_longer_than_the_largest_sample() -> None:
 def test_field_over_csv_size_limit_in_the_sample() -> None:
     """The sniffer's csv.reader gives up at csv.field_size_limit(); counting does not."""
     data = b'id,blob\n1,"' + b"x," * 100_000 + b'"\n2,y\n3,z\n'
-    raised = csv.field_size_limit(131_072)  # csv's default: profiling.py raises it
+    raised = csv.field_size_limit(131_072)  # csv's default: csvstore.analysis raises it
     try:
         profile = profile_of(chunks(data, 65_536))
     finally:
@@ -851,25 +852,25 @@ def check_read_page(
     """read_page: as iter_rows_from under a bound the file fits in; under a small bound,
     pages that visit every row once, each whole or cut where `truncated` says."""
 
-    def page_at(row: int, bound: int) -> profiling.RowsPage:
+    def page_at(row: int, bound: int) -> pages.RowsPage:
         return read_page(
             io.BytesIO(stored), profile, row, limit, max_bytes=bound, cell_limit=1 << 20,
             row_count=profile.row_count, line_terminator=profile.line_terminator,
         )  # fmt: skip
 
     # The counter's blocks end anywhere: mid-record, between CR and LF, before blank lines.
-    saved = profiling._SKIP_BLOCK
-    setattr(profiling, "_SKIP_BLOCK", data.draw(st.sampled_from([1, 2, 5, saved])))  # noqa: B010
+    saved = pages._SKIP_BLOCK
+    setattr(pages, "_SKIP_BLOCK", data.draw(st.sampled_from([1, 2, 5, saved])))  # noqa: B010
     try:
         check_pages(data, ref, page_at, start, limit, len(stored))
     finally:
-        setattr(profiling, "_SKIP_BLOCK", saved)  # noqa: B010
+        setattr(pages, "_SKIP_BLOCK", saved)  # noqa: B010
 
 
 def check_pages(
     data: st.DataObject,
     ref: Reference,
-    page_at: Callable[[int, int], profiling.RowsPage],
+    page_at: Callable[[int, int], pages.RowsPage],
     start: int,
     limit: int,
     size: int,
@@ -1017,7 +1018,7 @@ def test_column_kinds_match_the_kind_of_each_cell(cells: list[str]) -> None:
     """The whole-column shortcuts of the header vote answer as classifying cell by cell."""
     values = [cell for cell in cells if cell.strip()]
     if values:
-        assert profiling._column_kinds(values) == {profiling._kind(v) for v in values}
+        assert header._column_kinds(values) == {header._kind(v) for v in values}
 
 
 def _header_vote_cell_by_cell(first: list[str], rows: list[list[str]]) -> bool:
@@ -1027,9 +1028,9 @@ def _header_vote_cell_by_cell(first: list[str], rows: list[list[str]]) -> bool:
         values = [row[column] for row in rows if column < len(row) and row[column].strip()]
         if not values:
             continue
-        kinds = {profiling._kind(value) for value in values}
+        kinds = {header._kind(value) for value in values}
         if len(kinds) == 1 and kinds != {"text"}:
-            head_kind = profiling._kind(head)
+            head_kind = header._kind(head)
             names = head_kind == "text" or (head_kind == "number" and kinds == {"bool"})
             typed += -1 if head_kind in kinds else 1 if names else 0
         elif kinds == {"text"} and len(values) > 1:
@@ -1038,7 +1039,7 @@ def _header_vote_cell_by_cell(first: list[str], rows: list[list[str]]) -> bool:
                 by_length += -1 if len(head) in lengths else 1
     if typed:
         return typed > 0
-    return profiling._plain_names(first) or by_length > 0
+    return header._plain_names(first) or by_length > 0
 
 
 _VOTE_CELLS = st.one_of(_CELLS, st.sampled_from(["id", "Name", "yes", "Oslo", " x ", "é", "²"]))
@@ -1063,7 +1064,7 @@ def test_header_vote_matches_the_cell_by_cell_vote(
     """The vote reads rectangular samples column by column and recognises free-text columns
     with C-level passes (the vote runs on every upload); it decides as cell by cell."""
     first, rows = sample
-    assert profiling._looks_like_header(first, rows) == _header_vote_cell_by_cell(first, rows)
+    assert header._looks_like_header(first, rows) == _header_vote_cell_by_cell(first, rows)
 
 
 # Plain samples: no quote character. Spaces, digits, empty fields, blank lines, every line
@@ -1082,25 +1083,25 @@ _PLAIN_TEXT = st.one_of(
 
 
 @settings(max_examples=500)
-@given(_PLAIN_TEXT, st.sampled_from(profiling._DELIMITERS), st.booleans())
+@given(_PLAIN_TEXT, st.sampled_from(sniff._DELIMITERS), st.booleans())
 def test_plain_samples_split_as_csv_reader_reads_them(
     text: str, delimiter: str, whole: bool
 ) -> None:
     """The sniffer splits quote-free samples itself instead of running csv.reader over them
     (that was a quarter of a small upload's CPU); the records, offsets and line endings are
     csv.reader's, wherever the sample ends."""
-    expected = profiling._read_sample(text, delimiter, '"', whole=whole)
-    assert profiling._parse_sample(text, delimiter, '"', whole=whole) == expected
-    if profiling._is_plain(text, '"'):
-        assert profiling._split_sample(text, delimiter, whole=whole) == expected
+    expected = sniff._read_sample(text, delimiter, '"', whole=whole)
+    assert sniff._parse_sample(text, delimiter, '"', whole=whole) == expected
+    if sniff._is_plain(text, '"'):
+        assert sniff._split_sample(text, delimiter, whole=whole) == expected
 
 
 @pytest.mark.parametrize("text", ["a,b\nc,d\r\n", "a,b\r\nc,d\n", "\r\n\na,b\n\r\n"])
 def test_a_tie_of_line_endings_goes_to_the_one_seen_first(text: str) -> None:
     """As many CRLF as LF lines: the sniffed terminator is csv.reader's pick, the first seen
     (Counter equality, in the property test above, does not look at the order)."""
-    _, expected = profiling._read_sample(text, ",", '"', whole=True)
-    _, split = profiling._split_sample(text, ",", whole=True)
+    _, expected = sniff._read_sample(text, ",", '"', whole=True)
+    _, split = sniff._split_sample(text, ",", whole=True)
     assert split.most_common() == expected.most_common()
 
 
@@ -1134,7 +1135,7 @@ def test_c_counter_equals_python_counter(
     header: int,
     every: int,
 ) -> None:
-    assert profiling._NativeScanner is not None
+    assert counter._NativeScanner is not None
     delimiter, quotechar = dialect
     options = dict(
         delimiter=delimiter,
@@ -1143,8 +1144,8 @@ def test_c_counter_equals_python_counter(
         header_records=header,
         checkpoint_every=every,
     )
-    native = profiling._NativeScanner(**options)  # type: ignore[arg-type]
-    python = profiling._RecordScanner(terminator=b"\n", **options)  # type: ignore[arg-type]
+    native = counter._NativeScanner(**options)  # type: ignore[arg-type]
+    python = scanner._RecordScanner(terminator=b"\n", **options)  # type: ignore[arg-type]
     for part in data.draw(chunkings(stored)):
         native.feed(part)
         python.feed(part)
@@ -1159,7 +1160,7 @@ def test_c_counter_equals_python_counter(
 
 
 def test_c_counter_refuses_bad_arguments() -> None:
-    assert profiling._NativeScanner is not None
+    assert counter._NativeScanner is not None
     good = dict(
         delimiter=44, quotechar=34, expected_fields=None, header_records=0, checkpoint_every=1
     )
@@ -1171,8 +1172,8 @@ def test_c_counter_refuses_bad_arguments() -> None:
         {"expected_fields": 0},
     ):
         with pytest.raises(ValueError, match=r"must be positive|two distinct bytes"):
-            profiling._NativeScanner(**(good | bad))  # type: ignore[arg-type]
-    scanner = profiling._NativeScanner(**good)  # type: ignore[arg-type]
+            counter._NativeScanner(**(good | bad))  # type: ignore[arg-type]
+    scanner = counter._NativeScanner(**good)  # type: ignore[arg-type]
     scanner.feed(memoryview(b"a,b\n1,2\n"))  # any bytes-like object
     scanner.finish()
     assert (scanner.data_rows, scanner.expected_fields, scanner.checkpoints) == (
@@ -1185,11 +1186,11 @@ def test_c_counter_refuses_bad_arguments() -> None:
 def test_c_counter_refuses_to_be_used_while_another_thread_feeds_it() -> None:
     """feed() counts without the GIL: meanwhile everything else on the same scanner raises
     instead of reading (or freeing) what the count is changing."""
-    assert profiling._NativeScanner is not None
+    assert counter._NativeScanner is not None
     options = dict(
         delimiter=44, quotechar=34, expected_fields=2, header_records=0, checkpoint_every=10**6
     )
-    scanner = profiling._NativeScanner(**options)
+    scanner = counter._NativeScanner(**options)
     rows = 16 * 1024 * 1024
     big = b"a,b\n" * rows  # 64 MiB: tens of milliseconds of counting
     feeding = threading.Thread(target=scanner.feed, args=(big,))

@@ -1,15 +1,12 @@
-/* csvstore._scan: the record counter of csvstore.profiling, one pass in C.
+/* csvstore.analysis._scan: the profiler's record counter, one pass in C.
  *
- * Counts what `_RecordScanner` (the pure-Python counter in profiling.py) counts, with the
- * same reading of the bytes as csv.reader over open(..., newline=""): CR, LF and CRLF end a
- * record outside quotes; a quote opens a quoted field only where a field starts; "" inside
- * a quoted field is one quote; records with no bytes at all are blank and not counted.
- * The Python counter stays the reference and the fallback when this module is not built;
- * tests/test_profiling.py runs every property test against both.
- *
- * Why C: per byte, the Python counter's cheapest pass (bytes.translate) costs ~1 ms per MiB
- * with the GIL held, which on two cores was the largest part of an upload's event-loop time.
- * This loop costs a fraction of that and lets go of the GIL while it runs.
+ * Counts what `_RecordScanner` (csvstore/analysis/scanner.py) counts, with the same reading
+ * of the bytes as csv.reader over open(..., newline=""): CR, LF and CRLF end a record outside
+ * quotes; a quote opens a quoted field only where a field starts; "" inside a quoted field
+ * is one quote; records with no bytes at all are blank and not counted. The Python counter
+ * stays the reference and the fallback; tests/test_profiling.py runs every property test
+ * against both. Why C: the Python counter holds the GIL (costs: bench/RESULTS.md); this
+ * loop lets go of it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -457,7 +454,7 @@ static PyTypeObject ScannerType = {
 static struct PyModuleDef scan_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "csvstore.analysis._scan",
-    .m_doc = "The CSV record counter of csvstore.profiling, in C.",
+    .m_doc = "The CSV record counter of csvstore.analysis, in C.",
     .m_size = -1,
 };
 

@@ -1,4 +1,4 @@
-"""Types of the C record counter (csvstore/_scan.c); see csvstore.profiling."""
+"""Types of the C record counter (csvstore/analysis/_scan.c); see csvstore.analysis.scanner."""
 
 class Scanner:
     def __init__(

@@ -1,10 +1,5 @@
-"""Is this upload a CSV file? Decided from its name and its bytes, as they stream past.
-
-The declared part type is only a hint (curl sends ``application/octet-stream`` for a
-``.csv``), so the test is the content: not a known binary format, decodable in one of the
-encodings CSV files come in, with no NUL character in the text. The checks run on each
-chunk as it is written, so a bad file is refused as soon as its first bad chunk arrives.
-"""
+"""Is this upload CSV text? Decided from its bytes as they stream past, not its declared
+type (docs/profile.md, encodings)."""
 
 from __future__ import annotations
 
@@ -15,7 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import unquote
 
-from csvstore.analysis.profile import profilable
+from csvstore.analysis.projection import profilable
 from csvstore.errors import BadRequest, NotACsv
 
 # Signatures of binary formats most often renamed or mistaken for CSV files.
@@ -53,14 +48,8 @@ MAX_FILENAME_LENGTH = 255
 
 
 def clean_filename(raw: str | None) -> str:
-    """The original file name, safe to store and to echo in headers.
-
-    Percent-escapes are decoded first: aiohttp's client and browsers escape characters
-    such as ``/``, ``"`` and CR/LF in the header (``..%2Fx.csv``). Then only the last path
-    component is kept (``../``, absolute paths and Windows paths lose
-    their folders), control characters go, and the length is bounded. The stored file
-    never uses this name: it only describes the upload.
-    """
+    """The original file name, safe to store and echo: percent-escapes decoded first (clients
+    escape ``/``), then the last path component, no control characters, bounded."""
     if raw is None:
         raise NotACsv(
             "the file part has no filename: send it as a file, e.g. curl -F file=@data.csv"
@@ -80,12 +69,10 @@ def clean_filename(raw: str | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class EncodingVerdict:
-    """The encoding an upload is recorded with, how it was decided, and what did not fit it."""
-
     encoding: str  # a Python codec name
     source: str  # declared | bom | detected | fallback
     confidence: float | None = None
-    invalid_bytes: int = 0  # bytes that do not decode in `encoding` (read back as U+FFFD)
+    invalid_bytes: int = 0  # read back as U+FFFD
     first_invalid_offset: int | None = None
 
 
@@ -102,32 +89,27 @@ def declared_encoding(name: str, what: str) -> str:
 
 class CsvContentCheck:
     """Feed the upload's bytes in order; :meth:`finish` names the encoding or raises NotACsv.
-
-    With a declared encoding every byte must decode in it. Without one a BOM decides; else
-    UTF-8 is tried (a few invalid bytes are counted, not a reason to relabel), and only a
-    file that is not UTF-8 pays for detection, on a bounded sample of its non-ASCII lines.
-    """
+    Declared, else BOM, else UTF-8 (a few bad bytes counted), else detection on a sample."""
 
     def __init__(self, declared: str | None = None) -> None:
-        self._head = b""  # the first bytes, until there are enough to judge signatures and BOMs
+        self._head = b""  # until there are enough to judge signatures and BOMs
         self._started = False
         self._declared = declared
         self._encoding: str | None = None  # fixed by a declaration or a BOM
         self._decoder: codecs.IncrementalDecoder | None = None
-        self._offset = 0  # bytes passed to _check so far
+        self._offset = 0
         self._utf8_ok = True
-        self._utf8_pending = b""  # an incomplete sequence at the end of the last chunk
+        self._utf8_pending = b""
         self._utf8_bad = 0  # bytes in invalid sequences
         self._utf8_good = 0  # continuation bytes of valid multi-byte sequences
         self._first_bad: int | None = None
         self._sample: list[bytes] = []  # non-ASCII lines, collected once UTF-8 failed
         self._sample_size = 0
-        self._partial_line = b""  # the end of the last chunk, until its line is complete
+        self._partial_line = b""
         self._cp1252_ok = True
 
     @property
     def encoding(self) -> str | None:
-        """The encoding a declaration or BOM fixed, once :attr:`started`; else None."""
         return self._encoding
 
     @property
@@ -184,9 +166,8 @@ class CsvContentCheck:
         import chardet  # imported on first use: UTF-8 uploads never need it
 
         sample = b"".join(self._sample)
-        # "ascii" stands for "no match": the sample holds only non-ASCII lines. DOS, Mac and
-        # mainframe code pages are left out: on short samples they win wrongly (cp862 for
-        # "café"), and CSV exports come in Windows, ISO and East Asian encodings.
+        # "ascii": no match. DOS, Mac and mainframe code pages win wrongly on short samples
+        # (cp862 for "café"), and CSV exports do not come in them.
         found = chardet.detect(
             sample,
             encoding_era=chardet.EncodingEra.MODERN_WEB | chardet.EncodingEra.LEGACY_ISO,
@@ -197,7 +178,6 @@ class CsvContentCheck:
             return None
         try:
             encoding = codecs.lookup(name).name
-            # Pieces of lines cut by chunk boundaries may split a character: a few are fine.
             unfit = sample.decode(encoding, "replace").count("\ufffd")
         except LookupError:
             return None
@@ -239,7 +219,7 @@ class CsvContentCheck:
         offset, self._offset = self._offset, self._offset + len(chunk)
         if chunk.isascii() and not self._utf8_pending:
             if self._partial_line:
-                self._collect_sample(chunk)  # it may complete a sampled line
+                self._collect_sample(chunk)
             return  # ASCII is valid in every candidate encoding
         if self._utf8_ok:
             self._check_utf8(chunk, offset)
@@ -251,7 +231,7 @@ class CsvContentCheck:
     def _check_utf8(self, chunk: bytes, offset: int) -> None:
         data = self._utf8_pending + chunk if self._utf8_pending else chunk
         base = offset - len(self._utf8_pending)
-        view = memoryview(data)  # past each bad byte without copying the rest of the chunk
+        view = memoryview(data)
         at = 0
         while True:
             try:
@@ -274,7 +254,7 @@ class CsvContentCheck:
             return
 
     def _give_up_utf8(self) -> None:
-        self._utf8_ok = False  # not UTF-8: stop paying for the decoding
+        self._utf8_ok = False
         self._utf8_pending = b""
 
     def _count_bad(self, offset: int, count: int) -> None:
@@ -316,18 +296,14 @@ class CsvContentCheck:
             raise NotACsv("the file contains NUL characters: it is binary data, not CSV text")
 
 
-# A file is UTF-8 with stray bytes while at most 1 in this many of its non-ASCII bytes is
-# invalid. UTF-8 is given up as soon as that fails at the end of a chunk with _BAD_TO_JUDGE
-# bad bytes, or within one with _BAD_TO_GIVE_UP (bad bytes clustered at a chunk's start
-# must not decide alone; nor may a legacy chunk cost a loop turn per letter).
+# UTF-8 with stray bytes while at most 1 in _MAX_BAD_SHARE non-ASCII bytes is invalid; judged
+# at a chunk's end from _BAD_TO_JUDGE bad bytes, within a chunk from _BAD_TO_GIVE_UP.
 _MAX_BAD_SHARE = 100
 _BAD_TO_JUDGE = 64
 _BAD_TO_GIVE_UP = 1024
-# Below this the detector is guessing (a lone "café" scores ~0.01, three stray bytes 0.002;
-# one line of Greek, Cyrillic or Japanese scores 0.07-0.2): cp1252 is then the fallback.
+# Below this the detector is guessing (bench/RESULTS.md): cp1252 is then the fallback.
 _MIN_CONFIDENCE = 0.05
-# Detection reads at most this much of the file's non-ASCII lines: enough for the detector
-# to be as sure as it gets (bench/RESULTS.md), and bounded whatever the file size.
+# Enough non-ASCII lines for the detector to be as sure as it gets (bench/RESULTS.md).
 _SAMPLE_BYTES = 64 * 1024
 _NON_ASCII_LINE = re.compile(rb"[^\n]*[\x80-\xff][^\n]*\n?")
 

@@ -1,12 +1,5 @@
-"""Parsed rows of a stored file, from any data-row offset, without reading from the top.
-
-The profile recorded at upload time holds checkpoints (data-row index -> byte offset);
-:func:`csvstore.profiling.read_page` seeks to the nearest one, counts its way to the first
-row asked for and parses from there with ``csv.reader``, over at most ``max_bytes``.
-It reads a plain binary file object, so it runs in a worker thread over
-:class:`StorageFile`, which pulls the bytes from the (asynchronous) storage in chunks:
-memory stays bounded for any offset in any file, on any storage backend.
-"""
+"""Parsed rows of a stored file from any data-row offset: `read_page` in a worker thread
+over `StorageFile`, which pulls the bytes from the asynchronous storage."""
 
 from __future__ import annotations
 
@@ -16,7 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from csvstore.analysis.profile import RowsPage, read_page
+from csvstore.analysis.pages import RowsPage, read_page
 from csvstore.db.sqlite import Row
 from csvstore.errors import ApiError
 from csvstore.storage.local import Storage
@@ -39,11 +32,8 @@ class StoredProfile:
 
 
 class StorageFile(io.RawIOBase):
-    """A read-only, seekable file over a stored object, for code in a worker thread.
-
-    Each read is served from the current chunk of an asynchronous ``storage.read`` stream
-    running on the event loop; seeking starts a new stream at the new position.
-    """
+    """A read-only, seekable file over a stored object, for code in a worker thread; a seek
+    starts a new ``storage.read`` stream on the event loop."""
 
     def __init__(self, storage: Storage, key: str, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
@@ -112,7 +102,7 @@ async def read_rows(
     storage: Storage, file: Row, offset: int, limit: int, *, max_bytes: int, cell_limit: int
 ) -> RowsPage:
     """Up to ``limit`` data rows from data-row ``offset``, the next offset (or None), and the
-    cells cut short; at most ``max_bytes`` parsed (see :func:`csvstore.profiling.read_page`)."""
+    cells cut short; at most ``max_bytes`` parsed (:func:`read_page`)."""
     if file.get("delimiter") is None or file.get("encoding") is None:
         raise NotProfiled(
             "this file was stored without a CSV profile, so its rows cannot be served; "

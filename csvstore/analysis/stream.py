@@ -1,9 +1,5 @@
-"""What csvstore learns about an upload in the one pass that writes it.
-
-Each chunk is checked (is it CSV text?), hashed (SHA-256) and profiled (dialect, header,
-rows) as it goes to disk, so nothing reads the file a second time and memory does not grow
-with its size.
-"""
+"""What csvstore learns about an upload in the one pass that writes it: each chunk checked,
+hashed and profiled on its way to storage."""
 
 from __future__ import annotations
 
@@ -15,12 +11,12 @@ import logging
 from dataclasses import dataclass, field
 
 from csvstore.analysis.content import CsvContentCheck
-from csvstore.analysis.profile import CsvProfile, CsvProfiler, profilable
+from csvstore.analysis.profile import CsvProfile, CsvProfiler
+from csvstore.analysis.projection import profilable
 
 log = logging.getLogger("csvstore.analysis")
 
-# The header is re-read from these first bytes when the encoding is detected only at the end
-# (UTF-8 and the code pages agree on every byte the profiler counts, not on names).
+# The header is re-read from these first bytes when the encoding is detected at the end.
 _HEAD_KEPT = 64 * 1024
 
 
@@ -30,7 +26,7 @@ class FileFacts:
     encoding: str | None = None
     encoding_source: str | None = None  # declared | bom | detected | fallback
     encoding_confidence: float | None = None
-    invalid_bytes: int | None = None  # bytes that do not decode in `encoding`
+    invalid_bytes: int | None = None
     first_invalid_offset: int | None = None
     delimiter: str | None = None
     quotechar: str | None = None
@@ -49,10 +45,7 @@ class FileFacts:
 
 
 class UploadAnalysis:
-    """Feed every chunk in order; :meth:`finish` returns the facts or raises NotACsv.
-
-    With ``enabled=False`` only the CSV check runs (the benchmark's comparison point).
-    """
+    """Feed every chunk in order; :meth:`finish` returns the facts or raises NotACsv."""
 
     def __init__(
         self, *, enabled: bool = True, checkpoint_every: int = 10_000, encoding: str | None = None
@@ -71,13 +64,11 @@ class UploadAnalysis:
         self.digest(chunk)
 
     def digest(self, chunk: bytes) -> None:
-        """The hashing half of :meth:`feed`: it may run in a worker thread (hashlib lets go
-        of the GIL on large buffers), while :meth:`inspect` of the same chunk runs here."""
+        """The hashing half of :meth:`feed`, which may run in a worker thread."""
         if self._hash is not None:
             self._hash.update(chunk)
 
     def inspect(self, chunk: bytes) -> None:
-        """The checking and profiling half of :meth:`feed`."""
         self._check.feed(chunk)
         if self._hash is None:
             return
@@ -126,9 +117,8 @@ class UploadAnalysis:
         )
 
     def _start_profiler(self, encoding: str) -> None:
-        # Without a declaration or BOM the encoding is decided at the end; the profiler counts
-        # the bytes as UTF-8 meanwhile (the specials are ASCII in every detected code page),
-        # and only the header's names are decoded again.
+        # Undeclared: counted as UTF-8 meanwhile (the specials are ASCII in every detected
+        # code page); only the header is decoded again.
         if not profilable(encoding):
             self._profile_failed = True  # declared codecs such as UTF-32: stored unprofiled
             return
@@ -159,7 +149,7 @@ class UploadAnalysis:
         return profile
 
     def _header_in(self, encoding: str, profile: CsvProfile) -> list[str]:
-        head = bytes(self._head)[profile.table_offset :]  # past any preamble
+        head = bytes(self._head)[profile.table_offset :]
         text = io.StringIO(head.decode(encoding, errors="replace"), newline="")
         reader = csv.reader(
             text,
@@ -173,7 +163,6 @@ class UploadAnalysis:
         return profile.columns
 
     def _give_up(self) -> None:
-        # A profile is a description, not a verdict: a file the profiler cannot follow is
-        # still stored (with empty profile fields) rather than refused or failing with 500.
+        # A profile is a description, not a verdict: such a file is stored unprofiled.
         self._profile_failed = True
         log.warning("could not profile an upload; storing it without a profile", exc_info=True)

@@ -1,20 +1,6 @@
-"""Where the bytes of stored files live.
-
-An upload is written through a :class:`StorageWriter`: bytes stream into a temporary
-object, and only :meth:`StorageWriter.commit` makes them visible under their key, whole
-and durable. :meth:`StorageWriter.abort` leaves nothing behind. Keys are the stored file
-names (``<uuid>.csv``); the original names live only in the database.
-
-The journal. On a local disk a durable file costs three flushes: its bytes, its folder
-entry, and the database row that lists it. For a small upload (up to ``JOURNAL_MAX``) the
-first two are replaced by the third: the writer puts the bytes under their final name
-without an fsync and hands them back as :attr:`StorageWriter.journal`; the caller commits
-them with the file's row (the ``file_journal`` table), so the database's one fsync -- shared
-by every upload in its group commit -- is what makes the 201 durable. Every second or so
-:meth:`Storage.sync` makes the files on disk durable (one ``syncfs``) and the journal entries
-written before it are deleted; after a crash the start-up check writes back whatever is
-still in the journal (:meth:`Storage.restore`). Measured: bench/RESULTS.md.
-"""
+"""Where stored files' bytes live: the Storage protocol and the local folder. A writer's
+commit makes an upload visible whole and durable; small ones go through the journal
+(docs/design/durability.md)."""
 
 from __future__ import annotations
 
@@ -39,21 +25,14 @@ from csvstore.crashpoints import crash_point
 log = logging.getLogger("csvstore.storage")
 
 TEMP_SUFFIX = ".part"
-# The only names csvstore gives stored files (CsvStore.new_file_key; a tus upload's file id
-# is a UUID too): listing, the check and its removals never look at any other name.
+# Listing, the check and its removals never look at any other name.
 STORED_NAME = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.csv\Z")
-# The storage's half of the store id (csvstore/identity.py), beside the stored files.
 STORE_MARKER = ".csvstore-store-id"
-# What may be in the temp folder: csvstore's temp files, and the readiness probe's.
 _TEMP_NAME = re.compile(r"^(.*\.part|\.probe-\d+)$")
-# A first block up to this size is held for the one-hop write of a small upload; a bigger
-# one goes straight to disk, so memory per upload stays one block.
+# A first block up to this size is held for a small upload's one-hop write.
 HELD_BLOCK = 256 * 1024
-# Downloads move 1 MiB per thread hop: few hops, bounded memory per reader.
 READ_CHUNK = 1024 * 1024
-# Uploads up to this size go through the journal (module docstring). Their file is written
-# on the event loop: a page-cache write of at most this much costs less than the thread hop
-# that would carry it.
+# Uploads up to this size are journaled, written on the event loop (bench/RESULTS.md).
 JOURNAL_MAX = 64 * 1024
 
 
@@ -62,14 +41,11 @@ class StorageWriter(Protocol):
     def key(self) -> str: ...
 
     @property
-    def size(self) -> int:
-        """Bytes written so far."""
-        ...
+    def size(self) -> int: ...
 
     @property
     def journal(self) -> bytes | None:
-        """After commit: the bytes, if they are visible but not yet durable. The caller must
-        commit them to the journal with the file's row (module docstring); None otherwise."""
+        """After commit: the bytes if not yet durable, for the caller's journal; else None."""
         ...
 
     async def write(self, chunk: bytes) -> None: ...
@@ -83,16 +59,13 @@ class Storage(Protocol):
     async def prepare(
         self, *, temp_min_age: float = 0.0, abandoned: frozenset[str] = frozenset()
     ) -> int:
-        """Create what is missing; remove temp objects older than ``temp_min_age`` seconds,
-        and those of the stored names in ``abandoned`` (their process is known dead) at any
-        age where the storage can tell them (S3: a multipart upload has its final key)."""
+        """Create what is missing; remove temp objects older than ``temp_min_age`` and, where
+        the storage can tell them, those of ``abandoned`` names at any age."""
         ...
 
     async def begin(self, key: str) -> StorageWriter: ...
 
-    def read(self, key: str, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        """The stored bytes from ``start``, ``length`` of them (all by default), in chunks."""
-        ...
+    def read(self, key: str, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]: ...
 
     async def delete(self, keys: list[str]) -> None: ...
 
@@ -100,26 +73,17 @@ class Storage(Protocol):
         """Make durable every file committed so far, journaled ones included."""
         ...
 
-    async def restore(self, key: str, data: bytes) -> None:
-        """Write ``data`` durably as the stored file ``key``, replacing what is there."""
-        ...
+    async def restore(self, key: str, data: bytes) -> None: ...
 
-    async def keys(self) -> set[str]:
-        """The stored files: only names shaped like csvstore's (``STORED_NAME``)."""
-        ...
+    async def keys(self) -> set[str]: ...
 
-    async def read_store_id(self) -> str | None:
-        """The store id recorded in this storage (``STORE_MARKER``), or None."""
-        ...
+    async def read_store_id(self) -> str | None: ...
 
     async def create_store_id(self, store_id: str) -> str:
-        """Record ``store_id`` unless an id is recorded already (another instance's, a
-        moment earlier: the create is conditional); the id recorded now."""
+        """Record ``store_id`` unless one is recorded (conditional create); the id now."""
         ...
 
-    async def stat(self, key: str) -> tuple[int, float] | None:
-        """(size, modification time) of a stored file, or None if there is none."""
-        ...
+    async def stat(self, key: str) -> tuple[int, float] | None: ...
 
     def free_bytes(self) -> int | None:
         """Bytes free where uploads are written, or None where that is not a concern."""
@@ -131,7 +95,6 @@ class Storage(Protocol):
 
 
 def fsync_dir(path: Path) -> None:
-    """Make the entries of a folder (a rename into it, a removal) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -140,24 +103,19 @@ def fsync_dir(path: Path) -> None:
 
 
 class _FolderSync:
-    """fsync of one folder, shared by every rename made before it began.
-
-    A rename is durable once an fsync of its folder that began after the rename has
-    completed. Concurrent publishes wait for such an fsync rather than each issuing their
-    own, so under load one fsync covers every rename made while the previous one ran.
-    Called from worker threads.
-    """
+    """fsync of one folder, shared by every rename made before it began: under load one
+    fsync covers every rename made while the previous one ran. Worker threads only."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._cond = threading.Condition()
-        self._begun = 0  # fsyncs begun so far
-        self._done = 0  # the latest of them known complete
+        self._begun = 0
+        self._done = 0
         self._running = False
 
     def sync(self) -> None:
         with self._cond:
-            needed = self._begun + 1  # the next fsync to begin covers the caller's rename
+            needed = self._begun + 1
             while self._done < needed:
                 if self._running:
                     self._cond.wait()
@@ -188,12 +146,7 @@ def _syncfs() -> Callable[[int], int] | None:
 
 
 def journal_supported() -> bool:
-    """Whether a sync failure is reliably reported: the journal depends on it.
-
-    syncfs(2) reports writeback errors (a page that could not be written is then dropped
-    from memory) since Linux 5.8; before, and where there is no syncfs, a sync that lost
-    bytes would look like one that did not.
-    """
+    """Whether a sync failure is reported (syncfs since Linux 5.8): the journal needs it."""
     if _syncfs() is None:
         return False
     version = re.match(r"(\d+)\.(\d+)", os.uname().release)
@@ -201,19 +154,16 @@ def journal_supported() -> bool:
 
 
 def _sync_filesystem(fd: int) -> None:
-    """syncfs(2) on the filesystem of the open folder ``fd``: every file's data and
-    metadata to stable storage; an OSError if writeback failed since ``fd`` last asked."""
+    """syncfs(2) on ``fd``'s filesystem; OSError if writeback failed since ``fd`` asked."""
     syncfs = _syncfs()
-    assert syncfs is not None  # journal_supported() said so
+    assert syncfs is not None
     if syncfs(fd) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
 
 
 async def _open_for_reading(path: Path) -> BinaryIO:
-    """``open(path, "rb")`` in a worker thread. A caller cancelled while the thread opens
-    (a client gone, the server stopping) does not leave the file open: it is closed as soon
-    as the open completes."""
+    """``open(path, "rb")`` in a worker thread; closed if the caller is cancelled meanwhile."""
     opening = asyncio.ensure_future(asyncio.to_thread(_open_binary, path))
     try:
         return await asyncio.shield(opening)
@@ -223,7 +173,7 @@ async def _open_for_reading(path: Path) -> BinaryIO:
 
 
 def _open_binary(path: Path) -> BinaryIO:
-    return open(path, "rb")  # closed by the reader, or by _close_opened
+    return open(path, "rb")
 
 
 def _close_opened(opening: asyncio.Future[BinaryIO]) -> None:
@@ -232,8 +182,7 @@ def _close_opened(opening: asyncio.Future[BinaryIO]) -> None:
 
 
 def _write_new_file(path: Path, data: bytes, *, fsync: bool, exclusive: bool = True) -> None:
-    """Create ``path`` (it must not exist, unless not ``exclusive``) holding ``data``;
-    fsynced if asked. On a failed write (a full disk) the file is removed again."""
+    """Create ``path`` holding ``data``, fsynced if asked; removed again if a write fails."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
     fd = os.open(path, flags, 0o644)
     try:
@@ -251,14 +200,8 @@ def _write_new_file(path: Path, data: bytes, *, fsync: bool, exclusive: bool = T
 
 
 class LocalWriter:
-    """One upload on its way into a local folder: ``temp/<key>.part`` -> ``root/<key>``.
-
-    A small first block (up to HELD_BLOCK) is held until a second arrives: an upload that
-    fits in it (most small CSVs) is then written, fsynced and renamed in a single thread hop
-    at commit, instead of one hop each for open, write, fsync and close -- or, up to
-    JOURNAL_MAX, written in place and journaled (module docstring). Larger uploads stream
-    through aiofiles block by block.
-    """
+    """One upload: ``temp/<key>.part`` -> ``root/<key>``; an upload within its first block
+    is written in one thread hop at commit (or journaled), larger ones stream."""
 
     def __init__(self, storage: LocalStorage, key: str) -> None:
         self.key = key
@@ -266,8 +209,7 @@ class LocalWriter:
         self.journal: bytes | None = None
         self._storage = storage
         self._handle: AsyncBufferedIOBase | None = None
-        # The temp file's open, while a worker thread runs it: a request cancelled meanwhile
-        # leaves it running, and abort must wait for it (or it re-creates the file after).
+        # A cancelled request leaves the open running: abort must wait for it.
         self._opening: asyncio.Future[AsyncBufferedIOBase] | None = None
         self._first: bytes | None = None
         self._temp_path = storage.temp_dir / (key + TEMP_SUFFIX)
@@ -292,7 +234,6 @@ class LocalWriter:
         return await aiofiles.open(self._temp_path, "xb")
 
     async def commit(self) -> None:
-        """fsync the bytes, rename into place, fsync the folder: then the file is durable."""
         final_path = self._storage.root / self.key
         fsync = self._storage.fsync
         temp_path = self._temp_path
@@ -303,8 +244,7 @@ class LocalWriter:
         folder = self._storage.folder_sync
 
         if fd is None and len(first) <= self._storage.journal_max:
-            # Journaled: written under its final name, no fsync, on the loop (JOURNAL_MAX).
-            # A failed write removes the file again; nothing is left to abort.
+            # Journaled: under its final name, no fsync; a failed write leaves nothing.
             self._closed = True
             self._first = None
             self._storage.watch_writeback_errors()
@@ -317,9 +257,8 @@ class LocalWriter:
             return
 
         def publish() -> None:
-            # Plain system calls, few of them: each one hands the GIL back and waits to
-            # take it again, which under load costs more than the call itself.
-            if fd is None:  # never opened: the whole upload is the one block held
+            # Few plain system calls: each gives up the GIL and waits to take it back.
+            if fd is None:
                 _write_new_file(temp_path, first, fsync=fsync)
             elif fsync:
                 os.fsync(fd)
@@ -344,7 +283,7 @@ class LocalWriter:
             return
         self._closed = True
         self._first = None
-        if self._opening is not None:  # cancelled while the thread opened the temp file
+        if self._opening is not None:
             with contextlib.suppress(OSError):
                 self._handle = await self._opening
             self._opening = None
@@ -356,24 +295,20 @@ class LocalWriter:
 
 
 class LocalStorage:
-    """Files in one folder, named by key; uploads in progress in a temp folder beside it."""
-
     def __init__(
         self, root: Path, temp_dir: Path, *, fsync: bool = True, journal_max: int = -1
     ) -> None:
         self.root = root
         self.temp_dir = temp_dir
         self.fsync = fsync
-        # Uploads up to this size are journaled; -1: none. Only where files are fsynced:
-        # without fsyncs there is nothing for the journal to save.
+        # -1: nothing journaled; without fsyncs the journal would save nothing.
         if not fsync:
             journal_max = -1
         elif journal_max >= 0 and not journal_supported():
             log.info("small uploads fsynced one by one: syncfs here does not report errors")
             journal_max = -1
         self.journal_max = journal_max
-        # The folder held open for syncfs, from before the first journaled write on: its
-        # writeback errors are reported to each open file once, from its opening on.
+        # Open before the first journaled write: writeback errors reach it from then on.
         self._sync_fd: int | None = None
         self.folder_sync = _FolderSync(root)
         self._free_bytes = 0
@@ -382,7 +317,7 @@ class LocalStorage:
     async def prepare(
         self, *, temp_min_age: float = 0.0, abandoned: frozenset[str] = frozenset()
     ) -> int:
-        """Create the folders and remove temp files a crash left behind; how many were removed."""
+        """Create the folders and remove temp files a crash left; how many were removed."""
 
         def run() -> int:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -412,7 +347,7 @@ class LocalStorage:
         handle = await _open_for_reading(self.root / key)
         try:
             if start:
-                handle.seek(start)  # moves an offset: no I/O
+                handle.seek(start)
             while remaining is None or remaining > 0:
                 want = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
                 chunk = await asyncio.to_thread(handle.read, want)
@@ -422,12 +357,11 @@ class LocalStorage:
                     remaining -= len(chunk)
                 yield chunk
         finally:
-            # Closed here, synchronously, however the reader stops: at the end, when the
-            # client goes away, or when the generator is finalised.
+            # Closed synchronously however the reader stops (client gone, finalised).
             handle.close()
 
     async def delete(self, keys: list[str]) -> None:
-        """Remove stored files; a file already gone is not an error (deletes are idempotent)."""
+        """Remove stored files; one already gone is not an error."""
         if not keys:
             return
 
@@ -461,7 +395,7 @@ class LocalStorage:
 
         def run() -> None:
             with contextlib.suppress(FileNotFoundError):
-                temp_path.unlink()  # left by an earlier attempt that failed halfway
+                temp_path.unlink()
             _write_new_file(temp_path, data, fsync=True)
             try:
                 os.replace(temp_path, self.root / key)
@@ -488,8 +422,7 @@ class LocalStorage:
         await asyncio.to_thread(run)
 
     def free_bytes(self) -> int | None:
-        # Asked before and during every upload: a second-old answer is good enough, and
-        # saves a system call per request under load.
+        # Asked on every upload: a second-old answer saves a system call per request.
         now = time.monotonic()
         if now - self._free_checked_at > 1.0:
             stats = os.statvfs(self.temp_dir)
@@ -522,8 +455,7 @@ class LocalStorage:
         def run() -> str:
             self.root.mkdir(parents=True, exist_ok=True)
             marker = self.root / STORE_MARKER
-            # Written whole under a name of its own, then linked into place: link(2) fails
-            # if the marker exists, and no one ever reads a half-written one.
+            # Written whole, then linked: link(2) fails if the marker exists.
             new = self.root / f"{STORE_MARKER}.{os.getpid()}.{threading.get_ident()}.new"
             new.unlink(missing_ok=True)
             _write_new_file(new, f"{store_id}\n".encode(), fsync=True)

@@ -1,16 +1,6 @@
-"""Stored files as objects in an S3-compatible bucket, under a prefix.
-
-An upload smaller than one part is held in memory and stored with one ``PutObject`` at
-commit. A larger one becomes a multipart upload: each part is sent while the next fills, so
-an upload holds at most two parts in memory. ``commit`` completes it; any failure, and
-``abort``, abort it, so no partial object and no dangling multipart upload survive. A
-multipart upload whose process died is the S3 form of a temp file: ``prepare`` aborts those
-older than ``temp_min_age`` -- except a resumable (tus) upload's, which waits for its client
-under a record in ``tus/`` and expires by itself (``partial_s3.py``).
-
-Only keys shaped like csvstore's stored names (``<uuid>.csv``) directly under the prefix are
-ever listed, checked or removed: other objects that share the bucket are left alone.
-"""
+"""Stored files as objects in an S3-compatible bucket, under a prefix: one PutObject for
+a small upload, else a multipart upload (at most two parts in memory). Only keys shaped like
+stored names are ever listed or removed: the bucket may be shared."""
 
 from __future__ import annotations
 
@@ -30,7 +20,7 @@ from botocore.loaders import Loader, create_loader
 
 from csvstore.config import parse_s3_url
 from csvstore.storage.local import READ_CHUNK, STORE_MARKER
-from csvstore.storage.local import STORED_NAME as STORED_NAME  # partial_s3 takes it from here
+from csvstore.storage.local import STORED_NAME as STORED_NAME  # resumable.s3 imports it
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -38,14 +28,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("csvstore.storage")
 
-# Resumable (tus) uploads keep their records under this folder of the prefix; each one's
-# multipart upload has the key of the stored file it becomes (see partial_s3.py).
+# tus uploads' records (resumable/s3.py); their multipart uploads have the final key.
 TUS_FOLDER = "tus/"
 # S3's limits: parts per upload, and keys per DeleteObjects request.
 MAX_PARTS = 10_000
 DELETE_BATCH = 1000
-# Every upload in flight holds a connection while it sends a part or its one PUT; botocore's
-# default pool of 10 would queue the eleventh concurrent upload behind the others.
+# Each upload in flight holds a connection; botocore's default pool is 10.
 MAX_CONNECTIONS = 128
 # The checksum fields S3 may return for a part; CompleteMultipartUpload wants them back.
 _PART_CHECKSUMS = (
@@ -59,14 +47,12 @@ _PART_CHECKSUMS = (
 
 @functools.cache
 def _model_loader() -> Loader:
-    """botocore's reader of its service descriptions, shared by every client this process
-    opens: it only reads and caches the package's JSON files, and loading S3's anew costs
-    about 0.3 s per client (each app and test opens one)."""
+    """botocore's reader of its service descriptions, shared by every client (it only reads
+    and caches JSON files; cost: bench/RESULTS.md)."""
     return create_loader()
 
 
 def tus_file_id(upload_id: str) -> str:
-    """The file id (and so the stored name) a tus upload's bytes are published under."""
     return str(uuid.UUID(hex=upload_id))
 
 
@@ -84,7 +70,7 @@ class S3Writer:
     def __init__(self, storage: S3Storage, key: str) -> None:
         self.key = key
         self.size = 0
-        self.journal: bytes | None = None  # an S3 object is durable once committed
+        self.journal: bytes | None = None
         self._storage = storage
         self._object_key = storage.object_key(key)
         self._chunks: list[bytes] = []
@@ -104,7 +90,6 @@ class S3Writer:
             await self._send_part()
 
     async def _send_part(self) -> None:
-        """Hand the buffered bytes to a part upload that runs while the next part fills."""
         client, bucket = self._storage.client, self._storage.bucket
         body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks, self._buffered = [], 0
@@ -113,7 +98,7 @@ class S3Writer:
                 Bucket=bucket, Key=self._object_key, ContentType="text/csv"
             )
             self._upload_id = created["UploadId"]
-        await self._wait_for_part()  # at most one part in flight, one filling
+        await self._wait_for_part()
         number = len(self._parts) + 1
         if number > MAX_PARTS:
             raise ValueError(f"upload of {self.key} needs more than {MAX_PARTS} parts")
@@ -142,7 +127,6 @@ class S3Writer:
             await sending
 
     async def commit(self) -> None:
-        """Store the object whole under its key; on failure nothing is left and it raises."""
         if self._finished:
             raise RuntimeError(f"commit of a finished upload of {self.key}")
         client, bucket = self._storage.client, self._storage.bucket
@@ -154,7 +138,7 @@ class S3Writer:
                     Bucket=bucket, Key=self._object_key, Body=body, ContentType="text/csv"
                 )
             else:
-                if self._chunks:  # the last part may be smaller than the minimum
+                if self._chunks:
                     await self._send_part()
                 await self._wait_for_part()
                 await client.complete_multipart_upload(
@@ -172,11 +156,7 @@ class S3Writer:
         self._finished = True
 
     async def abort(self) -> None:
-        """Leave nothing: stop the part in flight and abort the multipart upload, if any.
-
-        Shielded, so a cancelled request still cleans up; if S3 cannot be reached, the next
-        ``prepare`` (start-up, or ``python -m csvstore check``) aborts the upload instead.
-        """
+        """Leave nothing (shielded); if S3 is unreachable, the next ``prepare`` aborts it."""
         if self._finished:
             return
         self._finished = True
@@ -198,8 +178,6 @@ class S3Writer:
 
 
 class S3Storage:
-    """Objects ``<prefix><key>`` in one bucket; see the module docstring."""
-
     def __init__(self, client: S3Client, url: str, *, part_size: int) -> None:
         self.client = client
         self.url = url
@@ -217,12 +195,7 @@ class S3Storage:
         part_size: int,
         max_object_size: int = 0,
     ) -> AsyncIterator[S3Storage]:
-        """A client for the bucket of ``url``, open for the duration.
-
-        Credentials and (without ``region``) the region come from botocore's usual places:
-        the environment, the shared config and credentials files, the instance's role. The
-        part size grows if the largest object would otherwise need more than 10,000 parts.
-        """
+        """A client for the bucket of ``url``; credentials from botocore's usual places."""
         config = AioConfig(
             max_pool_connections=MAX_CONNECTIONS,
             retries={"max_attempts": 3, "mode": "standard"},
@@ -257,9 +230,8 @@ class S3Storage:
     async def prepare(
         self, *, temp_min_age: float = 0.0, abandoned: frozenset[str] = frozenset()
     ) -> int:
-        """Check the bucket is there and reachable; abort multipart uploads older than
-        ``temp_min_age`` seconds (uploads a dead process left), or of a name in
-        ``abandoned`` (a publish whose process is known dead); how many were aborted."""
+        """Check the bucket; abort multipart uploads older than ``temp_min_age`` or of an
+        ``abandoned`` name; how many were aborted."""
         await self._check_bucket()
         cutoff = time.time() - temp_min_age
         aborted = 0
@@ -273,7 +245,7 @@ class S3Storage:
                 if young and name not in abandoned:
                     continue
                 if await self._is_resumable(name):
-                    continue  # a tus upload, waiting for its client: it expires by itself
+                    continue  # a tus upload: it expires by itself
                 with contextlib.suppress(ClientError):  # finished or aborted meanwhile
                     await self.client.abort_multipart_upload(
                         Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
@@ -299,7 +271,6 @@ class S3Storage:
     async def read(
         self, key: str, start: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
-        """The object's bytes from ``start``; S3 sends only the range asked for."""
         if length == 0:
             return
         byte_range = ""
@@ -324,7 +295,7 @@ class S3Storage:
                 yield chunk
 
     async def delete(self, keys: list[str]) -> None:
-        """Remove objects; one already gone is not an error (deletes are idempotent)."""
+        """Remove objects; one already gone is not an error."""
         if len(keys) == 1:
             await self.client.delete_object(Bucket=self.bucket, Key=self.object_key(keys[0]))
             return
@@ -390,8 +361,7 @@ class S3Storage:
         return store_id
 
     async def stat(self, key: str) -> tuple[int, float] | None:
-        """(size, last modified). For a multipart upload S3 dates the object from the
-        upload's start, so a long upload's object looks older than its commit."""
+        """(size, last modified: for a multipart upload, its start)."""
         try:
             head = await self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
         except ClientError as exc:
@@ -404,11 +374,8 @@ class S3Storage:
         return None  # the store grows as needed; its quota is not ours to see
 
     async def probe_writable(self) -> None:
-        """Write and remove a small object (its name is never taken for a stored file).
-
-        One name for every probe: one that S3 went away from (or a deadline cut) between
-        its write and its remove leaves an object that the next probe removes, instead of
-        a new leftover each time."""
+        """Write and remove a small object, always the same name: a probe cut off halfway
+        leaves one leftover, which the next probe removes."""
         probe = f"{self.prefix}.csvstore-probe"
         await self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"ok")
         await self.client.delete_object(Bucket=self.bucket, Key=probe)

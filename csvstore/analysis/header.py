@@ -1,0 +1,103 @@
+"""The header vote: does the first record name the columns of the rows after it?"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from typing import Final
+
+_NUMBER_RE: Final = re.compile(
+    r"[-+]?(?:\d+(?:[.,]\d*)?|[.,]\d+)(?:[eE][-+]?\d+)?%?"
+    r"|[-+]?\d{1,3}(?:[,. \u00a0']\d{3})+(?:[.,]\d+)?"
+)
+_DATE_RE: Final = re.compile(
+    r"\d{4}-\d{1,2}-\d{1,2}(?:[T ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[-+]\d{2}:?\d{2})?)?"
+    r"|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}(?: \d{1,2}:\d{2}(?::\d{2})?)?"
+    r"|\d{1,2}:\d{2}(?::\d{2})?"
+)
+_BOOLEANS: Final = frozenset({"true", "false", "yes", "no"})
+
+
+def _kind(cell: str) -> str:
+    value = cell.strip()
+    if not value:
+        return "empty"
+    # Fast paths, the same answers as the patterns: every upload's vote runs this per cell.
+    first = value[0]
+    if first.isalpha():
+        return "bool" if value.lower() in _BOOLEANS else "text"
+    if value.isascii() and value.isdigit():
+        return "number"
+    if _NUMBER_RE.fullmatch(value):
+        return "number"
+    if _DATE_RE.fullmatch(value):
+        return "date"
+    if value.lower() in _BOOLEANS:
+        return "bool"
+    return "text"
+
+
+def _column_re(cell: re.Pattern[str]) -> re.Pattern[str]:
+    """Cells joined by NUL (which no accepted CSV holds), each matching ``cell`` whole."""
+    return re.compile(f"(?:{cell.pattern})(?:\x00(?:{cell.pattern}))*")
+
+
+_NUMBER_COLUMN_RE: Final = _column_re(_NUMBER_RE)
+_DATE_COLUMN_RE: Final = _column_re(_DATE_RE)
+
+
+def _column_kinds(values: list[str]) -> set[str]:
+    """``{_kind(v) for v in values}``, by one match over a column of numbers or dates (no
+    cell matches both patterns) and C-level passes over free text."""
+    stripped = list(map(str.strip, values))
+    joined = "\x00".join(stripped)
+    if _NUMBER_COLUMN_RE.fullmatch(joined):
+        return {"number"}
+    if _DATE_COLUMN_RE.fullmatch(joined):
+        return {"date"}
+    starts = "".join([value[:1] for value in stripped])
+    text_only = len(starts) == len(stripped) and starts.isalpha()
+    if text_only and _BOOLEANS.isdisjoint(map(str.lower, stripped)):
+        return {"text"}
+    return {_kind(value) for value in values}
+
+
+def _plain_names(cells: list[str]) -> bool:
+    """Cells that read like column names: all non-empty text, mostly distinct."""
+    names = [cell.strip() for cell in cells]
+    distinct = 2 * len(set(names)) > len(names) or len(names) == 1
+    return distinct and all(name and _kind(name) == "text" for name in names)
+
+
+def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
+    """Typed columns vote first (as in csv.Sniffer.has_header), then names, then text
+    lengths: docs/design/profiler.md (the header vote)."""
+    typed = 0
+    by_length = 0
+    width = len(first)
+    columns: Iterator[Sequence[str]] | None = None
+    if rows and all(len(row) == width for row in rows):
+        columns = zip(*rows, strict=True)
+    for column, head in enumerate(first):
+        if columns is not None:
+            values = list(filter(str.strip, next(columns)))
+        else:
+            values = [row[column] for row in rows if column < len(row) and row[column].strip()]
+        if not values:
+            continue
+        kinds = _column_kinds(values)
+        if len(kinds) == 1 and kinds != {"text"}:
+            head_kind = _kind(head)
+            if head_kind in kinds:
+                typed -= 1
+            elif head_kind == "text" or (head_kind == "number" and kinds == {"bool"}):
+                typed += 1  # a name, or a number naming a column of booleans (wide.csv)
+        elif kinds == {"text"} and len(values) > 1:
+            lengths = set(map(len, values))
+            if len(lengths) == 1:
+                by_length += -1 if len(head) in lengths else 1
+    if typed:
+        return typed > 0
+    if _plain_names(first):
+        return True
+    return by_length > 0
