@@ -17,8 +17,8 @@ class UploadLimits:
     max_upload_size: int
     chunk_size: int
     read_timeout: float
-    analyse: bool = True  # hash and profile while streaming (off only to benchmark the cost)
-    min_free_space: int = 0  # refuse (507) rather than leave less than this on the disk
+    analyse: bool = True
+    min_free_space: int = 0
 
 
 class FreeSpace(Protocol):
@@ -26,8 +26,7 @@ class FreeSpace(Protocol):
 
 
 def ensure_room(space: FreeSpace, incoming: int, limits: UploadLimits) -> None:
-    """507 before the disk is full: keep ``min_free_space`` free after ``incoming`` more bytes.
-    statvfs is one cheap system call, so it runs inline rather than in a thread."""
+    """507 unless ``min_free_space`` stays free after ``incoming`` more bytes."""
     if not limits.min_free_space:
         return
     free = space.free_bytes()

@@ -40,8 +40,6 @@ MAX_LIVE_ANALYSES = 128
 
 
 class Conflict(ApiError):
-    """The upload is complete, or at another offset; ``state`` says where it is."""
-
     status = 409
 
     def __init__(self, detail: str, state: PartialState) -> None:
@@ -72,7 +70,7 @@ class Body:
     """A request's bytes for an upload, and what its headers said of them."""
 
     chunks: AsyncIterable[bytes]
-    declared: int | None = None  # its length, when announced
+    declared: int | None = None
     present: bool = True  # False: a request without a body
     checksum: tuple[str, bytes] | None = None  # (algorithm, digest) of the whole body
 
@@ -83,9 +81,8 @@ async def _nothing() -> AsyncIterator[bytes]:
 
 
 class LiveAnalyses:
-    """The analyses of uploads in progress, kept between their requests. One is kept only
-    when it has seen exactly the acknowledged bytes, and taken back only at that offset;
-    anything else (another process, a restart, a rollback) re-derives it at completion."""
+    """Analyses kept between requests: each has seen exactly the acknowledged bytes, and is
+    taken back only at that offset (else completion re-reads the file)."""
 
     def __init__(self, limit: int = MAX_LIVE_ANALYSES) -> None:
         self._limit = limit
@@ -108,8 +105,6 @@ class LiveAnalyses:
 
 
 class _Live:
-    """The analysis a request feeds, and the offset up to which it has seen the bytes."""
-
     def __init__(self, analysis: UploadAnalysis | None, offset: int) -> None:
         self.analysis = analysis
         self.offset = offset
@@ -149,7 +144,6 @@ class ResumableUploads:
         options: dict[str, Any],
         first: Body | None = None,
     ) -> PartialState:
-        """A new upload; with its first bytes (``first``), or complete when empty."""
         partials = self.require()
         ensure_room(self.store, length, self.limits)
         await self.store.require_session(session_id)
@@ -189,13 +183,10 @@ class ResumableUploads:
         return state
 
     async def terminate(self, upload_id: str) -> None:
-        """The partial upload and its bytes go (a completed one's record only)."""
         if not await self.require().remove(upload_id):
             raise _upload_not_found(upload_id)
 
     async def _require_live_session(self, state: PartialState) -> None:
-        """An upload whose session was deleted is gone with it (now, if the delete could
-        not remove it)."""
         if await self.store.session_exists(state.session_id):
             return
         with contextlib.suppress(UploadLocked):  # its own request finds the session gone
@@ -204,13 +195,9 @@ class ResumableUploads:
             f"upload {state.id!r} not found: its session {state.session_id!r} was deleted"
         )
 
-    # Receiving bytes
-
     async def patch(self, upload_id: str, offset: int, body: Body) -> PartialState:
-        """Append the body at ``offset``; complete the upload if that was its last byte.
-
-        In a task shielded from the caller's cancellation: what arrived is saved and the
-        lock released however the request ends, and a completion under way finishes."""
+        """Append the body at ``offset``, completing the upload at its last byte; shielded, so
+        however the request ends what arrived is saved and the lock released."""
         partials = self.require()
         state = await partials.get(upload_id)
         if state is None:
@@ -363,8 +350,6 @@ class ResumableUploads:
         if pending:
             await flush()
 
-    # Completing
-
     async def _settle_interrupted(self, hold: PartialHold) -> PartialState | None:
         """A completion a crash cut short; this request holds the upload, so its row tells:
         in, and it is complete (returned); not in, and it is resumable again (None)."""
@@ -443,8 +428,6 @@ class ResumableUploads:
             time.monotonic() - started - analysed,
         )
         return done
-
-    # Expiry
 
     async def sweep_forever(self, interval: float, now: Callable[[], float] = time.time) -> None:
         partials = self.require()

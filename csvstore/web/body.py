@@ -16,11 +16,8 @@ from csvstore.uploads import UploadLimits
 async def body_chunks(
     body: StreamReader, limits: UploadLimits, *, broken_is_gone: bool = False
 ) -> AsyncGenerator[bytes, None]:
-    """The body in reads of at most ``chunk_size``, each waiting at most ``read_timeout``.
-
-    What has already arrived is taken without a timer (see bench/RESULTS.md, issue 16).
-    ``broken_is_gone``: a body cut short (ContentLengthError and kin) is a client gone (tus
-    keeps what arrived), not a malformed body (400)."""
+    """Reads of at most ``chunk_size``, waiting at most ``read_timeout`` (what has arrived
+    is taken without a timer); ``broken_is_gone``: a cut body is ClientGone, not a 400."""
     while True:
         try:
             chunk = body.read_nowait(limits.chunk_size)

@@ -34,9 +34,8 @@ from csvstore.web.schemas import SESSION_ID_PATTERN, SESSION_ID_RULE, UploadOpti
 
 # A form has two parts and a few options; thousands are abuse.
 MAX_PARTS = 16
-MAX_FIELD_BYTES = 4096  # ids and options: anything longer is not a value we would accept
-# Multipart framing around the file (boundaries, part headers, other fields): a body longer
-# than the size limit plus this is refused (413), by its Content-Length or as it streams.
+MAX_FIELD_BYTES = 4096
+# Multipart framing around the file: a body longer than the size limit plus this is a 413.
 FORM_OVERHEAD = 64 * 1024
 MAX_PART_HEADERS = 8
 MAX_HEADER_BYTES = 8190  # one part header line, as aiohttp allowed
@@ -44,7 +43,7 @@ MAX_HEADER_BYTES = 8190  # one part header line, as aiohttp allowed
 
 @dataclass(frozen=True, slots=True)
 class Uploaded:
-    session_id: str  # the client's id of the session the file went into
+    session_id: str
     file: Row
     duplicate: bool  # dedupe=true found the same bytes already in the session: this is them
 
@@ -155,8 +154,6 @@ async def _parse(parser: PushMultipartParser, chunk: bytes, form: _Form) -> None
 
 
 class _Form:
-    """What has been read of the form so far, and what to do with each part as it comes."""
-
     def __init__(self, store: CsvStore, limits: UploadLimits) -> None:
         self.store = store
         self.limits = limits
@@ -167,10 +164,10 @@ class _Form:
         self.original_filename: str | None = None
         self.writer: StorageWriter | None = None
         self.facts: FileFacts | None = None
-        self.part_digest: str | None = None  # from the file part's Content-Digest header
-        self.options: dict[str, Any] = {}  # sha256, strict, dedupe form fields
+        self.part_digest: str | None = None
+        self.options: dict[str, Any] = {}
         self._part_name = ""
-        self._file: _FileStream | None = None  # set while the file part streams
+        self._file: _FileStream | None = None
         self._field = bytearray()
 
     async def begin_part(self, part: MultipartSegment) -> None:
@@ -223,7 +220,6 @@ class _Form:
             )
 
     async def discard(self) -> None:
-        """Remove what was written of a failed upload, once no thread writes to it any more."""
         assert self.writer is not None
         try:
             if self._file is not None:  # the upload failed already: that error is the one
@@ -271,7 +267,7 @@ class _FileStream:
         # Gathered to a full chunk, so each thread hop to the disk moves a large block.
         self.pending: list[bytes] = []
         self.pending_size = 0
-        self.in_flight: asyncio.Future[Any] | None = None  # the last block's write+hash
+        self.in_flight: asyncio.Future[Any] | None = None
 
     async def feed(self, data: bytes) -> None:
         self.received += len(data)
@@ -329,8 +325,7 @@ _upload_options = UploadOptions()
 
 
 def parse_content_digest(header: str | None) -> str | None:
-    """The SHA-256 (hex) in an RFC 9530 ``Content-Digest`` header; other algorithms are
-    ignored, as the RFC allows."""
+    """The SHA-256 (hex) in an RFC 9530 ``Content-Digest`` header (others are ignored)."""
     if header is None:
         return None
     for member in header.split(","):
@@ -364,7 +359,6 @@ def _validated_session_id(value: str) -> str:
 
 
 def _filename_of(part: MultipartSegment) -> str | None:
-    """``filename``, else an RFC 5987 ``filename*`` (some clients send only that)."""
     if part.filename is not None:
         return str(part.filename)
     disposition = part.header("Content-Disposition") or ""
