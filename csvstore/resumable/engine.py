@@ -129,6 +129,10 @@ class ResumableUploads:
     def of(cls, store: CsvStore, limits: UploadLimits, expiry: float) -> ResumableUploads:
         return cls(store, store.partials, limits, expiry)
 
+    @property
+    def available(self) -> bool:
+        return self.partials is not None
+
     def require(self) -> PartialStore:
         if self.partials is None:
             raise NotFound("resumable uploads are not available on this server")

@@ -329,7 +329,7 @@ async def _engine_and_sweeper(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
     engine = ResumableUploads.of(app[STORE_KEY], app[LIMITS_KEY], settings.tus_expiry)
     app[ENGINE_KEY] = engine
-    if engine.partials is None:
+    if not engine.available:
         yield
         return
     task = asyncio.create_task(
