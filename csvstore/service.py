@@ -176,6 +176,16 @@ class CsvStore:
         file_id = str(uuid.uuid4())
         return file_id, f"{file_id}.csv"
 
+    # Uploads: what web/ingest.py and resumable/engine.py need of the storage (issue 16).
+
+    async def begin_upload(self) -> tuple[str, StorageWriter]:
+        """A fresh file id and a writer for its bytes."""
+        file_id, key = self.new_file_key()
+        return file_id, await self.storage.begin(key)
+
+    def free_bytes(self) -> int | None:
+        return self.storage.free_bytes()
+
     async def publish_upload(
         self,
         writer: StorageWriter,

@@ -20,7 +20,8 @@ from csvstore.config import Settings
 from csvstore.db.repo import Repo
 from csvstore.service import CsvStore
 from csvstore.storage.local import LocalStorage, LocalWriter
-from csvstore.web.ingest import UploadLimits, _discard, _FileStream, _Form
+from csvstore.uploads import UploadLimits
+from csvstore.web.ingest import _discard, _FileStream, _Form
 from tests.conftest import (
     BOUNDARY,
     Client,

@@ -1,27 +1,6 @@
-"""Partial uploads of the tus protocol: the bytes received so far and their state.
-
-A partial upload is two files in the temp area's ``tus/`` folder (never in ``uploads/``):
-
-* ``<upload id>.part``, the bytes received so far, and
-* ``<upload id>.json``, its state (:class:`PartialState`): length, acknowledged offset,
-  metadata, expiry; replaced atomically (write, fsync, rename, folder fsync) and never
-  edited in place.
-
-The state is the truth. The data file may be longer than the acknowledged offset (a
-request cut off before its bytes were made durable, or bytes refused by a checksum); it is
-cut back to the offset before the next bytes are appended. So a crash at any moment leaves
-either a resumable upload at its last acknowledged offset, or nothing.
-
-One request at a time changes an upload: it holds ``flock(LOCK_EX | LOCK_NB)`` on the data
-file, which works between the worker processes of one machine as well as within one, and
-a second request finds it taken (:class:`UploadLocked`, a 423).
-
-On completion the data file is published through the same :class:`StorageWriter` contract
-as a single-shot upload (fsync, rename into ``uploads/``, folder fsync), so the service's
-``publish_upload`` handles both alike. :class:`PartialStore` is the interface; on S3 storage
-``partial_s3.S3PartialStore`` implements it (one multipart upload per tus upload, nothing
-on local disk).
-"""
+"""Partial tus uploads on local storage (``<temp>/tus/``: a data file and an atomically
+replaced state file, locked with flock), and the interface every partial store offers.
+See docs/design/resumable.md."""
 
 from __future__ import annotations
 
@@ -50,31 +29,29 @@ log = logging.getLogger("csvstore.tus")
 UPLOAD_ID = re.compile(r"\A[0-9a-f]{32}\Z")
 DATA_SUFFIX = ".part"
 STATE_SUFFIX = ".json"
-_NEW_SUFFIX = ".new"  # a state being written; renamed over the state when complete
+_NEW_SUFFIX = ".new"
 
 
 class UploadLocked(ApiError):
     """Another request is writing to this upload right now."""
 
     status = 423
-    # A request holds an upload for one PATCH; a second is a fair first wait. An S3 lease
-    # left by a dead process says how long it has left instead.
     retry_after = 1.0
 
 
 @dataclass(frozen=True, slots=True)
 class PartialState:
     id: str
-    length: int  # Upload-Length: the whole file
+    length: int
     offset: int  # bytes acknowledged so far (durable)
     session_id: str
-    filename: str  # the original name, cleaned
+    filename: str
     metadata: str  # the Upload-Metadata header as the client sent it, echoed by HEAD
-    options: dict[str, Any]  # sha256, strict, dedupe, as for a single-shot upload
+    options: dict[str, Any]
     created_at: str
     expires_at: float  # Unix time; pushed forward whenever bytes arrive
     file_id: str | None = None  # set just before publishing: the id the file gets
-    publish_key: str | None = None  # ... and the stored name it gets
+    publish_key: str | None = None
     completed: bool = False  # published; kept until it expires so HEAD can say so
 
     def to_json(self) -> bytes:
@@ -95,65 +72,37 @@ class PartialHold(Protocol):
     def state(self) -> PartialState: ...
 
     @property
-    def pending(self) -> int:
-        """Bytes appended since the last :meth:`checkpoint`, not yet acknowledged."""
-        ...
+    def pending(self) -> int: ...  # appended since the last checkpoint
 
     async def append(self, chunk: bytes) -> None: ...
 
-    async def checkpoint(self, *, expires_at: float) -> PartialState:
-        """Make the pending bytes durable and acknowledge them (the new offset)."""
-        ...
+    async def checkpoint(self, *, expires_at: float) -> PartialState: ...  # pending: durable
 
-    async def rollback(self) -> None:
-        """Forget the pending bytes: the upload stays at its acknowledged offset."""
-        ...
+    async def rollback(self) -> None: ...
 
     async def save(self, state: PartialState) -> None: ...
 
-    async def finish(self, state: PartialState) -> None:
-        """Record the upload as published and drop its bytes from the partial area."""
-        ...
+    async def finish(self, state: PartialState) -> None: ...
 
     @property
-    def received(self) -> int:
-        """Bytes in the data file: the acknowledged ones and the pending ones."""
-        ...
+    def received(self) -> int: ...
 
     async def analyse(
         self, *, enabled: bool, chunk_size: int, encoding: str | None = None
-    ) -> FileFacts:
-        """The complete upload through the analysis, read back once (when the analysis fed
-        while the bytes arrived was lost)."""
-        ...
+    ) -> FileFacts: ...
 
     @property
-    def target(self) -> tuple[str, str] | None:
-        """The file id and storage key the upload must be published under, when they were
-        fixed at its creation (S3: its multipart upload's key); None: any fresh ones."""
-        ...
+    def target(self) -> tuple[str, str] | None: ...  # (file id, key) fixed at creation (S3)
 
     @property
-    def interrupted_publish(self) -> str | None:
-        """The file id of a completion that a crash cut short (its row may or may not be
-        in): the caller settles it with :meth:`finish` or :meth:`abandon_publish`."""
-        ...
+    def interrupted_publish(self) -> str | None: ...  # file id of a completion cut short
 
-    async def abandon_publish(self) -> None:
-        """The interrupted completion's row is not in: make the upload resumable again at
-        its acknowledged offset, and drop whatever of it was published."""
-        ...
+    async def abandon_publish(self) -> None: ...  # its row is not in: resumable again
 
     @property
-    def has_all_bytes(self) -> bool:
-        """Every byte is stored already and only the publish is missing: a completion that
-        died after making the stored object (S3), before its row. Complete it now."""
-        ...
+    def has_all_bytes(self) -> bool: ...  # stored (S3), only the publish is missing
 
-    def publisher(self, key: str) -> StorageWriter:
-        """A writer whose commit publishes the complete upload under ``key`` where its bytes
-        are (a rename; completing an S3 multipart upload); its abort removes them."""
-        ...
+    def publisher(self, key: str) -> StorageWriter: ...  # commit publishes, abort removes
 
     async def remove(self) -> None: ...
 
@@ -167,40 +116,26 @@ class PartialStore(Protocol):
     async def get(self, upload_id: str) -> PartialState | None: ...
 
     def hold(self, upload_id: str) -> contextlib.AbstractAsyncContextManager[PartialHold | None]:
-        """The upload, locked for this request; None if it is gone or already published.
-        Raises :class:`UploadLocked` if another request holds it."""
+        """The upload, locked; None if gone or published; UploadLocked if held elsewhere."""
         ...
 
-    async def remove(self, upload_id: str) -> bool:
-        """Terminate an upload; False if there was none. Raises UploadLocked while busy."""
-        ...
+    async def remove(self, upload_id: str) -> bool: ...
 
-    async def sweep_expired(self, now: float) -> int:
-        """Remove the uploads whose time is up (sparing any in use); how many went."""
-        ...
+    async def sweep_expired(self, now: float) -> int: ...
 
-    async def remove_for_sessions(self, session_ids: set[str]) -> int:
-        """Remove the uploads into these sessions (sparing any in use); how many went."""
-        ...
+    async def remove_for_sessions(self, session_ids: set[str]) -> int: ...
 
     async def reconcile(self, *, published: set[str], min_age: float = 0.0) -> int:
-        """After a crash: keep resumable uploads, settle interrupted completions, remove
-        broken and expired ones (those younger than ``min_age`` seconds are spared)."""
+        """After a crash: settle interrupted completions, remove broken and expired uploads."""
         ...
 
-    async def owns(self, key: str) -> bool:
-        """Whether a stored name without a row is a partial upload's, waiting for its publish
-        (so not an orphan for the check to remove)."""
-        ...
+    async def owns(self, key: str) -> bool: ...  # a stored name waiting for its publish
 
 
 class LocalPartialStore:
     """Partial uploads in a folder beside the temp files (same filesystem as ``uploads/``)."""
 
     def __init__(self, directory: Path, publish_dir: Path, *, fsync: bool = True) -> None:
-        """``publish_dir``: the folder of the stored files, on this filesystem, so a complete
-        upload is published by a rename. (On S3 storage, ``partial_s3`` keeps partial uploads
-        in the bucket instead.)"""
         self.directory = directory
         self.publish_dir = publish_dir
         self.fsync = fsync
@@ -211,10 +146,7 @@ class LocalPartialStore:
     def state_path(self, upload_id: str) -> Path:
         return self.directory / (upload_id + STATE_SUFFIX)
 
-    # State files
-
     def _write_state(self, state: PartialState) -> None:
-        """Replace the state atomically: a crash leaves the old one or the new one."""
         path = self.state_path(state.id)
         new = path.with_name(path.name + _NEW_SUFFIX)
         with new.open("wb") as handle:
@@ -234,9 +166,8 @@ class LocalPartialStore:
 
     async def create(self, state: PartialState) -> None:
         def run() -> None:
-            self.directory.mkdir(parents=True, exist_ok=True)  # made on first use
-            # The data file first: a crash before the state is written leaves a data file
-            # without a state, which reconcile removes.
+            self.directory.mkdir(parents=True, exist_ok=True)
+            # The data file first: without a state, reconcile removes it.
             fd = os.open(self.data_path(state.id), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             os.close(fd)
             self._write_state(state)
@@ -252,10 +183,7 @@ class LocalPartialStore:
             log.warning("partial upload %s has an unreadable state", upload_id)
             return None
 
-    # Holding an upload
-
     def _lock(self, upload_id: str) -> int | None:
-        """An open, locked descriptor of the data file; None if there is no data file."""
         path = self.data_path(upload_id)
         try:
             fd = os.open(path, os.O_RDWR)
@@ -268,7 +196,7 @@ class LocalPartialStore:
             raise UploadLocked(
                 f"upload {upload_id} is being written by another request; retry shortly"
             ) from None
-        # Locked, but maybe an inode that was removed or published meanwhile.
+        # Maybe an inode removed or published meanwhile.
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -292,7 +220,7 @@ class LocalPartialStore:
             state = await asyncio.to_thread(self._read_state, upload_id)
             if state is not None and not state.completed:
                 hold = _LocalHold(self, state, fd)
-                if state.file_id is None:  # else its bytes may be a stored file's: settled later
+                if state.file_id is None:  # else maybe a stored file's bytes: settled later
                     await asyncio.to_thread(hold.settle)
             yield hold
         finally:
@@ -313,7 +241,7 @@ class LocalPartialStore:
         return await asyncio.to_thread(run)
 
     def _remove_files(self, upload_id: str) -> bool:
-        """The state first: a data file without a state is removed by reconcile."""
+        # The state first: a data file without a state is removed by reconcile.
         found = False
         for path in (self.state_path(upload_id), self.data_path(upload_id)):
             with contextlib.suppress(FileNotFoundError):
@@ -322,8 +250,6 @@ class LocalPartialStore:
         if self.fsync:
             fsync_dir(self.directory)
         return found
-
-    # Sweeping and reconciling
 
     def _ids(self) -> set[str]:
         ids: set[str] = set()
@@ -344,8 +270,7 @@ class LocalPartialStore:
         )
 
     def _remove_where(self, wanted: Callable[[PartialState], bool]) -> int:
-        """Remove the uploads whose state is ``wanted`` (asked again under the upload's
-        lock); one in use is left to its request."""
+        """Remove the uploads whose state is ``wanted`` under their lock; not one in use."""
         removed = 0
         for upload_id in sorted(self._ids()):
             try:
@@ -408,7 +333,6 @@ class LocalPartialStore:
     def _reconcile_one(
         self, upload_id: str, published: set[str], now: float, min_age: float
     ) -> int:
-        """1 if the upload was removed, else 0."""
         paths = [self.state_path(upload_id), self.data_path(upload_id)]
         ages = [now - p.stat().st_mtime for p in paths if p.exists()]
         if ages and min(ages) < min_age:
@@ -419,9 +343,7 @@ class LocalPartialStore:
                 state = self._read_state(upload_id)
             except (ValueError, TypeError):
                 state = None
-            if state is None:  # no state, or an unreadable one: nothing to resume
-                return int(self._remove_files(upload_id))
-            if state.expires_at <= now:
+            if state is None or state.expires_at <= now:
                 return int(self._remove_files(upload_id))
             if state.completed:
                 return 0
@@ -432,12 +354,11 @@ class LocalPartialStore:
                     self.data_path(upload_id).unlink()
                 return 0
             if state.file_id is not None and fd is None:
-                # Published by the rename of earlier versions, then cut off before its row:
-                # the bytes go back to the partial area; the next request settles it.
+                # Renamed by earlier versions, no row: back to the partial area.
                 fd = self._relink(state)
             if fd is None:  # no data file, and nothing published: lost
                 return int(self._remove_files(upload_id))
-            if os.fstat(fd).st_size < state.offset:  # acknowledged bytes are missing
+            if os.fstat(fd).st_size < state.offset:
                 log.warning("partial upload %s lost acknowledged bytes; removed", upload_id)
                 return int(self._remove_files(upload_id))
             return 0
@@ -481,7 +402,6 @@ class _LocalHold:
         self._state = state
 
     def settle(self) -> None:
-        """Cut off bytes that were never acknowledged, and write from the offset on."""
         if os.fstat(self._fd).st_size != self._state.offset:
             os.ftruncate(self._fd, self._state.offset)
         os.lseek(self._fd, self._state.offset, os.SEEK_SET)
@@ -515,14 +435,12 @@ class _LocalHold:
     async def finish(self, state: PartialState) -> None:
         await self.save(state)
         crash_point("tus.finished")
-        # Published: the stored file is another link to these bytes; a duplicate (dedupe):
-        # they are not wanted.
+        # Published, it is another link to them; a duplicate, they are not wanted.
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(self._store.data_path(state.id).unlink)
 
     @property
     def received(self) -> int:
-        """Bytes in the data file: the acknowledged ones and the pending ones."""
         return self._state.offset + self._pending
 
     def read_all(self, chunk_size: int) -> Iterator[bytes]:
@@ -570,9 +488,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class HoldPublisher(Generic[H]):
-    """A complete upload as a :class:`StorageWriter` whose bytes are already in its hold:
-    nothing is written through it; each store says how ``commit`` publishes them and how
-    ``abort`` removes them."""
+    """A complete upload as a :class:`StorageWriter` whose bytes are already in its hold."""
 
     def __init__(self, hold: H, key: str) -> None:
         self._hold = hold
@@ -588,11 +504,8 @@ class HoldPublisher(Generic[H]):
 
 
 class _PublishingWriter(HoldPublisher["_LocalHold"]):
-    """Commit links the data file into ``uploads/`` (after an fsync), abort removes it.
-
-    A link, not a rename: until the upload is recorded as complete its bytes stay in the
-    partial area too, so a crash before the row leaves it resumable (docs/design/intents.md).
-    """
+    """Commit links the data file into ``uploads/``: a link, so a crash before the row
+    leaves it resumable (docs/design/intents.md)."""
 
     async def commit(self) -> None:
         store = self._hold._store
@@ -616,7 +529,5 @@ class _PublishingWriter(HoldPublisher["_LocalHold"]):
         self._hold.published = True
 
     async def abort(self) -> None:
-        # Nothing here: the data file is the hold's, removed by its remove() when the file
-        # is refused, and kept when the publish failed for a passing reason (the upload stays
-        # resumable; tus.py). A link already made is removed by the publish that made it.
+        # The data file is the hold's to remove; a link is removed by the publish that made it.
         return

@@ -15,8 +15,8 @@ from csvstore.errors import DependencyUnavailable, error_middleware
 from csvstore.maintenance.reconcile import startup_check
 from csvstore.metrics import Metrics
 from csvstore.service import CsvStore
+from csvstore.uploads import UploadLimits
 from csvstore.web.inflight import InFlight
-from csvstore.web.ingest import UploadLimits
 from csvstore.web.keys import (
     INFLIGHT_KEY,
     LIMITS_KEY,

@@ -11,9 +11,10 @@ from yarl import URL
 
 from csvstore.analysis.rows import read_rows
 from csvstore.errors import BadRequest, UnsupportedMediaType
+from csvstore.uploads import UploadLimits
 from csvstore.web import schemas
 from csvstore.web.download import send_archive, send_file
-from csvstore.web.ingest import UploadLimits, receive_upload
+from csvstore.web.ingest import receive_upload
 from csvstore.web.keys import LIMITS_KEY, SETTINGS_KEY, STORE_KEY
 from csvstore.web.observability import UPLOADED_BYTES
 from csvstore.web.render import projector

@@ -1,11 +1,5 @@
-"""Receiving an upload: the multipart form, streamed part by part, straight to storage.
-
-The body is never held whole: the ``file`` part is read in large chunks, each checked
-(size limit, CSV content) and written to a temporary object before the next is read. The
-form fields may come in any order -- ``requests`` sends ``session_id`` first, ``curl -F
-file=@x -F session_id=s`` sends it last -- so the session is checked as soon as its id is
-known: before the file streams when it comes first, before publishing when it comes last.
-"""
+"""The multipart upload form, streamed part by part to storage; the checks are uploads.py's.
+Fields come in any order, so the session is checked as soon as its id is known."""
 
 from __future__ import annotations
 
@@ -19,9 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-import aiohttp
 from aiohttp import StreamReader, web
-from aiohttp.http_exceptions import HttpProcessingError
 from multipart import (
     MultipartError,
     MultipartSegment,
@@ -30,54 +22,34 @@ from multipart import (
     parse_options_header,
 )
 
-from csvstore.analysis.content import clean_filename, declared_encoding, invalid_bytes_message
+from csvstore.analysis.content import clean_filename, declared_encoding
 from csvstore.analysis.stream import FileFacts, UploadAnalysis
 from csvstore.db.sqlite import Row
-from csvstore.errors import (
-    BadRequest,
-    ClientGone,
-    InsufficientStorage,
-    NotACsv,
-    PayloadTooLarge,
-    RequestTimeout,
-    ValidationFailed,
-)
+from csvstore.errors import BadRequest, PayloadTooLarge, ValidationFailed
 from csvstore.service import CsvStore
-from csvstore.storage.local import Storage, StorageWriter
+from csvstore.storage.local import StorageWriter
+from csvstore.uploads import FreeSpace, UploadLimits, bounded, check_expectations, ensure_room
+from csvstore.web.body import body_chunks
 from csvstore.web.schemas import SESSION_ID_PATTERN, SESSION_ID_RULE, UploadOptions, load
 
-# A form has two parts; a few more (options such as a digest) are fine. Thousands are abuse.
+# A form has two parts and a few options; thousands are abuse.
 MAX_PARTS = 16
-# Text fields are ids and options: anything longer is not a value we would accept.
 MAX_FIELD_BYTES = 4096
-# Multipart framing around the file: boundaries, part headers, the other fields. A body
-# longer than the size limit plus this is refused (413) up front by its Content-Length,
-# and while it streams when it has none.
+# Multipart framing around the file: a body longer than the size limit plus this is a 413.
 FORM_OVERHEAD = 64 * 1024
-# A part has Content-Disposition, Content-Type, perhaps Content-Digest: a few more are fine.
 MAX_PART_HEADERS = 8
 MAX_HEADER_BYTES = 8190  # one part header line, as aiohttp allowed
 
 
 @dataclass(frozen=True, slots=True)
-class UploadLimits:
-    max_upload_size: int
-    chunk_size: int
-    read_timeout: float
-    analyse: bool = True  # hash and profile while streaming (off only to benchmark the cost)
-    min_free_space: int = 0  # refuse (507) rather than leave less than this on the disk
-
-
-@dataclass(frozen=True, slots=True)
 class Uploaded:
-    session_id: str  # the client's id of the session the file went into
+    session_id: str
     file: Row
     duplicate: bool  # dedupe=true found the same bytes already in the session: this is them
 
 
 async def receive_upload(request: web.Request, store: CsvStore, limits: UploadLimits) -> Uploaded:
-    # The media type from the raw header: aiohttp's request.content_type parses it with the
-    # email package, which cost a fifth of a small upload's CPU on the event loop.
+    # From the raw header: request.content_type is costly (bench/RESULTS.md, issue 16).
     content_type = request.headers.get("Content-Type", "")
     media_type = content_type.partition(";")[0].strip().lower()
     if media_type != "multipart/form-data":
@@ -91,10 +63,9 @@ async def receive_upload(request: web.Request, store: CsvStore, limits: UploadLi
     length = request.content_length
     if length is not None and length > limits.max_upload_size + FORM_OVERHEAD:
         raise _too_large(limits)
-    _ensure_room(store.storage, length or 0, limits)
+    ensure_room(store, length or 0, limits)
     form = _Form(store, limits)
-    # For a body that fits in one chunk, looking the session up first costs more than it
-    # saves: the insert checks it anyway, and a refused small file is cheap to remove.
+    # A body in one chunk: the insert checks the session anyway, and a refused one is cheap.
     form.check_session_early = length is None or length > limits.chunk_size
     try:
         await _read_form(request.content, boundary, limits, form)
@@ -108,7 +79,14 @@ async def receive_upload(request: web.Request, store: CsvStore, limits: UploadLi
         assert form.file_id is not None
         assert form.original_filename is not None
         assert form.facts is not None
-        _check_expectations(form, form.facts)
+        check_expectations(
+            form.facts,
+            digests={
+                "the sha256 form field": form.options.get("sha256"),
+                "the Content-Digest header": form.part_digest,
+            },
+            strict=bool(form.options.get("strict")),
+        )
         form.writer = None  # publish_upload owns it now, and removes it on failure
         published = await store.publish_upload(
             writer,
@@ -124,17 +102,13 @@ async def receive_upload(request: web.Request, store: CsvStore, limits: UploadLi
             await _discard(form.discard())
 
 
-# Discards still running after the request that started them was cancelled: the loop keeps
-# only weak references to tasks, so these are held here until they finish.
+# Discards outliving their cancelled request: the loop holds tasks only weakly.
 _DISCARDS: set[asyncio.Task[None]] = set()
 
 
 async def _discard(discard: Coroutine[Any, Any, None]) -> None:
-    """Run the removal of a failed upload's bytes to its end, even if cancelled meanwhile.
-
-    A client that goes away cancels the request; cancelled halfway, the removal could leave
-    a temp file behind, or remove it while a worker thread is still writing it.
-    """
+    """Run the removal of a failed upload's bytes to its end, even if cancelled meanwhile
+    (halfway, it could leave a temp file, or remove it under a writing thread)."""
     task = asyncio.ensure_future(discard)
     _DISCARDS.add(task)
     task.add_done_callback(_DISCARDS.discard)
@@ -142,12 +116,8 @@ async def _discard(discard: Coroutine[Any, Any, None]) -> None:
 
 
 async def _read_form(body: StreamReader, boundary: str, limits: UploadLimits, form: _Form) -> None:
-    """Feed the body to the multipart parser and its events to the form, read by read.
-
-    The parser (the ``multipart`` package's sans-IO parser) finds boundaries with
-    ``bytes.find`` and hands the file's bytes over as they are, without copying large
-    chunks; aiohttp's own reader cost a third of a small upload's CPU on the event loop.
-    """
+    """Feed the body to the (sans-IO) multipart parser and its events to the form; it hands
+    the file's bytes over uncopied (aiohttp's reader: bench/RESULTS.md, issue 16)."""
     try:
         parser = PushMultipartParser(
             boundary,
@@ -157,29 +127,33 @@ async def _read_form(body: StreamReader, boundary: str, limits: UploadLimits, fo
         )
     except MultipartError as exc:
         raise BadRequest(f"malformed multipart body: {exc}") from None
-    budget = limits.max_upload_size + FORM_OVERHEAD  # the file, and the framing around it
+    budget = limits.max_upload_size + FORM_OVERHEAD
+    chunks = bounded(body_chunks(body, limits), budget, lambda: _too_large(limits))
     try:
-        while not parser.closed:
-            chunk = await _read_body(body, limits)
-            budget -= len(chunk)
-            if budget < 0:
-                raise _too_large(limits)
-            for event in parser.parse(chunk):
-                if isinstance(event, MultipartSegment):
-                    await form.begin_part(event)
-                elif event is None:
-                    await form.end_part()
-                else:
-                    await form.part_data(event)
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                await _parse(parser, chunk, form)
+                if parser.closed:
+                    break
+        if not parser.closed:
+            await _parse(parser, b"", form)  # the body ended: the parser says what is missing
     except ParserLimitReached as exc:
         raise BadRequest(_limit_message(exc)) from None
     except MultipartError as exc:
         raise BadRequest(_malformed_message(exc)) from None
 
 
-class _Form:
-    """What has been read of the form so far, and what to do with each part as it comes."""
+async def _parse(parser: PushMultipartParser, chunk: bytes, form: _Form) -> None:
+    for event in parser.parse(chunk):
+        if isinstance(event, MultipartSegment):
+            await form.begin_part(event)
+        elif event is None:
+            await form.end_part()
+        else:
+            await form.part_data(event)
 
+
+class _Form:
     def __init__(self, store: CsvStore, limits: UploadLimits) -> None:
         self.store = store
         self.limits = limits
@@ -190,11 +164,11 @@ class _Form:
         self.original_filename: str | None = None
         self.writer: StorageWriter | None = None
         self.facts: FileFacts | None = None
-        self.part_digest: str | None = None  # from the file part's Content-Digest header
-        self.options: dict[str, Any] = {}  # sha256, strict, dedupe form fields
-        self._part_name = ""  # the part being read
-        self._file: _FileStream | None = None  # set while the file part streams
-        self._field = bytearray()  # the value of a text field part being read
+        self.part_digest: str | None = None
+        self.options: dict[str, Any] = {}
+        self._part_name = ""
+        self._file: _FileStream | None = None
+        self._field = bytearray()
 
     async def begin_part(self, part: MultipartSegment) -> None:
         if part.content_type is not None and part.content_type.startswith("multipart/"):
@@ -210,9 +184,8 @@ class _Form:
                 self.session_checked = True
             self.part_digest = parse_content_digest(part.header("Content-Digest"))
             encoding = self._declared_encoding(part)
-            self.file_id, key = self.store.new_file_key()
-            self.writer = await self.store.storage.begin(key)
-            self._file = _FileStream(self.writer, self.store.storage, self.limits, encoding)
+            self.file_id, self.writer = await self.store.begin_upload()
+            self._file = _FileStream(self.writer, self.store, self.limits, encoding)
         elif name == "session_id" and self.session_id is not None:
             raise BadRequest("the form has more than one 'session_id' field")
         elif name in _OPTION_FIELDS and name in self.options:
@@ -247,12 +220,9 @@ class _Form:
             )
 
     async def discard(self) -> None:
-        """Remove what was written of a failed upload, once no thread writes to it any more."""
         assert self.writer is not None
         try:
-            if self._file is not None:
-                # The upload already failed with the error that matters; any error of the
-                # block in flight is a consequence of it.
+            if self._file is not None:  # the upload failed already: that error is the one
                 with contextlib.suppress(Exception):
                     await self._file.settle()
         finally:
@@ -278,30 +248,26 @@ class _Form:
 
 
 class _FileStream:
-    """The file part on its way to storage: checked, analysed and written block by block.
-
-    Large blocks are pipelined: while block N is written and hashed in worker threads, the
-    event loop receives block N+1 and checks and profiles it. Only then does it wait for N,
-    so blocks reach the writer and the hash in order and at most one is in flight.
-    """
+    """The file part on its way to storage, checked, analysed and written block by block.
+    Large blocks are pipelined: block N is written and hashed in threads while N+1 is
+    received and profiled; at most one is in flight, so blocks stay in order."""
 
     def __init__(
         self,
         writer: StorageWriter,
-        storage: Storage,
+        space: FreeSpace,
         limits: UploadLimits,
         encoding: str | None = None,
     ) -> None:
         self.writer = writer
-        self.storage = storage
+        self.space = space
         self.limits = limits
         self.analysis = UploadAnalysis(enabled=limits.analyse, encoding=encoding)
         self.received = 0
-        # The parser hands over whatever the network delivered (often 64 KiB); gather a
-        # full chunk before writing so each thread hop to the disk moves a large block.
+        # Gathered to a full chunk, so each thread hop to the disk moves a large block.
         self.pending: list[bytes] = []
         self.pending_size = 0
-        self.in_flight: asyncio.Future[Any] | None = None  # the last block's write+hash
+        self.in_flight: asyncio.Future[Any] | None = None
 
     async def feed(self, data: bytes) -> None:
         self.received += len(data)
@@ -319,15 +285,11 @@ class _FileStream:
         return self.analysis.finish()
 
     async def settle(self) -> None:
-        """Wait for the block in flight; raise what its write or hash raised.
-
-        Also called before the writer is aborted, so no thread still writes to it.
-        """
+        """Wait for the block in flight (also before an abort); raise what it raised."""
         in_flight = self.in_flight
         if in_flight is None:
             return
-        # Shielded: a cancelled request must not stop waiting for its worker threads (they
-        # go on anyway); it stays in flight, so the discard that follows waits for it again.
+        # Shielded: the threads go on anyway; still in flight, the discard waits for it again.
         outcomes = await asyncio.shield(in_flight)
         self.in_flight = None
         for outcome in outcomes:
@@ -338,24 +300,22 @@ class _FileStream:
         block = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
         self.pending = []
         self.pending_size = 0
-        _ensure_room(self.storage, len(block), self.limits)
+        ensure_room(self.space, len(block), self.limits)
         if len(block) < _OVERLAP_MIN:
             await self.settle()
             self.analysis.feed(block)  # refuses a non-CSV block before any of it is written
             await self.writer.write(block)
             return
-        self.analysis.inspect(block)  # here, while the previous block is written and hashed
+        self.analysis.inspect(block)  # while the previous block is written and hashed
         await self.settle()
-        # Both hops are handed to threads now: a coroutine or task would only start at the
-        # next wait, which may come after the next block has been received and profiled.
+        # Both to threads now: a task would only start at the next wait, too late.
         digest = asyncio.get_running_loop().run_in_executor(None, self.analysis.digest, block)
         write = asyncio.ensure_future(self.writer.write(block))
         self.in_flight = asyncio.gather(write, digest, return_exceptions=True)
         await asyncio.sleep(0)  # the write task's first step, which submits its thread hop
 
 
-# Below this a block is checked, hashed and written one after the other: thread hops would
-# cost more than the overlap saves.
+# Below this, thread hops cost more than the overlap saves.
 _OVERLAP_MIN = 256 * 1024
 
 
@@ -365,10 +325,7 @@ _upload_options = UploadOptions()
 
 
 def parse_content_digest(header: str | None) -> str | None:
-    """The SHA-256 (hex) in an RFC 9530 ``Content-Digest`` header, if it carries one.
-
-    Other algorithms are ignored, as the RFC allows; a malformed sha-256 value is a 400.
-    """
+    """The SHA-256 (hex) in an RFC 9530 ``Content-Digest`` header (others are ignored)."""
     if header is None:
         return None
     for member in header.split(","):
@@ -392,49 +349,8 @@ def parse_content_digest(header: str | None) -> str | None:
     return None
 
 
-def _ensure_room(storage: Storage, incoming: int, limits: UploadLimits) -> None:
-    """507 before the disk is full: keep ``min_free_space`` free after ``incoming`` more bytes.
-
-    statvfs is a single cheap system call, so it runs inline rather than in a thread.
-    """
-    if not limits.min_free_space:
-        return
-    free = storage.free_bytes()
-    if free is not None and free - incoming < limits.min_free_space:
-        raise InsufficientStorage(
-            f"not enough free disk space on the server: {free} bytes free, "
-            f"{limits.min_free_space} must stay free; try again later or upload less"
-        )
-
-
-def _check_expectations(form: _Form, facts: FileFacts) -> None:
-    """The client's digests and strictness, checked before anything is published."""
-    expected = {
-        "the sha256 form field": form.options.get("sha256"),
-        "the Content-Digest header": form.part_digest,
-    }
-    for source, digest in expected.items():
-        if digest is None:
-            continue
-        if facts.sha256 is None:
-            raise BadRequest("digest checks need the server's hashing, which is switched off")
-        if digest != facts.sha256:
-            raise BadRequest(
-                f"sha256 mismatch: {source} says {digest} but the received file has "
-                f"{facts.sha256}; nothing was stored"
-            )
-    if form.options.get("strict") and facts.ragged_rows:
-        raise BadRequest(
-            f"strict=true: {facts.ragged_rows} row(s) have a different number of fields than "
-            f"the header's {facts.column_count}; nothing was stored"
-        )
-    if form.options.get("strict") and facts.invalid_bytes:
-        raise NotACsv(invalid_bytes_message(facts))
-
-
 def _validated_session_id(value: str) -> str:
-    # The schema's own rule, as a compiled pattern: building a schema per upload cost ~8 %
-    # of a small upload's CPU.
+    # The schema's rule, compiled: a schema per upload is costly (bench/RESULTS.md, issue 16).
     if _SESSION_ID.fullmatch(value) is None:
         raise ValidationFailed(
             f"invalid session_id: {SESSION_ID_RULE}", errors={"session_id": [SESSION_ID_RULE]}
@@ -442,30 +358,7 @@ def _validated_session_id(value: str) -> str:
     return value
 
 
-async def _read_body(body: StreamReader, limits: UploadLimits) -> bytes:
-    """The next bytes of the body (b"" at its end), waiting at most ``read_timeout``.
-
-    What has already arrived is taken without a timer: a small upload is usually in the
-    buffer whole, and arming a timeout per read cost ~3 % of its CPU.
-    """
-    try:
-        chunk = body.read_nowait(limits.chunk_size)
-        if chunk or body.at_eof():
-            return chunk
-        async with asyncio.timeout(limits.read_timeout):
-            return await body.read(limits.chunk_size)
-    except TimeoutError:
-        raise RequestTimeout(
-            f"the request body stalled: nothing arrived for {limits.read_timeout:g} seconds"
-        ) from None
-    except HttpProcessingError as exc:
-        raise BadRequest(f"malformed request body: {exc.message}") from None
-    except (aiohttp.ClientError, ConnectionError, asyncio.IncompleteReadError) as exc:
-        raise ClientGone() from exc
-
-
 def _filename_of(part: MultipartSegment) -> str | None:
-    """The part's file name: ``filename``, else an RFC 5987 ``filename*`` (some clients)."""
     if part.filename is not None:
         return str(part.filename)
     disposition = part.header("Content-Disposition") or ""

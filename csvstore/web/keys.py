@@ -7,8 +7,8 @@ from aiohttp import web
 from csvstore.config import Settings
 from csvstore.metrics import Metrics
 from csvstore.service import CsvStore
+from csvstore.uploads import UploadLimits
 from csvstore.web.inflight import InFlight
-from csvstore.web.ingest import UploadLimits
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
 STORE_KEY = web.AppKey("store", CsvStore)

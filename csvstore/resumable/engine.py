@@ -1,0 +1,454 @@
+"""The tus engine without HTTP: bytes appended under the upload's lock, then the complete
+upload analysed and published as a single-shot one. See docs/design/resumable.md."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from csvstore.analysis.stream import FileFacts, UploadAnalysis
+from csvstore.crashpoints import crash_point
+from csvstore.errors import (
+    ApiError,
+    ClientGone,
+    DependencyUnavailable,
+    NotACsv,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    storage_unavailable,
+)
+from csvstore.resumable.local import PartialHold, PartialState, PartialStore, UploadLocked
+from csvstore.service import CsvStore, Published
+from csvstore.storage.local import StorageWriter
+from csvstore.timeutil import utc_now
+from csvstore.uploads import UploadLimits, bounded, check_expectations, ensure_room
+
+log = logging.getLogger("csvstore.tus")
+
+# A long PATCH makes what it received durable every so often: a crash loses at most this.
+CHECKPOINT_BYTES = 64 * 1024 * 1024
+# Analyses kept between requests (a few KiB each); beyond, the oldest is re-derived.
+MAX_LIVE_ANALYSES = 128
+
+
+class Conflict(ApiError):
+    status = 409
+
+    def __init__(self, detail: str, state: PartialState) -> None:
+        super().__init__(detail)
+        self.state = state
+
+
+class ChecksumMismatch(ApiError):
+    status = 460  # tus checksum extension: "Checksum Mismatch"
+
+    def __init__(self, detail: str, offset: int) -> None:
+        super().__init__(detail)
+        self.offset = offset
+
+
+class UploadLockedWhilePublishing(ApiError):
+    status = 423
+    retry_after = 1.0
+
+    def __init__(self, upload_id: str) -> None:
+        super().__init__(
+            f"upload {upload_id} has all its bytes and is being stored; ask with HEAD shortly"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A request's bytes for an upload, and what its headers said of them."""
+
+    chunks: AsyncIterable[bytes]
+    declared: int | None = None
+    present: bool = True  # False: a request without a body
+    checksum: tuple[str, bytes] | None = None  # (algorithm, digest) of the whole body
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""
+
+
+class LiveAnalyses:
+    """Analyses kept between requests: each has seen exactly the acknowledged bytes, and is
+    taken back only at that offset (else completion re-reads the file)."""
+
+    def __init__(self, limit: int = MAX_LIVE_ANALYSES) -> None:
+        self._limit = limit
+        self._by_id: dict[str, tuple[int, UploadAnalysis]] = {}
+
+    def take(
+        self, upload_id: str, offset: int, *, analyse: bool, encoding: str | None = None
+    ) -> UploadAnalysis | None:
+        entry = self._by_id.pop(upload_id, None)
+        if offset == 0:
+            return UploadAnalysis(enabled=analyse, encoding=encoding)
+        if entry is not None and entry[0] == offset:
+            return entry[1]
+        return None
+
+    def keep(self, upload_id: str, offset: int, analysis: UploadAnalysis) -> None:
+        self._by_id[upload_id] = (offset, analysis)
+        while len(self._by_id) > self._limit:
+            del self._by_id[next(iter(self._by_id))]  # the oldest (dicts keep order)
+
+
+class _Live:
+    def __init__(self, analysis: UploadAnalysis | None, offset: int) -> None:
+        self.analysis = analysis
+        self.offset = offset
+
+    def usable_at(self, offset: int) -> UploadAnalysis | None:
+        return self.analysis if self.offset == offset else None
+
+
+class ResumableUploads:
+    """The service's resumable uploads, for the tus handlers (web/tus.py)."""
+
+    def __init__(
+        self, store: CsvStore, partials: PartialStore | None, limits: UploadLimits, expiry: float
+    ) -> None:
+        self.store = store
+        self.partials = partials
+        self.limits = limits
+        self.expiry = expiry
+        self.analyses = LiveAnalyses()
+
+    @classmethod
+    def of(cls, store: CsvStore, limits: UploadLimits, expiry: float) -> ResumableUploads:
+        return cls(store, store.partials, limits, expiry)
+
+    @property
+    def available(self) -> bool:
+        return self.partials is not None
+
+    def require(self) -> PartialStore:
+        if self.partials is None:
+            raise NotFound("resumable uploads are not available on this server")
+        return self.partials
+
+    async def create(
+        self,
+        *,
+        length: int,
+        session_id: str,
+        filename: str,
+        metadata: str,
+        options: dict[str, Any],
+        first: Body | None = None,
+    ) -> PartialState:
+        partials = self.require()
+        ensure_room(self.store, length, self.limits)
+        await self.store.require_session(session_id)
+        state = PartialState(
+            id=uuid.uuid4().hex,
+            length=length,
+            offset=0,
+            session_id=session_id,
+            filename=filename,
+            metadata=metadata,
+            options=options,
+            created_at=utc_now(),
+            expires_at=time.time() + self.expiry,
+        )
+        await partials.create(state)
+        if first is None and length:
+            return state
+        try:
+            return await self.patch(state.id, 0, first or Body(_nothing(), 0, present=False))
+        except Exception:
+            # Refused: the client never learns the upload's address, so it goes now.
+            await self._remove_refused(state.id)
+            raise
+
+    async def _remove_refused(self, upload_id: str) -> None:
+        try:
+            await self.require().remove(upload_id)
+        except Exception:  # the refusal is the answer; the expiry sweep removes it later
+            log.warning("upload %s: refused at creation, not removed", upload_id, exc_info=True)
+
+    async def state(self, upload_id: str) -> PartialState:
+        partials = self.require()
+        state = await partials.get(upload_id)
+        if state is None or (state.expires_at <= time.time() and not state.completed):
+            raise _upload_not_found(upload_id)
+        await self._require_live_session(state)
+        return state
+
+    async def terminate(self, upload_id: str) -> None:
+        if not await self.require().remove(upload_id):
+            raise _upload_not_found(upload_id)
+
+    async def _require_live_session(self, state: PartialState) -> None:
+        if await self.store.session_exists(state.session_id):
+            return
+        with contextlib.suppress(UploadLocked):  # its own request finds the session gone
+            await self.require().remove(state.id)
+        raise NotFound(
+            f"upload {state.id!r} not found: its session {state.session_id!r} was deleted"
+        )
+
+    async def patch(self, upload_id: str, offset: int, body: Body) -> PartialState:
+        """Append the body at ``offset``, completing the upload at its last byte; shielded, so
+        however the request ends what arrived is saved and the lock released."""
+        partials = self.require()
+        state = await partials.get(upload_id)
+        if state is None:
+            raise _upload_not_found(upload_id)
+        await self._require_live_session(state)
+        if state.completed:
+            if offset == state.length and not body.present:
+                return state  # a retry of the final request: nothing more to do
+            raise Conflict(
+                f"upload {upload_id} is complete ({state.length} bytes); "
+                f"Upload-Offset was {offset}",
+                state,
+            )
+        task = asyncio.create_task(self._locked_patch(partials, upload_id, offset, body))
+        return await asyncio.shield(task)
+
+    async def _locked_patch(
+        self, partials: PartialStore, upload_id: str, offset: int, body: Body
+    ) -> PartialState:
+        async with partials.hold(upload_id) as hold:
+            if hold is None:
+                current = await partials.get(upload_id)
+                if current is not None and current.completed:
+                    raise _complete_conflict(upload_id, offset, current)
+                if current is not None and current.file_id is not None:
+                    raise UploadLockedWhilePublishing(upload_id)
+                raise _upload_not_found(upload_id)
+            state = hold.state
+            if state.expires_at <= time.time():
+                await hold.remove()
+                raise _upload_not_found(upload_id)
+            if hold.interrupted_publish is not None:
+                done = await self._settle_interrupted(hold)
+                if done is not None:
+                    raise _complete_conflict(upload_id, offset, done)
+                state = hold.state
+            if hold.has_all_bytes:
+                # A completion that died after storing the file, before its row: finish it.
+                done = await self._complete(hold, None)
+                raise _complete_conflict(upload_id, offset, done)
+            if offset != state.offset:
+                raise Conflict(
+                    f"Upload-Offset {offset} does not match the upload's offset "
+                    f"{state.offset}: ask with HEAD and resume from there",
+                    state,
+                )
+            if body.declared is not None and offset + body.declared > state.length:
+                raise PayloadTooLarge(
+                    f"the body would end at byte {offset + body.declared}, "
+                    f"past Upload-Length {state.length}"
+                )
+            checksum = body.checksum
+            hasher = hashlib.new(checksum[0]) if checksum else None
+            encoding = state.options.get("encoding")
+            analysis = self.analyses.take(
+                upload_id, offset, analyse=self.limits.analyse, encoding=encoding
+            )
+            live = _Live(analysis, offset)
+            try:
+                await self._receive(body.chunks, hold, hasher, live)
+            except BaseException as exc:
+                await self._after_failed_body(hold, exc, keep=hasher is None)
+                self._keep_live(hold, live)
+                raise
+            if checksum is not None and hasher is not None and hasher.digest() != checksum[1]:
+                await hold.rollback()
+                raise ChecksumMismatch(
+                    f"Upload-Checksum ({checksum[0]}) does not match the body received; "
+                    f"the upload stays at offset {state.offset}",
+                    state.offset,
+                )
+            if hold.received < state.length:
+                saved = await hold.checkpoint(expires_at=time.time() + self.expiry)
+                self._keep_live(hold, live)
+                return saved
+            return await self._complete(hold, live.usable_at(hold.received))
+
+    def _keep_live(self, hold: PartialHold, live: _Live) -> None:
+        """Keep the analysis if it has seen exactly the acknowledged bytes."""
+        analysis = live.usable_at(hold.state.offset)
+        if analysis is not None and not hold.pending:
+            self.analyses.keep(hold.state.id, hold.state.offset, analysis)
+
+    async def _after_failed_body(
+        self, hold: PartialHold, exc: BaseException, *, keep: bool
+    ) -> None:
+        """A body that ended early: keep what arrived (tus resumes from there), unless a
+        checksum must cover the whole body or the bytes were refused."""
+        if isinstance(exc, NotACsv):
+            await hold.remove()
+            return
+        dropped = isinstance(exc, ClientGone | RequestTimeout | asyncio.CancelledError)
+        if keep and dropped and hold.pending and hold.received < hold.state.length:
+            try:
+                await hold.checkpoint(expires_at=time.time() + self.expiry)
+            except OSError:
+                log.exception("could not save the received part of upload %s", hold.state.id)
+                await hold.rollback()
+            return
+        await hold.rollback()
+
+    async def _receive(
+        self, body: AsyncIterable[bytes], hold: PartialHold, hasher: Any, live: _Live
+    ) -> None:
+        """Append the body; each block goes through the live analysis first, so a file that
+        is not a CSV is refused at its first bad block, as a single-shot upload."""
+        end = hold.state.length
+        pending: list[bytes] = []
+        pending_size = 0
+
+        async def flush() -> None:
+            nonlocal pending_size
+            block = pending[0] if len(pending) == 1 else b"".join(pending)
+            pending.clear()
+            pending_size = 0
+            ensure_room(self.store, len(block), self.limits)
+            if live.analysis is not None:
+                try:
+                    live.analysis.feed(block)  # NotACsv: refused before it is written
+                except BaseException:
+                    live.analysis = None
+                    raise
+            if hasher is not None:
+                hasher.update(block)
+            try:
+                await hold.append(block)
+            except BaseException:
+                live.analysis = None  # it has seen a block the file may not hold
+                raise
+            live.offset += len(block)
+            if hasher is None and hold.pending >= CHECKPOINT_BYTES and hold.received < end:
+                await hold.checkpoint(expires_at=time.time() + self.expiry)
+
+        def too_long() -> PayloadTooLarge:
+            return PayloadTooLarge(f"the body goes past Upload-Length {end}")
+
+        chunks = bounded(body, end - hold.received, too_long)
+        try:
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    pending.append(chunk)
+                    pending_size += len(chunk)
+                    if pending_size >= self.limits.chunk_size:
+                        await flush()
+        except (ClientGone, RequestTimeout, asyncio.CancelledError):
+            if pending:  # what arrived before the connection dropped is kept too
+                with contextlib.suppress(ApiError):
+                    await flush()
+            raise
+        if pending:
+            await flush()
+
+    async def _settle_interrupted(self, hold: PartialHold) -> PartialState | None:
+        """A completion a crash cut short; this request holds the upload, so its row tells:
+        in, and it is complete (returned); not in, and it is resumable again (None)."""
+        state = hold.state
+        assert state.file_id is not None
+        if await self.store.find_file(state.file_id) is not None:
+            done = replace(
+                state, offset=state.length, completed=True, expires_at=time.time() + self.expiry
+            )
+            await hold.finish(done)
+            return done
+        await hold.abandon_publish()
+        return None
+
+    async def _complete(self, hold: PartialHold, analysis: UploadAnalysis | None) -> PartialState:
+        """Analyse and publish the complete upload; on any failure remove it (as a single-shot
+        upload leaves nothing), except that a crash leaves it resumable or published."""
+        state = hold.state
+        file_id, key = hold.target or self.store.new_file_key()
+        writer: StorageWriter | None = None
+        started = time.monotonic()
+        try:
+            # The writer first: on S3 the analysis reads back the object it completes.
+            writer = hold.publisher(key)
+            facts: FileFacts
+            if analysis is not None:
+                facts = analysis.finish()
+            else:
+                facts = await hold.analyse(
+                    enabled=self.limits.analyse,
+                    chunk_size=self.limits.chunk_size,
+                    encoding=state.options.get("encoding"),
+                )
+            analysed = time.monotonic() - started
+            check_expectations(
+                facts,
+                digests={"Upload-Metadata": state.options.get("sha256")},
+                strict=bool(state.options.get("strict")),
+            )
+            # Before the publish: after a crash, this id in the database tells it happened.
+            await hold.save(replace(state, file_id=file_id, publish_key=key))
+            crash_point("tus.publishing_saved")
+            published: Published = await self.store.publish_upload(
+                writer,
+                file_id=file_id,
+                session_id=state.session_id,
+                original_filename=state.filename,
+                facts=facts,
+                dedupe=bool(state.options.get("dedupe")),
+            )
+            writer = None  # publish_upload owned it, and removed the bytes on failure
+            crash_point("tus.row_committed")
+        except BaseException as exc:
+            if isinstance(exc, DependencyUnavailable) or storage_unavailable(exc) is not None:
+                # Not the file's fault: left as a crash would leave it, for the next request.
+                raise
+            if writer is not None:
+                await writer.abort()
+            await hold.remove()
+            raise
+        done = replace(
+            state,
+            offset=state.length,
+            completed=True,
+            file_id=str(published.file["id"]),
+            expires_at=time.time() + self.expiry,
+        )
+        await hold.finish(done)
+        log.info(
+            "tus upload %s complete: file %s; %d bytes %s in %.2f s, published in %.2f s",
+            state.id,
+            done.file_id,
+            state.length,
+            "analysed while received, finished" if analysis is not None else "re-read and analysed",
+            analysed,
+            time.monotonic() - started - analysed,
+        )
+        return done
+
+    async def sweep_forever(self, interval: float, now: Callable[[], float] = time.time) -> None:
+        partials = self.require()
+        while True:
+            try:
+                removed = await partials.sweep_expired(now())
+            except Exception:  # retried next time; the service goes on
+                log.exception("sweep of expired resumable uploads failed")
+            else:
+                if removed:
+                    log.info("removed %d expired resumable upload(s)", removed)
+            await asyncio.sleep(interval)
+
+
+def _complete_conflict(upload_id: str, offset: int, state: PartialState) -> Conflict:
+    return Conflict(f"upload {upload_id} is complete; Upload-Offset was {offset}", state)
+
+
+def _upload_not_found(upload_id: str) -> NotFound:
+    return NotFound(f"upload {upload_id!r} not found: it never existed, expired or was terminated")

@@ -1,0 +1,322 @@
+"""An S3 tus upload held under a lease: its bytes sent as parts and tail segments, its
+completion into the stored object. See docs/design/resumable.md."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, cast
+
+from csvstore.analysis.stream import FileFacts, UploadAnalysis
+from csvstore.crashpoints import crash_point
+from csvstore.resumable.local import HoldPublisher, PartialState, UploadLocked
+from csvstore.resumable.s3_record import (
+    MAX_SEGMENTS,
+    TAIL_MARK,
+    LostRace,
+    S3Record,
+    S3Records,
+    locked,
+)
+from csvstore.storage.s3 import _PART_CHECKSUMS, MAX_PARTS, TUS_FOLDER
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+log = logging.getLogger("csvstore.tus")
+
+
+class S3Hold:
+    """One upload held under a lease; ``_buffer`` is the tail, each whole part sent at once."""
+
+    def __init__(self, store: S3Records, record: S3Record, etag: str, token: str) -> None:
+        self._store = store
+        self._record = record
+        self._etag = etag
+        self._token = token
+        self._buffer = bytearray()
+        self._new_parts: list[dict[str, Any]] = []  # sent since the last checkpoint
+        self._pending = 0
+        self._write_lock = asyncio.Lock()
+        self._renewing: asyncio.Task[None] | None = None
+        self._lost = False
+        self._released = False
+        self._all_bytes = False  # the stored object has them all: only the publish is left
+
+    @property
+    def state(self) -> PartialState:
+        return self._record.state
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    @property
+    def record(self) -> S3Record:
+        return self._record
+
+    @property
+    def has_all_bytes(self) -> bool:
+        return self._all_bytes
+
+    @property
+    def interrupted_publish(self) -> None:
+        return None
+
+    async def abandon_publish(self) -> None:
+        raise RuntimeError("S3 holds have no interrupted publish to abandon")
+
+    async def take_object(self, state: PartialState) -> None:
+        await self._write(replace(self._record, state=state, object_done=True))
+        self._all_bytes = True
+
+    @property
+    def received(self) -> int:
+        if self._all_bytes:
+            return self._record.state.length
+        return self._record.state.offset + self._pending
+
+    @property
+    def target(self) -> tuple[str, str]:
+        return self._store.target(self.state.id)
+
+    def start_renewing(self) -> None:
+        self._renewing = asyncio.create_task(self._renew_forever(), name="tus-lease")
+
+    async def _renew_forever(self) -> None:
+        while not self._lost:
+            await asyncio.sleep(self._store.lease_seconds / 3)
+            try:
+                await self._write(self._record)
+            except UploadLocked:
+                log.warning("upload %s: lease lost to another writer", self.state.id)
+                return
+            except Exception as exc:  # S3 briefly unreachable: try again next round
+                log.warning("upload %s: could not renew the lease: %r", self.state.id, exc)
+
+    async def _write(self, record: S3Record, *, release: bool = False) -> None:
+        """Write the record with the lease renewed (or cleared), if nobody else wrote it."""
+        async with self._write_lock:
+            if self._lost:
+                raise locked(self.state.id)
+            if release:
+                record = replace(record, owner=None, lease_until=0.0)
+            else:
+                until = time.time() + self._store.lease_seconds
+                record = replace(record, owner=self._token, lease_until=until)
+            try:
+                self._etag = await self._store._put(record, if_match=self._etag)
+            except LostRace:
+                self._lost = True
+                raise locked(self.state.id) from None
+            self._record = record
+
+    async def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        await self._stop_renewing()
+        if self._lost:
+            return
+        try:
+            await asyncio.shield(self._write(self._record, release=True))
+        except UploadLocked:
+            pass  # removed or taken over meanwhile
+        except Exception as exc:  # it runs out by itself
+            log.warning("upload %s: could not release its lease: %r", self.state.id, exc)
+
+    async def load_tail(self) -> None:
+        self._buffer = bytearray(await self._read_tail())
+
+    async def _read_tail(self) -> bytes:
+        tail = bytearray()
+        for segment in self._record.tail:
+            response = await self._store.storage.client.get_object(
+                Bucket=self._store.storage.bucket, Key=self._store.tail_key(segment["Name"])
+            )
+            async with response["Body"] as body:
+                data = await body.read()
+            if len(data) != segment["Size"]:
+                raise OSError(
+                    f"tail segment {segment['Name']} has {len(data)} bytes, not {segment['Size']}"
+                )
+            tail += data
+        return bytes(tail)
+
+    async def append(self, chunk: bytes) -> None:
+        if self._lost:
+            raise locked(self.state.id)
+        self._buffer += chunk
+        self._pending += len(chunk)
+        size = self._record.part_size
+        while len(self._buffer) >= size:
+            await self._send_part(bytes(self._buffer[:size]))
+            del self._buffer[:size]
+
+    async def _send_part(self, body: bytes) -> None:
+        if self._lost or time.time() > self._record.lease_until - self._store.lease_seconds / 6:
+            # Not renewed in time: a part must never overwrite another writer's.
+            raise locked(self.state.id)
+        number = len(self._record.parts) + len(self._new_parts) + 1
+        if number > MAX_PARTS:
+            raise ValueError(f"upload {self.state.id} needs more than {MAX_PARTS} parts")
+        _, key = self.target
+        sent = await self._store.storage.client.upload_part(
+            Bucket=self._store.storage.bucket,
+            Key=self._store.storage.object_key(key),
+            UploadId=self._record.upload,
+            PartNumber=number,
+            Body=body,
+        )
+        part: dict[str, Any] = {"ETag": sent["ETag"], "Size": len(body)}
+        for name in _PART_CHECKSUMS:
+            if sent.get(name):
+                part[name] = sent.get(name)
+        self._new_parts.append(part)
+
+    async def checkpoint(self, *, expires_at: float) -> PartialState:
+        """New bytes into a tail segment, then the record naming parts and segments."""
+        record = self._record
+        tail, dropped = record.tail, []
+        if self._pending:
+            if self._new_parts or len(record.tail) >= MAX_SEGMENTS:
+                tail, dropped = [], record.tail
+                fresh = bytes(self._buffer)
+            else:  # the buffer is the old segments' bytes, then the pending ones
+                fresh = bytes(self._buffer[len(self._buffer) - self._pending :])
+            if fresh:
+                tail = [*tail, await self._put_segment(fresh)]
+        state = replace(record.state, offset=self.received, expires_at=expires_at)
+        new = replace(record, state=state, parts=record.parts + self._new_parts, tail=tail)
+        crash_point("tus.checkpoint_synced")
+        await self._write(new)
+        self._new_parts = []
+        self._pending = 0
+        if dropped:
+            with contextlib.suppress(Exception):  # strays; removed with the upload
+                await self._store.storage.delete([TUS_FOLDER + t["Name"] for t in dropped])
+        return state
+
+    async def _put_segment(self, data: bytes) -> dict[str, Any]:
+        end = self.received
+        name = f"{self.state.id}{TAIL_MARK}{end - len(data)}-{end}.{self._token}"
+        await self._store.storage.client.put_object(
+            Bucket=self._store.storage.bucket, Key=self._store.tail_key(name), Body=data
+        )
+        return {"Name": name, "Size": len(data)}
+
+    async def rollback(self) -> None:
+        """Forget what was not acknowledged: parts sent meanwhile are never named."""
+        self._pending = 0
+        self._new_parts = []
+        self._buffer = bytearray(await self._read_tail())
+
+    async def save(self, state: PartialState) -> None:
+        await self._write(replace(self._record, state=state))
+
+    def publisher(self, key: str) -> S3Publisher:
+        if key != self.target[1]:
+            raise ValueError(f"upload {self.state.id} is published under {self.target[1]}")
+        return S3Publisher(self, key)
+
+    async def complete_object(self) -> None:
+        """The final object from the parts and the rest (idempotent; no whole part: a PUT)."""
+        if self._record.object_done:
+            return
+        if self._record.state.file_id is None:
+            # The intent first: a death before the record says so knows where to look.
+            intent = replace(self._record.state, file_id=self.target[0])
+            await self._write(replace(self._record, state=intent))
+        record = self._record
+        storage = self._store.storage
+        _, key = self.target
+        object_key = storage.object_key(key)
+        parts = record.parts + self._new_parts
+        if not parts:
+            await storage.client.put_object(
+                Bucket=storage.bucket,
+                Key=object_key,
+                Body=bytes(self._buffer),
+                ContentType="text/csv",
+            )
+            with contextlib.suppress(Exception):  # no parts: an orphan costs nothing
+                await self._store._abort_upload(record)
+        else:
+            if self._buffer:
+                await self._send_part(bytes(self._buffer))
+                parts = record.parts + self._new_parts
+            completed = [
+                cast("CompletedPartTypeDef", {"PartNumber": n, **{k: v for k, v in p.items()
+                                                                  if k != "Size"}})
+                for n, p in enumerate(parts, start=1)
+            ]  # fmt: skip
+            await storage.client.complete_multipart_upload(
+                Bucket=storage.bucket,
+                Key=object_key,
+                UploadId=record.upload,
+                MultipartUpload={"Parts": completed},
+            )
+        crash_point("tus.s3_object_completed")
+        self._buffer = bytearray()
+        # Recorded, so that a removal deletes the object rather than aborting the upload.
+        await self._write(replace(self._record, object_done=True))
+
+    async def analyse(
+        self, *, enabled: bool, chunk_size: int, encoding: str | None = None
+    ) -> FileFacts:
+        """Complete the object, then read it back through the analysis."""
+        await self.complete_object()
+        analysis = UploadAnalysis(enabled=enabled, encoding=encoding)
+        async for chunk in self._store.storage.read(self.target[1]):
+            # In a thread: profiling is CPU-heavy (bench/RESULTS.md, issue 16).
+            await asyncio.to_thread(analysis.feed, chunk)
+        return analysis.finish()
+
+    async def finish(self, state: PartialState) -> None:
+        """Published (or a duplicate): only the record stays, until it expires."""
+        record = self._record
+        if not record.object_done:  # a duplicate: the parts are not wanted
+            await self._store._abort_upload(record)
+        # Segments before the record: a crash between leaves a completion to settle.
+        with contextlib.suppress(Exception):
+            await self._store._delete_tails(state.id)
+        crash_point("tus.s3_tails_dropped")
+        await self._write(replace(record, state=state, parts=[], tail=[], object_done=True))
+
+    async def remove(self) -> None:
+        """Remove the upload, if this request still holds its lease."""
+        await self._stop_renewing()
+        try:
+            await self._write(self._record)
+        except UploadLocked:
+            log.warning("upload %s: not removed, another request holds it", self.state.id)
+            return
+        await self._store._remove_all(self._record)
+        self._released = True
+
+    def forget(self) -> None:
+        self._released = True
+        renewing, self._renewing = self._renewing, None
+        if renewing is not None:
+            renewing.cancel()
+
+    async def _stop_renewing(self) -> None:
+        renewing, self._renewing = self._renewing, None
+        if renewing is not None:
+            renewing.cancel()
+            with contextlib.suppress(BaseException):
+                await renewing
+
+
+class S3Publisher(HoldPublisher["S3Hold"]):
+    """Commit completes the object (if the analysis did not), abort deletes it."""
+
+    async def commit(self) -> None:
+        await self._hold.complete_object()
+
+    async def abort(self) -> None:
+        if self._hold._record.object_done and not self._hold._lost:
+            await self._hold._store.storage.delete([self.key])
