@@ -18,12 +18,8 @@ from typing import Any
 
 from csvstore.analysis.profile import RowsPage, read_page
 from csvstore.db.sqlite import Row
-from csvstore.errors import ApiError
+from csvstore.errors import NotProfiled
 from csvstore.storage.local import Storage
-
-
-class NotProfiled(ApiError):
-    status = 409
 
 
 @dataclass(frozen=True, slots=True)

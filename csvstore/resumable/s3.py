@@ -50,7 +50,8 @@ from botocore.exceptions import ClientError
 
 from csvstore.analysis.stream import FileFacts, UploadAnalysis
 from csvstore.crashpoints import crash_point
-from csvstore.resumable.local import UPLOAD_ID, HoldPublisher, PartialState, UploadLocked
+from csvstore.errors import UploadLocked
+from csvstore.resumable.local import UPLOAD_ID, HoldPublisher, PartialState
 from csvstore.storage.s3 import (
     _PART_CHECKSUMS,
     MAX_PARTS,

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from csvstore.config import Settings
-from csvstore.errors import DependencyUnavailable, error_middleware
+from csvstore.errors import DependencyUnavailable
 from csvstore.maintenance.reconcile import startup_check
 from csvstore.metrics import Metrics
 from csvstore.service import CsvStore
@@ -27,6 +27,7 @@ from csvstore.web.keys import (
 )
 from csvstore.web.observability import observe_middleware
 from csvstore.web.openapi import setup_openapi
+from csvstore.web.problems import error_middleware
 from csvstore.web.routes import setup_routes
 from csvstore.web.security import add_security_headers, auth_middleware, load_keys, setup_cors
 from csvstore.web.tus import setup_tus

@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from csvstore.errors import Handler
+from csvstore.web.problems import Handler
 
 
 class InFlight:

@@ -38,8 +38,8 @@ from csvstore.errors import (
     ClientGone,
     InsufficientStorage,
     NotACsv,
-    PayloadTooLarge,
     RequestTimeout,
+    UploadTooLarge,
     ValidationFailed,
 )
 from csvstore.service import CsvStore
@@ -507,5 +507,5 @@ def _missing(field: str) -> ValidationFailed:
     )
 
 
-def _too_large(limits: UploadLimits) -> PayloadTooLarge:
-    return PayloadTooLarge(f"the file is larger than the limit of {limits.max_upload_size} bytes")
+def _too_large(limits: UploadLimits) -> UploadTooLarge:
+    return UploadTooLarge(f"the file is larger than the limit of {limits.max_upload_size} bytes")

@@ -22,15 +22,10 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
 )
 
-from csvstore.errors import (
-    ERROR_KIND,
-    DependencyUnavailable,
-    Handler,
-    problem_response,
-    retry_after_value,
-)
+from csvstore.errors import DependencyUnavailable, retry_after_value
 from csvstore.metrics import Metrics
 from csvstore.web.keys import METRICS_KEY, SETTINGS_KEY, STORE_KEY
+from csvstore.web.problems import ERROR_REASON, NOT_READY, Handler, problem_response
 
 access_log = logging.getLogger("csvstore.access")
 log = logging.getLogger("csvstore")
@@ -50,19 +45,9 @@ def _route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-# Upload failures by the error that ended them, for csvstore_uploads_rejected{reason}.
-_REASONS = {
-    "NotACsv": "not_csv",
-    "PayloadTooLarge": "too_large",
-    "NotFound": "unknown_session",
-    "InsufficientStorage": "disk_full",
-    "DependencyUnavailable": "unavailable",
-    "RequestTimeout": "timeout",
-    "ClientGone": "client_gone",
-    "ValidationFailed": "bad_form",
-    "BadRequest": "bad_request",
-    "Unauthorized": "unauthorized",
-}
+def rejection_label(reason: str) -> str:
+    """The error's reason in Prometheus' snake case."""
+    return reason.replace("-", "_")
 
 
 def observe_middleware(metrics: Metrics) -> Middleware:
@@ -96,8 +81,8 @@ def observe_middleware(metrics: Metrics) -> Middleware:
             if is_upload:
                 metrics.uploads_in_flight.dec()
                 if status >= 400:
-                    reason = _REASONS.get(request.get(ERROR_KIND, ""), "other")
-                    metrics.uploads_rejected.labels(reason).inc()
+                    reason = request.get(ERROR_REASON, "other")
+                    metrics.uploads_rejected.labels(rejection_label(reason)).inc()
                 elif UPLOADED_BYTES in request:
                     metrics.uploaded_bytes.inc(request[UPLOADED_BYTES])
             if response is not None and route.endswith("/content") and status < 300:
@@ -162,6 +147,7 @@ async def readyz(request: web.Request) -> web.Response:
     if not ready:
         return problem_response(
             503,
+            NOT_READY,
             "not ready: " + ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok"),
             headers={"Retry-After": retry_after_value(DependencyUnavailable.retry_after or 5)},
             extensions={"checks": checks},

@@ -19,7 +19,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from csvstore.config import Settings
-from csvstore.errors import ApiError, Handler, Unauthorized
+from csvstore.errors import Forbidden, Unauthorized
+from csvstore.web.problems import Handler
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # What browser tus clients (tus-js-client, Uppy) send and must be able to read.
@@ -46,10 +47,6 @@ TUS_EXPOSE_HEADERS = (
 )
 PROTECTED_PREFIX = "/api/"
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="csvstore"'}
-
-
-class Forbidden(ApiError):
-    status = 403
 
 
 @dataclass(frozen=True, slots=True)

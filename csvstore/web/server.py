@@ -32,10 +32,10 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from csvstore.config import Settings
-from csvstore.errors import problem_response
 from csvstore.maintenance.reconcile import startup_check
 from csvstore.web.app import create_app
 from csvstore.web.keys import INFLIGHT_KEY
+from csvstore.web.problems import INVALID_HTTP, problem_response
 from csvstore.web.security import PROTECTED_PREFIX, security_headers
 from csvstore.wiring import open_store
 
@@ -128,6 +128,7 @@ class _RequestHandler(RequestHandler):
         log.log(level, "malformed request from %s refused: %s", request.remote, detail)
         response = problem_response(
             status,
+            INVALID_HTTP,
             "the request is not valid HTTP/1.1: see the server's log for what was wrong",
             headers=security_headers(PROTECTED_PREFIX),  # no app hook runs for these
         )

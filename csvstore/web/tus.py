@@ -40,20 +40,26 @@ from csvstore.analysis.content import clean_filename, invalid_bytes_message
 from csvstore.analysis.stream import FileFacts, UploadAnalysis
 from csvstore.crashpoints import crash_point
 from csvstore.errors import (
-    ApiError,
     BadRequest,
+    ChecksumMismatch,
     ClientGone,
+    CsvstoreError,
     DependencyUnavailable,
     InsufficientStorage,
     NotACsv,
     NotFound,
-    PayloadTooLarge,
+    OffsetConflict,
+    PreconditionFailed,
     RequestTimeout,
     UnsupportedMediaType,
+    UploadBeingStored,
+    UploadLocked,
+    UploadNotFound,
+    UploadTooLarge,
     ValidationFailed,
     storage_unavailable,
 )
-from csvstore.resumable.local import PartialHold, PartialState, PartialStore, UploadLocked
+from csvstore.resumable.local import PartialHold, PartialState, PartialStore
 from csvstore.service import CsvStore, Published
 from csvstore.storage.local import StorageWriter
 from csvstore.timeutil import utc_now
@@ -81,28 +87,6 @@ MAX_LIVE_ANALYSES = 128
 # Upload-Metadata is a few short values; a longer header is not one we would accept.
 MAX_METADATA_BYTES = 8192
 _METADATA_KEYS = frozenset({"session_id", "filename", *UploadOptions().fields})
-
-
-class Conflict(ApiError):
-    status = 409
-
-
-class PreconditionFailed(ApiError):
-    status = 412
-
-
-class ChecksumMismatch(ApiError):
-    status = 460  # tus checksum extension: "Checksum Mismatch"
-
-
-class UploadLockedWhilePublishing(ApiError):
-    status = 423
-    retry_after = 1.0
-
-    def __init__(self, upload_id: str) -> None:
-        super().__init__(
-            f"upload {upload_id} has all its bytes and is being stored; ask with HEAD shortly"
-        )
 
 
 class LiveAnalyses:
@@ -294,7 +278,7 @@ async def create(request: web.Request) -> web.Response:
     length = _int_header(request, "Upload-Length")
     assert length is not None
     if length > limits.max_upload_size:
-        raise PayloadTooLarge(
+        raise UploadTooLarge(
             f"Upload-Length {length} is larger than the limit of {limits.max_upload_size} bytes"
         )
     metadata_header = request.headers.get("Upload-Metadata", "")
@@ -411,11 +395,15 @@ async def _require_live_session(
         return
     with contextlib.suppress(UploadLocked):  # its own request finds the session gone
         await partials.remove(state.id)
-    raise NotFound(f"upload {state.id!r} not found: its session {state.session_id!r} was deleted")
+    raise UploadNotFound(
+        f"upload {state.id!r} not found: its session {state.session_id!r} was deleted"
+    )
 
 
-def _upload_not_found(upload_id: str) -> NotFound:
-    return NotFound(f"upload {upload_id!r} not found: it never existed, expired or was terminated")
+def _upload_not_found(upload_id: str) -> UploadNotFound:
+    return UploadNotFound(
+        f"upload {upload_id!r} not found: it never existed, expired or was terminated"
+    )
 
 
 def _required(metadata: dict[str, str], key: str) -> str:
@@ -483,7 +471,7 @@ async def _run_patch(
     if state.completed:
         if offset == state.length and not _has_body(request):
             return state  # a retry of the final request: nothing more to do
-        raise Conflict(
+        raise OffsetConflict(
             f"upload {upload_id} is complete ({state.length} bytes); Upload-Offset was {offset}",
             headers=_progress_headers(state),
         )
@@ -508,12 +496,12 @@ async def _locked_patch(
         if hold is None:
             current = await partials.get(upload_id)
             if current is not None and current.completed:
-                raise Conflict(
+                raise OffsetConflict(
                     f"upload {upload_id} is complete; Upload-Offset was {offset}",
                     headers=_progress_headers(current),
                 )
             if current is not None and current.file_id is not None:
-                raise UploadLockedWhilePublishing(upload_id)
+                raise UploadBeingStored(upload_id)
             raise _upload_not_found(upload_id)
         state = hold.state
         if state.expires_at <= time.time():
@@ -522,7 +510,7 @@ async def _locked_patch(
         if hold.interrupted_publish is not None:
             done = await _settle_interrupted(store, hold, expiry)
             if done is not None:
-                raise Conflict(
+                raise OffsetConflict(
                     f"upload {upload_id} is complete; Upload-Offset was {offset}",
                     headers=_progress_headers(done),
                 )
@@ -531,19 +519,19 @@ async def _locked_patch(
             # A completion that died after storing the file and before its row: finish it,
             # and answer as for any request to a complete upload.
             done = await _complete(store, hold, limits, expiry, None)
-            raise Conflict(
+            raise OffsetConflict(
                 f"upload {upload_id} is complete; Upload-Offset was {offset}",
                 headers=_progress_headers(done),
             )
         if offset != state.offset:
-            raise Conflict(
+            raise OffsetConflict(
                 f"Upload-Offset {offset} does not match the upload's offset {state.offset}: "
                 "ask with HEAD and resume from there",
                 headers=_progress_headers(state),
             )
         length = request.content_length
         if length is not None and offset + length > state.length:
-            raise PayloadTooLarge(
+            raise UploadTooLarge(
                 f"the body would end at byte {offset + length}, past Upload-Length {state.length}"
             )
         hasher = hashlib.new(checksum[0]) if checksum else None
@@ -643,14 +631,14 @@ async def _receive(
             if not chunk:
                 break
             if hold.received + pending_size + len(chunk) > end:
-                raise PayloadTooLarge(f"the body goes past Upload-Length {end}")
+                raise UploadTooLarge(f"the body goes past Upload-Length {end}")
             pending.append(chunk)
             pending_size += len(chunk)
             if pending_size >= limits.chunk_size:
                 await flush()
     except (ClientGone, RequestTimeout, asyncio.CancelledError):
         if pending:  # what arrived before the connection dropped is kept too
-            with contextlib.suppress(ApiError):
+            with contextlib.suppress(CsvstoreError):
                 await flush()
         raise
     if pending:
