@@ -1,16 +1,18 @@
-"""Error codes: every error has a status and a reason of its own, and problem documents
-carry it as ``code`` and ``type``."""
+"""Error codes: every error has a status and a reason of its own, problem documents carry
+it as ``code`` and ``type``, and the metrics count tus uploads by it like form uploads."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from csvstore.config import Settings
 from csvstore.errors import CsvstoreError, error_classes
 from csvstore.web.problems import all_reasons
-from tests.conftest import MakeClient, assert_problem, csv_bytes, upload_form
+from tests.conftest import Client, MakeClient, assert_problem, csv_bytes, upload_form
 
 TUS = "/api/csv/tus/"
 V = {"Tus-Resumable": "1.0.0"}
@@ -70,3 +72,57 @@ async def test_problems_name_what_was_wrong(make_client: MakeClient, settings: S
     conflict = await client.patch(created.headers["Location"], data=b"x", headers=headers)
     assert await _code(conflict, 409) == "offset-conflict"
     assert conflict.headers["Upload-Offset"] == "0"
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def _metrics(client: Client) -> str:
+    return await (await client.get("/metrics")).text()
+
+
+async def test_tus_uploads_count_as_uploads(client: Client, session: str) -> None:
+    data = csv_bytes(50)
+    # creation-with-upload, the whole file at once
+    headers = _tus_headers(len(data), **{"Content-Type": OFFSET_STREAM})
+    assert (await client.post(TUS, data=data, headers=headers)).status == 201
+    # creation, then a PATCH whose body arrives while /metrics is asked
+    created = await client.post(TUS, headers=_tus_headers(len(data)))
+    assert created.status == 201
+    release = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield data[:10]
+        await release.wait()
+        yield data[10:]
+
+    patch_headers = {**V, "Upload-Offset": "0", "Content-Type": OFFSET_STREAM}
+    patching = asyncio.ensure_future(
+        client.patch(created.headers["Location"], data=body(), headers=patch_headers)
+    )
+    try:
+        async with asyncio.timeout(10):
+            while _sample(await _metrics(client), "csvstore_uploads_in_flight") != 1:
+                await asyncio.sleep(0.02)
+    finally:
+        release.set()
+    assert (await patching).status == 204
+    # refused: a PATCH at the wrong offset, a creation into no session
+    again = await client.patch(created.headers["Location"], data=b"x", headers=patch_headers)
+    assert again.status == 409
+    ghost = await client.post(TUS, headers=_tus_headers(len(data), session_id="ghost"))
+    assert ghost.status == 404
+
+    text = await _metrics(client)
+    assert _sample(text, "csvstore_uploaded_bytes_total") == 2 * len(data)
+    assert _sample(text, "csvstore_uploads_in_flight") == 0
+    assert _sample(text, "csvstore_uploads_rejected_total", reason="offset_conflict") == 1
+    assert _sample(text, "csvstore_uploads_rejected_total", reason="unknown_session") == 1
+    # HEAD and termination are not uploads
+    assert (await client.head(created.headers["Location"], headers=V)).status == 200
+    text = await _metrics(client)
+    assert _sample(text, "csvstore_uploads_rejected_total", reason="unknown_session") == 1

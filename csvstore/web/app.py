@@ -28,7 +28,7 @@ from csvstore.web.keys import (
 from csvstore.web.observability import observe_middleware
 from csvstore.web.openapi import setup_openapi
 from csvstore.web.problems import error_middleware
-from csvstore.web.routes import setup_routes
+from csvstore.web.routes import route_kinds, setup_routes
 from csvstore.web.security import add_security_headers, auth_middleware, load_keys, setup_cors
 from csvstore.web.tus import setup_tus
 from csvstore.wiring import open_store
@@ -56,7 +56,7 @@ def create_app(
         metrics.watch_worker_restarts(worker_restarts)
     middlewares: list[Middleware] = [
         inflight.middleware(),
-        observe_middleware(metrics),
+        observe_middleware(metrics, route_kinds()),
         error_middleware,
     ]
     if keys:

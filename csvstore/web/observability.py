@@ -45,12 +45,18 @@ def _route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+# What a route is, for the metrics: (method, route pattern) -> kind.
+UPLOAD = "upload"
+DOWNLOAD = "download"
+RouteKinds = dict[tuple[str, str], str]
+
+
 def rejection_label(reason: str) -> str:
     """The error's reason in Prometheus' snake case."""
     return reason.replace("-", "_")
 
 
-def observe_middleware(metrics: Metrics) -> Middleware:
+def observe_middleware(metrics: Metrics, kinds: RouteKinds) -> Middleware:
     """Request id, access log line and metrics for every request, whatever its outcome."""
 
     # Request ids: a random prefix per app and a counter, unique without a uuid4 (a system
@@ -66,7 +72,8 @@ def observe_middleware(metrics: Metrics) -> Middleware:
         )
         request[REQUEST_ID] = request_id
         route = _route_of(request)
-        is_upload = route == "/api/csv/upload" and request.method == "POST"
+        kind = kinds.get((request.method, route))
+        is_upload = kind == UPLOAD
         started = time.perf_counter()
         if is_upload:
             metrics.uploads_in_flight.inc()
@@ -85,7 +92,7 @@ def observe_middleware(metrics: Metrics) -> Middleware:
                     metrics.uploads_rejected.labels(rejection_label(reason)).inc()
                 elif UPLOADED_BYTES in request:
                     metrics.uploaded_bytes.inc(request[UPLOADED_BYTES])
-            if response is not None and route.endswith("/content") and status < 300:
+            if response is not None and kind == DOWNLOAD and status < 300:
                 sent_body = request.method != "HEAD"
                 metrics.downloaded_bytes.inc((response.content_length or 0) if sent_body else 0)
             # The response is sent after this middleware returns: its declared length.

@@ -65,6 +65,7 @@ from csvstore.storage.local import StorageWriter
 from csvstore.timeutil import utc_now
 from csvstore.web.ingest import UploadLimits
 from csvstore.web.keys import LIMITS_KEY, SETTINGS_KEY, STORE_KEY
+from csvstore.web.observability import UPLOADED_BYTES
 from csvstore.web.schemas import UploadForm, UploadOptions, load
 from csvstore.web.security import TUS_EXPOSE_HEADERS, TUS_REQUEST_HEADERS
 
@@ -557,7 +558,9 @@ async def _locked_patch(
             saved = await hold.checkpoint(expires_at=time.time() + expiry)
             _keep_live(analyses, hold, live)
             return saved
-        return await _complete(store, hold, limits, expiry, live.usable_at(hold.received))
+        done = await _complete(store, hold, limits, expiry, live.usable_at(hold.received))
+        request[UPLOADED_BYTES] = done.length
+        return done
 
 
 def _keep_live(analyses: LiveAnalyses, hold: PartialHold, live: _Live) -> None:
