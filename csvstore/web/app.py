@@ -46,9 +46,8 @@ def create_app(
     startup_check: bool = True,
     worker_restarts: Callable[[], int] | None = None,
 ) -> web.Application:
-    """The application. ``startup_check=False`` when a supervisor already ran the check
-    (with several workers, one worker's check could remove another's upload in flight);
-    ``worker_restarts`` reads the supervisor's count of restarted workers, for /metrics."""
+    """``startup_check=False`` when a supervisor already ran it (one worker's check could
+    remove another's upload in flight)."""
     keys = load_keys(settings)
     inflight = InFlight()
     metrics = Metrics()
@@ -87,7 +86,6 @@ def create_app(
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
-    """Open the database and storage, check them against each other, close at shutdown."""
     async with open_store(app[SETTINGS_KEY], app[METRICS_KEY]) as store:
         if app[STARTUP_CHECK_KEY]:
             await startup_check(store)
@@ -96,7 +94,6 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _retention_sweeper(app: web.Application) -> AsyncIterator[None]:
-    """Delete expired sessions every ``sweep_interval`` seconds while the app runs."""
     task = asyncio.create_task(
         sweep_forever(app[STORE_KEY], app[METRICS_KEY], app[SETTINGS_KEY].sweep_interval),
         name="retention-sweeper",
@@ -108,8 +105,8 @@ async def _retention_sweeper(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _journal_flusher(app: web.Application) -> AsyncIterator[None]:
-    """Sync journaled files and drop their entries every ``journal_interval`` seconds, and
-    once more at shutdown, so a clean stop leaves the journal empty."""
+    """Sync journaled files every ``journal_interval`` seconds, and once more at shutdown:
+    a clean stop leaves the journal empty."""
     store = app[STORE_KEY]
     interval = app[SETTINGS_KEY].journal_interval
     task = asyncio.create_task(flush_forever(store, interval), name="journal-flusher")

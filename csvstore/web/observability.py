@@ -1,8 +1,5 @@
-"""What operators see: request ids, one access line per request, Prometheus metrics, probes.
-
-Metrics live in a registry per application (no process-wide state), exposed at
-``/metrics`` by the official client. With ``--workers N`` each process answers for itself.
-"""
+"""What operators see: request ids, one access line per request, Prometheus metrics (a
+registry per application, so per worker), probes."""
 
 from __future__ import annotations
 
@@ -59,8 +56,7 @@ def rejection_label(reason: str) -> str:
 def observe_middleware(metrics: Metrics, kinds: RouteKinds) -> Middleware:
     """Request id, access log line and metrics for every request, whatever its outcome."""
 
-    # Request ids: a random prefix per app and a counter, unique without a uuid4 (a system
-    # call for random bytes) on every request.
+    # A random prefix and a counter: unique without a system call per request.
     prefix = secrets.token_hex(8)
     serial = itertools.count(1)
 
@@ -134,11 +130,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready for traffic: the database answers, storage is writable, space above minimum.
-
-    The database and storage are probed at once, each within ``ready_timeout`` seconds: a
-    dependency that hangs (a stalled PostgreSQL, an S3 endpoint that accepts and never
-    answers) is reported as such within the deadline instead of holding the probe."""
+    """Ready: the database answers, storage is writable, space above minimum. Both are
+    probed at once within ``ready_timeout``: a hung dependency cannot hold the probe."""
     store = request.app[STORE_KEY]
     settings = request.app[SETTINGS_KEY]
     database, storage = await asyncio.gather(
@@ -184,10 +177,8 @@ def _consume_outcome(task: asyncio.Future[object]) -> None:
 
 
 class ClientProtocolErrors(logging.Filter):
-    """A request that is not valid HTTP (a bad Transfer-Encoding, a malformed header line)
-    is refused by aiohttp's HTTP layer with a plain 400 before any route sees it, and aiohttp
-    logs it with a traceback as if the server had failed. It is the client's error: one
-    warning line with the reason, no traceback. Installed on the ``aiohttp.server`` logger."""
+    """aiohttp logs a client's invalid HTTP with a traceback, as if the server had failed:
+    make it one warning line. Installed on the ``aiohttp.server`` logger."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None

@@ -1,10 +1,5 @@
-"""Who may call the API, and the headers every response carries.
-
-API keys are optional. With none configured the service is open (and binds to loopback
-unless told otherwise); with any configured, every ``/api`` route needs
-``Authorization: Bearer <key>``. Keys are kept only as SHA-256 digests, in memory and, if
-wanted, in the keys file, and compared in constant time. A read-only key may GET and HEAD.
-"""
+"""Who may call the API (optional bearer keys, kept as SHA-256 digests; see the README's
+"Access control"), and the headers every response carries."""
 
 from __future__ import annotations
 
@@ -181,7 +176,6 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
 
 
 def setup_cors(app: web.Application, origins: list[str]) -> None:
-    """Allow the listed origins to call every route from a browser (aiohttp-cors)."""
     import aiohttp_cors
 
     options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
