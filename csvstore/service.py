@@ -23,7 +23,13 @@ from csvstore.analysis.stream import FileFacts
 from csvstore.crashpoints import crash_point
 from csvstore.db.repo import NewFile, Repo
 from csvstore.db.sqlite import Database, Row
-from csvstore.errors import BadRequest, DependencyUnavailable, NotFound
+from csvstore.errors import (
+    DependencyUnavailable,
+    FileNotFound,
+    NotFound,
+    SessionExists,
+    SessionNotFound,
+)
 from csvstore.intents import this_owner
 from csvstore.storage.local import Storage, StorageWriter
 from csvstore.timeutil import format_utc, utc_now
@@ -84,7 +90,7 @@ class CsvStore:
             )
         )
         if created is None:
-            raise BadRequest(f"session {session_id!r} already exists")
+            raise SessionExists(f"session {session_id!r} already exists")
         return created
 
     async def get_session(self, session_id: str) -> Row:
@@ -410,9 +416,9 @@ class CsvStore:
         await self._remove_bytes([key])
 
 
-def _session_not_found(session_id: str) -> NotFound:
-    return NotFound(f"session {session_id!r} not found")
+def _session_not_found(session_id: str) -> SessionNotFound:
+    return SessionNotFound(f"session {session_id!r} not found")
 
 
-def _file_not_found(file_id: str) -> NotFound:
-    return NotFound(f"file {file_id!r} not found")
+def _file_not_found(file_id: str) -> FileNotFound:
+    return FileNotFound(f"file {file_id!r} not found")

@@ -6,6 +6,7 @@ import asyncio
 import faulthandler
 import io
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -184,6 +185,8 @@ async def assert_problem(resp: aiohttp.ClientResponse, status: int) -> dict[str,
     assert isinstance(body["detail"], str)
     assert len(body["detail"]) > 5
     assert "Traceback" not in body["detail"]
+    assert re.fullmatch(r"[a-z]+(-[a-z]+)*", body["code"]), body
+    assert body["type"] == f"urn:csvstore:problem:{body['code']}"
     return body  # type: ignore[no-any-return]
 
 

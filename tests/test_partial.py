@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from csvstore.resumable.local import LocalPartialStore, PartialState, UploadLocked
+from csvstore.errors import UploadLocked
+from csvstore.resumable.local import LocalPartialStore, PartialState
 
 
 def state(upload_id: str, **changes: object) -> PartialState:
@@ -89,7 +90,8 @@ async def test_an_upload_held_by_one_process_is_locked_for_another(
     other_process = f"""
 import asyncio, sys
 from pathlib import Path
-from csvstore.resumable.local import LocalPartialStore, UploadLocked
+from csvstore.errors import UploadLocked
+from csvstore.resumable.local import LocalPartialStore
 store = LocalPartialStore(Path({str(store.directory)!r}), Path(), fsync=False)
 async def main():
     try:

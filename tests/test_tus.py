@@ -129,6 +129,7 @@ def assert_problem(resp: requests.Response, status: int) -> dict[str, Any]:
     assert body["status"] == status
     assert isinstance(body["detail"], str)
     assert len(body["detail"]) > 5
+    assert body["type"] == f"urn:csvstore:problem:{body['code']}"
     return body
 
 

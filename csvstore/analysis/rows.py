@@ -11,12 +11,8 @@ from typing import Any
 
 from csvstore.analysis.pages import RowsPage, read_page
 from csvstore.db.sqlite import Row
-from csvstore.errors import ApiError
+from csvstore.errors import NotProfiled
 from csvstore.storage.local import Storage
-
-
-class NotProfiled(ApiError):
-    status = 409
 
 
 @dataclass(frozen=True, slots=True)

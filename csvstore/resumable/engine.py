@@ -16,16 +16,21 @@ from typing import Any
 from csvstore.analysis.stream import FileFacts, UploadAnalysis
 from csvstore.crashpoints import crash_point
 from csvstore.errors import (
-    ApiError,
+    ChecksumMismatch,
     ClientGone,
+    CsvstoreError,
     DependencyUnavailable,
     NotACsv,
     NotFound,
-    PayloadTooLarge,
+    OffsetConflict,
     RequestTimeout,
+    UploadBeingStored,
+    UploadLocked,
+    UploadNotFound,
+    UploadTooLarge,
     storage_unavailable,
 )
-from csvstore.resumable.local import PartialHold, PartialState, PartialStore, UploadLocked
+from csvstore.resumable.local import PartialHold, PartialState, PartialStore
 from csvstore.service import CsvStore, Published
 from csvstore.storage.local import StorageWriter
 from csvstore.timeutil import utc_now
@@ -39,30 +44,18 @@ CHECKPOINT_BYTES = 64 * 1024 * 1024
 MAX_LIVE_ANALYSES = 128
 
 
-class Conflict(ApiError):
-    status = 409
+class Conflict(OffsetConflict):
+    """With the upload's state, which the protocol reports beside the refusal."""
 
     def __init__(self, detail: str, state: PartialState) -> None:
         super().__init__(detail)
         self.state = state
 
 
-class ChecksumMismatch(ApiError):
-    status = 460  # tus checksum extension: "Checksum Mismatch"
-
+class ChecksumMismatchAt(ChecksumMismatch):
     def __init__(self, detail: str, offset: int) -> None:
         super().__init__(detail)
         self.offset = offset
-
-
-class UploadLockedWhilePublishing(ApiError):
-    status = 423
-    retry_after = 1.0
-
-    def __init__(self, upload_id: str) -> None:
-        super().__init__(
-            f"upload {upload_id} has all its bytes and is being stored; ask with HEAD shortly"
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +188,7 @@ class ResumableUploads:
             return
         with contextlib.suppress(UploadLocked):  # its own request finds the session gone
             await self.require().remove(state.id)
-        raise NotFound(
+        raise UploadNotFound(
             f"upload {state.id!r} not found: its session {state.session_id!r} was deleted"
         )
 
@@ -227,7 +220,7 @@ class ResumableUploads:
                 if current is not None and current.completed:
                     raise _complete_conflict(upload_id, offset, current)
                 if current is not None and current.file_id is not None:
-                    raise UploadLockedWhilePublishing(upload_id)
+                    raise UploadBeingStored(upload_id)
                 raise _upload_not_found(upload_id)
             state = hold.state
             if state.expires_at <= time.time():
@@ -249,7 +242,7 @@ class ResumableUploads:
                     state,
                 )
             if body.declared is not None and offset + body.declared > state.length:
-                raise PayloadTooLarge(
+                raise UploadTooLarge(
                     f"the body would end at byte {offset + body.declared}, "
                     f"past Upload-Length {state.length}"
                 )
@@ -268,7 +261,7 @@ class ResumableUploads:
                 raise
             if checksum is not None and hasher is not None and hasher.digest() != checksum[1]:
                 await hold.rollback()
-                raise ChecksumMismatch(
+                raise ChecksumMismatchAt(
                     f"Upload-Checksum ({checksum[0]}) does not match the body received; "
                     f"the upload stays at offset {state.offset}",
                     state.offset,
@@ -335,8 +328,8 @@ class ResumableUploads:
             if hasher is None and hold.pending >= CHECKPOINT_BYTES and hold.received < end:
                 await hold.checkpoint(expires_at=time.time() + self.expiry)
 
-        def too_long() -> PayloadTooLarge:
-            return PayloadTooLarge(f"the body goes past Upload-Length {end}")
+        def too_long() -> UploadTooLarge:
+            return UploadTooLarge(f"the body goes past Upload-Length {end}")
 
         chunks = bounded(body, end - hold.received, too_long)
         try:
@@ -348,7 +341,7 @@ class ResumableUploads:
                         await flush()
         except (ClientGone, RequestTimeout, asyncio.CancelledError):
             if pending:  # what arrived before the connection dropped is kept too
-                with contextlib.suppress(ApiError):
+                with contextlib.suppress(CsvstoreError):
                     await flush()
             raise
         if pending:
@@ -450,5 +443,7 @@ def _complete_conflict(upload_id: str, offset: int, state: PartialState) -> Conf
     return Conflict(f"upload {upload_id} is complete; Upload-Offset was {offset}", state)
 
 
-def _upload_not_found(upload_id: str) -> NotFound:
-    return NotFound(f"upload {upload_id!r} not found: it never existed, expired or was terminated")
+def _upload_not_found(upload_id: str) -> UploadNotFound:
+    return UploadNotFound(
+        f"upload {upload_id!r} not found: it never existed, expired or was terminated"
+    )

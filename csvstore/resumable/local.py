@@ -21,7 +21,7 @@ import orjson
 
 from csvstore.analysis.stream import FileFacts, UploadAnalysis
 from csvstore.crashpoints import crash_point
-from csvstore.errors import ApiError
+from csvstore.errors import UploadLocked
 from csvstore.storage.local import StorageWriter, fsync_dir
 
 log = logging.getLogger("csvstore.tus")
@@ -30,13 +30,6 @@ UPLOAD_ID = re.compile(r"\A[0-9a-f]{32}\Z")
 DATA_SUFFIX = ".part"
 STATE_SUFFIX = ".json"
 _NEW_SUFFIX = ".new"
-
-
-class UploadLocked(ApiError):
-    """Another request is writing to this upload right now."""
-
-    status = 423
-    retry_after = 1.0
 
 
 @dataclass(frozen=True, slots=True)

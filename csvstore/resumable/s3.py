@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from csvstore.crashpoints import crash_point
-from csvstore.resumable.local import UPLOAD_ID, PartialState, UploadLocked
+from csvstore.errors import UploadLocked
+from csvstore.resumable.local import UPLOAD_ID, PartialState
 from csvstore.resumable.s3_hold import S3Hold
 from csvstore.resumable.s3_record import (
     RECORD_SUFFIX,

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from csvstore.analysis.stream import FileFacts, UploadAnalysis
 from csvstore.crashpoints import crash_point
-from csvstore.resumable.local import HoldPublisher, PartialState, UploadLocked
+from csvstore.errors import UploadLocked
+from csvstore.resumable.local import HoldPublisher, PartialState
 from csvstore.resumable.s3_record import (
     MAX_SEGMENTS,
     TAIL_MARK,

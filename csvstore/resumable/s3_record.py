@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 from botocore.exceptions import ClientError
 
-from csvstore.resumable.local import UPLOAD_ID, PartialState, UploadLocked
+from csvstore.errors import UploadLocked
+from csvstore.resumable.local import UPLOAD_ID, PartialState
 from csvstore.storage.s3 import TUS_FOLDER, S3Storage, _error_code, _is_not_found, tus_file_id
 
 log = logging.getLogger("csvstore.tus")

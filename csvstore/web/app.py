@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from csvstore.config import Settings
-from csvstore.errors import DependencyUnavailable, error_middleware
+from csvstore.errors import DependencyUnavailable
 from csvstore.maintenance.reconcile import startup_check
 from csvstore.metrics import Metrics
 from csvstore.service import CsvStore
@@ -27,7 +27,8 @@ from csvstore.web.keys import (
 )
 from csvstore.web.observability import observe_middleware
 from csvstore.web.openapi import setup_openapi
-from csvstore.web.routes import setup_routes
+from csvstore.web.problems import error_middleware
+from csvstore.web.routes import route_kinds, setup_routes
 from csvstore.web.security import add_security_headers, auth_middleware, load_keys, setup_cors
 from csvstore.web.tus import setup_tus
 from csvstore.wiring import open_store
@@ -45,9 +46,8 @@ def create_app(
     startup_check: bool = True,
     worker_restarts: Callable[[], int] | None = None,
 ) -> web.Application:
-    """The application. ``startup_check=False`` when a supervisor already ran the check
-    (with several workers, one worker's check could remove another's upload in flight);
-    ``worker_restarts`` reads the supervisor's count of restarted workers, for /metrics."""
+    """``startup_check=False`` when a supervisor already ran it (one worker's check could
+    remove another's upload in flight)."""
     keys = load_keys(settings)
     inflight = InFlight()
     metrics = Metrics()
@@ -55,7 +55,7 @@ def create_app(
         metrics.watch_worker_restarts(worker_restarts)
     middlewares: list[Middleware] = [
         inflight.middleware(),
-        observe_middleware(metrics),
+        observe_middleware(metrics, route_kinds()),
         error_middleware,
     ]
     if keys:
@@ -86,7 +86,6 @@ def create_app(
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
-    """Open the database and storage, check them against each other, close at shutdown."""
     async with open_store(app[SETTINGS_KEY], app[METRICS_KEY]) as store:
         if app[STARTUP_CHECK_KEY]:
             await startup_check(store)
@@ -95,7 +94,6 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _retention_sweeper(app: web.Application) -> AsyncIterator[None]:
-    """Delete expired sessions every ``sweep_interval`` seconds while the app runs."""
     task = asyncio.create_task(
         sweep_forever(app[STORE_KEY], app[METRICS_KEY], app[SETTINGS_KEY].sweep_interval),
         name="retention-sweeper",
@@ -107,8 +105,8 @@ async def _retention_sweeper(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _journal_flusher(app: web.Application) -> AsyncIterator[None]:
-    """Sync journaled files and drop their entries every ``journal_interval`` seconds, and
-    once more at shutdown, so a clean stop leaves the journal empty."""
+    """Sync journaled files every ``journal_interval`` seconds, and once more at shutdown:
+    a clean stop leaves the journal empty."""
     store = app[STORE_KEY]
     interval = app[SETTINGS_KEY].journal_interval
     task = asyncio.create_task(flush_forever(store, interval), name="journal-flusher")

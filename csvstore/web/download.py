@@ -19,8 +19,9 @@ from aiohttp import web
 from stream_zip import ZIP_64, async_stream_zip
 
 from csvstore.db.sqlite import Row
-from csvstore.errors import RangeNotSatisfiable, StoredFileUnavailable, start_response
+from csvstore.errors import RangeNotSatisfiable, StoredFileUnavailable
 from csvstore.storage.local import Storage
+from csvstore.web.problems import start_response
 
 # Python codec names as stored -> charset names as registered for HTTP.
 # Python codec names (as stored) to the IANA charset names HTTP clients know.

@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from csvstore.errors import Handler
+from csvstore.web.problems import Handler
 
 
 class InFlight:
@@ -16,7 +16,6 @@ class InFlight:
         self._idle.set()
 
     async def idle(self) -> None:
-        """Return once no request is in flight."""
         await self._idle.wait()
 
     def middleware(self) -> web.middleware:  # type: ignore[valid-type]

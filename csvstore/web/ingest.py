@@ -25,7 +25,7 @@ from multipart import (
 from csvstore.analysis.content import clean_filename, declared_encoding
 from csvstore.analysis.stream import FileFacts, UploadAnalysis
 from csvstore.db.sqlite import Row
-from csvstore.errors import BadRequest, PayloadTooLarge, ValidationFailed
+from csvstore.errors import BadRequest, UploadTooLarge, ValidationFailed
 from csvstore.service import CsvStore
 from csvstore.storage.local import StorageWriter
 from csvstore.uploads import FreeSpace, UploadLimits, bounded, check_expectations, ensure_room
@@ -400,5 +400,5 @@ def _missing(field: str) -> ValidationFailed:
     )
 
 
-def _too_large(limits: UploadLimits) -> PayloadTooLarge:
-    return PayloadTooLarge(f"the file is larger than the limit of {limits.max_upload_size} bytes")
+def _too_large(limits: UploadLimits) -> UploadTooLarge:
+    return UploadTooLarge(f"the file is larger than the limit of {limits.max_upload_size} bytes")

@@ -1,8 +1,5 @@
-"""What operators see: request ids, one access line per request, Prometheus metrics, probes.
-
-Metrics live in a registry per application (no process-wide state), exposed at
-``/metrics`` by the official client. With ``--workers N`` each process answers for itself.
-"""
+"""What operators see: request ids, one access line per request, Prometheus metrics (a
+registry per application, so per worker), probes."""
 
 from __future__ import annotations
 
@@ -22,15 +19,10 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
 )
 
-from csvstore.errors import (
-    ERROR_KIND,
-    DependencyUnavailable,
-    Handler,
-    problem_response,
-    retry_after_value,
-)
+from csvstore.errors import DependencyUnavailable, retry_after_value
 from csvstore.metrics import Metrics
 from csvstore.web.keys import METRICS_KEY, SETTINGS_KEY, STORE_KEY
+from csvstore.web.problems import ERROR_REASON, NOT_READY, Handler, problem_response
 
 access_log = logging.getLogger("csvstore.access")
 log = logging.getLogger("csvstore")
@@ -50,26 +42,21 @@ def _route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-# Upload failures by the error that ended them, for csvstore_uploads_rejected{reason}.
-_REASONS = {
-    "NotACsv": "not_csv",
-    "PayloadTooLarge": "too_large",
-    "NotFound": "unknown_session",
-    "InsufficientStorage": "disk_full",
-    "DependencyUnavailable": "unavailable",
-    "RequestTimeout": "timeout",
-    "ClientGone": "client_gone",
-    "ValidationFailed": "bad_form",
-    "BadRequest": "bad_request",
-    "Unauthorized": "unauthorized",
-}
+# What a route is, for the metrics: (method, route pattern) -> kind.
+UPLOAD = "upload"
+DOWNLOAD = "download"
+RouteKinds = dict[tuple[str, str], str]
 
 
-def observe_middleware(metrics: Metrics) -> Middleware:
+def rejection_label(reason: str) -> str:
+    """The error's reason in Prometheus' snake case."""
+    return reason.replace("-", "_")
+
+
+def observe_middleware(metrics: Metrics, kinds: RouteKinds) -> Middleware:
     """Request id, access log line and metrics for every request, whatever its outcome."""
 
-    # Request ids: a random prefix per app and a counter, unique without a uuid4 (a system
-    # call for random bytes) on every request.
+    # A random prefix and a counter: unique without a system call per request.
     prefix = secrets.token_hex(8)
     serial = itertools.count(1)
 
@@ -81,7 +68,8 @@ def observe_middleware(metrics: Metrics) -> Middleware:
         )
         request[REQUEST_ID] = request_id
         route = _route_of(request)
-        is_upload = route == "/api/csv/upload" and request.method == "POST"
+        kind = kinds.get((request.method, route))
+        is_upload = kind == UPLOAD
         started = time.perf_counter()
         if is_upload:
             metrics.uploads_in_flight.inc()
@@ -96,11 +84,11 @@ def observe_middleware(metrics: Metrics) -> Middleware:
             if is_upload:
                 metrics.uploads_in_flight.dec()
                 if status >= 400:
-                    reason = _REASONS.get(request.get(ERROR_KIND, ""), "other")
-                    metrics.uploads_rejected.labels(reason).inc()
+                    reason = request.get(ERROR_REASON, "other")
+                    metrics.uploads_rejected.labels(rejection_label(reason)).inc()
                 elif UPLOADED_BYTES in request:
                     metrics.uploaded_bytes.inc(request[UPLOADED_BYTES])
-            if response is not None and route.endswith("/content") and status < 300:
+            if response is not None and kind == DOWNLOAD and status < 300:
                 sent_body = request.method != "HEAD"
                 metrics.downloaded_bytes.inc((response.content_length or 0) if sent_body else 0)
             # The response is sent after this middleware returns: its declared length.
@@ -142,11 +130,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready for traffic: the database answers, storage is writable, space above minimum.
-
-    The database and storage are probed at once, each within ``ready_timeout`` seconds: a
-    dependency that hangs (a stalled PostgreSQL, an S3 endpoint that accepts and never
-    answers) is reported as such within the deadline instead of holding the probe."""
+    """Ready: the database answers, storage is writable, space above minimum. Both are
+    probed at once within ``ready_timeout``: a hung dependency cannot hold the probe."""
     store = request.app[STORE_KEY]
     settings = request.app[SETTINGS_KEY]
     database, storage = await asyncio.gather(
@@ -162,6 +147,7 @@ async def readyz(request: web.Request) -> web.Response:
     if not ready:
         return problem_response(
             503,
+            NOT_READY,
             "not ready: " + ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok"),
             headers={"Retry-After": retry_after_value(DependencyUnavailable.retry_after or 5)},
             extensions={"checks": checks},
@@ -191,10 +177,8 @@ def _consume_outcome(task: asyncio.Future[object]) -> None:
 
 
 class ClientProtocolErrors(logging.Filter):
-    """A request that is not valid HTTP (a bad Transfer-Encoding, a malformed header line)
-    is refused by aiohttp's HTTP layer with a plain 400 before any route sees it, and aiohttp
-    logs it with a traceback as if the server had failed. It is the client's error: one
-    warning line with the reason, no traceback. Installed on the ``aiohttp.server`` logger."""
+    """aiohttp logs a client's invalid HTTP with a traceback, as if the server had failed:
+    make it one warning line. Installed on the ``aiohttp.server`` logger."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None

@@ -10,9 +10,9 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
 from csvstore import __version__
-from csvstore.errors import PROBLEM_JSON
 from csvstore.web import schemas
 from csvstore.web.keys import OPENAPI_KEY
+from csvstore.web.problems import PROBLEM_JSON
 from csvstore.web.routes import ROUTES
 
 # Nested schemas first: apispec then refers to them instead of registering them twice.

@@ -1,8 +1,4 @@
-"""The web page at ``/``: plain HTML, CSS and JavaScript shipped in the package.
-
-No build step and no CDN: the files in ``static/`` are what the browser runs. They sit outside
-``/api``, so the page loads without an API key and asks for one when the API answers 401.
-"""
+"""The web page at ``/``: the files in ``static/`` as they are (no build, no CDN)."""
 
 from __future__ import annotations
 
@@ -11,8 +7,7 @@ from pathlib import Path
 from aiohttp import web
 
 STATIC_DIR = Path(__file__).parent / "static"
-# The page is tiny and changes with every release: let browsers revalidate it each time
-# (FileResponse answers 304 from its ETag) rather than run an old script against a new API.
+# Revalidated every time (a 304 from the ETag): an old script must not meet a new API.
 _REVALIDATE = {"Cache-Control": "no-cache"}
 
 

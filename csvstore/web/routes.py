@@ -10,6 +10,7 @@ from aiohttp import web
 
 from csvstore.web import handlers, observability, schemas, tus
 from csvstore.web import page as webpage
+from csvstore.web.observability import DOWNLOAD, UPLOAD, RouteKinds
 
 API = "/api/csv"
 
@@ -28,6 +29,7 @@ class Route:
     request_type: str = "application/json"
     parameters: list[dict[str, Any]] = field(default_factory=list)
     tag: str = "csv"
+    kind: str | None = None  # UPLOAD or DOWNLOAD, for the metrics
 
 
 _SESSION_ID = {"in": "path", "name": "session_id", "required": True, "schema": {"type": "string"}}
@@ -97,6 +99,7 @@ ROUTES: tuple[Route, ...] = (
         },
         request_schema="UploadForm",
         request_type="multipart/form-data",
+        kind=UPLOAD,
     ),
     Route(
         "GET",
@@ -120,6 +123,7 @@ ROUTES: tuple[Route, ...] = (
             500: ("The stored bytes are missing or not the size recorded", None),
         },
         parameters=[_FILE_ID],
+        kind=DOWNLOAD,
     ),
     Route(
         "GET",
@@ -148,6 +152,7 @@ ROUTES: tuple[Route, ...] = (
             404: ("No such session", None),
         },
         parameters=[_SESSION_ID],
+        kind=DOWNLOAD,
     ),
     Route(
         "DELETE",
@@ -157,7 +162,7 @@ ROUTES: tuple[Route, ...] = (
         {200: ("Deleted", "MessageResponse"), 404: ("No such file", None)},
         parameters=[_FILE_ID],
     ),
-    # Resumable uploads (tus 1.0): see csvstore/tus.py and the README.
+    # Resumable uploads (tus 1.0): see csvstore/web/tus.py and the README.
     Route(
         "OPTIONS",
         tus.TUS_ROOT,
@@ -185,6 +190,7 @@ ROUTES: tuple[Route, ...] = (
         },
         parameters=[_TUS_RESUMABLE, _header("Upload-Length", _COUNT), _header("Upload-Metadata")],
         tag="tus",
+        kind=UPLOAD,  # creation-with-upload carries bytes; a refused creation is a rejection
     ),
     Route(
         "HEAD",
@@ -226,6 +232,7 @@ ROUTES: tuple[Route, ...] = (
             _header("Upload-Checksum", required=False),
         ],
         tag="tus",
+        kind=UPLOAD,
     ),
     Route(
         "DELETE",
@@ -242,6 +249,16 @@ ROUTES: tuple[Route, ...] = (
         tag="tus",
     ),
 )
+
+
+def route_kinds() -> RouteKinds:
+    kinds: RouteKinds = {}
+    for route in ROUTES:
+        if route.kind is not None:
+            kinds[route.method, route.path] = route.kind
+            if route.method == "GET":
+                kinds["HEAD", route.path] = route.kind
+    return kinds
 
 
 def setup_routes(app: web.Application) -> None:

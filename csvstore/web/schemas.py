@@ -10,6 +10,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 from csvstore.analysis.content import declared_encoding
 from csvstore.config import Settings
 from csvstore.errors import BadRequest, ValidationFailed
+from csvstore.web.problems import PROBLEM_TYPE, all_reasons
 
 # Matched in full (fullmatch): with re.match, "$" also matches before a trailing newline.
 # Written with ^ and $ so the OpenAPI document's pattern is a valid ECMA-262 one.
@@ -298,10 +299,18 @@ class MessageResponse(Schema):
 class Problem(Schema):
     """RFC 9457 problem details: every error answer has this shape."""
 
-    type = fields.String(required=True, metadata={"example": "about:blank"})
+    type = fields.String(
+        required=True,
+        metadata={"example": f"{PROBLEM_TYPE}unknown-session", "description": "the code as a URI"},
+    )
     title = fields.String(required=True)
     status = fields.Integer(required=True)
     detail = fields.String(required=True, metadata={"description": "what was wrong, for people"})
+    code = fields.String(
+        required=True,
+        validate=validate.OneOf(all_reasons()),
+        metadata={"description": "what was wrong, for programs: stable across releases"},
+    )
     errors = fields.Dict(
         keys=fields.String(),
         metadata={"description": "validation errors by field name"},

@@ -1,10 +1,5 @@
-"""Who may call the API, and the headers every response carries.
-
-API keys are optional. With none configured the service is open (and binds to loopback
-unless told otherwise); with any configured, every ``/api`` route needs
-``Authorization: Bearer <key>``. Keys are kept only as SHA-256 digests, in memory and, if
-wanted, in the keys file, and compared in constant time. A read-only key may GET and HEAD.
-"""
+"""Who may call the API (optional bearer keys, kept as SHA-256 digests; see the README's
+"Access control"), and the headers every response carries."""
 
 from __future__ import annotations
 
@@ -19,7 +14,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from csvstore.config import Settings
-from csvstore.errors import ApiError, Handler, Unauthorized
+from csvstore.errors import Forbidden, Unauthorized
+from csvstore.web.problems import Handler
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # What browser tus clients (tus-js-client, Uppy) send and must be able to read.
@@ -46,10 +42,6 @@ TUS_EXPOSE_HEADERS = (
 )
 PROTECTED_PREFIX = "/api/"
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="csvstore"'}
-
-
-class Forbidden(ApiError):
-    status = 403
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +176,6 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
 
 
 def setup_cors(app: web.Application, origins: list[str]) -> None:
-    """Allow the listed origins to call every route from a browser (aiohttp-cors)."""
     import aiohttp_cors
 
     options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]

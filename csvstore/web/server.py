@@ -1,11 +1,5 @@
-"""Running the app: one process, or a supervisor with several worker processes.
-
-Workers each bind the port with ``SO_REUSEPORT`` so the kernel spreads connections over
-them, and all write the one SQLite database (WAL; SQLite's own locking serialises their
-transactions). The supervisor runs migrations and the start-up check once, before any
-worker accepts an upload, starts a worker again when one dies (with back-off; it gives up
-when they keep dying), forwards SIGINT/SIGTERM to the workers and waits for them.
-"""
+"""Running the app: one process, or a supervisor forking workers that share the port
+(``SO_REUSEPORT``) and the database. See the README's "Scaling out"."""
 
 from __future__ import annotations
 
@@ -32,10 +26,10 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from csvstore.config import Settings
-from csvstore.errors import problem_response
 from csvstore.maintenance.reconcile import startup_check
 from csvstore.web.app import create_app
 from csvstore.web.keys import INFLIGHT_KEY
+from csvstore.web.problems import INVALID_HTTP, problem_response
 from csvstore.web.security import PROTECTED_PREFIX, security_headers
 from csvstore.wiring import open_store
 
@@ -79,19 +73,14 @@ def run_worker(
 
 class _HandOff(logging.handlers.QueueHandler):
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        # The record as it is: formatting happens on the listener's thread. Its arguments
-        # are never changed after the call (ids, numbers, strings), so nothing is lost.
+        # Formatted on the listener's thread; its arguments are immutable, so none is lost.
         return record
 
 
 @contextlib.contextmanager
 def _logs_written_off_the_loop() -> Iterator[None]:
-    """Log records are formatted and written by a thread of their own while serving.
-
-    The access log line of every request, formatted and written on the event loop, cost
-    ~7 % of a small upload's CPU there; the loop now only queues the record. Started per
-    worker (threads do not survive fork); stopping drains the queue, so no line is lost.
-    """
+    """Log records are formatted and written by a thread of their own while serving (per
+    worker: threads do not survive fork); stopping drains the queue, so no line is lost."""
     root = logging.getLogger()
     handlers = root.handlers[:]
     if not handlers:
@@ -109,8 +98,7 @@ def _logs_written_off_the_loop() -> Iterator[None]:
 
 
 class _RequestHandler(RequestHandler):
-    """aiohttp's connection handler, answering its own protocol errors (a malformed request
-    line or header, before any route runs) without echoing the client's bytes."""
+    """Answers aiohttp's protocol errors without echoing the client's bytes."""
 
     def handle_error(
         self,
@@ -121,13 +109,13 @@ class _RequestHandler(RequestHandler):
     ) -> web.StreamResponse:
         if status >= 500 or request.writer.output_size > 0:
             return super().handle_error(request, status, exc, message)
-        # aiohttp's message quotes the offending bytes: they go to the log, not back to the
-        # client as text. A made-up method is mostly TLS or a scanner on the port: info.
+        # A made-up method is mostly TLS or a scanner on the port: info.
         level = logging.INFO if isinstance(exc, BadHttpMethod) else logging.WARNING
         detail = " ".join(str(exc).split())  # one line: aiohttp's message spans several
         log.log(level, "malformed request from %s refused: %s", request.remote, detail)
         response = problem_response(
             status,
+            INVALID_HTTP,
             "the request is not valid HTTP/1.1: see the server's log for what was wrong",
             headers=security_headers(PROTECTED_PREFIX),  # no app hook runs for these
         )
@@ -142,7 +130,6 @@ class _Server(web.Server):
 
 class _AppRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
-        # The app's own server (its startup has run), rebuilt to make our handlers.
         made = await super()._make_server()
         kwargs: dict[str, Any] = self._kwargs
         return _Server(
@@ -154,19 +141,13 @@ class _AppRunner(web.AppRunner):
 
 
 async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> None:
-    """Serve until SIGINT/SIGTERM, then shut down gracefully.
-
-    aiohttp's own graceful shutdown stops reading from every connection at once, so an
-    upload still sending its body could never finish. Instead: stop accepting, let the
-    requests in flight run for up to ``shutdown_grace`` seconds, and only then let aiohttp
-    cancel what is left (their partial uploads are removed as they unwind).
-    """
+    """Serve until SIGINT/SIGTERM; then stop accepting and give the requests in flight
+    ``shutdown_grace`` seconds (aiohttp's own shutdown would stop reading uploads at once)."""
     runner = _AppRunner(
         app,
         access_log=None,
         shutdown_timeout=_CANCEL_WAIT,
-        # aiohttp starts this clock when a connection opens and closes the connection if
-        # no complete request has arrived by then: the header timeout, and the idle one.
+        # From a connection's opening to a complete request: the header and idle timeout.
         keepalive_timeout=settings.idle_timeout,
     )
     await runner.setup()
@@ -174,8 +155,7 @@ async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> 
     try:
         await site.start()
     except OSError as exc:
-        # Port taken, address not local: say so in one line, and shut the app down
-        # properly (its background tasks and database) rather than leave a traceback.
+        # Port taken, address not local: one line, and the app shut down, no traceback.
         await runner.cleanup()
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
         raise SystemExit(1) from None
@@ -208,8 +188,7 @@ async def _prepare(settings: Settings) -> None:
 
 
 def _raise_open_file_limit() -> None:
-    """Every connection is a file descriptor; the usual soft limit of 1,024 would turn away
-    clients long before memory or CPU run short. Raise it to the hard limit."""
+    """Every connection is a file descriptor: a soft limit of 1,024 turns clients away early."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = hard if hard != resource.RLIM_INFINITY else 1 << 16
     if soft != resource.RLIM_INFINITY and soft < wanted:
@@ -226,11 +205,9 @@ def serve(settings: Settings) -> None:
     sys.exit(Supervisor(settings).run())
 
 
-# A worker that dies is started again after a pause that doubles with each death in the
-# last RESTART_WINDOW seconds (0.1 s, 0.2 s, 0.4 s ...): a crash that repeats at once (a
-# database that refuses every connection, a bug on start-up) does not spin the CPU. More
-# than RESTART_LIMIT deaths in that window and the supervisor gives up: a process manager
-# that restarts the whole sees the failure, instead of a server that never settles.
+# A dead worker restarts after a pause doubling with each death in RESTART_WINDOW, so a
+# crash that repeats at once does not spin; past RESTART_LIMIT deaths the supervisor gives
+# up, and the process manager above it sees the failure.
 RESTART_FIRST_PAUSE = 0.1
 RESTART_MAX_PAUSE = 10.0
 RESTART_WINDOW = 60.0
@@ -238,8 +215,7 @@ RESTART_LIMIT = 5
 
 
 class RestartCounter:
-    """Workers restarted since the supervisor started: one integer in memory shared with
-    every worker (mapped before the fork), so each worker's /metrics reports it."""
+    """Workers restarted: an integer mapped before the fork, so every worker reports it."""
 
     def __init__(self) -> None:
         self._cell = mmap.mmap(-1, 8)
@@ -261,7 +237,7 @@ class Supervisor:
         self.deaths: list[float] = []  # monotonic times of the recent deaths
         self.due: list[float] = []  # monotonic times at which a worker is to be started
         self.stopping: int | None = None  # the signal that asked the workers to stop
-        self._wake = (-1, -1)  # the pipe that signals write a byte to, waking the loop
+        self._wake = (-1, -1)  # signals write a byte here, waking the loop
 
     def run(self) -> int:
         wake_read, wake_write = self._wake = os.pipe()
@@ -270,7 +246,7 @@ class Supervisor:
         signal.set_wakeup_fd(wake_write)
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._on_stop)
-        # Only for the wake-up byte: a default SIGCHLD is ignored without waking anyone.
+        # A default SIGCHLD is ignored without writing the wake-up byte.
         signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
         for _ in range(self.settings.workers):
             self._start_worker()

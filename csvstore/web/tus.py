@@ -16,17 +16,18 @@ from aiohttp import web
 
 from csvstore.analysis.content import clean_filename
 from csvstore.errors import (
-    ApiError,
     BadRequest,
-    PayloadTooLarge,
+    PreconditionFailed,
     UnsupportedMediaType,
+    UploadTooLarge,
     ValidationFailed,
 )
-from csvstore.resumable.engine import Body, ChecksumMismatch, Conflict, ResumableUploads
+from csvstore.resumable.engine import Body, ChecksumMismatchAt, Conflict, ResumableUploads
 from csvstore.resumable.local import PartialState
 from csvstore.uploads import UploadLimits
 from csvstore.web.body import body_chunks
 from csvstore.web.keys import LIMITS_KEY, SETTINGS_KEY, STORE_KEY
+from csvstore.web.observability import UPLOADED_BYTES
 from csvstore.web.schemas import UploadForm, UploadOptions, load
 from csvstore.web.security import TUS_EXPOSE_HEADERS, TUS_REQUEST_HEADERS
 
@@ -39,10 +40,6 @@ CHECKSUM_ALGORITHMS = ("sha256", "sha1", "md5", "sha512")
 
 # Upload-Metadata is a few short values; a longer header is not one we would accept.
 MAX_METADATA_BYTES = 8192
-
-
-class PreconditionFailed(ApiError):
-    status = 412
 
 
 # Headers
@@ -152,7 +149,7 @@ def _tus_answers() -> Iterator[None]:
     except Conflict as exc:
         exc.headers = _progress_headers(exc.state)
         raise
-    except ChecksumMismatch as exc:
+    except ChecksumMismatchAt as exc:
         exc.headers = {"Upload-Offset": str(exc.offset)}
         raise
 
@@ -212,7 +209,7 @@ async def create(request: web.Request) -> web.Response:
     length = _int_header(request, "Upload-Length")
     assert length is not None
     if length > limits.max_upload_size:
-        raise PayloadTooLarge(
+        raise UploadTooLarge(
             f"Upload-Length {length} is larger than the limit of {limits.max_upload_size} bytes"
         )
     metadata_header = request.headers.get("Upload-Metadata", "")
@@ -236,6 +233,8 @@ async def create(request: web.Request) -> web.Response:
             options=opts,
             first=_body(request, checksum) if with_upload else None,
         )
+    if state.completed:
+        request[UPLOADED_BYTES] = state.length
     headers = {"Location": _location(state.id), **_progress_headers(state)}
     return web.Response(status=201, headers=headers)
 
@@ -267,6 +266,8 @@ async def patch(request: web.Request) -> web.Response:
         state = await engine.patch(
             request.match_info["upload_id"], offset, _body(request, checksum)
         )
+    if state.completed and offset < state.length:  # completed by this request, not a retry
+        request[UPLOADED_BYTES] = state.length
     return web.Response(status=204, headers=_progress_headers(state))
 
 
