@@ -1,29 +1,16 @@
-"""Upload intents: who is about to publish a stored name, and whether they still can.
-
-An intent row (sql/intents.sql) is committed before an upload's bytes appear under their
-final name and goes with the commit of the file's row; reconcile spares every name with a
-live intent. The long story is in docs/design/intents.md.
-"""
+"""Upload intents' owners: who is about to publish a stored name, and whether they still
+can (docs/design/intents.md)."""
 
 from __future__ import annotations
 
 import functools
 import os
 import socket
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
-# An intent covers one publish and one commit. Another host's intent older than this is
-# taken for an abandoned one (its process cannot be asked whether it lives); a publish
-# still waiting on its commit after an hour has long been answered with an error.
+# Another host's intent older than this is taken for abandoned (its process cannot be
+# asked); a publish still waiting on its commit after an hour was long answered an error.
 INTENT_TIMEOUT = 3600.0
-
-
-@dataclass(frozen=True, slots=True)
-class Intent:
-    storage_key: str
-    owner: str
-    created_at: str
 
 
 @functools.cache

@@ -25,6 +25,7 @@ from csvstore.crashpoints import crash_point
 from csvstore.db.repo import Repo
 from csvstore.db.sqlite import Operation
 from csvstore.intents import owner_alive
+from csvstore.model import FileCheck
 from csvstore.service import CsvStore
 
 log = logging.getLogger("csvstore.check")
@@ -105,7 +106,7 @@ async def reconcile(
         # Resumable (tus) uploads are not stale temp files: they stay. Broken or expired
         # ones go; one a crash caught between its publish and its record is marked done.
         report.partial_uploads_removed = await store.partials.reconcile(
-            published={str(row["id"]) for row in rows}, min_age=temp_min_age
+            published={row.id for row in rows}, min_age=temp_min_age
         )
     on_disk = await storage.keys()
     # Read after the listing: a name listed there that is neither a file's nor a live
@@ -136,12 +137,12 @@ async def reconcile(
     bad_rows = []
     for row in rows:
         report.files_checked += 1
-        if row["file_path"] not in on_disk:
-            report.missing_files.append(row["id"])
-            bad_rows.append(row["id"])
+        if row.file_path not in on_disk:
+            report.missing_files.append(row.id)
+            bad_rows.append(row.id)
         elif verify and not await _bytes_match(store, row):
-            report.mismatched_files.append(row["id"])
-            bad_rows.append(row["id"])
+            report.mismatched_files.append(row.id)
+            bad_rows.append(row.id)
     if repair:
         for file_id in bad_rows:
             removed: str | None = await db.write(_deleting(repo, file_id))
@@ -167,17 +168,16 @@ def _deleting(repo: Repo, file_id: str) -> Operation[str | None]:
     return lambda x: repo.delete_file(x, file_id)
 
 
-async def _bytes_match(store: CsvStore, row: dict[str, object]) -> bool:
-    key = str(row["file_path"])
-    stat = await store.storage.stat(key)
-    if stat is None or stat[0] != row["file_size"]:
+async def _bytes_match(store: CsvStore, row: FileCheck) -> bool:
+    stat = await store.storage.stat(row.file_path)
+    if stat is None or stat[0] != row.file_size:
         return False
-    if row["sha256"] is None:
+    if row.sha256 is None:
         return True
     digest = hashlib.sha256()
-    async for chunk in store.storage.read(key):
+    async for chunk in store.storage.read(row.file_path):
         digest.update(chunk)
-    return digest.hexdigest() == row["sha256"]
+    return digest.hexdigest() == row.sha256
 
 
 async def startup_check(store: CsvStore) -> CheckReport:

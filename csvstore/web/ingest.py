@@ -32,7 +32,6 @@ from multipart import (
 
 from csvstore.analysis.content import clean_filename, declared_encoding, invalid_bytes_message
 from csvstore.analysis.stream import FileFacts, UploadAnalysis
-from csvstore.db.sqlite import Row
 from csvstore.errors import (
     BadRequest,
     ClientGone,
@@ -42,6 +41,7 @@ from csvstore.errors import (
     RequestTimeout,
     ValidationFailed,
 )
+from csvstore.model import StoredFile
 from csvstore.service import CsvStore
 from csvstore.storage.local import Storage, StorageWriter
 from csvstore.web.schemas import SESSION_ID_PATTERN, SESSION_ID_RULE, UploadOptions, load
@@ -71,7 +71,7 @@ class UploadLimits:
 @dataclass(frozen=True, slots=True)
 class Uploaded:
     session_id: str  # the client's id of the session the file went into
-    file: Row
+    file: StoredFile
     duplicate: bool  # dedupe=true found the same bytes already in the session: this is them
 
 

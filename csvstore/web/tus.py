@@ -768,7 +768,7 @@ async def _complete(
         state,
         offset=state.length,
         completed=True,
-        file_id=str(published.file["id"]),
+        file_id=published.file.id,
         expires_at=time.time() + expiry,
     )
     await hold.finish(done)
