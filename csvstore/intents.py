@@ -8,15 +8,13 @@ import os
 import socket
 from datetime import UTC, datetime
 
-# Another host's intent older than this is taken for abandoned (its process cannot be
-# asked); a publish still waiting on its commit after an hour was long answered an error.
+# Another host's intent older than this is abandoned: its process cannot be asked.
 INTENT_TIMEOUT = 3600.0
 
 
 @functools.cache
 def _machine() -> str:
-    """Where a pid means one process: this kernel's boot and this pid namespace (two
-    containers on one host share the first, not the second), and the host name."""
+    """Where a pid means one process: this boot, this pid namespace, this host name."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as boot:
             boot_id = boot.read().strip()
@@ -28,8 +26,7 @@ def _machine() -> str:
 
 
 def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc/<pid>/stat, field 22):
-    with the pid it names one process, even after the pid is reused."""
+    """The process's start time (/proc/<pid>/stat field 22): names it across pid reuse."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             fields = stat.read().rsplit(b")", 1)[1].split()

@@ -34,14 +34,14 @@ class StoredFile:
     skip_initial_space: bool | None = None
     comment_char: str | None = None
     duplicate_columns: list[str] | None = None
-    # Only where the rows reader needs them (get_file): they can be long.
-    row_checkpoints: list[list[int]] | None = None  # [data row, byte offset] pairs
+    # [data row, byte offset] pairs, long: read by get_file only, for the rows reader.
+    row_checkpoints: list[list[int]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    id: str  # the primary key, StoredFile.session_pk
-    session_id: str  # chosen by the client
+    id: str  # StoredFile.session_pk
+    session_id: str
     created_at: str
     updated_at: str
     expires_at: str | None = None

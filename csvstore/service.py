@@ -34,13 +34,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("csvstore")
 
 STORED_CONTENT_TYPE = "text/csv"
-# How long a publish waits for a database that went away: longer than a restart takes,
-# within a client's patience.
+# How long a publish waits out a database restart: longer than one, within a client's patience.
 PATIENCE = 30.0
 PATIENCE_PAUSE = 0.25
 T = TypeVar("T")
 
-# Builds the resumable-upload store, given "has this file id its row?".
 PartialsFactory = Callable[[Callable[[str], Awaitable[bool]]], "PartialStore"]
 
 
@@ -64,17 +62,14 @@ class CsvStore:
         self._storage = storage
         self._repo = Repo(db.queries)
         self.default_ttl = default_ttl  # seconds; 0: sessions live until deleted
-        # True when other instances may use the same database and storage at the same time.
-        self.shared = shared
-        # Resumable (tus) uploads waiting for their last byte; None where none are offered.
+        self.shared = shared  # other instances may use the same database and storage
         self._partials = None if partials is None else partials(self.is_published)
         # Journal entries up to this number saw a failed sync: only a rewrite may clear them.
         self._sync_failed_up_to = 0
-        # Stored names whose rows are gone but whose removal failed (storage unavailable).
-        self._leftovers: set[str] = set()
+        self._leftovers: set[str] = set()  # stored names whose removal failed
         self._stale_intents: set[str] = set()  # of removed bytes, whose drop failed
 
-    # Read-only, for maintenance (reconcile, identity, migrate-to) and the tus engine.
+    # Read-only, for maintenance and the tus engine: web/ calls the methods below.
 
     @property
     def db(self) -> Database:
@@ -91,8 +86,6 @@ class CsvStore:
     @property
     def partials(self) -> PartialStore | None:
         return self._partials
-
-    # Sessions
 
     async def create_session(self, session_id: str, *, ttl_seconds: float | None = None) -> Session:
         """A new session; it expires ``ttl_seconds`` after creation (None: the default TTL)."""
@@ -135,11 +128,7 @@ class CsvStore:
         )
 
     async def expire_sessions(self, *, batch: int = 100) -> tuple[int, int]:
-        """Delete the sessions whose time is up, as DELETE would; (sessions, files) removed.
-
-        Safe against uploads in flight: an upload whose session goes meanwhile finds no
-        session to commit into, removes its bytes and answers 404.
-        """
+        """Delete the sessions whose time is up, as DELETE would; (sessions, files) removed."""
         sessions = files = 0
         while True:
             expired: list[str] = await self._db.read(
@@ -153,7 +142,7 @@ class CsvStore:
                     gone.add(session_id)
                 except NotFound:  # deleted by someone else meanwhile
                     pass
-            await self._remove_partials(gone)  # one pass over the partial uploads per batch
+            await self._remove_partials(gone)
             if len(expired) < batch:
                 return sessions, files
 
@@ -161,10 +150,8 @@ class CsvStore:
         await self._delete_session(session_id)
 
     async def _delete_session(self, session_id: str, *, partials: bool = True) -> int:
-        """Delete a session's rows, then its bytes, then (``partials``) its resumable uploads
-        in progress; how many files went with it."""
-        # The keys become intents with the rows' delete: bytes a crash leaves behind are then
-        # known leftovers, which the check removes even when no file row is left.
+        """Delete a session's rows, then its bytes and resumable uploads; how many files."""
+        # The keys become intents with the rows' delete: bytes a crash leaves are known leftovers.
         owner = this_owner()
         keys = await self._db.write(
             lambda x: self._repo.delete_session(x, session_id, intent_owner=owner)
@@ -178,9 +165,7 @@ class CsvStore:
         return len(keys)
 
     async def _remove_partials(self, session_ids: set[str]) -> None:
-        """Terminate the resumable uploads into these (deleted) sessions. One that fails or
-        is being written now is left to its next request, which finds no session: 404, and
-        the upload goes (tus.py)."""
+        """End the resumable uploads into these deleted sessions (one being written: later)."""
         if self._partials is None or not session_ids:
             return
         try:
@@ -194,11 +179,9 @@ class CsvStore:
     async def session_exists(self, session_id: str) -> bool:
         return await self._db.read(lambda x: self._repo.get_session(x, session_id)) is not None
 
-    # Files
-
     @staticmethod
     def new_file_key() -> tuple[str, str]:
-        """A fresh file id and the storage key (stored file name) derived from it."""
+        """A fresh file id and its storage key."""
         file_id = str(uuid.uuid4())
         return file_id, f"{file_id}.csv"
 
@@ -212,11 +195,7 @@ class CsvStore:
         facts: FileFacts,
         dedupe: bool = False,
     ) -> Published:
-        """Make a fully received upload durable and visible; on any failure, remove it.
-
-        Shielded from cancellation: once the bytes are published, the row must be written
-        or the bytes removed, even if the client has gone.
-        """
+        """Make a received upload durable and visible, or remove it; shielded from cancels."""
         new = NewFile(
             id=file_id,
             session_id=session_id,
@@ -238,12 +217,11 @@ class CsvStore:
         return await asyncio.shield(self._publish(writer, new, dedupe))
 
     async def _publish(self, writer: StorageWriter, new: NewFile, dedupe: bool) -> Published:
-        # The intent first (intents.py): until the row commits, reconcile must not take the
-        # published bytes for an orphan, however old they look.
+        # The intent first: until the row commits, reconcile must not take the bytes for an orphan.
         add_intent = functools.partial(
             self._repo.add_intent, storage_key=writer.key, owner=this_owner()
         )
-        try:  # the upload is all here: a database restarting is waited out, not answered 503
+        try:
             await self._patiently(lambda: self._db.write(add_intent))
         except BaseException:
             await writer.abort()
@@ -284,8 +262,8 @@ class CsvStore:
                     duplicate = False
                     break
                 if isinstance(exc, DependencyUnavailable) and time.monotonic() < deadline:
-                    continue  # not committed, and the database answers again: once more
-                await self._remove_bytes([writer.key])  # nothing refers to the bytes
+                    continue
+                await self._remove_bytes([writer.key])
                 raise
         crash_point("publish.row_committed")
         if row is None:  # the session was deleted while the upload streamed in
@@ -297,10 +275,7 @@ class CsvStore:
 
     @staticmethod
     async def _patiently(call: Callable[[], Awaitable[T]]) -> T:
-        """``call()``, again while the database is unavailable, for up to PATIENCE seconds.
-        For a publish, whose bytes are all here: a restart of the database is waited out,
-        the client gets the true outcome, and no bytes wait for a check with an intent of
-        this live process."""
+        """``call()``, again while the database is unavailable, for up to PATIENCE seconds."""
         deadline = time.monotonic() + PATIENCE
         while True:
             try:
@@ -311,10 +286,7 @@ class CsvStore:
                 await asyncio.sleep(PATIENCE_PAUSE)
 
     async def _remove_bytes(self, keys: list[str]) -> None:
-        """Remove bytes no row lists any more, then their intents. Their rows are gone (or
-        never were), so the request's outcome is settled: if the storage fails, the bytes
-        are removed later by :meth:`remove_leftovers` (their intents, of this live process,
-        keep a check from taking them for anything but leftovers)."""
+        """Remove bytes no row lists any more, then their intents; retried if storage fails."""
         try:
             await self._storage.delete(keys)
         except Exception as exc:
@@ -324,8 +296,7 @@ class CsvStore:
         await self._forget_intents(keys)
 
     async def remove_leftovers(self) -> int:
-        """Remove the bytes an earlier removal failed on, and drop the intents an earlier
-        drop failed on; raises (and keeps them) if that fails again. How many bytes."""
+        """Retry failed removals and intent drops (raises if they fail again); how many."""
         if self._stale_intents:
             stale = sorted(self._stale_intents)
             await self._db.write(functools.partial(self._repo.delete_intents, storage_keys=stale))
@@ -343,8 +314,7 @@ class CsvStore:
         await self._forget_intents([key])
 
     async def _forget_intents(self, keys: list[str]) -> None:
-        """Drop intents whose bytes are gone; if that fails, :meth:`remove_leftovers` tries
-        again (and after a stop, the check drops them)."""
+        """Drop intents whose bytes are gone; on failure :meth:`remove_leftovers` retries."""
         if not keys:
             return
         try:
@@ -354,16 +324,8 @@ class CsvStore:
             self._stale_intents.update(keys)
 
     async def flush_journal(self) -> int:
-        """Make the journaled files durable and forget their entries (storage.py, "journal").
-
-        The entries to forget are read *before* the sync: each was committed after its file
-        was written, so a sync that begins later covers it. Entries committed meanwhile wait
-        for the next flush. Returns the sequence number flushed up to (0: nothing to do).
-
-        A failed sync may have dropped bytes that could not be written, and a later sync
-        would not report that again: every entry up to that point is then written back from
-        the journal instead, each file fsynced, before any of them is forgotten.
-        """
+        """Make the journaled files durable, forget their entries; the seq flushed up to (0:
+        none). After a failed sync (not reported twice) entries are written back instead."""
         seq = await self._db.read(self._repo.journal_high_water)
         if seq is None:
             return 0
@@ -374,7 +336,7 @@ class CsvStore:
                 log.warning("syncing the uploads folder failed (%s): writing files back", exc)
                 self._sync_failed_up_to = seq
         if self._sync_failed_up_to:
-            await self.restore_journal(up_to=self._sync_failed_up_to)  # raises: tried again
+            await self.restore_journal(up_to=self._sync_failed_up_to)
             self._sync_failed_up_to = 0
             return seq
         crash_point("flush.synced")
@@ -382,10 +344,7 @@ class CsvStore:
         return seq
 
     async def restore_journal(self, *, up_to: int = 2**62, batch: int = 100) -> int:
-        """Write journaled files back from their entries, fsynced, and forget the entries
-        (after a crash, or a failed sync); how many. Rewriting a file that is intact is
-        harmless (same bytes, replaced atomically), so every entry is restored, whoever
-        wrote it."""
+        """Write journaled files back, fsynced, and forget their entries; how many."""
         restored = after = 0
         while True:
             entries = await self._db.read(
@@ -394,9 +353,7 @@ class CsvStore:
             for entry in entries:
                 await self._storage.restore(entry.file_path, entry.data)
                 crash_point("restore.file_written")
-                # A delete may have removed the row (its entry with it) and then the file
-                # just before the rewrite. Deletes remove the row first: if it is still
-                # there now, a later delete removes this file too.
+                # A delete may have removed the row and the file just before the rewrite.
                 still_listed = functools.partial(self._repo.get_file, file_id=entry.file_id)
                 if await self._db.read(still_listed) is None:
                     await self._storage.delete([entry.file_path])
@@ -420,7 +377,7 @@ class CsvStore:
         return row
 
     async def delete_file(self, file_id: str) -> None:
-        owner = this_owner()  # as for a session (above)
+        owner = this_owner()
         key = await self._db.write(lambda x: self._repo.delete_file(x, file_id, intent_owner=owner))
         if key is None:
             raise _file_not_found(file_id)
@@ -430,17 +387,14 @@ class CsvStore:
     async def is_published(self, file_id: str) -> bool:
         return await self._db.read(lambda x: self._repo.get_file(x, file_id)) is not None
 
-    # Reading stored bytes back
-
     async def stored_size(self, file: StoredFile) -> int | None:
-        """The size of the file's stored bytes, None when they are missing."""
+        """None when the stored bytes are missing."""
         stat = await self._storage.stat(file.file_path)
         return None if stat is None else stat[0]
 
     def open_file_bytes(
         self, file: StoredFile, start: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
-        """The file's stored bytes from ``start`` (``length`` of them, or all), in chunks."""
         return self._storage.read(file.file_path, start, length)
 
     async def read_rows(

@@ -37,8 +37,6 @@ async def open_store(
     await db.open()
     try:
         async with open_storage(settings) as storage:
-            # Another instance may be writing to the same store: its checks must spare
-            # uploads in flight (reconcile.startup_check).
             shared = settings.uses_postgres or settings.uses_s3
 
             def partials(published: Callable[[str], Awaitable[bool]]) -> PartialStore:

@@ -61,8 +61,7 @@ def _json(value: object) -> str:
 
 
 def _can_exist(key: str) -> bool:
-    """False for a key no row can have: PostgreSQL's text holds no NUL (and refuses one as
-    a parameter, a 500), so no id was ever stored with one, on either engine."""
+    """False for a key with a NUL, which PostgreSQL refuses as a parameter (a 500)."""
     return "\x00" not in key
 
 
@@ -119,10 +118,9 @@ class Repo:
     async def list_sessions_json(
         self, x: Executor, *, after: str, limit: int
     ) -> list[tuple[str, str]]:
-        """One page of sessions as (session id, JSON object with its files), read in one
-        query so the page is one snapshot: the engine renders each session and file, here
-        the files are only spliced into their sessions' ``csv_files``, in order."""
-        heads: dict[str, str] = {}  # in session_id order, as the rows come
+        """One page of sessions as (session id, JSON object with its files), from one query
+        (one snapshot) in which the engine renders the JSON; here files are only spliced in."""
+        heads: dict[str, str] = {}
         files: dict[str, list[str]] = {}
         for row in await x.all(self.q.list_sessions_json, {"after": after, "limit": limit}):
             session_id = row["session_id"]
@@ -182,8 +180,7 @@ class Repo:
     async def insert_file_unless_duplicate(
         self, x: Executor, new: NewFile
     ) -> tuple[StoredFile | None, bool]:
-        """(row, is_duplicate): the session's earlier file with the same digest if there is
-        one, else the newly inserted row (None when the session is gone)."""
+        """(the session's earlier file with the same digest, True), else (insert_file, False)."""
         existing = await self.find_duplicate(x, new.session_id, new.facts.sha256)
         if existing is not None:
             await self.delete_intent(x, new.file_path)
@@ -221,8 +218,7 @@ class Repo:
     async def delete_session(
         self, x: Executor, session_id: str, *, intent_owner: str | None = None
     ) -> list[str] | None:
-        """Delete a session and its file rows; their storage keys, or None if no session.
-        ``intent_owner``: as for :meth:`delete_file`."""
+        """Delete a session and its file rows; their storage keys, or None if no session."""
         if not _can_exist(session_id):
             return None
         files = await x.all(self.q.delete_files_of_session, {"session_id": session_id})
@@ -235,10 +231,8 @@ class Repo:
                 await self.add_intent(x, key, intent_owner)
         return keys
 
-    # The journal of small uploads' bytes (csvstore/storage/local.py)
-
     async def add_journal_entry(self, x: Executor, file_id: str, data: bytes) -> None:
-        """Keep ``data`` as the durable copy of the file's bytes: run with its row's insert."""
+        """The durable copy of a file's bytes, written with its row's insert."""
         await x.all(self.q.insert_journal_entry, {"file_id": file_id, "data": data})
 
     async def journal_high_water(self, x: Executor) -> int | None:
@@ -263,8 +257,6 @@ class Repo:
     async def delete_journal_entries(self, x: Executor, seqs: list[int]) -> None:
         for seq in seqs:
             await x.all(self.q.delete_journal_entry, {"seq": seq})
-
-    # Upload intents (docs/design/intents.md)
 
     async def add_intent(self, x: Executor, storage_key: str, owner: str) -> None:
         params = {"storage_key": storage_key, "owner": owner, "created_at": utc_now()}

@@ -1,16 +1,7 @@
-"""``python -m csvstore migrate-to``: copy a deployment's rows and stored files to another
-database and storage -- typically SQLite and a local folder to PostgreSQL and S3.
-
-Everything is copied as it is: ids, stored names, timestamps, digests and profiles. Each
-file's bytes are streamed from the source storage to the target (never held whole), their
-size and SHA-256 checked against the row on the way, and only then is the row inserted, so
-the target never lists a file it does not hold. The bytes are published under an upload
-intent (docs/design/intents.md), and a commit whose outcome is unknown is read back by id:
-bytes are never removed while their row may exist. The source is only read, so its storage
-must not be the target's. Running it again copies only what is missing -- rows the target
-lists without their bytes included -- so an interrupted migration is resumed by running it
-again.
-"""
+"""``csvstore migrate-to``: copy a deployment's rows and stored files, as they are, to
+another database and storage. Bytes are streamed and checked against the row before it is
+inserted, under an upload intent (docs/design/intents.md); running it again copies only
+what is missing, so an interrupted migration is resumed by running it again."""
 
 from __future__ import annotations
 
@@ -44,7 +35,7 @@ class MigrationReport:
     sessions_copied: int = 0
     files_copied: int = 0
     bytes_copied: int = 0
-    already_there: int = 0  # sessions and files a previous run copied (their bytes checked)
+    already_there: int = 0  # copied by a previous run (bytes checked)
     bytes_restored: int = 0  # files the target listed without their bytes, copied again
     bad_files: list[str] = field(default_factory=list)  # source bytes missing or not as recorded
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file id, why): not copied
@@ -70,8 +61,7 @@ async def migrate(
 ) -> MigrationReport:
     """Copy every session and file of ``source`` that ``target`` does not have yet."""
     report = MigrationReport()
-    # The target gets a store id of its own (a new store: a copy is not the original), the
-    # source's is only compared.
+    # The target gets a store id of its own: a copy is not the original.
     async with open_store(source, claim=False) as src, open_store(target) as dst:
         in_progress = await uploads_in_progress(src)
         if in_progress and not drop_uploads_in_progress:
@@ -81,8 +71,7 @@ async def migrate(
                 "Let them finish (or expire) first, or pass --drop-uploads-in-progress"
             )
         report.dropped_uploads = in_progress
-        # Nothing of the target's is removed: it may be live, with uploads in flight (its
-        # own start-up check and `check` clear what a crash left there).
+        # Nothing of the target's is removed: it may be live, with uploads in flight.
         await dst.storage.prepare(temp_min_age=math.inf)
         updated: dict[str, str] = {}
         after = ""
@@ -101,7 +90,7 @@ async def migrate(
             await dst.db.write(
                 _run(dst, "restore_updated_at", id=session_pk, updated_at=updated_at)
             )
-        await dst.flush_journal()  # the copies on disk durable, the journal empty
+        await dst.flush_journal()
     return report
 
 
@@ -224,7 +213,7 @@ async def _copy_file(src: CsvStore, dst: CsvStore, row: Row, report: MigrationRe
     crash_point("migrate.bytes_copied")
     journal = writer.journal  # a small file on a local disk: kept with its row until synced
 
-    if there is not None:  # the row was there already; now its bytes are too
+    if there is not None:
         if journal is not None:
             entry = functools.partial(dst.repo.add_journal_entry, file_id=row["id"], data=journal)
             await dst.db.write(entry)
@@ -242,8 +231,7 @@ async def _copy_file(src: CsvStore, dst: CsvStore, row: Row, report: MigrationRe
     try:
         inserted = await dst.db.write(insert)
     except Exception as exc:
-        # The commit may have succeeded although the call raised (a connection lost around
-        # COMMIT): the bytes go only once the row is known not to be there.
+        # A commit may succeed although the call raised: bytes go once the row is known absent.
         try:
             inserted = await dst.db.read(_one(dst, "file_by_pk", id=row["id"]))
         except Exception:
@@ -258,7 +246,6 @@ async def _copy_file(src: CsvStore, dst: CsvStore, row: Row, report: MigrationRe
             log.warning("file %s: not copied, its insert failed: %s", row["id"], exc)
             report.failed.append((row["id"], f"its insert failed: {exc}"))
             return
-        # committed after all, the intent's delete with it
         log.warning("file %s: its commit raised (%s) but the row is there: kept", row["id"], exc)
     if inserted is None:  # copied meanwhile by another run: keep its bytes, which are these
         report.already_there += 1
@@ -270,7 +257,7 @@ async def _copy_file(src: CsvStore, dst: CsvStore, row: Row, report: MigrationRe
 async def _forget_intent(dst: CsvStore, key: str, there: Row | None) -> None:
     """Drop the intent of bytes that are gone or listed; if that fails, the check does."""
     if there is not None:
-        return  # none was recorded: the row names the bytes
+        return  # none was recorded
     try:
         await dst.db.write(functools.partial(dst.repo.delete_intents, storage_keys=[key]))
     except Exception:

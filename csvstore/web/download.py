@@ -74,7 +74,7 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     first, last = match.groups()
     if not first and not last:
         return None
-    if not first:  # the last N bytes
+    if not first:
         suffix = int(last)
         if suffix == 0:
             raise _unsatisfiable(header, size)
@@ -144,8 +144,7 @@ async def send_file(request: web.Request, store: CsvStore, file: StoredFile) -> 
         response.headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{size}"
         start, length = byte_range.start, byte_range.length
     response.content_length = length
-    # Everything that can fail before the first byte fails here, while a problem response
-    # can still be sent: the stored size, and opening the file (its first chunk read).
+    # What can fail before the first byte fails here, while a problem can still be sent.
     stored = await store.stored_size(file)
     if stored != size:
         raise _unavailable(file, stored)
@@ -168,7 +167,6 @@ async def send_file(request: web.Request, store: CsvStore, file: StoredFile) -> 
         if sent != length:  # shrunk since the stat: the connection must not wait for more
             raise OSError(f"stored file {file.id} ended {length - sent} bytes early")
     finally:
-        # a client that goes away mid-download must not leave the file open
         closer = getattr(chunks, "aclose", None)
         if closer is not None:
             await closer()

@@ -1,6 +1,5 @@
-"""Fast rendering of responses whose shape a marshmallow schema defines: the values already
-have the right types, so a dump is only a projection onto the schema's fields (the tests
-check it against ``Schema.dump``)."""
+"""Responses rendered as projections onto a marshmallow schema's fields: the values already
+have the right types (the tests check it against ``Schema.dump``)."""
 
 from __future__ import annotations
 
