@@ -3,7 +3,7 @@ domain objects of csvstore/model.py. Callers run them with ``db.read``/``db.writ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import orjson
 
@@ -27,6 +27,9 @@ class NewFile:
     facts: FileFacts
     # Bytes written without an fsync: committed with the row, their durable copy until synced.
     journal: bytes | None = None
+
+
+_FILE_FIELDS = [f.name for f in fields(StoredFile) if f.name != "session_pk"]
 
 
 def _file(row: Row) -> StoredFile:
@@ -282,6 +285,48 @@ class Repo:
             else:
                 intents.append(_intent(row))
         return listed, intents
+
+    # migrate-to: rows copied as they are, in pages by primary key (sql/migrate.sql)
+
+    async def export_sessions(self, x: Executor, *, after: str, limit: int) -> list[Session]:
+        rows = await x.all(self.q.export_sessions, {"after": after, "limit": limit})
+        return [_session(row) for row in rows]
+
+    async def export_files(self, x: Executor, *, after: str, limit: int) -> list[StoredFile]:
+        return [
+            _file(row) for row in await x.all(self.q.export_files, {"after": after, "limit": limit})
+        ]
+
+    async def import_session(self, x: Executor, session: Session) -> bool:
+        """False when a session of that id or client id is there already."""
+        params = {
+            "id": session.id,
+            "session_id": session.session_id,
+            "created_at": session.created_at,
+            "updated_at": session.updated_at,
+            "expires_at": session.expires_at,
+        }
+        return await x.one(self.q.import_session, params) is not None
+
+    async def session_by_pk(self, x: Executor, pk: str) -> Session | None:
+        row = await x.one(self.q.session_by_pk, {"id": pk})
+        return None if row is None else _session(row)
+
+    async def file_by_pk(self, x: Executor, file_id: str) -> FileCheck | None:
+        row = await x.one(self.q.file_by_pk, {"id": file_id})
+        return None if row is None else FileCheck(**row)
+
+    async def import_file(self, x: Executor, file: StoredFile) -> bool:
+        """False when a file of that id is there already."""
+        params = {name: getattr(file, name) for name in _FILE_FIELDS}
+        for name in ("columns", "duplicate_columns", "row_checkpoints"):
+            if params[name] is not None:
+                params[name] = _json(params[name])
+        params["session_id"] = file.session_pk
+        return await x.one(self.q.import_file, params) is not None
+
+    async def restore_updated_at(self, x: Executor, pk: str, updated_at: str) -> None:
+        await x.all(self.q.restore_updated_at, {"id": pk, "updated_at": updated_at})
 
     async def ping(self, x: Executor) -> bool:
         return await x.one(self.q.ping) is not None
