@@ -50,8 +50,6 @@ class Session:
 
 @dataclass(frozen=True, slots=True)
 class FileCheck:
-    """What reconcile compares with the stored bytes."""
-
     id: str
     file_path: str
     file_size: int
