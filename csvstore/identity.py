@@ -1,18 +1,5 @@
-"""Which database and which storage belong together: the store id.
-
-At first use the database (``store_identity``, migration 0005) and the storage (a marker,
-``STORE_MARKER``, beside the stored files) record the same random id. Every start, every
-``check`` and ``migrate-to`` compare the two before anything is removed, and refuse a pair
-that does not match -- a forgotten ``--database-url`` or ``--data-dir`` would otherwise
-make every stored file look like a leftover -- and a storage folder that holds the
-database. Both halves are created conditionally (an insert that keeps an existing row, a
-marker that is only created where none is), so instances starting together agree on one id.
-The database's half is written first: reading the marker first and the row second never
-finds a marker that its database is only about to record.
-
-A deployment from before the store id (neither half there) is adopted on its first start
-when the two plausibly belong together; see :func:`_why_not_adopt`.
-"""
+"""The store id a database and a storage both record at first use, compared before anything
+is removed: a forgotten ``--database-url`` must not make every stored file a leftover."""
 
 from __future__ import annotations
 
@@ -54,8 +41,7 @@ def where(settings: Settings) -> tuple[str, str]:
 
 
 def check_placement(settings: Settings) -> None:
-    """Refuse a storage folder that holds the SQLite database: the database's files, and
-    whatever else shares the folder, are not csvstore's stored files."""
+    """Refuse a storage folder that holds the SQLite database (not csvstore's files)."""
     if settings.uses_s3 or settings.uses_postgres:
         return
     database = settings.database_path.resolve()
@@ -71,12 +57,8 @@ def check_placement(settings: Settings) -> None:
 async def verify_store_id(
     store: CsvStore, settings: Settings, *, claim: bool = True, repair: bool = False
 ) -> str | None:
-    """The store id the database and the storage share, recorded in both at first use.
-
-    Raises :class:`StoreMismatch` when they do not belong together. ``claim=False`` only
-    compares (a ``migrate-to`` source, which is only read). ``repair`` records a pair
-    without ids as one store even when it does not look like one (never two different ids).
-    """
+    """The store id both share (recorded at first use, the database's half first), else
+    :class:`StoreMismatch`. ``claim=False`` only compares; ``repair`` adopts any pair."""
     database, storage = where(settings)
     marker = await store.storage.read_store_id()
     recorded = await store.db.read(store.repo.get_store_id)
@@ -120,16 +102,9 @@ def _different(database: str, recorded: str, storage: str, marker: str) -> str:
 def _why_not_adopt(
     recorded: str | None, marker: str | None, listed: set[str], stored: set[str]
 ) -> str | None:
-    """Why a database and a storage, one or both without an id, should not be recorded as
-    one store; None when they plausibly are one.
-
-    They are when the storage holds at least one of the files the database lists (an
-    existing deployment), or when both are empty and the storage has no id yet (a new one,
-    or one whose first start stopped between writing the two halves). Anything else --
-    an empty database beside stored files, rows none of whose files are there, a storage
-    that already belongs to a store this database never recorded -- is more likely the
-    wrong database or storage than a store, and taking it for one would remove files.
-    """
+    """Why a database and a storage, one or both without an id, should not be adopted as
+    one store; None when they share a file, or both are empty and unmarked. Anything else
+    is more likely the wrong one, and adopting it would remove files."""
     if listed & stored:
         return None
     if marker is not None:

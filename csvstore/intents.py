@@ -1,35 +1,20 @@
-"""Upload intents: who is about to publish a stored name, and whether they still can.
-
-An intent row (sql/intents.sql) is committed before an upload's bytes appear under their
-final name and goes with the commit of the file's row; reconcile spares every name with a
-live intent. The long story is in docs/design/intents.md.
-"""
+"""Upload intents' owners: who is about to publish a stored name, and whether they still
+can (docs/design/intents.md)."""
 
 from __future__ import annotations
 
 import functools
 import os
 import socket
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
-# An intent covers one publish and one commit. Another host's intent older than this is
-# taken for an abandoned one (its process cannot be asked whether it lives); a publish
-# still waiting on its commit after an hour has long been answered with an error.
+# Another host's intent older than this is abandoned: its process cannot be asked.
 INTENT_TIMEOUT = 3600.0
-
-
-@dataclass(frozen=True, slots=True)
-class Intent:
-    storage_key: str
-    owner: str
-    created_at: str
 
 
 @functools.cache
 def _machine() -> str:
-    """Where a pid means one process: this kernel's boot and this pid namespace (two
-    containers on one host share the first, not the second), and the host name."""
+    """Where a pid means one process: this boot, this pid namespace, this host name."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as boot:
             boot_id = boot.read().strip()
@@ -41,8 +26,7 @@ def _machine() -> str:
 
 
 def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc/<pid>/stat, field 22):
-    with the pid it names one process, even after the pid is reused."""
+    """The process's start time (/proc/<pid>/stat field 22): names it across pid reuse."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             fields = stat.read().rsplit(b")", 1)[1].split()

@@ -1,10 +1,7 @@
-"""What csvstore does, independent of HTTP: sessions, stored files, and their life cycle.
-
-Handlers parse and render; this class decides. The invariant it keeps: the stored files
-are exactly the files the database lists. Bytes are published before their row is
-committed and removed after their row is deleted, so a crash between the two leaves at
-worst a file without a row, which the start-up check removes -- never a row without bytes.
-"""
+"""The domain, independent of HTTP: sessions, stored files and their life cycle, and the
+only door web/ uses to the database and storage. Its invariant (stored files are exactly
+those the database lists; bytes published before their row, removed after it) is told in
+docs/design/intents.md."""
 
 from __future__ import annotations
 
@@ -14,15 +11,17 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
 
+from csvstore.analysis.pages import RowsPage
+from csvstore.analysis.rows import read_rows
 from csvstore.analysis.stream import FileFacts
 from csvstore.crashpoints import crash_point
 from csvstore.db.repo import NewFile, Repo
-from csvstore.db.sqlite import Database, Row
+from csvstore.db.sqlite import Database
 from csvstore.errors import (
     DependencyUnavailable,
     FileNotFound,
@@ -31,6 +30,7 @@ from csvstore.errors import (
     SessionNotFound,
 )
 from csvstore.intents import this_owner
+from csvstore.model import Session, StoredFile
 from csvstore.storage.local import Storage, StorageWriter
 from csvstore.timeutil import format_utc, utc_now
 
@@ -40,48 +40,67 @@ if TYPE_CHECKING:
 log = logging.getLogger("csvstore")
 
 STORED_CONTENT_TYPE = "text/csv"
-# How long a publish waits for a database that went away: longer than a restart takes,
-# within a client's patience.
+# How long a publish waits out a database restart: longer than one, within a client's patience.
 PATIENCE = 30.0
 PATIENCE_PAUSE = 0.25
 T = TypeVar("T")
 
+PartialsFactory = Callable[[Callable[[str], Awaitable[bool]]], "PartialStore"]
+
 
 @dataclass(frozen=True, slots=True)
 class Published:
-    file: Row
+    file: StoredFile
     duplicate: bool  # True: an identical file was already in the session; this is it
 
 
 class CsvStore:
-    # Resumable (tus) uploads waiting for their last byte; None where none are offered.
-    partials: PartialStore | None = None
-
     def __init__(
-        self, db: Database, storage: Storage, *, default_ttl: float = 0.0, shared: bool = False
+        self,
+        db: Database,
+        storage: Storage,
+        *,
+        default_ttl: float = 0.0,
+        shared: bool = False,
+        partials: PartialsFactory | None = None,
     ) -> None:
-        self.db = db
-        self.storage = storage
+        self._db = db
+        self._storage = storage
+        self._repo = Repo(db.queries)
         self.default_ttl = default_ttl  # seconds; 0: sessions live until deleted
-        # True when other instances may use the same database and storage at the same time.
-        self.shared = shared
-        self.repo = Repo(db.queries)
+        self.shared = shared  # other instances may use the same database and storage
+        self._partials = None if partials is None else partials(self.is_published)
         # Journal entries up to this number saw a failed sync: only a rewrite may clear them.
         self._sync_failed_up_to = 0
-        # Stored names whose rows are gone but whose removal failed (storage unavailable).
-        self._leftovers: set[str] = set()
+        self._leftovers: set[str] = set()  # stored names whose removal failed
         self._stale_intents: set[str] = set()  # of removed bytes, whose drop failed
 
-    # Sessions
+    # Read-only, for maintenance and the tus engine: web/ calls the methods below.
 
-    async def create_session(self, session_id: str, *, ttl_seconds: float | None = None) -> Row:
+    @property
+    def db(self) -> Database:
+        return self._db
+
+    @property
+    def storage(self) -> Storage:
+        return self._storage
+
+    @property
+    def repo(self) -> Repo:
+        return self._repo
+
+    @property
+    def partials(self) -> PartialStore | None:
+        return self._partials
+
+    async def create_session(self, session_id: str, *, ttl_seconds: float | None = None) -> Session:
         """A new session; it expires ``ttl_seconds`` after creation (None: the default TTL)."""
         moment = datetime.now(UTC)
         now = format_utc(moment)
         ttl = self.default_ttl if ttl_seconds is None else ttl_seconds
         expires_at = format_utc(moment + timedelta(seconds=ttl)) if ttl else None
-        created = await self.db.write(
-            lambda x: self.repo.create_session(
+        created = await self._db.write(
+            lambda x: self._repo.create_session(
                 x,
                 id=str(uuid.uuid4()),
                 session_id=session_id,
@@ -93,37 +112,33 @@ class CsvStore:
             raise SessionExists(f"session {session_id!r} already exists")
         return created
 
-    async def get_session(self, session_id: str) -> Row:
-        session = await self.db.read(lambda x: self.repo.get_session_with_files(x, session_id))
+    async def get_session(self, session_id: str) -> Session:
+        session = await self._db.read(lambda x: self._repo.get_session_with_files(x, session_id))
         if session is None:
             raise _session_not_found(session_id)
         return session
 
     async def require_session(self, session_id: str) -> None:
-        if await self.db.read(lambda x: self.repo.get_session(x, session_id)) is None:
+        if await self._db.read(lambda x: self._repo.get_session(x, session_id)) is None:
             raise _session_not_found(session_id)
 
-    async def list_sessions(self, *, after: str, limit: int) -> list[Row]:
-        return await self.db.read(
-            lambda x: self.repo.list_sessions_with_files(x, after=after, limit=limit)
+    async def list_sessions(self, *, after: str, limit: int) -> list[Session]:
+        return await self._db.read(
+            lambda x: self._repo.list_sessions_with_files(x, after=after, limit=limit)
         )
 
     async def list_sessions_json(self, *, after: str, limit: int) -> list[tuple[str, str]]:
         """A page of sessions already rendered as JSON objects: (session id, object)."""
-        return await self.db.read(
-            lambda x: self.repo.list_sessions_json(x, after=after, limit=limit)
+        return await self._db.read(
+            lambda x: self._repo.list_sessions_json(x, after=after, limit=limit)
         )
 
     async def expire_sessions(self, *, batch: int = 100) -> tuple[int, int]:
-        """Delete the sessions whose time is up, as DELETE would; (sessions, files) removed.
-
-        Safe against uploads in flight: an upload whose session goes meanwhile finds no
-        session to commit into, removes its bytes and answers 404.
-        """
+        """Delete the sessions whose time is up, as DELETE would; (sessions, files) removed."""
         sessions = files = 0
         while True:
-            expired: list[str] = await self.db.read(
-                functools.partial(self.repo.expired_sessions, now=utc_now(), limit=batch)
+            expired: list[str] = await self._db.read(
+                functools.partial(self._repo.expired_sessions, now=utc_now(), limit=batch)
             )
             gone = set()
             for session_id in expired:
@@ -133,7 +148,7 @@ class CsvStore:
                     gone.add(session_id)
                 except NotFound:  # deleted by someone else meanwhile
                     pass
-            await self._remove_partials(gone)  # one pass over the partial uploads per batch
+            await self._remove_partials(gone)
             if len(expired) < batch:
                 return sessions, files
 
@@ -141,13 +156,11 @@ class CsvStore:
         await self._delete_session(session_id)
 
     async def _delete_session(self, session_id: str, *, partials: bool = True) -> int:
-        """Delete a session's rows, then its bytes, then (``partials``) its resumable uploads
-        in progress; how many files went with it."""
-        # The keys become intents with the rows' delete: bytes a crash leaves behind are then
-        # known leftovers, which the check removes even when no file row is left.
+        """Delete a session's rows, then its bytes and resumable uploads; how many files."""
+        # The keys become intents with the rows' delete: bytes a crash leaves are known leftovers.
         owner = this_owner()
-        keys = await self.db.write(
-            lambda x: self.repo.delete_session(x, session_id, intent_owner=owner)
+        keys = await self._db.write(
+            lambda x: self._repo.delete_session(x, session_id, intent_owner=owner)
         )
         if keys is None:
             raise _session_not_found(session_id)
@@ -158,13 +171,11 @@ class CsvStore:
         return len(keys)
 
     async def _remove_partials(self, session_ids: set[str]) -> None:
-        """Terminate the resumable uploads into these (deleted) sessions. One that fails or
-        is being written now is left to its next request, which finds no session: 404, and
-        the upload goes (tus.py)."""
-        if self.partials is None or not session_ids:
+        """End the resumable uploads into these deleted sessions (one being written: later)."""
+        if self._partials is None or not session_ids:
             return
         try:
-            removed = await self.partials.remove_for_sessions(session_ids)
+            removed = await self._partials.remove_for_sessions(session_ids)
         except Exception:
             log.warning("could not remove the resumable uploads of deleted sessions", exc_info=True)
             return
@@ -172,13 +183,11 @@ class CsvStore:
             log.info("removed %d resumable upload(s) of deleted session(s)", removed)
 
     async def session_exists(self, session_id: str) -> bool:
-        return await self.db.read(lambda x: self.repo.get_session(x, session_id)) is not None
-
-    # Files
+        return await self._db.read(lambda x: self._repo.get_session(x, session_id)) is not None
 
     @staticmethod
     def new_file_key() -> tuple[str, str]:
-        """A fresh file id and the storage key (stored file name) derived from it."""
+        """A fresh file id and its storage key."""
         file_id = str(uuid.uuid4())
         return file_id, f"{file_id}.csv"
 
@@ -202,11 +211,7 @@ class CsvStore:
         facts: FileFacts,
         dedupe: bool = False,
     ) -> Published:
-        """Make a fully received upload durable and visible; on any failure, remove it.
-
-        Shielded from cancellation: once the bytes are published, the row must be written
-        or the bytes removed, even if the client has gone.
-        """
+        """Make a received upload durable and visible, or remove it; shielded from cancels."""
         new = NewFile(
             id=file_id,
             session_id=session_id,
@@ -219,8 +224,8 @@ class CsvStore:
             facts=facts,
         )
         if dedupe:
-            existing = await self.db.read(
-                lambda x: self.repo.find_duplicate(x, session_id, facts.sha256)
+            existing = await self._db.read(
+                lambda x: self._repo.find_duplicate(x, session_id, facts.sha256)
             )
             if existing is not None:
                 await writer.abort()
@@ -228,13 +233,12 @@ class CsvStore:
         return await asyncio.shield(self._publish(writer, new, dedupe))
 
     async def _publish(self, writer: StorageWriter, new: NewFile, dedupe: bool) -> Published:
-        # The intent first (intents.py): until the row commits, reconcile must not take the
-        # published bytes for an orphan, however old they look.
+        # The intent first: until the row commits, reconcile must not take the bytes for an orphan.
         add_intent = functools.partial(
-            self.repo.add_intent, storage_key=writer.key, owner=this_owner()
+            self._repo.add_intent, storage_key=writer.key, owner=this_owner()
         )
-        try:  # the upload is all here: a database restarting is waited out, not answered 503
-            await self._patiently(lambda: self.db.write(add_intent))
+        try:
+            await self._patiently(lambda: self._db.write(add_intent))
         except BaseException:
             await writer.abort()
             raise
@@ -251,17 +255,17 @@ class CsvStore:
         while True:
             try:
                 if dedupe:  # checked again in the transaction: a twin may have committed
-                    row, duplicate = await self.db.write(
-                        lambda x: self.repo.insert_file_unless_duplicate(x, new)
+                    row, duplicate = await self._db.write(
+                        lambda x: self._repo.insert_file_unless_duplicate(x, new)
                     )
                 else:
-                    row = await self.db.write(lambda x: self.repo.insert_file(x, new))
+                    row = await self._db.write(lambda x: self._repo.insert_file(x, new))
                     duplicate = False
                 break
             except BaseException as exc:
                 try:
                     row = await self._patiently(
-                        lambda: self.db.read(lambda x: self.repo.get_file(x, new.id))
+                        lambda: self._db.read(lambda x: self._repo.get_file(x, new.id))
                     )
                 except Exception:
                     log.warning(
@@ -274,23 +278,20 @@ class CsvStore:
                     duplicate = False
                     break
                 if isinstance(exc, DependencyUnavailable) and time.monotonic() < deadline:
-                    continue  # not committed, and the database answers again: once more
-                await self._remove_bytes([writer.key])  # nothing refers to the bytes
+                    continue
+                await self._remove_bytes([writer.key])
                 raise
         crash_point("publish.row_committed")
         if row is None:  # the session was deleted while the upload streamed in
-            await self.storage.delete([writer.key])
+            await self._storage.delete([writer.key])
             raise _session_not_found(new.session_id)
         if duplicate:
-            await self.storage.delete([writer.key])
+            await self._storage.delete([writer.key])
         return Published(row, duplicate=duplicate)
 
     @staticmethod
     async def _patiently(call: Callable[[], Awaitable[T]]) -> T:
-        """``call()``, again while the database is unavailable, for up to PATIENCE seconds.
-        For a publish, whose bytes are all here: a restart of the database is waited out,
-        the client gets the true outcome, and no bytes wait for a check with an intent of
-        this live process."""
+        """``call()``, again while the database is unavailable, for up to PATIENCE seconds."""
         deadline = time.monotonic() + PATIENCE
         while True:
             try:
@@ -301,12 +302,9 @@ class CsvStore:
                 await asyncio.sleep(PATIENCE_PAUSE)
 
     async def _remove_bytes(self, keys: list[str]) -> None:
-        """Remove bytes no row lists any more, then their intents. Their rows are gone (or
-        never were), so the request's outcome is settled: if the storage fails, the bytes
-        are removed later by :meth:`remove_leftovers` (their intents, of this live process,
-        keep a check from taking them for anything but leftovers)."""
+        """Remove bytes no row lists any more, then their intents; retried if storage fails."""
         try:
-            await self.storage.delete(keys)
+            await self._storage.delete(keys)
         except Exception as exc:
             log.warning("could not remove %d stored file(s) (%r): retried", len(keys), exc)
             self._leftovers.update(keys)
@@ -314,16 +312,15 @@ class CsvStore:
         await self._forget_intents(keys)
 
     async def remove_leftovers(self) -> int:
-        """Remove the bytes an earlier removal failed on, and drop the intents an earlier
-        drop failed on; raises (and keeps them) if that fails again. How many bytes."""
+        """Retry failed removals and intent drops (raises if they fail again); how many."""
         if self._stale_intents:
             stale = sorted(self._stale_intents)
-            await self.db.write(functools.partial(self.repo.delete_intents, storage_keys=stale))
+            await self._db.write(functools.partial(self._repo.delete_intents, storage_keys=stale))
             self._stale_intents.difference_update(stale)
         if not self._leftovers:
             return 0
         keys = sorted(self._leftovers)
-        await self.storage.delete(keys)
+        await self._storage.delete(keys)
         self._leftovers.difference_update(keys)
         await self._forget_intents(keys)
         log.info("removed %d stored file(s) left by a failed removal", len(keys))
@@ -333,87 +330,95 @@ class CsvStore:
         await self._forget_intents([key])
 
     async def _forget_intents(self, keys: list[str]) -> None:
-        """Drop intents whose bytes are gone; if that fails, :meth:`remove_leftovers` tries
-        again (and after a stop, the check drops them)."""
+        """Drop intents whose bytes are gone; on failure :meth:`remove_leftovers` retries."""
         if not keys:
             return
         try:
-            await self.db.write(functools.partial(self.repo.delete_intents, storage_keys=keys))
+            await self._db.write(functools.partial(self._repo.delete_intents, storage_keys=keys))
         except Exception:
             log.warning("could not drop the intents of %d file(s): retried", len(keys))
             self._stale_intents.update(keys)
 
     async def flush_journal(self) -> int:
-        """Make the journaled files durable and forget their entries (storage.py, "journal").
-
-        The entries to forget are read *before* the sync: each was committed after its file
-        was written, so a sync that begins later covers it. Entries committed meanwhile wait
-        for the next flush. Returns the sequence number flushed up to (0: nothing to do).
-
-        A failed sync may have dropped bytes that could not be written, and a later sync
-        would not report that again: every entry up to that point is then written back from
-        the journal instead, each file fsynced, before any of them is forgotten.
-        """
-        seq = await self.db.read(self.repo.journal_high_water)
+        """Make the journaled files durable, forget their entries; the seq flushed up to (0:
+        none). After a failed sync (not reported twice) entries are written back instead."""
+        seq = await self._db.read(self._repo.journal_high_water)
         if seq is None:
             return 0
         if not self._sync_failed_up_to:
             try:
-                await self.storage.sync()
+                await self._storage.sync()
             except OSError as exc:
                 log.warning("syncing the uploads folder failed (%s): writing files back", exc)
                 self._sync_failed_up_to = seq
         if self._sync_failed_up_to:
-            await self.restore_journal(up_to=self._sync_failed_up_to)  # raises: tried again
+            await self.restore_journal(up_to=self._sync_failed_up_to)
             self._sync_failed_up_to = 0
             return seq
         crash_point("flush.synced")
-        await self.db.write(lambda x: self.repo.clear_journal(x, seq))
+        await self._db.write(lambda x: self._repo.clear_journal(x, seq))
         return seq
 
     async def restore_journal(self, *, up_to: int = 2**62, batch: int = 100) -> int:
-        """Write journaled files back from their entries, fsynced, and forget the entries
-        (after a crash, or a failed sync); how many. Rewriting a file that is intact is
-        harmless (same bytes, replaced atomically), so every entry is restored, whoever
-        wrote it."""
+        """Write journaled files back, fsynced, and forget their entries; how many."""
         restored = after = 0
         while True:
-            entries = await self.db.read(
-                functools.partial(self.repo.journal_entries, after=after, up_to=up_to, limit=batch)
+            entries = await self._db.read(
+                functools.partial(self._repo.journal_entries, after=after, up_to=up_to, limit=batch)
             )
             for entry in entries:
-                await self.storage.restore(entry.file_path, entry.data)
+                await self._storage.restore(entry.file_path, entry.data)
                 crash_point("restore.file_written")
-                # A delete may have removed the row (its entry with it) and then the file
-                # just before the rewrite. Deletes remove the row first: if it is still
-                # there now, a later delete removes this file too.
-                still_listed = functools.partial(self.repo.get_file, file_id=entry.file_id)
-                if await self.db.read(still_listed) is None:
-                    await self.storage.delete([entry.file_path])
+                # A delete may have removed the row and the file just before the rewrite.
+                still_listed = functools.partial(self._repo.get_file, file_id=entry.file_id)
+                if await self._db.read(still_listed) is None:
+                    await self._storage.delete([entry.file_path])
             seqs = [entry.seq for entry in entries]
             if seqs:
-                await self.db.write(functools.partial(self.repo.delete_journal_entries, seqs=seqs))
+                await self._db.write(
+                    functools.partial(self._repo.delete_journal_entries, seqs=seqs)
+                )
                 restored += len(seqs)
                 after = seqs[-1]
             if len(entries) < batch:
                 return restored
 
-    async def find_file(self, file_id: str) -> Row | None:
-        return await self.db.read(lambda x: self.repo.get_file(x, file_id))
+    async def find_file(self, file_id: str) -> StoredFile | None:
+        return await self._db.read(lambda x: self._repo.get_file(x, file_id))
 
-    async def get_file(self, file_id: str) -> Row:
-        row = await self.db.read(lambda x: self.repo.get_file(x, file_id))
+    async def get_file(self, file_id: str) -> StoredFile:
+        row = await self._db.read(lambda x: self._repo.get_file(x, file_id))
         if row is None:
             raise _file_not_found(file_id)
         return row
 
     async def delete_file(self, file_id: str) -> None:
-        owner = this_owner()  # as for a session (above)
-        key = await self.db.write(lambda x: self.repo.delete_file(x, file_id, intent_owner=owner))
+        owner = this_owner()
+        key = await self._db.write(lambda x: self._repo.delete_file(x, file_id, intent_owner=owner))
         if key is None:
             raise _file_not_found(file_id)
         crash_point("delete.row_removed")
         await self._remove_bytes([key])
+
+    async def is_published(self, file_id: str) -> bool:
+        return await self._db.read(lambda x: self._repo.get_file(x, file_id)) is not None
+
+    async def stored_size(self, file: StoredFile) -> int | None:
+        """None when the stored bytes are missing."""
+        stat = await self._storage.stat(file.file_path)
+        return None if stat is None else stat[0]
+
+    def open_file_bytes(
+        self, file: StoredFile, start: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        return self._storage.read(file.file_path, start, length)
+
+    async def read_rows(
+        self, file: StoredFile, offset: int, limit: int, *, max_bytes: int, cell_limit: int
+    ) -> RowsPage:
+        return await read_rows(
+            self._storage, file, offset, limit, max_bytes=max_bytes, cell_limit=cell_limit
+        )
 
 
 def _session_not_found(session_id: str) -> SessionNotFound:

@@ -1,4 +1,4 @@
-"""Opens what settings name -- database, storage, resumable-upload store -- and builds the
+"""Opens what settings name (database, storage, resumable-upload store) and builds the
 service over them, once their store ids agree."""
 
 from __future__ import annotations
@@ -24,11 +24,9 @@ async def open_store(
     claim: bool = True,
     repair: bool = False,
 ) -> AsyncIterator[CsvStore]:
-    """The database and storage that settings name, open (and migrated) for the duration,
-    once their store ids match (csvstore/identity.py; ``StoreMismatch`` otherwise).
-
-    With ``metrics``, database and storage operations are timed into them. ``claim`` and
-    ``repair``: see :func:`verify_store_id`."""
+    """The service over the database and storage that settings name, open (and migrated)
+    for the duration, once their store ids match (``StoreMismatch`` otherwise). With
+    ``metrics``, their operations are timed; ``claim``, ``repair``: :func:`verify_store_id`."""
     check_placement(settings)  # before the database is opened, which would create it
     full = settings.durability == "full"
     db: SqliteDatabase | PostgresDatabase
@@ -39,26 +37,21 @@ async def open_store(
     await db.open()
     try:
         async with open_storage(settings) as storage:
-            ttl = settings.session_ttl
-            # Another instance may be writing to the same store: its checks must spare
-            # uploads in flight (see CsvStore.startup_check).
             shared = settings.uses_postgres or settings.uses_s3
-            if metrics is None:
-                store = CsvStore(db, storage, default_ttl=ttl, shared=shared)
-            else:
+
+            def partials(published: Callable[[str], Awaitable[bool]]) -> PartialStore:
+                return open_partials(settings, storage, published)
+
+            if metrics is not None:
                 metrics.watch_disk(storage)
-                store = CsvStore(
-                    TimedDatabase(db, metrics),
-                    TimedStorage(storage, metrics),
-                    default_ttl=ttl,
-                    shared=shared,
-                )
-
-            async def published(file_id: str) -> bool:
-                return await store.db.read(lambda x: store.repo.get_file(x, file_id)) is not None
-
+            store = CsvStore(
+                db if metrics is None else TimedDatabase(db, metrics),
+                storage if metrics is None else TimedStorage(storage, metrics),
+                default_ttl=settings.session_ttl,
+                shared=shared,
+                partials=partials,
+            )
             await verify_store_id(store, settings, claim=claim, repair=repair)
-            store.partials = open_partials(settings, storage, published)
             yield store
     finally:
         await db.close()
@@ -69,9 +62,8 @@ def open_partials(
     storage: Storage,
     published: Callable[[str], Awaitable[bool]] | None = None,
 ) -> PartialStore:
-    """Where resumable (tus) uploads wait for their last byte. Beside local storage, the temp
-    area's ``tus/`` (a complete upload is published by a rename); beside S3, the bucket (a
-    multipart upload per tus upload, completed into the stored file; nothing on local disk)."""
+    """Where resumable (tus) uploads wait for their last byte: the temp area's ``tus/`` beside
+    local storage (published by a rename), the bucket beside S3 (a multipart upload each)."""
     if settings.uses_s3:
         from csvstore.resumable.s3 import S3PartialStore, tus_part_size
         from csvstore.storage.s3 import S3Storage
@@ -92,8 +84,8 @@ def open_partials(
 
 @contextlib.asynccontextmanager
 async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
-    """The storage that settings name: a local folder, or an S3 bucket (client open for the
-    duration; aiobotocore is imported only then, so a local set-up never loads it)."""
+    """The storage that settings name, a local folder or an S3 bucket (aiobotocore is
+    imported only then, so a local set-up never loads it)."""
     if not settings.uses_s3:
         local = LocalStorage(
             settings.uploads_dir,

@@ -1,5 +1,6 @@
 -- Every query returning files returns the same columns (row_checkpoints only where the
--- row reader needs them: they can be long).
+-- row reader needs them: they can be long). The files.session_id column holds the owning
+-- session's primary key; it is returned as session_pk, never to be taken for a client's id.
 
 -- name: insert_file^
 -- Record a stored file in the session named by its client id. Inserts nothing (and so
@@ -18,7 +19,7 @@ SELECT :id, s.id, :filename, :original_filename, :file_size, :content_type,
        :duplicate_columns
 FROM sessions AS s
 WHERE s.session_id = :session_id
-RETURNING id, session_id, filename, original_filename, file_size, content_type, file_path,
+RETURNING id, session_id AS session_pk, filename, original_filename, file_size, content_type, file_path,
           created_at, sha256, encoding, delimiter, quotechar, line_terminator, has_header,
           columns, column_count, row_count, ragged_rows, encoding_source,
           encoding_confidence, invalid_bytes, first_invalid_offset, preamble_lines,
@@ -26,7 +27,7 @@ RETURNING id, session_id, filename, original_filename, file_size, content_type, 
 
 -- name: find_duplicate^
 -- The earliest file of a session with the given digest (for dedupe=true).
-SELECT f.id, f.session_id, f.filename, f.original_filename, f.file_size, f.content_type,
+SELECT f.id, f.session_id AS session_pk, f.filename, f.original_filename, f.file_size, f.content_type,
        f.file_path, f.created_at, f.sha256, f.encoding, f.delimiter, f.quotechar,
        f.line_terminator, f.has_header, f.columns, f.column_count, f.row_count, f.ragged_rows,
        f.encoding_source, f.encoding_confidence, f.invalid_bytes, f.first_invalid_offset,
@@ -38,7 +39,7 @@ ORDER BY f.created_at, f.id
 LIMIT 1;
 
 -- name: get_file^
-SELECT f.id, f.session_id, f.filename, f.original_filename, f.file_size, f.content_type,
+SELECT f.id, f.session_id AS session_pk, f.filename, f.original_filename, f.file_size, f.content_type,
        f.file_path, f.created_at, f.sha256, f.encoding, f.delimiter, f.quotechar,
        f.line_terminator, f.has_header, f.columns, f.column_count, f.row_count, f.ragged_rows, f.row_checkpoints,
        f.encoding_source, f.encoding_confidence, f.invalid_bytes, f.first_invalid_offset,
@@ -47,7 +48,7 @@ FROM files AS f
 WHERE f.id = :id;
 
 -- name: list_files_of_session
-SELECT f.id, f.session_id, f.filename, f.original_filename, f.file_size, f.content_type,
+SELECT f.id, f.session_id AS session_pk, f.filename, f.original_filename, f.file_size, f.content_type,
        f.file_path, f.created_at, f.sha256, f.encoding, f.delimiter, f.quotechar,
        f.line_terminator, f.has_header, f.columns, f.column_count, f.row_count, f.ragged_rows,
        f.encoding_source, f.encoding_confidence, f.invalid_bytes, f.first_invalid_offset,

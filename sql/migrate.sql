@@ -9,7 +9,7 @@ ORDER BY id
 LIMIT :limit;
 
 -- name: export_files
-SELECT id, session_id, filename, original_filename, file_size, content_type, file_path,
+SELECT id, session_id AS session_pk, filename, original_filename, file_size, content_type, file_path,
        created_at, sha256, encoding, delimiter, quotechar, line_terminator, has_header,
        columns, column_count, row_count, ragged_rows, row_checkpoints, encoding_source,
        encoding_confidence, invalid_bytes, first_invalid_offset, preamble_lines,
@@ -27,7 +27,7 @@ ON CONFLICT DO NOTHING
 RETURNING id;
 
 -- name: session_by_pk^
-SELECT id, session_id FROM sessions WHERE id = :id;
+SELECT id, session_id, created_at, updated_at, expires_at FROM sessions WHERE id = :id;
 
 -- name: file_by_pk^
 SELECT id, file_size, file_path, sha256 FROM files WHERE id = :id;

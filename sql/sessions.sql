@@ -21,7 +21,7 @@ LIMIT :limit;
 -- name: list_files_of_session_range
 -- The files of the sessions with ids in (after, last]: those of a page list_sessions
 -- returned, in one query for the whole page, never one per session.
-SELECT f.id, f.session_id, f.filename, f.original_filename, f.file_size, f.content_type,
+SELECT f.id, f.session_id AS session_pk, f.filename, f.original_filename, f.file_size, f.content_type,
        f.file_path, f.created_at, f.sha256, f.encoding, f.delimiter, f.quotechar,
        f.line_terminator, f.has_header, f.columns, f.column_count, f.row_count, f.ragged_rows,
        f.encoding_source, f.encoding_confidence, f.invalid_bytes, f.first_invalid_offset,

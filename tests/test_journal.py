@@ -23,8 +23,8 @@ import requests
 
 from csvstore.analysis.stream import FileFacts
 from csvstore.config import Settings
-from csvstore.db.repo import JournalEntry
 from csvstore.maintenance.reconcile import startup_check
+from csvstore.model import JournalEntry
 from csvstore.service import CsvStore
 from csvstore.storage.local import JOURNAL_MAX, LocalStorage
 from csvstore.web.keys import STORE_KEY
@@ -66,7 +66,7 @@ async def _upload(store: CsvStore, data: bytes, *, session_id: str = "s1") -> st
         writer, file_id=file_id, session_id=session_id, original_filename="a.csv",
         facts=FileFacts(),
     )  # fmt: skip
-    return str(published.file["file_path"])
+    return published.file.file_path
 
 
 async def test_a_small_upload_is_journaled_until_the_flush(

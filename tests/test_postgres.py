@@ -340,7 +340,7 @@ async def test_upload_committing_during_session_delete_is_deleted_with_it(
         delete = asyncio.create_task(other.write(lambda x: repo.delete_session(x, "s")))
         await _wait_until_blocked(pg_db.url)
         release.set()
-        assert (await upload)["id"] == "new"
+        assert (await upload).id == "new"
         assert sorted(await delete or []) == ["new.csv", "old.csv"]
         assert await pg_db.read(repo.all_file_paths) == set()
     finally:
@@ -384,10 +384,10 @@ async def test_identical_uploads_with_dedupe_store_one(
         await _wait_until_blocked(pg_db.url)
         release.set()
         row, duplicate = await first
-        assert (row["id"], duplicate) == ("a", False)
+        assert (row.id, duplicate) == ("a", False)
         again, duplicate = await second
         assert again is not None
-        assert (again["id"], duplicate) == ("a", True)
+        assert (again.id, duplicate) == ("a", True)
         assert await pg_db.read(repo.all_file_paths) == {"a.csv"}
     finally:
         await other.close()

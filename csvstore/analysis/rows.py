@@ -1,5 +1,6 @@
-"""Parsed rows of a stored file from any data-row offset: `read_page` in a worker thread
-over `StorageFile`, which pulls the bytes from the asynchronous storage."""
+"""Parsed rows of a stored file from any data-row offset, seeking to the nearest checkpoint
+of its profile (:func:`csvstore.analysis.profile.read_page`) in a worker thread that pulls
+the bytes from storage in chunks: memory stays bounded on any backend."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from csvstore.analysis.pages import RowsPage, read_page
-from csvstore.db.sqlite import Row
 from csvstore.errors import NotProfiled
+from csvstore.model import StoredFile
 from csvstore.storage.local import Storage
 
 
@@ -28,8 +29,8 @@ class StoredProfile:
 
 
 class StorageFile(io.RawIOBase):
-    """A read-only, seekable file over a stored object, for code in a worker thread; a seek
-    starts a new ``storage.read`` stream on the event loop."""
+    """A read-only, seekable file over a stored object, for code in a worker thread: reads
+    come from a ``storage.read`` stream on the event loop; a seek starts a new one."""
 
     def __init__(self, storage: Storage, key: str, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
@@ -95,27 +96,32 @@ async def _next_chunk(stream: AsyncIterator[bytes]) -> bytes:
 
 
 async def read_rows(
-    storage: Storage, file: Row, offset: int, limit: int, *, max_bytes: int, cell_limit: int
+    storage: Storage,
+    file: StoredFile,
+    offset: int,
+    limit: int,
+    *,
+    max_bytes: int,
+    cell_limit: int,
 ) -> RowsPage:
-    """Up to ``limit`` data rows from data-row ``offset``, the next offset (or None), and the
-    cells cut short; at most ``max_bytes`` parsed (:func:`read_page`)."""
-    if file.get("delimiter") is None or file.get("encoding") is None:
+    """Up to ``limit`` data rows from data-row ``offset``, at most ``max_bytes`` parsed."""
+    if file.delimiter is None or file.encoding is None:
         raise NotProfiled(
             "this file was stored without a CSV profile, so its rows cannot be served; "
             "download its content instead"
         )
     profile = StoredProfile(
-        encoding=file["encoding"],
-        delimiter=file["delimiter"],
-        quotechar=file["quotechar"] or '"',
-        checkpoints=[(int(row), int(at)) for row, at in file.get("row_checkpoints") or []],
-        skip_initial_space=bool(file.get("skip_initial_space")),
-        comment_char=file.get("comment_char"),
+        encoding=file.encoding,
+        delimiter=file.delimiter,
+        quotechar=file.quotechar or '"',
+        checkpoints=[(int(row), int(at)) for row, at in file.row_checkpoints or []],
+        skip_initial_space=bool(file.skip_initial_space),
+        comment_char=file.comment_char,
     )
     loop = asyncio.get_running_loop()
 
     def parse() -> RowsPage:
-        with io.BufferedReader(StorageFile(storage, file["file_path"], loop), 256 * 1024) as fp:
+        with io.BufferedReader(StorageFile(storage, file.file_path, loop), 256 * 1024) as fp:
             return read_page(
                 fp,
                 profile,
@@ -123,8 +129,8 @@ async def read_rows(
                 limit,
                 max_bytes=max_bytes,
                 cell_limit=cell_limit,
-                row_count=file.get("row_count"),
-                line_terminator=file.get("line_terminator"),
+                row_count=file.row_count,
+                line_terminator=file.line_terminator,
             )
 
     return await asyncio.to_thread(parse)

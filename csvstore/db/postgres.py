@@ -1,15 +1,7 @@
-"""The metadata database on PostgreSQL, through asyncpg: the interface of ``db.py``.
-
-Reads run on a pooled connection; each write runs in a READ COMMITTED transaction of its
-own on a pooled connection. Nothing here orders writers: the database does, so any number
-of instances can share it. Uniqueness is a constraint (``ON CONFLICT DO NOTHING``), and an
-upload racing the delete of its session is ordered by the session row's lock, which every
-change to a session's files takes (``sql/postgres/files.sql``). A deadlock or serialization
-failure the server reports is retried a few times, so callers see only real errors.
-
-The named queries are the shared ``sql/*.sql`` with the ``sql/postgres/`` overlay; their
-``:name`` parameters become ``$1..$n`` once per query.
-"""
+"""The database on PostgreSQL, through asyncpg, with the interface of db/sqlite.py. Each
+write is a READ COMMITTED transaction on a pooled connection; the server orders writers,
+so instances can share it (the session row's lock orders uploads against session deletes:
+sql/postgres/files.sql). Deadlocks and serialization failures are retried."""
 
 from __future__ import annotations
 
@@ -56,10 +48,8 @@ _PARAM_OR_SKIPPED = re.compile(
 
 
 def to_positional(sql: str) -> tuple[str, tuple[str, ...]]:
-    """``WHERE a = :x AND b = :y OR c = :x`` -> (``... $1 ... $2 ... $1``, ("x", "y")).
-
-    Strings, quoted identifiers, comments and ``::casts`` are left alone.
-    """
+    """``a = :x AND b = :y OR c = :x`` -> (``... $1 ... $2 ... $1``, ("x", "y")), leaving
+    strings, quoted identifiers, comments and ``::casts`` alone."""
     names: list[str] = []
 
     def replace(match: re.Match[str]) -> str:
@@ -84,8 +74,7 @@ def _storage_errors() -> Iterator[None]:
         ) from exc
 
 
-# The server is out of reach, restarting or shutting down, or cut the connection: the
-# request was sound and may succeed in a moment (503), unlike an error in a query (500).
+# The server is out of reach, restarting, or cut the connection: a 503, not a 500.
 _UNREACHABLE = (
     OSError,  # refused, reset, unreachable, while connecting or on a pooled connection
     TimeoutError,
@@ -97,8 +86,7 @@ _UNREACHABLE = (
 
 
 def _connection_broken(exc: BaseException) -> bool:
-    """asyncpg's own errors for a connection the server cut mid-operation: the rollback of
-    a transaction whose connection is gone, a protocol left in the middle of a query."""
+    """asyncpg's own errors for a connection the server cut mid-operation."""
     if isinstance(exc, asyncpg.exceptions.InternalClientError):
         return True
     return isinstance(exc, asyncpg.exceptions.InterfaceError) and "connection is closed" in str(exc)
@@ -144,20 +132,15 @@ class _PostgresExecutor:
         return rows[0] if rows else None
 
 
-# What the server answers when two transactions collided and one of them was rolled back;
-# running that one again is safe and almost always succeeds.
+# Two transactions collided and one was rolled back: running it again is safe.
 _RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 
 
 class PostgresDatabase:
     """A pool of asyncpg connections to one PostgreSQL database."""
 
-    # Connections per instance: enough for its reads and writes in flight (each holds one
-    # only for a few statements), few enough that several instances fit in PostgreSQL's
-    # default max_connections of 100.
+    # Few enough that several instances fit in PostgreSQL's default max_connections of 100.
     POOL_SIZE = 10
-    # Attempts of a write whose transaction the server aborted to break a deadlock or a
-    # serialization conflict, before the caller sees the error.
     MAX_ATTEMPTS = 5
 
     def __init__(
@@ -168,8 +151,7 @@ class PostgresDatabase:
         synchronous_commit: bool = True,
         sql_dir: Path = SQL_DIR,
     ) -> None:
-        """``synchronous_commit=False`` (durability "fast"): a commit returns before the
-        server has flushed it; a crash of the server, not of this process, can lose it."""
+        """``synchronous_commit=False``: a commit a crash of the server (only) can lose."""
         self.url = url
         self._server_settings = {"application_name": "csvstore"}
         if not synchronous_commit:
@@ -198,8 +180,7 @@ class PostgresDatabase:
         return _PostgresExecutor(conn, self._compiled)
 
     async def _migrate(self) -> None:
-        """Apply each pending migration in its own transaction, recording its version, all
-        under an advisory lock: instances starting at once apply each exactly once."""
+        """Apply each pending migration once, under an advisory lock, in its own transaction."""
         q = self.queries
         async with self._acquire() as conn:
             x = self._executor(conn)
@@ -236,9 +217,8 @@ class PostgresDatabase:
             try:
                 await pool.release(conn)
             except Exception as exc:
-                # The reset of a connection the server cut after the work was done (the
-                # pool terminates it): the outcome stands -- for a write, its COMMIT went
-                # through, and an error here would answer a stored change as failed.
+                # The reset of a connection cut after the work was done: the outcome
+                # (a write's COMMIT) stands.
                 log.info("a broken connection was dropped from the pool: %r", exc)
 
     async def read(self, op: Operation[T]) -> T:
@@ -256,7 +236,6 @@ class PostgresDatabase:
                 if attempt == self.MAX_ATTEMPTS:
                     raise
                 log.info("write attempt %d rolled back (%s); retrying", attempt, exc.sqlstate)
-                # A short random pause, growing, so the colliding writers do not meet again.
                 await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
         raise AssertionError("unreachable")
 
@@ -271,9 +250,7 @@ class PostgresDatabase:
 
 
 class PoolReconnects(logging.Filter):
-    """While PostgreSQL is down, asyncpg's pool logs each failed attempt to reconnect with a
-    traceback. The outage is already answered (503, /readyz): one warning line with the
-    reason is enough. Installed on the ``asyncpg.pool`` logger."""
+    """One line, not a traceback, per failed reconnect of the pool: the outage is answered."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None

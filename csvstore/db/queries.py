@@ -1,9 +1,5 @@
-"""Named SQL queries loaded from the ``.sql`` files in ``sql/``.
-
-The format is aiosql's: each query starts with ``-- name: <name>`` and the comment lines
-under it are its documentation. A name ending in ``^`` returns at most one row. Queries use
-``:name`` parameters. The loader holds no connection: callers pass the query to a database.
-"""
+"""Named SQL queries loaded from ``sql/``, in aiosql's format (``-- name: x`` starts one;
+``x^`` returns at most one row; ``:name`` parameters)."""
 
 from __future__ import annotations
 
@@ -55,18 +51,13 @@ def parse_queries(text: str, *, source: str = "<sql>") -> dict[str, Query]:
     return queries
 
 
-# Each dialect's own statements: ``sql/<dialect>.sql`` is loaded for that dialect only, and
-# ``sql/<dialect>/*.sql`` overrides or extends the shared queries where the dialects differ.
+# ``sql/<dialect>.sql`` is loaded for that dialect only.
 DIALECTS = ("sqlite", "postgres")
 
 
 class Queries:
-    """The named queries of one dialect, as attributes: ``queries.get_session``.
-
-    The shared ``sql/*.sql`` first (another dialect's ``sql/<other>.sql`` skipped), then the
-    dialect's overlay folder ``sql/<dialect>/*.sql``, whose queries replace shared ones of
-    the same name. SQLite has no overlay today, so its set is exactly ``sql/*.sql``.
-    """
+    """The named queries of one dialect, as attributes: the shared ``sql/*.sql``, then the
+    dialect's overlay ``sql/<dialect>/*.sql``, whose queries replace shared ones."""
 
     def __init__(self, sql_dir: Path = SQL_DIR, *, dialect: str = "sqlite") -> None:
         if dialect not in DIALECTS:

@@ -1,19 +1,16 @@
-"""Typed operations over the named queries. Each takes an :class:`Executor`.
-
-Reads are run with ``db.read(...)`` and changes with ``db.write(...)``; the functions
-themselves never open connections or transactions.
-"""
+"""Typed operations over the named queries; each takes an :class:`Executor` and returns the
+domain objects of csvstore/model.py. Callers run them with ``db.read``/``db.write``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import orjson
 
 from csvstore.analysis.stream import FileFacts
 from csvstore.db.queries import Queries
 from csvstore.db.sqlite import Executor, Row
-from csvstore.intents import Intent
+from csvstore.model import FileCheck, Intent, JournalEntry, Session, StoredFile
 from csvstore.timeutil import utc_now
 
 
@@ -28,35 +25,38 @@ class NewFile:
     file_path: str
     created_at: str
     facts: FileFacts
-    # The bytes, when storage wrote them without an fsync: committed with the row into the
-    # journal, they are its durable copy until the uploads folder is synced.
+    # Bytes written without an fsync: committed with the row, their durable copy until synced.
     journal: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class JournalEntry:
-    seq: int
-    file_id: str
-    file_path: str
-    data: bytes
+_FILE_FIELDS = [f.name for f in fields(StoredFile) if f.name != "session_pk"]
 
 
-def _file(row: Row | None) -> Row | None:
-    """A file row as the service uses it: JSON columns decoded, flags as booleans."""
-    if row is None:
-        return None
+def _file(row: Row) -> StoredFile:
     if row["columns"] is not None:
         row["columns"] = orjson.loads(row["columns"])
     if row["has_header"] is not None:
         row["has_header"] = bool(row["has_header"])
-    if row.get("skip_initial_space") is not None:
+    if row["skip_initial_space"] is not None:
         row["skip_initial_space"] = bool(row["skip_initial_space"])
-    if row.get("duplicate_columns") is not None:
+    if row["duplicate_columns"] is not None:
         row["duplicate_columns"] = orjson.loads(row["duplicate_columns"])
     checkpoints = row.get("row_checkpoints")
     if checkpoints is not None:
         row["row_checkpoints"] = orjson.loads(checkpoints)
-    return row
+    return StoredFile(**row)
+
+
+def _maybe_file(row: Row | None) -> StoredFile | None:
+    return None if row is None else _file(row)
+
+
+def _session(row: Row, files: tuple[StoredFile, ...] | None = None) -> Session:
+    return Session(**row, csv_files=files)
+
+
+def _intent(row: Row) -> Intent:
+    return Intent(str(row["storage_key"]), str(row["owner"]), str(row["created_at"]))
 
 
 def _json(value: object) -> str:
@@ -64,15 +64,8 @@ def _json(value: object) -> str:
 
 
 def _can_exist(key: str) -> bool:
-    """False for a key no row can have: PostgreSQL's text holds no NUL (and refuses one as
-    a parameter, a 500), so no id was ever stored with one, on either engine."""
+    """False for a key with a NUL, which PostgreSQL refuses as a parameter (a 500)."""
     return "\x00" not in key
-
-
-def _files(rows: list[Row]) -> list[Row]:
-    for row in rows:
-        _file(row)
-    return rows
 
 
 class Repo:
@@ -83,63 +76,54 @@ class Repo:
 
     async def create_session(
         self, x: Executor, *, id: str, session_id: str, created_at: str, expires_at: str | None
-    ) -> Row | None:
+    ) -> Session | None:
         """The new session, or None when the session id is already taken."""
-        return await x.one(
-            self.q.insert_session,
-            {
-                "id": id,
-                "session_id": session_id,
-                "created_at": created_at,
-                "expires_at": expires_at,
-            },
-        )
+        params = {"id": id, "session_id": session_id, "created_at": created_at}
+        row = await x.one(self.q.insert_session, {**params, "expires_at": expires_at})
+        return None if row is None else _session(row)
 
     async def expired_sessions(self, x: Executor, *, now: str, limit: int) -> list[str]:
         rows = await x.all(self.q.expired_sessions, {"now": now, "limit": limit})
         return [str(row["session_id"]) for row in rows]
 
-    async def get_session(self, x: Executor, session_id: str) -> Row | None:
+    async def get_session(self, x: Executor, session_id: str) -> Session | None:
         if not _can_exist(session_id):
             return None
-        return await x.one(self.q.get_session, {"session_id": session_id})
+        row = await x.one(self.q.get_session, {"session_id": session_id})
+        return None if row is None else _session(row)
 
-    async def get_session_with_files(self, x: Executor, session_id: str) -> Row | None:
-        session = await self.get_session(x, session_id)
-        if session is not None:
-            session["csv_files"] = _files(
-                await x.all(self.q.list_files_of_session, {"session_pk": session["id"]})
-            )
-        return session
+    async def get_session_with_files(self, x: Executor, session_id: str) -> Session | None:
+        if not _can_exist(session_id):
+            return None
+        row = await x.one(self.q.get_session, {"session_id": session_id})
+        if row is None:
+            return None
+        files = await x.all(self.q.list_files_of_session, {"session_pk": row["id"]})
+        return _session(row, tuple(_file(f) for f in files))
 
-    async def list_sessions_with_files(self, x: Executor, *, after: str, limit: int) -> list[Row]:
-        """One page of sessions, each with its files: two queries whatever the page size.
-
-        The reference the JSON listing is tested against. The files are read for the range
-        of session ids the first query returned, so a session created between the two reads
-        cannot push one of the page out of the second.
-        """
-        sessions = await x.all(self.q.list_sessions, {"after": after, "limit": limit})
-        if not sessions:
-            return sessions
-        by_pk: dict[str, Row] = {}
-        for session in sessions:
-            session["csv_files"] = []
-            by_pk[session["id"]] = session
-        params = {"after": after, "last": sessions[-1]["session_id"]}
-        for file in _files(await x.all(self.q.list_files_of_session_range, params)):
-            owner = by_pk.get(file["session_id"])
-            if owner is not None:  # a session created in between is not of this page
-                owner["csv_files"].append(file)
-        return sessions
+    async def list_sessions_with_files(
+        self, x: Executor, *, after: str, limit: int
+    ) -> list[Session]:
+        """One page of sessions with their files, in two queries: the reference the JSON
+        listing is tested against. The files are read for the page's range of session ids,
+        so a session created between the reads cannot push one out of the page."""
+        rows = await x.all(self.q.list_sessions, {"after": after, "limit": limit})
+        if not rows:
+            return []
+        by_pk: dict[str, list[StoredFile]] = {row["id"]: [] for row in rows}
+        params = {"after": after, "last": rows[-1]["session_id"]}
+        for file in map(_file, await x.all(self.q.list_files_of_session_range, params)):
+            owned = by_pk.get(file.session_pk)
+            if owned is not None:  # a session created in between is not of this page
+                owned.append(file)
+        return [_session(row, tuple(by_pk[row["id"]])) for row in rows]
 
     async def list_sessions_json(
         self, x: Executor, *, after: str, limit: int
     ) -> list[tuple[str, str]]:
-        """One page of sessions as (session id, JSON object with its files), read in one
-        query so the page is one snapshot: the engine renders each session and file, here
-        the files are only spliced into their sessions' ``csv_files``, in order."""
-        heads: dict[str, str] = {}  # in session_id order, as the rows come
+        """One page of sessions as (session id, JSON object with its files), from one query
+        (one snapshot) in which the engine renders the JSON; here files are only spliced in."""
+        heads: dict[str, str] = {}
         files: dict[str, list[str]] = {}
         for row in await x.all(self.q.list_sessions_json, {"after": after, "limit": limit}):
             session_id = row["session_id"]
@@ -152,10 +136,10 @@ class Repo:
             for session_id, head in heads.items()
         ]
 
-    async def insert_file(self, x: Executor, new: NewFile) -> Row | None:
-        """The stored row, or None when the session was deleted meanwhile."""
+    async def insert_file(self, x: Executor, new: NewFile) -> StoredFile | None:
+        """The stored file, or None when the session was deleted meanwhile."""
         facts = new.facts
-        row = _file(
+        file = _maybe_file(
             await x.one(
                 self.q.insert_file,
                 {
@@ -191,33 +175,33 @@ class Repo:
                 },
             )
         )
-        if row is not None and new.journal is not None:
+        if file is not None and new.journal is not None:
             await self.add_journal_entry(x, new.id, new.journal)
         await self.delete_intent(x, new.file_path)
-        return row
+        return file
 
     async def insert_file_unless_duplicate(
         self, x: Executor, new: NewFile
-    ) -> tuple[Row | None, bool]:
-        """(row, is_duplicate): the session's earlier file with the same digest if there is
-        one, else the newly inserted row (None when the session is gone)."""
+    ) -> tuple[StoredFile | None, bool]:
+        """(the session's earlier file with the same digest, True), else (insert_file, False)."""
         existing = await self.find_duplicate(x, new.session_id, new.facts.sha256)
         if existing is not None:
             await self.delete_intent(x, new.file_path)
             return existing, True
         return await self.insert_file(x, new), False
 
-    async def find_duplicate(self, x: Executor, session_id: str, sha256: str | None) -> Row | None:
+    async def find_duplicate(
+        self, x: Executor, session_id: str, sha256: str | None
+    ) -> StoredFile | None:
         if sha256 is None:
             return None
-        return _file(
-            await x.one(self.q.find_duplicate, {"session_id": session_id, "sha256": sha256})
-        )
+        params = {"session_id": session_id, "sha256": sha256}
+        return _maybe_file(await x.one(self.q.find_duplicate, params))
 
-    async def get_file(self, x: Executor, file_id: str) -> Row | None:
+    async def get_file(self, x: Executor, file_id: str) -> StoredFile | None:
         if not _can_exist(file_id):
             return None
-        return _file(await x.one(self.q.get_file, {"id": file_id}))
+        return _maybe_file(await x.one(self.q.get_file, {"id": file_id}))
 
     async def delete_file(
         self, x: Executor, file_id: str, *, intent_owner: str | None = None
@@ -237,8 +221,7 @@ class Repo:
     async def delete_session(
         self, x: Executor, session_id: str, *, intent_owner: str | None = None
     ) -> list[str] | None:
-        """Delete a session and its file rows; their storage keys, or None if no session.
-        ``intent_owner``: as for :meth:`delete_file`."""
+        """Delete a session and its file rows; their storage keys, or None if no session."""
         if not _can_exist(session_id):
             return None
         files = await x.all(self.q.delete_files_of_session, {"session_id": session_id})
@@ -251,10 +234,8 @@ class Repo:
                 await self.add_intent(x, key, intent_owner)
         return keys
 
-    # The journal of small uploads' bytes (see storage.py)
-
     async def add_journal_entry(self, x: Executor, file_id: str, data: bytes) -> None:
-        """Keep ``data`` as the durable copy of the file's bytes: run with its row's insert."""
+        """The durable copy of a file's bytes, written with its row's insert."""
         await x.all(self.q.insert_journal_entry, {"file_id": file_id, "data": data})
 
     async def journal_high_water(self, x: Executor) -> int | None:
@@ -280,8 +261,6 @@ class Repo:
         for seq in seqs:
             await x.all(self.q.delete_journal_entry, {"seq": seq})
 
-    # Upload intents (intents.py)
-
     async def add_intent(self, x: Executor, storage_key: str, owner: str) -> None:
         params = {"storage_key": storage_key, "owner": owner, "created_at": utc_now()}
         await x.all(self.q.insert_intent, params)
@@ -294,10 +273,7 @@ class Repo:
             await self.delete_intent(x, key)
 
     async def intents(self, x: Executor) -> list[Intent]:
-        return [
-            Intent(str(row["storage_key"]), str(row["owner"]), str(row["created_at"]))
-            for row in await x.all(self.q.all_intents)
-        ]
+        return [_intent(row) for row in await x.all(self.q.all_intents)]
 
     async def names_in_use(self, x: Executor) -> tuple[set[str], list[Intent]]:
         """The stored files' names and the intents, from one snapshot."""
@@ -307,16 +283,56 @@ class Repo:
             if row["owner"] is None:
                 listed.add(str(row["storage_key"]))
             else:
-                intents.append(
-                    Intent(str(row["storage_key"]), str(row["owner"]), str(row["created_at"]))
-                )
+                intents.append(_intent(row))
         return listed, intents
 
-    async def ping(self, x: Executor) -> Row | None:
-        return await x.one(self.q.ping)
+    # migrate-to: rows copied as they are, in pages by primary key (sql/migrate.sql)
 
-    async def files_for_check(self, x: Executor) -> list[Row]:
-        return await x.all(self.q.files_for_check)
+    async def export_sessions(self, x: Executor, *, after: str, limit: int) -> list[Session]:
+        rows = await x.all(self.q.export_sessions, {"after": after, "limit": limit})
+        return [_session(row) for row in rows]
+
+    async def export_files(self, x: Executor, *, after: str, limit: int) -> list[StoredFile]:
+        return [
+            _file(row) for row in await x.all(self.q.export_files, {"after": after, "limit": limit})
+        ]
+
+    async def import_session(self, x: Executor, session: Session) -> bool:
+        """False when a session of that id or client id is there already."""
+        params = {
+            "id": session.id,
+            "session_id": session.session_id,
+            "created_at": session.created_at,
+            "updated_at": session.updated_at,
+            "expires_at": session.expires_at,
+        }
+        return await x.one(self.q.import_session, params) is not None
+
+    async def session_by_pk(self, x: Executor, pk: str) -> Session | None:
+        row = await x.one(self.q.session_by_pk, {"id": pk})
+        return None if row is None else _session(row)
+
+    async def file_by_pk(self, x: Executor, file_id: str) -> FileCheck | None:
+        row = await x.one(self.q.file_by_pk, {"id": file_id})
+        return None if row is None else FileCheck(**row)
+
+    async def import_file(self, x: Executor, file: StoredFile) -> bool:
+        """False when a file of that id is there already."""
+        params = {name: getattr(file, name) for name in _FILE_FIELDS}
+        for name in ("columns", "duplicate_columns", "row_checkpoints"):
+            if params[name] is not None:
+                params[name] = _json(params[name])
+        params["session_id"] = file.session_pk
+        return await x.one(self.q.import_file, params) is not None
+
+    async def restore_updated_at(self, x: Executor, pk: str, updated_at: str) -> None:
+        await x.all(self.q.restore_updated_at, {"id": pk, "updated_at": updated_at})
+
+    async def ping(self, x: Executor) -> bool:
+        return await x.one(self.q.ping) is not None
+
+    async def files_for_check(self, x: Executor) -> list[FileCheck]:
+        return [FileCheck(**row) for row in await x.all(self.q.files_for_check)]
 
     async def all_file_paths(self, x: Executor) -> set[str]:
         return {str(row["file_path"]) for row in await x.all(self.q.all_file_paths)}

@@ -1,21 +1,7 @@
-"""The metadata database: connections, migrations, and how reads and writes run.
-
-Callers hand the database an *operation*: an async function that takes an
-:class:`Executor` and runs named queries on it (see ``repo.py``). ``read(op)`` runs it on a
-read connection; ``write(op)`` runs it inside a write transaction. That is the whole
-interface, so another engine can implement it without touching the callers.
-
-On SQLite all writes go through one connection owned by one task, which commits them in
-batches (group commit): every operation waiting when a transaction starts joins it, and
-each caller is answered only once the transaction holding its change is committed. One
-fsync then covers many uploads, and concurrent writers never interleave.
-
-The write connection lives in a thread of its own and a whole batch -- BEGIN, every
-operation, COMMIT -- runs there in one hop. Through aiosqlite each statement was a round
-trip between the event loop and its thread; under load each took milliseconds (the loop
-busy with other requests, the thread waiting for the GIL), and the transaction, which runs
-one at a time, capped uploads at ~400/s. Reads and migrations stay on aiosqlite.
-"""
+"""The SQLite database: ``read(op)`` runs an operation (an async function over an
+:class:`Executor`) on a read connection, ``write(op)`` inside a write transaction. All
+writes go through one connection on a thread of its own, committed in batches (group
+commit): one fsync covers many uploads, and writers never interleave."""
 
 from __future__ import annotations
 
@@ -38,8 +24,7 @@ from csvstore.timeutil import utc_now
 
 log = logging.getLogger("csvstore.db")
 
-# How long opening retries to put a new file in WAL mode (as long as PRAGMA busy_timeout
-# lets a connection wait for another's lock).
+# As long as PRAGMA busy_timeout lets a connection wait for another's lock.
 _WAL_RETRY_S = 10.0
 
 Row = dict[str, Any]
@@ -115,11 +100,7 @@ class _ThreadExecutor:
 
 
 def _run_to_end(operation: Awaitable[T]) -> T:
-    """Run an operation on the write thread, where nothing it awaits ever suspends.
-
-    Operations are written once, as coroutines, for every engine; on this executor each
-    ``await`` completes at once, so a single step runs the whole operation.
-    """
+    """Run an operation on the write thread, where each ``await`` completes at once."""
     steps = operation.__await__()
     try:
         steps.send(None)
@@ -190,7 +171,6 @@ class SqliteDatabase:
         self._reader_count = readers
         self._synchronous_full = synchronous_full
         self._writer: sqlite3.Connection | None = None
-        # The write connection's thread: it opens, uses and closes the connection.
         self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._readers: list[aiosqlite.Connection] = []
         self._next_reader = 0
@@ -211,20 +191,15 @@ class SqliteDatabase:
                 self._readers.append(await self._connect())
             self._writer = await self._on_writer_thread(self._connect_writer)
         except BaseException:
-            # Each aiosqlite connection owns a thread that is not a daemon: one left open
-            # would keep the process from ever exiting.
+            # aiosqlite's threads are not daemons: one left open keeps the process alive.
             await self.close()
             raise
         self._writer_task = asyncio.create_task(self._write_loop(), name="sqlite-writer")
 
     def _enable_wal(self) -> None:
-        """Put the file in WAL mode once, before any other connection opens it (the mode is
-        stored in the file, so every later connection has it).
-
-        On a new file the switch needs an exclusive lock, and SQLite answers "database is
-        locked" at once, without waiting out the busy timeout, to a connection that could
-        deadlock waiting for it: several processes opening a new database together. Retry.
-        """
+        """Put the file in WAL mode once, before any other connection opens it. On a new
+        file SQLite answers "locked" at once, not after the busy timeout, to processes
+        opening it together: retried."""
         deadline = time.monotonic() + _WAL_RETRY_S
         with contextlib.closing(self._plain_connection()) as conn:
             while True:
@@ -237,13 +212,12 @@ class SqliteDatabase:
                 time.sleep(0.01)
 
     def _plain_connection(self) -> sqlite3.Connection:
-        # isolation_level=None: transactions are begun explicitly (BEGIN IMMEDIATE).
         return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
 
     def _pragmas(self) -> list[Query]:
         q = self.queries
         sync = q.pragma_synchronous_full if self._synchronous_full else q.pragma_synchronous_normal
-        return [q.pragma_busy_timeout, q.pragma_foreign_keys, sync]  # the wait first
+        return [q.pragma_busy_timeout, q.pragma_foreign_keys, sync]
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
@@ -272,11 +246,7 @@ class SqliteDatabase:
         return await loop.run_in_executor(self._writer_thread, fn, *args)
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        """Apply each pending migration in its own transaction, recording its version.
-
-        The write lock is taken before the applied versions are read, so two processes
-        starting at once apply each migration exactly once.
-        """
+        """Apply each pending migration once, the write lock taken before versions are read."""
         q = self.queries
         # In a write transaction: a bare CREATE reads, then writes, and in WAL mode a write
         # after another process's commit fails at once instead of waiting.
@@ -359,8 +329,7 @@ class SqliteDatabase:
         except Exception as exc:
             if len(ops) == 1:
                 return [_Outcome(error=exc)]
-            # One operation failed: none of the batch is committed. Run each on its own so
-            # the failure reaches only its caller and the others still commit.
+            # One failed, so none committed: each alone, so the failure reaches only its caller.
             return [self._run_batch([op])[0] for op in ops]
         return [_Outcome(value=result) for result in results]
 

@@ -1,16 +1,7 @@
-"""``python -m csvstore migrate-to``: copy a deployment's rows and stored files to another
-database and storage -- typically SQLite and a local folder to PostgreSQL and S3.
-
-Everything is copied as it is: ids, stored names, timestamps, digests and profiles. Each
-file's bytes are streamed from the source storage to the target (never held whole), their
-size and SHA-256 checked against the row on the way, and only then is the row inserted, so
-the target never lists a file it does not hold. The bytes are published under an upload
-intent (docs/design/intents.md), and a commit whose outcome is unknown is read back by id:
-bytes are never removed while their row may exist. The source is only read, so its storage
-must not be the target's. Running it again copies only what is missing -- rows the target
-lists without their bytes included -- so an interrupted migration is resumed by running it
-again.
-"""
+"""``csvstore migrate-to``: copy a deployment's rows and stored files, as they are, to
+another database and storage. Bytes are streamed and checked against the row before it is
+inserted, under an upload intent (docs/design/intents.md); running it again copies only
+what is missing, so an interrupted migration is resumed by running it again."""
 
 from __future__ import annotations
 
@@ -24,8 +15,9 @@ from dataclasses import dataclass, field
 
 from csvstore.config import Settings, parse_s3_url
 from csvstore.crashpoints import crash_point
-from csvstore.db.sqlite import Executor, Operation, Row
+from csvstore.db.sqlite import Executor
 from csvstore.intents import this_owner
+from csvstore.model import FileCheck, Session, StoredFile
 from csvstore.resumable.local import LocalPartialStore, PartialState
 from csvstore.service import CsvStore
 from csvstore.wiring import open_store
@@ -44,7 +36,7 @@ class MigrationReport:
     sessions_copied: int = 0
     files_copied: int = 0
     bytes_copied: int = 0
-    already_there: int = 0  # sessions and files a previous run copied (their bytes checked)
+    already_there: int = 0  # copied by a previous run (bytes checked)
     bytes_restored: int = 0  # files the target listed without their bytes, copied again
     bad_files: list[str] = field(default_factory=list)  # source bytes missing or not as recorded
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file id, why): not copied
@@ -70,8 +62,7 @@ async def migrate(
 ) -> MigrationReport:
     """Copy every session and file of ``source`` that ``target`` does not have yet."""
     report = MigrationReport()
-    # The target gets a store id of its own (a new store: a copy is not the original), the
-    # source's is only compared.
+    # The target gets a store id of its own: a copy is not the original.
     async with open_store(source, claim=False) as src, open_store(target) as dst:
         in_progress = await uploads_in_progress(src)
         if in_progress and not drop_uploads_in_progress:
@@ -81,59 +72,42 @@ async def migrate(
                 "Let them finish (or expire) first, or pass --drop-uploads-in-progress"
             )
         report.dropped_uploads = in_progress
-        # Nothing of the target's is removed: it may be live, with uploads in flight (its
-        # own start-up check and `check` clear what a crash left there).
+        # Nothing of the target's is removed: it may be live, with uploads in flight.
         await dst.storage.prepare(temp_min_age=math.inf)
         updated: dict[str, str] = {}
         after = ""
-        while rows := await src.db.read(_page(src, "export_sessions", after, page)):
-            for row in rows:
-                await _copy_session(dst, row, report)
-                updated[row["id"]] = row["updated_at"]
-            after = rows[-1]["id"]
+        while sessions := await src.db.read(
+            functools.partial(src.repo.export_sessions, after=after, limit=page)
+        ):
+            for session in sessions:
+                await _copy_session(dst, session, report)
+                updated[session.id] = session.updated_at
+            after = sessions[-1].id
         after = ""
-        while rows := await src.db.read(_page(src, "export_files", after, page)):
-            for row in rows:
-                await _copy_file(src, dst, row, report)
-            after = rows[-1]["id"]
+        while files := await src.db.read(
+            functools.partial(src.repo.export_files, after=after, limit=page)
+        ):
+            for file in files:
+                await _copy_file(src, dst, file, report)
+            after = files[-1].id
         # The target's insert trigger moved each session's updated_at; put the source's back.
         for session_pk, updated_at in updated.items():
-            await dst.db.write(
-                _run(dst, "restore_updated_at", id=session_pk, updated_at=updated_at)
+            restore = functools.partial(
+                dst.repo.restore_updated_at, pk=session_pk, updated_at=updated_at
             )
-        await dst.flush_journal()  # the copies on disk durable, the journal empty
+            await dst.db.write(restore)
+        await dst.flush_journal()
     return report
 
 
-def _page(store: CsvStore, query: str, after: str, limit: int) -> Operation[list[Row]]:
-    async def op(x: Executor) -> list[Row]:
-        return await x.all(getattr(store.db.queries, query), {"after": after, "limit": limit})
-
-    return op
-
-
-def _one(store: CsvStore, query: str, **params: object) -> Operation[Row | None]:
-    async def op(x: Executor) -> Row | None:
-        return await x.one(getattr(store.db.queries, query), params)
-
-    return op
-
-
-def _run(store: CsvStore, query: str, **params: object) -> Operation[list[Row]]:
-    async def op(x: Executor) -> list[Row]:
-        return await x.all(getattr(store.db.queries, query), params)
-
-    return op
-
-
-async def _copy_session(dst: CsvStore, row: Row, report: MigrationReport) -> None:
-    if await dst.db.write(_one(dst, "import_session", **row)) is not None:
+async def _copy_session(dst: CsvStore, session: Session, report: MigrationReport) -> None:
+    if await dst.db.write(functools.partial(dst.repo.import_session, session=session)):
         report.sessions_copied += 1
         return
-    there = await dst.db.read(_one(dst, "session_by_pk", id=row["id"]))
-    if there is None or there["session_id"] != row["session_id"]:
+    there = await dst.db.read(functools.partial(dst.repo.session_by_pk, pk=session.id))
+    if there is None or there.session_id != session.session_id:
         raise MigrationError(
-            f"the target already has a session {row['session_id']!r} that is not the "
+            f"the target already has a session {session.session_id!r} that is not the "
             "source's (another id): migrate into an empty database"
         )
     report.already_there += 1
@@ -160,37 +134,41 @@ async def uploads_in_progress(store: CsvStore) -> list[str]:
     return found
 
 
-async def _holds(dst: CsvStore, there: Row) -> bool:
+async def _holds(dst: CsvStore, there: FileCheck) -> bool:
     """Whether the target's storage holds the bytes of a file its database lists."""
-    stat = await dst.storage.stat(there["file_path"])
-    if stat is None or stat[0] != there["file_size"]:
+    stat = await dst.storage.stat(there.file_path)
+    if stat is None or stat[0] != there.file_size:
         return False
-    if not there["sha256"]:
+    if not there.sha256:
         return True
     digest = hashlib.sha256()
     try:
-        async for chunk in dst.storage.read(there["file_path"]):
+        async for chunk in dst.storage.read(there.file_path):
             digest.update(chunk)
     except FileNotFoundError:
         return False
-    return bool(digest.hexdigest() == there["sha256"])
+    return digest.hexdigest() == there.sha256
 
 
-async def _copy_file(src: CsvStore, dst: CsvStore, row: Row, report: MigrationReport) -> None:
-    there = await dst.db.read(_one(dst, "file_by_pk", id=row["id"]))
+async def _copy_file(
+    src: CsvStore, dst: CsvStore, row: StoredFile, report: MigrationReport
+) -> None:
+    there = await dst.db.read(functools.partial(dst.repo.file_by_pk, file_id=row.id))
     if there is not None:
-        if (there["file_size"], there["file_path"]) != (row["file_size"], row["file_path"]) or (
-            there["sha256"] != row["sha256"]
+        if (there.file_size, there.file_path, there.sha256) != (
+            row.file_size,
+            row.file_path,
+            row.sha256,
         ):
             raise MigrationError(
-                f"the target already has a file {row['id']} that is not the source's "
+                f"the target already has a file {row.id} that is not the source's "
                 "(another size, name or digest): migrate into an empty database"
             )
         if await _holds(dst, there):
             report.already_there += 1
             return
-        log.warning("file %s: listed in the target without its bytes; copying them", row["id"])
-    key = row["file_path"]
+        log.warning("file %s: listed in the target without its bytes; copying them", row.id)
+    key = row.file_path
     if there is None:  # until the row commits, the intent keeps the check off these bytes
         add = functools.partial(dst.repo.add_intent, storage_key=key, owner=this_owner())
         await dst.db.write(add)
@@ -203,18 +181,18 @@ async def _copy_file(src: CsvStore, dst: CsvStore, row: Row, report: MigrationRe
     except FileNotFoundError:
         await writer.abort()
         await _forget_intent(dst, key, there)
-        log.warning("file %s: no bytes at %s in the source; not copied", row["id"], key)
-        report.bad_files.append(row["id"])
+        log.warning("file %s: no bytes at %s in the source; not copied", row.id, key)
+        report.bad_files.append(row.id)
         return
     except BaseException:
         await writer.abort()
         await _forget_intent(dst, key, there)
         raise
-    if writer.size != row["file_size"] or (row["sha256"] and digest.hexdigest() != row["sha256"]):
+    if writer.size != row.file_size or (row.sha256 and digest.hexdigest() != row.sha256):
         await writer.abort()
         await _forget_intent(dst, key, there)
-        log.warning("file %s: its bytes differ from its row in the source; not copied", row["id"])
-        report.bad_files.append(row["id"])
+        log.warning("file %s: its bytes differ from its row in the source; not copied", row.id)
+        report.bad_files.append(row.id)
         return
     try:
         await writer.commit()
@@ -224,53 +202,52 @@ async def _copy_file(src: CsvStore, dst: CsvStore, row: Row, report: MigrationRe
     crash_point("migrate.bytes_copied")
     journal = writer.journal  # a small file on a local disk: kept with its row until synced
 
-    if there is not None:  # the row was there already; now its bytes are too
+    if there is not None:
         if journal is not None:
-            entry = functools.partial(dst.repo.add_journal_entry, file_id=row["id"], data=journal)
+            entry = functools.partial(dst.repo.add_journal_entry, file_id=row.id, data=journal)
             await dst.db.write(entry)
         report.bytes_restored += 1
         report.bytes_copied += writer.size
         return
 
-    async def insert(x: Executor) -> Row | None:
-        inserted = await x.one(dst.db.queries.import_file, row)
-        if inserted is not None and journal is not None:
-            await dst.repo.add_journal_entry(x, row["id"], journal)
+    async def insert(x: Executor) -> bool:
+        inserted = await dst.repo.import_file(x, row)
+        if inserted and journal is not None:
+            await dst.repo.add_journal_entry(x, row.id, journal)
         await dst.repo.delete_intent(x, key)
         return inserted
 
     try:
         inserted = await dst.db.write(insert)
     except Exception as exc:
-        # The commit may have succeeded although the call raised (a connection lost around
-        # COMMIT): the bytes go only once the row is known not to be there.
+        # A commit may succeed although the call raised: bytes go once the row is known absent.
         try:
-            inserted = await dst.db.read(_one(dst, "file_by_pk", id=row["id"]))
+            listed = await dst.db.read(functools.partial(dst.repo.file_by_pk, file_id=row.id))
         except Exception:
             raise MigrationError(
-                f"file {row['id']}: its commit failed ({exc}) and its outcome could not be "
+                f"file {row.id}: its commit failed ({exc}) and its outcome could not be "
                 "read back; its bytes are left in the target, where 'check' keeps them if "
                 "the row exists. Run migrate-to again"
             ) from exc
-        if inserted is None:
+        if listed is None:
             await dst.storage.delete([key])
             await _forget_intent(dst, key, there)
-            log.warning("file %s: not copied, its insert failed: %s", row["id"], exc)
-            report.failed.append((row["id"], f"its insert failed: {exc}"))
+            log.warning("file %s: not copied, its insert failed: %s", row.id, exc)
+            report.failed.append((row.id, f"its insert failed: {exc}"))
             return
-        # committed after all, the intent's delete with it
-        log.warning("file %s: its commit raised (%s) but the row is there: kept", row["id"], exc)
-    if inserted is None:  # copied meanwhile by another run: keep its bytes, which are these
+        log.warning("file %s: its commit raised (%s) but the row is there: kept", row.id, exc)
+        inserted = True
+    if not inserted:  # copied meanwhile by another run: keep its bytes, which are these
         report.already_there += 1
         return
     report.files_copied += 1
     report.bytes_copied += writer.size
 
 
-async def _forget_intent(dst: CsvStore, key: str, there: Row | None) -> None:
+async def _forget_intent(dst: CsvStore, key: str, there: FileCheck | None) -> None:
     """Drop the intent of bytes that are gone or listed; if that fails, the check does."""
     if there is not None:
-        return  # none was recorded: the row names the bytes
+        return  # none was recorded
     try:
         await dst.db.write(functools.partial(dst.repo.delete_intents, storage_keys=[key]))
     except Exception:

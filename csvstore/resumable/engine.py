@@ -411,7 +411,7 @@ class ResumableUploads:
             state,
             offset=state.length,
             completed=True,
-            file_id=str(published.file["id"]),
+            file_id=published.file.id,
             expires_at=time.time() + self.expiry,
         )
         await hold.finish(done)

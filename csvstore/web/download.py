@@ -1,8 +1,5 @@
-"""Sending stored files back: conditional requests, byte ranges, names, and ZIP archives.
-
-The bytes are streamed from storage chunk by chunk, never read whole. The ETag is the
-file's SHA-256, so it is strong and stays the same across servers and restarts.
-"""
+"""Sending stored files back, streamed through the service: conditional requests (the ETag
+is the SHA-256: strong, the same on every server), byte ranges, names, ZIP archives."""
 
 from __future__ import annotations
 
@@ -18,12 +15,11 @@ from urllib.parse import quote
 from aiohttp import web
 from stream_zip import ZIP_64, async_stream_zip
 
-from csvstore.db.sqlite import Row
 from csvstore.errors import RangeNotSatisfiable, StoredFileUnavailable
-from csvstore.storage.local import Storage
+from csvstore.model import Session, StoredFile
+from csvstore.service import CsvStore
 from csvstore.web.problems import start_response
 
-# Python codec names as stored -> charset names as registered for HTTP.
 # Python codec names (as stored) to the IANA charset names HTTP clients know.
 _CHARSETS = {
     "utf-8-sig": "utf-8",
@@ -69,11 +65,8 @@ class ByteRange:
 
 
 def parse_range(header: str | None, size: int) -> ByteRange | None:
-    """The one range a ``Range`` header asks for, or None to send the whole file.
-
-    Several ranges, or a unit other than bytes, are answered with the whole file, which
-    RFC 9110 allows; a syntactically valid range outside the file raises.
-    """
+    """The one range a ``Range`` header asks for, or None to send the whole file (also for
+    several ranges or another unit, as RFC 9110 allows); a valid range outside it raises."""
     if not header or size == 0:
         return None
     match = _RANGE.match(header.strip())
@@ -82,7 +75,7 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     first, last = match.groups()
     if not first and not last:
         return None
-    if not first:  # the last N bytes
+    if not first:
         suffix = int(last)
         if suffix == 0:
             raise _unsatisfiable(header, size)
@@ -101,8 +94,8 @@ def _unsatisfiable(header: str, size: int) -> RangeNotSatisfiable:
     )
 
 
-def etag_of(file: Row) -> str | None:
-    return f'"{file["sha256"]}"' if file.get("sha256") else None
+def etag_of(file: StoredFile) -> str | None:
+    return f'"{file.sha256}"' if file.sha256 else None
 
 
 def _etag_matches(header: str, etag: str) -> bool:
@@ -118,18 +111,18 @@ def content_disposition(original_filename: str, disposition: str = "attachment")
     return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(original_filename)}"
 
 
-def _last_modified(file: Row) -> str:
-    created = datetime.strptime(file["created_at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+def _last_modified(file: StoredFile) -> str:
+    created = datetime.strptime(file.created_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     return created.strftime("%a, %d %b %Y %H:%M:%S GMT")
 
 
-async def send_file(request: web.Request, storage: Storage, file: Row) -> web.StreamResponse:
-    size: int = file["file_size"]
+async def send_file(request: web.Request, store: CsvStore, file: StoredFile) -> web.StreamResponse:
+    size = file.file_size
     etag = etag_of(file)
-    charset = charset_of(file.get("encoding"))
+    charset = charset_of(file.encoding)
     headers = {
         "Content-Type": f"text/csv; charset={charset}" if charset else "text/csv",
-        "Content-Disposition": content_disposition(file["original_filename"]),
+        "Content-Disposition": content_disposition(file.original_filename),
         "Accept-Ranges": "bytes",
         "Last-Modified": _last_modified(file),
     }
@@ -152,16 +145,15 @@ async def send_file(request: web.Request, storage: Storage, file: Row) -> web.St
         response.headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{size}"
         start, length = byte_range.start, byte_range.length
     response.content_length = length
-    # Everything that can fail before the first byte fails here, while a problem response
-    # can still be sent: the stored size, and opening the file (its first chunk read).
-    stored = await storage.stat(file["file_path"])
-    if stored is None or stored[0] != size:
+    # What can fail before the first byte fails here, while a problem can still be sent.
+    stored = await store.stored_size(file)
+    if stored != size:
         raise _unavailable(file, stored)
     if request.method == "HEAD":
         await start_response(request, response)
         await response.write_eof()
         return response
-    chunks = storage.read(file["file_path"], start, length)
+    chunks = store.open_file_bytes(file, start, length)
     try:
         try:
             chunk = await anext(chunks, b"")
@@ -174,9 +166,8 @@ async def send_file(request: web.Request, storage: Storage, file: Row) -> web.St
             await response.write(chunk)
             chunk = await anext(chunks, b"")
         if sent != length:  # shrunk since the stat: the connection must not wait for more
-            raise OSError(f"stored file {file['id']} ended {length - sent} bytes early")
+            raise OSError(f"stored file {file.id} ended {length - sent} bytes early")
     finally:
-        # a client that goes away mid-download must not leave the file open
         closer = getattr(chunks, "aclose", None)
         if closer is not None:
             await closer()
@@ -184,10 +175,10 @@ async def send_file(request: web.Request, storage: Storage, file: Row) -> web.St
     return response
 
 
-def _unavailable(file: Row, stored: tuple[int, float] | None) -> StoredFileUnavailable:
-    found = "are missing" if stored is None else f"are {stored[0]} bytes long"
+def _unavailable(file: StoredFile, stored: int | None) -> StoredFileUnavailable:
+    found = "are missing" if stored is None else f"are {stored} bytes long"
     return StoredFileUnavailable(
-        f"the stored bytes of file {file['id']} {found}, not the {file['file_size']} bytes "
+        f"the stored bytes of file {file.id} {found}, not the {file.file_size} bytes "
         "recorded: the file cannot be sent"
     )
 
@@ -217,26 +208,28 @@ def unique_names(names: Iterable[str]) -> list[str]:
     return result
 
 
-async def send_archive(request: web.Request, storage: Storage, session: Row) -> web.StreamResponse:
+async def send_archive(
+    request: web.Request, store: CsvStore, session: Session
+) -> web.StreamResponse:
     """The session's files as one ZIP, built while it is sent (nothing assembled first)."""
-    files: list[dict[str, Any]] = session["csv_files"]
-    names = unique_names(f["original_filename"] for f in files)
+    files = session.csv_files or ()
+    names = unique_names(f.original_filename for f in files)
 
     async def members() -> AsyncIterator[Any]:
         for file, name in zip(files, names, strict=True):
-            modified = datetime.strptime(file["created_at"], "%Y-%m-%dT%H:%M:%S.%fZ")
+            modified = datetime.strptime(file.created_at, "%Y-%m-%dT%H:%M:%S.%fZ")
             yield (
                 name,
                 modified,
                 stat.S_IFREG | 0o644,
                 ZIP_64,
-                _exactly(storage.read(file["file_path"]), file),
+                _exactly(store.open_file_bytes(file), file),
             )
 
     response = web.StreamResponse(
         headers={
             "Content-Type": "application/zip",
-            "Content-Disposition": content_disposition(f"{session['session_id']}.zip"),
+            "Content-Disposition": content_disposition(f"{session.session_id}.zip"),
         }
     )
     await start_response(request, response)  # from here an error leaves the ZIP unfinished
@@ -247,7 +240,7 @@ async def send_archive(request: web.Request, storage: Storage, session: Row) -> 
     return response
 
 
-async def _exactly(chunks: AsyncIterator[bytes], file: Row) -> AsyncIterator[bytes]:
+async def _exactly(chunks: AsyncIterator[bytes], file: StoredFile) -> AsyncIterator[bytes]:
     """A member's bytes, raising if they are not the recorded size (a file gone or cut)."""
     sent = 0
     try:
@@ -260,5 +253,5 @@ async def _exactly(chunks: AsyncIterator[bytes], file: Row) -> AsyncIterator[byt
         closer = getattr(chunks, "aclose", None)
         if closer is not None:
             await closer()
-    if sent != file["file_size"]:
-        raise _unavailable(file, (sent, 0.0))
+    if sent != file.file_size:
+        raise _unavailable(file, sent)

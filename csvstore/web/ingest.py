@@ -24,8 +24,8 @@ from multipart import (
 
 from csvstore.analysis.content import clean_filename, declared_encoding
 from csvstore.analysis.stream import FileFacts, UploadAnalysis
-from csvstore.db.sqlite import Row
 from csvstore.errors import BadRequest, UploadTooLarge, ValidationFailed
+from csvstore.model import StoredFile
 from csvstore.service import CsvStore
 from csvstore.storage.local import StorageWriter
 from csvstore.uploads import FreeSpace, UploadLimits, bounded, check_expectations, ensure_room
@@ -43,8 +43,8 @@ MAX_HEADER_BYTES = 8190  # one part header line, as aiohttp allowed
 
 @dataclass(frozen=True, slots=True)
 class Uploaded:
-    session_id: str
-    file: Row
+    session_id: str  # the client's id of the session the file went into
+    file: StoredFile
     duplicate: bool  # dedupe=true found the same bytes already in the session: this is them
 
 

@@ -23,7 +23,7 @@ SELECT :id, s.id, :filename, :original_filename, :file_size, :content_type,
 FROM sessions AS s
 WHERE s.session_id = :session_id
 FOR NO KEY UPDATE OF s
-RETURNING id, session_id, filename, original_filename, file_size, content_type, file_path,
+RETURNING id, session_id AS session_pk, filename, original_filename, file_size, content_type, file_path,
           created_at, sha256, encoding, delimiter, quotechar, line_terminator, has_header,
           columns, column_count, row_count, ragged_rows, encoding_source,
           encoding_confidence, invalid_bytes, first_invalid_offset, preamble_lines,
@@ -31,7 +31,7 @@ RETURNING id, session_id, filename, original_filename, file_size, content_type, 
 
 -- name: find_duplicate^
 -- The earliest file of a session with the given digest, read under the session's lock.
-SELECT f.id, f.session_id, f.filename, f.original_filename, f.file_size, f.content_type,
+SELECT f.id, f.session_id AS session_pk, f.filename, f.original_filename, f.file_size, f.content_type,
        f.file_path, f.created_at, f.sha256, f.encoding, f.delimiter, f.quotechar,
        f.line_terminator, f.has_header, f.columns, f.column_count, f.row_count, f.ragged_rows,
        f.encoding_source, f.encoding_confidence, f.invalid_bytes, f.first_invalid_offset,
