@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 from csvstore.analysis.pages import RowsPage
 from csvstore.analysis.rows import read_rows
@@ -33,6 +33,9 @@ from csvstore.intents import this_owner
 from csvstore.model import Session, StoredFile
 from csvstore.storage.local import Storage, StorageWriter
 from csvstore.timeutil import format_utc, utc_now
+
+# What begin_upload hands out: the caller writes an upload's bytes, the service commits them.
+UploadWriter: TypeAlias = StorageWriter
 
 if TYPE_CHECKING:
     from csvstore.resumable.local import PartialStore
@@ -200,6 +203,12 @@ class CsvStore:
 
     def free_bytes(self) -> int | None:
         return self.storage.free_bytes()
+
+    async def probe_database(self) -> None:
+        await self._db.read(self._repo.ping)
+
+    async def probe_storage(self) -> None:
+        await self._storage.probe_writable()
 
     async def publish_upload(
         self,

@@ -126,3 +126,33 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 def test_no_module_is_over_700_lines() -> None:
     lengths = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()}
     assert {name: n for name, n in lengths.items() if n > MAX_LINES} == {}
+
+
+def _reaches_past_the_service(path: Path) -> list[str]:
+    """Where a module reaches past the service: an import of a database or storage module,
+    or an attribute read of the store's database, repo, storage or resumable store."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr in ("storage", "db", "repo", "partials"):
+            found.append(f"{path.name}:{node.lineno} .{node.attr}")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+            ("csvstore.storage", "csvstore.db")
+        ):
+            found.append(f"{path.name}:{node.lineno} imports {node.module}")
+    return sorted(found)
+
+
+def test_the_web_layer_goes_through_the_service() -> None:
+    web = [path for name, path in MODULES.items() if _in(name, "csvstore.web")]
+    assert len(web) > 10
+    assert [reach for path in web for reach in _reaches_past_the_service(path)] == []
+
+
+def test_the_service_guard_sees_a_reach(tmp_path: Path) -> None:
+    reach = tmp_path / "reach.py"
+    reach.write_text("from csvstore.db.repo import Repo\nstore.storage.read(key)\nx.partials\n")
+    assert _reaches_past_the_service(reach) == [
+        "reach.py:1 imports csvstore.db.repo",
+        "reach.py:2 .storage",
+        "reach.py:3 .partials",
+    ]

@@ -4,7 +4,6 @@ database only through it."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 from pathlib import Path
 
@@ -74,32 +73,6 @@ def test_projections_of_the_dataclasses_equal_their_dump() -> None:
     assert projector(schemas.FileSchema())(file) == schemas.FileSchema().dump(file)
     assert projector(schemas.SessionSchema())(session) == schemas.SessionSchema().dump(session)
     assert "session_pk" not in projector(schemas.FileSchema())(file)
-
-
-def _reaches_past_the_service(path: Path) -> list[str]:
-    found = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Attribute) and node.attr in ("storage", "db", "repo"):
-            found.append(f"{path.name}:{node.lineno} .{node.attr}")
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
-            ("csvstore.storage", "csvstore.db")
-        ):
-            found.append(f"{path.name}:{node.lineno} imports {node.module}")
-    return found
-
-
-def test_handlers_and_downloads_use_only_the_service() -> None:
-    assert _reaches_past_the_service(WEB / "handlers.py") == []
-    assert _reaches_past_the_service(WEB / "download.py") == []
-
-
-def test_the_guard_above_sees_a_reach(tmp_path: Path) -> None:
-    reach = tmp_path / "reach.py"
-    reach.write_text("from csvstore.db.repo import Repo\nstore.storage.read(key)\n")
-    assert _reaches_past_the_service(reach) == [
-        "reach.py:1 imports csvstore.db.repo",
-        "reach.py:2 .storage",
-    ]
 
 
 async def test_migrate_to_copies_each_file_row_whole(

@@ -26,8 +26,7 @@ from csvstore.analysis.content import clean_filename, declared_encoding
 from csvstore.analysis.stream import FileFacts, UploadAnalysis
 from csvstore.errors import BadRequest, UploadTooLarge, ValidationFailed
 from csvstore.model import StoredFile
-from csvstore.service import CsvStore
-from csvstore.storage.local import StorageWriter
+from csvstore.service import CsvStore, UploadWriter
 from csvstore.uploads import FreeSpace, UploadLimits, bounded, check_expectations, ensure_room
 from csvstore.web.body import body_chunks
 from csvstore.web.schemas import SESSION_ID_PATTERN, SESSION_ID_RULE, UploadOptions, load
@@ -162,7 +161,7 @@ class _Form:
         self.check_session_early = True
         self.file_id: str | None = None
         self.original_filename: str | None = None
-        self.writer: StorageWriter | None = None
+        self.writer: UploadWriter | None = None
         self.facts: FileFacts | None = None
         self.part_digest: str | None = None
         self.options: dict[str, Any] = {}
@@ -254,7 +253,7 @@ class _FileStream:
 
     def __init__(
         self,
-        writer: StorageWriter,
+        writer: UploadWriter,
         space: FreeSpace,
         limits: UploadLimits,
         encoding: str | None = None,

@@ -135,11 +135,11 @@ async def readyz(request: web.Request) -> web.Response:
     store = request.app[STORE_KEY]
     settings = request.app[SETTINGS_KEY]
     database, storage = await asyncio.gather(
-        _probe("database", store.db.read(store.repo.ping), settings.ready_timeout),
-        _probe("storage", store.storage.probe_writable(), settings.ready_timeout),
+        _probe("database", store.probe_database(), settings.ready_timeout),
+        _probe("storage", store.probe_storage(), settings.ready_timeout),
     )
     checks = {"database": database, "storage": storage}
-    free = store.storage.free_bytes()
+    free = store.free_bytes()
     checks["free_space"] = (
         "ok" if free is None or free >= settings.min_free_space else "below minimum"
     )
