@@ -6,10 +6,14 @@ only through the service."""
 from __future__ import annotations
 
 import ast
+import io
+import tokenize
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "csvstore"
 MAX_LINES = 700
+# Comments and docstrings as a share of non-blank lines: the essays live in docs/design/.
+MAX_PROSE = 0.10
 
 
 def _modules() -> dict[str, Path]:
@@ -156,3 +160,35 @@ def test_the_service_guard_sees_a_reach(tmp_path: Path) -> None:
         "reach.py:2 .storage",
         "reach.py:3 .partials",
     ]
+
+
+def _prose_lines(source: str) -> tuple[int, int]:
+    """(non-blank lines, of which comment or docstring lines)."""
+    lines = source.splitlines()
+    nonblank = {n for n, line in enumerate(lines, 1) if line.strip()}
+    prose = {
+        tok.start[0]
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+        if tok.type == tokenize.COMMENT
+    }
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            first = node.body[0] if node.body else None
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
+                prose.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
+    return len(nonblank), len(prose & nonblank)
+
+
+def test_prose_is_at_most_a_tenth_of_the_package() -> None:
+    counts = [_prose_lines(path.read_text()) for path in MODULES.values()]
+    code, prose = sum(c for c, _ in counts), sum(p for _, p in counts)
+    assert prose / code <= MAX_PROSE, f"{prose} of {code} non-blank lines are prose"
+
+
+def test_the_prose_count_sees_comments_and_docstrings() -> None:
+    source = '"""Module."""\n\n\ndef f():\n    """Two\n    lines."""\n    return 1  # why\n'
+    assert _prose_lines(source) == (5, 4)
