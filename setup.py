@@ -1,12 +1,12 @@
 """What pyproject.toml cannot say without an experimental table: the C extension, and the
 top-level ``sql/`` folder shipped inside the package.
 
-csvstore/_scan.c is the profiler's record counter (see csvstore/profiling.py). It is
+csvstore/analysis/_scan.c is the profiler's record counter (docs/design/profiler.md). It is
 optional: where no C compiler is found the install still succeeds and the profiler uses its
 pure-Python counter, with the same results, more slowly.
 
 ``sql/`` stays at the top of the repository (named queries and migrations, reviewed as SQL)
-and is copied to ``csvstore/sql/`` in every built wheel; csvstore/queries.py looks there
+and is copied to ``csvstore/sql/`` in every built wheel; csvstore/db/queries.py looks there
 first and falls back to the repository's folder in an editable install.
 """
 

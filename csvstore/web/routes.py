@@ -162,7 +162,7 @@ ROUTES: tuple[Route, ...] = (
         {200: ("Deleted", "MessageResponse"), 404: ("No such file", None)},
         parameters=[_FILE_ID],
     ),
-    # Resumable uploads (tus 1.0): see csvstore/web/tus.py and the README.
+    # Resumable uploads (tus 1.0): see csvstore/web/tus.py and docs/resumable.md.
     Route(
         "OPTIONS",
         tus.TUS_ROOT,

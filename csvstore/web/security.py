@@ -1,5 +1,5 @@
-"""Who may call the API (optional bearer keys, kept as SHA-256 digests; see the README's
-"Access control"), and the headers every response carries."""
+"""Who may call the API (optional bearer keys, kept as SHA-256 digests; see
+docs/operations.md#access-control), and the headers every response carries."""
 
 from __future__ import annotations
 

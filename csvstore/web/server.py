@@ -1,5 +1,5 @@
 """Running the app: one process, or a supervisor forking workers that share the port
-(``SO_REUSEPORT``) and the database. See the README's "Scaling out"."""
+(``SO_REUSEPORT``) and the database. See docs/scaling.md."""
 
 from __future__ import annotations
 
