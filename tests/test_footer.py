@@ -52,6 +52,10 @@ FOOTERS = [
     ),
     ("a quoted note over two lines", '"Note: first line\nsecond line",,,\n', 2),
     ("CRLF, no newline at the end", "\nSource: office", 2),
+    ("a label cell and its value", "Source:,statistics office,,\n", 1),
+    ("numbered footnotes", "1/ Includes estimates.\n2. Revised in May\n", 2),
+    ("spreadsheet blank rows before the notes", ",,,\n , ,,\nSource: office,,,\n", 3),
+    ("a long footer", "\n" + "".join(f"({i}) footnote {i}\n" for i in range(20)), 21),
 ]
 
 
@@ -76,6 +80,8 @@ KEPT = [
     ("a last row of a few words", "Region thirty one\n", 31, 1),
     ("numbers after a blank line", "\n31,2031\n", 31, 1),
     ("a long name in a narrow row", "Region thirty two of the north,2032\n", 31, 1),
+    ("rows of empty cells and no note", ",,,\n,,,\n", 32, 0),
+    ("a totals row", "Total,,,6435\n", 31, 0),
 ]
 
 

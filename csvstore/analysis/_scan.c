@@ -15,7 +15,7 @@
 /* Below this many bytes releasing the GIL costs more than it frees. */
 #define RELEASE_GIL_FROM 65536
 /* Starts of the last records, for the footer check (a power of two). */
-#define RECENT 16
+#define RECENT 32
 
 enum { ORDINARY = 0, DELIM, CR, LF, QUOTE };
 
@@ -461,7 +461,7 @@ static PyGetSetDef Scanner_getset[] = {
     {"expected_fields", (getter)Scanner_expected_fields, NULL, "The expected width, or None.", NULL},
     {"checkpoints", (getter)Scanner_checkpoints, NULL, "(data row, offset) pairs.", NULL},
     {"recent_starts", (getter)Scanner_recent_starts, NULL,
-     "Offsets of the last records (at most 16, header included), oldest first.", NULL},
+     "Offsets of the last records (at most 32, header included), oldest first.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -12,8 +12,10 @@ from typing import Final
 from csvstore.analysis.scanner import RECENT
 
 TAIL: Final = 32 * 1024  # bytes of the stream's end kept for the check
-_MAX_NOTES: Final = 8
-_FOOTNOTE_MARK_RE: Final = re.compile(r"\s*(?:[*\u2020\u2021]|\(\w{1,3}\)|\[\w{1,3}\])")
+_MAX_NOTES: Final = 24
+_FOOTNOTE_MARK_RE: Final = re.compile(
+    r"\s*(?:[*\u2020\u2021]|\(\w{1,3}\)|\[\w{1,3}\]|\d{1,2}(?:/|\)|\.\s))"
+)
 _LABEL_RE: Final = re.compile(r"\s*[^\W\d][\w ./-]{0,30}:(?:\s|$)")
 
 assert _MAX_NOTES < RECENT  # the table's last row must be among the recent records
@@ -52,7 +54,7 @@ def find_footer(
         return NO_FOOTER
     try:
         last = next(_records(tail[starts[-1] - tail_at :], dialect), None)
-        if last is None or _fits(last[0], width):
+        if last is None or not _in_footer(last[0], width):
             return NO_FOOTER
         usable = [start for start in starts if start >= tail_at]
         parsed = list(_records(tail[usable[0] - tail_at :], dialect))
@@ -61,23 +63,30 @@ def find_footer(
     records = [(fields, line) for fields, line in parsed if fields]
     if len(records) != len(usable):
         return NO_FOOTER  # the parse and the counter disagree: judge nothing
-    notes = 0
-    while notes < min(len(records) - 1, _MAX_NOTES) and _is_note(records[-1 - notes][0], width):
-        notes += 1
-    if not notes or notes >= len(records) or data_rows - notes < 1:
+    block = 0  # notes, and rows of empty cells (spreadsheet blank lines) among them
+    while block < min(len(records) - 1, _MAX_NOTES):
+        if not _in_footer(records[-1 - block][0], width):
+            break
+        block += 1
+    footer = records[len(records) - block :]
+    notes = [fields for fields, _ in footer if any(cell.strip() for cell in fields)]
+    if not notes or data_rows - block < 1:
         return NO_FOOTER
-    row, row_line = records[-1 - notes]
+    row, row_line = records[-1 - block]
     if not _fits(row, width):
         return NO_FOOTER
-    first_note_line = records[-notes][1]
-    gap = any(not fields and row_line < line < first_note_line for fields, line in parsed)
+    first_note_line = next(line for fields, line in footer if fields in notes)
+    gap = any(
+        not any(cell.strip() for cell in fields) and row_line < line < first_note_line
+        for fields, line in parsed
+    )
     header_at = len(records) - data_rows - 1
-    rows = [fields for at, (fields, _) in enumerate(records[:-notes]) if at > header_at]
-    if not gap and not all(_stands_out(fields, rows) for fields, _ in records[-notes:]):
+    rows = [fields for at, (fields, _) in enumerate(records[:-block]) if at > header_at]
+    if not gap and not all(_stands_out(fields, rows) for fields in notes):
         return NO_FOOTER
     lines = parsed[-1][1] - row_line
-    ragged = sum(len(fields) != width for fields, _ in records[-notes:])
-    return Footer(lines=lines, records=notes, ragged=ragged)
+    ragged = sum(len(fields) != width for fields, _ in footer)
+    return Footer(lines=lines, records=block, ragged=ragged)
 
 
 def _records(data: bytes, dialect: TailDialect) -> Iterator[tuple[list[str], int]]:
@@ -103,10 +112,16 @@ def _has_letter(text: str) -> bool:
     return any(char.isalpha() or char >= "\x80" for char in text)
 
 
+def _in_footer(fields: list[str], width: int) -> bool:
+    return _is_note(fields, width) or not any(cell.strip() for cell in fields)
+
+
 def _is_note(fields: list[str], width: int) -> bool:
     if not _has_letter(fields[0]):
         return False
-    return len(fields) < width or not any(cell.strip() for cell in fields[1:])
+    if len(fields) < width or _LABEL_RE.fullmatch(fields[0]):  # "Source:,Census Bureau,,"
+        return True
+    return not any(cell.strip() for cell in fields[1:])
 
 
 def _stands_out(note: list[str], rows: list[list[str]]) -> bool:

@@ -12,7 +12,7 @@ _LF: Final = 0x0A
 _TERMINATOR_RE: Final = re.compile(rb"\r\n|\r|\n")
 _LONE_CR_RE: Final = re.compile(rb"\r(?!\n)")
 _BLOCK: Final = 256 * 1024
-RECENT: Final = 16  # record starts kept for the footer check, as _scan.c's RECENT
+RECENT: Final = 32  # record starts kept for the footer check, as _scan.c's RECENT
 
 
 @functools.lru_cache(maxsize=64)  # a handful of dialects; built once, not per upload
