@@ -118,18 +118,23 @@ def test_a_footer_longer_than_the_window_is_left_alone() -> None:
 
 @settings(max_examples=400, deadline=None)
 @given(
-    st.lists(st.sampled_from([b"a", b",", b"\n", b"\r", b"\r\n", b'"', b"x" * 70]), max_size=80),
+    st.lists(
+        st.sampled_from([b"a", b",", b"\n", b"\r", b"\r\n", b'"', b"x" * 70, b"1,2\n" * 9]),
+        max_size=80,
+    ),
     st.data(),
     st.integers(0, 1),
+    st.one_of(st.none(), st.integers(1, 3)),
+    st.sampled_from([b"\n", b"\r\n"]),
 )
 def test_both_counters_remember_the_same_record_starts(
-    pieces: list[bytes], data: st.DataObject, header: int
+    pieces: list[bytes], data: st.DataObject, header: int, width: int | None, term: bytes
 ) -> None:
     stored = b"".join(pieces)
     options = dict(delimiter=44, quotechar=34, header_records=header, checkpoint_every=3)
     assert counter._NativeScanner is not None
-    native = counter._NativeScanner(expected_fields=None, **options)
-    python = scanner._RecordScanner(terminator=b"\n", expected_fields=None, **options)
+    native = counter._NativeScanner(expected_fields=width, **options)
+    python = scanner._RecordScanner(terminator=term, expected_fields=width, **options)
     for part in data.draw(chunkings(stored)):
         native.feed(part)
         python.feed(part)
