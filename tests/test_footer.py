@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from csvstore.analysis import counter, scanner
 from csvstore.analysis.footer import TAIL
+from csvstore.analysis.stream import FileFacts, UploadAnalysis
 from tests.test_profiling import (
     WORD,
     check_against_reference,
@@ -190,3 +191,23 @@ def test_a_footer_leaves_the_table_as_it_was(
     check_checkpoints(stored, profile, 2)
     start = data.draw(st.integers(0, len(ref.rows)))
     check_read_page(data, stored, profile, ref, start, data.draw(st.integers(1, 4)))
+
+
+_CYRILLIC = "город;год;население\n" + "".join(
+    f"Город {i};{2000 + i};{1000 + i}\n" for i in range(20)
+)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "cp1251", "utf-16"])
+def test_footers_in_other_encodings(encoding: str) -> None:
+    # The check reads projected bytes: Cyrillic letters are bytes over 0x7f there.
+    def facts(text: str) -> FileFacts:
+        analysis = UploadAnalysis(encoding=encoding)
+        analysis.feed(text.encode(encoding))
+        return analysis.finish()
+
+    noted = facts(_CYRILLIC + "Примечание: данные предварительные\n")
+    assert (noted.row_count, noted.ragged_rows, noted.footer_lines) == (20, 0, 1)
+    # UTF-8's 0x85 byte (in the letter kha, 0xD1 0x85) is no space: three words stay a row.
+    kept = facts(_CYRILLIC + "хорошо хорошо хорошо\n")
+    assert (kept.row_count, kept.ragged_rows, kept.footer_lines) == (21, 1, 0)

@@ -16,7 +16,8 @@ _MAX_NOTES: Final = 24
 _FOOTNOTE_MARK_RE: Final = re.compile(
     r"\s*(?:[*\u2020\u2021]|\(\w{1,3}\)|\[\w{1,3}\]|\d{1,2}(?:/|\)|\.\s))"
 )
-_LABEL_RE: Final = re.compile(r"\s*[^\W\d][\w ./-]{0,30}:(?:\s|$)")
+# Text is projected bytes read as latin-1: any byte over 0x7f may be part of a letter.
+_LABEL_RE: Final = re.compile(r"[ \t]*(?:[^\W\d]|[\x80-\xff])[\w ./\x80-\xff-]{0,40}:(?:\s|$)")
 
 assert _MAX_NOTES < RECENT  # the table's last row must be among the recent records
 
@@ -133,4 +134,5 @@ def _stands_out(note: list[str], rows: list[list[str]]) -> bool:
     if any(cell.strip() for cell in note[1:]):
         return False
     longest = max(map(len, values), default=0)
-    return len(text.split()) >= 4 and len(text.strip()) > 2 * longest
+    words = sum(1 for word in text.split(" ") if word)
+    return words >= 4 and len(text.strip()) > 2 * longest
