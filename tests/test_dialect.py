@@ -184,3 +184,18 @@ async def test_ragged_rows_at_the_end_stay_rows(client: Client, session: str) ->
     refused = await client.post("/api/csv/upload", data=_form(data, strict="true"))
     body = await assert_problem(refused, 400)
     assert "3 row(s)" in body["detail"]
+
+
+async def test_footer_after_many_rows_through_rows_at_a_deep_offset(
+    client: Client, session: str
+) -> None:
+    # Past the sniffed sample and two checkpoints: the footer is judged on the stream's end.
+    body = "".join(f"{i},{i * 7},x{i}\n" for i in range(25_000))
+    data = f"id,value,label\n{body}\nSource: generated for the test\n".encode()
+    resp = await client.post("/api/csv/upload", data=_form(data, strict="true"))
+    assert resp.status == 201, await resp.text()
+    file = (await resp.json())["file"]
+    assert (file["row_count"], file["ragged_rows"], file["footer_lines"]) == (25_000, 0, 2)
+    page = await (await client.get(f"/api/csv/files/{file['id']}/rows?offset=24998")).json()
+    assert page["rows"] == [["24998", "174986", "x24998"], ["24999", "174993", "x24999"]]
+    assert page["next_offset"] is None
