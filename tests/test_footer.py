@@ -56,6 +56,7 @@ FOOTERS = [
     ("a label cell and its value", "Source:,statistics office,,\n", 1),
     ("numbered footnotes", "1/ Includes estimates.\n2. Revised in May\n", 2),
     ("spreadsheet blank rows before the notes", ",,,\n , ,,\nSource: office,,,\n", 3),
+    ("a rule before the notes", "----------\nTotal records: 30\n", 2),
     ("a long footer", "\n" + "".join(f"({i}) footnote {i}\n" for i in range(20)), 21),
 ]
 
@@ -82,6 +83,7 @@ KEPT = [
     ("numbers after a blank line", "\n31,2031\n", 31, 1),
     ("a long name in a narrow row", "Region thirty two of the north,2032\n", 31, 1),
     ("rows of empty cells and no note", ",,,\n,,,\n", 32, 0),
+    ("placeholders and no note", "-,-,-,-\n", 31, 0),
     ("a totals row", "Total,,,6435\n", 31, 0),
 ]
 

@@ -70,17 +70,14 @@ def find_footer(
             break
         block += 1
     footer = records[len(records) - block :]
-    notes = [fields for fields, _ in footer if any(cell.strip() for cell in fields)]
+    notes = [fields for fields, _ in footer if not _blank(fields)]
     if not notes or data_rows - block < 1:
         return NO_FOOTER
     row, row_line = records[-1 - block]
     if not _fits(row, width):
         return NO_FOOTER
     first_note_line = next(line for fields, line in footer if fields in notes)
-    gap = any(
-        not any(cell.strip() for cell in fields) and row_line < line < first_note_line
-        for fields, line in parsed
-    )
+    gap = any(_blank(fields) and row_line < line < first_note_line for fields, line in parsed)
     header_at = len(records) - data_rows - 1
     rows = [fields for at, (fields, _) in enumerate(records[:-block]) if at > header_at]
     if not gap and not all(_stands_out(fields, rows) for fields in notes):
@@ -114,7 +111,12 @@ def _has_letter(text: str) -> bool:
 
 
 def _in_footer(fields: list[str], width: int) -> bool:
-    return _is_note(fields, width) or not any(cell.strip() for cell in fields)
+    return _is_note(fields, width) or _blank(fields)
+
+
+def _blank(fields: list[str]) -> bool:
+    # Empty cells or a rule ("-----"): a spreadsheet's blank line.
+    return not any(char.isalnum() or char >= "\x80" for cell in fields for char in cell)
 
 
 def _is_note(fields: list[str], width: int) -> bool:
