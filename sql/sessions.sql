@@ -25,7 +25,8 @@ SELECT f.id, f.session_id AS session_pk, f.filename, f.original_filename, f.file
        f.file_path, f.created_at, f.sha256, f.encoding, f.delimiter, f.quotechar,
        f.line_terminator, f.has_header, f.columns, f.column_count, f.row_count, f.ragged_rows,
        f.encoding_source, f.encoding_confidence, f.invalid_bytes, f.first_invalid_offset,
-       f.preamble_lines, f.skip_initial_space, f.comment_char, f.duplicate_columns
+       f.preamble_lines, f.skip_initial_space, f.comment_char, f.duplicate_columns,
+       f.footer_lines
 FROM files AS f
 WHERE f.session_id IN (
     SELECT id FROM sessions WHERE session_id > :after AND session_id <= :last
@@ -89,7 +90,8 @@ SELECT p.session_id, p.json,
                    'skip_initial_space',
                    json(CASE f.skip_initial_space WHEN 1 THEN 'true' WHEN 0 THEN 'false' END),
                    'comment_char', f.comment_char,
-                   'duplicate_columns', json(f.duplicate_columns))
+                   'duplicate_columns', json(f.duplicate_columns),
+                   'footer_lines', f.footer_lines)
        END AS file_json
 FROM page AS p
 LEFT JOIN files AS f ON f.session_id = p.id

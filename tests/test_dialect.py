@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aiohttp import FormData
 
-from tests.conftest import Client, upload_form
+from tests.conftest import Client, assert_problem, upload_form
 
 WIDE_COLUMNS = 9_000
 WIDE_ROWS = 5
@@ -137,3 +137,65 @@ async def test_session_listing_carries_the_dialect_fields(client: Client, sessio
     assert file["skip_initial_space"] is True
     assert file["comment_char"] == "#"
     assert file["duplicate_columns"] == []
+
+
+_STATES = "".join(f'State {i},S{i},{1000 + i},"{i},{i:03d}"\n' for i in range(40))
+GOVERNMENT_EXPORT = (
+    "Beneficiaries by state during FY 2010,,,\nstate,code,students,total\n" + _STATES
+    + "\nSource: Department of Veterans Affairs, 2011\n"
+    "Note: state statistics may include individuals counted in more than one state.\n"
+).encode()  # fmt: skip
+
+
+async def test_footer_notes_are_not_rows(client: Client, session: str) -> None:
+    # strict=true: the notes would be ragged rows if they were counted.
+    resp = await client.post("/api/csv/upload", data=_form(GOVERNMENT_EXPORT, strict="true"))
+    assert resp.status == 201, await resp.text()
+    file = (await resp.json())["file"]
+    assert (file["preamble_lines"], file["footer_lines"]) == (1, 3)
+    assert (file["row_count"], file["ragged_rows"]) == (40, 0)
+    assert file["columns"] == ["state", "code", "students", "total"]
+    assert await (await client.get(f"/api/csv/files/{file['id']}")).json() == file
+    listed = await (await client.get(f"/api/csv/sessions/{session}")).json()
+    assert listed["csv_files"] == [file]
+    rows_url = f"/api/csv/files/{file['id']}/rows"
+    whole = await (await client.get(f"{rows_url}?limit=1000")).json()
+    assert len(whole["rows"]) == 40
+    assert whole["rows"][-1] == ["State 39", "S39", "1039", "39,039"]
+    assert whole["next_offset"] is None
+    end = await (await client.get(f"{rows_url}?offset=38&limit=10")).json()
+    assert [row[0] for row in end["rows"]] == ["State 38", "State 39"]
+    assert end["next_offset"] is None
+    exact = await (await client.get(f"{rows_url}?offset=36&limit=4")).json()
+    assert exact["next_offset"] is None
+    past = await (await client.get(f"{rows_url}?offset=40")).json()
+    assert (past["rows"], past["next_offset"]) == ([], None)
+
+
+async def test_ragged_rows_at_the_end_stay_rows(client: Client, session: str) -> None:
+    data = b"id,name,score\n1,ann,3\n2,bob,4\n3,cy,5\n4,dee\n5\n6,eve,7,late\n"
+    resp = await client.post("/api/csv/upload", data=upload_form(data))
+    assert resp.status == 201, await resp.text()
+    file = (await resp.json())["file"]
+    assert (file["row_count"], file["ragged_rows"], file["footer_lines"]) == (6, 3, 0)
+    page = await (await client.get(f"/api/csv/files/{file['id']}/rows?offset=3")).json()
+    assert page["rows"] == [["4", "dee"], ["5"], ["6", "eve", "7", "late"]]
+    assert page["next_offset"] is None
+    refused = await client.post("/api/csv/upload", data=_form(data, strict="true"))
+    body = await assert_problem(refused, 400)
+    assert "3 row(s)" in body["detail"]
+
+
+async def test_footer_after_many_rows_through_rows_at_a_deep_offset(
+    client: Client, session: str
+) -> None:
+    # Past the sniffed sample and two checkpoints: the footer is judged on the stream's end.
+    body = "".join(f"{i},{i * 7},x{i}\n" for i in range(25_000))
+    data = f"id,value,label\n{body}\nSource: generated for the test\n".encode()
+    resp = await client.post("/api/csv/upload", data=_form(data, strict="true"))
+    assert resp.status == 201, await resp.text()
+    file = (await resp.json())["file"]
+    assert (file["row_count"], file["ragged_rows"], file["footer_lines"]) == (25_000, 0, 2)
+    page = await (await client.get(f"/api/csv/files/{file['id']}/rows?offset=24998")).json()
+    assert page["rows"] == [["24998", "174986", "x24998"], ["24999", "174993", "x24999"]]
+    assert page["next_offset"] is None

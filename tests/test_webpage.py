@@ -72,12 +72,13 @@ def _auth(server: ServerProcess) -> dict[str, str]:
 
 def _write_uploads(folder: Path) -> list[dict[str, Any]]:
     """Two files: one with a hostile name and cell after a title and a comment line (the
-    preview starts at the header), one longer than a preview page."""
+    preview starts at the header) and before a source line, one longer than a preview page."""
     folder.mkdir()
     hostile = folder / "cities <img src=x onerror=alert(1)>.csv"
     hostile.write_text(
         "Report: cities\n# exported 2024-01-01\n"
         'city;note;people\nOslo;"<b>not bold</b>";709000\nLima;plain;9750000\n'
+        "\nSource: city registers\n"
     )
     long = folder / "measurements.csv"
     long.write_text(
@@ -86,7 +87,7 @@ def _write_uploads(folder: Path) -> list[dict[str, Any]]:
     )
     return [
         {"path": str(hostile), "name": hostile.name, "columns": ["city", "note", "people"],
-         "firstRow": ["Oslo", "<b>not bold</b>", "709000"], "preamble": 2},
+         "firstRow": ["Oslo", "<b>not bold</b>", "709000"], "preamble": 2, "footer": 2},
         {"path": str(long), "name": long.name, "columns": ["id", "sensor", "value"],
          "firstRow": ["1", "s1", "1.5"]},
     ]  # fmt: skip

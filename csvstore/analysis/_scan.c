@@ -14,6 +14,8 @@
 
 /* Below this many bytes releasing the GIL costs more than it frees. */
 #define RELEASE_GIL_FROM 65536
+/* Starts of the last records, for the footer check (a power of two). */
+#define RECENT 32
 
 enum { ORDINARY = 0, DELIM, CR, LF, QUOTE };
 
@@ -44,6 +46,7 @@ typedef struct {
     /* totals */
     long long records;   /* non-blank records, header included */
     long long ragged;
+    long long recent[RECENT]; /* record i starts at recent[i % RECENT] */
     Checkpoint *checkpoints;
     Py_ssize_t n_checkpoints;
     Py_ssize_t cap_checkpoints;
@@ -89,6 +92,7 @@ end_record(Scanner *self, int nonempty, long long next_start)
                 self->next_checkpoint += self->every;
             }
         }
+        self->recent[self->records & (RECENT - 1)] = self->rec_start;
         self->records++;
     }
     self->rec_delims = 0;
@@ -424,6 +428,27 @@ Scanner_checkpoints(Scanner *self, void *Py_UNUSED(closure))
     return list;
 }
 
+static PyObject *
+Scanner_recent_starts(Scanner *self, void *Py_UNUSED(closure))
+{
+    if (refuse_if_busy(self) < 0)
+        return NULL;
+    long long n = self->records < RECENT ? self->records : RECENT;
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    if (list == NULL)
+        return NULL;
+    for (long long i = 0; i < n; i++) {
+        long long record = self->records - n + i;
+        PyObject *start = PyLong_FromLongLong(self->recent[record & (RECENT - 1)]);
+        if (start == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, start);
+    }
+    return list;
+}
+
 static PyMethodDef Scanner_methods[] = {
     {"feed", (PyCFunction)Scanner_feed, METH_O, "Count the next bytes (any length)."},
     {"finish", (PyCFunction)Scanner_finish, METH_NOARGS, "The end of the file: close the last record."},
@@ -435,6 +460,8 @@ static PyGetSetDef Scanner_getset[] = {
     {"ragged", (getter)Scanner_ragged, NULL, "Data records whose width is not the expected one.", NULL},
     {"expected_fields", (getter)Scanner_expected_fields, NULL, "The expected width, or None.", NULL},
     {"checkpoints", (getter)Scanner_checkpoints, NULL, "(data row, offset) pairs.", NULL},
+    {"recent_starts", (getter)Scanner_recent_starts, NULL,
+     "Offsets of the last records (at most 32, header included), oldest first.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -31,6 +31,9 @@ class _Counter(Protocol):
     @property
     def checkpoints(self) -> list[tuple[int, int]]: ...
 
+    @property
+    def recent_starts(self) -> list[int]: ...
+
 
 # The C counter (_scan.c) lets go of the GIL; `_RecordScanner` is the reference and fallback.
 def _native_scanner() -> type[Scanner] | None:

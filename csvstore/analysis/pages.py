@@ -39,12 +39,17 @@ class RowSource(Protocol):
 
 
 def iter_rows_from(
-    fp: BinaryIO, profile: RowSource, start_row: int, limit: int
+    fp: BinaryIO, profile: RowSource, start_row: int, limit: int, row_count: int | None = None
 ) -> tuple[list[list[str]], int | None]:
-    """Up to `limit` data rows from `start_row` and the next index or None, parsed from the
-    last checkpoint before it. `fp` is left open; csv.Error propagates."""
+    """Up to `limit` data rows from `start_row` (of `row_count`, if given) and the next index
+    or None, parsed from the last checkpoint before it. `fp` is left open; csv.Error
+    propagates."""
     if start_row < 0 or limit < 1:
         raise ValueError("start_row must be >= 0 and limit >= 1")
+    if row_count is not None:
+        if start_row >= row_count:
+            return [], None
+        limit = min(limit, row_count - start_row)
     checkpoints = profile.checkpoints
     at = bisect.bisect_right(checkpoints, start_row, key=lambda checkpoint: checkpoint[0]) - 1
     if at < 0:
@@ -59,9 +64,12 @@ def iter_rows_from(
         fp, encoding=_decoding_codec(profile.encoding, little), errors="replace", newline=""
     )
     try:
-        return _collect_rows(text, profile, row, start_row, limit)
+        rows, next_row = _collect_rows(text, profile, row, start_row, limit)
     finally:
         text.detach()
+    if row_count is not None and next_row is not None and next_row >= row_count:
+        return rows, None
+    return rows, next_row
 
 
 def _collect_rows(
@@ -107,8 +115,10 @@ def read_page(
         raise ValueError(
             f"start_row must be >= 0, max_bytes 2-{READ_FIELD_LIMIT}, limit and cell_limit > 0"
         )
-    if row_count is not None and start_row >= row_count:
-        return RowsPage([], None, [])
+    if row_count is not None:
+        if start_row >= row_count:
+            return RowsPage([], None, [])
+        limit = min(limit, row_count - start_row)  # footer lines after the table are no rows
     little = True
     if profile.encoding == "utf-16":
         fp.seek(0)

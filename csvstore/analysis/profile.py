@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from csvstore.analysis.counter import _Counter, _DialectFilter, _new_counter
+from csvstore.analysis.footer import NO_FOOTER, TAIL, TailDialect, find_footer
 from csvstore.analysis.header import _looks_like_header
 from csvstore.analysis.projection import _decoding_codec, _Projector, profilable
 from csvstore.analysis.sniff import (
@@ -40,6 +41,7 @@ class CsvProfile:
     skip_initial_space: bool = False
     comment_char: str | None = None
     duplicate_columns: list[str] = dataclasses.field(default_factory=list)
+    footer_lines: int = 0
 
 
 class CsvProfiler:
@@ -71,12 +73,14 @@ class CsvProfiler:
         self._has_header = False
         self._columns: list[str] = []
         self._profile: CsvProfile | None = None
+        self._tail = bytearray()  # the last bytes counted, for the footer
+        self._counted = 0
 
     def feed(self, data: bytes) -> None:
         if self._profile is not None:
             raise RuntimeError("feed() after finish()")
         if self._scanner is not None:
-            self._scanner.feed(self._projector.project(data))
+            self._count(self._projector.project(data))
             return
         assert self._sample is not None
         self._sample += data
@@ -131,8 +135,19 @@ class CsvProfiler:
                 skip_space=sniffed.skip_space, comment_char=sniffed.comment_char,
             )  # fmt: skip
         self._sample = None
-        self._scanner.feed(projected[sniffed.table_start :] if sniffed.table_start else projected)
+        self._count(projected[sniffed.table_start :] if sniffed.table_start else projected)
         return True
+
+    def _count(self, data: bytes) -> None:
+        assert self._scanner is not None
+        self._scanner.feed(data)
+        self._counted += len(data)
+        if len(data) >= TAIL:
+            self._tail[:] = data[-TAIL:]
+        else:
+            self._tail += data
+            if len(self._tail) > 2 * TAIL:
+                del self._tail[:-TAIL]
 
     def _start_scanner(self, sniffed: _Sniffed, body: bytes, codec: str) -> _Counter:
         records = sniffed.records
@@ -166,6 +181,16 @@ class CsvProfiler:
         bom, unit = self._bom_len, self._unit
         table = sniffed.table_start
         seen: Counter[str] = Counter(self._columns)
+        footer = NO_FOOTER
+        if scanner.expected_fields is not None:
+            footer = find_footer(
+                bytes(self._tail), self._counted - len(self._tail), scanner.recent_starts,
+                data_rows=scanner.data_rows,
+                width=scanner.expected_fields,
+                dialect=TailDialect(sniffed.delimiter, sniffed.quotechar, sniffed.skip_space,
+                                    sniffed.comment_char),
+            )  # fmt: skip
+        rows = scanner.data_rows - footer.records
         return CsvProfile(
             delimiter=sniffed.delimiter,
             quotechar=sniffed.quotechar,
@@ -173,10 +198,12 @@ class CsvProfiler:
             has_header=self._has_header,
             columns=list(self._columns),
             column_count=scanner.expected_fields or 0,
-            row_count=scanner.data_rows,
-            ragged_rows=scanner.ragged,
+            row_count=rows,
+            ragged_rows=scanner.ragged - footer.ragged,
             checkpoints=[
-                (row, bom + unit * (table + offset)) for row, offset in scanner.checkpoints
+                (row, bom + unit * (table + offset))
+                for row, offset in scanner.checkpoints
+                if row < rows
             ],
             encoding=self._encoding,
             preamble_lines=sniffed.preamble_lines,
@@ -184,4 +211,5 @@ class CsvProfiler:
             skip_initial_space=sniffed.skip_space,
             comment_char=sniffed.comment_char,
             duplicate_columns=[name for name, count in seen.items() if count > 1],
+            footer_lines=footer.lines,
         )

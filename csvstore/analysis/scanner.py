@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections import deque
 from typing import Final
 
 _CR: Final = 0x0D
@@ -11,6 +12,7 @@ _LF: Final = 0x0A
 _TERMINATOR_RE: Final = re.compile(rb"\r\n|\r|\n")
 _LONE_CR_RE: Final = re.compile(rb"\r(?!\n)")
 _BLOCK: Final = 256 * 1024
+RECENT: Final = 32  # record starts kept for the footer check, as _scan.c's RECENT
 
 
 @functools.lru_cache(maxsize=64)  # a handful of dialects; built once, not per upload
@@ -95,6 +97,7 @@ class _RecordScanner:
         "_rec_delims",
         "_rec_nonempty",
         "_rec_start",
+        "_recent",
         "_records",
         "_row_pattern",
         "_specials",
@@ -146,6 +149,7 @@ class _RecordScanner:
         self._rec_start = 0
         self._records = 0  # non-blank records completed, header included
         self._ragged = 0
+        self._recent: deque[int] = deque(maxlen=RECENT)
 
     @property
     def data_rows(self) -> int:
@@ -162,6 +166,10 @@ class _RecordScanner:
     @property
     def expected_fields(self) -> int | None:
         return None if self._expected is None else self._expected + 1
+
+    @property
+    def recent_starts(self) -> list[int]:
+        return list(self._recent)
 
     def feed(self, data: bytes) -> None:
         # Splitting on quotes makes an object per quote: blocks bound how many at once.
@@ -410,6 +418,7 @@ class _RecordScanner:
                 self._row_pattern[: -len(self._term)]
             )
         self._records += rows
+        self._remember_starts(data, first, stop, rows)
         every = self._checkpoint_every
         wanted = max(index, 0)
         wanted += -wanted % every
@@ -423,6 +432,15 @@ class _RecordScanner:
                 passed = ordinal
             self._checkpoints.append((wanted, self._pos + cursor))
             wanted += every
+
+    def _remember_starts(self, data: bytes, first: int, stop: int, rows: int) -> None:
+        starts: list[int] = []
+        end = stop - 1  # the last byte of the last record's terminator
+        for _ in range(min(rows, RECENT)):
+            start = data.rfind(self._term_last, first, end) + 1 or first
+            starts.append(self._pos + start)
+            end = start - 1
+        self._recent.extend(reversed(starts))
 
     def _count_line_by_line(self, data: bytes, start: int, end: int) -> None:
         delim = self._delim_bytes
@@ -446,6 +464,7 @@ class _RecordScanner:
                     self._ragged += 1
                 if index % self._checkpoint_every == 0:
                     self._checkpoints.append((index, self._rec_start))
+            self._recent.append(self._rec_start)
             self._records += 1
         self._rec_delims = 0
         self._rec_nonempty = False

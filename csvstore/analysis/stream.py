@@ -42,6 +42,7 @@ class FileFacts:
     skip_initial_space: bool | None = None
     comment_char: str | None = None
     duplicate_columns: list[str] | None = None
+    footer_lines: int | None = None
 
 
 class UploadAnalysis:
@@ -114,6 +115,7 @@ class UploadAnalysis:
             skip_initial_space=profile.skip_initial_space,
             comment_char=profile.comment_char,
             duplicate_columns=profile.duplicate_columns,
+            footer_lines=profile.footer_lines,
         )
 
     def _start_profiler(self, encoding: str) -> None:

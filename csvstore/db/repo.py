@@ -172,6 +172,7 @@ class Repo:
                     "duplicate_columns": None
                     if facts.duplicate_columns is None
                     else _json(facts.duplicate_columns),
+                    "footer_lines": facts.footer_lines,
                 },
             )
         )

@@ -218,6 +218,13 @@ class FileSchema(Schema):
         allow_none=True,
         metadata={"description": "header names that occur more than once"},
     )
+    footer_lines = fields.Integer(
+        allow_none=True,
+        metadata={
+            "description": "lines after the table's last row (notes, sources, blank lines) "
+            "that are not rows"
+        },
+    )
     duplicate_of = fields.String(
         metadata={"description": "set when dedupe=true found these bytes already stored"}
     )

@@ -30,7 +30,8 @@ SELECT p.session_id, p.json,
                          'skip_initial_space',
                          CASE f.skip_initial_space WHEN 1 THEN true WHEN 0 THEN false END,
                          'comment_char', f.comment_char,
-                         'duplicate_columns', f.duplicate_columns::json)::text
+                         'duplicate_columns', f.duplicate_columns::json,
+                         'footer_lines', f.footer_lines)::text
        END AS file_json
 FROM page AS p
 LEFT JOIN files AS f ON f.session_id = p.id

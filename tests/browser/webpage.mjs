@@ -151,7 +151,8 @@ try {
     const first = await page.$$eval("#preview-table tbody tr:first-child td", (cells) => cells.slice(1).map((c) => c.textContent));
     const count = await page.locator("#preview-table tbody tr").count();
     const title = await page.locator("#preview-title").textContent();
-    assert.equal(title.includes(" before the header not shown"), Boolean(upload.preamble), title);
+    assert.equal(title.includes(" before the header"), Boolean(upload.preamble), title);
+    assert.equal(title.includes(" after the table"), Boolean(upload.footer), title);
     assert.deepEqual(header, upload.columns);
     assert.deepEqual(first, upload.firstRow);
     assert.equal(await page.locator("#preview-table img").count(), 0, "a cell became HTML");

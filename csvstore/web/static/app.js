@@ -423,8 +423,11 @@ function closePreview() {
 
 async function openPreview(file) {
   state.preview = { file, nextOffset: 0 };
-  // Titles and comments before the header are not rows: say that they are left out.
-  const skipped = file.preamble_lines ? ` (${plural(file.preamble_lines, "line")} before the header not shown)` : "";
+  // Titles before the header and notes after the table are not rows: say they are left out.
+  const left = [];
+  if (file.preamble_lines) left.push(`${plural(file.preamble_lines, "line")} before the header`);
+  if (file.footer_lines) left.push(`${plural(file.footer_lines, "line")} after the table`);
+  const skipped = left.length ? ` (${left.join(", ")} not shown)` : "";
   $("preview-title").textContent = `Preview: ${file.original_filename}${skipped}`;
   const table = $("preview-table");
   table.tHead.replaceChildren();
