@@ -34,6 +34,7 @@ class StoredFile:
     skip_initial_space: bool | None = None
     comment_char: str | None = None
     duplicate_columns: list[str] | None = None
+    footer_lines: int | None = None
     # [data row, byte offset] pairs, long: read by get_file only, for the rows reader.
     row_checkpoints: list[list[int]] | None = None
 
