@@ -1,20 +1,61 @@
-"""Prometheus metrics of one process (a registry per application), and the database and
-storage wrappers that time every operation into them."""
+"""Prometheus metrics (a registry per application; with --workers, summed over the workers
+through prometheus-client's multiprocess files), and the database and storage wrappers that
+time every operation into them."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client import (
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+    values,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from csvstore import __version__
 from csvstore.db.sqlite import Database, Operation
 from csvstore.storage.local import Storage, StorageWriter
 
 T = TypeVar("T")
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_multiprocess_dir: str | None = None
+
+
+def prepare_multiprocess(path: Path) -> None:
+    """In the supervisor, before forking: an empty folder for the workers' value files."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ[_MULTIPROC_ENV] = str(path)
+
+
+def use_multiprocess() -> None:
+    """In a worker, before its Metrics: values go to files every worker's scrape sums."""
+    global _multiprocess_dir
+    _multiprocess_dir = os.environ[_MULTIPROC_ENV]
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
+def worker_died(pid: int) -> None:
+    """Its live gauges leave the sum; its counters stay in it."""
+    if path := os.environ.get(_MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -25,6 +66,15 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
+        # Read at each scrape by the process that answers: not summed over workers.
+        live: list[Collector] = [PROCESS_COLLECTOR, PLATFORM_COLLECTOR, _BuildInfo()]
+        self._live = live
+        self._summed: CollectorRegistry | None = None
+        if _multiprocess_dir is not None:
+            self._summed = CollectorRegistry(auto_describe=True)
+            multiprocess.MultiProcessCollector(self._summed, _multiprocess_dir)  # type: ignore[no-untyped-call]
+        for collector in live:
+            self._add_live(collector)
         self.requests = Counter(
             "csvstore_http_requests", "HTTP requests answered", ["method", "route", "status"],
             registry=r,
@@ -40,8 +90,9 @@ class Metrics:
             "csvstore_downloaded_bytes", "bytes of stored files sent back", registry=r
         )
         self.uploads_in_flight = Gauge(
-            "csvstore_uploads_in_flight", "uploads being received right now", registry=r
-        )
+            "csvstore_uploads_in_flight", "uploads being received right now", registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
         self.uploads_rejected = Counter(
             "csvstore_uploads_rejected", "uploads refused or failed, by reason", ["reason"],
             registry=r,
@@ -54,28 +105,85 @@ class Metrics:
             "csvstore_storage_operation_duration_seconds", "storage operations",
             ["operation"], buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
-        self.disk_free = Gauge(
-            "csvstore_disk_free_bytes", "free bytes where uploads are written", registry=r
-        )
         self.sessions_expired = Counter(
             "csvstore_sessions_expired", "sessions removed by the retention sweeper", registry=r
         )
         self.files_expired = Counter(
             "csvstore_files_expired", "files removed with expired sessions", registry=r
         )
+        self.tus = TusMetrics(r)
+
+    def _add_live(self, collector: Collector) -> None:
+        self.registry.register(collector)
+        if self._summed is not None:
+            self._summed.register(collector)
 
     def watch_worker_restarts(self, read: Callable[[], int]) -> None:
-        self.registry.register(_WorkerRestarts(read))
+        self._add_live(_WorkerRestarts(read))
 
     def watch_disk(self, storage: Storage) -> None:
         def free() -> float:
             value = storage.free_bytes()
             return float("nan") if value is None else float(value)
 
-        self.disk_free.set_function(free)
+        doc = "free bytes where uploads are written"
+        self._add_live(_Reading("csvstore_disk_free_bytes", doc, free))
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._summed or self.registry)
+
+
+class TusMetrics:
+    """The tus engine's events (resumable.engine.TusEvents) as counters, like tusd's."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(f"csvstore_tus_{name}", doc, labels, registry=r)
+
+        self._created = counter("uploads_created", "tus uploads created")
+        self._finished = counter("uploads_finished", "tus uploads complete and stored")
+        self._terminated = counter("uploads_terminated", "tus uploads deleted by a client")
+        self._expired = counter(
+            "uploads_expired", "tus upload records removed at expiry (unfinished, or kept after)"
+        )
+        self._received = counter("received_bytes", "bytes appended to tus uploads")
+        self._patches = counter(
+            "patches", "tus PATCH requests by outcome: partial, completed or the error's reason",
+            ("outcome",),
+        )  # fmt: skip
+
+    def created(self) -> None:
+        self._created.inc()
+
+    def finished(self) -> None:
+        self._finished.inc()
+
+    def terminated(self) -> None:
+        self._terminated.inc()
+
+    def expired(self, count: int) -> None:
+        self._expired.inc(count)
+
+    def received(self, size: int) -> None:
+        self._received.inc(size)
+
+    def patched(self, outcome: str) -> None:
+        self._patches.labels(outcome.replace("-", "_")).inc()
+
+
+class _BuildInfo(Collector):
+    def collect(self) -> Iterable[Metric]:
+        info = GaugeMetricFamily("csvstore_build_info", "the running version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+
+class _Reading(Collector):
+    def __init__(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        self._name, self._doc, self._read = name, doc, read
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(self._name, self._doc, value=self._read())
 
 
 class _WorkerRestarts(Collector):

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from csvstore.analysis.stream import FileFacts, UploadAnalysis
 from csvstore.crashpoints import crash_point
@@ -106,21 +106,60 @@ class _Live:
         return self.analysis if self.offset == offset else None
 
 
+class TusEvents(Protocol):
+    """What the engine reports as it goes (csvstore.metrics.TusMetrics counts them)."""
+
+    def created(self) -> None: ...
+    def finished(self) -> None: ...
+    def terminated(self) -> None: ...
+    def expired(self, count: int) -> None: ...
+    def received(self, size: int) -> None: ...
+    def patched(self, outcome: str) -> None: ...
+
+
+class _Unobserved:
+    def created(self) -> None:
+        pass
+
+    def finished(self) -> None:
+        pass
+
+    def terminated(self) -> None:
+        pass
+
+    def expired(self, count: int) -> None:
+        pass
+
+    def received(self, size: int) -> None:
+        pass
+
+    def patched(self, outcome: str) -> None:
+        pass
+
+
 class ResumableUploads:
     """The service's resumable uploads, for the tus handlers (web/tus.py)."""
 
     def __init__(
-        self, store: CsvStore, partials: PartialStore | None, limits: UploadLimits, expiry: float
+        self,
+        store: CsvStore,
+        partials: PartialStore | None,
+        limits: UploadLimits,
+        expiry: float,
+        events: TusEvents | None = None,
     ) -> None:
         self.store = store
         self.partials = partials
         self.limits = limits
         self.expiry = expiry
         self.analyses = LiveAnalyses()
+        self.events: TusEvents = events or _Unobserved()
 
     @classmethod
-    def of(cls, store: CsvStore, limits: UploadLimits, expiry: float) -> ResumableUploads:
-        return cls(store, store.partials, limits, expiry)
+    def of(
+        cls, store: CsvStore, limits: UploadLimits, expiry: float, events: TusEvents | None = None
+    ) -> ResumableUploads:
+        return cls(store, store.partials, limits, expiry, events)
 
     @property
     def available(self) -> bool:
@@ -157,13 +196,16 @@ class ResumableUploads:
         )
         await partials.create(state)
         if first is None and length:
+            self.events.created()
             return state
         try:
-            return await self.patch(state.id, 0, first or Body(_nothing(), 0, present=False))
+            done = await self._patch(state.id, 0, first or Body(_nothing(), 0, present=False))
         except Exception:
             # Refused: the client never learns the upload's address, so it goes now.
             await self._remove_refused(state.id)
             raise
+        self.events.created()
+        return done
 
     async def _remove_refused(self, upload_id: str) -> None:
         try:
@@ -182,6 +224,7 @@ class ResumableUploads:
     async def terminate(self, upload_id: str) -> None:
         if not await self.require().remove(upload_id):
             raise _upload_not_found(upload_id)
+        self.events.terminated()
 
     async def _require_live_session(self, state: PartialState) -> None:
         if await self.store.session_exists(state.session_id):
@@ -193,6 +236,21 @@ class ResumableUploads:
         )
 
     async def patch(self, upload_id: str, offset: int, body: Body) -> PartialState:
+        try:
+            state = await self._patch(upload_id, offset, body)
+        except CsvstoreError as exc:
+            self.events.patched(exc.reason)
+            raise
+        except (ClientGone, asyncio.CancelledError):
+            self.events.patched("interrupted")
+            raise
+        except Exception:
+            self.events.patched("error")
+            raise
+        self.events.patched("completed" if state.completed else "partial")
+        return state
+
+    async def _patch(self, upload_id: str, offset: int, body: Body) -> PartialState:
         """Append the body at ``offset``, completing the upload at its last byte; shielded, so
         however the request ends what arrived is saved and the lock released."""
         partials = self.require()
@@ -325,6 +383,7 @@ class ResumableUploads:
                 live.analysis = None  # it has seen a block the file may not hold
                 raise
             live.offset += len(block)
+            self.events.received(len(block))
             if hasher is None and hold.pending >= CHECKPOINT_BYTES and hold.received < end:
                 await hold.checkpoint(expires_at=time.time() + self.expiry)
 
@@ -415,6 +474,7 @@ class ResumableUploads:
             expires_at=time.time() + self.expiry,
         )
         await hold.finish(done)
+        self.events.finished()
         log.info(
             "tus upload %s complete: file %s; %d bytes %s in %.2f s, published in %.2f s",
             state.id,
@@ -435,6 +495,7 @@ class ResumableUploads:
                 log.exception("sweep of expired resumable uploads failed")
             else:
                 if removed:
+                    self.events.expired(removed)
                     log.info("removed %d expired resumable upload(s)", removed)
             await asyncio.sleep(interval)
 

@@ -25,6 +25,7 @@ from aiohttp.http_exceptions import BadHttpMethod
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from csvstore import metrics
 from csvstore.config import Settings
 from csvstore.maintenance.reconcile import startup_check
 from csvstore.web.app import create_app
@@ -202,7 +203,12 @@ def serve(settings: Settings) -> None:
         run_worker(settings, startup_check=True, reuse_port=False)
         return
     asyncio.run(_prepare(settings))
+    _metrics_summed_over_workers(settings)
     sys.exit(Supervisor(settings).run())
+
+
+def _metrics_summed_over_workers(settings: Settings) -> None:
+    metrics.prepare_multiprocess(settings.data_dir / "tmp" / "metrics")
 
 
 # A dead worker restarts after a pause doubling with each death in RESTART_WINDOW, so a
@@ -291,6 +297,7 @@ class Supervisor:
             if pid == 0:
                 break
             self.workers.discard(pid)
+            metrics.worker_died(pid)
             code = os.waitstatus_to_exitcode(status)
             if self.stopping is not None:
                 if code != 0:
@@ -326,6 +333,7 @@ class Supervisor:
                 signal.set_wakeup_fd(-1)
                 os.close(self._wake[0])
                 os.close(self._wake[1])
+                metrics.use_multiprocess()
                 run_worker(
                     self.settings,
                     startup_check=False,

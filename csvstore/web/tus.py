@@ -26,7 +26,7 @@ from csvstore.resumable.engine import Body, ChecksumMismatchAt, Conflict, Resuma
 from csvstore.resumable.local import PartialState
 from csvstore.uploads import UploadLimits
 from csvstore.web.body import body_chunks
-from csvstore.web.keys import LIMITS_KEY, SETTINGS_KEY, STORE_KEY
+from csvstore.web.keys import LIMITS_KEY, METRICS_KEY, SETTINGS_KEY, STORE_KEY
 from csvstore.web.observability import UPLOADED_BYTES
 from csvstore.web.schemas import UploadForm, UploadOptions, load
 from csvstore.web.security import TUS_EXPOSE_HEADERS, TUS_REQUEST_HEADERS
@@ -328,7 +328,9 @@ async def add_tus_resumable(request: web.Request, response: web.StreamResponse) 
 
 async def _engine_and_sweeper(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
-    engine = ResumableUploads.of(app[STORE_KEY], app[LIMITS_KEY], settings.tus_expiry)
+    engine = ResumableUploads.of(
+        app[STORE_KEY], app[LIMITS_KEY], settings.tus_expiry, app[METRICS_KEY].tus
+    )
     app[ENGINE_KEY] = engine
     if not engine.available:
         yield

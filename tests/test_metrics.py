@@ -1,0 +1,147 @@
+"""What /metrics tells: every upload path, tus events, and one scrape summing every
+worker of a --workers 2 server."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import requests
+
+from csvstore import __version__
+from tests.conftest import Client, csv_bytes, upload_form
+from tests.serverproc import ServerProcess
+
+TUS = "/api/csv/tus/"
+V = {"Tus-Resumable": "1.0.0"}
+CREATED = re.compile(r"^\w+_created[{ ]", re.MULTILINE)  # a counter's creation time
+PATCH = {**V, "Content-Type": "application/offset+octet-stream"}
+
+
+def _meta(**values: str) -> str:
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in values.items())
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if re.split(r"[{ ]", line, maxsplit=1)[0] == name and all(
+            f'{k}="{v}"' in line for k, v in labels.items()
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name} {labels} in:\n{text[:3000]}")
+
+
+async def _scrape(client: Client) -> str:
+    reply = await client.get("/metrics")
+    assert reply.status == 200
+    return await reply.text()
+
+
+async def test_tus_counters_and_uploaded_bytes(client: Client, session: str) -> None:
+    data = csv_bytes(200)
+    headers = {**V, "Upload-Length": str(len(data))}
+    meta = _meta(session_id=session, filename="t.csv")
+    created = await client.post(TUS, headers={**headers, "Upload-Metadata": meta})
+    assert created.status == 201
+    url = created.headers["Location"]
+    half = len(data) // 2
+    first = await client.patch(url, data=data[:half], headers={**PATCH, "Upload-Offset": "0"})
+    assert first.status == 204
+    stale = await client.patch(url, data=data[half:], headers={**PATCH, "Upload-Offset": "1"})
+    assert stale.status == 409
+    rest = await client.patch(url, data=data[half:], headers={**PATCH, "Upload-Offset": str(half)})
+    assert rest.status == 204
+    gone = await client.post(TUS, headers={**headers, "Upload-Metadata": meta})
+    assert (await client.delete(gone.headers["Location"], headers=V)).status == 204
+    # and one multipart upload beside them
+    assert (await client.post("/api/csv/upload", data=upload_form(data))).status == 201
+
+    text = await _scrape(client)
+    assert sample(text, "csvstore_tus_uploads_created_total") == 2
+    assert sample(text, "csvstore_tus_uploads_finished_total") == 1
+    assert sample(text, "csvstore_tus_uploads_terminated_total") == 1
+    assert sample(text, "csvstore_tus_uploads_expired_total") == 0
+    assert sample(text, "csvstore_tus_received_bytes_total") == len(data)
+    assert sample(text, "csvstore_tus_patches_total", outcome="partial") == 1
+    assert sample(text, "csvstore_tus_patches_total", outcome="completed") == 1
+    assert sample(text, "csvstore_tus_patches_total", outcome="offset_conflict") == 1
+    assert sample(text, "csvstore_uploaded_bytes_total") == 2 * len(data)  # tus + multipart
+
+
+async def test_no_created_series_and_process_and_build_info(client: Client) -> None:
+    text = await _scrape(client)
+    assert not CREATED.search(text)
+    assert sample(text, "csvstore_build_info", version=__version__) == 1
+    assert sample(text, "process_resident_memory_bytes") > 0
+    assert sample(text, "process_open_fds") > 0
+    assert sample(text, "python_info", implementation="CPython") == 1
+
+
+def test_a_scrape_sums_every_worker(tmp_path: Path) -> None:
+    """Uploads on fresh connections until both workers of a --workers 2 server have taken
+    some (a made request id starts with its worker's prefix); then every scrape, whichever
+    worker answers it, counts all of them. One worker is then killed: what it counted stays."""
+    server = ServerProcess(tmp_path / "data", "--workers", "2")
+    server.start()
+    try:
+        assert (
+            requests.post(
+                f"{server.url}/api/csv/sessions", json={"session_id": "s"}, timeout=10
+            ).status_code
+            == 201
+        )
+        data = csv_bytes(50)
+        by_worker: dict[str, int] = {}
+        deadline = time.monotonic() + 30
+        while (len(by_worker) < 2 or sum(by_worker.values()) < 6) and time.monotonic() < deadline:
+            n = sum(by_worker.values())
+            reply = requests.post(
+                f"{server.url}/api/csv/upload",
+                files={"file": (f"f{n}.csv", data, "text/csv")},
+                data={"session_id": "s"},
+                headers={"Connection": "close"},
+                timeout=10,
+            )
+            assert reply.status_code == 201, reply.text
+            prefix = reply.headers["X-Request-ID"][:16]
+            by_worker[prefix] = by_worker.get(prefix, 0) + 1
+        assert len(by_worker) == 2, by_worker
+        uploads = sum(by_worker.values())
+
+        def scrape() -> str:
+            reply = requests.get(
+                f"{server.url}/metrics", headers={"Connection": "close"}, timeout=10
+            )
+            assert reply.status_code == 200
+            return reply.text
+
+        for _ in range(6):  # fresh connections: both workers answer some of these
+            text = scrape()
+            route = {"method": "POST", "route": "/api/csv/upload", "status": "201"}
+            assert sample(text, "csvstore_http_requests_total", **route) == uploads
+            assert sample(text, "csvstore_uploaded_bytes_total") == uploads * len(data)
+            assert sample(text, "csvstore_uploads_in_flight") == 0
+            assert not CREATED.search(text)
+            assert sample(text, "csvstore_build_info", version=__version__) == 1
+
+        assert server.proc is not None
+        workers = (
+            Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
+        )
+        assert len(workers) == 2
+        os.kill(int(workers[0]), signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while "in place of the one that died" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        for _ in range(4):
+            text = scrape()
+            assert sample(text, "csvstore_uploaded_bytes_total") == uploads * len(data)
+            assert sample(text, "csvstore_worker_restarts_total") == 1
+    finally:
+        assert server.stop() == 0
+    assert not re.search(r"Traceback", server.log()), server.log()
