@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from csvstore.db.postgres import PoolReconnects
 from csvstore.identity import StoreMismatch, check_placement
 from csvstore.maintenance.migrate import MigrationError, migrate, shared_storage
 from csvstore.maintenance.reconcile import TEMP_MIN_AGE, CheckReport, reconcile
+from csvstore.timeutil import format_utc
 from csvstore.web.observability import ClientProtocolErrors
 from csvstore.web.security import check_bind_is_safe, load_keys
 from csvstore.web.server import serve
@@ -171,6 +173,10 @@ def run_check(argv: Sequence[str]) -> int:
     return 1 if report.problems else 0
 
 
+def _rfc3339_utc(record: logging.LogRecord, datefmt: str | None = None) -> str:
+    return format_utc(datetime.fromtimestamp(record.created, UTC))
+
+
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler()
     if settings.log_format == "json":
@@ -182,6 +188,7 @@ def configure_logging(settings: Settings) -> None:
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
             )
         )
+        handler.formatter.formatTime = _rfc3339_utc  # type: ignore[union-attr,method-assign]
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)

@@ -1,15 +1,20 @@
-"""What /metrics tells: every upload path, tus events, and one scrape summing every
-worker of a --workers 2 server."""
+"""What /metrics and the access log tell: every upload path, tus events, streamed bodies,
+and one scrape summing every worker of a --workers 2 server."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import io
+import logging
 import os
 import re
 import signal
 import time
+import zipfile
 from pathlib import Path
 
+import pytest
 import requests
 
 from csvstore import __version__
@@ -79,6 +84,50 @@ async def test_no_created_series_and_process_and_build_info(client: Client) -> N
     assert sample(text, "process_resident_memory_bytes") > 0
     assert sample(text, "process_open_fds") > 0
     assert sample(text, "python_info", implementation="CPython") == 1
+
+
+async def _access_lines(caplog: pytest.LogCaptureFixture, path: str) -> list[logging.LogRecord]:
+    """The line is written once the body is sent, which may be just after the client has
+    read it all."""
+    for _ in range(100):
+        lines = [r for r in caplog.records if r.name == "csvstore.access" and r.path == path]  # type: ignore[attr-defined]
+        if lines:
+            return lines
+        await asyncio.sleep(0.01)
+    return []
+
+
+async def test_streamed_bodies_are_logged_and_counted_as_sent(
+    client: Client, session: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An archive (chunked, no length before it is sent), the page (a file response sent
+    after the handler returns) and a file's content: the line's bytes are those received."""
+    caplog.set_level(logging.INFO, logger="csvstore.access")
+    data = csv_bytes(3000)
+    for name in ("a.csv", "b.csv"):
+        form = upload_form(data, filename=name)
+        assert (await client.post("/api/csv/upload", data=form)).status == 201
+    archive_path = f"/api/csv/sessions/{session}/archive"
+    archive = await client.get(archive_path, headers={"User-Agent": "probe/1.0 (metrics test)"})
+    assert archive.status == 200
+    received = await archive.read()
+    assert zipfile.ZipFile(io.BytesIO(received)).namelist()
+    page = await client.get("/")
+    page_body = await page.read()
+    assert page.status == 200
+    assert page_body
+
+    (line,) = await _access_lines(caplog, archive_path)
+    assert line.bytes == len(received)  # type: ignore[attr-defined]
+    assert line.user_agent == "probe/1.0 (metrics test)"  # type: ignore[attr-defined]
+    message = line.getMessage()
+    assert f" 200 {len(received)}B " in message
+    assert message.endswith(" ua=probe/1.0 (metrics test)")
+    (page_line,) = await _access_lines(caplog, "/")
+    assert page_line.bytes == len(page_body)  # type: ignore[attr-defined]
+
+    text = await _scrape(client)
+    assert sample(text, "csvstore_downloaded_bytes_total") == len(received)
 
 
 def test_a_scrape_sums_every_worker(tmp_path: Path) -> None:

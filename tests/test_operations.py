@@ -110,7 +110,9 @@ def test_json_logs_and_startup_line(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data", "--log-format", "json")
     server.start()
     try:
-        requests.get(f"{server.url}/healthz", timeout=5, headers={"X-Request-ID": "abc"})
+        health = requests.get(
+            f"{server.url}/healthz", timeout=5, headers={"X-Request-ID": "abc", "User-Agent": "k/1"}
+        )
     finally:
         assert server.stop() == 0
     records = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
@@ -121,3 +123,8 @@ def test_json_logs_and_startup_line(tmp_path: Path) -> None:
     assert access["logger"] == "csvstore.access"
     assert access["request_id"] == "abc"
     assert access["status"] == 200
+    assert access["bytes"] == len(health.content)
+    assert access["user_agent"] == "k/1"
+    # RFC 3339 in UTC, whatever the machine's zone
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", access["time"]), access
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", startup["time"])

@@ -4,6 +4,7 @@ registry per application, so per worker), probes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import re
@@ -53,6 +54,22 @@ def rejection_label(reason: str) -> str:
     return reason.replace("-", "_")
 
 
+class _BodyCount:
+    """The writer's on_body_write hook: body bytes, before chunked framing."""
+
+    __slots__ = ("size",)
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def __call__(self, size: int, _output_size: int) -> None:
+        self.size += size
+
+
+async def _already_sent(request: web.BaseRequest) -> None:
+    return None
+
+
 def observe_middleware(metrics: Metrics, kinds: RouteKinds) -> Middleware:
     """Request id, access log line and metrics for every request, whatever its outcome."""
 
@@ -73,14 +90,32 @@ def observe_middleware(metrics: Metrics, kinds: RouteKinds) -> Middleware:
         started = time.perf_counter()
         if is_upload:
             metrics.uploads_in_flight.inc()
+        # Downloads stream (chunked archives, cut transfers): their body bytes are counted
+        # as written; any other response's length is its Content-Length.
+        body_count = _BodyCount() if kind == DOWNLOAD else None
+        if body_count is not None:
+            request.writer.on_body_write = body_count
         response: web.StreamResponse | None = None
         try:
             response = await handler(request)
             response.headers[REQUEST_ID_HEADER] = request_id
+            if not response.prepared:
+                # Sent here, not after the middlewares return: the line tells the whole time.
+                with contextlib.suppress(ConnectionError):
+                    await response.prepare(request)
+                    await response.write_eof()
+                if isinstance(response, web.FileResponse):
+                    response.prepare = _already_sent  # type: ignore[method-assign]  # it'd resend
             return response
         finally:
             elapsed = time.perf_counter() - started
             status = response.status if response is not None else 500
+            if body_count is not None:
+                sent = body_count.size
+            elif response is None or request.method == "HEAD" or status in (204, 304):
+                sent = 0
+            else:
+                sent = response.content_length or 0
             if is_upload:
                 metrics.uploads_in_flight.dec()
                 if status >= 400:
@@ -88,15 +123,13 @@ def observe_middleware(metrics: Metrics, kinds: RouteKinds) -> Middleware:
                     metrics.uploads_rejected.labels(rejection_label(reason)).inc()
                 elif UPLOADED_BYTES in request:
                     metrics.uploaded_bytes.inc(request[UPLOADED_BYTES])
-            if response is not None and kind == DOWNLOAD and status < 300:
-                sent_body = request.method != "HEAD"
-                metrics.downloaded_bytes.inc((response.content_length or 0) if sent_body else 0)
-            # The response is sent after this middleware returns: its declared length.
-            sent = (response.content_length or 0) if response is not None else 0
+            elif sent and kind == DOWNLOAD:
+                metrics.downloaded_bytes.inc(sent)
             metrics.requests.labels(request.method, route, str(status)).inc()
             metrics.latency.labels(request.method, route).observe(elapsed)
+            agent = request.headers.get("User-Agent", "-")
             access_log.info(
-                "%s %s %s %d %dB %.1fms id=%s",
+                "%s %s %s %d %dB %.1fms id=%s ua=%s",
                 request.remote,
                 request.method,
                 request.path_qs,
@@ -104,6 +137,7 @@ def observe_middleware(metrics: Metrics, kinds: RouteKinds) -> Middleware:
                 sent,
                 elapsed * 1000,
                 request_id,
+                agent,
                 extra={
                     "request_id": request_id,
                     "method": request.method,
@@ -113,6 +147,7 @@ def observe_middleware(metrics: Metrics, kinds: RouteKinds) -> Middleware:
                     "bytes": sent,
                     "duration_ms": round(elapsed * 1000, 2),
                     "remote": request.remote,
+                    "user_agent": agent,
                 },
             )
 
