@@ -4,9 +4,10 @@ time every operation into them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,11 +38,18 @@ _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _multiprocess_dir: str | None = None
 
 
-def prepare_multiprocess(path: Path) -> None:
-    """In the supervisor, before forking: an empty folder for the workers' value files."""
+@contextlib.contextmanager
+def summed_over_workers(path: Path) -> Iterator[None]:
+    """In the supervisor, around the workers' lives: an empty folder for their value files,
+    removed when they have all stopped (a figure does not outlive its server)."""
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     os.environ[_MULTIPROC_ENV] = str(path)
+    try:
+        yield
+    finally:
+        del os.environ[_MULTIPROC_ENV]
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def use_multiprocess() -> None:

@@ -191,6 +191,8 @@ def test_a_scrape_sums_every_worker(tmp_path: Path) -> None:
             text = scrape()
             assert sample(text, "csvstore_uploaded_bytes_total") == uploads * len(data)
             assert sample(text, "csvstore_worker_restarts_total") == 1
+        assert (tmp_path / "data" / "tmp" / "metrics").is_dir()
     finally:
         assert server.stop() == 0
     assert not re.search(r"Traceback", server.log()), server.log()
+    assert not (tmp_path / "data" / "tmp" / "metrics").exists()  # no figures outlive it

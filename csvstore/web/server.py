@@ -203,12 +203,9 @@ def serve(settings: Settings) -> None:
         run_worker(settings, startup_check=True, reuse_port=False)
         return
     asyncio.run(_prepare(settings))
-    _metrics_summed_over_workers(settings)
-    sys.exit(Supervisor(settings).run())
-
-
-def _metrics_summed_over_workers(settings: Settings) -> None:
-    metrics.prepare_multiprocess(settings.data_dir / "tmp" / "metrics")
+    with metrics.summed_over_workers(settings.data_dir / "tmp" / "metrics"):
+        code = Supervisor(settings).run()
+    sys.exit(code)
 
 
 # A dead worker restarts after a pause doubling with each death in RESTART_WINDOW, so a
