@@ -358,12 +358,11 @@ def _validated_session_id(value: str) -> str:
 
 
 def _filename_of(part: MultipartSegment) -> str | None:
-    if part.filename is not None:
-        return str(part.filename)
+    # filename* (RFC 8187) when sent is the exact name; filename is taken as sent, unescaped.
     disposition = part.header("Content-Disposition") or ""
     extended = parse_options_header(disposition)[1].get("filename*")
     if not extended:
-        return None
+        return None if part.filename is None else str(part.filename)
     charset, _, rest = str(extended).partition("'")
     _language, _, encoded = rest.partition("'")
     try:
