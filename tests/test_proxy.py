@@ -15,14 +15,18 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin
 
 import pytest
 import requests
+from aiohttp import web
 
+from csvstore.web.proxies import forwarded_middleware, parse_networks
 from tests.serverproc import ServerProcess, free_port
 
 NGINX = shutil.which("nginx") or next(
@@ -300,3 +304,43 @@ def test_the_access_log_names_the_client_the_proxy_saw(server: ServerProcess, ng
     assert f" {CLIENT} GET /api/csv/sessions" in proxied, proxied
     assert " 127.0.0.9 GET /api/csv/sessions" in straight, straight
     assert FORGED not in proxied + straight
+
+
+def test_a_bad_trusted_proxies_value_is_named_by_the_real_process() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "csvstore", "--trusted-proxies", "10.0.0.0/8,proxy.example"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--trusted-proxies: not an IP address or network: 'proxy.example'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("trusted", "headers", "remote", "scheme"),
+    [
+        # The test client's peer is 127.0.0.1.
+        ("127.0.0.1", {"X-Forwarded-For": "198.51.100.7", "X-Forwarded-Proto": "https"},
+         "198.51.100.7", "https"),
+        ("10.0.0.0/8", {"X-Forwarded-For": "198.51.100.7", "X-Forwarded-Proto": "https"},
+         "127.0.0.1", "http"),  # an untrusted peer's headers are ignored
+        ("127.0.0.0/8,10.0.0.0/8", {"X-Forwarded-For": f"{FORGED}, 198.51.100.7, 10.1.2.3"},
+         "198.51.100.7", "http"),  # the rightmost untrusted hop, not what the client wrote
+        ("127.0.0.1,10.0.0.0/8", {"X-Forwarded-For": "junk, 10.1.2.3"}, "10.1.2.3", "http"),
+        ("127.0.0.1", {"X-Forwarded-Proto": "gopher"}, "127.0.0.1", "http"),
+    ],
+)  # fmt: skip
+async def test_the_forwarded_middleware_believes_only_trusted_hops(
+    aiohttp_client: Any, trusted: str, headers: dict[str, str], remote: str, scheme: str
+) -> None:
+    # The real middleware around a handler that shows what the application sees.
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"remote": request.remote, "scheme": request.scheme})
+
+    app = web.Application(middlewares=[forwarded_middleware(parse_networks(trusted))])
+    app.router.add_get("/", echo)
+    client = await aiohttp_client(app)
+    seen = await (await client.get("/", headers=headers)).json()
+    assert seen == {"remote": remote, "scheme": scheme}
