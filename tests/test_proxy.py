@@ -89,7 +89,6 @@ class Nginx:
         self.prefix = prefix
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.body_temp = prefix / "client_body_temp"
         conf = CONF.format(
             user=getpass.getuser(),
             prefix=prefix,
@@ -114,15 +113,16 @@ class Nginx:
                     raise RuntimeError((prefix / "stderr.log").read_text()) from None
                 time.sleep(0.05)
 
-    def spooled(self) -> int:
-        """Bytes in nginx's request body temp files. nginx unlinks them as soon as they are
-        made, so the folder looks empty: the workers' open descriptors show them."""
+    def spooled(self, folder: str = "client_body_temp") -> int:
+        """Bytes in nginx's temp files (request bodies, or proxy_temp: responses). nginx
+        unlinks them as soon as they are made, so the folder looks empty: the workers' open
+        descriptors show them."""
         workers = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
         total = 0
         for pid in [self.proc.pid, *map(int, workers.split())]:
             for fd in Path(f"/proc/{pid}/fd").iterdir():
                 with contextlib.suppress(OSError):
-                    if os.readlink(fd).startswith(str(self.body_temp)):
+                    if os.readlink(fd).startswith(str(self.prefix / folder)):
                         total += fd.stat().st_size
         return total
 
@@ -200,6 +200,18 @@ def test_a_large_upload_streams_through_nginx_unbuffered(
         timeout=60,
     )
     assert max(control) > 0, control
+    # And back: the download streams too (proxy_buffering off), nothing in proxy_temp.
+    file_id = resp.json()["file"]["id"]
+    with requests.get(f"{nginx.url}/api/csv/files/{file_id}/content", stream=True) as down:
+        received, spooled = 0, []
+        for chunk in down.iter_content(MiB):
+            received += len(chunk)
+            if received % (32 * MiB) < MiB:
+                time.sleep(0.1)
+                spooled.append(nginx.spooled("proxy_temp"))
+    assert received == resp.json()["file"]["file_size"]
+    assert len(spooled) >= 4
+    assert spooled == [0] * len(spooled), spooled
 
 
 def test_a_tus_upload_cut_at_the_proxy_resumes(server: ServerProcess, nginx: Nginx) -> None:
