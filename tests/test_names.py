@@ -16,7 +16,9 @@ from urllib.parse import unquote
 
 import pytest
 import requests
+from httpie.downloads import filename_from_content_disposition
 
+from tests.conftest import Client, assert_problem, raw_multipart
 from tests.serverproc import ServerProcess
 
 NAMES = ["report%2041%.csv", "a%2Fb.csv"]
@@ -90,3 +92,55 @@ def test_a_non_ascii_name_downloads_with_curl_as_readable_ascii(
     assert (out / "Leonidas.csv").read_bytes() == BODY
     disposition = requests.get(content, timeout=30).headers["Content-Disposition"]
     assert unquote(disposition.split("filename*=UTF-8''")[1]) == name
+
+
+@pytest.mark.parametrize(
+    ("disposition", "stored"),
+    [
+        # RFC 8187's filename* is the exact name and wins over the fallback next to it.
+        ("filename=\"L.csv\"; filename*=UTF-8''%CE%9B%20%2541.csv", "Λ %41.csv"),
+        ('filename="a%22b.csv"', 'a"b.csv'),  # the WHATWG escape browsers and curl write for "
+        ('filename="a\\"b%20c.csv"', 'a"b%20c.csv'),  # backslash-quoted: no % decoding either
+    ],
+)
+def test_filename_star_and_quoting_rules(
+    server: ServerProcess, disposition: str, stored: str
+) -> None:
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="session_id"\r\n\r\nrequests\r\n'
+        + f'--b\r\nContent-Disposition: form-data; name="file"; {disposition}\r\n'.encode()
+        + b"Content-Type: text/csv\r\n\r\n"
+        + BODY
+        + disposition.encode()
+        + b"\r\n--b--\r\n"
+    )
+    resp = requests.post(
+        f"{server.url}/api/csv/upload",
+        data=body,
+        headers={"Content-Type": "multipart/form-data; boundary=b"},
+        timeout=30,
+    )
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["file"]["original_filename"] == stored
+
+
+def test_a_non_ascii_name_downloads_with_httpie_as_readable_ascii(server: ServerProcess) -> None:
+    files = {"file": ("Ωμέγα.csv", BODY + b"3,c\n", "text/csv")}
+    resp = requests.post(
+        f"{server.url}/api/csv/upload", data={"session_id": "download"}, files=files, timeout=30
+    )
+    file_id = resp.json()["file"]["id"]
+    download = requests.get(f"{server.url}/api/csv/files/{file_id}/content", timeout=30)
+    # httpie --download's own choice of name (it writes to stdout when that is not a tty).
+    chosen = filename_from_content_disposition(download.headers["Content-Disposition"])
+    assert chosen == "Omega.csv"
+
+
+async def test_a_filename_star_in_an_unknown_charset_is_a_400(client: Client, session: str) -> None:
+    body, headers = raw_multipart(
+        ('form-data; name="session_id"', session.encode()),
+        ("form-data; name=\"file\"; filename*=klingon-8''x%FF.csv", BODY),
+    )
+    resp = await client.post("/api/csv/upload", data=body, headers=headers)
+    problem = await assert_problem(resp, 400)
+    assert "filename*" in problem["detail"]
