@@ -147,7 +147,7 @@ async def test_a_filename_star_in_an_unknown_charset_is_a_400(client: Client, se
 
 
 def test_the_ascii_fallback_never_has_a_folder_in_it(server: ServerProcess) -> None:
-    files = {"file": ("½ a∕b.csv", BODY + b"4,d\n", "text/csv")}
+    files = {"file": ("½ a\u2215b.csv", BODY + b"4,d\n", "text/csv")}
     resp = requests.post(
         f"{server.url}/api/csv/upload", data={"session_id": "download"}, files=files, timeout=30
     )
@@ -155,4 +155,4 @@ def test_the_ascii_fallback_never_has_a_folder_in_it(server: ServerProcess) -> N
     download = requests.get(f"{server.url}/api/csv/files/{file_id}/content", timeout=30)
     disposition = download.headers["Content-Disposition"]
     assert 'filename="1_2 a_b.csv"' in disposition
-    assert unquote(disposition.split("filename*=UTF-8''")[1]) == "½ a∕b.csv"
+    assert unquote(disposition.split("filename*=UTF-8''")[1]) == "½ a\u2215b.csv"
