@@ -3,6 +3,7 @@ the flag ``--name`` and the variable ``CSVSTORE_NAME`` (docs/settings.md)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -115,6 +116,16 @@ def parse_s3_url(url: str) -> tuple[str, str]:
         )
     prefix = prefix.strip("/")
     return bucket, f"{prefix}/" if prefix else ""
+
+
+def check_networks(text: str) -> str:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"not an IP address or network: {item!r}") from None
+    return ",".join(items)
 
 
 def check_storage(value: str) -> str:
@@ -466,6 +477,16 @@ class Settings:
             "comma-separated origins allowed to call the API from a browser (CORS); "
             "empty = CORS off",
             SECURITY,
+        ),
+    )
+    trusted_proxies: str = field(
+        default="",
+        metadata=_setting(
+            "comma-separated addresses or networks (127.0.0.1, 10.0.0.0/8) of reverse proxies "
+            "whose X-Forwarded-For and X-Forwarded-Proto give the client's address and scheme; "
+            "empty = the headers are ignored",
+            SECURITY,
+            check_networks,
         ),
     )
 

@@ -152,7 +152,7 @@ def upload_form(
     if isinstance(data, bytes):
         # aiohttp warns (an error here) about large raw bytes bodies; a stream is fine.
         data = io.BytesIO(data)
-    form = FormData()
+    form = FormData(quote_fields=False)  # names raw, as curl sends them
     if session_id is not None and session_first:
         form.add_field("session_id", session_id)
     form.add_field("file", data, filename=filename, content_type=content_type)

@@ -81,7 +81,7 @@ def test_any_utf8_text_is_accepted_in_any_chunking(text: str, size: int) -> None
         ("data.csv", "data.csv"),
         ("a/b/c.CSV", "c.CSV"),
         ("..\\x.csv", "x.csv"),
-        ("%2E%2E%2Fy.csv", "y.csv"),
+        ("%2E%2E%2Fy.csv", "%2E%2E%2Fy.csv"),  # as sent: no percent-decoding
     ],
 )
 def test_clean_filename(raw: str, clean: str) -> None:

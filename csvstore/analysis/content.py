@@ -8,7 +8,6 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import unquote
 
 from csvstore.analysis.projection import profilable
 from csvstore.errors import BadRequest, NotACsv
@@ -48,13 +47,14 @@ MAX_FILENAME_LENGTH = 255
 
 
 def clean_filename(raw: str | None) -> str:
-    """The original file name, safe to store and echo: percent-escapes decoded first (clients
-    escape ``/``), then the last path component, no control characters, bounded."""
+    """The original file name, safe to store and echo: as sent (a literal ``%2F`` is a name, not
+    an escape: curl, requests and httpie send names raw), its last path component, no control
+    characters, bounded."""
     if raw is None:
         raise NotACsv(
             "the file part has no filename: send it as a file, e.g. curl -F file=@data.csv"
         )
-    name = unquote(raw).replace("\\", "/").rsplit("/", 1)[-1]
+    name = raw.replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip()
     if name in {"", ".", ".."}:
         raise NotACsv("the file name is empty once its folders are removed")

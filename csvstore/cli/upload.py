@@ -139,7 +139,10 @@ class MultipartUpload:
         if options.encoding:  # before the file: the server checks the bytes as they stream
             form.append_payload(_field("encoding", options.encoding))
         file_part = _SizedStream(chunks, source.size, "text/csv")
-        file_part.set_content_disposition("form-data", name="file", filename=source.name)
+        # quote_fields=False: the name raw, as curl sends it (the server does not percent-decode)
+        file_part.set_content_disposition(
+            "form-data", quote_fields=False, name="file", filename=source.name
+        )
         form.append_payload(file_part)
         if options.sha256:
             digest_part = _SizedStream(reader.hex_digest(), 64, "text/plain")

@@ -28,6 +28,7 @@ from csvstore.web.keys import (
 from csvstore.web.observability import observe_middleware
 from csvstore.web.openapi import setup_openapi
 from csvstore.web.problems import error_middleware
+from csvstore.web.proxies import forwarded_middleware, parse_networks
 from csvstore.web.routes import route_kinds, setup_routes
 from csvstore.web.security import add_security_headers, auth_middleware, load_keys, setup_cors
 from csvstore.web.tus import setup_tus
@@ -60,6 +61,9 @@ def create_app(
     ]
     if keys:
         middlewares.append(auth_middleware(keys))
+    if settings.trusted_proxies:
+        # First: every other middleware (access log, limits) sees the client's address.
+        middlewares.insert(0, forwarded_middleware(parse_networks(settings.trusted_proxies)))
     app = web.Application(middlewares=middlewares, client_max_size=JSON_BODY_LIMIT)
     app.on_response_prepare.append(add_security_headers)
     app[INFLIGHT_KEY] = inflight

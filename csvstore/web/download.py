@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
+from anyascii import anyascii
 from stream_zip import ZIP_64, async_stream_zip
 
 from csvstore.errors import RangeNotSatisfiable, StoredFileUnavailable
@@ -105,8 +106,11 @@ def _etag_matches(header: str, etag: str) -> bool:
 
 def content_disposition(original_filename: str, disposition: str = "attachment") -> str:
     """RFC 6266: an ASCII fallback and the exact name in ``filename*`` (RFC 8187)."""
+    # Transliterated (Λεωνίδας.csv -> Leonidas.csv) for clients that ignore filename*, curl -OJ;
+    # no '/' (½ -> 1/2): a client could take it for a folder.
     fallback = "".join(
-        ch if 0x20 <= ord(ch) < 0x7F and ch not in '"\\%' else "_" for ch in original_filename
+        ch if 0x20 <= ord(ch) < 0x7F and ch not in '"\\%/' else "_"
+        for ch in anyascii(original_filename)
     )
     return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(original_filename)}"
 

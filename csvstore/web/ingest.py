@@ -319,6 +319,7 @@ _OVERLAP_MIN = 256 * 1024
 
 
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
+_FILENAME_STAR = re.compile(r";\s*filename\*\s*=\s*([^;\s]+)", re.IGNORECASE)
 _OPTION_FIELDS = frozenset(UploadOptions().fields)
 _upload_options = UploadOptions()
 
@@ -358,13 +359,12 @@ def _validated_session_id(value: str) -> str:
 
 
 def _filename_of(part: MultipartSegment) -> str | None:
-    if part.filename is not None:
-        return str(part.filename)
-    disposition = part.header("Content-Disposition") or ""
-    extended = parse_options_header(disposition)[1].get("filename*")
-    if not extended:
-        return None
-    charset, _, rest = str(extended).partition("'")
+    # filename* (RFC 8187) when sent is the exact name; filename is taken as sent, unescaped.
+    # multipart's option parser skips names with '*': filename* is read here.
+    extended = _FILENAME_STAR.search(part.header("Content-Disposition") or "")
+    if extended is None:
+        return None if part.filename is None else str(part.filename)
+    charset, _, rest = extended.group(1).partition("'")
     _language, _, encoded = rest.partition("'")
     try:
         return unquote(encoded, encoding=charset or "utf-8", errors="strict")
