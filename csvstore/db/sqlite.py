@@ -155,6 +155,16 @@ class _Outcome:
     error: Exception | None = None
 
 
+def _settle(batch: list[_Pending], outcomes: list[_Outcome]) -> None:
+    for pending, outcome in zip(batch, outcomes, strict=True):
+        if pending.future.done():
+            continue
+        if outcome.error is not None:
+            pending.future.set_exception(outcome.error)
+        else:
+            pending.future.set_result(outcome.value)
+
+
 class SqliteDatabase:
     """SQLite in WAL mode: one writer task with group commit, a few read connections."""
 
@@ -303,27 +313,26 @@ class SqliteDatabase:
                     stopping = True
                     break
                 batch.append(item)
-            # Writes that need no fsync commit first, apart, so they never wait for one.
+            # Writes that need no fsync commit first, apart, and are answered at once: they
+            # never wait for the fsync of the durable writes that follow in the same hop.
             lazy = [pending for pending in batch if not pending.durable]
             durable = [pending for pending in batch if pending.durable]
-            for part, full in ((lazy, False), (durable, True)):
-                if part:
-                    await self._commit(part, full=full)
+            try:
+                outcomes = await self._on_writer_thread(
+                    self._run_split, asyncio.get_running_loop(), lazy, durable
+                )
+            except Exception as exc:  # the thread itself failed: every caller hears why
+                durable, outcomes = batch, [_Outcome(error=exc)] * len(batch)
+            _settle(durable, outcomes)
 
-    async def _commit(self, batch: list[_Pending], *, full: bool) -> None:
-        try:
-            outcomes = await self._on_writer_thread(
-                self._run_batch, [pending.op for pending in batch], full
-            )
-        except Exception as exc:  # the thread itself failed: every caller hears why
-            outcomes = [_Outcome(error=exc)] * len(batch)
-        for pending, outcome in zip(batch, outcomes, strict=True):
-            if pending.future.done():
-                continue
-            if outcome.error is not None:
-                pending.future.set_exception(outcome.error)
-            else:
-                pending.future.set_result(outcome.value)
+    def _run_split(
+        self, loop: asyncio.AbstractEventLoop, lazy: list[_Pending], durable: list[_Pending]
+    ) -> list[_Outcome]:
+        """On the write thread: ``lazy`` committed and answered, then ``durable``'s outcomes."""
+        if lazy:
+            done = self._run_batch([pending.op for pending in lazy], full=False)
+            loop.call_soon_threadsafe(_settle, lazy, done)
+        return self._run_batch([pending.op for pending in durable]) if durable else []
 
     def _run_batch(self, ops: list[Operation[Any]], full: bool = True) -> list[_Outcome]:
         """On the write thread: the batch in one transaction, or each alone if one fails."""
