@@ -222,9 +222,9 @@ class TimedDatabase:
         with self._read.time():
             return await self.inner.read(op)
 
-    async def write(self, op: Operation[T]) -> T:
+    async def write(self, op: Operation[T], *, durable: bool = True) -> T:
         with self._write.time():
-            return await self.inner.write(op)
+            return await self.inner.write(op, durable=durable)
 
     async def integrity_check(self) -> list[str]:
         return await self.inner.integrity_check()

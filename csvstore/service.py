@@ -247,7 +247,8 @@ class CsvStore:
             self._repo.add_intent, storage_key=writer.key, owner=this_owner()
         )
         try:
-            await self._patiently(lambda: self._db.write(add_intent))
+            # Needs visibility, not durability: a power cut ends its owner too.
+            await self._patiently(lambda: self._db.write(add_intent, durable=False))
         except BaseException:
             await writer.abort()
             raise

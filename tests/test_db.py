@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sqlite3
 import threading
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from csvstore.analysis.stream import FileFacts
-from csvstore.db.queries import SQL_DIR, Queries, load_migrations, parse_queries
+from csvstore.db.queries import SQL_DIR, Queries, Query, load_migrations, parse_queries
+from csvstore.db.repo import Repo
 from csvstore.db.sqlite import Executor, SqliteDatabase, split_statements
 from csvstore.errors import InsufficientStorage
 from csvstore.maintenance.reconcile import startup_check
@@ -201,3 +203,53 @@ async def _run_with_max_pages(db: SqliteDatabase) -> Exception | None:
     except Exception as exc:
         return exc
     return None
+
+
+_SYNCHRONOUS = Query(name="synchronous", sql="PRAGMA synchronous", returns_one=True)
+
+
+async def _synchronous(x: Executor) -> int:
+    row = await x.one(_SYNCHRONOUS)
+    assert row is not None
+    return int(row["synchronous"])
+
+
+@pytest.mark.parametrize("full", [True, False])
+async def test_a_write_that_needs_no_fsync_is_visible_at_once_and_never_waits_for_one(
+    tmp_path: Path, full: bool
+) -> None:
+    """Upload intents (durable=False) commit under synchronous=NORMAL, ahead of the durable
+    writes queued with them; every durable write still commits under FULL, even right after."""
+    db = SqliteDatabase(tmp_path / "csvstore.db", synchronous_full=full)
+    await db.open()
+    key = f"{uuid.uuid4()}.csv"
+    try:
+        order: list[str] = []
+
+        async def durable(i: int) -> int:
+            level = await db.write(_synchronous)
+            order.append(f"durable{i}")
+            return level
+
+        async def intent(x: Executor) -> int:
+            await Repo(db.queries).add_intent(x, key, "owner")
+            return await _synchronous(x)
+
+        async def lazy() -> int:
+            level = await db.write(intent, durable=False)
+            order.append("lazy")
+            # Another connection (another process's check) sees it as soon as it returns.
+            with contextlib.closing(sqlite3.connect(tmp_path / "csvstore.db")) as other:
+                seen = other.execute("SELECT storage_key FROM upload_intents").fetchall()
+            assert seen == [(key,)]
+            return level
+
+        # The queue fills while the writer is busy, so all six make one batch.
+        levels = await asyncio.gather(*(durable(i) for i in range(5)), lazy())
+        # Under FULL it commits first, not behind the durable writes' fsync; under NORMAL
+        # (--durability fast) no write waits for an fsync, so one batch keeps queue order.
+        assert order.index("lazy") == (0 if full else 5)
+        assert levels == ([2] * 5 + [1] if full else [1] * 6)  # 2 = FULL, 1 = NORMAL
+        assert await db.write(_synchronous) == (2 if full else 1)
+    finally:
+        await db.close()

@@ -225,7 +225,10 @@ class PostgresDatabase:
         async with _reachable(), self._acquire() as conn:
             return await op(self._executor(conn))
 
-    async def write(self, op: Operation[T]) -> T:
+    async def write(self, op: Operation[T], *, durable: bool = True) -> T:
+        # Always durable: the server can crash and lose an unflushed intent while its
+        # owner lives on and publishes (docs/design/intents.md).
+        del durable
         for attempt in range(1, self.MAX_ATTEMPTS + 1):
             try:
                 async with _reachable(), self._acquire() as conn:

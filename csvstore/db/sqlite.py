@@ -47,7 +47,10 @@ class Database(Protocol):
 
     async def read(self, op: Operation[T]) -> T: ...
 
-    async def write(self, op: Operation[T]) -> T: ...
+    async def write(self, op: Operation[T], *, durable: bool = True) -> T:
+        """``op`` in a write transaction. ``durable=False``: visible to every connection
+        once it returns, but on SQLite a power cut may take it back (docs/design/intents.md)."""
+        ...
 
     async def integrity_check(self) -> list[str]:
         """The engine's own consistency check; ``["ok"]`` when all is well."""
@@ -143,12 +146,23 @@ def split_statements(script: str) -> list[str]:
 class _Pending:
     op: Operation[Any]
     future: asyncio.Future[Any]
+    durable: bool
 
 
 @dataclass(frozen=True, slots=True)
 class _Outcome:
     value: Any = None
     error: Exception | None = None
+
+
+def _settle(batch: list[_Pending], outcomes: list[_Outcome]) -> None:
+    for pending, outcome in zip(batch, outcomes, strict=True):
+        if pending.future.done():
+            continue
+        if outcome.error is not None:
+            pending.future.set_exception(outcome.error)
+        else:
+            pending.future.set_result(outcome.value)
 
 
 class SqliteDatabase:
@@ -171,6 +185,7 @@ class SqliteDatabase:
         self._reader_count = readers
         self._synchronous_full = synchronous_full
         self._writer: sqlite3.Connection | None = None
+        self._writer_full = synchronous_full  # the writer connection's synchronous setting
         self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._readers: list[aiosqlite.Connection] = []
         self._next_reader = 0
@@ -278,11 +293,11 @@ class SqliteDatabase:
         self._next_reader = (self._next_reader + 1) % len(self._readers)
         return await op(_SqliteExecutor(conn))
 
-    async def write(self, op: Operation[T]) -> T:
+    async def write(self, op: Operation[T], *, durable: bool = True) -> T:
         if self._writer_task is None or self._writer_task.done():
             raise RuntimeError("the database is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(op, future))
+        self._queue.put_nowait(_Pending(op, future, durable or not self._synchronous_full))
         return await future
 
     async def _write_loop(self) -> None:
@@ -298,26 +313,41 @@ class SqliteDatabase:
                     stopping = True
                     break
                 batch.append(item)
+            # Writes that need no fsync commit first, apart, and are answered at once: they
+            # never wait for the fsync of the durable writes that follow in the same hop.
+            lazy = [pending for pending in batch if not pending.durable]
+            durable = [pending for pending in batch if pending.durable]
             try:
                 outcomes = await self._on_writer_thread(
-                    self._run_batch, [pending.op for pending in batch]
+                    self._run_split, asyncio.get_running_loop(), lazy, durable
                 )
             except Exception as exc:  # the thread itself failed: every caller hears why
-                outcomes = [_Outcome(error=exc)] * len(batch)
-            for pending, outcome in zip(batch, outcomes, strict=True):
-                if pending.future.done():
-                    continue
-                if outcome.error is not None:
-                    pending.future.set_exception(outcome.error)
-                else:
-                    pending.future.set_result(outcome.value)
+                durable, outcomes = batch, [_Outcome(error=exc)] * len(batch)
+            _settle(durable, outcomes)
 
-    def _run_batch(self, ops: list[Operation[Any]]) -> list[_Outcome]:
+    def _run_split(
+        self, loop: asyncio.AbstractEventLoop, lazy: list[_Pending], durable: list[_Pending]
+    ) -> list[_Outcome]:
+        """On the write thread: ``lazy`` committed and answered, then ``durable``'s outcomes."""
+        if lazy:
+            done = self._run_batch([pending.op for pending in lazy], full=False)
+            loop.call_soon_threadsafe(_settle, lazy, done)
+        return self._run_batch([pending.op for pending in durable]) if durable else []
+
+    def _run_batch(self, ops: list[Operation[Any]], full: bool = True) -> list[_Outcome]:
         """On the write thread: the batch in one transaction, or each alone if one fails."""
         conn = self._writer
         assert conn is not None
         executor = _ThreadExecutor(conn)
+        full = full and self._synchronous_full
         try:
+            if full != self._writer_full:
+                # NORMAL in WAL mode: the commit skips its fsync; the next FULL commit's fsync
+                # of the WAL covers it, and checkpoints still sync (no committed write is lost).
+                q = self.queries
+                pragma = q.pragma_synchronous_full if full else q.pragma_synchronous_normal
+                conn.execute(pragma.sql)
+                self._writer_full = full
             conn.execute(self.queries.begin_immediate.sql)
             try:
                 results: list[Any] = [_run_to_end(op(executor)) for op in ops]
@@ -330,7 +360,7 @@ class SqliteDatabase:
             if len(ops) == 1:
                 return [_Outcome(error=exc)]
             # One failed, so none committed: each alone, so the failure reaches only its caller.
-            return [self._run_batch([op])[0] for op in ops]
+            return [self._run_batch([op], full)[0] for op in ops]
         return [_Outcome(value=result) for result in results]
 
     async def integrity_check(self) -> list[str]:
