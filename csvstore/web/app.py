@@ -25,7 +25,8 @@ from csvstore.web.keys import (
     STARTUP_CHECK_KEY,
     STORE_KEY,
 )
-from csvstore.web.observability import observe_middleware
+from csvstore.web.limits import limits_middleware
+from csvstore.web.observability import UPLOAD, observe_middleware
 from csvstore.web.openapi import setup_openapi
 from csvstore.web.problems import error_middleware
 from csvstore.web.routes import route_kinds, setup_routes
@@ -53,13 +54,20 @@ def create_app(
     metrics = Metrics()
     if worker_restarts is not None:
         metrics.watch_worker_restarts(worker_restarts)
+    kinds = route_kinds()
     middlewares: list[Middleware] = [
         inflight.middleware(),
-        observe_middleware(metrics, route_kinds()),
+        observe_middleware(metrics, kinds),
         error_middleware,
     ]
     if keys:
         middlewares.append(auth_middleware(keys))
+    if settings.rate_limit is not None or settings.max_concurrent_uploads:
+        # After the key check: a client is its verified key, else its address.
+        uploads = {route for route, kind in kinds.items() if kind == UPLOAD}
+        middlewares.append(
+            limits_middleware(settings.rate_limit, settings.max_concurrent_uploads, uploads)
+        )
     app = web.Application(middlewares=middlewares, client_max_size=JSON_BODY_LIMIT)
     app.on_response_prepare.append(add_security_headers)
     app[INFLIGHT_KEY] = inflight

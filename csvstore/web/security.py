@@ -42,6 +42,8 @@ TUS_EXPOSE_HEADERS = (
 )
 PROTECTED_PREFIX = "/api/"
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="csvstore"'}
+# The digest of the request's valid key: whose limits it counts against (web/limits.py).
+API_KEY = web.RequestKey("api_key", bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,7 @@ def auth_middleware(keys: list[ApiKey]) -> Middleware:
             raise Unauthorized("the API key is not valid", headers=_CHALLENGE)
         if key.read_only and request.method not in READ_METHODS:
             raise Forbidden(f"this API key is read-only: {request.method} is not allowed")
+        request[API_KEY] = key.digest
         return await handler(request)
 
     return check_key
