@@ -27,7 +27,7 @@ from csvstore.web.keys import (
 )
 from csvstore.web.limits import limits_middleware
 from csvstore.web.observability import UPLOAD, observe_middleware
-from csvstore.web.openapi import setup_openapi
+from csvstore.web.openapi import Documented, setup_openapi
 from csvstore.web.problems import error_middleware
 from csvstore.web.routes import route_kinds, setup_routes
 from csvstore.web.security import add_security_headers, auth_middleware, load_keys, setup_cors
@@ -86,7 +86,14 @@ def create_app(
     app.cleanup_ctx.append(_journal_flusher)
     setup_routes(app)
     setup_tus(app)
-    setup_openapi(app)
+    setup_openapi(
+        app,
+        Documented(
+            api_keys=bool(keys),
+            rate_limit=settings.rate_limit is not None,
+            upload_limit=bool(settings.max_concurrent_uploads),
+        ),
+    )
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         setup_cors(app, origins)
