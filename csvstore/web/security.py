@@ -141,6 +141,7 @@ def check_bind_is_safe(settings: Settings, keys: list[ApiKey]) -> None:
 # Every response: no MIME sniffing, no framing, no referrer leaks. The API's own answers
 # are data, never pages, so they also get the tightest content policy.
 _COMMON_HEADERS = {
+    "Server": "csvstore",  # not aiohttp's, which names Python's and its own versions
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
@@ -176,6 +177,7 @@ def security_headers(path: str) -> dict[str, str]:
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
     for name, value in security_headers(request.path).items():
         response.headers.setdefault(name, value)
+    response.headers["Server"] = _COMMON_HEADERS["Server"]  # aiohttp set its own already
 
 
 def setup_cors(app: web.Application, origins: list[str]) -> None:
