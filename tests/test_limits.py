@@ -166,6 +166,11 @@ async def test_uploads_in_progress_are_limited_per_client(
         headers={**bearer(KEY_A), "Tus-Resumable": "1.0.0", "Upload-Length": "10"},
     )
     await assert_problem(tus, 429)  # a tus creation is an upload too
+    bare = await client.post(
+        "/api/csv/tus",
+        headers={**bearer(KEY_A), "Tus-Resumable": "1.0.0", "Upload-Length": "10"},
+    )
+    await assert_problem(bare, 429)  # also at the root without its slash
     # Reading is not an upload; another key's upload is its own.
     assert (await client.get(f"{SESSIONS}/s1", headers=bearer(KEY_A))).status == 200
     other = await client.post(
