@@ -275,3 +275,89 @@ def test_the_server_header_of_a_real_process(tmp_path: Path) -> None:
         assert "Python" not in head
     finally:
         assert server.stop() == 0
+
+
+def test_the_container_install_steps_as_an_unprivileged_user(unprivileged_dir: Path) -> None:
+    """The build stage's RUN that installs csvstore, word for word but for its two paths,
+    as nobody with an empty home (no pip cache), then the installed command serves."""
+    lines = containerfile_lines()
+    [install] = [line[4:] for line in lines if line.startswith("RUN python -m venv")]
+    work = unprivileged_dir.parent
+    source = work / "src"
+    # the build context: the checkout's files as git sees them (what a clean clone holds)
+    listed = (
+        subprocess.run(
+            [
+                "git",
+                "-C",
+                str(ROOT),
+                "ls-files",
+                "-z",
+                "--cached",
+                "--others",
+                "--exclude-standard",
+            ],
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    prefix, home = work / "opt", work / "home"
+    home.mkdir()
+    for path in (source, home, work):
+        if os.geteuid() == 0:
+            for found in (path, *path.rglob("*")):
+                os.lchown(found, NOBODY, NOBODY)
+    command = install.replace("/opt/csvstore", str(prefix)).replace("/src", str(source))
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home)}
+    python = _python_for_nobody()
+    done = subprocess.run(
+        _as_nobody(["sh", "-c", command.replace("python ", f"{python} ", 1)]),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    installed = prefix / "bin" / "csvstore"
+    shown = subprocess.run(
+        _as_nobody([str(installed), "--version"]), env=env, capture_output=True, text=True
+    )
+    assert shown.stdout.strip() == f"csvstore {__version__}"
+    assert list((prefix / "lib").glob("python3*/site-packages/csvstore/analysis/_scan*.so"))
+    port = free_port()
+    serve_env = {
+        **env,
+        **_container_env(lines),
+        "CSVSTORE_PORT": str(port),
+        "CSVSTORE_DATA_DIR": str(unprivileged_dir),
+        "CSVSTORE_API_KEYS": KEY,
+        "PATH": f"{prefix / 'bin'}:{env['PATH']}",  # the image's PATH, its venv first
+    }
+    proc = subprocess.Popen(_as_nobody([str(installed)]), env=serve_env, cwd=str(home))
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", proc)
+        auth = {"Authorization": f"Bearer {KEY}"}
+        assert requests.get(f"http://127.0.0.1:{port}/readyz", headers=auth).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+
+def _python_for_nobody() -> str:
+    """The image's python: this interpreter's base if nobody may run it (a pyenv under
+    /root is out of its reach), else the system's."""
+    base = getattr(sys, "_base_executable", sys.executable)
+    for candidate in (base, "/usr/local/bin/python3", "/usr/bin/python3"):
+        if Path(candidate).exists():
+            probe = ["sh", "-c", f"{candidate} -c 'import venv, ensurepip'"]  # as RUN does
+            tried = subprocess.run(_as_nobody(probe), capture_output=True, check=False)
+            if tried.returncode == 0:
+                return candidate
+    raise AssertionError("no python that an unprivileged user may run")
