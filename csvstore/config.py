@@ -166,6 +166,37 @@ def parse_workers(text: str) -> int:
     return workers or (os.cpu_count() or 1)
 
 
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``count`` requests in any ``period`` seconds."""
+
+    count: int
+    period: float
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.period
+
+
+_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_rate_limit(text: str) -> RateLimit | None:
+    """``"10"`` or ``"10/s"``, ``"600/m"``, ``"5000/h"``; ``"0"`` is no limit."""
+    count, slash, unit = text.strip().lower().partition("/")
+    count, unit = count.strip(), unit.strip() if slash else "s"
+    if not (count.isascii() and count.isdigit()) or unit not in _PERIODS:
+        raise ValueError(f"not a rate: {text!r} (use 0 for none, or N/s, N/m, N/h)")
+    return RateLimit(int(count), _PERIODS[unit]) if int(count) else None
+
+
+def format_rate_limit(limit: RateLimit | None) -> str:
+    if limit is None:
+        return "0"
+    unit = next(u for u, seconds in _PERIODS.items() if seconds == limit.period)
+    return f"{limit.count}/{unit}"
+
+
 def _show(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
@@ -404,6 +435,28 @@ class Settings:
             "characters of a cell /rows returns: a longer cell comes back cut, listed in truncated",
             UPLOADS,
             _checked(parse_int, lambda n: n >= 1, "the /rows cell limit is at least 1 character"),
+        ),
+    )
+
+    max_concurrent_uploads: int = field(
+        default=0,
+        metadata=_setting(
+            "uploads (multipart, tus creation and PATCH) one API key, or one client address "
+            "without keys, may have in progress at once; more -> 429; 0 = no limit",
+            UPLOADS,
+            _checked(parse_int, lambda n: n >= 0, "expected 0 (no limit) or more"),
+        ),
+    )
+    rate_limit: RateLimit | None = field(
+        default=None,
+        metadata=_setting(
+            "requests to /api one API key, or one client address without keys, may send: "
+            "N/s, N/m or N/h (a token bucket holding N); more -> 429 with Retry-After; "
+            "0 = no limit; counted per process",
+            UPLOADS,
+            parse_rate_limit,
+            show=format_rate_limit,
+            metavar="RATE",
         ),
     )
 

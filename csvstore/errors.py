@@ -140,6 +140,11 @@ class UploadBeingStored(CsvstoreError):
         )
 
 
+class TooManyRequests(CsvstoreError):
+    status = 429
+    reason = "rate-limited"
+
+
 class ChecksumMismatch(CsvstoreError):
     status = 460  # tus 1.0 checksum extension
     reason = "checksum-mismatch"

@@ -25,8 +25,9 @@ from csvstore.web.keys import (
     STARTUP_CHECK_KEY,
     STORE_KEY,
 )
-from csvstore.web.observability import observe_middleware
-from csvstore.web.openapi import setup_openapi
+from csvstore.web.limits import limits_middleware
+from csvstore.web.observability import UPLOAD, observe_middleware
+from csvstore.web.openapi import Documented, setup_openapi
 from csvstore.web.problems import error_middleware
 from csvstore.web.proxies import forwarded_middleware, parse_networks
 from csvstore.web.routes import route_kinds, setup_routes
@@ -54,9 +55,10 @@ def create_app(
     metrics = Metrics()
     if worker_restarts is not None:
         metrics.watch_worker_restarts(worker_restarts)
+    kinds = route_kinds()
     middlewares: list[Middleware] = [
         inflight.middleware(),
-        observe_middleware(metrics, route_kinds()),
+        observe_middleware(metrics, kinds),
         error_middleware,
     ]
     if keys:
@@ -64,6 +66,13 @@ def create_app(
     if settings.trusted_proxies:
         # First: every other middleware (access log, limits) sees the client's address.
         middlewares.insert(0, forwarded_middleware(parse_networks(settings.trusted_proxies)))
+    if settings.rate_limit is not None or settings.max_concurrent_uploads:
+        # After the key check: a client is its verified key, else its address.
+        uploads = {route for route, kind in kinds.items() if kind == UPLOAD}
+        uploads |= {(method, path.rstrip("/")) for method, path in uploads}  # tus's bare root
+        middlewares.append(
+            limits_middleware(settings.rate_limit, settings.max_concurrent_uploads, uploads)
+        )
     app = web.Application(middlewares=middlewares, client_max_size=JSON_BODY_LIMIT)
     app.on_response_prepare.append(add_security_headers)
     app[INFLIGHT_KEY] = inflight
@@ -82,7 +91,14 @@ def create_app(
     app.cleanup_ctx.append(_journal_flusher)
     setup_routes(app)
     setup_tus(app)
-    setup_openapi(app)
+    setup_openapi(
+        app,
+        Documented(
+            api_keys=bool(keys),
+            rate_limit=settings.rate_limit is not None,
+            upload_limit=bool(settings.max_concurrent_uploads),
+        ),
+    )
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         setup_cors(app, origins)

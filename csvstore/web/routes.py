@@ -30,6 +30,9 @@ class Route:
     parameters: list[dict[str, Any]] = field(default_factory=list)
     tag: str = "csv"
     kind: str | None = None  # UPLOAD or DOWNLOAD, for the metrics
+    operation_id: str = ""
+    # status -> the headers that answer sets (openapi.HEADERS); "Name?" when only sometimes
+    headers: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 _SESSION_ID = {"in": "path", "name": "session_id", "required": True, "schema": {"type": "string"}}
@@ -44,6 +47,8 @@ def _header(name: str, schema: dict[str, Any] | None = None, *, required: bool =
 
 
 _TUS_RESUMABLE = _header("Tus-Resumable", {"type": "string", "enum": ["1.0.0"]})
+_FILE_HEADERS = ("Content-Disposition", "Accept-Ranges", "Last-Modified", "ETag?")
+_PROGRESS = ("Upload-Offset", "Upload-Expires?", "Content-Location?")
 
 ROUTES: tuple[Route, ...] = (
     Route(
@@ -57,6 +62,8 @@ ROUTES: tuple[Route, ...] = (
             415: ("Body is not JSON", None),
         },
         request_schema="SessionCreateRequest",
+        operation_id="create_session",
+        headers={201: ("Location",)},
     ),
     Route(
         "GET",
@@ -68,6 +75,8 @@ ROUTES: tuple[Route, ...] = (
             400: ("Invalid limit or cursor", None),
         },
         parameters=[{"in": "query", "schema": schemas.SessionListQuery}],
+        operation_id="list_sessions",
+        headers={200: ("Link?",)},
     ),
     Route(
         "GET",
@@ -76,6 +85,7 @@ ROUTES: tuple[Route, ...] = (
         "Get a session and its files",
         {200: ("The session", "SessionSchema"), 404: ("No such session", None)},
         parameters=[_SESSION_ID],
+        operation_id="get_session",
     ),
     Route(
         "DELETE",
@@ -84,6 +94,7 @@ ROUTES: tuple[Route, ...] = (
         "Delete a session, its files' rows and their stored bytes",
         {200: ("Deleted", "MessageResponse"), 404: ("No such session", None)},
         parameters=[_SESSION_ID],
+        operation_id="delete_session",
     ),
     Route(
         "POST",
@@ -91,6 +102,11 @@ ROUTES: tuple[Route, ...] = (
         handlers.upload,
         "Upload a CSV file into a session (streamed)",
         {
+            200: (
+                "dedupe=true and the session holds the same bytes: that file, duplicate_of "
+                "naming it (Location too)",
+                "UploadResponse",
+            ),
             201: ("Stored; Location names the file", "UploadResponse"),
             400: ("Not a CSV, or a bad form", None),
             404: ("No such session", None),
@@ -100,6 +116,8 @@ ROUTES: tuple[Route, ...] = (
         request_schema="UploadForm",
         request_type="multipart/form-data",
         kind=UPLOAD,
+        operation_id="upload_file",
+        headers={200: ("Location",), 201: ("Location",)},
     ),
     Route(
         "GET",
@@ -108,6 +126,7 @@ ROUTES: tuple[Route, ...] = (
         "Get a file's metadata",
         {200: ("The file", "FileSchema"), 404: ("No such file", None)},
         parameters=[_FILE_ID],
+        operation_id="get_file",
     ),
     Route(
         "GET",
@@ -124,6 +143,13 @@ ROUTES: tuple[Route, ...] = (
         },
         parameters=[_FILE_ID],
         kind=DOWNLOAD,
+        operation_id="download_file",
+        headers={
+            200: _FILE_HEADERS,
+            206: ("Content-Range", *_FILE_HEADERS),
+            304: ("ETag",),
+            416: ("Content-Range",),
+        },
     ),
     Route(
         "GET",
@@ -141,6 +167,7 @@ ROUTES: tuple[Route, ...] = (
             409: ("The file was stored without a profile", None),
         },
         parameters=[_FILE_ID, {"in": "query", "schema": schemas.RowsQuery}],
+        operation_id="get_file_rows",
     ),
     Route(
         "GET",
@@ -153,6 +180,8 @@ ROUTES: tuple[Route, ...] = (
         },
         parameters=[_SESSION_ID],
         kind=DOWNLOAD,
+        operation_id="download_session_archive",
+        headers={200: ("Content-Disposition",)},
     ),
     Route(
         "DELETE",
@@ -161,6 +190,7 @@ ROUTES: tuple[Route, ...] = (
         "Delete a file's row and its stored bytes",
         {200: ("Deleted", "MessageResponse"), 404: ("No such file", None)},
         parameters=[_FILE_ID],
+        operation_id="delete_file",
     ),
     # Resumable uploads (tus 1.0): see csvstore/web/tus.py and docs/resumable.md.
     Route(
@@ -170,6 +200,8 @@ ROUTES: tuple[Route, ...] = (
         "tus discovery: Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm",
         {204: ("What this tus server supports, in headers", "empty")},
         tag="tus",
+        operation_id="tus_discover",
+        headers={204: ("Tus-Version", "Tus-Extension", "Tus-Max-Size", "Tus-Checksum-Algorithm")},
     ),
     Route(
         "POST",
@@ -191,6 +223,11 @@ ROUTES: tuple[Route, ...] = (
         parameters=[_TUS_RESUMABLE, _header("Upload-Length", _COUNT), _header("Upload-Metadata")],
         tag="tus",
         kind=UPLOAD,  # creation-with-upload carries bytes; a refused creation is a rejection
+        operation_id="tus_create_upload",
+        headers={
+            201: ("Location", *_PROGRESS),
+            412: ("Tus-Version",),
+        },
     ),
     Route(
         "HEAD",
@@ -204,6 +241,18 @@ ROUTES: tuple[Route, ...] = (
         },
         parameters=[_UPLOAD_ID, _TUS_RESUMABLE],
         tag="tus",
+        operation_id="tus_get_upload_offset",
+        headers={
+            200: (
+                "Upload-Offset",
+                "Upload-Length",
+                "Cache-Control",
+                "Upload-Metadata?",
+                "Upload-Expires?",
+                "Content-Location?",
+            ),
+            412: ("Tus-Version",),
+        },
     ),
     Route(
         "PATCH",
@@ -233,6 +282,13 @@ ROUTES: tuple[Route, ...] = (
         ],
         tag="tus",
         kind=UPLOAD,
+        operation_id="tus_append_to_upload",
+        headers={
+            204: _PROGRESS,
+            409: ("Upload-Offset?", "Upload-Expires?", "Content-Location?"),
+            412: ("Tus-Version",),
+            460: ("Upload-Offset?",),
+        },
     ),
     Route(
         "DELETE",
@@ -247,6 +303,8 @@ ROUTES: tuple[Route, ...] = (
         },
         parameters=[_UPLOAD_ID, _TUS_RESUMABLE],
         tag="tus",
+        operation_id="tus_terminate_upload",
+        headers={412: ("Tus-Version",)},
     ),
 )
 

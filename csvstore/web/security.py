@@ -42,6 +42,8 @@ TUS_EXPOSE_HEADERS = (
 )
 PROTECTED_PREFIX = "/api/"
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="csvstore"'}
+# The digest of the request's valid key: whose limits it counts against (web/limits.py).
+API_KEY = web.RequestKey("api_key", bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,7 @@ def auth_middleware(keys: list[ApiKey]) -> Middleware:
             raise Unauthorized("the API key is not valid", headers=_CHALLENGE)
         if key.read_only and request.method not in READ_METHODS:
             raise Forbidden(f"this API key is read-only: {request.method} is not allowed")
+        request[API_KEY] = key.digest
         return await handler(request)
 
     return check_key
@@ -138,6 +141,7 @@ def check_bind_is_safe(settings: Settings, keys: list[ApiKey]) -> None:
 # Every response: no MIME sniffing, no framing, no referrer leaks. The API's own answers
 # are data, never pages, so they also get the tightest content policy.
 _COMMON_HEADERS = {
+    "Server": "csvstore",  # not aiohttp's, which names Python's and its own versions
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
@@ -173,6 +177,7 @@ def security_headers(path: str) -> dict[str, str]:
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
     for name, value in security_headers(request.path).items():
         response.headers.setdefault(name, value)
+    response.headers["Server"] = _COMMON_HEADERS["Server"]  # aiohttp set its own already
 
 
 def setup_cors(app: web.Application, origins: list[str]) -> None:
