@@ -426,3 +426,28 @@ def test_workers_that_keep_dying_stop_the_server_with_exit_1(tmp_path: Path) -> 
     for pause in ("0.1 s", "0.2 s", "0.4 s", "0.8 s", "1.6 s"):
         assert f"starting a new worker in {pause}" in log
     assert f"{RESTART_LIMIT + 1} workers died in the last 60 s; giving up" in log
+
+
+def test_a_stop_while_workers_are_still_starting_is_a_clean_stop(tmp_path: Path) -> None:
+    """SIGTERM reaching workers before they serve (a quick restart under systemd) is not a
+    death: each stops once it can, the supervisor exits 0, no 'exited with status' line."""
+    for attempt in range(4):
+        server = ServerProcess(tmp_path / f"data{attempt}", "--workers", "2")
+        log = server.log_path.open("ab")
+        server.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "csvstore", "--port", str(server.port),
+                "--data-dir", str(server.data_dir), "--workers", "2",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + 30
+        while len(_workers_of(server.proc.pid)) < 2:  # forked, not yet serving
+            assert server.proc.poll() is None, server.log()
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.002)
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=60) == 0, server.log()
+        assert "while stopping" not in server.log()

@@ -152,6 +152,11 @@ async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> 
         keepalive_timeout=settings.idle_timeout,
     )
     await runner.setup()
+    # Before listening: a stop that arrives while the site starts is a graceful one.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port)
     try:
         await site.start()
@@ -161,10 +166,6 @@ async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> 
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
         raise SystemExit(1) from None
     log.info("listening on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     try:
         await stop.wait()
         log.info("stopping: no new connections; waiting for requests in flight")
@@ -181,6 +182,7 @@ async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> 
 
 # After the grace period, how long cancelled handlers get to clean up after themselves.
 _CANCEL_WAIT = 5.0
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 async def _prepare(settings: Settings) -> None:
@@ -297,7 +299,8 @@ class Supervisor:
             metrics.worker_died(pid)
             code = os.waitstatus_to_exitcode(status)
             if self.stopping is not None:
-                if code != 0:
+                # Killed by the stop we forwarded before it could handle it: it was starting.
+                if code != 0 and code != -self.stopping:
                     log.warning("worker %d exited with status %d while stopping", pid, code)
                     gave_up = True
                 continue
@@ -321,12 +324,16 @@ class Supervisor:
         return gave_up
 
     def _start_worker(self, *, restart: bool = False) -> None:
+        # Blocked across the fork: a stop must neither run the supervisor's handler in the
+        # child (which would swallow it) nor reach the parent before the pid is known.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         pid = os.fork()
         if pid == 0:  # the worker
             code = 0
             try:
                 for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
                     signal.signal(signum, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
                 signal.set_wakeup_fd(-1)
                 os.close(self._wake[0])
                 os.close(self._wake[1])
@@ -345,6 +352,7 @@ class Supervisor:
                 sys.stderr.flush()
                 os._exit(code)
         self.workers.add(pid)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         if restart:
             self.restarts.add()
             log.warning("started worker %d in place of the one that died", pid)
