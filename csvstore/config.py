@@ -653,3 +653,15 @@ def settings_reference() -> str:
                 out.append(f"| `{flag_name(f)}` | `{env_name(f)}` | {default} | {meaning} |")
         out.append("")
     return "\n".join(out)
+
+
+def settings_summary() -> str:
+    """The README's table: every flag, its default, and its help up to the first clause."""
+    out = ["| flag | default | what |", "| --- | --- | --- |"]
+    for group in GROUPS:
+        for f in fields(Settings):
+            if spec(f).group == group:
+                what = spec(f).help.split("; ", 1)[0]
+                default = f"`{shown_default(f)}`" if shown_default(f) else "-"
+                out.append(f"| `{flag_name(f)}` | {default} | {what} |")
+    return "\n".join(out) + "\n"
