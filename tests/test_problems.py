@@ -126,3 +126,12 @@ async def test_tus_uploads_count_as_uploads(client: Client, session: str) -> Non
     assert (await client.head(created.headers["Location"], headers=V)).status == 200
     text = await _metrics(client)
     assert _sample(text, "csvstore_uploads_rejected_total", reason="unknown_session") == 1
+
+
+async def test_a_tus_creation_at_the_bare_root_counts_as_an_upload(
+    client: Client, session: str
+) -> None:
+    data = csv_bytes(20)
+    headers = _tus_headers(len(data), **{"Content-Type": OFFSET_STREAM})
+    assert (await client.post(TUS.rstrip("/"), data=data, headers=headers)).status == 201
+    assert _sample(await _metrics(client), "csvstore_uploaded_bytes_total") == len(data)

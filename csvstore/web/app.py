@@ -69,7 +69,6 @@ def create_app(
     if settings.rate_limit is not None or settings.max_concurrent_uploads:
         # After the key check: a client is its verified key, else its address.
         uploads = {route for route, kind in kinds.items() if kind == UPLOAD}
-        uploads |= {(method, path.rstrip("/")) for method, path in uploads}  # tus's bare root
         middlewares.append(
             limits_middleware(settings.rate_limit, settings.max_concurrent_uploads, uploads)
         )

@@ -316,6 +316,8 @@ def route_kinds() -> RouteKinds:
             kinds[route.method, route.path] = route.kind
             if route.method == "GET":
                 kinds["HEAD", route.path] = route.kind
+            if route.path.endswith("/"):  # tus's root also answers without its slash
+                kinds[route.method, route.path.rstrip("/")] = route.kind
     return kinds
 
 
