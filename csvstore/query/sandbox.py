@@ -45,21 +45,32 @@ def quote_name(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def open_database(memory_bytes: int, threads: int) -> duckdb.DuckDBPyConnection:
+    """A database not yet locked: a Sandbox locks it to its paths."""
+    config: dict[str, Any] = {
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+        "allow_community_extensions": False,
+        "python_enable_replacements": False,
+        "temp_directory": "",
+        "memory_limit": f"{max(memory_bytes // 1024, 1024)}KiB",
+        "threads": threads,
+    }
+    return duckdb.connect(":memory:", config=config)
+
+
 class Sandbox:
     """An in-memory DuckDB that may read only ``paths``: no other file, no extension, no
     setting change, no spill to disk (a query over its memory limit fails instead)."""
 
-    def __init__(self, paths: Iterable[str], memory_bytes: int, threads: int) -> None:
-        config: dict[str, Any] = {
-            "autoinstall_known_extensions": False,
-            "autoload_known_extensions": False,
-            "allow_community_extensions": False,
-            "python_enable_replacements": False,
-            "temp_directory": "",
-            "memory_limit": f"{max(memory_bytes // 1024, 1024)}KiB",
-            "threads": threads,
-        }
-        self.con = duckdb.connect(":memory:", config=config)
+    def __init__(
+        self,
+        paths: Iterable[str],
+        memory_bytes: int,
+        threads: int,
+        con: duckdb.DuckDBPyConnection | None = None,
+    ) -> None:
+        self.con = con or open_database(memory_bytes, threads)
         try:
             allowed = ", ".join(quote_literal(p) for p in sorted(set(paths)))
             # allowed_paths can only be set once the database runs; then the lock.
