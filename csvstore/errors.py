@@ -184,6 +184,38 @@ class InsufficientStorage(CsvstoreError):
     retry_after = 60.0
 
 
+class QueryRefused(BadRequest):
+    """The SQL asks for something a query may not do; the detail names it."""
+
+    reason = "query-refused"
+
+
+class QueryInvalid(BadRequest):
+    reason = "query-invalid"
+
+
+class QueryTimeout(CsvstoreError):
+    # Not 408: that status says the client was slow, and some clients resend on it.
+    status = 422
+    reason = "query-timeout"
+
+
+class QueryTooLarge(CsvstoreError):
+    status = 422
+    reason = "query-too-large"
+
+
+class QueryUnsupportedFile(CsvstoreError):
+    status = 422
+    reason = "query-unsupported-file"
+
+
+class QueryBusy(CsvstoreError):
+    status = 429
+    reason = "query-busy"
+    retry_after = 1.0
+
+
 class ClientGone(Exception):
     """The client stopped sending mid-body; there is nobody left to answer. Internal."""
 

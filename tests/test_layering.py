@@ -192,3 +192,15 @@ def test_prose_is_at_most_a_tenth_of_the_package() -> None:
 def test_the_prose_count_sees_comments_and_docstrings() -> None:
     source = '"""Module."""\n\n\ndef f():\n    """Two\n    lines."""\n    return 1  # why\n'
     assert _prose_lines(source) == (5, 4)
+
+
+def test_the_query_engine_knows_no_http_database_or_storage() -> None:
+    # Issue 20: csvstore/query/ gets local paths and dialects; the service does the rest.
+    query = {name: path for name, path in MODULES.items() if _in(name, "csvstore.query")}
+    assert "csvstore.query.engine" in query
+    banned = ("aiohttp", "csvstore.web", "csvstore.db", "csvstore.storage", "csvstore.service")
+    found = {
+        name: sorted(i for i in _imports(path) if any(_in(i, b) for b in banned))
+        for name, path in query.items()
+    }
+    assert {name: f for name, f in found.items() if f} == {}
