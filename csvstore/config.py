@@ -504,10 +504,10 @@ class Settings:
 
     query_timeout: float = field(
         default=10.0,
-        metadata=_duration("time one SQL query may run before it is stopped (408)", QUERIES),
+        metadata=_duration("time one SQL query may run before it is stopped (422)", QUERIES),
     )
     query_memory: int = field(
-        default=256 * MiB, metadata=_size("memory one SQL query may use (more -> 413)", QUERIES)
+        default=256 * MiB, metadata=_size("memory one SQL query may use (more -> 422)", QUERIES)
     )
     query_max_rows: int = field(
         default=1_000_000,

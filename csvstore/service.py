@@ -12,7 +12,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, TypeAlias, TypeVar
@@ -482,7 +482,7 @@ class CsvStore:
         async with self._sources(files) as sources:
             return await engine.run(sources, sql, limit)
 
-    async def query_csv(self, session_id: str, sql: str) -> AsyncIterator[bytes]:
+    async def query_csv(self, session_id: str, sql: str) -> AsyncGenerator[bytes, None]:
         """The result as CSV; every refusal is raised by the first ``__anext__``."""
         engine, _ = self._query_side()
         files = await self._session_files(session_id)

@@ -53,8 +53,10 @@ _PROGRESS = ("Upload-Offset", "Upload-Expires?", "Content-Location?")
 
 _QUERY_ERRORS: dict[int, tuple[str, str | None]] = {
     404: ("No such session or file", None),
-    408: ("The query ran past --query-timeout and was stopped", None),
-    413: ("The query needed more than --query-memory", None),
+    422: (
+        "Stopped at --query-timeout, past --query-memory, or a file the engine cannot read",
+        None,
+    ),
     429: ("--query-concurrency queries are running (Retry-After)", None),
 }
 
@@ -223,6 +225,7 @@ ROUTES: tuple[Route, ...] = (
             **_QUERY_ERRORS,
         },
         request_schema="QueryRequest",
+        parameters=[_SESSION_ID, _header("Accept", required=False)],
         tag="query",
         kind=QUERY,
         reads=True,
