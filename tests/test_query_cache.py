@@ -66,7 +66,8 @@ async def test_a_copy_in_use_is_never_evicted(storage: Storage, tmp_path: Path) 
         with pytest.raises(QueryCacheFull) as full:
             async with cache.paths([("b.csv", 100)]):
                 pass
-        assert full.value.status == 503 and full.value.retry_after
+        assert full.value.status == 503
+        assert full.value.retry_after
         assert Path(a).read_bytes() == b"a" * 100  # still there for the running query
     async with cache.paths([("b.csv", 100)]) as [b]:  # a is free now: evicted for b
         assert Path(b).read_bytes() == b"b" * 100
@@ -80,7 +81,8 @@ async def test_a_file_larger_than_the_cache_is_refused(storage: Storage, tmp_pat
     with pytest.raises(QueryCacheFull, match="larger than the query cache"):
         async with cache.paths([("big.csv", 300)]):
             pass
-    assert cache.used_bytes == 0 and cache.cached() == []
+    assert cache.used_bytes == 0
+    assert cache.cached() == []
     await cache.close()
 
 
@@ -95,7 +97,7 @@ async def test_concurrent_readers_share_one_copy(storage: Storage, tmp_path: Pat
         return real_read(key, start, length)
 
     cache = FilePaths(storage, root=None, folder=tmp_path / "cache", max_bytes=10_000)
-    cache._storage = type("Counting", (), {"read": staticmethod(counting_read)})()  # type: ignore[assignment]
+    cache._storage = type("Counting", (), {"read": staticmethod(counting_read)})()
     await cache.open()
 
     async def use() -> bytes:
