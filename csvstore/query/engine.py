@@ -3,14 +3,31 @@ No HTTP, database or storage here; docs/design/query.md says how the sandbox wor
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeVar
 
+import duckdb
+
+from csvstore.errors import (
+    QueryBusy,
+    QueryInvalid,
+    QueryRefused,
+    QueryTimeout,
+    QueryTooLarge,
+)
 from csvstore.model import StoredFile
+from csvstore.query.sandbox import Sandbox, clean_message, quote_name, reserved_names
+from csvstore.query.summary import summarize
+from csvstore.query.values import JsonValue, csv_chunk, json_rows
 
-# What a result value becomes in JSON: dates and times as ISO 8601 strings, decimals as numbers.
-JsonValue: TypeAlias = bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"] | None
+T = TypeVar("T")
+CSV_BATCH = 10_000  # rows per fetch of a CSV result
 
 
 @dataclass(frozen=True)
@@ -108,7 +125,66 @@ class ColumnSummary:
 
 def table_names(sources: Sequence[TableSource]) -> list[str]:
     """Item 1's rule, in the order of ``sources``; clashes get _2, _3 in upload order."""
-    raise NotImplementedError
+    taken = set(reserved_names())
+    names: dict[int, str] = {}
+    order = sorted(range(len(sources)), key=lambda i: sources[i].uploaded_at)
+    for i in order:
+        base = re.sub(r"[^a-z0-9_]", "_", sources[i].original_name.lower()) or "_"
+        if base[0].isdigit():
+            base = "t_" + base
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}_{n}"
+        taken.add(name)
+        names[i] = name
+    return [names[i] for i in range(len(sources))]
+
+
+class _Job:
+    """One query's sandbox and its DuckDB time, spent only inside worker threads."""
+
+    def __init__(self, engine: QueryEngine, box: Sandbox, paths: dict[str, str]) -> None:
+        self.engine, self.box, self.paths = engine, box, paths
+        self.used = 0.0
+        self.expired = False
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.box.interrupt()
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        limit = self.engine.limits.timeout_s
+        timer = loop.call_later(max(limit - self.used, 0.0), self._expire)
+        started = loop.time()
+        future = loop.run_in_executor(self.engine.pool, fn, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The thread would run on: stop DuckDB, and free the slot only once it has.
+            self.box.interrupt()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(future), timeout=5)
+            raise
+        except duckdb.InterruptException:
+            if not self.expired:
+                raise
+            raise QueryTimeout(
+                f"the query ran for more than {limit:g} s (--query-timeout) and was stopped"
+            ) from None
+        except duckdb.OutOfMemoryException:
+            raise QueryTooLarge(
+                f"the query needs more than {self.engine.limits.memory_bytes} bytes of memory"
+                " (--query-memory)"
+            ) from None
+        except duckdb.PermissionException as exc:
+            raise QueryRefused(clean_message(exc, self.paths).split("\n")[0]) from None
+        except duckdb.Error as exc:
+            raise QueryInvalid(clean_message(exc, self.paths)) from None
+        finally:
+            timer.cancel()
+            self.used += loop.time() - started
 
 
 class QueryEngine:
@@ -117,21 +193,105 @@ class QueryEngine:
 
     def __init__(self, limits: QueryLimits) -> None:
         self.limits = limits
+        # Its own threads: a busy engine never delays the default executor's file I/O.
+        self.pool = ThreadPoolExecutor(max(1, limits.concurrency), "csvstore-query")
+        self._active = 0
+        self._jobs: set[_Job] = set()
+        self._closed = False
+
+    @contextlib.asynccontextmanager
+    async def _job(self, named: dict[str, TableSource]) -> AsyncIterator[_Job]:
+        if self._closed:
+            raise QueryBusy("the query engine is shutting down")
+        if self._active >= self.limits.concurrency:
+            raise QueryBusy(
+                f"{self._active} queries are running, as many as --query-concurrency allows;"
+                " retry shortly"
+            )
+        self._active += 1
+        try:
+            paths = {src.path: name for name, src in named.items()}
+            loop = asyncio.get_running_loop()
+            box = await loop.run_in_executor(
+                self.pool, Sandbox, list(paths), self.limits.memory_bytes, self.limits.threads
+            )
+            job = _Job(self, box, paths)
+            self._jobs.add(job)
+            try:
+                yield job
+            finally:
+                self._jobs.discard(job)
+                box.close()
+        finally:
+            self._active -= 1
+
+    @staticmethod
+    def _named(sources: Sequence[TableSource]) -> dict[str, TableSource]:
+        return dict(zip(table_names(sources), sources, strict=True))
 
     async def tables(self, sources: Sequence[TableSource]) -> list[TableInfo]:
-        raise NotImplementedError
+        named = self._named(sources)
+        async with self._job(named) as job:
+            return await job.call(_tables, job.box, named)
 
     async def run(self, sources: Sequence[TableSource], sql: str, limit: int) -> QueryResult:
-        raise NotImplementedError
+        """At most ``limit`` rows, and never more than max_rows."""
+        started = time.perf_counter()
+        limit = max(0, min(limit, self.limits.max_rows))
+        named = self._named(sources)
+        async with self._job(named) as job:
+            columns, types = await job.call(_prepare, job.box, named, sql)
+            rows = await job.call(job.box.fetch, limit + 1)
+        truncated = len(rows) > limit
+        rows = rows[:limit]
+        elapsed = (time.perf_counter() - started) * 1000
+        return QueryResult(columns, types, json_rows(rows), len(rows), truncated, elapsed)
 
-    def stream_csv(self, sources: Sequence[TableSource], sql: str) -> AsyncIterator[bytes]:
+    async def stream_csv(self, sources: Sequence[TableSource], sql: str) -> AsyncIterator[bytes]:
         """The result as CSV (header line first), at most max_rows rows. Every refusal and
         error is raised by the first ``__anext__``, before any byte: call it before sending
         the response's headers."""
-        raise NotImplementedError
+        named = self._named(sources)
+        left = self.limits.max_rows
+        async with self._job(named) as job:
+            columns, _ = await job.call(_prepare, job.box, named, sql)
+            rows = await job.call(job.box.fetch, min(CSV_BATCH, left))
+            yield csv_chunk(rows, columns)
+            left -= len(rows)
+            while rows and left > 0:
+                rows = await job.call(job.box.fetch, min(CSV_BATCH, left))
+                left -= len(rows)
+                if rows:
+                    yield csv_chunk(rows)
 
     async def summarize(self, source: TableSource) -> list[ColumnSummary]:
-        raise NotImplementedError
+        named = self._named([source])
+        async with self._job(named) as job:
+            return await job.call(summarize, job.box, next(iter(named)), source, ColumnSummary)
 
     async def close(self) -> None:
         """Interrupts the running queries and stops the worker threads."""
+        self._closed = True
+        for job in list(self._jobs):
+            job.box.interrupt()
+        await asyncio.get_running_loop().run_in_executor(None, self.pool.shutdown)
+
+
+def _prepare(box: Sandbox, named: dict[str, TableSource], sql: str) -> tuple[list[str], list[str]]:
+    """Checks and starts the query: its column names and types; rows come by ``fetch``."""
+    text, used = box.statement(sql, list(named))
+    for name in sorted(used):
+        box.define(name, named[name].path, named[name].dialect)
+    box.con.execute(text)
+    description = box.con.description or []
+    return [str(d[0]) for d in description], [str(d[1]) for d in description]
+
+
+def _tables(box: Sandbox, named: dict[str, TableSource]) -> list[TableInfo]:
+    found = []
+    for name, src in named.items():
+        box.define(name, src.path, src.dialect)
+        columns = [Column(c, t) for c, t in box.columns(name)]
+        row = box.con.execute(f"SELECT count(*) FROM {quote_name(name)}").fetchone()
+        found.append(TableInfo(name, src.file_id, columns, int(row[0]) if row else 0))
+    return found

@@ -1,0 +1,239 @@
+"""One DuckDB database per query, locked down, and the check every SQL text passes before it
+runs (docs/design/query.md lists each escape and what stops it)."""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import duckdb
+
+from csvstore.errors import QueryInvalid, QueryRefused, QueryUnsupportedFile
+
+# Table functions that compute rows from values and touch no file or catalog.
+TABLE_FUNCTIONS = frozenset(
+    {"range", "generate_series", "unnest", "repeat", "repeat_row", "json_each", "json_tree"}
+)
+# Functions that read settings, variables, secrets or the catalog, or run SQL text.
+DENIED_FUNCTIONS = frozenset(
+    {
+        "current_setting", "getvariable", "json_execute_serialized_sql", "json_deserialize_sql",
+        "which_secret", "copy_database", "import_database", "database_list", "database_size",
+        "show_databases", "extension_versions", "enable_profile", "disable_profile",
+        "current_schemas", "in_search_path", "query", "query_table", "getenv",
+    }
+)  # fmt: skip
+DENIED_PREFIXES = ("duckdb_", "pragma_", "read_", "parquet_", "sniff_", "glob")
+# DuckDB decodes these without its "encodings" extension, which cannot be installed here.
+ENCODINGS = {
+    "utf-8": "utf-8", "utf-8-sig": "utf-8", "ascii": "utf-8",
+    "utf-16": "utf-16", "utf-16-le": "utf-16", "utf-16-be": "utf-16", "latin-1": "latin-1",
+    "iso8859-1": "latin-1",
+}  # fmt: skip
+# The first words of statements, for refusals that name what was refused.
+_KEYWORD = re.compile(r"\s*(\w+)")
+
+
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def quote_name(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class Sandbox:
+    """An in-memory DuckDB that may read only ``paths``: no other file, no extension, no
+    setting change, no spill to disk (a query over its memory limit fails instead)."""
+
+    def __init__(self, paths: Iterable[str], memory_bytes: int, threads: int) -> None:
+        config: dict[str, Any] = {
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "allow_community_extensions": False,
+            "python_enable_replacements": False,
+            "temp_directory": "",
+            "memory_limit": f"{max(memory_bytes // 1024, 1024)}KiB",
+            "threads": threads,
+        }
+        self.con = duckdb.connect(":memory:", config=config)
+        try:
+            allowed = ", ".join(quote_literal(p) for p in sorted(set(paths)))
+            # allowed_paths can only be set once the database runs; then the lock.
+            self.con.execute(f"SET allowed_paths = [{allowed}]")
+            self.con.execute("SET TimeZone = 'UTC'")
+            self.con.execute("SET enable_external_access = false")
+            self.con.execute("SET lock_configuration = true")
+        except BaseException:
+            self.con.close()
+            raise
+
+    def interrupt(self) -> None:
+        self.con.interrupt()
+
+    def close(self) -> None:
+        self.con.close()
+
+    def fetch(self, n: int) -> list[tuple[Any, ...]]:
+        return list(self.con.fetchmany(n))
+
+    def columns(self, name: str) -> list[tuple[str, str]]:
+        rows = self.con.execute(f"DESCRIBE {quote_name(name)}").fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def define(self, name: str, path: str, dialect: Any) -> None:
+        self.con.execute(f"CREATE VIEW {quote_name(name)} AS {read_csv_sql(path, dialect)}")
+
+    def statement(self, sql: str, names: Sequence[str]) -> tuple[str, set[str]]:
+        """The one SELECT of ``sql`` and the session tables it reads; refuses the rest."""
+        try:
+            statements = self.con.extract_statements(sql)
+        except duckdb.Error as exc:
+            raise QueryInvalid(clean_message(exc)) from None
+        if not statements:
+            raise QueryInvalid("the query is empty: send one SELECT statement")
+        if len(statements) > 1:
+            raise QueryRefused(
+                f"{len(statements)} statements found: a query is one SELECT statement"
+            )
+        statement = statements[0]
+        if statement.type != duckdb.StatementType.SELECT:
+            raise QueryRefused(f"{_refused_keyword(statement.query)} is not allowed: {_ONE}")
+        text = statement.query
+        row = self.con.execute("SELECT json_serialize_sql(?)", [text]).fetchone()
+        tree = json.loads(row[0]) if row else {"error": True}
+        if tree.get("error"):
+            raise QueryRefused(f"this statement cannot be checked, so it is not run: {_ONE}")
+        return text, check_tree(tree["statements"], set(names), reserved_names())
+
+
+_ONE = "a query is one read-only SELECT statement over the session's tables"
+
+
+def _refused_keyword(text: str) -> str:
+    found = _KEYWORD.match(text)
+    word = found.group(1).upper() if found else "this statement"
+    if word == "COPY" and re.search(r"\bTO\b", text, re.IGNORECASE):
+        return "COPY ... TO"
+    return {"EXPORT": "EXPORT DATABASE", "PIVOT": "a PIVOT statement"}.get(word, word)
+
+
+_SYSTEM_NAMES: frozenset[str] | None = None
+
+
+def reserved_names() -> frozenset[str]:
+    """Names a bare table reference could resolve to besides the session's (the system
+    views): no table and no CTE may take one (a CTE would shadow it in its own scope only)."""
+    global _SYSTEM_NAMES
+    if _SYSTEM_NAMES is None:
+        with duckdb.connect(":memory:") as con:
+            rows = con.execute(
+                "SELECT view_name FROM duckdb_views() UNION SELECT table_name FROM duckdb_tables()"
+            ).fetchall()
+        _SYSTEM_NAMES = frozenset(str(r[0]).lower() for r in rows)
+    return _SYSTEM_NAMES
+
+
+def _functions_allowed(name: str) -> bool:
+    return name not in DENIED_FUNCTIONS and not name.startswith(DENIED_PREFIXES)
+
+
+def _nodes(tree: Any) -> Iterator[dict[str, Any]]:
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            yield node
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def check_tree(tree: Any, names: set[str], system: frozenset[str]) -> set[str]:
+    """Walks DuckDB's parse tree (json_serialize_sql); returns the session tables read."""
+    nodes = list(_nodes(tree))
+    ctes: set[str] = set()
+    for node in nodes:
+        for entry in (node.get("cte_map") or {}).get("map", []):
+            cte = str(entry["key"]).lower()
+            if cte in system:
+                raise QueryRefused(f"a CTE may not be named {cte!r}, a name of DuckDB's catalog")
+            ctes.add(cte)
+    used: set[str] = set()
+    for node in nodes:
+        kind = node.get("type")
+        if kind == "BASE_TABLE":
+            table = str(node.get("table_name", "")).lower()
+            qualified = node.get("schema_name") or node.get("catalog_name")
+            if qualified or table not in names | ctes:
+                shown = ".".join(p for p in node.get("qualified_name", {}).get("path", [table]))
+                tables = ", ".join(sorted(names)) or "none"
+                raise QueryRefused(
+                    f"{shown!r} is not a table of this session (its tables: {tables}): "
+                    "a query reads only its session's tables"
+                )
+            if table in names:
+                used.add(table)
+        elif kind == "TABLE_FUNCTION":
+            function = node.get("function") or {}
+            fname = str(function.get("function_name", "")).lower()
+            if fname not in TABLE_FUNCTIONS:
+                raise QueryRefused(
+                    f"the table function {fname}() is not allowed: a query reads only its "
+                    "session's tables"
+                )
+        elif kind == "SHOW_REF" and node.get("query") is None:
+            raise QueryRefused(f"SHOW is not allowed: {_ONE}")
+        elif node.get("class") in ("FUNCTION", "WINDOW", "AGGREGATE"):
+            fname = str(node.get("function_name", "")).lower()
+            if not _functions_allowed(fname):
+                raise QueryRefused(f"the function {fname}() is not allowed in a query")
+    return used
+
+
+def clean_message(exc: BaseException, paths: dict[str, str] | None = None) -> str:
+    """DuckDB's message with the engine's file paths replaced by table names."""
+    text = str(exc)
+    for path, name in (paths or {}).items():
+        text = text.replace(path, name)
+    return text.strip()
+
+
+def read_csv_sql(path: str, dialect: Any) -> str:
+    """``SELECT * FROM read_csv(...)`` with the dialect csvstore recorded."""
+    encoding = ENCODINGS.get(_codec(dialect.encoding))
+    if encoding is None:
+        raise QueryUnsupportedFile(
+            f"the file is {dialect.encoding}, which the query engine cannot decode "
+            "(it reads UTF-8, UTF-16 and Latin-1)"
+        )
+    options = [
+        f"delim = {quote_literal(dialect.delimiter)}",
+        f"quote = {quote_literal(dialect.quotechar or '')}",
+        f"header = {'true' if dialect.header else 'false'}",
+        f"skip = {int(dialect.skip)}",
+        f"encoding = {quote_literal(encoding)}",
+    ]
+    if dialect.escapechar:
+        options.append(f"escape = {quote_literal(dialect.escapechar)}")
+    if dialect.comment:
+        options.append(f"comment = {quote_literal(dialect.comment)}")
+    if dialect.ragged or dialect.footer_lines:
+        options.append("null_padding = true")
+    if dialect.footer_lines:
+        # Notes after the table are not rows: the recorded row count bounds the table.
+        options.append("ignore_errors = true")
+    limit = ""
+    if dialect.footer_lines and dialect.row_count is not None:
+        limit = f" LIMIT {int(dialect.row_count)}"
+    return f"SELECT * FROM read_csv({quote_literal(path)}, {', '.join(options)}){limit}"
+
+
+def _codec(name: str) -> str:
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return name
