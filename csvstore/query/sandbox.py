@@ -100,6 +100,11 @@ class Sandbox:
                 f"{len(statements)} statements found: a query is one SELECT statement"
             )
         statement = statements[0]
+        if statement.type == duckdb.StatementType.MULTI:
+            raise QueryRefused(
+                "a statement DuckDB runs as several (PIVOT without an IN list) is not allowed:"
+                f" {_ONE}"
+            )
         if statement.type != duckdb.StatementType.SELECT:
             raise QueryRefused(f"{_refused_keyword(statement.query)} is not allowed: {_ONE}")
         text = statement.query
@@ -221,10 +226,11 @@ def read_csv_sql(path: str, dialect: Any) -> str:
         options.append(f"escape = {quote_literal(dialect.escapechar)}")
     if dialect.comment:
         options.append(f"comment = {quote_literal(dialect.comment)}")
-    if dialect.ragged or dialect.footer_lines:
+    if dialect.ragged:
         options.append("null_padding = true")
-    if dialect.footer_lines:
-        # Notes after the table are not rows: the recorded row count bounds the table.
+    elif dialect.footer_lines:
+        # Notes after the table are not rows (and a short row must not make a column text):
+        # skipped as malformed, and the recorded row count bounds the table.
         options.append("ignore_errors = true")
     limit = ""
     if dialect.footer_lines and dialect.row_count is not None:
