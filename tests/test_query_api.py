@@ -9,6 +9,7 @@ import asyncio
 import csv
 import io
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -278,3 +279,50 @@ async def test_queried_files_on_s3_are_cached_locally_and_leave_with_the_file(
         assert copies == []
     assert (await client.delete(f"/api/csv/files/{file_id}")).status == 200
     assert not any(Path(settings.data_dir / "query-cache").rglob("*.csv"))
+
+
+async def test_another_sessions_file_is_unreachable_by_its_path(
+    client: Client, session: str, settings: Settings
+) -> None:
+    assert (await client.post("/api/csv/sessions", json={"session_id": "s2"})).status == 201
+    secret = await _upload(client, b"token\nsecret-value-123\n", "secret.csv", session_id="s2")
+    await _upload(client, SALES, "sales.csv")
+    # Queried once, so on S3 its copy sits in the same cache folder as s1's files.
+    resp = await client.post("/api/csv/sessions/s2/query", json={"sql": "SELECT * FROM secret_csv"})
+    assert resp.status == 200
+    if settings.uses_s3:
+        path = settings.data_dir / "query-cache" / str(os.getpid()) / f"{secret}.csv"
+    else:
+        path = settings.uploads_dir / f"{secret}.csv"
+    assert path.read_bytes().startswith(b"token")
+    for sql in (
+        f"SELECT * FROM read_csv('{path}')",
+        f"SELECT * FROM '{path}'",
+        f"SELECT * FROM read_text('{path}')",
+        f"SELECT * FROM glob('{path.parent}/*')",
+    ):
+        body = await assert_problem(await client.post(QUERY, json={"sql": sql}), 400)
+        assert "secret-value-123" not in body["detail"], sql
+
+
+async def test_past_the_concurrency_limit_a_query_is_429_with_retry_after(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    client = await make_client(replace(settings, query_concurrency=1, query_timeout=3.0))
+    assert (await client.post("/api/csv/sessions", json={"session_id": "s1"})).status == 201
+    await _upload(client, SALES, "sales.csv")
+    running = asyncio.ensure_future(client.post(QUERY, json={"sql": RUNAWAY}))
+    for _ in range(100):  # until the runaway holds the one slot
+        await asyncio.sleep(0.05)
+        resp = await client.post(QUERY, json={"sql": "SELECT 1"})
+        if resp.status == 429:
+            break
+        assert resp.status == 200
+    body = await assert_problem(resp, 429)
+    assert body["code"] == "query-busy"
+    assert int(resp.headers["Retry-After"]) >= 1
+    await assert_problem(await running, 422)
+    assert (await _query(client, "SELECT count(*) FROM sales_csv"))["rows"] == [[3]]
+    text = await (await client.get("/metrics")).text()
+    assert 'csvstore_queries_refused_total{reason="query_busy"} 1.0' in text
+    assert 'csvstore_queries_refused_total{reason="query_timeout"} 1.0' in text
