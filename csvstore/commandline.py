@@ -30,7 +30,7 @@ from csvstore.wiring import open_store
 # The exit status when the database and the storage are not one store's (csvstore/identity.py).
 REFUSED = 2
 # The client's sub-commands (csvstore/cli); anything else starts the server as always.
-CLIENT_COMMANDS = frozenset({"sessions", "upload", "files"})
+CLIENT_COMMANDS = frozenset({"sessions", "upload", "files", "query"})
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,10 +22,11 @@ GROUPS = (
     "uploads and limits",
     "resumable uploads (tus)",
     "retention",
+    "queries",
     "security",
     "observability",
 )
-SERVER, STORAGE, UPLOADS, TUS, RETENTION, SECURITY, OBSERVABILITY = GROUPS
+SERVER, STORAGE, UPLOADS, TUS, RETENTION, QUERIES, SECURITY, OBSERVABILITY = GROUPS
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mb": MiB, "mib": MiB}
 _SIZE_UNITS |= {"g": GiB, "gb": GiB, "gib": GiB, "t": 1024 * GiB, "tb": 1024 * GiB}
@@ -157,6 +158,9 @@ def _one_of(*choices: str) -> Callable[[str], str]:
         return text.lower()
 
     return check
+
+
+_positive = _checked(parse_int, lambda n: n >= 1, "expected 1 or more")
 
 
 def parse_workers(text: str) -> int:
@@ -496,6 +500,27 @@ class Settings:
         metadata=_duration(
             "time between sweeps that delete expired sessions and their files", RETENTION
         ),
+    )
+
+    query_timeout: float = field(
+        default=10.0,
+        metadata=_duration("time one SQL query may run before it is stopped (422)", QUERIES),
+    )
+    query_memory: int = field(
+        default=256 * MiB, metadata=_size("memory one SQL query may use (more -> 422)", QUERIES)
+    )
+    query_max_rows: int = field(
+        default=1_000_000,
+        metadata=_setting("rows a text/csv query result streams at most", QUERIES, _positive),
+    )
+    query_concurrency: int = field(
+        default=4,
+        metadata=_setting("SQL queries run at once per process; more -> 429", QUERIES, _positive),
+    )
+    # S3 only: DuckDB reads local files, so queried objects are copied here first.
+    query_cache_size: int = field(
+        default=GiB,
+        metadata=_size("S3 storage: local copies of queried files kept at most (LRU)", QUERIES),
     )
 
     api_keys: str = field(

@@ -155,6 +155,14 @@ class StoredFileUnavailable(CsvstoreError):
     reason = "stored-file-unavailable"
 
 
+class QueryCacheFull(CsvstoreError):
+    """S3 storage: the queried files do not fit the local cache (--query-cache-size)."""
+
+    status = 503
+    reason = "query-cache-full"
+    retry_after = 5.0  # room comes back as running queries end
+
+
 class DependencyUnavailable(CsvstoreError):
     """The database or the storage (``dependency``) cannot be reached right now."""
 

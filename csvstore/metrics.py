@@ -105,6 +105,17 @@ class Metrics:
             "csvstore_uploads_rejected", "uploads refused or failed, by reason", ["reason"],
             registry=r,
         )  # fmt: skip
+        self.queries = Counter(
+            "csvstore_queries", "SQL queries answered, ok or refused", ["outcome"], registry=r
+        )
+        self.query_duration = Histogram(
+            "csvstore_query_duration_seconds", "time to answer an SQL query",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queries_refused = Counter(
+            "csvstore_queries_refused", "SQL queries refused or failed, by reason", ["reason"],
+            registry=r,
+        )  # fmt: skip
         self.db_latency = Histogram(
             "csvstore_db_operation_duration_seconds", "database operations, reads and writes",
             ["kind"], buckets=_LATENCY_BUCKETS, registry=r,

@@ -6,15 +6,18 @@ docs/design/intents.md."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, TypeAlias, TypeVar
+
+import orjson
 
 from csvstore.analysis.pages import RowsPage
 from csvstore.analysis.rows import read_rows
@@ -31,6 +34,14 @@ from csvstore.errors import (
 )
 from csvstore.intents import this_owner
 from csvstore.model import Session, StoredFile
+from csvstore.query.engine import (
+    ColumnSummary,
+    QueryEngine,
+    QueryResult,
+    TableInfo,
+    TableSource,
+)
+from csvstore.storage.cache import FilePaths
 from csvstore.storage.local import Storage, StorageWriter
 from csvstore.timeutil import format_utc, utc_now
 
@@ -52,6 +63,13 @@ PartialsFactory = Callable[[Callable[[str], Awaitable[bool]]], "PartialStore"]
 
 
 @dataclass(frozen=True, slots=True)
+class Summary:
+    file_id: str
+    columns: list[dict[str, object]]  # engine.ColumnSummary as JSON
+    computed_at: str
+
+
+@dataclass(frozen=True, slots=True)
 class Published:
     file: StoredFile
     duplicate: bool  # True: an identical file was already in the session; this is it
@@ -66,8 +84,12 @@ class CsvStore:
         default_ttl: float = 0.0,
         shared: bool = False,
         partials: PartialsFactory | None = None,
+        engine: QueryEngine | None = None,
+        paths: FilePaths | None = None,
     ) -> None:
         self._db = db
+        self._engine = engine
+        self._paths = paths
         self._storage = storage
         self._repo = Repo(db.queries)
         self.default_ttl = default_ttl  # seconds; 0: sessions live until deleted
@@ -313,6 +335,8 @@ class CsvStore:
 
     async def _remove_bytes(self, keys: list[str]) -> None:
         """Remove bytes no row lists any more, then their intents; retried if storage fails."""
+        if self._paths is not None:
+            self._paths.forget(keys)
         try:
             await self._storage.delete(keys)
         except Exception as exc:
@@ -429,6 +453,66 @@ class CsvStore:
         return await read_rows(
             self._storage, file, offset, limit, max_bytes=max_bytes, cell_limit=cell_limit
         )
+
+    # Queries (issue 20): the engine reads local paths of the session's files, nothing else.
+
+    def _query_side(self) -> tuple[QueryEngine, FilePaths]:
+        if self._engine is None or self._paths is None:
+            raise RuntimeError("this CsvStore was built without a query engine")
+        return self._engine, self._paths
+
+    @contextlib.asynccontextmanager
+    async def _sources(self, files: list[StoredFile]) -> AsyncIterator[list[TableSource]]:
+        _, paths = self._query_side()
+        async with paths.paths([(f.file_path, f.file_size) for f in files]) as local:
+            yield [TableSource.of(f, path) for f, path in zip(files, local, strict=True)]
+
+    async def _session_files(self, session_id: str) -> list[StoredFile]:
+        return list((await self.get_session(session_id)).csv_files or ())
+
+    async def query_tables(self, session_id: str) -> list[TableInfo]:
+        engine, _ = self._query_side()
+        files = await self._session_files(session_id)
+        async with self._sources(files) as sources:
+            return await engine.tables(sources)
+
+    async def run_query(self, session_id: str, sql: str, limit: int) -> QueryResult:
+        engine, _ = self._query_side()
+        files = await self._session_files(session_id)
+        async with self._sources(files) as sources:
+            return await engine.run(sources, sql, limit)
+
+    async def query_csv(self, session_id: str, sql: str) -> AsyncGenerator[bytes, None]:
+        """The result as CSV; every refusal is raised by the first ``__anext__``."""
+        engine, _ = self._query_side()
+        files = await self._session_files(session_id)
+        async with self._sources(files) as sources:
+            async for chunk in engine.stream_csv(sources, sql):
+                yield chunk
+
+    async def file_summary(self, file_id: str) -> Summary:
+        """Computed once, then read from the database (deleted with the file)."""
+        kept = await self._db.read(lambda x: self._repo.get_summary(x, file_id))
+        if kept is None:
+            engine, _ = self._query_side()
+            file = await self.get_file(file_id)
+            async with self._sources([file]) as [source]:
+                columns = await engine.summarize(source)
+            summary = orjson.dumps([_column_json(c) for c in columns]).decode()
+            await self._db.write(
+                lambda x: self._repo.insert_summary(x, file_id, summary, utc_now())
+            )
+            # A twin computed at the same time may have been kept instead: answer with it.
+            kept = await self._db.read(lambda x: self._repo.get_summary(x, file_id))
+            if kept is None:  # deleted meanwhile
+                raise _file_not_found(file_id)
+        return Summary(file_id, orjson.loads(kept[0]), kept[1])
+
+
+def _column_json(column: ColumnSummary) -> dict[str, object]:
+    out = dataclasses.asdict(column)
+    out["top"] = [{"value": value, "count": count} for value, count in column.top]
+    return out
 
 
 def _session_not_found(session_id: str) -> SessionNotFound:

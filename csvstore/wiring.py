@@ -4,6 +4,7 @@ service over them, once their store ids agree."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from csvstore.config import Settings
@@ -11,8 +12,10 @@ from csvstore.db.postgres import PostgresDatabase
 from csvstore.db.sqlite import SqliteDatabase
 from csvstore.identity import check_placement, verify_store_id
 from csvstore.metrics import Metrics, TimedDatabase, TimedStorage
+from csvstore.query.engine import QueryEngine, QueryLimits
 from csvstore.resumable.local import LocalPartialStore, PartialStore
 from csvstore.service import CsvStore
+from csvstore.storage.cache import FilePaths
 from csvstore.storage.local import JOURNAL_MAX, LocalStorage, Storage
 
 
@@ -44,17 +47,41 @@ async def open_store(
 
             if metrics is not None:
                 metrics.watch_disk(storage)
+            engine = QueryEngine(query_limits(settings))
+            paths = FilePaths(
+                storage,
+                root=storage.root if isinstance(storage, LocalStorage) else None,
+                folder=settings.data_dir / "query-cache",
+                max_bytes=settings.query_cache_size,
+            )
             store = CsvStore(
                 db if metrics is None else TimedDatabase(db, metrics),
                 storage if metrics is None else TimedStorage(storage, metrics),
                 default_ttl=settings.session_ttl,
                 shared=shared,
                 partials=partials,
+                engine=engine,
+                paths=paths,
             )
             await verify_store_id(store, settings, claim=claim, repair=repair)
-            yield store
+            await paths.open()
+            try:
+                yield store
+            finally:
+                await engine.close()
+                await paths.close()
     finally:
         await db.close()
+
+
+def query_limits(settings: Settings) -> QueryLimits:
+    return QueryLimits(
+        timeout_s=settings.query_timeout,
+        memory_bytes=settings.query_memory,
+        max_rows=settings.query_max_rows,
+        concurrency=settings.query_concurrency,
+        threads=os.cpu_count() or 1,
+    )
 
 
 def open_partials(

@@ -97,3 +97,16 @@ LIMIT :limit;
 
 -- name: delete_journal_entry
 DELETE FROM file_journal WHERE seq = :seq;
+
+-- Column summaries (sql/migrations/0010_file_summary.sql).
+
+-- name: get_summary^
+SELECT summary, created_at FROM file_summaries WHERE file_id = :file_id;
+
+-- name: insert_summary^
+-- Kept only while its file exists; a summary computed twice at once keeps the first.
+INSERT INTO file_summaries (file_id, summary, created_at)
+SELECT :file_id, :summary, :created_at
+WHERE EXISTS (SELECT 1 FROM files WHERE id = :file_id)
+ON CONFLICT (file_id) DO NOTHING
+RETURNING file_id;

@@ -127,9 +127,31 @@ def test_whole_flow_in_chromium_with_an_api_key(
             "downloadName": "measurements.csv",
             "downloadTo": str(tmp_path / "downloaded.csv"),
             "screenshot": str(screenshot),
+            "query": {
+                "aggregate": "SELECT sensor, sum(value) AS total FROM measurements_csv "
+                "GROUP BY sensor ORDER BY sensor",
+                "chartLabels": ["s0", "s1", "s2"],
+                "summaryOf": "measurements.csv",
+            },
         },
     )
     assert seen["storedKey"] == API_KEY
+    # The Query panel: prefilled from the first table (upload order), run with the key.
+    query = seen["query"]
+    assert query["prefill"] == f"SELECT * FROM {query['tables'][0]} LIMIT 100"
+    assert "measurements_csv (45 rows)" in query["tablesShown"]
+    assert query["firstResult"]["rows"] in (2, 45)  # the cities or the measurements
+    assert query["firstResult"]["meta"].startswith(f"{query['firstResult']['rows']} rows in ")
+    sums = {f"s{k}": sum(i * 1.5 for i in range(1, 46) if i % 3 == k) for k in range(3)}
+    assert [(s, float(total)) for s, total in query["aggregateRows"]] == list(sums.items())
+    assert (query["bars"], query["labels"]) == (3, ["s0", "s1", "s2"])
+    assert (query["lines"], query["barsAfterLine"]) == (1, 0)
+    assert "COPY" in query["error"], query["error"]
+    summary = {row[0]: row for row in query["summary"]}
+    assert list(summary) == ["id", "sensor", "value"]
+    assert summary["id"][2:5] == ["45", "0", summary["id"][4]]  # count, nulls, distinct
+    assert (summary["id"][5], summary["id"][6]) == ("1", "45")  # min, max
+    assert summary["sensor"][9].startswith("s")  # the most frequent values, with counts
     assert "session id is 1-128 characters" in seen["createError"]
     by_name = {f["cells"][0]: f for f in seen["files"]}
     assert set(by_name) == {"measurements.csv", uploads[0]["name"], "dropped.csv"}

@@ -13,7 +13,14 @@ from typing import Any, NoReturn
 
 from csvstore.cli.fetch import get_file
 from csvstore.cli.http import Api, CliFailure, ExitCode, path
-from csvstore.cli.output import Output, fields_table, files_table, sessions_table
+from csvstore.cli.output import (
+    Output,
+    fields_table,
+    files_table,
+    result_table,
+    sessions_table,
+    summary_columns_table,
+)
 from csvstore.cli.resumable import RESUMABLE_FROM, ResumableWhenLarge
 from csvstore.cli.upload import (
     MultipartUpload,
@@ -25,7 +32,7 @@ from csvstore.cli.upload import (
 )
 from csvstore.config import parse_duration
 
-COMMANDS = frozenset({"sessions", "upload", "files"})
+COMMANDS = frozenset({"sessions", "upload", "files", "query"})
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_PARALLEL = 4  # enough to hide per-request latency without hogging a shared server
@@ -216,6 +223,18 @@ def build_client_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     rm = leaf(files_commands, "rm", "delete a stored file")
     rm.add_argument("file_id", metavar="FILE_ID")
+    summary = leaf(files_commands, "summary", "per-column summary of a file (types, counts, ...)")
+    summary.add_argument("file_id", metavar="FILE_ID")
+
+    query = leaf(commands, "query", "run one read-only SQL statement over a session's files")
+    query.add_argument("session_id", metavar="SESSION")
+    query.add_argument("sql", metavar="SQL", help="each file is a table: see 'sessions show'")
+    query.add_argument(
+        "--csv", action="store_true", help="the whole result as CSV on stdout (no row limit)"
+    )
+    query.add_argument(
+        "--limit", type=_positive_int, default=1000, metavar="N", help="rows shown (default 1000)"
+    )
     return parser
 
 
@@ -332,6 +351,37 @@ async def _files_rm(api: Api, args: argparse.Namespace, out: Output) -> ExitCode
     return ExitCode.OK
 
 
+async def _files_summary(api: Api, args: argparse.Namespace, out: Output) -> ExitCode:
+    summary = await api.call("GET", path("files", args.file_id, "summary"))
+    if out.json_mode:
+        out.document(summary)
+    else:
+        out.show(summary_columns_table(summary["columns"]))
+    return ExitCode.OK
+
+
+async def _query(api: Api, args: argparse.Namespace, out: Output) -> ExitCode:
+    url = api.url(path("sessions", args.session_id, "query"))
+    if args.csv:
+        if args.json:
+            raise CliFailure(ExitCode.USAGE, "--json and --csv both want stdout; choose one")
+        headers = {"Accept": "text/csv"}
+        async with api.request("POST", url, json={"sql": args.sql}, headers=headers) as response:
+            async for chunk in response.content.iter_any():
+                sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+        return ExitCode.OK
+    body = {"sql": args.sql, "limit": args.limit}
+    result = await api.call("POST", path("sessions", args.session_id, "query"), json_body=body)
+    if out.json_mode:
+        out.document(result)
+        return ExitCode.OK
+    out.show(result_table(result))
+    more = " (more rows: raise --limit or use --csv)" if result["truncated"] else ""
+    out.say(f"{result['row_count']} row(s) in {result['elapsed_ms']:.0f} ms{more}")
+    return ExitCode.OK
+
+
 COMMAND_TABLE: dict[tuple[str, str | None], Command] = {
     ("sessions", "create"): _sessions_create,
     ("sessions", "list"): _sessions_list,
@@ -341,6 +391,8 @@ COMMAND_TABLE: dict[tuple[str, str | None], Command] = {
     ("files", "show"): _files_show,
     ("files", "get"): _files_get,
     ("files", "rm"): _files_rm,
+    ("files", "summary"): _files_summary,
+    ("query", None): _query,
 }
 
 

@@ -138,3 +138,32 @@ def fields_table(record: Mapping[str, Any], *, skip: Iterable[str] = ()) -> Tabl
             text = str(value) if not isinstance(value, str) else repr(value)[1:-1]
         _add_row(table, key, text)
     return table
+
+
+def _cell(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
+def result_table(result: Mapping[str, Any]) -> Table:
+    """A query's result: its columns (with their types) and rows."""
+    table = Table(box=None)
+    for name, kind in zip(result["columns"], result["types"], strict=True):
+        table.add_column(f"{name}\n{kind}", overflow="fold")
+    for row in result["rows"]:
+        _add_row(table, *map(_cell, row))
+    return table
+
+
+def summary_columns_table(columns: Iterable[Mapping[str, Any]]) -> Table:
+    table = Table(box=None)
+    names = ("column", "type", "count", "nulls", "distinct", "min", "max", "mean", "std")
+    for name in names:
+        table.add_column(name, overflow="fold")
+    table.add_column("most frequent", overflow="fold")
+    for c in columns:
+        top = ", ".join(f"{_cell(t['value'])} ({t['count']})" for t in c["top"])
+        numbers = [c["mean"], c["std"]]
+        shown = ["-" if n is None else f"{n:.6g}" for n in numbers]
+        fixed = [c["name"], c["type"], c["count"], c["nulls"], c["approx_distinct"]]
+        _add_row(table, *map(_cell, fixed), _cell(c["min"]), _cell(c["max"]), *shown, top)
+    return table

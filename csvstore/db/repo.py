@@ -235,6 +235,18 @@ class Repo:
                 await self.add_intent(x, key, intent_owner)
         return keys
 
+    async def get_summary(self, x: Executor, file_id: str) -> tuple[str, str] | None:
+        """A file's stored column summary: (its JSON, when it was computed), or None."""
+        if not _can_exist(file_id):
+            return None
+        row = await x.one(self.q.get_summary, {"file_id": file_id})
+        return None if row is None else (str(row["summary"]), str(row["created_at"]))
+
+    async def insert_summary(self, x: Executor, file_id: str, summary: str, at: str) -> None:
+        """Keep a summary; nothing when the file is gone or one is kept already."""
+        params = {"file_id": file_id, "summary": summary, "created_at": at}
+        await x.one(self.q.insert_summary, params)
+
     async def add_journal_entry(self, x: Executor, file_id: str, data: bytes) -> None:
         """The durable copy of a file's bytes, written with its row's insert."""
         await x.all(self.q.insert_journal_entry, {"file_id": file_id, "data": data})

@@ -30,7 +30,7 @@ from csvstore.web.observability import UPLOAD, observe_middleware
 from csvstore.web.openapi import Documented, setup_openapi
 from csvstore.web.problems import error_middleware
 from csvstore.web.proxies import forwarded_middleware, parse_networks
-from csvstore.web.routes import route_kinds, setup_routes
+from csvstore.web.routes import ROUTES, route_kinds, setup_routes
 from csvstore.web.security import add_security_headers, auth_middleware, load_keys, setup_cors
 from csvstore.web.tus import setup_tus
 from csvstore.wiring import open_store
@@ -62,7 +62,8 @@ def create_app(
         error_middleware,
     ]
     if keys:
-        middlewares.append(auth_middleware(keys))
+        reads = frozenset(route.path for route in ROUTES if route.reads)
+        middlewares.append(auth_middleware(keys, reads))
     if settings.trusted_proxies:
         # First: every other middleware (access log, limits) sees the client's address.
         middlewares.insert(0, forwarded_middleware(parse_networks(settings.trusted_proxies)))

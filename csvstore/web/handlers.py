@@ -15,7 +15,7 @@ from csvstore.web import schemas
 from csvstore.web.download import send_archive, send_file
 from csvstore.web.ingest import receive_upload
 from csvstore.web.keys import LIMITS_KEY, SETTINGS_KEY, STORE_KEY
-from csvstore.web.observability import UPLOADED_BYTES
+from csvstore.web.observability import QUERY_SQL, UPLOADED_BYTES
 from csvstore.web.render import projector
 
 # Responses are rendered by projections of their schemas (see render.py): same shape, faster.
@@ -25,6 +25,9 @@ _file = projector(schemas.FileSchema())
 _uploaded = projector(schemas.UploadResponse())
 _message = projector(schemas.MessageResponse())
 _rows = projector(schemas.RowsResponse())
+_query_result = projector(schemas.QueryResponse())
+_table = projector(schemas.TableSchema())
+_summary = projector(schemas.SummaryResponse())
 
 SESSIONS_PATH = "/api/csv/sessions"
 
@@ -148,3 +151,41 @@ async def download_archive(request: web.Request) -> web.StreamResponse:
 async def delete_file(request: web.Request) -> web.Response:
     await request.app[STORE_KEY].delete_file(request.match_info["file_id"])
     return json_response(_message({"message": "File deleted successfully"}))
+
+
+async def query_tables(request: web.Request) -> web.Response:
+    tables = await request.app[STORE_KEY].query_tables(request.match_info["session_id"])
+    return json_response([_table(table) for table in tables])
+
+
+async def run_query(request: web.Request) -> web.StreamResponse:
+    body = schemas.load(schemas.QueryRequest(), await read_json(request), what="query")
+    request[QUERY_SQL] = body["sql"]
+    store = request.app[STORE_KEY]
+    session_id = request.match_info["session_id"]
+    if not _wants_csv(request):
+        result = await store.run_query(session_id, body["sql"], body["limit"])
+        return json_response(_query_result(result))
+    chunks = store.query_csv(session_id, body["sql"])
+    try:
+        # Refusals and SQL errors come with the first chunk: still a problem+json answer.
+        first = await anext(chunks, b"")
+        response = web.StreamResponse(headers={"Content-Type": "text/csv; charset=utf-8"})
+        await response.prepare(request)
+        await response.write(first)
+        async for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        await chunks.aclose()
+
+
+def _wants_csv(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "text/csv" in accept and "application/json" not in accept
+
+
+async def file_summary(request: web.Request) -> web.Response:
+    summary = await request.app[STORE_KEY].file_summary(request.match_info["file_id"])
+    return json_response(_summary(summary))

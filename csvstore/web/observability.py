@@ -33,6 +33,9 @@ T = TypeVar("T")
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID = web.RequestKey("request_id", str)
 UPLOADED_BYTES = web.RequestKey("uploaded_bytes", int)
+QUERY_SQL = web.RequestKey("query_sql", str)
+# The access line shows this much of a query's SQL.
+_SQL_SHOWN = 200
 # A client's request id is echoed only if it is short and plain: it ends up in logs.
 _SAFE_REQUEST_ID = re.compile(r"\A[A-Za-z0-9._:/=+-]{1,128}\Z")
 
@@ -46,6 +49,7 @@ def _route_of(request: web.Request) -> str:
 # What a route is, for the metrics: (method, route pattern) -> kind.
 UPLOAD = "upload"
 DOWNLOAD = "download"
+QUERY = "query"
 RouteKinds = dict[tuple[str, str], str]
 
 
@@ -125,11 +129,19 @@ def observe_middleware(metrics: Metrics, kinds: RouteKinds) -> Middleware:
                     metrics.uploaded_bytes.inc(request[UPLOADED_BYTES])
             elif sent and kind == DOWNLOAD:
                 metrics.downloaded_bytes.inc(sent)
+            elif kind == QUERY:
+                metrics.queries.labels("ok" if status < 400 else "refused").inc()
+                metrics.query_duration.observe(elapsed)
+                if status >= 400:
+                    reason = request.get(ERROR_REASON, "other")
+                    metrics.queries_refused.labels(rejection_label(reason)).inc()
             metrics.requests.labels(request.method, route, str(status)).inc()
             metrics.latency.labels(request.method, route).observe(elapsed)
             agent = request.headers.get("User-Agent", "-")
+            sql = request.get(QUERY_SQL)
+            shown = {} if sql is None else {"sql": sql[:_SQL_SHOWN]}
             access_log.info(
-                "%s %s %s %d %dB %.1fms id=%s ua=%s",
+                "%s %s %s %d %dB %.1fms id=%s ua=%s%s",
                 request.remote,
                 request.method,
                 request.path_qs,
@@ -138,7 +150,9 @@ def observe_middleware(metrics: Metrics, kinds: RouteKinds) -> Middleware:
                 elapsed * 1000,
                 request_id,
                 agent,
+                "" if sql is None else f" sql={sql[:_SQL_SHOWN]!r}",
                 extra={
+                    **shown,
                     "request_id": request_id,
                     "method": request.method,
                     "route": route,

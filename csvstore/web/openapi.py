@@ -28,6 +28,13 @@ _SCHEMAS = (
     "UploadResponse",
     "MessageResponse",
     "RowsResponse",
+    "QueryRequest",
+    "QueryResponse",
+    "ColumnSchema",
+    "TableSchema",
+    "TopValue",
+    "ColumnSummarySchema",
+    "SummaryResponse",
     "Problem",
 )
 
@@ -37,6 +44,10 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _RAW_BODIES: dict[str, dict[str, Any] | None] = {
     "binary": {"text/csv": _BINARY},
     "zip": {"application/zip": _BINARY},
+    "query": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/QueryResponse"}},
+        "text/csv": {"schema": {"type": "string"}},
+    },
     "empty": None,
 }
 
@@ -142,7 +153,7 @@ def _operation(route: Route, documented: Documented) -> dict[str, Any]:
         statuses.setdefault(503, ("The database or the storage is unavailable", None))
     if documented.api_keys and protected:
         statuses[401] = ("No API key, or not a valid one", None)
-        if route.method not in _READ_METHODS:
+        if route.method not in _READ_METHODS and not route.reads:
             statuses[403] = ("A read-only API key", None)
     if documented.rate_limit or (documented.upload_limit and route.kind == UPLOAD):
         statuses[429] = ("Past this client's rate or uploads limit", None)

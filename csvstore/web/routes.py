@@ -10,7 +10,7 @@ from aiohttp import web
 
 from csvstore.web import handlers, observability, schemas, tus
 from csvstore.web import page as webpage
-from csvstore.web.observability import DOWNLOAD, UPLOAD, RouteKinds
+from csvstore.web.observability import DOWNLOAD, QUERY, UPLOAD, RouteKinds
 
 API = "/api/csv"
 
@@ -29,7 +29,8 @@ class Route:
     request_type: str = "application/json"
     parameters: list[dict[str, Any]] = field(default_factory=list)
     tag: str = "csv"
-    kind: str | None = None  # UPLOAD or DOWNLOAD, for the metrics
+    kind: str | None = None  # UPLOAD, DOWNLOAD or QUERY, for the metrics
+    reads: bool = False  # a POST that only reads: read-only keys may send it
     operation_id: str = ""
     # status -> the headers that answer sets (openapi.HEADERS); "Name?" when only sometimes
     headers: dict[int, tuple[str, ...]] = field(default_factory=dict)
@@ -49,6 +50,15 @@ def _header(name: str, schema: dict[str, Any] | None = None, *, required: bool =
 _TUS_RESUMABLE = _header("Tus-Resumable", {"type": "string", "enum": ["1.0.0"]})
 _FILE_HEADERS = ("Content-Disposition", "Accept-Ranges", "Last-Modified", "ETag?")
 _PROGRESS = ("Upload-Offset", "Upload-Expires?", "Content-Location?")
+
+_QUERY_ERRORS: dict[int, tuple[str, str | None]] = {
+    404: ("No such session or file", None),
+    422: (
+        "Stopped at --query-timeout, past --query-memory, or a file the engine cannot read",
+        None,
+    ),
+    429: ("--query-concurrency queries are running (Retry-After)", None),
+}
 
 ROUTES: tuple[Route, ...] = (
     Route(
@@ -191,6 +201,45 @@ ROUTES: tuple[Route, ...] = (
         {200: ("Deleted", "MessageResponse"), 404: ("No such file", None)},
         parameters=[_FILE_ID],
         operation_id="delete_file",
+    ),
+    # Queries (issue 20): docs/query.md.
+    Route(
+        "GET",
+        f"{API}/sessions/{{session_id}}/tables",
+        handlers.query_tables,
+        "The session's files as SQL tables: names, columns with their types, row counts",
+        {200: ("One table per file, in upload order", "TableSchema[]"), **_QUERY_ERRORS},
+        parameters=[_SESSION_ID],
+        tag="query",
+        operation_id="list_tables",
+    ),
+    Route(
+        "POST",
+        f"{API}/sessions/{{session_id}}/query",
+        handlers.run_query,
+        "Run one read-only SQL statement over the session's tables (Accept: text/csv streams "
+        "the whole result, up to --query-max-rows)",
+        {
+            200: ("The result: JSON up to limit rows, or CSV", "query"),
+            400: ("Invalid body, a refused statement or an SQL error", None),
+            **_QUERY_ERRORS,
+        },
+        request_schema="QueryRequest",
+        parameters=[_SESSION_ID, _header("Accept", required=False)],
+        tag="query",
+        kind=QUERY,
+        reads=True,
+        operation_id="run_query",
+    ),
+    Route(
+        "GET",
+        f"{API}/files/{{file_id}}/summary",
+        handlers.file_summary,
+        "Per-column summary of a file (computed once, then kept)",
+        {200: ("The file's columns summarised", "SummaryResponse"), **_QUERY_ERRORS},
+        parameters=[_FILE_ID],
+        tag="query",
+        operation_id="get_file_summary",
     ),
     # Resumable uploads (tus 1.0): see csvstore/web/tus.py and docs/resumable.md.
     Route(

@@ -299,6 +299,90 @@ class UploadResponse(Schema):
     file = fields.Nested(FileSchema, required=True)
 
 
+# A JSON answer stays small; the whole result streams as text/csv instead.
+MAX_QUERY_LIMIT = 10_000
+MAX_SQL_LENGTH = 100_000
+
+
+class QueryRequest(Schema):
+    class Meta:
+        unknown = RAISE
+
+    sql = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=MAX_SQL_LENGTH),
+        metadata={
+            "description": "one read-only statement; each file of the session is a table",
+            "example": "SELECT region, sum(amount) FROM sales GROUP BY region",
+        },
+    )
+    limit = fields.Integer(
+        strict=True,
+        load_default=1000,
+        validate=validate.Range(min=1, max=MAX_QUERY_LIMIT),
+        metadata={"description": f"rows returned in JSON (1-{MAX_QUERY_LIMIT}); text/csv: all"},
+    )
+
+
+class QueryResponse(Schema):
+    columns = fields.List(fields.String(), required=True)
+    types = fields.List(
+        fields.String(), required=True, metadata={"description": "DuckDB's type of each column"}
+    )
+    rows = fields.List(
+        fields.List(fields.Raw()),
+        required=True,
+        metadata={"description": "numbers, strings, booleans, null; dates as ISO 8601 strings"},
+    )
+    row_count = fields.Integer(required=True, metadata={"description": "rows returned"})
+    truncated = fields.Boolean(required=True, metadata={"description": "more rows than limit"})
+    elapsed_ms = fields.Float(required=True)
+
+
+class ColumnSchema(Schema):
+    name = fields.String(required=True)
+    type = fields.String(required=True, metadata={"example": "BIGINT"})
+
+
+class TableSchema(Schema):
+    name = fields.String(
+        required=True,
+        metadata={"description": "from the original file name: a-z 0-9 _", "example": "sales"},
+    )
+    file_id = fields.String(required=True, metadata={"format": "uuid"})
+    columns = fields.List(fields.Nested(ColumnSchema), required=True)
+    row_count = fields.Integer(required=True)
+
+
+class TopValue(Schema):
+    value = fields.Raw(required=True)
+    count = fields.Integer(required=True)
+
+
+class ColumnSummarySchema(Schema):
+    name = fields.String(required=True)
+    type = fields.String(required=True)
+    count = fields.Integer(required=True, metadata={"description": "values that are not null"})
+    nulls = fields.Integer(required=True)
+    approx_distinct = fields.Integer(required=True)
+    min = fields.Raw(allow_none=True)
+    max = fields.Raw(allow_none=True)
+    mean = fields.Float(allow_none=True, metadata={"description": "numeric columns only"})
+    std = fields.Float(allow_none=True, metadata={"description": "numeric columns only"})
+    top = fields.List(
+        fields.Nested(TopValue), required=True, metadata={"description": "5 most frequent"}
+    )
+
+
+class SummaryResponse(Schema):
+    file_id = fields.String(required=True, metadata={"format": "uuid"})
+    computed_at = fields.String(
+        required=True,
+        metadata={**_TIMESTAMP, "description": "computed once, then kept with the file"},
+    )
+    columns = fields.List(fields.Nested(ColumnSummarySchema), required=True)
+
+
 class MessageResponse(Schema):
     message = fields.String(required=True)
 

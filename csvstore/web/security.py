@@ -98,7 +98,9 @@ def find_key(keys: list[ApiKey], presented: str) -> ApiKey | None:
     return found
 
 
-def auth_middleware(keys: list[ApiKey]) -> Middleware:
+def auth_middleware(keys: list[ApiKey], reads: frozenset[str] = frozenset()) -> Middleware:
+    """``reads``: route patterns a read-only key may POST to (a query only reads)."""
+
     @web.middleware
     async def check_key(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method == "OPTIONS" or not request.path.startswith(PROTECTED_PREFIX):
@@ -112,12 +114,17 @@ def auth_middleware(keys: list[ApiKey]) -> Middleware:
         key = find_key(keys, presented.strip())
         if key is None:
             raise Unauthorized("the API key is not valid", headers=_CHALLENGE)
-        if key.read_only and request.method not in READ_METHODS:
+        if key.read_only and request.method not in READ_METHODS and _route(request) not in reads:
             raise Forbidden(f"this API key is read-only: {request.method} is not allowed")
         request[API_KEY] = key.digest
         return await handler(request)
 
     return check_key
+
+
+def _route(request: web.Request) -> str | None:
+    resource = request.match_info.route.resource
+    return None if resource is None else resource.canonical
 
 
 def is_loopback(host: str) -> bool:

@@ -2,7 +2,7 @@
 // page shows. Run by tests/test_webpage.py: `node webpage.mjs CONFIG.json`, where CONFIG is
 //   {url, chromium, sessionId, apiKey|null, uploads: [{path, name, columns, firstRow}],
 //    refused: path|null, dropped: {name, text}|null, downloadName, downloadTo, screenshot, moreSessions: n|null,
-//    cutCell: {path, name}|null}
+//    cutCell: {path, name}|null, query: {aggregate, chartLabels, summaryOf}|null}
 // It prints one JSON line of what it saw; any failed check exits non-zero with the reason.
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
@@ -164,6 +164,46 @@ try {
     await page.click("#preview-more");
     await page.locator("#preview-table tbody tr").nth(before).waitFor();
     seen.previews.at(-1).afterMore = await page.locator("#preview-table tbody tr").count();
+  }
+
+  // ---- the Query panel: prefilled SQL, a result table, a chart, a bad query's detail
+  if (config.query) {
+    const sql = page.locator("#query-sql");
+    await page.waitForFunction(() => /^SELECT \* FROM \S+ LIMIT 100$/.test(document.querySelector("#query-sql").value));
+    const tables = await page.evaluate(async (sessionId) => {
+      const key = sessionStorage.getItem("csvstore.apiKey");
+      const answer = await fetch(`api/csv/sessions/${sessionId}/tables`, { headers: key ? { Authorization: `Bearer ${key}` } : {} });
+      return (await answer.json()).map((t) => t.name);
+    }, config.sessionId);
+    seen.query = { prefill: await sql.inputValue(), tables, tablesShown: await page.locator("#query-tables").textContent() };
+    await page.click("#query-run");
+    await page.locator("#query-result").waitFor();
+    seen.query.firstResult = {
+      header: await page.$$eval("#query-table thead th", (cells) => cells.map((c) => c.textContent)),
+      rows: await page.locator("#query-table tbody tr").count(),
+      meta: await page.locator("#query-meta").textContent(),
+    };
+    await sql.fill(config.query.aggregate);
+    await page.click("#query-run");
+    await page.locator("#query-chart-wrap").waitFor();
+    await page.waitForFunction((n) => document.querySelectorAll("#query-chart rect.bar").length === n, config.query.chartLabels.length);
+    seen.query.bars = await page.locator("#query-chart rect.bar").count();
+    seen.query.labels = await page.$$eval("#query-chart text.label", (texts) => texts.map((t) => t.textContent));
+    seen.query.aggregateRows = await page.$$eval("#query-table tbody tr", (rows) => rows.map((r) => [...r.cells].map((c) => c.textContent)));
+    await page.selectOption("#query-chart-kind", "line");
+    seen.query.lines = await page.locator("#query-chart polyline.line").count();
+    seen.query.barsAfterLine = await page.locator("#query-chart rect.bar").count();
+    await sql.fill("COPY measurements_csv TO '/tmp/stolen.csv'");
+    await page.click("#query-run");
+    await page.locator("#query-error").waitFor();
+    seen.query.error = await page.locator("#query-error").textContent();
+    // ---- each file's summary, one click away
+    const row = page.locator("#file-rows tr").filter({ has: page.locator("td.name", { hasText: config.query.summaryOf }) });
+    await row.getByRole("button", { name: "Summary" }).click();
+    await page.locator("#summary-title", { hasText: config.query.summaryOf }).waitFor();
+    await page.locator("#summary-table tbody tr").first().waitFor();
+    seen.query.summary = await page.$$eval("#summary-table tbody tr", (rows) => rows.map((r) => [...r.cells].map((c) => c.textContent)));
+    assert.equal(await page.locator("#query-table img, #summary-table img").count(), 0, "a value became HTML");
   }
 
   await page.evaluate(() => window.scrollTo(0, 0));

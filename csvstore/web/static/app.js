@@ -1,4 +1,5 @@
-// The csvstore page: sessions, uploads with progress, file list, preview, downloads.
+// The csvstore page: sessions, uploads with progress, file list, preview, downloads,
+// SQL queries with a chart, column summaries.
 // Plain JavaScript, no build step. Every string from the server reaches the DOM as text
 // (textContent, setAttribute), never as HTML.
 
@@ -7,6 +8,9 @@ const KEY_STORAGE = "csvstore.apiKey";
 const SESSIONS_PER_PAGE = 50;
 const PREVIEW_ROWS = 20;
 const PARALLEL_UPLOADS = 3;
+const QUERY_LIMIT = 1000;
+const CHART_POINTS = 50; // a chart of more bars than this is unreadable anyway
+const SVG = "http://www.w3.org/2000/svg";
 
 const $ = (id) => document.getElementById(id);
 
@@ -15,6 +19,8 @@ const state = {
   nextSessionsUrl: null, // Link rel="next" of the last page
   current: null, // the session shown on the right
   preview: null, // {file, nextOffset}
+  summary: null, // the file whose summary is shown
+  query: { sessionId: null, edited: false, result: null },
 };
 
 // ---------------------------------------------------------------- small DOM helpers
@@ -294,6 +300,7 @@ async function deleteSession(sessionId) {
 function closeSession() {
   state.current = null;
   closePreview();
+  closeSummary();
   show($("session-view"), false);
   show($("no-session"), true);
   $("upload-list").replaceChildren();
@@ -304,6 +311,8 @@ async function openSession(sessionId) {
   if (!state.current || state.current.session_id !== sessionId) {
     $("upload-list").replaceChildren();
     closePreview();
+    closeSummary();
+    resetQuery(sessionId);
   }
   await refreshSession(sessionId);
 }
@@ -322,6 +331,7 @@ async function refreshSession(sessionId = state.current && state.current.session
   rememberSession(session); // new, or its file count changed
   renderSession();
   renderSessions();
+  await loadTables();
 }
 
 function renderSession() {
@@ -373,6 +383,7 @@ function fileRow(file) {
       "td",
       { class: "actions" },
       el("button", { type: "button", onclick: () => openPreview(file) }, "Preview"),
+      el("button", { type: "button", onclick: () => openSummary(file) }, "Summary"),
       download,
       el("button", { type: "button", class: "danger", onclick: () => deleteFile(file) }, "Delete"),
     ),
@@ -388,6 +399,7 @@ async function deleteFile(file) {
     return;
   }
   if (state.preview && state.preview.file.id === file.id) closePreview();
+  if (state.summary && state.summary.id === file.id) closeSummary();
   notice(`${file.original_filename} deleted.`);
   await refreshSession();
 }
@@ -470,6 +482,170 @@ async function loadPreviewRows() {
   preview.nextOffset = page.next_offset;
   show($("preview-more"), page.next_offset !== null);
   if (!table.tBodies[0].rows.length) setText($("preview-error"), "This file has no data rows.");
+}
+
+// ---------------------------------------------------------------- summaries
+
+function closeSummary() {
+  state.summary = null;
+  show($("summary"), false);
+}
+
+function formatNumber(value) {
+  if (value === null || value === undefined) return "";
+  return Number.isInteger(value) ? String(value) : Number(value).toPrecision(6).replace(/\.?0+$/, "");
+}
+
+async function openSummary(file) {
+  state.summary = file;
+  $("summary-title").textContent = `Summary: ${file.original_filename}`;
+  const body = $("summary-table").tBodies[0];
+  body.replaceChildren();
+  setText($("summary-error"), "");
+  show($("summary"), true);
+  let summary;
+  try {
+    ({ body: summary } = await requestJson(`${fileUrl(file.id)}/summary`));
+  } catch (error) {
+    setText($("summary-error"), error.message);
+    return;
+  }
+  if (state.summary !== file) return;
+  const cellText = (value) => (value === null || value === undefined ? "" : typeof value === "number" ? formatNumber(value) : String(value));
+  body.append(
+    ...summary.columns.map((c) =>
+      el(
+        "tr",
+        {},
+        el("td", {}, c.name),
+        el("td", { class: "muted" }, c.type),
+        el("td", { class: "num" }, c.count),
+        el("td", { class: "num" }, c.nulls),
+        el("td", { class: "num" }, c.approx_distinct),
+        el("td", {}, cellText(c.min)),
+        el("td", {}, cellText(c.max)),
+        el("td", { class: "num" }, formatNumber(c.mean)),
+        el("td", { class: "num" }, formatNumber(c.std)),
+        el("td", {}, c.top.map((t) => `${cellText(t.value)} (${t.count})`).join(", ")),
+      ),
+    ),
+  );
+  $("summary").scrollIntoView({ block: "nearest" });
+}
+
+// ---------------------------------------------------------------- queries
+
+function resetQuery(sessionId) {
+  state.query = { sessionId, edited: false, result: null };
+  $("query-sql").value = "";
+  setText($("query-error"), "");
+  setText($("query-meta"), "");
+  setText($("query-tables"), "");
+  show($("query-result"), false);
+  show($("query-chart-wrap"), false);
+}
+
+async function loadTables() {
+  const session = state.current;
+  if (!session) return;
+  let tables;
+  try {
+    ({ body: tables } = await requestJson(`${sessionUrl(session.session_id)}/tables`));
+  } catch (error) {
+    setText($("query-tables"), `Tables unavailable: ${error.message}`);
+    return;
+  }
+  if (state.current !== session) return;
+  setText($("query-tables"), tables.length ? `Tables: ${tables.map((t) => `${t.name} (${plural(t.row_count, "row")})`).join(", ")}` : "No tables: upload a CSV file first.");
+  if (!state.query.edited) $("query-sql").value = tables.length ? `SELECT * FROM ${tables[0].name} LIMIT 100` : "";
+}
+
+async function runQuery(event) {
+  event.preventDefault();
+  if (!state.current) return;
+  const sessionId = state.current.session_id;
+  setText($("query-error"), "");
+  setText($("query-meta"), "running…");
+  let result;
+  try {
+    ({ body: result } = await requestJson(`${sessionUrl(sessionId)}/query`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ sql: $("query-sql").value, limit: QUERY_LIMIT }),
+    }));
+  } catch (error) {
+    setText($("query-meta"), "");
+    setText($("query-error"), error.message);
+    return;
+  }
+  if (!state.current || state.current.session_id !== sessionId) return;
+  state.query.result = result;
+  const more = result.truncated ? ` (first ${QUERY_LIMIT})` : "";
+  setText($("query-meta"), `${plural(result.row_count, "row")}${more} in ${Math.round(result.elapsed_ms)} ms`);
+  renderResult(result);
+  drawChart();
+}
+
+const cellValue = (value) => (value === null ? "null" : typeof value === "object" ? JSON.stringify(value) : String(value));
+
+function renderResult(result) {
+  const table = $("query-table");
+  table.tHead.replaceChildren(el("tr", {}, ...result.columns.map((name, i) => el("th", { title: result.types[i] }, name))));
+  table.tBodies[0].replaceChildren(...result.rows.map((row) => el("tr", {}, ...row.map((value) => el("td", { class: value === null ? "muted" : "" }, cellValue(value))))));
+  show($("query-result"), true);
+}
+
+// A chart when the result is one label column and one numeric column.
+function chartable(result) {
+  if (!result || result.columns.length !== 2 || !result.rows.length) return null;
+  const numeric = result.rows.every((row) => typeof row[1] === "number");
+  return numeric ? result.rows.slice(0, CHART_POINTS).map((row) => [cellValue(row[0]), row[1]]) : null;
+}
+
+function svg(tag, attrs = {}, text = null) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+  if (text !== null) node.textContent = text;
+  return node;
+}
+
+function drawChart() {
+  const points = chartable(state.query.result);
+  const chart = $("query-chart");
+  show($("query-chart-wrap"), Boolean(points));
+  if (!points) {
+    chart.replaceChildren();
+    return;
+  }
+  const [width, height, pad, bottom] = [800, 220, 40, 40];
+  chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  chart.setAttribute("preserveAspectRatio", "none");
+  const values = points.map(([, v]) => v);
+  const low = Math.min(0, ...values);
+  const high = Math.max(0, ...values) || 1;
+  const y = (v) => height - bottom - ((v - low) / (high - low || 1)) * (height - bottom - 10);
+  const step = (width - pad) / points.length;
+  const x = (i) => pad + step * i + step / 2;
+  const parts = [
+    svg("line", { class: "axis", x1: pad, x2: width, y1: y(0), y2: y(0) }),
+    svg("text", { x: 2, y: 12 }, formatNumber(high)),
+    svg("text", { x: 2, y: y(low) }, formatNumber(low)),
+  ];
+  if ($("query-chart-kind").value === "line") {
+    parts.push(svg("polyline", { class: "line", points: points.map(([, v], i) => `${x(i)},${y(v)}`).join(" ") }));
+  } else {
+    for (const [i, [label, v]] of points.entries()) {
+      const top = Math.min(y(v), y(0));
+      const bar = svg("rect", { class: "bar", x: x(i) - step * 0.4, width: step * 0.8, y: top, height: Math.max(1, Math.abs(y(v) - y(0))) });
+      bar.append(svg("title", {}, `${label}: ${v}`));
+      parts.push(bar);
+    }
+  }
+  const every = Math.ceil(points.length / 12); // labels that fit
+  for (const [i, [label]] of points.entries()) {
+    if (i % every === 0) parts.push(svg("text", { class: "label", x: x(i), y: height - bottom + 14, "text-anchor": "middle" }, label.slice(0, 14)));
+  }
+  chart.replaceChildren(...parts);
 }
 
 // ---------------------------------------------------------------- uploads
@@ -601,6 +777,11 @@ function start() {
   $("session-delete").addEventListener("click", () => state.current && deleteSession(state.current.session_id));
   $("archive-link").addEventListener("click", downloadWithKey);
   $("preview-more").addEventListener("click", loadPreviewRows);
+  $("query-form").addEventListener("submit", runQuery);
+  $("query-sql").addEventListener("input", () => {
+    state.query.edited = true;
+  });
+  $("query-chart-kind").addEventListener("change", drawChart);
   $("key-forget").addEventListener("click", () => {
     sessionStorage.removeItem(KEY_STORAGE);
     showKeyState();

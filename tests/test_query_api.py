@@ -1,0 +1,328 @@
+"""Issue 20 over HTTP, on the real app: tables, queries (JSON and CSV), summaries kept in the
+database and deleted with their file, read-only keys, limits, metrics and the access log.
+On the suite's backends: SQLite + local in ``make test``, PostgreSQL (+ S3) in
+``make test-postgres`` / ``make test-s3``."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from csvstore.config import Settings
+from csvstore.web.keys import STORE_KEY
+from tests.conftest import Client, MakeClient, assert_problem, upload_form
+
+SALES = b"region,amount,day\nnorth,10,2024-01-02\nsouth,5.5,2024-01-03\nnorth,2,2024-01-04\n"
+QUERY = "/api/csv/sessions/s1/query"
+# 10^10 pairs over small inputs: hours of CPU, little memory.
+RUNAWAY = "SELECT count(*) FROM range(100000) a, range(100000) b WHERE (a.range * b.range) % 7 = 3"
+
+
+async def _upload(client: Client, data: bytes, name: str, session_id: str = "s1") -> str:
+    resp = await client.post(
+        "/api/csv/upload", data=upload_form(data, filename=name, session_id=session_id)
+    )
+    assert resp.status == 201, await resp.text()
+    return str((await resp.json())["file"]["id"])
+
+
+async def _query(client: Client, sql: str, **body: Any) -> Any:
+    resp = await client.post(QUERY, json={"sql": sql, **body})
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
+async def _summary_row(client: Client, file_id: str) -> tuple[str, str] | None:
+    store = client.app[STORE_KEY]
+    return await store.db.read(lambda x: store.repo.get_summary(x, file_id))
+
+
+async def test_tables_are_the_session_files_named_in_upload_order(
+    client: Client, session: str
+) -> None:
+    first = await _upload(client, SALES, "Sales 2024.csv")
+    second = await _upload(client, b"a;b\n1;x\n", "sales-2024.csv")
+    third = await _upload(client, b"x\n1\n2\n", "2023.csv")
+    resp = await client.get("/api/csv/sessions/s1/tables")
+    assert resp.status == 200
+    tables = await resp.json()
+    assert [(t["name"], t["file_id"]) for t in tables] == [
+        ("sales_2024_csv", first),
+        ("sales_2024_csv_2", second),
+        ("t_2023_csv", third),
+    ]
+    assert [c["name"] for c in tables[0]["columns"]] == ["region", "amount", "day"]
+    assert tables[0]["row_count"] == 3
+    assert [c["name"] for c in tables[1]["columns"]] == ["a", "b"]  # its own delimiter
+    assert tables[2]["row_count"] == 2
+
+
+async def test_a_query_answers_json_values(client: Client, session: str) -> None:
+    await _upload(client, SALES, "sales.csv")
+    body = await _query(
+        client,
+        "SELECT region, sum(amount) AS total, max(day) AS last FROM sales_csv "
+        "GROUP BY region ORDER BY region",
+    )
+    assert body["columns"] == ["region", "total", "last"]
+    assert body["types"][0] == "VARCHAR"
+    assert body["rows"] == [["north", 12, "2024-01-04"], ["south", 5.5, "2024-01-03"]]
+    assert body["row_count"] == 2
+    assert body["truncated"] is False
+    assert isinstance(body["elapsed_ms"], int | float)
+    limited = await _query(client, "SELECT * FROM sales_csv", limit=2)
+    assert limited["row_count"] == 2
+    assert limited["truncated"] is True
+
+
+async def test_accept_csv_streams_the_whole_result_up_to_max_rows(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    client = await make_client(replace(settings, query_max_rows=50))
+    assert (await client.post("/api/csv/sessions", json={"session_id": "s1"})).status == 201
+    await _upload(client, b"n\n" + b"".join(b"%d\n" % i for i in range(80)), "numbers.csv")
+    resp = await client.post(
+        QUERY,
+        json={"sql": "SELECT n, n * 2 AS twice FROM numbers_csv"},
+        headers={"Accept": "text/csv"},
+    )
+    assert resp.status == 200
+    assert resp.content_type == "text/csv"
+    rows = list(csv.reader(io.StringIO(await resp.text())))
+    assert rows[0] == ["n", "twice"]
+    assert rows[1:4] == [["0", "0"], ["1", "2"], ["2", "4"]]
+    assert len(rows) == 1 + 50  # --query-max-rows
+    # A refusal still comes as a problem, before any CSV is sent.
+    resp = await client.post(
+        QUERY, json={"sql": "COPY numbers_csv TO '/tmp/out.csv'"}, headers={"Accept": "text/csv"}
+    )
+    await assert_problem(resp, 400)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM read_text('/etc/hostname')",
+        "SELECT * FROM glob('/*')",
+        "COPY sales_csv TO '/tmp/escape.csv'",
+        "CREATE TABLE t AS SELECT 1",
+        "INSTALL httpfs",
+        "SET threads = 1",
+        "SELECT getenv('HOME')",
+        "SELECT 1; SELECT 2",
+    ],
+)
+async def test_escapes_are_400_problems(client: Client, session: str, sql: str) -> None:
+    await _upload(client, SALES, "sales.csv")
+    body = await assert_problem(await client.post(QUERY, json={"sql": sql}), 400)
+    assert body["code"] in {"query-refused", "query-invalid"}
+    assert "/etc/passwd" not in body["detail"] or "read_csv" in sql
+
+
+async def test_another_sessions_files_are_not_tables(client: Client, session: str) -> None:
+    assert (await client.post("/api/csv/sessions", json={"session_id": "s2"})).status == 201
+    await _upload(client, SALES, "secret.csv", session_id="s2")
+    await _upload(client, SALES, "sales.csv")
+    body = await assert_problem(
+        await client.post(QUERY, json={"sql": "SELECT * FROM secret_csv"}), 400
+    )
+    assert body["code"] in {"query-refused", "query-invalid"}
+    assert "secret_csv" in body["detail"]
+    tables = await (await client.get("/api/csv/sessions/s1/tables")).json()
+    assert [t["name"] for t in tables] == ["sales_csv"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "sql"),
+        ({"sql": ""}, "sql"),
+        ({"sql": "SELECT 1", "limit": 0}, "limit"),
+        ({"sql": "SELECT 1", "limit": "10"}, "limit"),
+        ({"sql": "SELECT 1", "limit": 10**6}, "limit"),
+        ({"sql": "SELECT 1", "other": 1}, "other"),
+    ],
+)
+async def test_bad_query_bodies_name_the_field(
+    client: Client, session: str, body: dict[str, Any], field: str
+) -> None:
+    problem = await assert_problem(await client.post(QUERY, json=body), 400)
+    assert problem["code"] == "validation-failed"
+    assert field in problem["errors"]
+
+
+async def test_unknown_session_and_file_are_404(client: Client) -> None:
+    resp = await client.post("/api/csv/sessions/nope/query", json={"sql": "SELECT 1"})
+    assert (await assert_problem(resp, 404))["code"] == "unknown-session"
+    resp = await client.get("/api/csv/sessions/nope/tables")
+    assert (await assert_problem(resp, 404))["code"] == "unknown-session"
+    resp = await client.get("/api/csv/files/nope/summary")
+    assert (await assert_problem(resp, 404))["code"] == "unknown-file"
+
+
+async def test_a_summary_is_computed_once_kept_and_deleted_with_its_file(
+    client: Client, session: str
+) -> None:
+    file_id = await _upload(client, SALES, "sales.csv")
+    assert await _summary_row(client, file_id) is None
+    resp = await client.get(f"/api/csv/files/{file_id}/summary")
+    assert resp.status == 200, await resp.text()
+    first = await resp.json()
+    by_name = {c["name"]: c for c in first["columns"]}
+    assert list(by_name) == ["region", "amount", "day"]
+    amount = by_name["amount"]
+    assert (amount["count"], amount["nulls"], amount["min"], amount["max"]) == (3, 0, 2, 10)
+    assert amount["mean"] == pytest.approx(17.5 / 3)
+    assert by_name["region"]["top"][0] == {"value": "north", "count": 2}
+    assert by_name["region"]["mean"] is None
+    kept = await _summary_row(client, file_id)
+    assert kept is not None
+    assert kept[1] == first["computed_at"]
+    second = await (await client.get(f"/api/csv/files/{file_id}/summary")).json()
+    assert second == first  # from the database: the same computed_at
+    assert (await client.delete(f"/api/csv/files/{file_id}")).status == 200
+    assert await _summary_row(client, file_id) is None
+
+
+async def test_a_kept_summary_goes_with_its_session(client: Client, session: str) -> None:
+    # Without the engine: the row is written as the service writes it, the cascade removes it.
+    file_id = await _upload(client, SALES, "sales.csv")
+    store = client.app[STORE_KEY]
+    await store.db.write(lambda x: store.repo.insert_summary(x, file_id, "[]", "2026-01-01"))
+    assert await _summary_row(client, file_id) == ("[]", "2026-01-01")
+    assert (await client.delete("/api/csv/sessions/s1")).status == 200
+    assert await _summary_row(client, file_id) is None
+    # A summary of a file that is gone is not kept.
+    await store.db.write(lambda x: store.repo.insert_summary(x, file_id, "[]", "2026-01-01"))
+    assert await _summary_row(client, file_id) is None
+
+
+async def test_a_read_only_key_may_query_but_not_upload(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    client = await make_client(replace(settings, api_keys="writer-key-123456,ro:reader-key-123456"))
+    writer = {"Authorization": "Bearer writer-key-123456"}
+    reader = {"Authorization": "Bearer reader-key-123456"}
+    resp = await client.post("/api/csv/sessions", json={"session_id": "s1"}, headers=writer)
+    assert resp.status == 201
+    resp = await client.post(
+        "/api/csv/upload", data=upload_form(SALES, filename="sales.csv"), headers=writer
+    )
+    assert resp.status == 201
+    resp = await client.post(QUERY, json={"sql": "SELECT count(*) FROM sales_csv"}, headers=reader)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["rows"] == [[3]]
+    resp = await client.post(QUERY, json={}, headers=reader)  # past the key check, to the schema
+    assert (await assert_problem(resp, 400))["code"] == "validation-failed"
+    resp = await client.post("/api/csv/sessions", json={"session_id": "s2"}, headers=reader)
+    await assert_problem(resp, 403)
+    resp = await client.post(QUERY, json={"sql": "SELECT 1"})
+    await assert_problem(resp, 401)
+
+
+async def test_a_runaway_query_stops_at_the_timeout_and_the_server_goes_on(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    client = await make_client(replace(settings, query_timeout=1.0))
+    assert (await client.post("/api/csv/sessions", json={"session_id": "s1"})).status == 201
+    await _upload(client, SALES, "sales.csv")
+    started = asyncio.get_running_loop().time()
+    resp = await client.post(QUERY, json={"sql": RUNAWAY})
+    body = await assert_problem(resp, 422)
+    assert body["code"] == "query-timeout"
+    assert asyncio.get_running_loop().time() - started < 10
+    assert (await client.get("/healthz")).status == 200
+    assert (await _query(client, "SELECT count(*) FROM sales_csv"))["rows"] == [[3]]
+
+
+async def test_queries_are_counted_timed_and_logged(
+    client: Client, session: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _upload(client, SALES, "sales.csv")
+    with caplog.at_level(logging.INFO, logger="csvstore.access"):
+        await _query(client, "SELECT 42 AS answer")
+        await assert_problem(await client.post(QUERY, json={"sql": "COPY sales_csv TO 'x'"}), 400)
+        await assert_problem(await client.post(QUERY, json={"sql": "SELEC"}), 400)
+    lines = [r.getMessage() for r in caplog.records if r.name == "csvstore.access"]
+    assert any("/query" in line and "sql='SELECT 42 AS answer'" in line for line in lines)
+    records = [r for r in caplog.records if getattr(r, "sql", None) == "SELECT 42 AS answer"]
+    assert records
+    assert getattr(records[0], "status", None) == 200
+    text = await (await client.get("/metrics")).text()
+    assert 'csvstore_queries_total{outcome="ok"} 1.0' in text
+    assert 'csvstore_queries_total{outcome="refused"} 2.0' in text
+    assert "csvstore_query_duration_seconds_count 3.0" in text
+    assert 'csvstore_queries_refused_total{reason="query_invalid"} 1.0' in text
+    refused = [line for line in text.splitlines() if line.startswith("csvstore_queries_refused")]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in refused if "_total" in line) == 2
+
+
+async def test_queried_files_on_s3_are_cached_locally_and_leave_with_the_file(
+    client: Client, session: str, settings: Settings
+) -> None:
+    file_id = await _upload(client, SALES, "sales.csv")
+    assert (await _query(client, "SELECT count(*) FROM sales_csv"))["rows"] == [[3]]
+    copies = list((settings.data_dir / "query-cache").rglob("*.csv"))
+    if settings.uses_s3:
+        assert [p.name for p in copies] == [f"{file_id}.csv"]
+        assert copies[0].read_bytes() == SALES
+    else:  # local storage: DuckDB reads the stored file itself, nothing is copied
+        assert copies == []
+    assert (await client.delete(f"/api/csv/files/{file_id}")).status == 200
+    assert not any(Path(settings.data_dir / "query-cache").rglob("*.csv"))
+
+
+async def test_another_sessions_file_is_unreachable_by_its_path(
+    client: Client, session: str, settings: Settings
+) -> None:
+    assert (await client.post("/api/csv/sessions", json={"session_id": "s2"})).status == 201
+    secret = await _upload(client, b"token\nsecret-value-123\n", "secret.csv", session_id="s2")
+    await _upload(client, SALES, "sales.csv")
+    # Queried once, so on S3 its copy sits in the same cache folder as s1's files.
+    resp = await client.post("/api/csv/sessions/s2/query", json={"sql": "SELECT * FROM secret_csv"})
+    assert resp.status == 200
+    if settings.uses_s3:
+        path = settings.data_dir / "query-cache" / str(os.getpid()) / f"{secret}.csv"
+    else:
+        path = settings.uploads_dir / f"{secret}.csv"
+    assert path.read_bytes().startswith(b"token")
+    for sql in (
+        f"SELECT * FROM read_csv('{path}')",
+        f"SELECT * FROM '{path}'",
+        f"SELECT * FROM read_text('{path}')",
+        f"SELECT * FROM glob('{path.parent}/*')",
+    ):
+        body = await assert_problem(await client.post(QUERY, json={"sql": sql}), 400)
+        assert "secret-value-123" not in body["detail"], sql
+
+
+async def test_past_the_concurrency_limit_a_query_is_429_with_retry_after(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    client = await make_client(replace(settings, query_concurrency=1, query_timeout=3.0))
+    assert (await client.post("/api/csv/sessions", json={"session_id": "s1"})).status == 201
+    await _upload(client, SALES, "sales.csv")
+    running = asyncio.ensure_future(client.post(QUERY, json={"sql": RUNAWAY}))
+    for _ in range(100):  # until the runaway holds the one slot
+        await asyncio.sleep(0.05)
+        resp = await client.post(QUERY, json={"sql": "SELECT 1"})
+        if resp.status == 429:
+            break
+        assert resp.status == 200
+    body = await assert_problem(resp, 429)
+    assert body["code"] == "query-busy"
+    assert int(resp.headers["Retry-After"]) >= 1
+    await assert_problem(await running, 422)
+    assert (await _query(client, "SELECT count(*) FROM sales_csv"))["rows"] == [[3]]
+    text = await (await client.get("/metrics")).text()
+    assert 'csvstore_queries_refused_total{reason="query_busy"} 1.0' in text
+    assert 'csvstore_queries_refused_total{reason="query_timeout"} 1.0' in text
