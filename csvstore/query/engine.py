@@ -8,6 +8,7 @@ import contextlib
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from csvstore.query.values import JsonValue, csv_chunk, json_rows
 
 T = TypeVar("T")
 CSV_BATCH = 10_000  # rows per fetch of a CSV result
+IDLE = 2  # locked databases kept for the next query on the same files
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,7 @@ class _Job:
         self.engine, self.box, self.paths = engine, box, paths
         self.used = 0.0
         self.expired = False
+        self.reusable = True  # by the next query on the same files
 
     def _expire(self) -> None:
         self.expired = True
@@ -170,17 +173,20 @@ class _Job:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             # The thread would run on: stop DuckDB, and free the slot only once it has.
+            self.reusable = False
             self.box.interrupt()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(future), timeout=5)
             raise
         except duckdb.InterruptException:
+            self.reusable = False
             if not self.expired:
                 raise
             raise QueryTimeout(
                 f"the query ran for more than {limit:g} s (--query-timeout) and was stopped"
             ) from None
         except duckdb.OutOfMemoryException:
+            self.reusable = False
             raise QueryTooLarge(
                 f"the query needs more than {self.engine.limits.memory_bytes} bytes of memory"
                 " (--query-memory)"
@@ -209,6 +215,8 @@ class QueryEngine:
         self._spares: list[duckdb.DuckDBPyConnection] = []
         self._spares_lock = threading.Lock()
         self._spares_wanted = min(2, max(1, limits.concurrency))
+        # The last locked databases, by their files: the next query on them skips the lock.
+        self._idle: OrderedDict[tuple[str, ...], Sandbox] = OrderedDict()
         self._opener = ThreadPoolExecutor(1, "csvstore-query-open")
         self._opener.submit(self._refill)
 
@@ -224,6 +232,30 @@ class QueryEngine:
                     return
                 self._spares.append(con)
 
+    def _release(self, key: tuple[str, ...], job: _Job) -> None:
+        if self._closed:
+            job.box.close()
+            return
+        retired = []
+        if job.reusable:
+            if key in self._idle:
+                retired.append(self._idle.pop(key))
+            self._idle[key] = job.box
+            while len(self._idle) > IDLE:
+                retired.append(self._idle.popitem(last=False)[1])
+        else:
+            retired.append(job.box)
+        # Closed and replaced off the query's path (closing takes ~3 ms, opening ~14 ms).
+        for box in retired:
+            try:
+                self._opener.submit(self._retire, box)
+            except RuntimeError:  # shut down by close(), from another thread
+                box.close()
+
+    def _background(self, fn: Callable[[], object]) -> None:
+        with contextlib.suppress(RuntimeError):  # shut down by close()
+            self._opener.submit(fn)
+
     def _retire(self, box: Sandbox) -> None:
         box.close()
         self._refill()
@@ -231,6 +263,8 @@ class QueryEngine:
     def _sandbox(self, paths: list[str]) -> Sandbox:
         with self._spares_lock:
             con = self._spares.pop() if self._spares else None
+        if con is not None:
+            self._background(self._refill)
         return Sandbox(paths, self.limits.memory_bytes, self.limits.threads, con)
 
     @contextlib.asynccontextmanager
@@ -245,19 +279,18 @@ class QueryEngine:
         self._active += 1
         try:
             paths = {src.path: name for name, src in named.items()}
-            loop = asyncio.get_running_loop()
-            box = await loop.run_in_executor(self.pool, self._sandbox, list(paths))
+            key = tuple(sorted(paths))
+            box = self._idle.pop(key, None)
+            if box is None:
+                loop = asyncio.get_running_loop()
+                box = await loop.run_in_executor(self.pool, self._sandbox, list(key))
             job = _Job(self, box, paths)
             self._jobs.add(job)
             try:
                 yield job
             finally:
                 self._jobs.discard(job)
-                # Closed and replaced off the query's path (closing takes ~3 ms).
-                if self._closed:
-                    box.close()
-                else:
-                    self._opener.submit(self._retire, box)
+                self._release(key, job)
         finally:
             self._active -= 1
 
@@ -317,6 +350,8 @@ class QueryEngine:
             spares, self._spares = self._spares, []
         for con in spares:
             con.close()
+        while self._idle:
+            self._idle.popitem()[1].close()
 
 
 def _prepare(box: Sandbox, named: dict[str, TableSource], sql: str) -> tuple[list[str], list[str]]:

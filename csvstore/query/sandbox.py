@@ -71,6 +71,7 @@ class Sandbox:
         con: duckdb.DuckDBPyConnection | None = None,
     ) -> None:
         self.con = con or open_database(memory_bytes, threads)
+        self.views: dict[str, tuple[str, Any]] = {}
         try:
             allowed = ", ".join(quote_literal(p) for p in sorted(set(paths)))
             # allowed_paths can only be set once the database runs; then the lock.
@@ -96,7 +97,11 @@ class Sandbox:
         return [(str(r[0]), str(r[1])) for r in rows]
 
     def define(self, name: str, path: str, dialect: Any) -> None:
-        self.con.execute(f"CREATE VIEW {quote_name(name)} AS {read_csv_sql(path, dialect)}")
+        if self.views.get(name) == (path, dialect):
+            return
+        sql = read_csv_sql(path, dialect)
+        self.con.execute(f"CREATE OR REPLACE VIEW {quote_name(name)} AS {sql}")
+        self.views[name] = (path, dialect)
 
     def statement(self, sql: str, names: Sequence[str]) -> tuple[str, set[str]]:
         """The one SELECT of ``sql`` and the session tables it reads; refuses the rest."""
