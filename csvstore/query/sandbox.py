@@ -53,7 +53,6 @@ def open_database(memory_bytes: int, threads: int) -> duckdb.DuckDBPyConnection:
         "allow_community_extensions": False,
         "python_enable_replacements": False,
         "temp_directory": "",
-        "enable_progress_bar": False,  # it would print on the server's stderr
         "memory_limit": f"{max(memory_bytes // 1024, 1024)}KiB",
         "threads": threads,
     }
@@ -78,6 +77,7 @@ class Sandbox:
             # allowed_paths can only be set once the database runs; then the lock.
             self.con.execute(f"SET allowed_paths = [{allowed}]")
             self.con.execute("SET TimeZone = 'UTC'")
+            self.con.execute("SET enable_progress_bar = false")  # printed on stderr
             self.con.execute("SET enable_external_access = false")
             self.con.execute("SET lock_configuration = true")
         except BaseException:
