@@ -332,3 +332,30 @@ async def test_a_database_is_reused_only_for_the_same_files(tmp_path: Path) -> N
         assert (str(a),) not in engine._idle
     finally:
         await engine.close()
+
+
+async def test_a_preamble_with_comment_lines_skips_exactly_the_preamble(tmp_path: Path) -> None:
+    # DuckDB's skip does not count comment lines: skip=2 ate the header (q-api's report: the
+    # table's columns were the first data row). Failed before: columns Oslo, ..., 1 row.
+    text = (
+        "Report: cities\n# exported 2024-01-01\ncity;note;people\n"
+        'Oslo;"<b>not bold</b>";709000\nLima;plain;9750000\n\nSource: city registers\n'
+    )
+    path = _write(tmp_path, text, "cities.csv")
+    dialect: dict[str, Any] = {
+        "delimiter": ";", "skip": 2, "comment": "#", "footer_lines": 2, "row_count": 2,
+    }  # fmt: skip
+    blank = _write(tmp_path, "Report\n\n# c\n\ncity;people\nOslo;1\nLima;2\n", "blank.csv")
+    engine = QueryEngine(LIMITS)
+    try:
+        [info, other] = await engine.tables(
+            [
+                _source(path, "cities.csv", **dialect),
+                _source(blank, "blank.csv", "2026-01-02", delimiter=";", skip=4, comment="#"),
+            ]
+        )
+        assert [c.name for c in info.columns] == ["city", "note", "people"]
+        assert info.row_count == 2
+        assert ([c.name for c in other.columns], other.row_count) == (["city", "people"], 2)
+    finally:
+        await engine.close()

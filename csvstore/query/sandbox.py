@@ -236,7 +236,7 @@ def read_csv_sql(path: str, dialect: Any) -> str:
         f"delim = {quote_literal(dialect.delimiter)}",
         f"quote = {quote_literal(dialect.quotechar or '')}",
         f"header = {'true' if dialect.header else 'false'}",
-        f"skip = {int(dialect.skip)}",
+        f"skip = {_skip(path, dialect)}",
         f"encoding = {quote_literal(encoding)}",
     ]
     if dialect.escapechar:
@@ -253,6 +253,18 @@ def read_csv_sql(path: str, dialect: Any) -> str:
     if dialect.footer_lines and dialect.row_count is not None:
         limit = f" LIMIT {int(dialect.row_count)}"
     return f"SELECT * FROM read_csv({quote_literal(path)}, {', '.join(options)}){limit}"
+
+
+def _skip(path: str, dialect: Any) -> int:
+    """read_csv's ``skip`` does not count comment lines: the preamble less those in it."""
+    skip = int(dialect.skip)
+    if not skip or not dialect.comment:
+        return skip
+    comments = 0
+    with open(path, encoding=dialect.encoding, errors="replace", newline="") as f:
+        for _, line in zip(range(skip), f, strict=False):
+            comments += line.lstrip(" \t").startswith(dialect.comment)
+    return skip - comments
 
 
 def _codec(name: str) -> str:
