@@ -6,6 +6,7 @@ docs/design/intents.md."""
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import dataclasses
 import functools
@@ -41,6 +42,7 @@ from csvstore.query.engine import (
     TableInfo,
     TableSource,
 )
+from csvstore.query.sandbox import ENCODINGS
 from csvstore.storage.cache import FilePaths
 from csvstore.storage.local import Storage, StorageWriter
 from csvstore.timeutil import format_utc, utc_now
@@ -464,8 +466,11 @@ class CsvStore:
     @contextlib.asynccontextmanager
     async def _sources(self, files: list[StoredFile]) -> AsyncIterator[list[TableSource]]:
         _, paths = self._query_side()
-        async with paths.paths([(f.file_path, f.file_size) for f in files]) as local:
-            yield [TableSource.of(f, path) for f, path in zip(files, local, strict=True)]
+        wanted = [(f.file_path, f.file_size, _convert_from(f)) for f in files]
+        async with paths.paths(wanted) as local:
+            sources = [TableSource.of(f, path) for f, path in zip(files, local, strict=True)]
+            # Files DuckDB cannot decode were copied as UTF-8.
+            yield [s if w[2] is None else _as_utf8(s) for s, w in zip(sources, wanted, strict=True)]
 
     async def _session_files(self, session_id: str) -> list[StoredFile]:
         return list((await self.get_session(session_id)).csv_files or ())
@@ -507,6 +512,21 @@ class CsvStore:
             if kept is None:  # deleted meanwhile
                 raise _file_not_found(file_id)
         return Summary(file_id, orjson.loads(kept[0]), kept[1])
+
+
+def _convert_from(file: StoredFile) -> str | None:
+    """The encoding to copy a file to UTF-8 from, for the engine; None: it reads the file."""
+    encoding = file.encoding or "utf-8"
+    try:
+        codec = codecs.lookup(encoding).name
+    except LookupError:
+        return None  # not a codec Python knows: the engine says what it can't read
+    return encoding if codec not in ENCODINGS or file.invalid_bytes else None
+
+
+def _as_utf8(source: TableSource) -> TableSource:
+    dialect = dataclasses.replace(source.dialect, encoding="utf-8")
+    return dataclasses.replace(source, dialect=dialect)
 
 
 def _column_json(column: ColumnSummary) -> dict[str, object]:

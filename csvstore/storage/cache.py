@@ -1,10 +1,12 @@
 """A local path for each stored file a query reads (DuckDB reads paths): on local storage the
 file itself; on S3 a copy in a cache folder bounded in bytes, the least recently used copy
-evicted first, never one a running query holds."""
+evicted first, never one a running query holds. A file in an encoding DuckDB cannot decode
+is copied as UTF-8 (on any storage), invalid bytes as U+FFFD as /rows shows them."""
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import os
 import shutil
@@ -15,6 +17,9 @@ from pathlib import Path
 
 from csvstore.errors import QueryCacheFull, StoredFileUnavailable
 from csvstore.storage.local import Storage
+
+# What a query needs of a file: (storage key, size, encoding to convert from or None).
+Wanted = tuple[str, int, str | None]
 
 
 @dataclass(eq=False)
@@ -42,12 +47,10 @@ class FilePaths:
         self.used_bytes = 0
 
     async def open(self) -> None:
-        if self._root is None:
-            await asyncio.to_thread(self._clear_dead)
+        await asyncio.to_thread(self._clear_dead)
 
     async def close(self) -> None:
-        if self._root is None:
-            await asyncio.to_thread(shutil.rmtree, self._folder, True)
+        await asyncio.to_thread(shutil.rmtree, self._folder, True)
 
     def _clear_dead(self) -> None:
         """Remove the copies of processes that ended (a crash leaves them), and our own."""
@@ -62,28 +65,32 @@ class FilePaths:
         return [key for key, copy in self._copies.items() if not copy.gone]
 
     @contextlib.asynccontextmanager
-    async def paths(self, files: Sequence[tuple[str, int]]) -> AsyncIterator[list[str]]:
-        """Local paths of (storage key, size) pairs, valid until the block ends."""
-        if self._root is not None:
-            yield [str(self._root / key) for key, _ in files]
-            return
+    async def paths(self, files: Sequence[Wanted]) -> AsyncIterator[list[str]]:
+        """Local paths of (storage key, size, encoding to convert to UTF-8 from or None),
+        valid until the block ends."""
         held: list[str] = []
+        found: list[str] = []
         try:
-            for key, size in files:
-                await self._acquire(key, size)
-                held.append(key)
-            yield [str(self._folder / key) for key, _ in files]
+            for key, size, encoding in files:
+                if self._root is not None and encoding is None:
+                    found.append(str(self._root / key))
+                    continue
+                name = key if encoding is None else f"{key}.utf-8"
+                await self._acquire(name, key, size, encoding)
+                held.append(name)
+                found.append(str(self._folder / name))
+            yield found
         finally:
-            for key in held:
-                self._release(key)
+            for name in held:
+                self._release(name)
 
-    async def _acquire(self, key: str, size: int) -> None:
-        copy = self._copies.get(key)
+    async def _acquire(self, name: str, key: str, size: int, encoding: str | None) -> None:
+        copy = self._copies.get(name)
         if copy is not None and copy.gone:
             raise StoredFileUnavailable(f"the stored file {key} was deleted")
         if copy is not None:
             copy.users += 1
-            self._copies.move_to_end(key)
+            self._copies.move_to_end(name)
             await copy.ready.wait()
             if copy.failed:
                 copy.users -= 1
@@ -91,17 +98,19 @@ class FilePaths:
             return
         self._make_room(size)
         copy = _Copy(size, users=1)
-        self._copies[key] = copy
+        self._copies[name] = copy
         self.used_bytes += size
         try:
-            await self._download(key)
+            written = await self._download(name, key, encoding)
         except BaseException:
             copy.failed = True
             copy.users -= 1
-            self._drop(key)
+            self._drop(name)
             raise
         finally:
             copy.ready.set()
+        self.used_bytes += written - copy.size  # a UTF-8 copy may differ in size
+        copy.size = written
 
     def _make_room(self, size: int) -> None:
         if size > self.max_bytes:
@@ -119,18 +128,29 @@ class FilePaths:
                 "the query cache (--query-cache-size) is full of files running queries read"
             )
 
-    async def _download(self, key: str) -> None:
-        temp = self._folder / f".{key}.part"
+    async def _download(self, name: str, key: str, encoding: str | None) -> int:
+        """Copy (or convert) one stored file; the bytes written."""
+        temp = self._folder / f".{name}.part"
+        decoder = None if encoding is None else codecs.getincrementaldecoder(encoding)("replace")
+        written = 0
         handle = await asyncio.to_thread(open, temp, "wb")
         try:
             async for chunk in self._storage.read(key):
+                if decoder is not None:
+                    chunk = decoder.decode(chunk).encode()
+                written += len(chunk)
                 await asyncio.to_thread(handle.write, chunk)
+            if decoder is not None:
+                tail = decoder.decode(b"", final=True).encode()
+                written += len(tail)
+                handle.write(tail)
         except BaseException:
             handle.close()
             temp.unlink(missing_ok=True)
             raise
         handle.close()
-        await asyncio.to_thread(os.replace, temp, self._folder / key)
+        await asyncio.to_thread(os.replace, temp, self._folder / name)
+        return written
 
     def _release(self, key: str) -> None:
         copy = self._copies.get(key)
@@ -148,7 +168,7 @@ class FilePaths:
 
     def forget(self, keys: Sequence[str]) -> None:
         """The files are deleted: their copies go now, or when their last query ends."""
-        for key in keys:
+        for key in [n for k in keys for n in (k, f"{k}.utf-8")]:
             copy = self._copies.get(key)
             if copy is None:
                 continue
