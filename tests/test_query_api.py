@@ -65,6 +65,42 @@ async def test_tables_are_the_session_files_named_in_upload_order(
     assert tables[2]["row_count"] == 2
 
 
+async def test_each_table_reads_its_file_in_the_recorded_dialect(
+    client: Client, session: str
+) -> None:
+    # A title and a comment line before the header, notes after the table.
+    data = (
+        b"Report: cities\n# exported 2024-01-01\ncity;note;people\n"
+        b'Oslo;"a;b";709000\nLima;plain;9750000\n\nSource: city registers\n'
+    )
+    await _upload(client, data, "cities.csv")
+    tables = await (await client.get("/api/csv/sessions/s1/tables")).json()
+    assert isinstance(tables, list), tables
+    assert [c["name"] for c in tables[0]["columns"]] == ["city", "note", "people"]
+    assert tables[0]["row_count"] == 2
+    body = await _query(client, "SELECT * FROM cities_csv ORDER BY people")
+    assert body["rows"] == [["Oslo", "a;b", 709000], ["Lima", "plain", 9750000]]
+
+
+async def test_a_file_in_a_code_page_duckdb_lacks_is_read_as_utf8(
+    client: Client, session: str, settings: Settings
+) -> None:
+    # cp1252 (Excel's export on Windows): DuckDB reads it only with an extension it cannot
+    # download here, so the service hands it a UTF-8 copy (storage/cache.py).
+    text = "city;note\nSão Paulo;“quoted”\nZürich;plain\n"
+    file_id = await _upload(client, text.encode("cp1252"), "cities.csv")
+    file = await (await client.get(f"/api/csv/files/{file_id}")).json()
+    assert file["encoding"] == "cp1252"
+    body = await _query(client, "SELECT * FROM cities_csv")
+    assert body["rows"] == [["São Paulo", "“quoted”"], ["Zürich", "plain"]]
+    summary = await (await client.get(f"/api/csv/files/{file_id}/summary")).json()
+    assert summary["columns"][0]["max"] == "Zürich"
+    copies = list((settings.data_dir / "query-cache").rglob("*.utf-8"))
+    assert [p.name for p in copies] == [f"{file_id}.csv.utf-8"]
+    assert (await client.delete(f"/api/csv/files/{file_id}")).status == 200
+    assert not any((settings.data_dir / "query-cache").rglob("*.utf-8"))
+
+
 async def test_a_query_answers_json_values(client: Client, session: str) -> None:
     await _upload(client, SALES, "sales.csv")
     body = await _query(
