@@ -4,7 +4,7 @@ Run from the repository root::
 
     python -m bench.run                 # full run (a few minutes)
     python -m bench.run --quick         # ~2 minutes, for use while developing
-    python -m bench.run --only small    # one scenario (small, large, listing, tus; comma-separated)
+    python -m bench.run --only small    # one scenario (small, large, listing, tus, query)
     python -m bench.run --workers 2     # csvstore with --workers 2 (and the 1-process figure)
     python -m bench.run --ref HEAD~1    # csvstore as committed at a git ref (git archive)
     python -m bench.run --markdown      # also print the table as Markdown for RESULTS.md
@@ -54,7 +54,7 @@ KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
 MB = 1_000_000  # throughput is in MB/s (10^6 bytes per second), sizes in MiB/GiB
-SCENARIOS = ("small", "large", "listing", "tus")
+SCENARIOS = ("small", "large", "listing", "tus", "query")
 SERVER_START_TIMEOUT = 60.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -1671,11 +1671,18 @@ async def scenario_tus(h: Harness, s: Settings, rep: Report) -> None:
     await run_tus(h, s, rep)
 
 
+async def scenario_query(h: Harness, s: Settings, rep: Report) -> None:
+    from bench.query_scenarios import scenario_query as run_query  # it imports this module
+
+    await run_query(h, s, rep)
+
+
 SCENARIO_FUNCS = {
     "small": scenario_small,
     "large": scenario_large,
     "listing": scenario_listing,
     "tus": scenario_tus,
+    "query": scenario_query,
 }
 
 

@@ -304,3 +304,31 @@ async def test_a_stream_left_early_frees_its_slot() -> None:
         assert (await engine.run([], "SELECT 1", 1)).rows == [[1]]
     finally:
         await engine.close()
+
+
+async def test_a_database_is_reused_only_for_the_same_files(tmp_path: Path) -> None:
+    a, b = _write(tmp_path, "x\n1\n", "a.csv"), _write(tmp_path, "x\n2\n", "b.csv")
+    engine = QueryEngine(QueryLimits(1.0, 64 << 20, 1000, concurrency=2))
+
+    def allowed() -> dict[tuple[str, ...], str]:
+        found = {}
+        for key, box in engine._idle.items():
+            row = box.con.execute(
+                "SELECT value FROM duckdb_settings() WHERE name = 'allowed_paths'"
+            ).fetchone()
+            found[key] = str(row[0]) if row else ""
+        return found
+
+    try:
+        first = await engine.run([_source(a, "a.csv")], "SELECT x FROM a_csv", 1)
+        again = await engine.run([_source(a, "a.csv")], "SELECT x FROM a_csv", 1)
+        other = await engine.run([_source(b, "a.csv")], "SELECT x FROM a_csv", 1)
+        assert (first.rows, again.rows, other.rows) == ([[1]], [[1]], [[2]])
+        # Each kept database may read exactly the files it was locked to.
+        assert allowed() == {(str(a),): f"[{a}]", (str(b),): f"[{b}]"}
+        with pytest.raises(QueryTimeout):
+            await engine.run([_source(a, "a.csv")], RUNAWAY, 1)
+        # An interrupted database is not kept: its files' entry is gone.
+        assert (str(a),) not in engine._idle
+    finally:
+        await engine.close()

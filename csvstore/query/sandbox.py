@@ -45,21 +45,33 @@ def quote_name(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def open_database(memory_bytes: int, threads: int) -> duckdb.DuckDBPyConnection:
+    """A database not yet locked: a Sandbox locks it to its paths."""
+    config: dict[str, Any] = {
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+        "allow_community_extensions": False,
+        "python_enable_replacements": False,
+        "temp_directory": "",
+        "memory_limit": f"{max(memory_bytes // 1024, 1024)}KiB",
+        "threads": threads,
+    }
+    return duckdb.connect(":memory:", config=config)
+
+
 class Sandbox:
     """An in-memory DuckDB that may read only ``paths``: no other file, no extension, no
     setting change, no spill to disk (a query over its memory limit fails instead)."""
 
-    def __init__(self, paths: Iterable[str], memory_bytes: int, threads: int) -> None:
-        config: dict[str, Any] = {
-            "autoinstall_known_extensions": False,
-            "autoload_known_extensions": False,
-            "allow_community_extensions": False,
-            "python_enable_replacements": False,
-            "temp_directory": "",
-            "memory_limit": f"{max(memory_bytes // 1024, 1024)}KiB",
-            "threads": threads,
-        }
-        self.con = duckdb.connect(":memory:", config=config)
+    def __init__(
+        self,
+        paths: Iterable[str],
+        memory_bytes: int,
+        threads: int,
+        con: duckdb.DuckDBPyConnection | None = None,
+    ) -> None:
+        self.con = con or open_database(memory_bytes, threads)
+        self.views: dict[str, tuple[str, Any]] = {}
         try:
             allowed = ", ".join(quote_literal(p) for p in sorted(set(paths)))
             # allowed_paths can only be set once the database runs; then the lock.
@@ -85,7 +97,11 @@ class Sandbox:
         return [(str(r[0]), str(r[1])) for r in rows]
 
     def define(self, name: str, path: str, dialect: Any) -> None:
-        self.con.execute(f"CREATE VIEW {quote_name(name)} AS {read_csv_sql(path, dialect)}")
+        if self.views.get(name) == (path, dialect):
+            return
+        sql = read_csv_sql(path, dialect)
+        self.con.execute(f"CREATE OR REPLACE VIEW {quote_name(name)} AS {sql}")
+        self.views[name] = (path, dialect)
 
     def statement(self, sql: str, names: Sequence[str]) -> tuple[str, set[str]]:
         """The one SELECT of ``sql`` and the session tables it reads; refuses the rest."""
