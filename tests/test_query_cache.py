@@ -163,3 +163,12 @@ async def test_a_file_duckdb_cannot_decode_is_copied_as_utf8(
     assert cache.cached() == []
     assert cache.used_bytes == 0
     await cache.close()
+
+
+async def test_a_cache_that_never_copies_makes_no_folder(storage: Storage, tmp_path: Path) -> None:
+    cache = FilePaths(storage, root=tmp_path / "uploads", folder=tmp_path / "cache", max_bytes=10)
+    await cache.open()
+    async with cache.paths([("a.csv", 10**6, None)]):
+        pass
+    await cache.close()
+    assert not (tmp_path / "cache").exists()

@@ -54,11 +54,11 @@ class FilePaths:
 
     def _clear_dead(self) -> None:
         """Remove the copies of processes that ended (a crash leaves them), and our own."""
-        self._folder.mkdir(parents=True, exist_ok=True)
+        if not self._parent.is_dir():
+            return  # created by the first copy: a server that never copies makes no folder
         for entry in self._parent.iterdir():
             if entry.name.isdigit() and (entry == self._folder or not _alive(int(entry.name))):
                 shutil.rmtree(entry, ignore_errors=True)
-        self._folder.mkdir(parents=True, exist_ok=True)
 
     def cached(self) -> list[str]:
         """The keys copied, least recently used first (for the tests and metrics)."""
@@ -130,6 +130,7 @@ class FilePaths:
 
     async def _download(self, name: str, key: str, encoding: str | None) -> int:
         """Copy (or convert) one stored file; the bytes written."""
+        await asyncio.to_thread(self._folder.mkdir, parents=True, exist_ok=True)
         temp = self._folder / f".{name}.part"
         decoder = None if encoding is None else codecs.getincrementaldecoder(encoding)("replace")
         written = 0
