@@ -13,6 +13,7 @@ import functools
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -92,6 +93,9 @@ class CsvStore:
         self._db = db
         self._engine = engine
         self._paths = paths
+        self._summarizing: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         self._storage = storage
         self._repo = Repo(db.queries)
         self.default_ttl = default_ttl  # seconds; 0: sessions live until deleted
@@ -499,19 +503,26 @@ class CsvStore:
         """Computed once, then read from the database (deleted with the file)."""
         kept = await self._db.read(lambda x: self._repo.get_summary(x, file_id))
         if kept is None:
-            engine, _ = self._query_side()
-            file = await self.get_file(file_id)
-            async with self._sources([file]) as [source]:
-                columns = await engine.summarize(source)
-            summary = orjson.dumps([_column_json(c) for c in columns]).decode()
-            await self._db.write(
-                lambda x: self._repo.insert_summary(x, file_id, summary, utc_now())
-            )
-            # A twin computed at the same time may have been kept instead: answer with it.
-            kept = await self._db.read(lambda x: self._repo.get_summary(x, file_id))
-            if kept is None:  # deleted meanwhile
-                raise _file_not_found(file_id)
+            # One computation per file in this process; callers meanwhile wait for its row.
+            lock = self._summarizing.setdefault(file_id, asyncio.Lock())
+            async with lock:
+                kept = await self._db.read(lambda x: self._repo.get_summary(x, file_id))
+                if kept is None:
+                    kept = await self._summarize(file_id)
         return Summary(file_id, orjson.loads(kept[0]), kept[1])
+
+    async def _summarize(self, file_id: str) -> tuple[str, str]:
+        engine, _ = self._query_side()
+        file = await self.get_file(file_id)
+        async with self._sources([file]) as [source]:
+            columns = await engine.summarize(source)
+        summary = orjson.dumps([_column_json(c) for c in columns]).decode()
+        await self._db.write(lambda x: self._repo.insert_summary(x, file_id, summary, utc_now()))
+        # Another instance's may have been kept instead: answer with the one kept.
+        kept = await self._db.read(lambda x: self._repo.get_summary(x, file_id))
+        if kept is None:  # deleted meanwhile
+            raise _file_not_found(file_id)
+        return kept
 
 
 def _convert_from(file: StoredFile) -> str | None:

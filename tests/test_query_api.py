@@ -362,3 +362,25 @@ async def test_past_the_concurrency_limit_a_query_is_429_with_retry_after(
     text = await (await client.get("/metrics")).text()
     assert 'csvstore_queries_refused_total{reason="query_busy"} 1.0' in text
     assert 'csvstore_queries_refused_total{reason="query_timeout"} 1.0' in text
+
+
+async def test_concurrent_first_summaries_compute_once(client: Client, session: str) -> None:
+    file_id = await _upload(client, SALES, "sales.csv")
+    store = client.app[STORE_KEY]
+    engine = store._engine
+    assert engine is not None
+    computed = 0
+    summarize = engine.summarize
+
+    async def counted(source: Any) -> Any:  # the real engine, counted
+        nonlocal computed
+        computed += 1
+        return await summarize(source)
+
+    engine.summarize = counted  # type: ignore[method-assign]
+    answers = await asyncio.gather(
+        *(client.get(f"/api/csv/files/{file_id}/summary") for _ in range(5))
+    )
+    bodies = [await answer.json() for answer in answers]
+    assert computed == 1
+    assert all(body == bodies[0] for body in bodies)
