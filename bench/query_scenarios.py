@@ -38,7 +38,7 @@ SQL = (
     "SELECT category, count(*) AS n, sum(amount) AS total, avg(amount) AS mean "
     "FROM {table} GROUP BY category ORDER BY category"
 )
-ROW_BYTES = 61  # about, for the rows below
+ROW_BYTES = 63  # about, for the rows below: the file stays under the 1 GiB upload limit
 EMPTY_REQUESTS = 200
 
 

@@ -218,6 +218,7 @@ class QueryEngine:
         # The last locked databases, by their files: the next query on them skips the lock.
         self._idle: OrderedDict[tuple[str, ...], Sandbox] = OrderedDict()
         self._opener = ThreadPoolExecutor(1, "csvstore-query-open")
+        self._opener.submit(reserved_names)  # opens a DuckDB once: not on the event loop
         self._opener.submit(self._refill)
 
     def _refill(self) -> None:
