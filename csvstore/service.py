@@ -496,8 +496,14 @@ class CsvStore:
         engine, _ = self._query_side()
         files = await self._session_files(session_id)
         async with self._sources(files) as sources:
-            async for chunk in engine.stream_csv(sources, sql):
-                yield chunk
+            chunks = engine.stream_csv(sources, sql)
+            try:
+                async for chunk in chunks:
+                    yield chunk
+            finally:  # a client gone mid-result frees its query slot now, not at GC
+                close = getattr(chunks, "aclose", None)
+                if close is not None:
+                    await close()
 
     async def file_summary(self, file_id: str) -> Summary:
         """Computed once, then read from the database (deleted with the file)."""

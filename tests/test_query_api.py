@@ -384,3 +384,24 @@ async def test_concurrent_first_summaries_compute_once(client: Client, session: 
     bodies = [await answer.json() for answer in answers]
     assert computed == 1
     assert all(body == bodies[0] for body in bodies)
+
+
+async def test_a_client_gone_mid_csv_frees_its_query_slot(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    client = await make_client(replace(settings, query_concurrency=1, query_max_rows=10**8))
+    assert (await client.post("/api/csv/sessions", json={"session_id": "s1"})).status == 201
+    resp = await client.post(
+        QUERY,
+        json={"sql": "SELECT range, range * 2 AS twice FROM range(50000000)"},
+        headers={"Accept": "text/csv"},
+    )
+    assert resp.status == 200
+    assert (await resp.content.read(1000)).startswith(b"range,twice\r\n")
+    resp.close()  # gone, with millions of rows still to come
+    for _ in range(40):  # the slot comes back as soon as the server sees the client gone
+        await asyncio.sleep(0.05)
+        answer = await client.post(QUERY, json={"sql": "SELECT 1"})
+        if answer.status != 429:
+            break
+    assert answer.status == 200, await answer.text()
