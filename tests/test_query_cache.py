@@ -127,15 +127,25 @@ async def test_a_deleted_file_leaves_the_cache_when_its_last_query_ends(
     await cache.close()
 
 
-async def test_copies_of_an_ended_process_are_removed_at_open(
+async def test_copies_of_an_ended_instance_are_removed_those_of_a_live_one_kept(
     storage: Storage, tmp_path: Path
 ) -> None:
-    stale = tmp_path / "cache" / "999999999"
+    await _put(storage, "a.csv", b"a" * 10)
+    stale = tmp_path / "cache" / "deadbeef"
     stale.mkdir(parents=True)
     (stale / "old.csv").write_bytes(b"left by a crash")
-    cache = await _cache(storage, tmp_path / "cache", max_bytes=1000)
+    (tmp_path / "cache" / "deadbeef.lock").touch()  # nobody holds it
+    live = await _cache(storage, tmp_path / "cache", max_bytes=1000)
+    async with live.paths([("a.csv", 10, None)]) as [kept]:
+        pass
     assert not stale.exists()
-    await cache.close()
+    other = await _cache(storage, tmp_path / "cache", max_bytes=1000)  # another worker
+    async with other.paths([("a.csv", 10, None)]) as [copy]:
+        assert copy != kept
+    assert Path(kept).read_bytes() == b"a" * 10  # the live one's copies stay
+    await other.close()
+    await live.close()
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 async def test_local_storage_gives_the_stored_file_itself(tmp_path: Path) -> None:

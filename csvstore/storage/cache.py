@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import fcntl
 import os
 import shutil
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -40,25 +42,50 @@ class FilePaths:
     ) -> None:
         self._storage = storage
         self._root = root
-        self._folder = folder / str(os.getpid())
+        # A folder per instance, held by an flock while it lives: workers (and apps in one
+        # process) share the data folder, and a dead holder's folder is anyone's to remove.
+        self._folder = folder / uuid.uuid4().hex
         self._parent = folder
+        self._lock: int | None = None
         self.max_bytes = max_bytes
         self._copies: OrderedDict[str, _Copy] = OrderedDict()
         self.used_bytes = 0
 
     async def open(self) -> None:
-        await asyncio.to_thread(self._clear_dead)
+        if self._parent.is_dir():  # else made by the first copy: no copies, no folder
+            await asyncio.to_thread(self._clear_dead)
 
     async def close(self) -> None:
-        await asyncio.to_thread(shutil.rmtree, self._folder, True)
+        if self._lock is not None:
+            await asyncio.to_thread(self._remove, self._folder.name)
+            os.close(self._lock)
+            self._lock = None
+
+    def _make_folder(self) -> None:
+        self._parent.mkdir(parents=True, exist_ok=True)
+        self._lock = os.open(self._parent / f"{self._folder.name}.lock", os.O_CREAT | os.O_RDWR)
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._folder.mkdir()
+        self._clear_dead()
 
     def _clear_dead(self) -> None:
-        """Remove the copies of processes that ended (a crash leaves them), and our own."""
-        if not self._parent.is_dir():
-            return  # created by the first copy: a server that never copies makes no folder
+        """Remove the copies of instances that ended without removing them (a crash)."""
         for entry in self._parent.iterdir():
-            if entry.name.isdigit() and (entry == self._folder or not _alive(int(entry.name))):
-                shutil.rmtree(entry, ignore_errors=True)
+            if entry.suffix != ".lock" or entry.stem == self._folder.name:
+                continue
+            fd = os.open(entry, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # alive
+            else:
+                self._remove(entry.stem)
+            finally:
+                os.close(fd)
+
+    def _remove(self, name: str) -> None:
+        shutil.rmtree(self._parent / name, ignore_errors=True)
+        (self._parent / f"{name}.lock").unlink(missing_ok=True)
 
     def cached(self) -> list[str]:
         """The keys copied, least recently used first (for the tests and metrics)."""
@@ -130,7 +157,8 @@ class FilePaths:
 
     async def _download(self, name: str, key: str, encoding: str | None) -> int:
         """Copy (or convert) one stored file; the bytes written."""
-        await asyncio.to_thread(self._folder.mkdir, parents=True, exist_ok=True)
+        if self._lock is None:
+            await asyncio.to_thread(self._make_folder)
         temp = self._folder / f".{name}.part"
         decoder = None if encoding is None else codecs.getincrementaldecoder(encoding)("replace")
         written = 0
@@ -177,13 +205,3 @@ class FilePaths:
                 copy.gone = True
             else:
                 self._drop(key)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
