@@ -38,25 +38,29 @@ SQL = (
     "SELECT category, count(*) AS n, sum(amount) AS total, avg(amount) AS mean "
     "FROM {table} GROUP BY category ORDER BY category"
 )
-ROW_BYTES = 63  # about, for the rows below: the file stays under the 1 GiB upload limit
 EMPTY_REQUESTS = 200
 
 
 def make_csv(path: Path, size: int) -> int:
-    rows = size // ROW_BYTES
-    with duckdb.connect() as con:
-        con.execute(
-            f"""COPY (SELECT i AS id, 'cat_' || (i % 50) AS category,
-                       round(((i * 7919) % 100000) / 100.0, 2) AS amount,
-                       DATE '2020-01-01' + (i % 1000)::INTEGER AS day, md5(i::VARCHAR) AS note
-                FROM range({rows}) t(i)) TO '{path}' (HEADER, DELIMITER ',')"""
-        )
-    return path.stat().st_size
+    """About ``size`` bytes, never more (the 1 GiB file must pass the upload limit)."""
+    query = """COPY (SELECT i AS id, 'cat_' || (i % 50) AS category,
+                    round(((i * 7919) % 100000) / 100.0, 2) AS amount,
+                    DATE '2020-01-01' + (i % 1000)::INTEGER AS day, md5(i::VARCHAR) AS note
+             FROM range({rows}) t(i)) TO '{path}' (HEADER, DELIMITER ',')"""
+    rows = 1_000_000
+    with duckdb.connect(config={"enable_progress_bar": False}) as con:
+        for _ in range(4):  # longer ids make later rows longer: measure, then correct
+            con.execute(query.format(rows=rows, path=path))
+            made = path.stat().st_size
+            if 0.98 * size <= made <= size:
+                break
+            rows = int(rows * 0.99 * size / made)
+    return made
 
 
 def run_direct(path: Path, threads: int) -> tuple[float, list[Any]]:
     started = time.perf_counter()
-    with duckdb.connect(config={"threads": threads}) as con:
+    with duckdb.connect(config={"threads": threads, "enable_progress_bar": False}) as con:
         rows = con.execute(SQL.format(table=f"read_csv('{path}')")).fetchall()
     return time.perf_counter() - started, [list(r) for r in rows]
 

@@ -53,6 +53,7 @@ def open_database(memory_bytes: int, threads: int) -> duckdb.DuckDBPyConnection:
         "allow_community_extensions": False,
         "python_enable_replacements": False,
         "temp_directory": "",
+        "enable_progress_bar": False,  # it would print on the server's stderr
         "memory_limit": f"{max(memory_bytes // 1024, 1024)}KiB",
         "threads": threads,
     }
