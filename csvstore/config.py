@@ -517,10 +517,10 @@ class Settings:
         default=4,
         metadata=_setting("SQL queries run at once per process; more -> 429", QUERIES, _positive),
     )
-    # S3 only: DuckDB reads local files, so queried objects are copied here first.
+    # DuckDB reads local files: S3 objects, and files it cannot decode, are copied first.
     query_cache_size: int = field(
         default=GiB,
-        metadata=_size("S3 storage: local copies of queried files kept at most (LRU)", QUERIES),
+        metadata=_size("query copies of files (S3, or made UTF-8) kept at most (LRU)", QUERIES),
     )
 
     api_keys: str = field(

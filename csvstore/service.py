@@ -6,12 +6,14 @@ docs/design/intents.md."""
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import dataclasses
 import functools
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,6 +43,7 @@ from csvstore.query.engine import (
     TableInfo,
     TableSource,
 )
+from csvstore.query.sandbox import ENCODINGS
 from csvstore.storage.cache import FilePaths
 from csvstore.storage.local import Storage, StorageWriter
 from csvstore.timeutil import format_utc, utc_now
@@ -90,6 +93,9 @@ class CsvStore:
         self._db = db
         self._engine = engine
         self._paths = paths
+        self._summarizing: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         self._storage = storage
         self._repo = Repo(db.queries)
         self.default_ttl = default_ttl  # seconds; 0: sessions live until deleted
@@ -464,8 +470,11 @@ class CsvStore:
     @contextlib.asynccontextmanager
     async def _sources(self, files: list[StoredFile]) -> AsyncIterator[list[TableSource]]:
         _, paths = self._query_side()
-        async with paths.paths([(f.file_path, f.file_size) for f in files]) as local:
-            yield [TableSource.of(f, path) for f, path in zip(files, local, strict=True)]
+        wanted = [(f.file_path, f.file_size, _convert_from(f)) for f in files]
+        async with paths.paths(wanted) as local:
+            sources = [TableSource.of(f, path) for f, path in zip(files, local, strict=True)]
+            # Files DuckDB cannot decode were copied as UTF-8.
+            yield [s if w[2] is None else _as_utf8(s) for s, w in zip(sources, wanted, strict=True)]
 
     async def _session_files(self, session_id: str) -> list[StoredFile]:
         return list((await self.get_session(session_id)).csv_files or ())
@@ -487,26 +496,54 @@ class CsvStore:
         engine, _ = self._query_side()
         files = await self._session_files(session_id)
         async with self._sources(files) as sources:
-            async for chunk in engine.stream_csv(sources, sql):
-                yield chunk
+            chunks = engine.stream_csv(sources, sql)
+            try:
+                async for chunk in chunks:
+                    yield chunk
+            finally:  # a client gone mid-result frees its query slot now, not at GC
+                close = getattr(chunks, "aclose", None)
+                if close is not None:
+                    await close()
 
     async def file_summary(self, file_id: str) -> Summary:
         """Computed once, then read from the database (deleted with the file)."""
         kept = await self._db.read(lambda x: self._repo.get_summary(x, file_id))
         if kept is None:
-            engine, _ = self._query_side()
-            file = await self.get_file(file_id)
-            async with self._sources([file]) as [source]:
-                columns = await engine.summarize(source)
-            summary = orjson.dumps([_column_json(c) for c in columns]).decode()
-            await self._db.write(
-                lambda x: self._repo.insert_summary(x, file_id, summary, utc_now())
-            )
-            # A twin computed at the same time may have been kept instead: answer with it.
-            kept = await self._db.read(lambda x: self._repo.get_summary(x, file_id))
-            if kept is None:  # deleted meanwhile
-                raise _file_not_found(file_id)
+            # One computation per file in this process; callers meanwhile wait for its row.
+            lock = self._summarizing.setdefault(file_id, asyncio.Lock())
+            async with lock:
+                kept = await self._db.read(lambda x: self._repo.get_summary(x, file_id))
+                if kept is None:
+                    kept = await self._summarize(file_id)
         return Summary(file_id, orjson.loads(kept[0]), kept[1])
+
+    async def _summarize(self, file_id: str) -> tuple[str, str]:
+        engine, _ = self._query_side()
+        file = await self.get_file(file_id)
+        async with self._sources([file]) as [source]:
+            columns = await engine.summarize(source)
+        summary = orjson.dumps([_column_json(c) for c in columns]).decode()
+        await self._db.write(lambda x: self._repo.insert_summary(x, file_id, summary, utc_now()))
+        # Another instance's may have been kept instead: answer with the one kept.
+        kept = await self._db.read(lambda x: self._repo.get_summary(x, file_id))
+        if kept is None:  # deleted meanwhile
+            raise _file_not_found(file_id)
+        return kept
+
+
+def _convert_from(file: StoredFile) -> str | None:
+    """The encoding to copy a file to UTF-8 from, for the engine; None: it reads the file."""
+    encoding = file.encoding or "utf-8"
+    try:
+        codec = codecs.lookup(encoding).name
+    except LookupError:
+        return None  # not a codec Python knows: the engine says what it can't read
+    return encoding if codec not in ENCODINGS or file.invalid_bytes else None
+
+
+def _as_utf8(source: TableSource) -> TableSource:
+    dialect = dataclasses.replace(source.dialect, encoding="utf-8")
+    return dataclasses.replace(source, dialect=dialect)
 
 
 def _column_json(column: ColumnSummary) -> dict[str, object]:

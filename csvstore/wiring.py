@@ -54,18 +54,18 @@ async def open_store(
                 folder=settings.data_dir / "query-cache",
                 max_bytes=settings.query_cache_size,
             )
-            store = CsvStore(
-                db if metrics is None else TimedDatabase(db, metrics),
-                storage if metrics is None else TimedStorage(storage, metrics),
-                default_ttl=settings.session_ttl,
-                shared=shared,
-                partials=partials,
-                engine=engine,
-                paths=paths,
-            )
-            await verify_store_id(store, settings, claim=claim, repair=repair)
-            await paths.open()
-            try:
+            try:  # the engine's threads end even when the store ids disagree
+                store = CsvStore(
+                    db if metrics is None else TimedDatabase(db, metrics),
+                    storage if metrics is None else TimedStorage(storage, metrics),
+                    default_ttl=settings.session_ttl,
+                    shared=shared,
+                    partials=partials,
+                    engine=engine,
+                    paths=paths,
+                )
+                await verify_store_id(store, settings, claim=claim, repair=repair)
+                await paths.open()
                 yield store
             finally:
                 await engine.close()

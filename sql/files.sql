@@ -98,7 +98,7 @@ LIMIT :limit;
 -- name: delete_journal_entry
 DELETE FROM file_journal WHERE seq = :seq;
 
--- Column summaries (sql/migrations/0010_file_summary.sql).
+-- Column summaries (sql/migrations/0011_file_summary.sql).
 
 -- name: get_summary^
 SELECT summary, created_at FROM file_summaries WHERE file_id = :file_id;

@@ -9,10 +9,13 @@ the rest run everywhere.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
+import shutil
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +198,8 @@ async def test_same_tables_columns_and_indexes_as_sqlite(pg_db: PostgresDatabase
     for migration in load_migrations(SQL_DIR / "migrations"):
         conn.executescript(migration.sql)
     for table in ("sessions", "files"):
-        sqlite_columns = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+        # table_xinfo: generated columns too (files.listing_json is one on SQLite).
+        sqlite_columns = [row[1] for row in conn.execute(f"PRAGMA table_xinfo({table})")]
         rows = await _fetch(
             pg_db.url,
             "SELECT column_name FROM information_schema.columns "
@@ -514,3 +518,42 @@ def test_run_async_works_inside_a_running_loop() -> None:
         return run_async(asyncio.sleep(0, result=7))
 
     assert asyncio.run(outer()) == 7
+
+
+async def test_files_stored_before_their_listing_json_list_as_new_ones(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Migration 0010 renders each file's API object once (a trigger on insert); the rows
+    already there are rendered by the migration itself, and alike."""
+    old_sql = tmp_path / "sql"
+    shutil.copytree(SQL_DIR, old_sql)
+    for newer in [*(old_sql / "postgres" / "migrations").glob("001[0-9]_*.sql")]:
+        newer.unlink()
+    facts = FileFacts(
+        sha256="ab" * 32, encoding="utf-8", delimiter=";", quotechar='"', line_terminator="\r\n",
+        has_header=True, columns=["a", "b"], column_count=2, row_count=3, ragged_rows=0,
+        preamble_lines=1, skip_initial_space=False, comment_char="#",
+        duplicate_columns=[], footer_lines=2,
+    )  # fmt: skip
+    files = [replace(_new_file(f"f{n}", "s1"), facts=facts) for n in (1, 2)]
+    before = PostgresDatabase(pg_url, sql_dir=old_sql)
+    await before.open()
+    try:
+        await _create_session(before, "s1", tmp_path)
+        await before.write(lambda x: Repo(before.queries).insert_file(x, files[0]))
+    finally:
+        await before.close()
+    after = PostgresDatabase(pg_url)
+    await after.open()
+    try:
+        await after.write(lambda x: Repo(after.queries).insert_file(x, files[1]))
+        store = CsvStore(after, LocalStorage(tmp_path / "uploads", tmp_path / "tmp"))
+        [(_, page)] = await store.list_sessions_json(after="", limit=10)
+    finally:
+        await after.close()
+    old, new = json.loads(page)["csv_files"]
+    assert old["id"] == "f1"
+    assert {**old, "id": "f2", "filename": "f2.csv"} == new
+    assert new["footer_lines"] == 2
+    assert new["columns"] == ["a", "b"]
+    assert new["has_header"] is True

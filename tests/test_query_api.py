@@ -9,7 +9,6 @@ import asyncio
 import csv
 import io
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -63,6 +62,42 @@ async def test_tables_are_the_session_files_named_in_upload_order(
     assert tables[0]["row_count"] == 3
     assert [c["name"] for c in tables[1]["columns"]] == ["a", "b"]  # its own delimiter
     assert tables[2]["row_count"] == 2
+
+
+async def test_each_table_reads_its_file_in_the_recorded_dialect(
+    client: Client, session: str
+) -> None:
+    # A title and a comment line before the header, notes after the table.
+    data = (
+        b"Report: cities\n# exported 2024-01-01\ncity;note;people\n"
+        b'Oslo;"a;b";709000\nLima;plain;9750000\n\nSource: city registers\n'
+    )
+    await _upload(client, data, "cities.csv")
+    tables = await (await client.get("/api/csv/sessions/s1/tables")).json()
+    assert isinstance(tables, list), tables
+    assert [c["name"] for c in tables[0]["columns"]] == ["city", "note", "people"]
+    assert tables[0]["row_count"] == 2
+    body = await _query(client, "SELECT * FROM cities_csv ORDER BY people")
+    assert body["rows"] == [["Oslo", "a;b", 709000], ["Lima", "plain", 9750000]]
+
+
+async def test_a_file_in_a_code_page_duckdb_lacks_is_read_as_utf8(
+    client: Client, session: str, settings: Settings
+) -> None:
+    # cp1252 (Excel's export on Windows): DuckDB reads it only with an extension it cannot
+    # download here, so the service hands it a UTF-8 copy (storage/cache.py).
+    text = "city;note\nSão Paulo;“quoted”\nZürich;plain\n"
+    file_id = await _upload(client, text.encode("cp1252"), "cities.csv")
+    file = await (await client.get(f"/api/csv/files/{file_id}")).json()
+    assert file["encoding"] == "cp1252"
+    body = await _query(client, "SELECT * FROM cities_csv")
+    assert body["rows"] == [["São Paulo", "“quoted”"], ["Zürich", "plain"]]
+    summary = await (await client.get(f"/api/csv/files/{file_id}/summary")).json()
+    assert summary["columns"][0]["max"] == "Zürich"
+    copies = list((settings.data_dir / "query-cache").rglob("*.utf-8"))
+    assert [p.name for p in copies] == [f"{file_id}.csv.utf-8"]
+    assert (await client.delete(f"/api/csv/files/{file_id}")).status == 200
+    assert not any((settings.data_dir / "query-cache").rglob("*.utf-8"))
 
 
 async def test_a_query_answers_json_values(client: Client, session: str) -> None:
@@ -291,7 +326,7 @@ async def test_another_sessions_file_is_unreachable_by_its_path(
     resp = await client.post("/api/csv/sessions/s2/query", json={"sql": "SELECT * FROM secret_csv"})
     assert resp.status == 200
     if settings.uses_s3:
-        path = settings.data_dir / "query-cache" / str(os.getpid()) / f"{secret}.csv"
+        [path] = (settings.data_dir / "query-cache").rglob(f"{secret}.csv")
     else:
         path = settings.uploads_dir / f"{secret}.csv"
     assert path.read_bytes().startswith(b"token")
@@ -326,3 +361,46 @@ async def test_past_the_concurrency_limit_a_query_is_429_with_retry_after(
     text = await (await client.get("/metrics")).text()
     assert 'csvstore_queries_refused_total{reason="query_busy"} 1.0' in text
     assert 'csvstore_queries_refused_total{reason="query_timeout"} 1.0' in text
+
+
+async def test_concurrent_first_summaries_compute_once(client: Client, session: str) -> None:
+    file_id = await _upload(client, SALES, "sales.csv")
+    store = client.app[STORE_KEY]
+    engine = store._engine
+    assert engine is not None
+    computed = 0
+    summarize = engine.summarize
+
+    async def counted(source: Any) -> Any:  # the real engine, counted
+        nonlocal computed
+        computed += 1
+        return await summarize(source)
+
+    engine.summarize = counted  # type: ignore[method-assign]
+    answers = await asyncio.gather(
+        *(client.get(f"/api/csv/files/{file_id}/summary") for _ in range(5))
+    )
+    bodies = [await answer.json() for answer in answers]
+    assert computed == 1
+    assert all(body == bodies[0] for body in bodies)
+
+
+async def test_a_client_gone_mid_csv_frees_its_query_slot(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    client = await make_client(replace(settings, query_concurrency=1, query_max_rows=10**8))
+    assert (await client.post("/api/csv/sessions", json={"session_id": "s1"})).status == 201
+    resp = await client.post(
+        QUERY,
+        json={"sql": "SELECT range, range * 2 AS twice FROM range(50000000)"},
+        headers={"Accept": "text/csv"},
+    )
+    assert resp.status == 200
+    assert (await resp.content.read(1000)).startswith(b"range,twice\r\n")
+    resp.close()  # gone, with millions of rows still to come
+    for _ in range(40):  # the slot comes back as soon as the server sees the client gone
+        await asyncio.sleep(0.05)
+        answer = await client.post(QUERY, json={"sql": "SELECT 1"})
+        if answer.status != 429:
+            break
+    assert answer.status == 200, await answer.text()

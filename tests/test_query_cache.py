@@ -42,14 +42,14 @@ async def test_copies_are_evicted_least_recently_used_first(
     for name in "abc":
         await _put(storage, f"{name}.csv", name.encode() * 100)
     cache = await _cache(storage, tmp_path / "cache", max_bytes=250)
-    async with cache.paths([("a.csv", 100)]) as [a]:
+    async with cache.paths([("a.csv", 100, None)]) as [a]:
         assert Path(a).read_bytes() == b"a" * 100
         assert Path(a).is_relative_to(tmp_path / "cache")
-    async with cache.paths([("b.csv", 100)]):
+    async with cache.paths([("b.csv", 100, None)]):
         pass
-    async with cache.paths([("a.csv", 100)]):  # a is used again: b is now the oldest
+    async with cache.paths([("a.csv", 100, None)]):  # a is used again: b is now the oldest
         pass
-    async with cache.paths([("c.csv", 100)]) as [c]:
+    async with cache.paths([("c.csv", 100, None)]) as [c]:
         assert Path(c).read_bytes() == b"c" * 100
     assert cache.cached() == ["a.csv", "c.csv"]
     assert cache.used_bytes == 200
@@ -62,14 +62,14 @@ async def test_a_copy_in_use_is_never_evicted(storage: Storage, tmp_path: Path) 
     for name in "ab":
         await _put(storage, f"{name}.csv", name.encode() * 100)
     cache = await _cache(storage, tmp_path / "cache", max_bytes=150)
-    async with cache.paths([("a.csv", 100)]) as [a]:
+    async with cache.paths([("a.csv", 100, None)]) as [a]:
         with pytest.raises(QueryCacheFull) as full:
-            async with cache.paths([("b.csv", 100)]):
+            async with cache.paths([("b.csv", 100, None)]):
                 pass
         assert full.value.status == 503
         assert full.value.retry_after
         assert Path(a).read_bytes() == b"a" * 100  # still there for the running query
-    async with cache.paths([("b.csv", 100)]) as [b]:  # a is free now: evicted for b
+    async with cache.paths([("b.csv", 100, None)]) as [b]:  # a is free now: evicted for b
         assert Path(b).read_bytes() == b"b" * 100
     assert cache.cached() == ["b.csv"]
     await cache.close()
@@ -79,7 +79,7 @@ async def test_a_file_larger_than_the_cache_is_refused(storage: Storage, tmp_pat
     await _put(storage, "big.csv", b"x" * 300)
     cache = await _cache(storage, tmp_path / "cache", max_bytes=200)
     with pytest.raises(QueryCacheFull, match="larger than the query cache"):
-        async with cache.paths([("big.csv", 300)]):
+        async with cache.paths([("big.csv", 300, None)]):
             pass
     assert cache.used_bytes == 0
     assert cache.cached() == []
@@ -101,7 +101,7 @@ async def test_concurrent_readers_share_one_copy(storage: Storage, tmp_path: Pat
     await cache.open()
 
     async def use() -> bytes:
-        async with cache.paths([("a.csv", 1000)]) as [path]:
+        async with cache.paths([("a.csv", 1000, None)]) as [path]:
             await asyncio.sleep(0.01)
             return Path(path).read_bytes()
 
@@ -116,9 +116,9 @@ async def test_a_deleted_file_leaves_the_cache_when_its_last_query_ends(
     for name in "ab":
         await _put(storage, f"{name}.csv", name.encode() * 10)
     cache = await _cache(storage, tmp_path / "cache", max_bytes=1000)
-    async with cache.paths([("a.csv", 10)]):
+    async with cache.paths([("a.csv", 10, None)]):
         pass
-    async with cache.paths([("b.csv", 10)]) as [b]:
+    async with cache.paths([("b.csv", 10, None)]) as [b]:
         cache.forget(["a.csv", "b.csv"])
         assert cache.cached() == []
         assert Path(b).exists()  # the running query still reads it
@@ -127,20 +127,58 @@ async def test_a_deleted_file_leaves_the_cache_when_its_last_query_ends(
     await cache.close()
 
 
-async def test_copies_of_an_ended_process_are_removed_at_open(
+async def test_copies_of_an_ended_instance_are_removed_those_of_a_live_one_kept(
     storage: Storage, tmp_path: Path
 ) -> None:
-    stale = tmp_path / "cache" / "999999999"
+    await _put(storage, "a.csv", b"a" * 10)
+    stale = tmp_path / "cache" / "deadbeef"
     stale.mkdir(parents=True)
     (stale / "old.csv").write_bytes(b"left by a crash")
-    cache = await _cache(storage, tmp_path / "cache", max_bytes=1000)
+    (tmp_path / "cache" / "deadbeef.lock").touch()  # nobody holds it
+    live = await _cache(storage, tmp_path / "cache", max_bytes=1000)
+    async with live.paths([("a.csv", 10, None)]) as [kept]:
+        pass
     assert not stale.exists()
-    await cache.close()
+    other = await _cache(storage, tmp_path / "cache", max_bytes=1000)  # another worker
+    async with other.paths([("a.csv", 10, None)]) as [copy]:
+        assert copy != kept
+    assert Path(kept).read_bytes() == b"a" * 10  # the live one's copies stay
+    await other.close()
+    await live.close()
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 async def test_local_storage_gives_the_stored_file_itself(tmp_path: Path) -> None:
     root = tmp_path / "uploads"
     cache = FilePaths(None, root=root, folder=tmp_path / "cache", max_bytes=0)  # type: ignore[arg-type]
-    async with cache.paths([("a.csv", 10**12)]) as [path]:
+    async with cache.paths([("a.csv", 10**12, None)]) as [path]:
         assert path == str(root / "a.csv")
+    assert not (tmp_path / "cache").exists()
+
+
+async def test_a_file_duckdb_cannot_decode_is_copied_as_utf8(
+    storage: Storage, tmp_path: Path
+) -> None:
+    text = "name,city\nJosé,São Paulo\n“quoted”,Zürich\n"
+    await _put(storage, "w.csv", text.encode("cp1252") + b"\x81\n")  # 0x81: not cp1252
+    root = tmp_path / "uploads"  # as on local storage: the original is never read in place
+    cache = FilePaths(storage, root=root, folder=tmp_path / "cache", max_bytes=1000)
+    await cache.open()
+    async with cache.paths([("w.csv", 60, "cp1252")]) as [path]:
+        assert Path(path).read_bytes() == (text + "\ufffd\n").encode()
+        assert not Path(path).is_relative_to(root)
+    assert cache.cached() == ["w.csv.utf-8"]
+    assert cache.used_bytes == len((text + "\ufffd\n").encode())  # the copy's own size
+    cache.forget(["w.csv"])
+    assert cache.cached() == []
+    assert cache.used_bytes == 0
+    await cache.close()
+
+
+async def test_a_cache_that_never_copies_makes_no_folder(storage: Storage, tmp_path: Path) -> None:
+    cache = FilePaths(storage, root=tmp_path / "uploads", folder=tmp_path / "cache", max_bytes=10)
+    await cache.open()
+    async with cache.paths([("a.csv", 10**6, None)]):
+        pass
+    await cache.close()
     assert not (tmp_path / "cache").exists()

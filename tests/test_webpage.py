@@ -132,6 +132,7 @@ def test_whole_flow_in_chromium_with_an_api_key(
                 "GROUP BY sensor ORDER BY sensor",
                 "chartLabels": ["s0", "s1", "s2"],
                 "summaryOf": "measurements.csv",
+                "screenshot": str(tmp_path / "query.png"),
             },
         },
     )
@@ -140,13 +141,20 @@ def test_whole_flow_in_chromium_with_an_api_key(
     query = seen["query"]
     assert query["prefill"] == f"SELECT * FROM {query['tables'][0]} LIMIT 100"
     assert "measurements_csv (45 rows)" in query["tablesShown"]
-    assert query["firstResult"]["rows"] in (2, 45)  # the cities or the measurements
-    assert query["firstResult"]["meta"].startswith(f"{query['firstResult']['rows']} rows in ")
+    # Either file may be first (uploads run in parallel); each read in its own dialect.
+    first = {
+        "city": (["city", "note", "people"], "2 rows"),
+        "id": (["id", "sensor", "value"], "45 rows"),
+    }
+    header, rows = first.get(query["firstResult"]["header"][0], (None, None))
+    assert query["firstResult"]["header"] == header, query
+    assert query["firstResult"]["meta"].startswith(f"{rows} in "), query
     sums = {f"s{k}": sum(i * 1.5 for i in range(1, 46) if i % 3 == k) for k in range(3)}
     assert [(s, float(total)) for s, total in query["aggregateRows"]] == list(sums.items())
     assert (query["bars"], query["labels"]) == (3, ["s0", "s1", "s2"])
     assert (query["lines"], query["barsAfterLine"]) == (1, 0)
     assert "COPY" in query["error"], query["error"]
+    assert (tmp_path / "query.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = {row[0]: row for row in query["summary"]}
     assert list(summary) == ["id", "sensor", "value"]
     assert summary["id"][2:5] == ["45", "0", summary["id"][4]]  # count, nulls, distinct

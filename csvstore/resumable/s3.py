@@ -49,7 +49,9 @@ class S3PartialStore(S3Records):
                 Bucket=bucket, Key=self.storage.object_key(key), ContentType="text/csv"
             )
             crash_point("tus.s3_upload_started")
-            record = replace(record, upload=created["UploadId"])
+            # A retried creation may have started another one, which nothing would name.
+            retried = created["ResponseMetadata"].get("RetryAttempts", 0) > 0
+            record = replace(record, upload=created["UploadId"], leftovers=retried)
             await self._put(record, if_match=etag)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -174,7 +176,11 @@ class S3PartialStore(S3Records):
                 loaded = await self._load(upload_id)
             except ValueError:
                 continue  # the start-up check's business
-            if loaded is None or loaded[0].state.expires_at > now or loaded[0].leased(now):
+            if loaded is None or loaded[0].leased(now):
+                continue
+            if loaded[0].state.expires_at > now:
+                if loaded[0].leftovers and loaded[0].state.completed:
+                    await self._tidy(upload_id)
                 continue
             try:
                 acquired = await self._acquire(upload_id)
@@ -186,6 +192,18 @@ class S3PartialStore(S3Records):
             elif acquired is not None:
                 await S3Hold(self, *acquired).release()
         return removed
+
+    async def _tidy(self, upload_id: str) -> None:
+        try:
+            acquired = await self._acquire(upload_id)
+        except UploadLocked:
+            return  # in use: its request finishes it
+        if acquired is not None:
+            hold = S3Hold(self, *acquired)
+            try:
+                await hold.tidy()
+            finally:
+                await hold.release()
 
     async def remove_for_sessions(self, session_ids: set[str]) -> int:
         removed = 0
@@ -237,6 +255,8 @@ class S3PartialStore(S3Records):
         state = record.state
         try:
             if state.completed and state.expires_at > now:
+                if record.leftovers:
+                    await hold.tidy()
                 return 0
             if self.target(upload_id)[0] in published:
                 # Published, then the process died before it could record so.

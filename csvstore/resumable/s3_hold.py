@@ -234,6 +234,7 @@ class S3Hold:
         record = self._record
         storage = self._store.storage
         _, key = self.target
+        left_open = False
         object_key = storage.object_key(key)
         parts = record.parts + self._new_parts
         if not parts:
@@ -243,8 +244,10 @@ class S3Hold:
                 Body=bytes(self._buffer),
                 ContentType="text/csv",
             )
-            with contextlib.suppress(Exception):  # no parts: an orphan costs nothing
+            try:  # no parts: the multipart upload is not needed
                 await self._store._abort_upload(record)
+            except Exception:
+                left_open = True  # the finish (or the sweep) lists and aborts it
         else:
             if self._buffer:
                 await self._send_part(bytes(self._buffer))
@@ -263,7 +266,8 @@ class S3Hold:
         crash_point("tus.s3_object_completed")
         self._buffer = bytearray()
         # Recorded, so that a removal deletes the object rather than aborting the upload.
-        await self._write(replace(self._record, object_done=True))
+        leftovers = self._record.leftovers or left_open
+        await self._write(replace(self._record, object_done=True, leftovers=leftovers))
 
     async def analyse(
         self, *, enabled: bool, chunk_size: int, encoding: str | None = None
@@ -279,13 +283,16 @@ class S3Hold:
     async def finish(self, state: PartialState) -> None:
         """Published (or a duplicate): only the record stays, until it expires."""
         record = self._record
-        if not record.object_done:  # a duplicate: the parts are not wanted
-            await self._store._abort_upload(record)
-        # Segments before the record: a crash between leaves a completion to settle.
-        with contextlib.suppress(Exception):
-            await self._store._delete_tails(state.id)
+        # Before the record: a crash between leaves a completion to settle.
+        dropped = await self._store.drop_leftovers(record)
         crash_point("tus.s3_tails_dropped")
-        await self._write(replace(record, state=state, parts=[], tail=[], object_done=True))
+        done = replace(record, state=state, parts=[], tail=[], object_done=True)
+        await self._write(replace(done, leftovers=not dropped))
+
+    async def tidy(self) -> None:
+        """The removal of a finished upload's leftovers, tried again."""
+        if await self._store.drop_leftovers(self._record):
+            await self._write(replace(self._record, leftovers=False))
 
     async def remove(self) -> None:
         """Remove the upload, if this request still holds its lease."""

@@ -41,6 +41,9 @@ class S3Record:
     owner: str | None = None
     lease_until: float = 0.0
     object_done: bool = False  # the multipart upload was completed into the final object
+    # Something besides the object may be left under the upload's names (a multipart upload a
+    # retried creation or a failed abort left open, tail segments): listed and removed.
+    leftovers: bool = False
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -152,8 +155,26 @@ class S3Records:
         return await self.is_published(self.target(upload_id)[0])
 
     async def _abort_upload(self, record: S3Record) -> None:
-        if not record.object_done:
+        if record.leftovers:
+            await self._abort_uploads(record.state.id)
+        elif not record.object_done:
             await self._abort_uploads(record.state.id, record.upload)
+
+    async def drop_leftovers(self, record: S3Record) -> bool:
+        """Everything of a finished upload but its object and record: its multipart uploads
+        (a duplicate's, or left open), its tail segments. False: S3 refused (tried again by
+        the sweep, the record says so)."""
+        steps = [self._delete_tails(record.state.id)]
+        if record.leftovers or not record.object_done:
+            steps.insert(0, self._abort_uploads(record.state.id))
+        done = True
+        for step in steps:
+            try:
+                await step
+            except Exception as exc:
+                log.warning("upload %s: leftovers not removed yet: %r", record.state.id, exc)
+                done = False
+        return done
 
     async def _abort_uploads(self, upload_id: str, known: str = "") -> None:
         """Abort the upload's multipart upload; without its id, every one under its key."""

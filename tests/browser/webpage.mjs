@@ -190,6 +190,7 @@ try {
     seen.query.bars = await page.locator("#query-chart rect.bar").count();
     seen.query.labels = await page.$$eval("#query-chart text.label", (texts) => texts.map((t) => t.textContent));
     seen.query.aggregateRows = await page.$$eval("#query-table tbody tr", (rows) => rows.map((r) => [...r.cells].map((c) => c.textContent)));
+    if (config.query.screenshot) await page.locator("#query-panel").screenshot({ path: config.query.screenshot });
     await page.selectOption("#query-chart-kind", "line");
     seen.query.lines = await page.locator("#query-chart polyline.line").count();
     seen.query.barsAfterLine = await page.locator("#query-chart rect.bar").count();

@@ -1,4 +1,4 @@
--- A file's column summary (issue 20); the same table as SQLite's 0010_file_summary.sql,
+-- A file's column summary (issue 20); the same table as SQLite's 0011_file_summary.sql,
 -- deleted with its file by the cascade.
 
 CREATE TABLE file_summaries (

@@ -1,0 +1,57 @@
+-- Each file's API object (its entry in a session's csv_files), rendered once when the row is
+-- inserted (files are never updated): building some 1,000 of them per listing page was most
+-- of the page's time on PostgreSQL (bench/RESULTS.md, issue 19). A later migration that adds
+-- a field to the file object replaces this function and renders the column again.
+-- SQLite has the same column, generated when read (its 0010).
+
+ALTER TABLE files ADD COLUMN listing_json TEXT;
+
+CREATE FUNCTION files_listing_json() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.listing_json := json_build_object('id', NEW.id, 'filename', NEW.filename,
+                             'original_filename', NEW.original_filename,
+                             'file_size', NEW.file_size, 'content_type', NEW.content_type,
+                             'created_at', NEW.created_at, 'sha256', NEW.sha256, 'encoding', NEW.encoding,
+                             'delimiter', NEW.delimiter, 'quotechar', NEW.quotechar,
+                             'line_terminator', NEW.line_terminator,
+                             'has_header', CASE NEW.has_header WHEN 1 THEN true WHEN 0 THEN false END,
+                             'columns', NEW.columns::json, 'column_count', NEW.column_count,
+                             'row_count', NEW.row_count, 'ragged_rows', NEW.ragged_rows,
+                             'encoding_source', NEW.encoding_source,
+                             'encoding_confidence', NEW.encoding_confidence,
+                             'invalid_bytes', NEW.invalid_bytes,
+                             'first_invalid_offset', NEW.first_invalid_offset,
+                             'preamble_lines', NEW.preamble_lines,
+                             'skip_initial_space',
+                             CASE NEW.skip_initial_space WHEN 1 THEN true WHEN 0 THEN false END,
+                             'comment_char', NEW.comment_char,
+                             'duplicate_columns', NEW.duplicate_columns::json,
+                             'footer_lines', NEW.footer_lines)::text;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER files_listing_json BEFORE INSERT ON files
+    FOR EACH ROW EXECUTE FUNCTION files_listing_json();
+
+UPDATE files AS f SET listing_json = json_build_object('id', f.id, 'filename', f.filename,
+                             'original_filename', f.original_filename,
+                             'file_size', f.file_size, 'content_type', f.content_type,
+                             'created_at', f.created_at, 'sha256', f.sha256, 'encoding', f.encoding,
+                             'delimiter', f.delimiter, 'quotechar', f.quotechar,
+                             'line_terminator', f.line_terminator,
+                             'has_header', CASE f.has_header WHEN 1 THEN true WHEN 0 THEN false END,
+                             'columns', f.columns::json, 'column_count', f.column_count,
+                             'row_count', f.row_count, 'ragged_rows', f.ragged_rows,
+                             'encoding_source', f.encoding_source,
+                             'encoding_confidence', f.encoding_confidence,
+                             'invalid_bytes', f.invalid_bytes,
+                             'first_invalid_offset', f.first_invalid_offset,
+                             'preamble_lines', f.preamble_lines,
+                             'skip_initial_space',
+                             CASE f.skip_initial_space WHEN 1 THEN true WHEN 0 THEN false END,
+                             'comment_char', f.comment_char,
+                             'duplicate_columns', f.duplicate_columns::json,
+                             'footer_lines', f.footer_lines)::text;
+
+ALTER TABLE files ALTER COLUMN listing_json SET NOT NULL;
