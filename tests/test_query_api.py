@@ -185,6 +185,7 @@ async def test_another_sessions_files_are_not_tables(client: Client, session: st
         ({"sql": "SELECT 1", "limit": "10"}, "limit"),
         ({"sql": "SELECT 1", "limit": 10**6}, "limit"),
         ({"sql": "SELECT 1", "other": 1}, "other"),
+        ({"sql": "SELECT '" + "x" * 5000 + "'"}, "sql"),
     ],
 )
 async def test_bad_query_bodies_name_the_field(

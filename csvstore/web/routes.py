@@ -222,6 +222,8 @@ ROUTES: tuple[Route, ...] = (
         {
             200: ("The result: JSON up to limit rows, or CSV", "query"),
             400: ("Invalid body, a refused statement or an SQL error", None),
+            413: ("A JSON body over 64 KiB", None),
+            415: ("Body is not JSON", None),
             **_QUERY_ERRORS,
         },
         request_schema="QueryRequest",
