@@ -36,6 +36,7 @@ from csvstore.query.values import JsonValue, csv_chunk, json_rows
 
 T = TypeVar("T")
 CSV_BATCH = 10_000  # rows per fetch of a CSV result
+INTERRUPT_EVERY = 0.02  # s, until the interrupted call returns
 IDLE = 2  # locked databases kept for the next query on the same files
 
 
@@ -164,13 +165,22 @@ class _Job:
         self.reusable = True  # by the next query on the same files
 
     def _expire(self) -> None:
+        # An interrupt that lands while DuckDB is between two steps is lost: repeat it.
         self.expired = True
         self.box.interrupt()
+        self._timer = asyncio.get_running_loop().call_later(INTERRUPT_EVERY, self._expire)
+
+    def _timeout(self) -> QueryTimeout:
+        return QueryTimeout(
+            f"the query ran for more than {self.limit:g} s (--query-timeout) and was stopped"
+        )
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         limit = self.limit
-        timer = loop.call_later(max(limit - self.used, 0.0), self._expire)
+        if self.used >= limit:
+            raise self._timeout()
+        self._timer = loop.call_later(limit - self.used, self._expire)
         started = loop.time()
         future = loop.run_in_executor(self.engine.pool, fn, *args)
         try:
@@ -186,9 +196,7 @@ class _Job:
             self.reusable = False
             if not self.expired:
                 raise
-            raise QueryTimeout(
-                f"the query ran for more than {limit:g} s (--query-timeout) and was stopped"
-            ) from None
+            raise self._timeout() from None
         except duckdb.OutOfMemoryException:
             self.reusable = False
             raise QueryTooLarge(
@@ -200,7 +208,7 @@ class _Job:
         except duckdb.Error as exc:
             raise QueryInvalid(clean_message(exc, self.paths)) from None
         finally:
-            timer.cancel()
+            self._timer.cancel()
             self.used += loop.time() - started
 
 
