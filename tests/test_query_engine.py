@@ -359,3 +359,37 @@ async def test_a_preamble_with_comment_lines_skips_exactly_the_preamble(tmp_path
         assert ([c.name for c in other.columns], other.row_count) == (["city", "people"], 2)
     finally:
         await engine.close()
+
+
+async def test_a_summary_has_its_own_time_limit(tmp_path: Path) -> None:
+    # Two scans of a 1 GiB file took 23 s here: under the 10 s query timeout, every large
+    # file's summary would be a 422. Failed before: the summary ran under timeout_s.
+    # Large enough that DuckDB is still scanning when the interrupts come.
+    lines = ["n,word"] + [f"{i},w{i % 97}" for i in range(400_000)]
+    path = _write(tmp_path, "\n".join(lines) + "\n")
+    patient = QueryEngine(QueryLimits(0.001, 64 << 20, 1000, 1, summary_timeout_s=60))
+    hasty = QueryEngine(QueryLimits(60, 64 << 20, 1000, 1, summary_timeout_s=0.001))
+    try:
+        n, _ = await patient.summarize(_source(path))
+        assert n.count == 400_000
+        with pytest.raises(QueryTimeout):
+            await patient.run([_source(path)], RUNAWAY.replace("range(1000000) a", "data_csv"), 1)
+        with pytest.raises(QueryTimeout):
+            await hasty.summarize(_source(path))
+    finally:
+        await patient.close()
+        await hasty.close()
+
+
+async def test_an_interrupt_that_lands_between_duckdb_steps_is_repeated() -> None:
+    # A 1 ms limit expires while the SQL is being checked, before DuckDB runs anything: that
+    # interrupt is lost. Failed before (one interrupt only): the runaway ran on, past 3 s.
+    engine = QueryEngine(QueryLimits(0.001, 64 << 20, 1000, concurrency=1))
+    try:
+        for _ in range(5):
+            started = time.monotonic()
+            with pytest.raises(QueryTimeout):
+                await asyncio.wait_for(engine.run([], RUNAWAY, 1), timeout=3)
+            assert time.monotonic() - started < 1.5
+    finally:
+        await engine.close()

@@ -71,6 +71,8 @@ def _escapes(world: dict[str, Path]) -> list[tuple[str, str]]:
         ("INSERT INTO cities_csv VALUES ('x', 1)", "INSERT"),
         ("UPDATE cities_csv SET people = 0", "UPDATE"),
         ("DELETE FROM cities_csv", "DELETE"),
+        ("WITH x AS (SELECT 1) INSERT INTO cities_csv SELECT 'x', 1 FROM x", "INSERT is"),
+        (f"/* read-only? */ COPY cities_csv TO '{out}'", "COPY ... TO"),
         ("DROP VIEW cities_csv", "DROP"),
         (f"ATTACH '{root / 'x.duckdb'}' AS x", "ATTACH"),
         (f"EXPORT DATABASE '{root / 'export'}'", "EXPORT DATABASE"),

@@ -34,7 +34,8 @@ ENCODINGS = {
     "iso8859-1": "latin-1",
 }  # fmt: skip
 # The first words of statements, for refusals that name what was refused.
-_KEYWORD = re.compile(r"\s*(\w+)")
+_KEYWORD = re.compile(r"(\w+)")
+_COMMENTS = re.compile(r"/\*.*?\*/|--[^\n]*", re.DOTALL)
 
 
 def quote_literal(text: str) -> str:
@@ -123,7 +124,8 @@ class Sandbox:
                 f" {_ONE}"
             )
         if statement.type != duckdb.StatementType.SELECT:
-            raise QueryRefused(f"{_refused_keyword(statement.query)} is not allowed: {_ONE}")
+            kind = statement.type.name
+            raise QueryRefused(f"{_refused_keyword(statement.query, kind)} is not allowed: {_ONE}")
         text = statement.query
         row = self.con.execute("SELECT json_serialize_sql(?)", [text]).fetchone()
         tree = json.loads(row[0]) if row else {"error": True}
@@ -135,9 +137,13 @@ class Sandbox:
 _ONE = "a query is one read-only SELECT statement over the session's tables"
 
 
-def _refused_keyword(text: str) -> str:
-    found = _KEYWORD.match(text)
-    word = found.group(1).upper() if found else "this statement"
+def _refused_keyword(text: str, kind: str) -> str:
+    """The statement's own first word where it names it (SET, RESET, INSTALL, LOAD, ...),
+    else its type (WITH x AS (...) INSERT ... is an INSERT)."""
+    found = _KEYWORD.search(_COMMENTS.sub(" ", text))
+    word = found.group(1).upper() if found else kind
+    if word in ("WITH", "(") or not word.isalpha():
+        word = kind
     if word == "COPY" and re.search(r"\bTO\b", text, re.IGNORECASE):
         return "COPY ... TO"
     return {"EXPORT": "EXPORT DATABASE", "PIVOT": "a PIVOT statement"}.get(word, word)
