@@ -69,7 +69,9 @@ class PartialHold(Protocol):
 
     async def append(self, chunk: bytes) -> None: ...
 
-    async def checkpoint(self, *, expires_at: float) -> PartialState: ...  # pending: durable
+    async def checkpoint(
+        self, *, expires_at: float, last: bool = False
+    ) -> PartialState: ...  # pending: durable; last: the request's, the hold ends with it
 
     async def rollback(self) -> None: ...
 
@@ -403,7 +405,7 @@ class _LocalHold:
         await asyncio.to_thread(_write_all, self._fd, chunk)
         self._pending += len(chunk)
 
-    async def checkpoint(self, *, expires_at: float) -> PartialState:
+    async def checkpoint(self, *, expires_at: float, last: bool = False) -> PartialState:
         new = replace(self._state, offset=self._state.offset + self._pending, expires_at=expires_at)
 
         def run() -> None:
