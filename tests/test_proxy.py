@@ -84,6 +84,31 @@ http {{
 """
 
 
+def _directives(conf: str) -> set[str]:
+    """The directives of an nginx configuration text, comments and spacing aside; where the
+    test and a deployment must differ (addresses, TLS) left out."""
+    found = set()
+    for line in conf.splitlines():
+        words = line.split("#", 1)[0].strip().removesuffix(";").split()
+        if line.split("#", 1)[0].strip().endswith(";") and words[0] not in DIFFERENT:
+            found.add(" ".join(words))
+    return found
+
+
+DIFFERENT = {"listen", "server_name", "ssl_certificate", "ssl_certificate_key", "proxy_pass"}
+
+
+def test_the_documented_configuration_is_the_tested_one() -> None:
+    """docs/deployment.md's nginx block has exactly the directives of the server block and
+    the ``location /`` this file runs (the control location and paths aside)."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "deployment.md").read_text()
+    block = doc.split("```nginx", 1)[1].split("```", 1)[0]
+    tested = CONF.split("server {{", 1)[1].split("# The control", 1)[0]
+    tested = tested.replace("{location}", LOCATION.format(upstream=8000))
+    assert _directives(block) == _directives(tested)
+    assert "proxy_request_buffering off" in _directives(block)
+
+
 class Nginx:
     def __init__(self, prefix: Path, upstream: int) -> None:
         self.prefix = prefix
