@@ -349,6 +349,27 @@ def test_the_access_log_names_the_client_the_proxy_saw(server: ServerProcess, ng
     assert FORGED not in proxied + straight
 
 
+def test_the_limiter_counts_each_client_the_proxy_saw(tmp_path: Path) -> None:
+    """--rate-limit per address behind nginx: two clients of one proxy each have their own
+    allowance (were the proxy's address counted, the second would be refused at once)."""
+    limited = ServerProcess(
+        tmp_path / "data", "--trusted-proxies", "127.0.0.1", "--rate-limit", "2/m"
+    )
+    limited.start()
+    (tmp_path / "nginx").mkdir()
+    proxy = Nginx(tmp_path / "nginx", limited.port)
+    try:
+        for client in (CLIENT, "127.0.0.6"):
+            http = _session_from(client)
+            statuses = [
+                http.get(f"{proxy.url}/api/csv/sessions", timeout=30).status_code for _ in range(3)
+            ]
+            assert statuses == [200, 200, 429], (client, statuses)
+    finally:
+        proxy.stop()
+        assert limited.stop() == 0
+
+
 def test_a_bad_trusted_proxies_value_is_named_by_the_real_process() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "csvstore", "--trusted-proxies", "10.0.0.0/8,proxy.example"],
