@@ -356,17 +356,18 @@ def test_the_limiter_counts_each_client_the_proxy_saw(tmp_path: Path) -> None:
         tmp_path / "data", "--trusted-proxies", "127.0.0.1", "--rate-limit", "2/m"
     )
     limited.start()
-    (tmp_path / "nginx").mkdir()
-    proxy = Nginx(tmp_path / "nginx", limited.port)
     try:
-        for client in (CLIENT, "127.0.0.6"):
-            http = _session_from(client)
-            statuses = [
-                http.get(f"{proxy.url}/api/csv/sessions", timeout=30).status_code for _ in range(3)
-            ]
-            assert statuses == [200, 200, 429], (client, statuses)
+        (tmp_path / "nginx").mkdir()
+        proxy = Nginx(tmp_path / "nginx", limited.port)
+        try:
+            for client in (CLIENT, "127.0.0.6"):
+                http = _session_from(client)
+                url = f"{proxy.url}/api/csv/sessions"
+                statuses = [http.get(url, timeout=30).status_code for _ in range(3)]
+                assert statuses == [200, 200, 429], (client, statuses)
+        finally:
+            proxy.stop()
     finally:
-        proxy.stop()
         assert limited.stop() == 0
 
 
