@@ -209,7 +209,7 @@ class S3PartialStore(S3Records):
                 continue  # in use: not abandoned after all
             if acquired is not None and acquired[0].state.expires_at <= now:
                 await self._remove_all(acquired[0])
-                removed += 1
+                removed += not acquired[0].state.completed
             elif acquired is not None:
                 await S3Hold(self, *acquired).release()
         return removed
