@@ -167,25 +167,6 @@ async def test_streamed_bodies_are_logged_and_counted_as_sent(
     assert sample(text, "csvstore_downloaded_bytes_total") == len(received)
 
 
-async def test_a_streamed_line_times_the_whole_sending(
-    client: Client, session: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A client that pauses before reading the rest of a file: the line's duration covers
-    the pause (the body outgrows the socket buffers, so the sending waits for it)."""
-    caplog.set_level(logging.INFO, logger="csvstore.access")
-    data = csv_bytes(400_000)  # ~9 MiB
-    uploaded = await client.post("/api/csv/upload", data=upload_form(data))
-    assert uploaded.status == 201
-    path = f"/api/csv/files/{(await uploaded.json())['file']['id']}/content"
-    reply = await client.get(path)
-    first = await reply.content.readexactly(1024)
-    await asyncio.sleep(0.6)
-    assert first + await reply.read() == data
-    (line,) = await _access_lines(caplog, path)
-    assert line.bytes == len(data)  # type: ignore[attr-defined]
-    assert line.duration_ms >= 600  # type: ignore[attr-defined]
-
-
 def test_a_scrape_sums_every_worker(tmp_path: Path) -> None:
     """Uploads on fresh connections until both workers of a --workers 2 server have taken
     some (a made request id starts with its worker's prefix); then every scrape, whichever
