@@ -162,9 +162,7 @@ class TusMetrics:
         self._created = counter("uploads_created", "tus uploads created")
         self._finished = counter("uploads_finished", "tus uploads complete and stored")
         self._terminated = counter("uploads_terminated", "tus uploads deleted by a client")
-        self._expired = counter(
-            "uploads_expired", "tus upload records removed at expiry (unfinished, or kept after)"
-        )
+        self._expired = counter("uploads_expired", "tus uploads removed unfinished at expiry")
         self._received = counter("received_bytes", "bytes appended to tus uploads")
         self._patches = counter(
             "patches", "tus PATCH requests by outcome: partial, completed or the error's reason",

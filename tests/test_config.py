@@ -142,6 +142,17 @@ def test_docs_settings_is_generated_from_the_fields() -> None:
     assert all(f"`{flag_name(f)}` | `{env_name(f)}`" in text for f in fields(Settings))
 
 
+def test_the_readme_names_every_flag_of_the_server() -> None:
+    """Issue 18's done-when: the settings table has every setting's flag (generated), and
+    the flags that are not settings are named beside it."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("<!-- settings table") : readme.index("<!-- end of settings")]
+    assert all(f"| `{flag_name(f)}` |" in table for f in fields(Settings))
+    flags = {o for a in build_parser()._actions for o in a.option_strings if o.startswith("--")}
+    assert flags - {"--help"}
+    assert not [flag for flag in flags - {"--help"} if f"`{flag}`" not in readme]
+
+
 def test_the_real_server_takes_values_as_people_write_them(tmp_path: Path) -> None:
     server = ServerProcess(
         tmp_path / "data",

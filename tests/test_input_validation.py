@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,6 +219,7 @@ def test_protocol_errors_are_logged_not_echoed(server: ServerProcess, request_by
     assert b"content-type: application/problem+json" in head.lower(), answer
     assert b'"status":400' in body
     assert b"x-content-type-options: nosniff" in head.lower(), answer
+    assert re.search(rb"(?mi)^x-request-id: [0-9a-f]{32}\r?$", head), answer
     server.stop()
     # What was wrong is in the log (aiohttp's message quotes the bytes where it has them).
     logged = [line for line in server.log().splitlines() if "malformed request" in line]

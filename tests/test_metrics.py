@@ -12,13 +12,16 @@ import re
 import signal
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import requests
 
 from csvstore import __version__
-from tests.conftest import Client, csv_bytes, upload_form
+from csvstore.config import Settings
+from csvstore.web.tus import ENGINE_KEY
+from tests.conftest import Client, MakeClient, csv_bytes, upload_form
 from tests.serverproc import ServerProcess
 
 TUS = "/api/csv/tus/"
@@ -75,6 +78,40 @@ async def test_tus_counters_and_uploaded_bytes(client: Client, session: str) -> 
     assert sample(text, "csvstore_tus_patches_total", outcome="completed") == 1
     assert sample(text, "csvstore_tus_patches_total", outcome="offset_conflict") == 1
     assert sample(text, "csvstore_uploaded_bytes_total") == 2 * len(data)  # tus + multipart
+
+
+async def test_only_unfinished_uploads_count_as_expired(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    """A finished upload's record, kept for HEAD until it expires, is cleared by the same
+    sweep; that is not an upload that expired."""
+    client = await make_client(replace(settings, tus_expiry=1.0, sweep_interval=0.2))
+    assert (await client.post("/api/csv/sessions", json={"session_id": "s"})).status == 201
+    data = csv_bytes(20)
+    urls = []
+    for name in ("done.csv", "left.csv"):
+        headers = {
+            **V,
+            "Upload-Length": str(len(data)),
+            "Upload-Metadata": _meta(session_id="s", filename=name),
+        }
+        created = await client.post(TUS, headers=headers)
+        assert created.status == 201
+        urls.append(created.headers["Location"])
+    done = await client.patch(urls[0], data=data, headers={**PATCH, "Upload-Offset": "0"})
+    assert done.status == 204
+    left = await client.patch(urls[1], data=data[:5], headers={**PATCH, "Upload-Offset": "0"})
+    assert left.status == 204
+    partials = client.app[ENGINE_KEY].require()
+    ids = [url.rstrip("/").rsplit("/", 1)[1] for url in urls]
+    deadline = time.monotonic() + 20
+    while any([await partials.get(i) for i in ids]) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert not any([await partials.get(i) for i in ids]), "the sweep left a record"
+    await asyncio.sleep(0.5)  # a few more sweeps: nothing more to count
+    assert sample(await _scrape(client), "csvstore_tus_uploads_expired_total") == 1
+    listed = await (await client.get("/api/csv/sessions/s")).json()
+    assert [f["original_filename"] for f in listed["csv_files"]] == ["done.csv"]
 
 
 async def test_no_created_series_and_process_and_build_info(client: Client) -> None:
@@ -176,6 +213,7 @@ def test_a_scrape_sums_every_worker(tmp_path: Path) -> None:
             assert sample(text, "csvstore_uploads_in_flight") == 0
             assert not CREATED.search(text)
             assert sample(text, "csvstore_build_info", version=__version__) == 1
+            assert sample(text, "process_resident_memory_bytes") > 0  # the answering worker's
 
         assert server.proc is not None
         workers = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from csvstore.config import Settings
+from csvstore.config import RateLimit, Settings
 from tests.conftest import Client, MakeClient, assert_problem, csv_bytes, upload_form
 from tests.serverproc import ServerProcess
 
@@ -104,6 +105,75 @@ async def test_request_ids_are_echoed_or_made(
     assert "id=trace-42" in first.getMessage()
     assert first.route == "/api/csv/sessions"  # type: ignore[attr-defined]
     assert lines[1].status == 404  # type: ignore[attr-defined]
+
+
+async def test_every_response_carries_its_request_id(
+    client: Client, make_client: MakeClient, tmp_path: Path, session: str
+) -> None:
+    """Whatever made the response: a handler's return, a streamed body (file content, ZIP
+    archive), a file response (the page), a conditional or ranged answer, HEAD, a problem,
+    the router or the limiter (a request aiohttp's parser refuses: test_input_validation.py)."""
+    tus = {"Tus-Resumable": "1.0.0"}
+    data = csv_bytes(500)
+    upload = await client.post("/api/csv/upload", data=upload_form(data))
+    file_id = (await upload.json())["file"]["id"]
+    content = f"/api/csv/files/{file_id}/content"
+    etag = (await client.get(content)).headers["ETag"]
+    meta = f"session_id {base64.b64encode(session.encode()).decode()},filename dC5jc3Y="
+    created = await client.post(
+        "/api/csv/tus/", headers={**tus, "Upload-Length": "10", "Upload-Metadata": meta}
+    )
+    asks: list[tuple[str, str, dict[str, str], int]] = [
+        ("GET", "/api/csv/sessions", {}, 200),
+        ("GET", content, {}, 200),
+        ("HEAD", content, {}, 200),
+        ("GET", content, {"If-None-Match": etag}, 304),
+        ("GET", content, {"Range": "bytes=0-9"}, 206),
+        ("GET", content, {"Range": f"bytes={len(data) + 5}-"}, 416),
+        ("GET", f"/api/csv/sessions/{session}/archive", {}, 200),
+        ("HEAD", f"/api/csv/sessions/{session}/archive", {}, 200),
+        ("GET", f"/api/csv/files/{file_id}/rows", {}, 200),
+        ("GET", f"/api/csv/files/{file_id}/rows?limit=-1", {}, 400),
+        ("GET", "/api/csv/files/missing/content", {}, 404),
+        ("GET", "/", {}, 200),
+        ("GET", "/static/app.js", {}, 200),
+        ("GET", "/nowhere", {}, 404),
+        ("PUT", "/api/csv/sessions", {}, 405),
+        ("GET", "/metrics", {}, 200),
+        ("GET", "/healthz", {}, 200),
+        ("HEAD", created.headers["Location"], tus, 200),
+        ("OPTIONS", "/api/csv/tus/", {}, 204),
+    ]
+    wrong = []
+    for n, (method, path, headers, status) in enumerate(asks):
+        for asked in ({}, {"X-Request-ID": f"trace-{n}"}):
+            reply = await client.request(method, path, headers={**headers, **asked})
+            await reply.read()
+            assert reply.status == status, (method, path, headers)
+            sent = reply.headers.get("X-Request-ID", "")
+            if not re.fullmatch(asked.get("X-Request-ID", "[0-9a-f]{32}"), sent):
+                wrong.append(f"{method} {path} {status} {asked}: {sent!r}")
+    for asked in ({}, {"X-Request-ID": "trace-gone"}):
+        other = await client.post(
+            "/api/csv/tus/",
+            headers={**tus, **asked, "Upload-Length": "10", "Upload-Metadata": meta},
+        )
+        for reply in (other, await client.delete(other.headers["Location"], headers=tus | asked)):
+            sent = reply.headers.get("X-Request-ID", "")
+            if not re.fullmatch(asked.get("X-Request-ID", "[0-9a-f]{32}"), sent):
+                wrong.append(f"{reply.method} tus {reply.status} {asked}: {sent!r}")
+    assert (await client.delete(created.headers["Location"], headers=tus)).status == 204
+    assert not wrong, "\n".join(wrong)
+
+    # A store of its own (local, whatever the suite's backend): only the answers matter here.
+    limits = Settings(data_dir=tmp_path / "limited", api_keys="k" * 24, rate_limit=RateLimit(1, 60))
+    limited = await make_client(limits)
+    assert (await limited.get("/api/csv/sessions")).headers["X-Request-ID"]  # 401
+    key = {"Authorization": "Bearer " + "k" * 24}
+    assert (await limited.get("/api/csv/sessions", headers=key)).status == 200
+    refused = await limited.get("/api/csv/sessions", headers=key)
+    assert refused.status == 429
+    assert refused.headers["X-Request-ID"]
 
 
 def test_json_logs_and_startup_line(tmp_path: Path) -> None:

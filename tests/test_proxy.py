@@ -84,6 +84,31 @@ http {{
 """
 
 
+def _directives(conf: str) -> set[str]:
+    """The directives of an nginx configuration text, comments and spacing aside; where the
+    test and a deployment must differ (addresses, TLS) left out."""
+    found = set()
+    for line in conf.splitlines():
+        words = line.split("#", 1)[0].strip().removesuffix(";").split()
+        if line.split("#", 1)[0].strip().endswith(";") and words[0] not in DIFFERENT:
+            found.add(" ".join(words))
+    return found
+
+
+DIFFERENT = {"listen", "server_name", "ssl_certificate", "ssl_certificate_key", "proxy_pass"}
+
+
+def test_the_documented_configuration_is_the_tested_one() -> None:
+    """docs/deployment.md's nginx block has exactly the directives of the server block and
+    the ``location /`` this file runs (the control location and paths aside)."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "deployment.md").read_text()
+    block = doc.split("```nginx", 1)[1].split("```", 1)[0]
+    tested = CONF.split("server {{", 1)[1].split("# The control", 1)[0]
+    tested = tested.replace("{location}", LOCATION.format(upstream=8000))
+    assert _directives(block) == _directives(tested)
+    assert "proxy_request_buffering off" in _directives(block)
+
+
 class Nginx:
     def __init__(self, prefix: Path, upstream: int) -> None:
         self.prefix = prefix
@@ -322,6 +347,28 @@ def test_the_access_log_names_the_client_the_proxy_saw(server: ServerProcess, ng
     assert f" {CLIENT} GET /api/csv/sessions" in proxied, proxied
     assert " 127.0.0.9 GET /api/csv/sessions" in straight, straight
     assert FORGED not in proxied + straight
+
+
+def test_the_limiter_counts_each_client_the_proxy_saw(tmp_path: Path) -> None:
+    """--rate-limit per address behind nginx: two clients of one proxy each have their own
+    allowance (were the proxy's address counted, the second would be refused at once)."""
+    limited = ServerProcess(
+        tmp_path / "data", "--trusted-proxies", "127.0.0.1", "--rate-limit", "2/m"
+    )
+    limited.start()
+    try:
+        (tmp_path / "nginx").mkdir()
+        proxy = Nginx(tmp_path / "nginx", limited.port)
+        try:
+            for client in (CLIENT, "127.0.0.6"):
+                http = _session_from(client)
+                url = f"{proxy.url}/api/csv/sessions"
+                statuses = [http.get(url, timeout=30).status_code for _ in range(3)]
+                assert statuses == [200, 200, 429], (client, statuses)
+        finally:
+            proxy.stop()
+    finally:
+        assert limited.stop() == 0
 
 
 def test_a_bad_trusted_proxies_value_is_named_by_the_real_process() -> None:

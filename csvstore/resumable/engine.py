@@ -325,7 +325,7 @@ class ResumableUploads:
                     state.offset,
                 )
             if hold.received < state.length:
-                saved = await hold.checkpoint(expires_at=time.time() + self.expiry)
+                saved = await hold.checkpoint(expires_at=time.time() + self.expiry, last=True)
                 self._keep_live(hold, live)
                 return saved
             return await self._complete(hold, live.usable_at(hold.received))

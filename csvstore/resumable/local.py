@@ -69,7 +69,9 @@ class PartialHold(Protocol):
 
     async def append(self, chunk: bytes) -> None: ...
 
-    async def checkpoint(self, *, expires_at: float) -> PartialState: ...  # pending: durable
+    async def checkpoint(
+        self, *, expires_at: float, last: bool = False
+    ) -> PartialState: ...  # pending: durable; last: the request's, the hold ends with it
 
     async def rollback(self) -> None: ...
 
@@ -114,7 +116,10 @@ class PartialStore(Protocol):
 
     async def remove(self, upload_id: str) -> bool: ...
 
-    async def sweep_expired(self, now: float) -> int: ...
+    async def sweep_expired(self, now: float) -> int:
+        """Remove expired records; the count is of unfinished ones (a finished one's is not
+        an expiry)."""
+        ...
 
     async def remove_for_sessions(self, session_ids: set[str]) -> int: ...
 
@@ -255,16 +260,17 @@ class LocalPartialStore:
         return ids
 
     async def sweep_expired(self, now: float) -> int:
-        return await asyncio.to_thread(self._remove_where, lambda state: state.expires_at <= now)
+        removed = await asyncio.to_thread(self._remove_where, lambda s: s.expires_at <= now)
+        return sum(not state.completed for state in removed)
 
     async def remove_for_sessions(self, session_ids: set[str]) -> int:
-        return await asyncio.to_thread(
-            self._remove_where, lambda state: state.session_id in session_ids
+        return len(
+            await asyncio.to_thread(self._remove_where, lambda s: s.session_id in session_ids)
         )
 
-    def _remove_where(self, wanted: Callable[[PartialState], bool]) -> int:
+    def _remove_where(self, wanted: Callable[[PartialState], bool]) -> list[PartialState]:
         """Remove the uploads whose state is ``wanted`` under their lock; not one in use."""
-        removed = 0
+        removed: list[PartialState] = []
         for upload_id in sorted(self._ids()):
             try:
                 state = self._read_state(upload_id)
@@ -278,8 +284,8 @@ class LocalPartialStore:
                 continue  # in use: its request settles it
             try:
                 current = self._read_state(upload_id)
-                if current is not None and wanted(current):
-                    removed += self._remove_files(upload_id)
+                if current is not None and wanted(current) and self._remove_files(upload_id):
+                    removed.append(current)
             finally:
                 if fd is not None:
                     os.close(fd)
@@ -403,7 +409,7 @@ class _LocalHold:
         await asyncio.to_thread(_write_all, self._fd, chunk)
         self._pending += len(chunk)
 
-    async def checkpoint(self, *, expires_at: float) -> PartialState:
+    async def checkpoint(self, *, expires_at: float, last: bool = False) -> PartialState:
         new = replace(self._state, offset=self._state.offset + self._pending, expires_at=expires_at)
 
         def run() -> None:

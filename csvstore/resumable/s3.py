@@ -27,6 +27,9 @@ from csvstore.storage.s3 import MAX_PARTS, STORED_NAME
 
 log = logging.getLogger("csvstore.tus")
 
+JUST_READ_SECONDS = 2.0
+JUST_READ_KEPT = 1024
+
 
 def tus_part_size(part_size: int, max_upload_size: int) -> int:
     """Every part's but the last: >= ``part_size``, 10,000 parts enough, n x 5 MiB."""
@@ -66,12 +69,28 @@ class S3PartialStore(S3Records):
         except ValueError:
             log.warning("partial upload %s has an unreadable record", upload_id)
             return None
-        return loaded[0].state if loaded is not None else None
+        if loaded is None:
+            return None
+        if len(self.just_read) >= JUST_READ_KEPT:
+            self.just_read.clear()
+        self.just_read[upload_id] = (*loaded, time.monotonic())
+        return loaded[0].state
 
     async def _acquire(
         self, upload_id: str, *, unless_completed: bool = False
     ) -> tuple[S3Record, str, str] | None:
         """(record, ETag, token) with this caller's lease written in; None: no record."""
+        seen = self.just_read.pop(upload_id, None)
+        if seen is not None and time.monotonic() - seen[2] < JUST_READ_SECONDS:
+            record, etag, _ = seen
+            if not record.leased(time.time()) and not (unless_completed and record.state.completed):
+                with contextlib.suppress(LostRace):  # changed since: read afresh below
+                    return await self._lease(record, etag)
+        return await self._acquire_fresh(upload_id, unless_completed=unless_completed)
+
+    async def _acquire_fresh(
+        self, upload_id: str, *, unless_completed: bool = False
+    ) -> tuple[S3Record, str, str] | None:
         try:
             loaded = await self._load(upload_id)
         except ValueError:
@@ -82,12 +101,16 @@ class S3PartialStore(S3Records):
         now = time.time()
         if record.leased(now):
             raise locked(upload_id, retry_after=record.lease_until - now)
-        token = uuid.uuid4().hex[:16]
-        record = replace(record, owner=token, lease_until=now + self.lease_seconds)
         try:
-            etag = await self._put(record, if_match=etag)
+            return await self._lease(record, etag)
         except LostRace:
             raise locked(upload_id) from None
+
+    async def _lease(self, record: S3Record, etag: str) -> tuple[S3Record, str, str]:
+        """Write this caller's lease into the record read with ``etag`` (or LostRace)."""
+        token = uuid.uuid4().hex[:16]
+        record = replace(record, owner=token, lease_until=time.time() + self.lease_seconds)
+        etag = await self._put(record, if_match=etag)
         return record, etag, token
 
     @contextlib.asynccontextmanager
@@ -106,8 +129,6 @@ class S3PartialStore(S3Records):
             if unsettled and not await self._settle(hold):
                 yield None
                 return
-            if not hold.has_all_bytes:
-                await hold.load_tail()
             hold.start_renewing()
             yield hold
         finally:
@@ -188,7 +209,7 @@ class S3PartialStore(S3Records):
                 continue  # in use: not abandoned after all
             if acquired is not None and acquired[0].state.expires_at <= now:
                 await self._remove_all(acquired[0])
-                removed += 1
+                removed += not acquired[0].state.completed
             elif acquired is not None:
                 await S3Hold(self, *acquired).release()
         return removed

@@ -31,7 +31,9 @@ log = logging.getLogger("csvstore.tus")
 
 
 class S3Hold:
-    """One upload held under a lease; ``_buffer`` is the tail, each whole part sent at once."""
+    """One upload held under a lease, each whole part sent at once. ``_buffer`` holds the bytes
+    after the parts once the tail segments are read (only to cut a part, or to complete), and
+    until then only the bytes after the tail: most small PATCHes never read the tail."""
 
     def __init__(self, store: S3Records, record: S3Record, etag: str, token: str) -> None:
         self._store = store
@@ -39,6 +41,7 @@ class S3Hold:
         self._etag = etag
         self._token = token
         self._buffer = bytearray()
+        self._tail_loaded = False
         self._new_parts: list[dict[str, Any]] = []  # sent since the last checkpoint
         self._pending = 0
         self._write_lock = asyncio.Lock()
@@ -130,7 +133,9 @@ class S3Hold:
             log.warning("upload %s: could not release its lease: %r", self.state.id, exc)
 
     async def load_tail(self) -> None:
-        self._buffer = bytearray(await self._read_tail())
+        if not self._tail_loaded:
+            self._buffer[:0] = await self._read_tail()
+            self._tail_loaded = True
 
     async def _read_tail(self) -> bytes:
         tail = bytearray()
@@ -153,6 +158,10 @@ class S3Hold:
         self._buffer += chunk
         self._pending += len(chunk)
         size = self._record.part_size
+        if not self._tail_loaded:
+            if self._record.tail_size + len(self._buffer) < size:
+                return
+            await self.load_tail()
         while len(self._buffer) >= size:
             await self._send_part(bytes(self._buffer[:size]))
             del self._buffer[:size]
@@ -178,11 +187,14 @@ class S3Hold:
                 part[name] = sent.get(name)
         self._new_parts.append(part)
 
-    async def checkpoint(self, *, expires_at: float) -> PartialState:
-        """New bytes into a tail segment, then the record naming parts and segments."""
+    async def checkpoint(self, *, expires_at: float, last: bool = False) -> PartialState:
+        """New bytes into a tail segment, then the record naming parts and segments (``last``:
+        with the lease released, one write instead of two)."""
         record = self._record
         tail, dropped = record.tail, []
         if self._pending:
+            if len(record.tail) >= MAX_SEGMENTS:
+                await self.load_tail()
             if self._new_parts or len(record.tail) >= MAX_SEGMENTS:
                 tail, dropped = [], record.tail
                 fresh = bytes(self._buffer)
@@ -193,9 +205,14 @@ class S3Hold:
         state = replace(record.state, offset=self.received, expires_at=expires_at)
         new = replace(record, state=state, parts=record.parts + self._new_parts, tail=tail)
         crash_point("tus.checkpoint_synced")
-        await self._write(new)
+        if last:
+            await self._stop_renewing()
+        await self._write(new, release=last)
+        self._released = last
         self._new_parts = []
         self._pending = 0
+        if not self._tail_loaded:
+            self._buffer = bytearray()  # in the new segment
         if dropped:
             with contextlib.suppress(Exception):  # strays; removed with the upload
                 await self._store.storage.delete([TUS_FOLDER + t["Name"] for t in dropped])
@@ -213,7 +230,8 @@ class S3Hold:
         """Forget what was not acknowledged: parts sent meanwhile are never named."""
         self._pending = 0
         self._new_parts = []
-        self._buffer = bytearray(await self._read_tail())
+        self._buffer = bytearray()
+        self._tail_loaded = False
 
     async def save(self, state: PartialState) -> None:
         await self._write(replace(self._record, state=state))
@@ -231,6 +249,7 @@ class S3Hold:
             # The intent first: a death before the record says so knows where to look.
             intent = replace(self._record.state, file_id=self.target[0])
             await self._write(replace(self._record, state=intent))
+        await self.load_tail()
         record = self._record
         storage = self._store.storage
         _, key = self.target

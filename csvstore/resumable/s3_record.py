@@ -91,6 +91,9 @@ class S3Records:
         self.lease_seconds = lease_seconds
         # Whether a file id has its row: settles a completion that died half-way.
         self.is_published = is_published
+        # Records just read by get(), for the PATCH that reads them again to take the lease:
+        # its conditional write fails on a stale one, which is then read afresh.
+        self.just_read: dict[str, tuple[S3Record, str, float]] = {}
 
     @property
     def folder(self) -> str:

@@ -26,7 +26,7 @@ from csvstore.web.keys import (
     STORE_KEY,
 )
 from csvstore.web.limits import limits_middleware
-from csvstore.web.observability import UPLOAD, observe_middleware
+from csvstore.web.observability import REQUEST_IDS_KEY, UPLOAD, RequestIds, observe_middleware
 from csvstore.web.openapi import Documented, setup_openapi
 from csvstore.web.problems import error_middleware
 from csvstore.web.proxies import forwarded_middleware, parse_networks
@@ -56,9 +56,10 @@ def create_app(
     if worker_restarts is not None:
         metrics.watch_worker_restarts(worker_restarts)
     kinds = route_kinds()
+    request_ids = RequestIds()
     middlewares: list[Middleware] = [
         inflight.middleware(),
-        observe_middleware(metrics, kinds),
+        observe_middleware(metrics, kinds, request_ids),
         error_middleware,
     ]
     if keys:
@@ -75,6 +76,8 @@ def create_app(
         )
     app = web.Application(middlewares=middlewares, client_max_size=JSON_BODY_LIMIT)
     app.on_response_prepare.append(add_security_headers)
+    app.on_response_prepare.append(request_ids.stamp)
+    app[REQUEST_IDS_KEY] = request_ids
     app[INFLIGHT_KEY] = inflight
     app[METRICS_KEY] = metrics
     app[SETTINGS_KEY] = settings

@@ -74,20 +74,37 @@ async def _already_sent(request: web.BaseRequest) -> None:
     return None
 
 
-def observe_middleware(metrics: Metrics, kinds: RouteKinds) -> Middleware:
-    """Request id, access log line and metrics for every request, whatever its outcome."""
+class RequestIds:
+    """The client's request id if plain, else one made; stamped on every response as it is
+    prepared, since a streamed one is sent before the middleware sees it."""
 
-    # A random prefix and a counter: unique without a system call per request.
-    prefix = secrets.token_hex(8)
-    serial = itertools.count(1)
+    def __init__(self) -> None:
+        # A random prefix and a counter: unique without a system call per request.
+        self.prefix = secrets.token_hex(8)
+        self.serial = itertools.count(1)
+
+    def of(self, request: web.BaseRequest) -> str:
+        if (known := request.get(REQUEST_ID)) is None:
+            incoming = request.headers.get(REQUEST_ID_HEADER, "")
+            safe = _SAFE_REQUEST_ID.match(incoming)
+            known = request[REQUEST_ID] = (
+                incoming if safe else f"{self.prefix}{next(self.serial):016x}"
+            )
+        return known
+
+    async def stamp(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
+        response.headers.setdefault(REQUEST_ID_HEADER, self.of(request))
+
+
+REQUEST_IDS_KEY = web.AppKey("request_ids", RequestIds)
+
+
+def observe_middleware(metrics: Metrics, kinds: RouteKinds, ids: RequestIds) -> Middleware:
+    """Request id, access log line and metrics for every request, whatever its outcome."""
 
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-        incoming = request.headers.get(REQUEST_ID_HEADER, "")
-        request_id = (
-            incoming if _SAFE_REQUEST_ID.match(incoming) else f"{prefix}{next(serial):016x}"
-        )
-        request[REQUEST_ID] = request_id
+        request_id = ids.of(request)
         route = _route_of(request)
         kind = kinds.get((request.method, route))
         is_upload = kind == UPLOAD

@@ -30,6 +30,7 @@ from csvstore.config import Settings
 from csvstore.maintenance.reconcile import startup_check
 from csvstore.web.app import create_app
 from csvstore.web.keys import INFLIGHT_KEY
+from csvstore.web.observability import REQUEST_ID_HEADER, REQUEST_IDS_KEY, RequestIds
 from csvstore.web.problems import INVALID_HTTP, problem_response
 from csvstore.web.security import PROTECTED_PREFIX, security_headers
 from csvstore.wiring import open_store
@@ -101,6 +102,8 @@ def _logs_written_off_the_loop() -> Iterator[None]:
 class _RequestHandler(RequestHandler):
     """Answers aiohttp's protocol errors without echoing the client's bytes."""
 
+    ids = RequestIds()
+
     def handle_error(
         self,
         request: BaseRequest,
@@ -113,32 +116,43 @@ class _RequestHandler(RequestHandler):
         # A made-up method is mostly TLS or a scanner on the port: info.
         level = logging.INFO if isinstance(exc, BadHttpMethod) else logging.WARNING
         detail = " ".join(str(exc).split())  # one line: aiohttp's message spans several
-        log.log(level, "malformed request from %s refused: %s", request.remote, detail)
+        request_id = self.ids.of(request)
+        log.log(
+            level, "malformed request from %s refused: %s id=%s", request.remote, detail, request_id
+        )
+        # No app hook runs for these.
+        headers = {**security_headers(PROTECTED_PREFIX), REQUEST_ID_HEADER: request_id}
         response = problem_response(
             status,
             INVALID_HTTP,
             "the request is not valid HTTP/1.1: see the server's log for what was wrong",
-            headers=security_headers(PROTECTED_PREFIX),  # no app hook runs for these
+            headers=headers,
         )
         response.force_close()
         return response
 
 
 class _Server(web.Server):
+    ids = RequestIds()  # the app's, set by the runner
+
     def __call__(self) -> RequestHandler:
-        return _RequestHandler(self, loop=self._loop, **self._kwargs)
+        handler = _RequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.ids = self.ids
+        return handler
 
 
 class _AppRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()
         kwargs: dict[str, Any] = self._kwargs
-        return _Server(
+        server = _Server(
             made.request_handler,
             request_factory=made.request_factory,
             loop=asyncio.get_running_loop(),
             **kwargs,
         )
+        server.ids = self.app[REQUEST_IDS_KEY]
+        return server
 
 
 async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> None:
