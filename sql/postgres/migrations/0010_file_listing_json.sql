@@ -1,6 +1,6 @@
--- Each file's API object (its entry in a session's csv_files), rendered once when the row is
--- inserted (files are never updated): building some 1,000 of them per listing page was most
--- of the page's time on PostgreSQL (bench/RESULTS.md, issue 19). A later migration that adds
+-- Each file's API object (its entry in a session's csv_files), rendered when the row is
+-- written (inserted: files are never updated, but by this migration's backfill): building
+-- some 1,000 of them per listing page was most of the page's time on PostgreSQL (bench/RESULTS.md, issue 19). A later migration that adds
 -- a field to the file object replaces this function and renders the column again.
 -- SQLite has the same column, generated when read (its 0010).
 
@@ -31,27 +31,10 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER files_listing_json BEFORE INSERT ON files
+CREATE TRIGGER files_listing_json BEFORE INSERT OR UPDATE ON files
     FOR EACH ROW EXECUTE FUNCTION files_listing_json();
 
-UPDATE files AS f SET listing_json = json_build_object('id', f.id, 'filename', f.filename,
-                             'original_filename', f.original_filename,
-                             'file_size', f.file_size, 'content_type', f.content_type,
-                             'created_at', f.created_at, 'sha256', f.sha256, 'encoding', f.encoding,
-                             'delimiter', f.delimiter, 'quotechar', f.quotechar,
-                             'line_terminator', f.line_terminator,
-                             'has_header', CASE f.has_header WHEN 1 THEN true WHEN 0 THEN false END,
-                             'columns', f.columns::json, 'column_count', f.column_count,
-                             'row_count', f.row_count, 'ragged_rows', f.ragged_rows,
-                             'encoding_source', f.encoding_source,
-                             'encoding_confidence', f.encoding_confidence,
-                             'invalid_bytes', f.invalid_bytes,
-                             'first_invalid_offset', f.first_invalid_offset,
-                             'preamble_lines', f.preamble_lines,
-                             'skip_initial_space',
-                             CASE f.skip_initial_space WHEN 1 THEN true WHEN 0 THEN false END,
-                             'comment_char', f.comment_char,
-                             'duplicate_columns', f.duplicate_columns::json,
-                             'footer_lines', f.footer_lines)::text;
+-- The rows already there, through the same function.
+UPDATE files SET listing_json = NULL;
 
 ALTER TABLE files ALTER COLUMN listing_json SET NOT NULL;
