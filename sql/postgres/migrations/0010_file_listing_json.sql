@@ -1,7 +1,8 @@
 -- Each file's API object (its entry in a session's csv_files), rendered when the row is
 -- written (inserted: files are never updated, but by this migration's backfill): building
--- some 1,000 of them per listing page was most of the page's time on PostgreSQL (bench/RESULTS.md, issue 19). A later migration that adds
--- a field to the file object replaces this function and renders the column again.
+-- some 1,000 of them per listing page was most of the page's time on PostgreSQL
+-- (bench/RESULTS.md, issue 19). A later migration that adds a field to the file object
+-- replaces this function and renders the column again the same way.
 -- SQLite has the same column, generated when read (its 0010).
 
 ALTER TABLE files ADD COLUMN listing_json TEXT;
