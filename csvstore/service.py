@@ -196,9 +196,9 @@ class CsvStore:
 
     # Uploads: what web/ingest.py and resumable/engine.py need of the storage (issue 16).
 
-    async def begin_upload(self) -> tuple[str, StorageWriter]:
-        """A fresh file id and a writer for its bytes."""
-        file_id, key = self.new_file_key()
+    async def begin_upload(self, file_id: str | None = None) -> tuple[str, StorageWriter]:
+        """A file id (fresh unless given) and a writer for its bytes."""
+        file_id, key = self.new_file_key() if file_id is None else (file_id, f"{file_id}.csv")
         return file_id, await self.storage.begin(key)
 
     def free_bytes(self) -> int | None:

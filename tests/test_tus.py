@@ -303,6 +303,51 @@ def test_creation_with_upload_stores_a_small_file_in_one_request(
     assert row["sha256"] == hashlib.sha256(body).hexdigest()
 
 
+def test_a_whole_small_creation_is_published_as_a_multipart_upload(
+    server: ServerProcess, session: str
+) -> None:
+    """A creation-with-upload carrying the whole file skips the partial store: no data file,
+    only the completed state for HEAD (not fsynced: the row is the durable record, so HEAD
+    still answers once a power cut has taken the state)."""
+    body = b"a,b\n1,2\n"
+    meta = metadata(session_id=session, filename="whole.csv", strict="true")
+    headers = {**V, "Upload-Length": str(len(body)), "Upload-Metadata": meta}
+    resp = requests.post(
+        f"{server.url}{TUS}", data=body, headers={**headers, "Content-Type": OFFSET_STREAM},
+        timeout=30,
+    )  # fmt: skip
+    assert resp.status_code == 201, resp.text
+    upload_id = resp.headers["Location"].rsplit("/", 1)[1]
+    file_id = file_id_of(resp)
+    assert file_id.replace("-", "") == upload_id  # the row names the upload
+    left = partial_files(server.data_dir)
+    assert f"{upload_id}.json" in left
+    assert f"{upload_id}.part" not in left
+    assert file_row(server.url, file_id)["file_size"] == len(body)
+    probe = head(server.url, resp.headers["Location"])
+    assert probe.status_code == 200
+    assert probe.headers["Upload-Metadata"] == meta
+    assert probe.headers["Upload-Offset"] == probe.headers["Upload-Length"] == str(len(body))
+    # The state lost (a power cut: it was never fsynced): the row answers.
+    (server.data_dir / "tmp" / "tus" / f"{upload_id}.json").unlink()
+    probe = head(server.url, resp.headers["Location"])
+    assert probe.status_code == 200, probe.text
+    assert probe.headers["Upload-Offset"] == str(len(body))
+    assert probe.headers["Content-Location"] == f"/api/csv/files/{file_id}"
+    assert patch(server.url, resp.headers["Location"], len(body), b"").status_code == 204
+    assert_problem(patch(server.url, resp.headers["Location"], 0, body), 409)
+    # Refused as a multipart upload would be, and nothing is left.
+    bad = requests.post(
+        f"{server.url}{TUS}", data=b"\x00\x01\x02binary",
+        headers={**headers, "Upload-Length": "9", "Content-Type": OFFSET_STREAM}, timeout=30,
+    )  # fmt: skip
+    assert assert_problem(bad, 400)["code"] == "not-csv"
+    assert set(partial_files(server.data_dir)) == set(left) - {f"{upload_id}.json"}
+    # A deleted file's upload is gone too.
+    assert requests.delete(f"{server.url}/api/csv/files/{file_id}", timeout=30).ok
+    assert head(server.url, resp.headers["Location"]).status_code == 404
+
+
 def test_protocol_errors(server: ServerProcess, session: str) -> None:
     url = server.url
     # 412 with Tus-Version: no Tus-Resumable, or another version.

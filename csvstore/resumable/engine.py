@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Protocol
 
 from csvstore.analysis.stream import FileFacts, UploadAnalysis
@@ -30,9 +31,9 @@ from csvstore.errors import (
     UploadTooLarge,
     storage_unavailable,
 )
-from csvstore.resumable.local import PartialHold, PartialState, PartialStore
+from csvstore.resumable.local import LocalPartialStore, PartialHold, PartialState, PartialStore
 from csvstore.service import CsvStore, Published
-from csvstore.storage.local import StorageWriter
+from csvstore.storage.local import HELD_BLOCK, StorageWriter
 from csvstore.timeutil import utc_now
 from csvstore.uploads import UploadLimits, bounded, check_expectations, ensure_room
 
@@ -40,6 +41,8 @@ log = logging.getLogger("csvstore.tus")
 
 # A long PATCH makes what it received durable every so often: a crash loses at most this.
 CHECKPOINT_BYTES = 64 * 1024 * 1024
+# A creation carrying a whole file up to this size skips the partial store (_create_whole).
+WHOLE_MAX = HELD_BLOCK
 # Analyses kept between requests (a few KiB each); beyond, the oldest is re-derived.
 MAX_LIVE_ANALYSES = 128
 
@@ -71,6 +74,10 @@ class Body:
 async def _nothing() -> AsyncIterator[bytes]:
     return
     yield b""
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 class LiveAnalyses:
@@ -194,6 +201,15 @@ class ResumableUploads:
             created_at=utc_now(),
             expires_at=time.time() + self.expiry,
         )
+        if (
+            first is not None
+            and 0 < length <= WHOLE_MAX
+            and isinstance(partials, LocalPartialStore)
+        ):
+            data = await self._buffer(first, length)
+            if len(data) == length:
+                return await self._create_whole(partials, state, data)
+            first = Body(_once(data), len(data))  # the rest comes by PATCH: a partial upload
         await partials.create(state)
         if first is None and length:
             self.events.created()
@@ -207,6 +223,96 @@ class ResumableUploads:
         self.events.created()
         return done
 
+    async def _buffer(self, body: Body, length: int) -> bytes:
+        """A small creation's body, checked against its checksum; nothing is stored yet."""
+
+        def too_long() -> UploadTooLarge:
+            return UploadTooLarge(f"the body goes past Upload-Length {length}")
+
+        chunks = bounded(body.chunks, length, too_long)
+        async with contextlib.aclosing(chunks):
+            data = b"".join([chunk async for chunk in chunks])
+        checksum = body.checksum
+        if checksum is not None and hashlib.new(checksum[0], data).digest() != checksum[1]:
+            raise ChecksumMismatchAt(
+                f"Upload-Checksum ({checksum[0]}) does not match the body received; "
+                "nothing was stored",
+                0,
+            )
+        return data
+
+    async def _create_whole(
+        self, partials: LocalPartialStore, state: PartialState, data: bytes
+    ) -> PartialState:
+        """A creation carrying its whole file, published as a multipart upload is (journaled
+        when small): no partial upload, no fsync but the database's. Its file id is the
+        upload id, so the row alone tells a later HEAD that it is complete."""
+        analysis = UploadAnalysis(
+            enabled=self.limits.analyse, encoding=state.options.get("encoding")
+        )
+        analysis.feed(data)
+        facts = analysis.finish()
+        check_expectations(
+            facts,
+            digests={"Upload-Metadata": state.options.get("sha256")},
+            strict=bool(state.options.get("strict")),
+        )
+        file_id, writer = await self.store.begin_upload(str(uuid.UUID(state.id)))
+        try:
+            await writer.write(data)
+        except BaseException:
+            await writer.abort()
+            raise
+        published = await self.store.publish_upload(
+            writer,
+            file_id=file_id,
+            session_id=state.session_id,
+            original_filename=state.filename,
+            facts=facts,
+            dedupe=bool(state.options.get("dedupe")),
+        )
+        crash_point("tus.whole_published")
+        done = replace(
+            state,
+            offset=state.length,
+            completed=True,
+            file_id=published.file.id,
+            expires_at=time.time() + self.expiry,
+        )
+        try:
+            partials.record_completed(done)
+        except OSError:  # stored all the same: HEAD answers from the row
+            log.warning("upload %s: its completed state was not recorded", state.id, exc_info=True)
+        self.events.created()
+        self.events.finished()
+        return done
+
+    async def _completed_by_row(self, upload_id: str) -> PartialState | None:
+        """A whole creation whose completed state a power cut lost: its row, if not expired."""
+        try:
+            file_id = str(uuid.UUID(hex=upload_id))
+        except ValueError:
+            return None
+        row = await self.store.find_file(file_id)
+        if row is None:
+            return None
+        created = datetime.fromisoformat(row.created_at).timestamp()
+        if created + self.expiry <= time.time():
+            return None
+        return PartialState(
+            id=upload_id,
+            length=row.file_size,
+            offset=row.file_size,
+            session_id="",
+            filename=row.original_filename,
+            metadata="",  # not kept beside the row
+            options={},
+            created_at=row.created_at,
+            expires_at=created + self.expiry,
+            file_id=file_id,
+            completed=True,
+        )
+
     async def _remove_refused(self, upload_id: str) -> None:
         try:
             await self.require().remove(upload_id)
@@ -216,6 +322,8 @@ class ResumableUploads:
     async def state(self, upload_id: str) -> PartialState:
         partials = self.require()
         state = await partials.get(upload_id)
+        if state is None and (done := await self._completed_by_row(upload_id)) is not None:
+            return done
         if state is None or (state.expires_at <= time.time() and not state.completed):
             raise _upload_not_found(upload_id)
         await self._require_live_session(state)
@@ -256,8 +364,11 @@ class ResumableUploads:
         partials = self.require()
         state = await partials.get(upload_id)
         if state is None:
-            raise _upload_not_found(upload_id)
-        await self._require_live_session(state)
+            state = await self._completed_by_row(upload_id)
+            if state is None:
+                raise _upload_not_found(upload_id)
+        else:
+            await self._require_live_session(state)
         if state.completed:
             if offset == state.length and not body.present:
                 return state  # a retry of the final request: nothing more to do

@@ -167,6 +167,15 @@ class LocalPartialStore:
 
         await asyncio.to_thread(run)
 
+    def record_completed(self, state: PartialState) -> None:
+        """A whole creation's state, for HEAD: not fsynced, its row is the durable record
+        (ResumableUploads._completed_by_row); on the event loop, a page-cache write."""
+        with contextlib.suppress(FileNotFoundError):
+            _write_new(self.state_path(state.id), state.to_json())
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _write_new(self.state_path(state.id), state.to_json())
+
     async def get(self, upload_id: str) -> PartialState | None:
         if not UPLOAD_ID.match(upload_id):
             return None
@@ -471,6 +480,14 @@ class _LocalHold:
 
     async def remove(self) -> None:
         await asyncio.to_thread(self._store._remove_files, self._state.id)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
