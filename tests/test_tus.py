@@ -31,6 +31,7 @@ from tusclient.uploader.uploader import Uploader
 
 from csvstore.config import Settings
 from csvstore.db.queries import Queries
+from csvstore.web.schemas import SESSION_ID_RULE
 from tests.conftest import stored_names
 from tests.serverproc import ServerProcess
 from tests.tusproxy import DroppingProxy
@@ -359,6 +360,8 @@ def test_protocol_errors(server: ServerProcess, session: str) -> None:
     assert_problem(create(url, MAX_UPLOAD + 1, session_id=session), 413)
     # 404: the session must exist; 400: a .csv name, both metadata keys, base64, a length.
     assert_problem(create(url, 10, session_id="no-such-session"), 404)
+    bad_id = assert_problem(create(url, 10, session_id=".hidden"), 400)
+    assert bad_id["errors"]["session_id"] == [SESSION_ID_RULE]
     assert (
         "only .csv"
         in assert_problem(create(url, 10, session_id=session, filename="x.txt"), 400)["detail"]
