@@ -349,6 +349,18 @@ def test_a_whole_small_creation_is_published_as_a_multipart_upload(
     assert head(server.url, resp.headers["Location"]).status_code == 404
 
 
+def test_terminating_an_unknown_upload_on_a_new_server_is_404(tmp_path: Path) -> None:
+    """Before any partial upload, tmp/tus/ does not exist: the removal fsynced it anyway (500)."""
+    proc = ServerProcess(tmp_path / "data")
+    proc.start()
+    try:
+        resp = requests.delete(f"{proc.url}{TUS}{'0' * 32}", headers=V, timeout=30)
+        assert_problem(resp, 404)
+    finally:
+        assert proc.stop() == 0
+    assert "Traceback" not in proc.log(), proc.log()[-3000:]
+
+
 def test_protocol_errors(server: ServerProcess, session: str) -> None:
     url = server.url
     # 412 with Tus-Version: no Tus-Resumable, or another version.

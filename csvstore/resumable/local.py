@@ -249,7 +249,7 @@ class LocalPartialStore:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 found = True
-        if self.fsync:
+        if self.fsync and found:
             fsync_dir(self.directory)
         return found
 
