@@ -396,6 +396,10 @@ class CsvStore:
     async def find_file(self, file_id: str) -> StoredFile | None:
         return await self._db.read(lambda x: self._repo.get_file(x, file_id))
 
+    async def file_origin(self, file_id: str) -> tuple[int, str, str, str] | None:
+        """(size, original name, created at, session id), or None."""
+        return await self._db.read(lambda x: self._repo.file_origin(x, file_id))
+
     async def get_file(self, file_id: str) -> StoredFile:
         row = await self._db.read(lambda x: self._repo.get_file(x, file_id))
         if row is None:

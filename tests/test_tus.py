@@ -308,9 +308,26 @@ def test_a_whole_small_creation_is_published_as_a_multipart_upload(
     server: ServerProcess, session: str
 ) -> None:
     """A creation-with-upload carrying the whole file skips the partial store: no data file,
-    only the completed state for HEAD (not fsynced: the row is the durable record, so HEAD
-    still answers once a power cut has taken the state)."""
+    and no state when the row can rebuild its Upload-Metadata for HEAD; else a state, not
+    fsynced (the row is the durable record: HEAD still answers once a power cut took it)."""
     body = b"a,b\n1,2\n"
+    before = partial_files(server.data_dir)
+    usual = metadata(session_id=session, filename="usual.csv")
+    resp = requests.post(
+        f"{server.url}{TUS}", data=body,
+        headers={**V, "Upload-Length": str(len(body)), "Upload-Metadata": usual,
+                 "Content-Type": OFFSET_STREAM},
+        timeout=30,
+    )  # fmt: skip
+    assert resp.status_code == 201, resp.text
+    assert partial_files(server.data_dir) == before
+    probe = head(server.url, resp.headers["Location"])
+    assert probe.status_code == 200, probe.text
+    assert probe.headers["Upload-Metadata"] == usual
+    assert probe.headers["Upload-Offset"] == probe.headers["Upload-Length"] == str(len(body))
+    assert probe.headers["Content-Location"] == resp.headers["Content-Location"]
+    assert requests.delete(f"{server.url}{resp.headers['Location']}", headers=V).status_code == 204
+    # Metadata beyond the two keys: kept in a state file.
     meta = metadata(session_id=session, filename="whole.csv", strict="true")
     headers = {**V, "Upload-Length": str(len(body)), "Upload-Metadata": meta}
     resp = requests.post(

@@ -4,6 +4,7 @@ upload analysed and published as a single-shot one. See docs/design/resumable.md
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import logging
@@ -78,6 +79,12 @@ async def _nothing() -> AsyncIterator[bytes]:
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+def _metadata_of(session_id: str, filename: str) -> str:
+    """The Upload-Metadata a client sends with only the two keys csvstore needs."""
+    encoded = [base64.b64encode(v.encode()).decode() for v in (session_id, filename)]
+    return f"session_id {encoded[0]},filename {encoded[1]}"
 
 
 class LiveAnalyses:
@@ -189,7 +196,6 @@ class ResumableUploads:
     ) -> PartialState:
         partials = self.require()
         ensure_room(self.store, length, self.limits)
-        await self.store.require_session(session_id)
         state = PartialState(
             id=uuid.uuid4().hex,
             length=length,
@@ -207,9 +213,10 @@ class ResumableUploads:
             and isinstance(partials, LocalPartialStore)
         ):
             data = await self._buffer(first, length)
-            if len(data) == length:
+            if len(data) == length:  # the row's insert checks the session, as for multipart
                 return await self._create_whole(partials, state, data)
             first = Body(_once(data), len(data))  # the rest comes by PATCH: a partial upload
+        await self.store.require_session(session_id)
         await partials.create(state)
         if first is None and length:
             self.events.created()
@@ -279,35 +286,38 @@ class ResumableUploads:
             file_id=published.file.id,
             expires_at=time.time() + self.expiry,
         )
-        try:
-            partials.record_completed(done)
-        except OSError:  # stored all the same: HEAD answers from the row
-            log.warning("upload %s: its completed state was not recorded", state.id, exc_info=True)
+        # HEAD echoes Upload-Metadata: the row rebuilds the usual one, a state file keeps others.
+        if published.duplicate or state.metadata != _metadata_of(state.session_id, state.filename):
+            try:
+                partials.record_completed(done)
+            except OSError:  # stored all the same: HEAD answers from the row
+                log.warning("upload %s: its state was not recorded", state.id, exc_info=True)
         self.events.created()
         self.events.finished()
         return done
 
     async def _completed_by_row(self, upload_id: str) -> PartialState | None:
-        """A whole creation whose completed state a power cut lost: its row, if not expired."""
+        """A whole creation without a state (or a power cut lost it): its row, until expiry."""
         try:
             file_id = str(uuid.UUID(hex=upload_id))
         except ValueError:
             return None
-        row = await self.store.find_file(file_id)
-        if row is None:
+        origin = await self.store.file_origin(file_id)
+        if origin is None:
             return None
-        created = datetime.fromisoformat(row.created_at).timestamp()
+        size, filename, created_at, session_id = origin
+        created = datetime.fromisoformat(created_at).timestamp()
         if created + self.expiry <= time.time():
             return None
         return PartialState(
             id=upload_id,
-            length=row.file_size,
-            offset=row.file_size,
-            session_id="",
-            filename=row.original_filename,
-            metadata="",  # not kept beside the row
+            length=size,
+            offset=size,
+            session_id=session_id,
+            filename=filename,
+            metadata=_metadata_of(session_id, filename),
             options={},
-            created_at=row.created_at,
+            created_at=created_at,
             expires_at=created + self.expiry,
             file_id=file_id,
             completed=True,
@@ -330,7 +340,8 @@ class ResumableUploads:
         return state
 
     async def terminate(self, upload_id: str) -> None:
-        if not await self.require().remove(upload_id):
+        removed = await self.require().remove(upload_id)
+        if not removed and await self._completed_by_row(upload_id) is None:
             raise _upload_not_found(upload_id)
         self.events.terminated()
 
