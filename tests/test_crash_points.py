@@ -210,6 +210,10 @@ def tus_upload(url: str, ledger: Ledger) -> None:
     _tus(url, ledger, LARGE, first=LARGE // 3)
 
 
+def tus_small(url: str, ledger: Ledger) -> None:
+    _tus(url, ledger, SMALL, first=SMALL // 3)
+
+
 def tus_whole(url: str, ledger: Ledger) -> None:
     _tus_whole(url, ledger, SMALL)
 
@@ -232,14 +236,16 @@ CASES: list[tuple[str, Scenario, tuple[str, ...]]] = [
         (p, s, ())
         for p in POINTS
         if p.startswith("publish.")
-        for s in (small, large, tus_upload, tus_whole)
+        for s in (small, large, tus_upload, tus_small, tus_whole)
     ],
     ("storage.file_synced", large, ()),
     ("storage.renamed", large, ()),
     ("storage.journal_written", small, ()),
     ("storage.journal_written", tus_whole, ()),
+    ("storage.journal_written", tus_small, ()),
     *[(p, tus_upload, ()) for p in POINTS if p.startswith("tus.") and p != "tus.whole_published"],
     ("tus.whole_published", tus_whole, ()),
+    *[(p, tus_small, ()) for p in ("tus.checkpoint_synced", "tus.row_committed", "tus.finished")],
     ("delete.row_removed", delete_file, ()),
     ("delete.row_removed", delete_session, ()),
     ("flush.synced", flush, ("--journal-interval", "0.2")),

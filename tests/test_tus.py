@@ -366,6 +366,31 @@ def test_a_whole_small_creation_is_published_as_a_multipart_upload(
     assert head(server.url, resp.headers["Location"]).status_code == 404
 
 
+def test_a_small_upload_completes_as_a_small_multipart_upload(
+    server: ServerProcess, session: str
+) -> None:
+    """The last PATCH of a small upload publishes it journaled, under the upload's id (so
+    the row says it was published), instead of fsyncing and linking its data file."""
+    body = b"a,b\n" + b"1,2\n" * 500
+    location = create(server.url, len(body), session_id=session, filename="s.csv").headers[
+        "Location"
+    ]
+    upload_id = location.rsplit("/", 1)[1]
+    assert patch(server.url, location, 0, body[:1000]).status_code == 204
+    last = patch(server.url, location, 1000, body[1000:])
+    assert last.status_code == 204, last.text
+    assert last.headers["Upload-Offset"] == str(len(body))
+    file_id = file_id_of(last)
+    assert file_id.replace("-", "") == upload_id
+    assert f"{upload_id}.part" not in partial_files(server.data_dir)
+    content = requests.get(f"{server.url}/api/csv/files/{file_id}/content", timeout=30)
+    assert content.content == body
+    assert file_row(server.url, file_id)["sha256"] == hashlib.sha256(body).hexdigest()
+    done = head(server.url, location)
+    assert done.headers["Upload-Offset"] == str(len(body))
+    assert done.headers["Content-Location"] == f"/api/csv/files/{file_id}"
+
+
 def test_terminating_an_unknown_upload_on_a_new_server_is_404(tmp_path: Path) -> None:
     """Before any partial upload, tmp/tus/ does not exist: the removal fsynced it anyway (500)."""
     proc = ServerProcess(tmp_path / "data")

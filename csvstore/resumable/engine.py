@@ -32,9 +32,15 @@ from csvstore.errors import (
     UploadTooLarge,
     storage_unavailable,
 )
-from csvstore.resumable.local import LocalPartialStore, PartialHold, PartialState, PartialStore
+from csvstore.resumable.local import (
+    LocalHold,
+    LocalPartialStore,
+    PartialHold,
+    PartialState,
+    PartialStore,
+)
 from csvstore.service import CsvStore, Published
-from csvstore.storage.local import HELD_BLOCK, StorageWriter
+from csvstore.storage.local import HELD_BLOCK, JOURNAL_MAX, StorageWriter
 from csvstore.timeutil import utc_now
 from csvstore.uploads import UploadLimits, bounded, check_expectations, ensure_room
 
@@ -171,7 +177,11 @@ class ResumableUploads:
 
     @classmethod
     def of(
-        cls, store: CsvStore, limits: UploadLimits, expiry: float, events: TusEvents | None = None
+        cls,
+        store: CsvStore,
+        limits: UploadLimits,
+        expiry: float,
+        events: TusEvents | None = None,
     ) -> ResumableUploads:
         return cls(store, store.partials, limits, expiry, events)
 
@@ -535,7 +545,10 @@ class ResumableUploads:
         assert state.file_id is not None
         if await self.store.find_file(state.file_id) is not None:
             done = replace(
-                state, offset=state.length, completed=True, expires_at=time.time() + self.expiry
+                state,
+                offset=state.length,
+                completed=True,
+                expires_at=time.time() + self.expiry,
             )
             await hold.finish(done)
             return done
@@ -546,6 +559,8 @@ class ResumableUploads:
         """Analyse and publish the complete upload; on any failure remove it (as a single-shot
         upload leaves nothing), except that a crash leaves it resumable or published."""
         state = hold.state
+        if (small := LocalPartialStore.small(hold, JOURNAL_MAX)) is not None:
+            return await self._complete_small(small, analysis)
         file_id, key = hold.target or self.store.new_file_key()
         writer: StorageWriter | None = None
         started = time.monotonic()
@@ -606,6 +621,62 @@ class ResumableUploads:
             analysed,
             time.monotonic() - started - analysed,
         )
+        return done
+
+    async def _complete_small(
+        self, hold: LocalHold, analysis: UploadAnalysis | None
+    ) -> PartialState:
+        """A small upload's completion, published as a small multipart upload (journaled):
+        its file id is the upload id, so the row alone says it was published; no state
+        saved before it, none fsynced after (the start-up check reads the row)."""
+        state = hold.state
+        file_id = str(uuid.UUID(state.id))
+        writer: StorageWriter | None = None
+        try:
+            # A row already: published before a crash took the completed state.
+            if await self.store.find_file(file_id) is None:
+                data = await hold.contents()
+                if analysis is None:
+                    analysis = UploadAnalysis(
+                        enabled=self.limits.analyse,
+                        encoding=state.options.get("encoding"),
+                    )
+                    analysis.feed(data)
+                facts = analysis.finish()
+                check_expectations(
+                    facts,
+                    digests={"Upload-Metadata": state.options.get("sha256")},
+                    strict=bool(state.options.get("strict")),
+                )
+                file_id, writer = await self.store.begin_upload(file_id)
+                await writer.write(data)
+                published = await self.store.publish_upload(
+                    writer,
+                    file_id=file_id,
+                    session_id=state.session_id,
+                    original_filename=state.filename,
+                    facts=facts,
+                    dedupe=bool(state.options.get("dedupe")),
+                )
+                writer = None
+                file_id = published.file.id
+                crash_point("tus.row_committed")
+        except BaseException as exc:
+            if isinstance(exc, DependencyUnavailable) or storage_unavailable(exc) is not None:
+                raise
+            if writer is not None:
+                await writer.abort()
+            await hold.remove()
+            raise
+        done = replace(
+            state,
+            offset=state.length,
+            completed=True,
+            file_id=file_id,
+            expires_at=time.time() + self.expiry,
+        )
+        await hold.finish(done, durable=False)
+        self.events.finished()
         return done
 
     async def sweep_forever(self, interval: float, now: Callable[[], float] = time.time) -> None:
