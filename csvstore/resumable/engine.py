@@ -4,7 +4,6 @@ upload analysed and published as a single-shot one. See docs/design/resumable.md
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import logging
@@ -38,6 +37,7 @@ from csvstore.resumable.local import (
     PartialHold,
     PartialState,
     PartialStore,
+    usual_metadata,
 )
 from csvstore.service import CsvStore, Published
 from csvstore.storage.local import HELD_BLOCK, JOURNAL_MAX, StorageWriter
@@ -85,12 +85,6 @@ async def _nothing() -> AsyncIterator[bytes]:
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
-
-
-def _metadata_of(session_id: str, filename: str) -> str:
-    """The Upload-Metadata a client sends with only the two keys csvstore needs."""
-    encoded = [base64.b64encode(v.encode()).decode() for v in (session_id, filename)]
-    return f"session_id {encoded[0]},filename {encoded[1]}"
 
 
 class LiveAnalyses:
@@ -261,9 +255,8 @@ class ResumableUploads:
     async def _create_whole(
         self, partials: LocalPartialStore, state: PartialState, data: bytes
     ) -> PartialState:
-        """A creation carrying its whole file, published as a multipart upload is (journaled
-        when small): no partial upload, no fsync but the database's. Its file id is the
-        upload id, so the row alone tells a later HEAD that it is complete."""
+        """A whole file in its creation: published as a multipart upload, its file id the
+        upload id, so the row answers a later HEAD (docs/design/resumable.md)."""
         analysis = UploadAnalysis(
             enabled=self.limits.analyse, encoding=state.options.get("encoding")
         )
@@ -297,7 +290,9 @@ class ResumableUploads:
             expires_at=time.time() + self.expiry,
         )
         # HEAD echoes Upload-Metadata: the row rebuilds the usual one, a state file keeps others.
-        if published.duplicate or state.metadata != _metadata_of(state.session_id, state.filename):
+        if published.duplicate or state.metadata != usual_metadata(
+            state.session_id, state.filename
+        ):
             try:
                 partials.record_completed(done)
             except OSError:  # stored all the same: HEAD answers from the row
@@ -325,7 +320,7 @@ class ResumableUploads:
             offset=size,
             session_id=session_id,
             filename=filename,
-            metadata=_metadata_of(session_id, filename),
+            metadata=usual_metadata(session_id, filename),
             options={},
             created_at=created_at,
             expires_at=created + self.expiry,
@@ -626,9 +621,8 @@ class ResumableUploads:
     async def _complete_small(
         self, hold: LocalHold, analysis: UploadAnalysis | None
     ) -> PartialState:
-        """A small upload's completion, published as a small multipart upload (journaled):
-        its file id is the upload id, so the row alone says it was published; no state
-        saved before it, none fsynced after (the start-up check reads the row)."""
+        """Journaled as a small multipart upload under the upload id: the row says it was
+        published, so no state is saved before it nor fsynced after."""
         state = hold.state
         file_id = str(uuid.UUID(state.id))
         writer: StorageWriter | None = None

@@ -5,6 +5,7 @@ See docs/design/resumable.md."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import errno
 import fcntl
@@ -57,6 +58,12 @@ class PartialState:
         if not (UPLOAD_ID.match(state.id) and 0 <= state.offset <= state.length):
             raise ValueError(f"inconsistent state: {state}")
         return state
+
+
+def usual_metadata(session_id: str, filename: str) -> str:
+    """The Upload-Metadata a client sends with only the two keys csvstore needs."""
+    encoded = [base64.b64encode(v.encode()).decode() for v in (session_id, filename)]
+    return f"session_id {encoded[0]},filename {encoded[1]}"
 
 
 class PartialHold(Protocol):
