@@ -19,6 +19,7 @@ POINTS = (
     "tus.linked",  # the data file is linked into uploads/, the folder not yet fsynced
     "tus.row_committed",  # the row is in, the upload's state does not say complete yet
     "tus.finished",  # the state says complete, the data file is not yet removed
+    "tus.whole_published",  # a creation with its whole file: the row is in, no state yet
     "delete.row_removed",  # a file's or a session's rows are gone, their bytes not yet
     "flush.synced",  # the uploads folder is synced, its journal entries not yet cleared
     "restore.file_written",  # a journaled file is written back, its entry not yet dropped

@@ -38,7 +38,16 @@ def _start_time(pid: int) -> str | None:
 def this_owner() -> str:
     """This process, as an intent's owner: ``"<machine> <pid> <start time>"``."""
     pid = os.getpid()
-    return f"{_machine()} {pid} {_start_time(pid) or '-'}"
+    owner = _owners.get(pid)
+    if owner is None:  # asked once per process (by pid: a forked worker is another owner)
+        started = _start_time(pid)
+        owner = f"{_machine()} {pid} {started or '-'}"
+        if started is not None:
+            _owners[pid] = owner
+    return owner
+
+
+_owners: dict[int, str] = {}
 
 
 def owner_alive(owner: str, created_at: str, *, now: datetime | None = None) -> bool:

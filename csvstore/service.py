@@ -224,9 +224,9 @@ class CsvStore:
 
     # Uploads: what web/ingest.py and resumable/engine.py need of the storage (issue 16).
 
-    async def begin_upload(self) -> tuple[str, StorageWriter]:
-        """A fresh file id and a writer for its bytes."""
-        file_id, key = self.new_file_key()
+    async def begin_upload(self, file_id: str | None = None) -> tuple[str, StorageWriter]:
+        """A file id (fresh unless given) and a writer for its bytes."""
+        file_id, key = self.new_file_key() if file_id is None else (file_id, f"{file_id}.csv")
         return file_id, await self.storage.begin(key)
 
     def free_bytes(self) -> int | None:
@@ -425,6 +425,10 @@ class CsvStore:
 
     async def find_file(self, file_id: str) -> StoredFile | None:
         return await self._db.read(lambda x: self._repo.get_file(x, file_id))
+
+    async def file_origin(self, file_id: str) -> tuple[int, str, str, str] | None:
+        """(size, original name, created at, session id), or None."""
+        return await self._db.read(lambda x: self._repo.file_origin(x, file_id))
 
     async def get_file(self, file_id: str) -> StoredFile:
         row = await self._db.read(lambda x: self._repo.get_file(x, file_id))

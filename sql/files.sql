@@ -49,6 +49,12 @@ SELECT f.id, f.session_id AS session_pk, f.filename, f.original_filename, f.file
 FROM files AS f
 WHERE f.id = :id;
 
+-- name: file_origin^
+-- A file's size, name, time and its session's client id: a completed tus upload's HEAD.
+SELECT f.file_size, f.original_filename, f.created_at, s.session_id
+FROM files AS f JOIN sessions AS s ON s.id = f.session_id
+WHERE f.id = :id;
+
 -- name: list_files_of_session
 SELECT f.id, f.session_id AS session_pk, f.filename, f.original_filename, f.file_size, f.content_type,
        f.file_path, f.created_at, f.sha256, f.encoding, f.delimiter, f.quotechar,

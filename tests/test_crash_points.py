@@ -121,6 +121,30 @@ def _tus(url: str, ledger: Ledger, size: int, first: int) -> None:
     upload.done = True
 
 
+def _tus_whole(url: str, ledger: Ledger, size: int) -> None:
+    """A creation-with-upload carrying the whole file: once answered, complete for HEAD."""
+    sent = Sent(f"w{len(ledger.uploads)}-{uuid.uuid4().hex[:6]}.csv", _body(size, 2000))
+    ledger.uploads.append(sent)
+    try:
+        resp = requests.post(
+            f"{url}{TUS}",
+            data=sent.body,
+            headers={
+                **TUS_HEADERS,
+                "Upload-Length": str(len(sent.body)),
+                "Upload-Metadata": _meta(session_id=SESSION, filename=sent.name),
+                "Content-Type": "application/offset+octet-stream",
+            },
+            timeout=30,
+        )
+    except requests.ConnectionError:
+        return
+    assert resp.status_code == 201, resp.text
+    sent.acked = True
+    told = len(sent.body)
+    ledger.resumable.append(Resumable(sent.name, sent.body, resp.headers["Location"], told, True))
+
+
 def _patch(upload_url: str, chunk: bytes, offset: int) -> requests.Response:
     return requests.patch(
         upload_url,
@@ -186,6 +210,14 @@ def tus_upload(url: str, ledger: Ledger) -> None:
     _tus(url, ledger, LARGE, first=LARGE // 3)
 
 
+def tus_small(url: str, ledger: Ledger) -> None:
+    _tus(url, ledger, SMALL, first=SMALL // 3)
+
+
+def tus_whole(url: str, ledger: Ledger) -> None:
+    _tus_whole(url, ledger, SMALL)
+
+
 def delete_file(url: str, ledger: Ledger) -> None:
     _delete_first(url, ledger)
 
@@ -200,11 +232,20 @@ def flush(url: str, ledger: Ledger) -> None:
 
 # (point, scenario, extra server flags)
 CASES: list[tuple[str, Scenario, tuple[str, ...]]] = [
-    *[(p, s, ()) for p in POINTS if p.startswith("publish.") for s in (small, large, tus_upload)],
+    *[
+        (p, s, ())
+        for p in POINTS
+        if p.startswith("publish.")
+        for s in (small, large, tus_upload, tus_small, tus_whole)
+    ],
     ("storage.file_synced", large, ()),
     ("storage.renamed", large, ()),
     ("storage.journal_written", small, ()),
-    *[(p, tus_upload, ()) for p in POINTS if p.startswith("tus.")],
+    ("storage.journal_written", tus_whole, ()),
+    ("storage.journal_written", tus_small, ()),
+    *[(p, tus_upload, ()) for p in POINTS if p.startswith("tus.") and p != "tus.whole_published"],
+    ("tus.whole_published", tus_whole, ()),
+    *[(p, tus_small, ()) for p in ("tus.checkpoint_synced", "tus.row_committed", "tus.finished")],
     ("delete.row_removed", delete_file, ()),
     ("delete.row_removed", delete_session, ()),
     ("flush.synced", flush, ("--journal-interval", "0.2")),

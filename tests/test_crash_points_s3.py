@@ -173,6 +173,7 @@ LOCAL_ONLY = (
     "storage.journal_written",
     "tus.linked",
     "tus.finished",
+    "tus.whole_published",
     "flush.synced",
     "restore.file_written",
 )

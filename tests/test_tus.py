@@ -31,6 +31,7 @@ from tusclient.uploader.uploader import Uploader
 
 from csvstore.config import Settings
 from csvstore.db.queries import Queries
+from csvstore.web.schemas import SESSION_ID_RULE
 from tests.conftest import stored_names
 from tests.serverproc import ServerProcess
 from tests.tusproxy import DroppingProxy
@@ -303,6 +304,105 @@ def test_creation_with_upload_stores_a_small_file_in_one_request(
     assert row["sha256"] == hashlib.sha256(body).hexdigest()
 
 
+def test_a_whole_small_creation_is_published_as_a_multipart_upload(
+    server: ServerProcess, session: str
+) -> None:
+    """A creation-with-upload carrying the whole file skips the partial store: no data file,
+    and no state when the row can rebuild its Upload-Metadata for HEAD; else a state, not
+    fsynced (the row is the durable record: HEAD still answers once a power cut took it)."""
+    body = b"a,b\n1,2\n"
+    before = partial_files(server.data_dir)
+    usual = metadata(session_id=session, filename="usual.csv")
+    resp = requests.post(
+        f"{server.url}{TUS}", data=body,
+        headers={**V, "Upload-Length": str(len(body)), "Upload-Metadata": usual,
+                 "Content-Type": OFFSET_STREAM},
+        timeout=30,
+    )  # fmt: skip
+    assert resp.status_code == 201, resp.text
+    assert partial_files(server.data_dir) == before
+    probe = head(server.url, resp.headers["Location"])
+    assert probe.status_code == 200, probe.text
+    assert probe.headers["Upload-Metadata"] == usual
+    assert probe.headers["Upload-Offset"] == probe.headers["Upload-Length"] == str(len(body))
+    assert probe.headers["Content-Location"] == resp.headers["Content-Location"]
+    assert requests.delete(f"{server.url}{resp.headers['Location']}", headers=V).status_code == 204
+    # Metadata beyond the two keys: kept in a state file.
+    meta = metadata(session_id=session, filename="whole.csv", strict="true")
+    headers = {**V, "Upload-Length": str(len(body)), "Upload-Metadata": meta}
+    resp = requests.post(
+        f"{server.url}{TUS}", data=body, headers={**headers, "Content-Type": OFFSET_STREAM},
+        timeout=30,
+    )  # fmt: skip
+    assert resp.status_code == 201, resp.text
+    upload_id = resp.headers["Location"].rsplit("/", 1)[1]
+    file_id = file_id_of(resp)
+    assert file_id.replace("-", "") == upload_id  # the row names the upload
+    left = partial_files(server.data_dir)
+    assert f"{upload_id}.json" in left
+    assert f"{upload_id}.part" not in left
+    assert file_row(server.url, file_id)["file_size"] == len(body)
+    probe = head(server.url, resp.headers["Location"])
+    assert probe.status_code == 200
+    assert probe.headers["Upload-Metadata"] == meta
+    assert probe.headers["Upload-Offset"] == probe.headers["Upload-Length"] == str(len(body))
+    # The state lost (a power cut: it was never fsynced): the row answers.
+    (server.data_dir / "tmp" / "tus" / f"{upload_id}.json").unlink()
+    probe = head(server.url, resp.headers["Location"])
+    assert probe.status_code == 200, probe.text
+    assert probe.headers["Upload-Offset"] == str(len(body))
+    assert probe.headers["Content-Location"] == f"/api/csv/files/{file_id}"
+    assert patch(server.url, resp.headers["Location"], len(body), b"").status_code == 204
+    assert_problem(patch(server.url, resp.headers["Location"], 0, body), 409)
+    # Refused as a multipart upload would be, and nothing is left.
+    bad = requests.post(
+        f"{server.url}{TUS}", data=b"\x00\x01\x02binary",
+        headers={**headers, "Upload-Length": "9", "Content-Type": OFFSET_STREAM}, timeout=30,
+    )  # fmt: skip
+    assert assert_problem(bad, 400)["code"] == "not-csv"
+    assert set(partial_files(server.data_dir)) == set(left) - {f"{upload_id}.json"}
+    # A deleted file's upload is gone too.
+    assert requests.delete(f"{server.url}/api/csv/files/{file_id}", timeout=30).ok
+    assert head(server.url, resp.headers["Location"]).status_code == 404
+
+
+def test_a_small_upload_completes_as_a_small_multipart_upload(
+    server: ServerProcess, session: str
+) -> None:
+    """The last PATCH of a small upload publishes it journaled, under the upload's id (so
+    the row says it was published), instead of fsyncing and linking its data file."""
+    body = b"a,b\n" + b"1,2\n" * 500
+    location = create(server.url, len(body), session_id=session, filename="s.csv").headers[
+        "Location"
+    ]
+    upload_id = location.rsplit("/", 1)[1]
+    assert patch(server.url, location, 0, body[:1000]).status_code == 204
+    last = patch(server.url, location, 1000, body[1000:])
+    assert last.status_code == 204, last.text
+    assert last.headers["Upload-Offset"] == str(len(body))
+    file_id = file_id_of(last)
+    assert file_id.replace("-", "") == upload_id
+    assert f"{upload_id}.part" not in partial_files(server.data_dir)
+    content = requests.get(f"{server.url}/api/csv/files/{file_id}/content", timeout=30)
+    assert content.content == body
+    assert file_row(server.url, file_id)["sha256"] == hashlib.sha256(body).hexdigest()
+    done = head(server.url, location)
+    assert done.headers["Upload-Offset"] == str(len(body))
+    assert done.headers["Content-Location"] == f"/api/csv/files/{file_id}"
+
+
+def test_terminating_an_unknown_upload_on_a_new_server_is_404(tmp_path: Path) -> None:
+    """Before any partial upload, tmp/tus/ does not exist: the removal fsynced it anyway (500)."""
+    proc = ServerProcess(tmp_path / "data")
+    proc.start()
+    try:
+        resp = requests.delete(f"{proc.url}{TUS}{'0' * 32}", headers=V, timeout=30)
+        assert_problem(resp, 404)
+    finally:
+        assert proc.stop() == 0
+    assert "Traceback" not in proc.log(), proc.log()[-3000:]
+
+
 def test_protocol_errors(server: ServerProcess, session: str) -> None:
     url = server.url
     # 412 with Tus-Version: no Tus-Resumable, or another version.
@@ -314,6 +414,8 @@ def test_protocol_errors(server: ServerProcess, session: str) -> None:
     assert_problem(create(url, MAX_UPLOAD + 1, session_id=session), 413)
     # 404: the session must exist; 400: a .csv name, both metadata keys, base64, a length.
     assert_problem(create(url, 10, session_id="no-such-session"), 404)
+    bad_id = assert_problem(create(url, 10, session_id=".hidden"), 400)
+    assert bad_id["errors"]["session_id"] == [SESSION_ID_RULE]
     assert (
         "only .csv"
         in assert_problem(create(url, 10, session_id=session, filename="x.txt"), 400)["detail"]

@@ -204,6 +204,13 @@ class Repo:
             return None
         return _maybe_file(await x.one(self.q.get_file, {"id": file_id}))
 
+    async def file_origin(self, x: Executor, file_id: str) -> tuple[int, str, str, str] | None:
+        """(size, original name, created at, session id) of a file."""
+        row = await x.one(self.q.file_origin, {"id": file_id}) if _can_exist(file_id) else None
+        if row is None:
+            return None
+        return row["file_size"], row["original_filename"], row["created_at"], row["session_id"]
+
     async def delete_file(
         self, x: Executor, file_id: str, *, intent_owner: str | None = None
     ) -> str | None:

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Protocol
 
 from csvstore.analysis.stream import FileFacts, UploadAnalysis
@@ -30,9 +31,16 @@ from csvstore.errors import (
     UploadTooLarge,
     storage_unavailable,
 )
-from csvstore.resumable.local import PartialHold, PartialState, PartialStore
+from csvstore.resumable.local import (
+    LocalHold,
+    LocalPartialStore,
+    PartialHold,
+    PartialState,
+    PartialStore,
+    usual_metadata,
+)
 from csvstore.service import CsvStore, Published
-from csvstore.storage.local import StorageWriter
+from csvstore.storage.local import HELD_BLOCK, JOURNAL_MAX, StorageWriter
 from csvstore.timeutil import utc_now
 from csvstore.uploads import UploadLimits, bounded, check_expectations, ensure_room
 
@@ -40,6 +48,8 @@ log = logging.getLogger("csvstore.tus")
 
 # A long PATCH makes what it received durable every so often: a crash loses at most this.
 CHECKPOINT_BYTES = 64 * 1024 * 1024
+# A creation carrying a whole file up to this size skips the partial store (_create_whole).
+WHOLE_MAX = HELD_BLOCK
 # Analyses kept between requests (a few KiB each); beyond, the oldest is re-derived.
 MAX_LIVE_ANALYSES = 128
 
@@ -71,6 +81,10 @@ class Body:
 async def _nothing() -> AsyncIterator[bytes]:
     return
     yield b""
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 class LiveAnalyses:
@@ -157,7 +171,11 @@ class ResumableUploads:
 
     @classmethod
     def of(
-        cls, store: CsvStore, limits: UploadLimits, expiry: float, events: TusEvents | None = None
+        cls,
+        store: CsvStore,
+        limits: UploadLimits,
+        expiry: float,
+        events: TusEvents | None = None,
     ) -> ResumableUploads:
         return cls(store, store.partials, limits, expiry, events)
 
@@ -182,7 +200,6 @@ class ResumableUploads:
     ) -> PartialState:
         partials = self.require()
         ensure_room(self.store, length, self.limits)
-        await self.store.require_session(session_id)
         state = PartialState(
             id=uuid.uuid4().hex,
             length=length,
@@ -194,6 +211,16 @@ class ResumableUploads:
             created_at=utc_now(),
             expires_at=time.time() + self.expiry,
         )
+        if (
+            first is not None
+            and 0 < length <= WHOLE_MAX
+            and isinstance(partials, LocalPartialStore)
+        ):
+            data = await self._buffer(first, length)
+            if len(data) == length:  # the row's insert checks the session, as for multipart
+                return await self._create_whole(partials, state, data)
+            first = Body(_once(data), len(data))  # the rest comes by PATCH: a partial upload
+        await self.store.require_session(session_id)
         await partials.create(state)
         if first is None and length:
             self.events.created()
@@ -207,6 +234,100 @@ class ResumableUploads:
         self.events.created()
         return done
 
+    async def _buffer(self, body: Body, length: int) -> bytes:
+        """A small creation's body, checked against its checksum; nothing is stored yet."""
+
+        def too_long() -> UploadTooLarge:
+            return UploadTooLarge(f"the body goes past Upload-Length {length}")
+
+        chunks = bounded(body.chunks, length, too_long)
+        async with contextlib.aclosing(chunks):
+            data = b"".join([chunk async for chunk in chunks])
+        checksum = body.checksum
+        if checksum is not None and hashlib.new(checksum[0], data).digest() != checksum[1]:
+            raise ChecksumMismatchAt(
+                f"Upload-Checksum ({checksum[0]}) does not match the body received; "
+                "nothing was stored",
+                0,
+            )
+        return data
+
+    async def _create_whole(
+        self, partials: LocalPartialStore, state: PartialState, data: bytes
+    ) -> PartialState:
+        """A whole file in its creation: published as a multipart upload, its file id the
+        upload id, so the row answers a later HEAD (docs/design/resumable.md)."""
+        analysis = UploadAnalysis(
+            enabled=self.limits.analyse, encoding=state.options.get("encoding")
+        )
+        analysis.feed(data)
+        facts = analysis.finish()
+        check_expectations(
+            facts,
+            digests={"Upload-Metadata": state.options.get("sha256")},
+            strict=bool(state.options.get("strict")),
+        )
+        file_id, writer = await self.store.begin_upload(str(uuid.UUID(state.id)))
+        try:
+            await writer.write(data)
+        except BaseException:
+            await writer.abort()
+            raise
+        published = await self.store.publish_upload(
+            writer,
+            file_id=file_id,
+            session_id=state.session_id,
+            original_filename=state.filename,
+            facts=facts,
+            dedupe=bool(state.options.get("dedupe")),
+        )
+        crash_point("tus.whole_published")
+        done = replace(
+            state,
+            offset=state.length,
+            completed=True,
+            file_id=published.file.id,
+            expires_at=time.time() + self.expiry,
+        )
+        # HEAD echoes Upload-Metadata: the row rebuilds the usual one, a state file keeps others.
+        if published.duplicate or state.metadata != usual_metadata(
+            state.session_id, state.filename
+        ):
+            try:
+                partials.record_completed(done)
+            except OSError:  # stored all the same: HEAD answers from the row
+                log.warning("upload %s: its state was not recorded", state.id, exc_info=True)
+        self.events.created()
+        self.events.finished()
+        return done
+
+    async def _completed_by_row(self, upload_id: str) -> PartialState | None:
+        """A whole creation without a state (or a power cut lost it): its row, until expiry."""
+        try:
+            file_id = str(uuid.UUID(hex=upload_id))
+        except ValueError:
+            return None
+        origin = await self.store.file_origin(file_id)
+        if origin is None:
+            return None
+        size, filename, created_at, session_id = origin
+        created = datetime.fromisoformat(created_at).timestamp()
+        if created + self.expiry <= time.time():
+            return None
+        return PartialState(
+            id=upload_id,
+            length=size,
+            offset=size,
+            session_id=session_id,
+            filename=filename,
+            metadata=usual_metadata(session_id, filename),
+            options={},
+            created_at=created_at,
+            expires_at=created + self.expiry,
+            file_id=file_id,
+            completed=True,
+        )
+
     async def _remove_refused(self, upload_id: str) -> None:
         try:
             await self.require().remove(upload_id)
@@ -216,13 +337,16 @@ class ResumableUploads:
     async def state(self, upload_id: str) -> PartialState:
         partials = self.require()
         state = await partials.get(upload_id)
+        if state is None and (done := await self._completed_by_row(upload_id)) is not None:
+            return done
         if state is None or (state.expires_at <= time.time() and not state.completed):
             raise _upload_not_found(upload_id)
         await self._require_live_session(state)
         return state
 
     async def terminate(self, upload_id: str) -> None:
-        if not await self.require().remove(upload_id):
+        removed = await self.require().remove(upload_id)
+        if not removed and await self._completed_by_row(upload_id) is None:
             raise _upload_not_found(upload_id)
         self.events.terminated()
 
@@ -256,8 +380,11 @@ class ResumableUploads:
         partials = self.require()
         state = await partials.get(upload_id)
         if state is None:
-            raise _upload_not_found(upload_id)
-        await self._require_live_session(state)
+            state = await self._completed_by_row(upload_id)
+            if state is None:
+                raise _upload_not_found(upload_id)
+        else:
+            await self._require_live_session(state)
         if state.completed:
             if offset == state.length and not body.present:
                 return state  # a retry of the final request: nothing more to do
@@ -413,7 +540,10 @@ class ResumableUploads:
         assert state.file_id is not None
         if await self.store.find_file(state.file_id) is not None:
             done = replace(
-                state, offset=state.length, completed=True, expires_at=time.time() + self.expiry
+                state,
+                offset=state.length,
+                completed=True,
+                expires_at=time.time() + self.expiry,
             )
             await hold.finish(done)
             return done
@@ -424,6 +554,8 @@ class ResumableUploads:
         """Analyse and publish the complete upload; on any failure remove it (as a single-shot
         upload leaves nothing), except that a crash leaves it resumable or published."""
         state = hold.state
+        if (small := LocalPartialStore.small(hold, JOURNAL_MAX)) is not None:
+            return await self._complete_small(small, analysis)
         file_id, key = hold.target or self.store.new_file_key()
         writer: StorageWriter | None = None
         started = time.monotonic()
@@ -484,6 +616,61 @@ class ResumableUploads:
             analysed,
             time.monotonic() - started - analysed,
         )
+        return done
+
+    async def _complete_small(
+        self, hold: LocalHold, analysis: UploadAnalysis | None
+    ) -> PartialState:
+        """Journaled as a small multipart upload under the upload id: the row says it was
+        published, so no state is saved before it nor fsynced after."""
+        state = hold.state
+        file_id = str(uuid.UUID(state.id))
+        writer: StorageWriter | None = None
+        try:
+            # A row already: published before a crash took the completed state.
+            if await self.store.find_file(file_id) is None:
+                data = await hold.contents()
+                if analysis is None:
+                    analysis = UploadAnalysis(
+                        enabled=self.limits.analyse,
+                        encoding=state.options.get("encoding"),
+                    )
+                    analysis.feed(data)
+                facts = analysis.finish()
+                check_expectations(
+                    facts,
+                    digests={"Upload-Metadata": state.options.get("sha256")},
+                    strict=bool(state.options.get("strict")),
+                )
+                file_id, writer = await self.store.begin_upload(file_id)
+                await writer.write(data)
+                published = await self.store.publish_upload(
+                    writer,
+                    file_id=file_id,
+                    session_id=state.session_id,
+                    original_filename=state.filename,
+                    facts=facts,
+                    dedupe=bool(state.options.get("dedupe")),
+                )
+                writer = None
+                file_id = published.file.id
+                crash_point("tus.row_committed")
+        except BaseException as exc:
+            if isinstance(exc, DependencyUnavailable) or storage_unavailable(exc) is not None:
+                raise
+            if writer is not None:
+                await writer.abort()
+            await hold.remove()
+            raise
+        done = replace(
+            state,
+            offset=state.length,
+            completed=True,
+            file_id=file_id,
+            expires_at=time.time() + self.expiry,
+        )
+        await hold.finish(done, durable=False)
+        self.events.finished()
         return done
 
     async def sweep_forever(self, interval: float, now: Callable[[], float] = time.time) -> None:

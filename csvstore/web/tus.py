@@ -10,6 +10,7 @@ import binascii
 import contextlib
 import email.utils
 import hashlib
+import re
 from collections.abc import AsyncIterator, Iterator
 
 from aiohttp import web
@@ -28,7 +29,7 @@ from csvstore.uploads import UploadLimits
 from csvstore.web.body import body_chunks
 from csvstore.web.keys import LIMITS_KEY, METRICS_KEY, SETTINGS_KEY, STORE_KEY
 from csvstore.web.observability import UPLOADED_BYTES
-from csvstore.web.schemas import UploadForm, UploadOptions, load
+from csvstore.web.schemas import SESSION_ID_PATTERN, SESSION_ID_RULE, UploadOptions, load
 from csvstore.web.security import TUS_EXPOSE_HEADERS, TUS_REQUEST_HEADERS
 
 TUS_ROOT = "/api/csv/tus/"
@@ -216,8 +217,8 @@ async def create(request: web.Request) -> web.Response:
     metadata = parse_metadata(metadata_header)
     session_id = _session_id(metadata)
     filename = clean_filename(_required(metadata, "filename"))
-    option_values = {k: v for k, v in metadata.items() if k in UploadOptions().fields}
-    opts = load(UploadOptions(), option_values, what="Upload-Metadata")
+    option_values = {k: v for k, v in metadata.items() if k in _OPTION_FIELDS}
+    opts = load(_upload_options, option_values, what="Upload-Metadata")
     with_upload = _has_body(request)
     if with_upload and request.content_type != OFFSET_STREAM:
         raise UnsupportedMediaType(
@@ -292,13 +293,17 @@ def _required(metadata: dict[str, str], key: str) -> str:
 
 def _session_id(metadata: dict[str, str]) -> str:
     value = _required(metadata, "session_id")
-    errors = UploadForm().validate({"session_id": value, "file": b""})
-    if errors:
+    if _SESSION_ID.fullmatch(value) is None:
         raise ValidationFailed(
-            f"invalid session_id: {errors['session_id'][0]}",
-            errors={"session_id": errors["session_id"]},
+            f"invalid session_id: {SESSION_ID_RULE}", errors={"session_id": [SESSION_ID_RULE]}
         )
     return value
+
+
+# Built once, as in ingest.py: a marshmallow schema is costly to build per request.
+_SESSION_ID = re.compile(SESSION_ID_PATTERN)
+_OPTION_FIELDS = frozenset(UploadOptions().fields)
+_upload_options = UploadOptions()
 
 
 def _has_body(request: web.Request) -> bool:
