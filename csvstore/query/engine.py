@@ -12,9 +12,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-import duckdb
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from csvstore.errors import (
     QueryBusy,
@@ -33,6 +31,9 @@ from csvstore.query.sandbox import (
 )
 from csvstore.query.summary import summarize
 from csvstore.query.values import JsonValue, csv_chunk, json_rows
+
+if TYPE_CHECKING:
+    import duckdb
 
 T = TypeVar("T")
 CSV_BATCH = 10_000  # rows per fetch of a CSV result
@@ -183,6 +184,8 @@ class _Job:
         self._timer = loop.call_later(limit - self.used, self._expire)
         started = loop.time()
         future = loop.run_in_executor(self.engine.pool, fn, *args)
+        import duckdb  # loaded by the engine's first database (sandbox.open_database)
+
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -230,8 +233,15 @@ class QueryEngine:
         # The last locked databases, by their files: the next query on them skips the lock.
         self._idle: OrderedDict[tuple[str, ...], Sandbox] = OrderedDict()
         self._opener = ThreadPoolExecutor(1, "csvstore-query-open")
-        self._opener.submit(reserved_names)  # opens a DuckDB once: not on the event loop
-        self._opener.submit(self._refill)
+        self._warm = False
+
+    def _warm_up(self) -> None:
+        """From the first query on, spares wait opened; before it, DuckDB is not even loaded
+        (a server that is never asked costs no memory for it: ~50 MiB per process)."""
+        if not self._warm:
+            self._warm = True
+            self._opener.submit(reserved_names)  # opens a DuckDB once: not on the event loop
+            self._opener.submit(self._refill)
 
     def _refill(self) -> None:
         while not self._closed:
@@ -292,6 +302,7 @@ class QueryEngine:
                 " retry shortly"
             )
         self._active += 1
+        self._warm_up()
         try:
             paths = {src.path: name for name, src in named.items()}
             key = tuple(sorted(paths))

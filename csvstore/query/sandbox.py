@@ -7,11 +7,12 @@ import codecs
 import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
-
-import duckdb
+from typing import TYPE_CHECKING, Any
 
 from csvstore.errors import QueryInvalid, QueryRefused, QueryUnsupportedFile
+
+if TYPE_CHECKING:
+    import duckdb
 
 # Table functions that compute rows from values and touch no file or catalog.
 TABLE_FUNCTIONS = frozenset(
@@ -57,6 +58,8 @@ def open_database(memory_bytes: int, threads: int) -> duckdb.DuckDBPyConnection:
         "memory_limit": f"{max(memory_bytes // 1024, 1024)}KiB",
         "threads": threads,
     }
+    import duckdb  # here: importing it costs every process ~14 MiB, queries or not
+
     return duckdb.connect(":memory:", config=config)
 
 
@@ -107,6 +110,8 @@ class Sandbox:
 
     def statement(self, sql: str, names: Sequence[str]) -> tuple[str, set[str]]:
         """The one SELECT of ``sql`` and the session tables it reads; refuses the rest."""
+        import duckdb
+
         try:
             statements = self.con.extract_statements(sql)
         except duckdb.Error as exc:
@@ -157,6 +162,8 @@ def reserved_names() -> frozenset[str]:
     views): no table and no CTE may take one (a CTE would shadow it in its own scope only)."""
     global _SYSTEM_NAMES
     if _SYSTEM_NAMES is None:
+        import duckdb
+
         with duckdb.connect(":memory:") as con:
             rows = con.execute(
                 "SELECT view_name FROM duckdb_views() UNION SELECT table_name FROM duckdb_tables()"
