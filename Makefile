@@ -86,6 +86,7 @@ browser-deps:
 .PHONY: screenshot
 screenshot: $(STAMP) browser-deps
 	CSVSTORE_SCREENSHOT=$(CURDIR)/docs/screenshot.png CSVSTORE_REQUIRE_BROWSER=1 \
+		CSVSTORE_QUERY_SCREENSHOT=$(CURDIR)/docs/query-screenshot.png \
 		$(PY) -m pytest -q -p no:cacheprovider tests/test_webpage.py -k whole_flow
 
 clean:

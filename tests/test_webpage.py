@@ -115,6 +115,7 @@ def test_whole_flow_in_chromium_with_an_api_key(
 ) -> None:
     uploads = _write_uploads(tmp_path / "csv")
     screenshot = Path(os.environ.get("CSVSTORE_SCREENSHOT") or tmp_path / "page.png")
+    query_screenshot = Path(os.environ.get("CSVSTORE_QUERY_SCREENSHOT") or tmp_path / "query.png")
     seen = _run_browser(
         browser,
         tmp_path,
@@ -132,7 +133,7 @@ def test_whole_flow_in_chromium_with_an_api_key(
                 "GROUP BY sensor ORDER BY sensor",
                 "chartLabels": ["s0", "s1", "s2"],
                 "summaryOf": "measurements.csv",
-                "screenshot": str(tmp_path / "query.png"),
+                "screenshot": str(query_screenshot),
             },
         },
     )
@@ -154,7 +155,7 @@ def test_whole_flow_in_chromium_with_an_api_key(
     assert (query["bars"], query["labels"]) == (3, ["s0", "s1", "s2"])
     assert (query["lines"], query["barsAfterLine"]) == (1, 0)
     assert "COPY" in query["error"], query["error"]
-    assert (tmp_path / "query.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert query_screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = {row[0]: row for row in query["summary"]}
     assert list(summary) == ["id", "sensor", "value"]
     assert summary["id"][2:5] == ["45", "0", summary["id"][4]]  # count, nulls, distinct
