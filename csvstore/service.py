@@ -42,6 +42,7 @@ from csvstore.query.engine import (
     QueryResult,
     TableInfo,
     TableSource,
+    table_names,
 )
 from csvstore.query.sandbox import ENCODINGS
 from csvstore.storage.cache import FilePaths
@@ -472,34 +473,55 @@ class CsvStore:
         return self._engine, self._paths
 
     @contextlib.asynccontextmanager
-    async def _sources(self, files: list[StoredFile]) -> AsyncIterator[list[TableSource]]:
+    async def _sources(self, named: dict[str, StoredFile]) -> AsyncIterator[dict[str, TableSource]]:
         _, paths = self._query_side()
-        wanted = [(f.file_path, f.file_size, _convert_from(f)) for f in files]
+        wanted = [(f.file_path, f.file_size, _convert_from(f)) for f in named.values()]
         async with paths.paths(wanted) as local:
-            sources = [TableSource.of(f, path) for f, path in zip(files, local, strict=True)]
+            sources = {
+                name: TableSource.of(f, path)
+                for (name, f), path in zip(named.items(), local, strict=True)
+            }
             # Files DuckDB cannot decode were copied as UTF-8.
-            yield [s if w[2] is None else _as_utf8(s) for s, w in zip(sources, wanted, strict=True)]
+            yield {
+                name: s if w[2] is None else _as_utf8(s)
+                for (name, s), w in zip(sources.items(), wanted, strict=True)
+            }
 
-    async def _session_files(self, session_id: str) -> list[StoredFile]:
-        return list((await self.get_session(session_id)).csv_files or ())
+    async def _session_tables(self, session_id: str, sql: str | None) -> dict[str, StoredFile]:
+        """The session's files by table name; with ``sql``, only the ones it reads when the
+        others would be copied for nothing (S3, files made UTF-8)."""
+        engine, paths = self._query_side()
+        files = list((await self.get_session(session_id)).csv_files or ())
+        named = dict(zip(table_names([TableSource.of(f, "") for f in files]), files, strict=True))
+        if sql is not None and paths.copies([(f.file_path, 0, _convert_from(f)) for f in files]):
+            used = await engine.tables_read(sql, list(named))
+            named = {name: f for name, f in named.items() if name in used}
+        return named
 
     async def query_tables(self, session_id: str) -> list[TableInfo]:
-        engine, _ = self._query_side()
-        files = await self._session_files(session_id)
-        async with self._sources(files) as sources:
-            return await engine.tables(sources)
+        engine, paths = self._query_side()
+        named = await self._session_tables(session_id, None)
+        wanted = [(f.file_path, 0, _convert_from(f)) for f in named.values()]
+        if not paths.copies(wanted):
+            async with self._sources(named) as sources:
+                return await engine.tables(sources)
+        found: list[TableInfo] = []  # one copy at a time: the cache need hold only the largest
+        for name, file in named.items():
+            async with self._sources({name: file}) as sources:
+                found += await engine.tables(sources)
+        return found
 
     async def run_query(self, session_id: str, sql: str, limit: int) -> QueryResult:
         engine, _ = self._query_side()
-        files = await self._session_files(session_id)
-        async with self._sources(files) as sources:
+        named = await self._session_tables(session_id, sql)
+        async with self._sources(named) as sources:
             return await engine.run(sources, sql, limit)
 
     async def query_csv(self, session_id: str, sql: str) -> AsyncGenerator[bytes, None]:
         """The result as CSV; every refusal is raised by the first ``__anext__``."""
         engine, _ = self._query_side()
-        files = await self._session_files(session_id)
-        async with self._sources(files) as sources:
+        named = await self._session_tables(session_id, sql)
+        async with self._sources(named) as sources:
             chunks = engine.stream_csv(sources, sql)
             try:
                 async for chunk in chunks:
@@ -524,8 +546,8 @@ class CsvStore:
     async def _summarize(self, file_id: str) -> tuple[str, str]:
         engine, _ = self._query_side()
         file = await self.get_file(file_id)
-        async with self._sources([file]) as [source]:
-            columns = await engine.summarize(source)
+        async with self._sources({"t": file}) as sources:
+            columns = await engine.summarize(sources["t"])
         summary = orjson.dumps([_column_json(c) for c in columns]).decode()
         await self._db.write(lambda x: self._repo.insert_summary(x, file_id, summary, utc_now()))
         # Another instance's may have been kept instead: answer with the one kept.

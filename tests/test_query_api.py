@@ -100,6 +100,31 @@ async def test_a_file_in_a_code_page_duckdb_lacks_is_read_as_utf8(
     assert not any((settings.data_dir / "query-cache").rglob("*.utf-8"))
 
 
+async def test_a_query_copies_only_the_tables_it_reads(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    # cp1252 files are copied as UTF-8 on any storage (as every file is on S3): a cache that
+    # holds one of the two answers a query over either, and /tables reads no file's bytes.
+    client = await make_client(replace(settings, query_cache_size=1500))
+    assert (await client.post("/api/csv/sessions", json={"session_id": "s1"})).status == 201
+    rows = "".join(f"Zürich {i};{i}\n" for i in range(80))
+    first = await _upload(client, f"city;n\n{rows}".encode("cp1252"), "a.csv")
+    second = await _upload(client, f"town;n\n{rows}".encode("cp1252"), "b.csv")
+    resp = await client.get("/api/csv/sessions/s1/tables")
+    assert resp.status == 200, await resp.text()
+    assert [t["row_count"] for t in await resp.json()] == [80, 80]
+    for name, file_id in (("a_csv", first), ("b_csv", second), ("a_csv", first)):
+        body = await _query(client, f"SELECT count(*), max(n) FROM {name}")
+        assert body["rows"] == [[80, 79]]
+        copies = list((settings.data_dir / "query-cache").rglob("*.utf-8"))
+        assert [p.name for p in copies] == [f"{file_id}.csv.utf-8"]
+    body = await assert_problem(await client.post(QUERY, json={"sql": "SELECT * FROM nope"}), 400)
+    assert "nope" in body["detail"]
+    both = "SELECT count(*) FROM a_csv JOIN b_csv USING (n)"
+    body = await assert_problem(await client.post(QUERY, json={"sql": both}), 503)
+    assert "cache" in body["detail"]
+
+
 async def test_a_query_answers_json_values(client: Client, session: str) -> None:
     await _upload(client, SALES, "sales.csv")
     body = await _query(

@@ -9,7 +9,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -136,6 +136,10 @@ class ColumnSummary:
     top: list[tuple[JsonValue, int]]  # the 5 most frequent values and their counts
 
 
+# A session's files, or some of them already named (``table_names`` over the whole session).
+Sources = Sequence[TableSource] | Mapping[str, TableSource]
+
+
 def table_names(sources: Sequence[TableSource]) -> list[str]:
     """Item 1's rule, in the order of ``sources``; clashes get _2, _3 in upload order."""
     taken = set(reserved_names())
@@ -234,6 +238,8 @@ class QueryEngine:
         self._idle: OrderedDict[tuple[str, ...], Sandbox] = OrderedDict()
         self._opener = ThreadPoolExecutor(1, "csvstore-query-open")
         self._warm = False
+        self._parser: Sandbox | None = None
+        self._parser_lock = threading.Lock()
 
     def _warm_up(self) -> None:
         """From the first query on, spares wait opened; before it, DuckDB is not even loaded
@@ -290,10 +296,7 @@ class QueryEngine:
             self._background(self._refill)
         return Sandbox(paths, self.limits.memory_bytes, self.limits.threads, con)
 
-    @contextlib.asynccontextmanager
-    async def _job(
-        self, named: dict[str, TableSource], limit: float | None = None
-    ) -> AsyncIterator[_Job]:
+    def _check_room(self) -> None:
         if self._closed:
             raise QueryBusy("the query engine is shutting down")
         if self._active >= self.limits.concurrency:
@@ -301,6 +304,12 @@ class QueryEngine:
                 f"{self._active} queries are running, as many as --query-concurrency allows;"
                 " retry shortly"
             )
+
+    @contextlib.asynccontextmanager
+    async def _job(
+        self, named: dict[str, TableSource], limit: float | None = None
+    ) -> AsyncIterator[_Job]:
+        self._check_room()
         self._active += 1
         self._warm_up()
         try:
@@ -321,15 +330,30 @@ class QueryEngine:
             self._active -= 1
 
     @staticmethod
-    def _named(sources: Sequence[TableSource]) -> dict[str, TableSource]:
+    def _named(sources: Sources) -> dict[str, TableSource]:
+        if isinstance(sources, Mapping):  # named by the caller (a part of a session)
+            return dict(sources)
         return dict(zip(table_names(sources), sources, strict=True))
 
-    async def tables(self, sources: Sequence[TableSource]) -> list[TableInfo]:
+    async def tables_read(self, sql: str, names: Sequence[str]) -> set[str]:
+        """The tables of ``names`` that ``sql`` reads, refusing it as a run would: lets the
+        caller copy only those files. Parsed in one path-less sandbox kept for this, off the
+        query pool (running queries may hold all of it)."""
+        self._check_room()
+        return await asyncio.to_thread(self._parse, sql, names)
+
+    def _parse(self, sql: str, names: Sequence[str]) -> set[str]:
+        with self._parser_lock:
+            if self._parser is None:
+                self._parser = Sandbox([], self.limits.memory_bytes, 1)
+            return self._parser.statement(sql, names)[1]
+
+    async def tables(self, sources: Sources) -> list[TableInfo]:
         named = self._named(sources)
         async with self._job(named) as job:
             return await job.call(_tables, job.box, named)
 
-    async def run(self, sources: Sequence[TableSource], sql: str, limit: int) -> QueryResult:
+    async def run(self, sources: Sources, sql: str, limit: int) -> QueryResult:
         """At most ``limit`` rows, and never more than max_rows."""
         started = time.perf_counter()
         limit = max(0, min(limit, self.limits.max_rows))
@@ -342,7 +366,7 @@ class QueryEngine:
         elapsed = (time.perf_counter() - started) * 1000
         return QueryResult(columns, types, rows, len(rows), truncated, elapsed)
 
-    async def stream_csv(self, sources: Sequence[TableSource], sql: str) -> AsyncIterator[bytes]:
+    async def stream_csv(self, sources: Sources, sql: str) -> AsyncIterator[bytes]:
         """The result as CSV (header line first), at most max_rows rows. Every refusal and
         error is raised by the first ``__anext__``, before any byte: call it before sending
         the response's headers."""
@@ -379,6 +403,8 @@ class QueryEngine:
             con.close()
         while self._idle:
             self._idle.popitem()[1].close()
+        if self._parser is not None:
+            self._parser.close()
 
 
 def _prepare(box: Sandbox, named: dict[str, TableSource], sql: str) -> tuple[list[str], list[str]]:

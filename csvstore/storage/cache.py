@@ -91,6 +91,10 @@ class FilePaths:
         """The keys copied, least recently used first (for the tests and metrics)."""
         return [key for key, copy in self._copies.items() if not copy.gone]
 
+    def copies(self, files: Sequence[Wanted]) -> bool:
+        """Whether ``paths`` would copy any of ``files`` (S3, or made UTF-8)."""
+        return any(self._root is None or encoding is not None for _, _, encoding in files)
+
     @contextlib.asynccontextmanager
     async def paths(self, files: Sequence[Wanted]) -> AsyncIterator[list[str]]:
         """Local paths of (storage key, size, encoding to convert to UTF-8 from or None),
