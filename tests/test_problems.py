@@ -64,6 +64,11 @@ async def test_problems_name_what_was_wrong(make_client: MakeClient, settings: S
     big = upload_form(csv_bytes(200))
     assert await _code(await client.post("/api/csv/upload", data=big), 413) == "too-large"
     assert await _code(await client.get("/api/csv/nothing"), 404) == "not-found"
+    # A JSON body over the app's limit: the answer says which limit, not just the status.
+    huge = await client.post(sessions, json={"session_id": "x" * 100_000})
+    body = await assert_problem(huge, 413)
+    assert body["code"] == "too-large"
+    assert "65536 bytes" in body["detail"], body
     assert await _code(await client.put(sessions), 405) == "method-not-allowed"
 
     created = await client.post(TUS, headers=_tus_headers(len(csv_bytes())))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -86,6 +87,8 @@ async def start_response(request: web.Request, response: web.StreamResponse) -> 
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# aiohttp's own 413 (a JSON body over client_max_size) names the limit only in its text.
+_BODY_LIMIT = re.compile(r"Maximum request body size (\d+)")
 _AIOHTTP_DETAILS = {
     404: "no such endpoint: {method} {path}",
     405: "method {method} is not allowed on {path}",
@@ -129,6 +132,11 @@ def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
         detail = (
             template.format(method=request.method, path=request.path) if template else exc.reason
         )
+        if exc.status == 413 and (limit := _BODY_LIMIT.search(exc.text or "")):
+            detail = (
+                f"the request body is over {limit[1]} bytes, the most this request may send"
+                " (files go in an upload: multipart or tus)"
+            )
         code = _AIOHTTP_REASONS.get(exc.status) or _slug(exc.status)
         request[ERROR_REASON] = code
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
