@@ -264,6 +264,23 @@ async def test_bytes_that_do_not_decode_as_declared_are_refused_at_their_offset(
     assert listed["csv_files"] == []
 
 
+async def test_a_utf16_declaration_without_a_byte_order_mark_is_refused(
+    client: Client, session: str
+) -> None:
+    # Python's utf-16 and utf-32 decoders raise a bare UnicodeError (no offset) without a BOM.
+    for encoding, text in (("utf-16", "a,b\n1,2\n"), ("utf-32", "a,b\n")):
+        data = text.encode(f"{encoding}-le")
+        form = FormData()
+        form.add_field("session_id", session)
+        form.add_field("encoding", encoding)
+        form.add_field("file", io.BytesIO(data), filename="x.csv", content_type="text/csv")
+        problem = await assert_problem(await client.post("/api/csv/upload", data=form), 400)
+        assert f"not valid {encoding} as declared" in problem["detail"], problem
+        assert "byte order mark" in problem["detail"], problem
+    listed = await (await client.get(f"/api/csv/sessions/{session}")).json()
+    assert listed["csv_files"] == []
+
+
 async def test_declarations_that_cannot_be_used_are_refused(client: Client, session: str) -> None:
     data = CYRILLIC.data()
     for fields, content_type, words in [

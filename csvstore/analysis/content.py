@@ -292,6 +292,11 @@ class CsvContentCheck:
                 f"the file is not valid {self._declared} as declared: {exc.reason} "
                 f"at byte offset {where}"
             ) from None
+        except UnicodeError:  # utf-16/utf-32 without a BOM (the only such decoder errors)
+            raise NotACsv(
+                f"the file is not valid {self._declared} as declared: it does not start with "
+                "the byte order mark that encoding needs (declare its -le or -be form instead)"
+            ) from None
         if "\x00" in text:
             raise NotACsv("the file contains NUL characters: it is binary data, not CSV text")
 
