@@ -286,6 +286,8 @@ async def test_declarations_that_cannot_be_used_are_refused(client: Client, sess
     for fields, content_type, words in [
         ({"encoding": "klingon-1"}, "text/csv", "unknown encoding"),
         ({"encoding": "rot13"}, "text/csv", "not a text encoding"),
+        ({"encoding": "idna"}, "text/csv", "domain names"),  # 500s at /summary and a query
+        ({}, "text/csv; charset=punycode", "domain names"),  # a 500 at the upload
         ({}, "text/csv; charset=nope", "unknown encoding"),
         ({"encoding": "cp1251"}, "text/csv; charset=koi8-r", "differ"),
     ]:

@@ -84,7 +84,12 @@ def declared_encoding(name: str, what: str) -> str:
         raise BadRequest(f"{what} names an unknown encoding: {name[:40]!r}") from None
     if not getattr(info, "_is_text_encoding", True):
         raise BadRequest(f"{what} names {info.name!r}, which is not a text encoding")
+    if info.name in _LABEL_CODECS:  # they decode dot-separated labels, not lines of text
+        raise BadRequest(f"{what} names {info.name!r}, an encoding of domain names, not of files")
     return info.name
+
+
+_LABEL_CODECS = frozenset({"idna", "punycode"})
 
 
 class CsvContentCheck:

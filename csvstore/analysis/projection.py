@@ -70,7 +70,7 @@ def profilable(encoding: str) -> bool:
         return True
     try:
         return bytes(range(128)).decode(encoding) == bytes(range(128)).decode("ascii")
-    except (UnicodeDecodeError, LookupError):
+    except (UnicodeError, LookupError):  # UnicodeError: utf-16/32 without a BOM, and others
         return False
 
 
