@@ -125,6 +125,27 @@ async def test_a_query_copies_only_the_tables_it_reads(
     assert "cache" in body["detail"]
 
 
+async def test_a_ragged_file_with_a_long_row_is_a_table_and_an_unreadable_one_no_blocker(
+    client: Client, session: str
+) -> None:
+    # A row longer than the header: DuckDB's sniffer failed on it when told skip = 0.
+    await _upload(client, b"a,b,c\n1,2\n3,4,5,6\n7,8,9\n", "ragged.csv")
+    body = await _query(client, "SELECT * FROM ragged_csv")
+    assert body["rows"] == [[1, 2, None, None], [3, 4, 5, 6], [7, 8, 9, None]]
+    # A file DuckDB cannot read (an unterminated quote) is listed with its error; the
+    # session's other tables stay listed and queryable.
+    broken = await _upload(client, b'a,b\n1,"abc\n2,z\n', "broken.csv")
+    resp = await client.get("/api/csv/sessions/s1/tables")
+    assert resp.status == 200, await resp.text()
+    tables = {t["name"]: t for t in await resp.json()}
+    assert tables["ragged_csv"]["row_count"] == 3
+    assert tables["ragged_csv"]["error"] is None
+    assert tables["broken_csv"]["file_id"] == broken
+    assert (tables["broken_csv"]["columns"], tables["broken_csv"]["row_count"]) == ([], 0)
+    assert tables["broken_csv"]["error"].startswith("Invalid Input Error"), tables
+    assert (await _query(client, "SELECT count(*) FROM ragged_csv"))["rows"] == [[3]]
+
+
 async def test_a_query_answers_json_values(client: Client, session: str) -> None:
     await _upload(client, SALES, "sales.csv")
     body = await _query(

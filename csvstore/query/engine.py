@@ -20,6 +20,7 @@ from csvstore.errors import (
     QueryRefused,
     QueryTimeout,
     QueryTooLarge,
+    QueryUnsupportedFile,
 )
 from csvstore.model import StoredFile
 from csvstore.query.sandbox import (
@@ -110,6 +111,7 @@ class TableInfo:
     file_id: str
     columns: list[Column]
     row_count: int
+    error: str | None = None  # DuckDB could not read the file: no columns, no rows
 
 
 @dataclass(frozen=True)
@@ -349,9 +351,17 @@ class QueryEngine:
             return self._parser.statement(sql, names)[1]
 
     async def tables(self, sources: Sources) -> list[TableInfo]:
+        """Each table's columns and rows; one DuckDB cannot read is listed with its error
+        (the session's other tables stay usable). A timeout still ends the whole call."""
         named = self._named(sources)
+        found = []
         async with self._job(named) as job:
-            return await job.call(_tables, job.box, named)
+            for name, src in named.items():
+                try:
+                    found.append(await job.call(_table, job.box, name, src))
+                except (QueryInvalid, QueryTooLarge, QueryUnsupportedFile, QueryRefused) as exc:
+                    found.append(TableInfo(name, src.file_id, [], 0, str(exc)))
+        return found
 
     async def run(self, sources: Sources, sql: str, limit: int) -> QueryResult:
         """At most ``limit`` rows, and never more than max_rows."""
@@ -427,11 +437,8 @@ def _csv_rows(box: Sandbox, n: int, header: list[str] | None) -> tuple[bytes, in
     return csv_chunk(rows, header), len(rows)
 
 
-def _tables(box: Sandbox, named: dict[str, TableSource]) -> list[TableInfo]:
-    found = []
-    for name, src in named.items():
-        box.define(name, src.path, src.dialect)
-        columns = [Column(c, t) for c, t in box.columns(name)]
-        row = box.con.execute(f"SELECT count(*) FROM {quote_name(name)}").fetchone()
-        found.append(TableInfo(name, src.file_id, columns, int(row[0]) if row else 0))
-    return found
+def _table(box: Sandbox, name: str, src: TableSource) -> TableInfo:
+    box.define(name, src.path, src.dialect)
+    columns = [Column(c, t) for c, t in box.columns(name)]
+    row = box.con.execute(f"SELECT count(*) FROM {quote_name(name)}").fetchone()
+    return TableInfo(name, src.file_id, columns, int(row[0]) if row else 0)

@@ -249,9 +249,11 @@ def read_csv_sql(path: str, dialect: Any) -> str:
         f"delim = {quote_literal(dialect.delimiter)}",
         f"quote = {quote_literal(dialect.quotechar or '')}",
         f"header = {'true' if dialect.header else 'false'}",
-        f"skip = {_skip(path, dialect)}",
         f"encoding = {quote_literal(encoding)}",
     ]
+    skip = _skip(path, dialect)
+    if skip or not dialect.ragged:  # skip = 0 made the sniffer fail on a row past the header
+        options.append(f"skip = {skip}")
     if dialect.escapechar:
         options.append(f"escape = {quote_literal(dialect.escapechar)}")
     if dialect.comment:

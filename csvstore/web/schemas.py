@@ -354,6 +354,10 @@ class TableSchema(Schema):
     file_id = fields.String(required=True, metadata={"format": "uuid"})
     columns = fields.List(fields.Nested(ColumnSchema), required=True)
     row_count = fields.Integer(required=True)
+    error = fields.String(
+        allow_none=True,
+        metadata={"description": "why DuckDB cannot read this file (then no columns, 0 rows)"},
+    )
 
 
 class TopValue(Schema):

@@ -556,7 +556,7 @@ async function loadTables() {
     return;
   }
   if (state.current !== session) return;
-  setText($("query-tables"), tables.length ? `Tables: ${tables.map((t) => `${t.name} (${plural(t.row_count, "row")})`).join(", ")}` : "No tables: upload a CSV file first.");
+  setText($("query-tables"), tables.length ? `Tables: ${tables.map((t) => `${t.name} (${t.error ? "unreadable: " + t.error.split("\n")[0] : plural(t.row_count, "row")})`).join(", ")}` : "No tables: upload a CSV file first.");
   if (!state.query.edited) $("query-sql").value = tables.length ? `SELECT * FROM ${tables[0].name} LIMIT 100` : "";
 }
 
