@@ -152,67 +152,66 @@ def observe_middleware(
                     response.prepare = _already_sent  # type: ignore[method-assign]  # it'd resend
             return response
         finally:
-            try:
-                elapsed = time.perf_counter() - started
-                status = response.status if response is not None else 500
-                if body_count is not None:
-                    sent = body_count.size
-                elif response is None or method == "HEAD" or status in (204, 304):
-                    sent = 0
-                else:
-                    sent = response.content_length or 0
-                if is_upload:
-                    metrics.uploads_in_flight.dec()
-                    if status >= 400:
-                        reason = request.get(ERROR_REASON, "other")
-                        metrics.uploads_rejected.labels(rejection_label(reason)).inc()
-                    elif UPLOADED_BYTES in request:
-                        metrics.uploaded_bytes.inc(request[UPLOADED_BYTES])
-                elif sent and kind == DOWNLOAD:
-                    metrics.downloaded_bytes.inc(sent)
-                elif kind == QUERY:
-                    metrics.queries.labels("ok" if status < 400 else "refused").inc()
-                    metrics.query_duration.observe(elapsed)
-                    if status >= 400:
-                        reason = request.get(ERROR_REASON, "other")
-                        metrics.queries_refused.labels(rejection_label(reason)).inc()
-                if (count := counted.get((method, route, status))) is None:
-                    count = counted[method, route, status] = metrics.requests.labels(
-                        method, route, str(status)
-                    )
-                count.inc()
-                if (timer := timed.get((method, route))) is None:
-                    timer = timed[method, route] = metrics.latency.labels(method, route)
-                timer.observe(elapsed)
-                agent = request.headers.get("User-Agent", "-")
-                sql = request.get(QUERY_SQL)
-                shown = {} if sql is None else {"sql": sql[:_SQL_SHOWN]}
-                access_log.info(
-                    "%s %s %s %d %dB %.1fms id=%s ua=%s%s",
-                    request.remote,
-                    request.method,
-                    request.path_qs,
-                    status,
-                    sent,
-                    elapsed * 1000,
-                    request_id,
-                    agent,
-                    "" if sql is None else f" sql={sql[:_SQL_SHOWN]!r}",
-                    extra={
-                        **shown,
-                        "request_id": request_id,
-                        "method": request.method,
-                        "route": route,
-                        "path": request.path,
-                        "status": status,
-                        "bytes": sent,
-                        "duration_ms": round(elapsed * 1000, 2),
-                        "remote": request.remote,
-                        "user_agent": agent,
-                    },
+            # No await below: released first is as good as last, and never skipped.
+            inflight.leave()
+            elapsed = time.perf_counter() - started
+            status = response.status if response is not None else 500
+            if body_count is not None:
+                sent = body_count.size
+            elif response is None or method == "HEAD" or status in (204, 304):
+                sent = 0
+            else:
+                sent = response.content_length or 0
+            if is_upload:
+                metrics.uploads_in_flight.dec()
+                if status >= 400:
+                    reason = request.get(ERROR_REASON, "other")
+                    metrics.uploads_rejected.labels(rejection_label(reason)).inc()
+                elif UPLOADED_BYTES in request:
+                    metrics.uploaded_bytes.inc(request[UPLOADED_BYTES])
+            elif sent and kind == DOWNLOAD:
+                metrics.downloaded_bytes.inc(sent)
+            elif kind == QUERY:
+                metrics.queries.labels("ok" if status < 400 else "refused").inc()
+                metrics.query_duration.observe(elapsed)
+                if status >= 400:
+                    reason = request.get(ERROR_REASON, "other")
+                    metrics.queries_refused.labels(rejection_label(reason)).inc()
+            if (count := counted.get((method, route, status))) is None:
+                count = counted[method, route, status] = metrics.requests.labels(
+                    method, route, str(status)
                 )
-            finally:
-                inflight.leave()
+            count.inc()
+            if (timer := timed.get((method, route))) is None:
+                timer = timed[method, route] = metrics.latency.labels(method, route)
+            timer.observe(elapsed)
+            agent = request.headers.get("User-Agent", "-")
+            sql = request.get(QUERY_SQL)
+            shown = {} if sql is None else {"sql": sql[:_SQL_SHOWN]}
+            access_log.info(
+                "%s %s %s %d %dB %.1fms id=%s ua=%s%s",
+                request.remote,
+                request.method,
+                request.path_qs,
+                status,
+                sent,
+                elapsed * 1000,
+                request_id,
+                agent,
+                "" if sql is None else f" sql={sql[:_SQL_SHOWN]!r}",
+                extra={
+                    **shown,
+                    "request_id": request_id,
+                    "method": request.method,
+                    "route": route,
+                    "path": request.path,
+                    "status": status,
+                    "bytes": sent,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "remote": request.remote,
+                    "user_agent": agent,
+                },
+            )
 
     return observe
 
