@@ -20,6 +20,7 @@ import requests
 
 from csvstore import __version__
 from csvstore.config import Settings
+from csvstore.web.keys import INFLIGHT_KEY
 from csvstore.web.tus import ENGINE_KEY
 from tests.conftest import Client, MakeClient, csv_bytes, upload_form
 from tests.serverproc import ServerProcess
@@ -234,3 +235,35 @@ def test_a_scrape_sums_every_worker(tmp_path: Path) -> None:
         assert server.stop() == 0
     assert not re.search(r"Traceback", server.log()), server.log()
     assert not (tmp_path / "data" / "tmp" / "metrics").exists()  # no figures outlive it
+
+
+async def test_request_counts_per_status_and_in_flight_after_errors(
+    client: Client, session: str
+) -> None:
+    """The labelled children are kept per (method, route, status): one route's statuses
+    count on series of their own, every time; a refused request leaves nothing in flight."""
+    before = await _scrape(client)
+    route = {"method": "POST", "route": "/api/csv/upload"}
+    for _ in range(3):
+        bad = await client.post("/api/csv/upload", data=b"x", headers={"Content-Type": "text/csv"})
+        assert bad.status == 400
+        assert bad.headers["Content-Type"].startswith("application/problem+json")
+        assert bad.headers["X-Request-ID"]
+    for _ in range(2):
+        form = upload_form(csv_bytes(5), session_id=session)
+        assert (await client.post("/api/csv/upload", data=form)).status == 201
+    after = await _scrape(client)
+
+    def grown(name: str, **labels: str) -> float:
+        try:
+            was = sample(before, name, **labels)
+        except AssertionError:
+            was = 0.0
+        return sample(after, name, **labels) - was
+
+    assert grown("csvstore_http_requests_total", **route, status="400") == 3
+    assert grown("csvstore_http_requests_total", **route, status="201") == 2
+    assert grown("csvstore_http_request_duration_seconds_count", **route) == 5
+    assert grown("csvstore_uploads_rejected_total", reason="bad_request") == 3
+    assert client.app is not None
+    assert client.app[INFLIGHT_KEY].count == 0

@@ -28,7 +28,6 @@ from csvstore.web.keys import (
 from csvstore.web.limits import limits_middleware
 from csvstore.web.observability import REQUEST_IDS_KEY, UPLOAD, RequestIds, observe_middleware
 from csvstore.web.openapi import Documented, setup_openapi
-from csvstore.web.problems import error_middleware
 from csvstore.web.proxies import forwarded_middleware, parse_networks
 from csvstore.web.routes import ROUTES, route_kinds, setup_routes
 from csvstore.web.security import add_security_headers, auth_middleware, load_keys, setup_cors
@@ -57,11 +56,7 @@ def create_app(
         metrics.watch_worker_restarts(worker_restarts)
     kinds = route_kinds()
     request_ids = RequestIds()
-    middlewares: list[Middleware] = [
-        inflight.middleware(),
-        observe_middleware(metrics, kinds, request_ids),
-        error_middleware,
-    ]
+    middlewares: list[Middleware] = [observe_middleware(metrics, kinds, request_ids, inflight)]
     if keys:
         reads = frozenset(route.path for route in ROUTES if route.reads)
         middlewares.append(auth_middleware(keys, reads))

@@ -22,8 +22,17 @@ from prometheus_client import (
 
 from csvstore.errors import DependencyUnavailable, retry_after_value
 from csvstore.metrics import Metrics
+from csvstore.web.inflight import InFlight
 from csvstore.web.keys import METRICS_KEY, SETTINGS_KEY, STORE_KEY
-from csvstore.web.problems import ERROR_REASON, NOT_READY, Handler, problem_response
+from csvstore.web.problems import (
+    ERROR_REASON,
+    NOT_READY,
+    RESPONSE_STARTED,
+    Handler,
+    abort_started,
+    error_response,
+    problem_response,
+)
 
 access_log = logging.getLogger("csvstore.access")
 log = logging.getLogger("csvstore")
@@ -99,14 +108,21 @@ class RequestIds:
 REQUEST_IDS_KEY = web.AppKey("request_ids", RequestIds)
 
 
-def observe_middleware(metrics: Metrics, kinds: RouteKinds, ids: RequestIds) -> Middleware:
-    """Request id, access log line and metrics for every request, whatever its outcome."""
+def observe_middleware(
+    metrics: Metrics, kinds: RouteKinds, ids: RequestIds, inflight: InFlight
+) -> Middleware:
+    """Requests in flight, request id, access log line and metrics for every request, and
+    any exception as problem+json: one middleware, not three (bench/RESULTS.md, s24-small)."""
+    # Labelled children by labels: .labels() validates and locks on every call.
+    counted: dict[tuple[str, str, int], Any] = {}
+    timed: dict[tuple[str, str], Any] = {}
 
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         request_id = ids.of(request)
         route = _route_of(request)
-        kind = kinds.get((request.method, route))
+        method = request.method
+        kind = kinds.get((method, route))
         is_upload = kind == UPLOAD
         started = time.perf_counter()
         if is_upload:
@@ -117,8 +133,15 @@ def observe_middleware(metrics: Metrics, kinds: RouteKinds, ids: RequestIds) -> 
         if body_count is not None:
             request.writer.on_body_write = body_count
         response: web.StreamResponse | None = None
+        inflight.enter()
         try:
-            response = await handler(request)
+            try:
+                response = await handler(request)
+            except Exception as exc:
+                if request.get(RESPONSE_STARTED):
+                    response = abort_started(request, exc)
+                else:
+                    response = error_response(request, exc)
             response.headers[REQUEST_ID_HEADER] = request_id
             if not response.prepared:
                 # Sent here, not after the middlewares return: the line tells the whole time.
@@ -129,11 +152,13 @@ def observe_middleware(metrics: Metrics, kinds: RouteKinds, ids: RequestIds) -> 
                     response.prepare = _already_sent  # type: ignore[method-assign]  # it'd resend
             return response
         finally:
+            # No await below: released first is as good as last, and never skipped.
+            inflight.leave()
             elapsed = time.perf_counter() - started
             status = response.status if response is not None else 500
             if body_count is not None:
                 sent = body_count.size
-            elif response is None or request.method == "HEAD" or status in (204, 304):
+            elif response is None or method == "HEAD" or status in (204, 304):
                 sent = 0
             else:
                 sent = response.content_length or 0
@@ -152,8 +177,14 @@ def observe_middleware(metrics: Metrics, kinds: RouteKinds, ids: RequestIds) -> 
                 if status >= 400:
                     reason = request.get(ERROR_REASON, "other")
                     metrics.queries_refused.labels(rejection_label(reason)).inc()
-            metrics.requests.labels(request.method, route, str(status)).inc()
-            metrics.latency.labels(request.method, route).observe(elapsed)
+            if (count := counted.get((method, route, status))) is None:
+                count = counted[method, route, status] = metrics.requests.labels(
+                    method, route, str(status)
+                )
+            count.inc()
+            if (timer := timed.get((method, route))) is None:
+                timer = timed[method, route] = metrics.latency.labels(method, route)
+            timer.observe(elapsed)
             agent = request.headers.get("User-Agent", "-")
             sql = request.get(QUERY_SQL)
             shown = {} if sql is None else {"sql": sql[:_SQL_SHOWN]}

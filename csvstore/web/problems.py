@@ -95,17 +95,8 @@ _AIOHTTP_DETAILS = {
 }
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except Exception as exc:
-        if request.get(RESPONSE_STARTED):
-            return _abort(request, exc)
-        return _error_response(request, exc)
-
-
-def _abort(request: web.Request, exc: Exception) -> web.StreamResponse:
+# Called by the observe middleware (web/observability.py) for any exception of a request.
+def abort_started(request: web.Request, exc: Exception) -> web.StreamResponse:
     """The head is out: a short or unterminated body is how the client learns of it."""
     if not isinstance(exc, ClientGone | ConnectionError):
         log.error(
@@ -120,7 +111,7 @@ def _abort(request: web.Request, exc: Exception) -> web.StreamResponse:
     return web.StreamResponse(status=500)
 
 
-def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+def error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
     if isinstance(exc, DependencyUnavailable):
         return _unavailable(request, exc, exc.__cause__)
     if isinstance(exc, CsvstoreError):

@@ -181,10 +181,18 @@ def security_headers(path: str) -> dict[str, str]:
     return {**_COMMON_HEADERS, "Content-Security-Policy": content_security_policy(path)}
 
 
+# Built once per policy, not per response.
+_HEADERS_BY_CSP = {
+    csp: tuple({**_COMMON_HEADERS, "Content-Security-Policy": csp}.items())
+    for csp in (_API_CSP, _DOCS_CSP, _PAGE_CSP)
+}
+
+
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    for name, value in security_headers(request.path).items():
-        response.headers.setdefault(name, value)
-    response.headers["Server"] = _COMMON_HEADERS["Server"]  # aiohttp set its own already
+    headers = response.headers
+    for name, value in _HEADERS_BY_CSP[content_security_policy(request.path)]:
+        headers.setdefault(name, value)
+    headers["Server"] = "csvstore"  # aiohttp set its own already
 
 
 def setup_cors(app: web.Application, origins: list[str]) -> None:
