@@ -22,7 +22,7 @@ from csvstore.resumable.s3_record import (
     S3Records,
     locked,
 )
-from csvstore.storage.s3 import _PART_CHECKSUMS, MAX_PARTS, TUS_FOLDER
+from csvstore.storage.s3 import _PART_CHECKSUMS, MAX_PARTS, TUS_FOLDER, PartBody
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
@@ -174,18 +174,28 @@ class S3Hold:
     async def append(self, chunk: bytes) -> None:
         if self._lost:
             raise locked(self.state.id)
-        self._buffer += chunk
         self._pending += len(chunk)
         size = self._record.part_size
         if not self._tail_loaded:
-            if self._record.tail_size + len(self._buffer) < size:
+            if self._record.tail_size + len(self._buffer) + len(chunk) < size:
+                self._buffer += chunk
                 return
             await self.load_tail()
-        while len(self._buffer) >= size:
-            await self._send_part(bytes(self._buffer[:size]))
-            del self._buffer[:size]
+        view = memoryview(chunk)
+        # Filled to exactly a part and sent as it is: no copy of the part.
+        while len(self._buffer) + len(view) >= size:
+            room = size - len(self._buffer)
+            self._buffer += view[:room]
+            view = view[room:]
+            try:
+                await self._send_part(self._buffer)
+            except BaseException:
+                self._buffer = self._buffer + view  # a new one: this one may still be exported
+                raise
+            self._buffer = bytearray()
+        self._buffer += view
 
-    async def _send_part(self, body: bytes) -> None:
+    async def _send_part(self, body: bytes | bytearray) -> None:
         await self.take_lease()
         if self._lost or time.time() > self._record.lease_until - self._store.lease_seconds / 6:
             # Not renewed in time: a part must never overwrite another writer's.
@@ -199,7 +209,7 @@ class S3Hold:
             Key=self._store.storage.object_key(key),
             UploadId=self._record.upload,
             PartNumber=number,
-            Body=body,
+            Body=PartBody(body),
         )
         part: dict[str, Any] = {"ETag": sent["ETag"], "Size": len(body)}
         for name in _PART_CHECKSUMS:
@@ -260,7 +270,7 @@ class S3Hold:
         end = self.received
         name = f"{self.state.id}{TAIL_MARK}{end - len(data)}-{end}.{self._token}"
         await self._store.storage.client.put_object(
-            Bucket=self._store.storage.bucket, Key=self._store.tail_key(name), Body=data
+            Bucket=self._store.storage.bucket, Key=self._store.tail_key(name), Body=PartBody(data)
         )
         return {"Name": name, "Size": len(data)}
 
@@ -298,7 +308,7 @@ class S3Hold:
             await storage.client.put_object(
                 Bucket=storage.bucket,
                 Key=object_key,
-                Body=bytes(self._buffer),
+                Body=PartBody(self._buffer),
                 ContentType="text/csv",
             )
             try:  # no parts: the multipart upload is not needed
@@ -307,7 +317,7 @@ class S3Hold:
                 left_open = True  # the finish (or the sweep) lists and aborts it
         else:
             if self._buffer:
-                await self._send_part(bytes(self._buffer))
+                await self._send_part(self._buffer)
                 parts = record.parts + self._new_parts
             completed = [
                 cast("CompletedPartTypeDef", {"PartNumber": n, **{k: v for k, v in p.items()
