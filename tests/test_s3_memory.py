@@ -4,12 +4,17 @@ tracemalloc against a real SeaweedFS; runs under ``make test-s3``, skipped elsew
 
 from __future__ import annotations
 
+import asyncio
 import tracemalloc
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
+
+import pytest
 
 from csvstore.config import MiB, Settings
 from csvstore.resumable.engine import Body, ResumableUploads
+from csvstore.storage import s3 as s3_storage
 from csvstore.uploads import UploadLimits
 from csvstore.wiring import open_store
 from tests import s3util
@@ -69,3 +74,38 @@ async def test_a_tus_patch_holds_one_part_at_most(s3_settings: Settings) -> None
         assert done.completed
         assert s3util.read_object(s3_settings, f"{done.file_id}.csv") == data
     assert peak < part + 4 * MiB, (peak / MiB, part / MiB)
+
+
+async def test_parallel_uploads_share_a_bound_on_parts_held(
+    s3_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: each upload held up to two parts, however many ran (8 x 128 MiB to SeaweedFS
+    peaked at 315 MiB); now the process holds BUFFERED_PARTS_BYTES' worth, here two parts, and
+    an upload past 1 MiB waits for room."""
+    monkeypatch.setattr(
+        s3_storage, "BUFFERED_PARTS_BYTES", 2 * s3util.TEST_PART_SIZE, raising=False
+    )
+    part = s3util.TEST_PART_SIZE
+    data = _data(3 * part + MiB)
+    async with open_store(s3_settings) as store:
+        storage = store.storage
+        writers = [
+            await storage.begin(f"00000000-0000-4000-8000-00000000000{n}.csv") for n in range(4)
+        ]
+
+        async def upload(writer: Any) -> None:
+            async for chunk in _chunks(data):
+                await writer.write(chunk)
+            await writer.commit()
+
+        tracemalloc.start()
+        try:
+            await asyncio.gather(*(upload(w) for w in writers))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        for writer in writers:
+            assert s3util.read_object(s3_settings, writer.key) == data
+    # Two parts and their over-allocation, 1 MiB per upload unreserved, the checksums' reads
+    # (19 MiB; 48.8 MiB before).
+    assert peak < 3 * part + 5 * MiB, peak / MiB

@@ -36,6 +36,10 @@ MAX_PARTS = 10_000
 DELETE_BATCH = 1000
 # Each upload in flight holds a connection; botocore's default pool is 10.
 MAX_CONNECTIONS = 128
+# Parts buffered by all the uploads of a process, filling or in flight, at most this many
+# bytes' worth (at least two parts); an upload past UNRESERVED bytes waits for room.
+BUFFERED_PARTS_BYTES = 64 * 1024 * 1024
+UNRESERVED = 1024 * 1024
 # The checksum fields S3 may return for a part; CompleteMultipartUpload wants them back.
 _PART_CHECKSUMS = (
     "ChecksumCRC32",
@@ -108,6 +112,7 @@ class S3Writer:
         self._parts: list[CompletedPartTypeDef] = []
         self._sending: asyncio.Task[None] | None = None
         self._finished = False
+        self._slot = False  # one of the storage's part slots, for the part filling
 
     async def write(self, chunk: bytes) -> None:
         if self._finished:
@@ -115,43 +120,66 @@ class S3Writer:
         self.size += len(chunk)
         size = self._storage.part_size
         view = memoryview(chunk)
+        await self._reserve(len(view))
         while len(self._buffer) + len(view) >= size:
             room = size - len(self._buffer)
             self._buffer += view[:room]
             view = view[room:]
             await self._send_part()
+            await self._reserve(len(view))
         self._buffer += view
+
+    async def _reserve(self, more: int) -> None:
+        if not self._slot and len(self._buffer) + more > UNRESERVED:
+            await self._storage.part_slots.acquire()
+            self._slot = True
 
     async def _send_part(self) -> None:
         client, bucket = self._storage.client, self._storage.bucket
         body, self._buffer = self._buffer, bytearray()
-        if self._upload_id is None:
-            created = await client.create_multipart_upload(
-                Bucket=bucket, Key=self._object_key, ContentType="text/csv"
-            )
-            self._upload_id = created["UploadId"]
-        await self._wait_for_part()
-        number = len(self._parts) + 1
-        if number > MAX_PARTS:
-            raise ValueError(f"upload of {self.key} needs more than {MAX_PARTS} parts")
+        slot, self._slot = self._slot, False  # goes with the body
+        try:
+            if self._upload_id is None:
+                created = await client.create_multipart_upload(
+                    Bucket=bucket, Key=self._object_key, ContentType="text/csv"
+                )
+                self._upload_id = created["UploadId"]
+            await self._wait_for_part()
+            number = len(self._parts) + 1
+            if number > MAX_PARTS:
+                raise ValueError(f"upload of {self.key} needs more than {MAX_PARTS} parts")
+        except BaseException:
+            if slot:
+                self._storage.part_slots.release()
+            raise
         # A placeholder keeps the numbering; the task fills in the ETag and checksum.
         self._parts.append({"PartNumber": number})
-        self._sending = asyncio.create_task(self._upload_part(number, body))
+        self._sending = asyncio.create_task(self._upload_part(number, body, slot))
 
-    async def _upload_part(self, number: int, body: bytearray) -> None:
+    async def _upload_part(self, number: int, body: bytearray, slot: bool) -> None:
         assert self._upload_id is not None
-        sent = await self._storage.client.upload_part(
-            Bucket=self._storage.bucket,
-            Key=self._object_key,
-            UploadId=self._upload_id,
-            PartNumber=number,
-            Body=PartBody(body),
-        )
+        try:
+            sent = await self._storage.client.upload_part(
+                Bucket=self._storage.bucket,
+                Key=self._object_key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=PartBody(body),
+            )
+        finally:
+            del body
+            if slot:
+                self._storage.part_slots.release()
         part: dict[str, Any] = {"PartNumber": number, "ETag": sent["ETag"]}
         for name in _PART_CHECKSUMS:
             if sent.get(name):
                 part[name] = sent.get(name)
         self._parts[number - 1] = cast("CompletedPartTypeDef", part)
+
+    def _free_slot(self) -> None:
+        if self._slot:
+            self._slot = False
+            self._storage.part_slots.release()
 
     async def _wait_for_part(self) -> None:
         sending, self._sending = self._sending, None
@@ -171,6 +199,7 @@ class S3Writer:
                     Body=PartBody(body),
                     ContentType="text/csv",
                 )
+                self._free_slot()
             else:
                 if self._buffer:
                     await self._send_part()
@@ -195,6 +224,7 @@ class S3Writer:
             return
         self._finished = True
         self._buffer = bytearray()
+        self._free_slot()
         sending, self._sending = self._sending, None
         if sending is not None:
             sending.cancel()
@@ -217,6 +247,7 @@ class S3Storage:
         self.url = url
         self.bucket, self.prefix = parse_s3_url(url)
         self.part_size = part_size
+        self.part_slots = asyncio.Semaphore(max(2, BUFFERED_PARTS_BYTES // part_size))
 
     @classmethod
     @contextlib.asynccontextmanager
