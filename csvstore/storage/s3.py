@@ -1,6 +1,7 @@
 """Stored files as objects in an S3-compatible bucket, under a prefix: one PutObject for
-a small upload, else a multipart upload (at most two parts in memory). Only keys shaped like
-stored names are ever listed or removed: the bucket may be shared."""
+a small upload, else a multipart upload (at most two parts in memory, and all uploads
+BUFFERED_PARTS_BYTES). Only keys shaped like stored names are ever listed or removed: the
+bucket may be shared."""
 
 from __future__ import annotations
 
