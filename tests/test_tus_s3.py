@@ -200,9 +200,11 @@ def test_deleting_a_session_terminates_its_uploads_on_s3(
     server: ServerProcess, s3_settings: Settings
 ) -> None:
     """Deleting a session left its tus uploads in the bucket -- record, tail segments, the
-    multipart upload and its parts -- until their expiry (24 h), answering HEAD with 200."""
+    multipart upload and its parts -- until their expiry (24 h), answering HEAD with 200.
+    The PATCH in flight cuts no part, so holds no lease: the delete removes its upload too,
+    and the PATCH answers 404, its segment removed."""
     body = csv_file(Path("/dev/null"), 12 * MiB, seed=15)  # a part and a tail in each
-    delete_session_under_uploads(server.url, server.port, "s1", body)
+    delete_session_under_uploads(server.url, server.port, "s1", body, in_flight=b"HTTP/1.1 404")
     assert s3util.multipart_uploads(s3_settings) == []
     assert tus_objects(s3_settings) == []
 
@@ -318,11 +320,11 @@ def test_concurrent_patches_across_instances_one_wins(
     pair: tuple[ServerProcess, ServerProcess], s3_settings: Settings
 ) -> None:
     a, b = pair
-    body = csv_file(Path("/dev/null"), 6 * MiB, seed=9)
+    body = csv_file(Path("/dev/null"), 8 * MiB, seed=9)
     location = create(a.url, len(body)).headers["Location"]
     record = f"tus/{location.rsplit('/', 1)[1]}.json"
-    # A PATCH in flight on A: the first half sent, the rest held back.
-    first = _raw_patch_start(a.port, location, 0, len(body), body[: len(body) // 2])
+    # A PATCH in flight on A: more than a part sent (the part takes the lease), the rest held.
+    first = _raw_patch_start(a.port, location, 0, len(body), body[: 7 * MiB])
     try:
         wait_for(
             lambda: json.loads(s3util.read_object(s3_settings, record) or b"{}")["owner"],
@@ -333,7 +335,7 @@ def test_concurrent_patches_across_instances_one_wins(
         assert 1 <= int(held.headers["Retry-After"]) <= 30  # the lease's time left
         assert_problem(patch(a.url, location, 0, body[:1000]), 423)  # the same instance too
         assert_problem(requests.delete(f"{b.url}{location}", headers=V, timeout=30), 423)
-        first.sendall(body[len(body) // 2 :])
+        first.sendall(body[7 * MiB :])
         answer = b""
         while b"\r\n\r\n" not in answer:
             received = first.recv(65536)
@@ -367,18 +369,19 @@ def test_refused_when_read_back_leaves_nothing(
 
 def test_a_killed_instance_leaves_a_resumable_upload(s3_settings: Settings) -> None:
     """SIGKILL mid-PATCH: the bytes acknowledged before stay, the ones in flight do not
-    count, and once the dead process's lease runs out (2 s here) the upload resumes."""
+    count, and once the dead process's lease (taken to send a part) runs out (2 s here) the
+    upload resumes."""
     server = ServerProcess(s3_settings.data_dir, "--tus-lease", "2")
     server.start()
     body = csv_file(Path("/dev/null"), 9 * MiB, seed=12)
-    acked = 5 * MiB + 100
+    acked = MiB + 100
     try:
         requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "s1"}, timeout=30)
         location = create(server.url, len(body)).headers["Location"]
         record = f"tus/{location.rsplit('/', 1)[1]}.json"
         assert patch(server.url, location, 0, body[:acked]).status_code == 204
         sock = _raw_patch_start(
-            server.port, location, acked, len(body) - acked, body[acked : acked + 2 * MiB]
+            server.port, location, acked, len(body) - acked, body[acked : acked + 5 * MiB]
         )
         wait_for(
             lambda: json.loads(s3util.read_object(s3_settings, record) or b"{}")["owner"],

@@ -18,12 +18,13 @@ from csvstore.resumable.s3_hold import S3Hold
 from csvstore.resumable.s3_record import (
     RECORD_SUFFIX,
     S3_MIN_PART,
+    TAIL_MARK,
     LostRace,
     S3Record,
     S3Records,
     locked,
 )
-from csvstore.storage.s3 import MAX_PARTS, STORED_NAME
+from csvstore.storage.s3 import MAX_PARTS, STORED_NAME, TUS_FOLDER
 
 log = logging.getLogger("csvstore.tus")
 
@@ -77,19 +78,22 @@ class S3PartialStore(S3Records):
         return loaded[0].state
 
     async def _acquire(
-        self, upload_id: str, *, unless_completed: bool = False
+        self, upload_id: str, *, unless_completed: bool = False, lease: bool = True
     ) -> tuple[S3Record, str, str] | None:
-        """(record, ETag, token) with this caller's lease written in; None: no record."""
+        """(record, ETag, token) with this caller's lease written in (``lease``; else only
+        checked: none live); None: no record."""
         seen = self.just_read.pop(upload_id, None)
         if seen is not None and time.monotonic() - seen[2] < JUST_READ_SECONDS:
             record, etag, _ = seen
             if not record.leased(time.time()) and not (unless_completed and record.state.completed):
+                if not lease:
+                    return record, etag, uuid.uuid4().hex[:16]
                 with contextlib.suppress(LostRace):  # changed since: read afresh below
                     return await self._lease(record, etag)
-        return await self._acquire_fresh(upload_id, unless_completed=unless_completed)
+        return await self._acquire_fresh(upload_id, unless_completed=unless_completed, lease=lease)
 
     async def _acquire_fresh(
-        self, upload_id: str, *, unless_completed: bool = False
+        self, upload_id: str, *, unless_completed: bool = False, lease: bool = True
     ) -> tuple[S3Record, str, str] | None:
         try:
             loaded = await self._load(upload_id)
@@ -101,6 +105,8 @@ class S3PartialStore(S3Records):
         now = time.time()
         if record.leased(now):
             raise locked(upload_id, retry_after=record.lease_until - now)
+        if not lease:
+            return record, etag, uuid.uuid4().hex[:16]
         try:
             return await self._lease(record, etag)
         except LostRace:
@@ -118,14 +124,18 @@ class S3PartialStore(S3Records):
         if not UPLOAD_ID.match(upload_id):
             yield None
             return
-        acquired = await self._acquire(upload_id, unless_completed=True)
+        # The lease is taken by the hold's first record write or part: a PATCH that only adds
+        # a segment writes the record once, conditional on the ETag read here.
+        acquired = await self._acquire(upload_id, unless_completed=True, lease=False)
         if acquired is None:
             yield None
             return
         record, etag, token = acquired
-        hold = S3Hold(self, record, etag, token)
+        hold = S3Hold(self, record, etag, token, leased=False)
         try:
             unsettled = record.state.file_id is not None or record.object_done
+            if unsettled:
+                await hold.take_lease()
             if unsettled and not await self._settle(hold):
                 yield None
                 return
@@ -178,8 +188,10 @@ class S3PartialStore(S3Records):
         return True
 
     async def _records(self) -> dict[str, float]:
-        """Upload id -> the record's last-modified time, for every record in the folder."""
+        """Upload id -> the record's last-modified time, for every record in the folder; tail
+        segments of no record are removed on the way (see ``_drop_orphans``)."""
         found: dict[str, float] = {}
+        tails: dict[str, list[str]] = {}
         paginator = self.storage.client.get_paginator("list_objects_v2")
         async for page in paginator.paginate(Bucket=self.storage.bucket, Prefix=self.folder):
             for entry in page.get("Contents", []):
@@ -187,7 +199,21 @@ class S3PartialStore(S3Records):
                 stem, _, suffix = name.partition(".")
                 if UPLOAD_ID.match(stem) and "." + suffix == RECORD_SUFFIX:
                     found[stem] = entry["LastModified"].timestamp()
+                elif UPLOAD_ID.match(stem) and name.startswith(stem + TAIL_MARK):
+                    tails.setdefault(stem, []).append(name)
+        await self._drop_orphans({k: v for k, v in tails.items() if k not in found})
         return found
+
+    async def _drop_orphans(self, tails: dict[str, list[str]]) -> None:
+        """Segments a PATCH wrote after a removal had listed them (it holds no lease), and
+        could not delete: a record is written before any segment and never comes back, so
+        one absent now (checked after the segment was seen) is gone for good."""
+        for upload_id, names in sorted(tails.items()):
+            if await self._exists(self.record_key(upload_id)):
+                continue
+            log.warning("upload %s: removing %d orphan tail segment(s)", upload_id, len(names))
+            with contextlib.suppress(Exception):  # tried again by the next sweep
+                await self.storage.delete([TUS_FOLDER + name for name in names])
 
     async def sweep_expired(self, now: float) -> int:
         removed = 0

@@ -1,12 +1,14 @@
 """Stored files as objects in an S3-compatible bucket, under a prefix: one PutObject for
-a small upload, else a multipart upload (at most two parts in memory). Only keys shaped like
-stored names are ever listed or removed: the bucket may be shared."""
+a small upload, else a multipart upload (at most two parts in memory, and all uploads
+BUFFERED_PARTS_BYTES). Only keys shaped like stored names are ever listed or removed: the
+bucket may be shared."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
+import io
 import logging
 import time
 import uuid
@@ -35,6 +37,10 @@ MAX_PARTS = 10_000
 DELETE_BATCH = 1000
 # Each upload in flight holds a connection; botocore's default pool is 10.
 MAX_CONNECTIONS = 128
+# Parts buffered by all the uploads of a process, filling or in flight, at most this many
+# bytes' worth (at least two parts); an upload past UNRESERVED bytes waits for room.
+BUFFERED_PARTS_BYTES = 64 * 1024 * 1024
+UNRESERVED = 1024 * 1024
 # The checksum fields S3 may return for a part; CompleteMultipartUpload wants them back.
 _PART_CHECKSUMS = (
     "ChecksumCRC32",
@@ -64,6 +70,34 @@ def _is_not_found(exc: ClientError) -> bool:
     return _error_code(exc) in {"404", "NoSuchKey", "NotFound"}
 
 
+class PartBody(io.BytesIO):
+    """Bytes to send, as a file read in small copies: botocore turns a bytes Body into a
+    BytesIO, whose ``getbuffer()`` (aiohttp sizing it) copies it whole; a bytearray is
+    copied whole by aiohttp's slice and again by the transport's buffer (bench/RESULTS.md)."""
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        super().__init__()
+        self._view = memoryview(data)
+        self._at = 0
+
+    def getbuffer(self) -> memoryview:
+        return self._view[:]
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = len(self._view) if size is None or size < 0 else self._at + size
+        chunk = bytes(self._view[self._at : end])
+        self._at += len(chunk)
+        return chunk
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: len(self._view)}[whence]
+        self._at = max(0, base + offset)
+        return self._at
+
+    def tell(self) -> int:
+        return self._at
+
+
 class S3Writer:
     """One upload on its way into the bucket; nothing is visible under its key before commit."""
 
@@ -73,53 +107,80 @@ class S3Writer:
         self.journal: bytes | None = None
         self._storage = storage
         self._object_key = storage.object_key(key)
-        self._chunks: list[bytes] = []
-        self._buffered = 0
+        # The part being filled, never more than a part: it is sent as it is, no join.
+        self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[CompletedPartTypeDef] = []
         self._sending: asyncio.Task[None] | None = None
         self._finished = False
+        self._slot = False  # one of the storage's part slots, for the part filling
 
     async def write(self, chunk: bytes) -> None:
         if self._finished:
             raise RuntimeError(f"write to a finished upload of {self.key}")
-        self._chunks.append(chunk)
-        self._buffered += len(chunk)
         self.size += len(chunk)
-        if self._buffered >= self._storage.part_size:
+        size = self._storage.part_size
+        view = memoryview(chunk)
+        await self._reserve(len(view))
+        while len(self._buffer) + len(view) >= size:
+            room = size - len(self._buffer)
+            self._buffer += view[:room]
+            view = view[room:]
             await self._send_part()
+            await self._reserve(len(view))
+        self._buffer += view
+
+    async def _reserve(self, more: int) -> None:
+        if not self._slot and len(self._buffer) + more > UNRESERVED:
+            await self._storage.part_slots.acquire()
+            self._slot = True
 
     async def _send_part(self) -> None:
         client, bucket = self._storage.client, self._storage.bucket
-        body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-        self._chunks, self._buffered = [], 0
-        if self._upload_id is None:
-            created = await client.create_multipart_upload(
-                Bucket=bucket, Key=self._object_key, ContentType="text/csv"
-            )
-            self._upload_id = created["UploadId"]
-        await self._wait_for_part()
-        number = len(self._parts) + 1
-        if number > MAX_PARTS:
-            raise ValueError(f"upload of {self.key} needs more than {MAX_PARTS} parts")
+        body, self._buffer = self._buffer, bytearray()
+        slot, self._slot = self._slot, False  # goes with the body
+        try:
+            if self._upload_id is None:
+                created = await client.create_multipart_upload(
+                    Bucket=bucket, Key=self._object_key, ContentType="text/csv"
+                )
+                self._upload_id = created["UploadId"]
+            await self._wait_for_part()
+            number = len(self._parts) + 1
+            if number > MAX_PARTS:
+                raise ValueError(f"upload of {self.key} needs more than {MAX_PARTS} parts")
+        except BaseException:
+            if slot:
+                self._storage.part_slots.release()
+            raise
         # A placeholder keeps the numbering; the task fills in the ETag and checksum.
         self._parts.append({"PartNumber": number})
-        self._sending = asyncio.create_task(self._upload_part(number, body))
+        self._sending = asyncio.create_task(self._upload_part(number, body, slot))
 
-    async def _upload_part(self, number: int, body: bytes) -> None:
+    async def _upload_part(self, number: int, body: bytearray, slot: bool) -> None:
         assert self._upload_id is not None
-        sent = await self._storage.client.upload_part(
-            Bucket=self._storage.bucket,
-            Key=self._object_key,
-            UploadId=self._upload_id,
-            PartNumber=number,
-            Body=body,
-        )
+        try:
+            sent = await self._storage.client.upload_part(
+                Bucket=self._storage.bucket,
+                Key=self._object_key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=PartBody(body),
+            )
+        finally:
+            del body
+            if slot:
+                self._storage.part_slots.release()
         part: dict[str, Any] = {"PartNumber": number, "ETag": sent["ETag"]}
         for name in _PART_CHECKSUMS:
             if sent.get(name):
                 part[name] = sent.get(name)
         self._parts[number - 1] = cast("CompletedPartTypeDef", part)
+
+    def _free_slot(self) -> None:
+        if self._slot:
+            self._slot = False
+            self._storage.part_slots.release()
 
     async def _wait_for_part(self) -> None:
         sending, self._sending = self._sending, None
@@ -132,13 +193,16 @@ class S3Writer:
         client, bucket = self._storage.client, self._storage.bucket
         try:
             if self._upload_id is None:
-                body = b"".join(self._chunks)
-                self._chunks = []
+                body, self._buffer = self._buffer, bytearray()
                 await client.put_object(
-                    Bucket=bucket, Key=self._object_key, Body=body, ContentType="text/csv"
+                    Bucket=bucket,
+                    Key=self._object_key,
+                    Body=PartBody(body),
+                    ContentType="text/csv",
                 )
+                self._free_slot()
             else:
-                if self._chunks:
+                if self._buffer:
                     await self._send_part()
                 await self._wait_for_part()
                 await client.complete_multipart_upload(
@@ -160,7 +224,8 @@ class S3Writer:
         if self._finished:
             return
         self._finished = True
-        self._chunks = []
+        self._buffer = bytearray()
+        self._free_slot()
         sending, self._sending = self._sending, None
         if sending is not None:
             sending.cancel()
@@ -183,6 +248,7 @@ class S3Storage:
         self.url = url
         self.bucket, self.prefix = parse_s3_url(url)
         self.part_size = part_size
+        self.part_slots = asyncio.Semaphore(max(2, BUFFERED_PARTS_BYTES // part_size))
 
     @classmethod
     @contextlib.asynccontextmanager
