@@ -109,3 +109,33 @@ async def test_parallel_uploads_share_a_bound_on_parts_held(
     # Two parts and their over-allocation, 1 MiB per upload unreserved, the checksums' reads
     # (19 MiB; 48.8 MiB before).
     assert peak < 3 * part + 5 * MiB, peak / MiB
+
+
+async def test_uploads_whose_clients_stall_mid_part_do_not_stall_the_others(
+    s3_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound's slots are held while a part fills at its client's pace: two uploads that
+    took both slots and then stalled (a trickling client) must not hold every other upload
+    of the process. Before: the third upload waited for a slot for as long as they stalled."""
+    monkeypatch.setattr(
+        s3_storage, "BUFFERED_PARTS_BYTES", 2 * s3util.TEST_PART_SIZE, raising=False
+    )
+    monkeypatch.setattr(s3_storage, "SLOT_WAIT", 0.5, raising=False)
+    data = _data(2 * s3util.TEST_PART_SIZE + MiB)
+    async with open_store(s3_settings) as store:
+        storage = store.storage
+        stalled = [
+            await storage.begin(f"00000000-0000-4000-8000-00000000001{n}.csv") for n in range(2)
+        ]
+        for writer in stalled:  # past the unreserved MiB: each holds a slot, then nothing
+            await writer.write(b"a,b\n" + ROW * (2 * MiB // len(ROW)))
+        other = await storage.begin("00000000-0000-4000-8000-000000000020.csv")
+        async with asyncio.timeout(30):
+            async for chunk in _chunks(data):
+                await other.write(chunk)
+            await other.commit()
+        assert s3util.read_object(s3_settings, other.key) == data
+        for writer in stalled:
+            await writer.abort()
+        # Every slot is back: a fresh upload takes one at once.
+        assert storage.part_slots._value == 2

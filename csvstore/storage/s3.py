@@ -41,6 +41,9 @@ MAX_CONNECTIONS = 128
 # bytes' worth (at least two parts); an upload past UNRESERVED bytes waits for room.
 BUFFERED_PARTS_BYTES = 64 * 1024 * 1024
 UNRESERVED = 1024 * 1024
+# Slots are held while a part fills at its client's pace: a client stalling mid-part must not
+# stall everyone's uploads, so past this wait a part fills unbounded.
+SLOT_WAIT = 2.0
 # The checksum fields S3 may return for a part; CompleteMultipartUpload wants them back.
 _PART_CHECKSUMS = (
     "ChecksumCRC32",
@@ -114,6 +117,7 @@ class S3Writer:
         self._sending: asyncio.Task[None] | None = None
         self._finished = False
         self._slot = False  # one of the storage's part slots, for the part filling
+        self._waived = False  # no slot came within SLOT_WAIT: this part fills without one
 
     async def write(self, chunk: bytes) -> None:
         if self._finished:
@@ -131,14 +135,20 @@ class S3Writer:
         self._buffer += view
 
     async def _reserve(self, more: int) -> None:
-        if not self._slot and len(self._buffer) + more > UNRESERVED:
-            await self._storage.part_slots.acquire()
+        if self._slot or self._waived or len(self._buffer) + more <= UNRESERVED:
+            return
+        try:
+            async with asyncio.timeout(SLOT_WAIT):
+                await self._storage.part_slots.acquire()
             self._slot = True
+        except TimeoutError:
+            self._waived = True
 
     async def _send_part(self) -> None:
         client, bucket = self._storage.client, self._storage.bucket
         body, self._buffer = self._buffer, bytearray()
         slot, self._slot = self._slot, False  # goes with the body
+        self._waived = False
         try:
             if self._upload_id is None:
                 created = await client.create_multipart_upload(
@@ -155,22 +165,20 @@ class S3Writer:
             raise
         # A placeholder keeps the numbering; the task fills in the ETag and checksum.
         self._parts.append({"PartNumber": number})
-        self._sending = asyncio.create_task(self._upload_part(number, body, slot))
+        self._sending = asyncio.create_task(self._upload_part(number, body))
+        if slot:  # a callback, not a finally: a task cancelled before it ran runs no finally
+            self._sending.add_done_callback(lambda _: self._storage.part_slots.release())
 
-    async def _upload_part(self, number: int, body: bytearray, slot: bool) -> None:
+    async def _upload_part(self, number: int, body: bytearray) -> None:
         assert self._upload_id is not None
-        try:
-            sent = await self._storage.client.upload_part(
-                Bucket=self._storage.bucket,
-                Key=self._object_key,
-                UploadId=self._upload_id,
-                PartNumber=number,
-                Body=PartBody(body),
-            )
-        finally:
-            del body
-            if slot:
-                self._storage.part_slots.release()
+        sent = await self._storage.client.upload_part(
+            Bucket=self._storage.bucket,
+            Key=self._object_key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=PartBody(body),
+        )
+        del body
         part: dict[str, Any] = {"PartNumber": number, "ETag": sent["ETag"]}
         for name in _PART_CHECKSUMS:
             if sent.get(name):
