@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
 from aiohttp import FormData
 
+from csvstore.analysis.stream import UploadAnalysis
 from csvstore.config import Settings
 from csvstore.web.keys import SETTINGS_KEY
 from tests.conftest import (
@@ -335,3 +337,54 @@ async def test_non_utf8_and_nul_in_filename(client: Client, session: str) -> Non
                 assert name == expected
         else:
             await assert_problem(resp, 400)
+
+
+def _awkward_csv(rows: int) -> bytes:
+    """Quoted newlines, doubled quotes, multi-byte characters and a ragged row: whatever
+    the block boundaries cut, the counts must not change."""
+    lines = [b"id,name,note\r\n"]
+    for i in range(rows):
+        note = b'"line one\nline ""two"", caf\xc3\xa9"' if i % 7 == 0 else b"\xe2\x82\xac%d" % i
+        lines.append(b"%d,name %d,%s\r\n" % (i, i, note))
+        if i == rows - 50:
+            lines.append(b"%d,ragged\r\n" % i)
+    return b"".join(lines)
+
+
+@pytest.mark.parametrize("chunk_size", [256 * 1024 + 7, 300_001, 1024 * 1024 - 3])
+async def test_facts_of_a_many_block_upload_are_its_whole_bytes(
+    make_client: MakeClient, settings: Settings, chunk_size: int
+) -> None:
+    # Blocks after the first are analysed in a worker thread while the next is received.
+    client = await make_client(replace(settings, upload_chunk_size=chunk_size))
+    assert (await client.post("/api/csv/sessions", json={"session_id": "s1"})).status == 201
+    data = _awkward_csv(120_000)
+    assert len(data) > 3 * chunk_size
+    resp = await client.post("/api/csv/upload", data=upload_form(data))
+    assert resp.status == 201, await resp.text()
+    file = (await resp.json())["file"]
+    whole = UploadAnalysis()
+    whole.feed(data)
+    expected = whole.finish()
+    assert file["sha256"] == hashlib.sha256(data).hexdigest() == expected.sha256
+    assert file["row_count"] == expected.row_count == 120_001
+    assert file["ragged_rows"] == expected.ragged_rows == 1
+    assert {name: file[name] for name in PROFILE_FIELDS} == {
+        name: getattr(expected, name) for name in PROFILE_FIELDS
+    }
+    assert stored_bytes(_settings_of(client), file["filename"]) == data
+
+
+async def test_a_nul_in_a_later_block_is_refused_and_nothing_stored(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    client = await make_client(replace(settings, upload_chunk_size=256 * 1024 + 7))
+    assert (await client.post("/api/csv/sessions", json={"session_id": "s1"})).status == 201
+    data = _awkward_csv(60_000)
+    data = data[: len(data) // 2] + b"\x00" + data[len(data) // 2 :]
+    assert len(data) // 2 > 2 * (256 * 1024 + 7)
+    body = await assert_problem(await client.post("/api/csv/upload", data=upload_form(data)), 400)
+    assert "NUL" in body["detail"]
+    on_disk, listed, temps = stored_state(_settings_of(client))
+    assert on_disk == listed == set()
+    assert temps == []
