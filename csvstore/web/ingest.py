@@ -9,6 +9,7 @@ import binascii
 import contextlib
 import functools
 import re
+import weakref
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -254,10 +255,15 @@ class _Form:
             raise BadRequest(f"form field {self._part_name!r} is not UTF-8 text") from None
 
 
+# The file parts being received by this process.
+_STREAMS: weakref.WeakSet[_FileStream] = weakref.WeakSet()
+
+
 class _FileStream:
     """The file part on its way to storage, checked, analysed and written block by block.
-    Large blocks are pipelined: block N is written and analysed in threads while N+1 is
-    received; at most one is in flight, so blocks stay in order."""
+    Large blocks are pipelined: block N is written and hashed (and analysed, if other
+    uploads share the loop) in threads while N+1 is received; at most one is in flight, so
+    blocks stay in order."""
 
     def __init__(
         self,
@@ -276,6 +282,7 @@ class _FileStream:
         self.pending_size = 0
         self.in_flight: asyncio.Future[Any] | None = None
         self.flushed = 0  # large blocks sent to the threads
+        _STREAMS.add(self)
 
     async def feed(self, data: bytes) -> None:
         self.received += len(data)
@@ -315,10 +322,11 @@ class _FileStream:
             await self.writer.write(block)
             return
         await self.settle()
-        # The whole analysis to a thread, off the event loop (the hash and the C counter let
-        # go of the GIL), except the first block's checks: a file that is not a CSV by its
-        # first bytes is refused before any of it is written.
-        if self.flushed:
+        # A lone upload is checked on the loop while its hash runs in a thread; with others
+        # in flight the loop they share is the bottleneck, so the whole analysis goes to the
+        # thread (bench/RESULTS.md). The first block is always checked first: a file that is
+        # not a CSV by its first bytes is refused before any of it is written.
+        if self.flushed and len(_STREAMS) > 1:
             analyse = functools.partial(self.analysis.feed, block)
         else:
             self.analysis.inspect(block)
