@@ -3,12 +3,13 @@ expectations, and a bound on the bytes read."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from csvstore.analysis.content import invalid_bytes_message
-from csvstore.analysis.stream import FileFacts
+from csvstore.analysis.stream import FileFacts, UploadAnalysis
 from csvstore.errors import BadRequest, InsufficientStorage, NotACsv
 
 
@@ -70,3 +71,23 @@ async def bounded(
         if left < 0:
             raise too_large()
         yield chunk
+
+
+async def analyse_block(analysis: UploadAnalysis | None, hasher: Any, block: bytes) -> None:
+    """Feed a block to the analysis and a hasher; a large one in a thread (the hashes and
+    the C counter let go of the GIL), so that the event loop goes on receiving meanwhile."""
+
+    def run() -> None:
+        if analysis is not None:
+            analysis.feed(block)
+        if hasher is not None:
+            hasher.update(block)
+
+    if len(block) < THREAD_MIN:
+        run()
+    else:
+        await asyncio.to_thread(run)
+
+
+# Below this, thread hops cost more than they free the event loop.
+THREAD_MIN = 256 * 1024

@@ -558,6 +558,31 @@ def test_not_a_csv_is_refused_and_nothing_is_left(server: ServerProcess, session
     assert set(os.listdir(server.data_dir / "uploads")) == uploads_before
 
 
+def test_large_blocks_analysed_in_threads_give_the_whole_files_facts(
+    server: ServerProcess, session: str
+) -> None:
+    # Blocks of 256 KiB and more are analysed (and the checksum hashed) off the event loop.
+    rows = [b'%d,"a\nb ""%d""",caf\xc3\xa9\r\n' % (i, i) for i in range(150_000)]
+    body = b"id,text,place\r\n" + b"".join(rows)
+    split = len(body) // 3 + 1  # an odd cut, inside a record
+    location = create(server.url, len(body), session_id=session).headers["Location"]
+    assert patch(server.url, location, 0, body[:split]).status_code == 204
+    tail = hashlib.sha256(body[split:]).digest()
+    checksum = {"Upload-Checksum": "sha256 " + base64.b64encode(tail).decode()}
+    last = patch(server.url, location, split, body[split:], **checksum)
+    assert last.status_code == 204, last.text
+    row = file_row(server.url, file_id_of(last))
+    assert row["sha256"] == hashlib.sha256(body).hexdigest()
+    assert (row["row_count"], row["ragged_rows"], row["column_count"]) == (150_000, 0, 3)
+    # A NUL past the first megabytes is refused all the same, and nothing is left.
+    bad = body[:split] + b"\x00" + body[split + 1 :]
+    location = create(server.url, len(bad), session_id=session).headers["Location"]
+    assert "NUL" in assert_problem(patch(server.url, location, 0, bad), 400)["detail"]
+    assert head(server.url, location).status_code == 404
+    upload_id = location.rsplit("/", 1)[1]
+    assert not [n for n in partial_files(server.data_dir) if n.startswith(upload_id)]
+
+
 def test_a_session_deleted_meanwhile_takes_the_upload_with_it(server: ServerProcess) -> None:
     requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "gone"}, timeout=30)
     body = b"a,b\n1,2\n"

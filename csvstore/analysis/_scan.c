@@ -209,6 +209,20 @@ bits_equal(const __m128i chunk[4], __m128i byte)
     return bits;
 }
 
+/* Without -mpopcnt the builtin is a call into libgcc per record (bench/RESULTS.md). */
+static inline int
+popcount64(uint64_t x)
+{
+#if defined(__POPCNT__)
+    return __builtin_popcountll(x);
+#else
+    x = x - ((x >> 1) & 0x5555555555555555ULL);
+    x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
+    return (int)((x * 0x0101010101010101ULL) >> 56);
+#endif
+}
+
 /* data[p:p+64] outside quotes with no quote and no CR in it: only delimiters and LFs to
  * count, located 64 at a time with SSE2 compares instead of one branch per byte. */
 static void
@@ -220,13 +234,13 @@ scan_plain64(Scanner *self, uint64_t delims, uint64_t lfs, Py_ssize_t p)
         int at = __builtin_ctzll(lfs);
         uint64_t below = (at == 0) ? 0 : (~0ULL >> (64 - at));
         uint64_t segment = below & (~0ULL << from);
-        self->rec_delims += __builtin_popcountll(delims & segment);
+        self->rec_delims += popcount64(delims & segment);
         end_record(self, self->rec_nonempty || at > from, base + at + 1);
         from = at + 1;
         lfs &= lfs - 1;
     }
     if (from < 64) {
-        self->rec_delims += __builtin_popcountll(delims >> from);
+        self->rec_delims += popcount64(delims >> from);
         self->rec_nonempty = 1;
         self->field_start = (int)(delims >> 63);
     } else {

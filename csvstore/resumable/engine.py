@@ -42,7 +42,7 @@ from csvstore.resumable.local import (
 from csvstore.service import CsvStore, Published
 from csvstore.storage.local import HELD_BLOCK, JOURNAL_MAX, StorageWriter
 from csvstore.timeutil import utc_now
-from csvstore.uploads import UploadLimits, bounded, check_expectations, ensure_room
+from csvstore.uploads import UploadLimits, analyse_block, bounded, check_expectations, ensure_room
 
 log = logging.getLogger("csvstore.tus")
 
@@ -496,14 +496,12 @@ class ResumableUploads:
             pending.clear()
             pending_size = 0
             ensure_room(self.store, len(block), self.limits)
-            if live.analysis is not None:
+            if live.analysis is not None or hasher is not None:
                 try:
-                    live.analysis.feed(block)  # NotACsv: refused before it is written
+                    await analyse_block(live.analysis, hasher, block)
                 except BaseException:
-                    live.analysis = None
+                    live.analysis = None  # NotACsv: refused before it is written
                     raise
-            if hasher is not None:
-                hasher.update(block)
             try:
                 await hold.append(block)
             except BaseException:
