@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
 import hashlib
-import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -15,7 +13,6 @@ from aiohttp import FormData
 
 from csvstore.analysis.stream import UploadAnalysis
 from csvstore.config import Settings
-from csvstore.web import ingest
 from csvstore.web.keys import SETTINGS_KEY
 from tests.conftest import (
     Client,
@@ -354,59 +351,16 @@ def _awkward_csv(rows: int) -> bytes:
     return b"".join(lines)
 
 
-@contextlib.asynccontextmanager
-async def _another_upload_in_flight(client: Client) -> AsyncIterator[None]:
-    """An upload whose file part has begun and waits: the loop is shared while it lasts."""
-    body, headers = raw_multipart(
-        ('form-data; name="session_id"', b"s1"),
-        ('form-data; name="file"; filename="slow.csv"', csv_bytes(50_000)),
-    )
-    release = asyncio.Event()
-
-    async def slowly() -> AsyncIterator[bytes]:
-        yield body[: len(body) // 2]
-        await release.wait()
-        yield body[len(body) // 2 :]
-
-    other = asyncio.ensure_future(client.post("/api/csv/upload", data=slowly(), headers=headers))
-    for _ in range(500):
-        if ingest._STREAMS:
-            break
-        await asyncio.sleep(0.01)
-    assert len(ingest._STREAMS) == 1
-    try:
-        yield
-    finally:
-        release.set()
-        assert (await other).status == 201
-
-
-@pytest.mark.parametrize("shared", [False, True], ids=["alone", "loop-shared"])
 @pytest.mark.parametrize("chunk_size", [256 * 1024 + 7, 300_001, 1024 * 1024 - 3])
 async def test_facts_of_a_many_block_upload_are_its_whole_bytes(
-    make_client: MakeClient,
-    settings: Settings,
-    monkeypatch: pytest.MonkeyPatch,
-    chunk_size: int,
-    shared: bool,
+    make_client: MakeClient, settings: Settings, chunk_size: int
 ) -> None:
-    # Alone, blocks are checked on the loop; with another upload in flight, in a thread.
-    in_threads: list[bool] = []
-    feed = UploadAnalysis.feed
-
-    def watched(self: UploadAnalysis, chunk: bytes) -> None:
-        in_threads.append(threading.current_thread() is not threading.main_thread())
-        feed(self, chunk)
-
-    monkeypatch.setattr(UploadAnalysis, "feed", watched)
     client = await make_client(replace(settings, upload_chunk_size=chunk_size))
     assert (await client.post("/api/csv/sessions", json={"session_id": "s1"})).status == 201
     data = _awkward_csv(120_000)
     assert len(data) > 3 * chunk_size
-    async with _another_upload_in_flight(client) if shared else contextlib.nullcontext():
-        resp = await client.post("/api/csv/upload", data=upload_form(data))
+    resp = await client.post("/api/csv/upload", data=upload_form(data))
     assert resp.status == 201, await resp.text()
-    assert any(in_threads) == shared
     file = (await resp.json())["file"]
     whole = UploadAnalysis()
     whole.feed(data)
@@ -420,19 +374,18 @@ async def test_facts_of_a_many_block_upload_are_its_whole_bytes(
     assert stored_bytes(_settings_of(client), file["filename"]) == data
 
 
-@pytest.mark.parametrize("shared", [False, True], ids=["alone", "loop-shared"])
 async def test_a_nul_in_a_later_block_is_refused_and_nothing_stored(
-    make_client: MakeClient, settings: Settings, shared: bool
+    make_client: MakeClient, settings: Settings
 ) -> None:
     client = await make_client(replace(settings, upload_chunk_size=256 * 1024 + 7))
     assert (await client.post("/api/csv/sessions", json={"session_id": "s1"})).status == 201
     data = _awkward_csv(60_000)
     data = data[: len(data) // 2] + b"\x00" + data[len(data) // 2 :]
     assert len(data) // 2 > 2 * (256 * 1024 + 7)
-    async with _another_upload_in_flight(client) if shared else contextlib.nullcontext():
-        resp = await client.post("/api/csv/upload", data=upload_form(data))
+    resp = await client.post("/api/csv/upload", data=upload_form(data))
     body = await assert_problem(resp, 400)
     assert "NUL" in body["detail"]
     on_disk, listed, temps = stored_state(_settings_of(client))
-    assert len(on_disk) == len(listed) == (1 if shared else 0)  # only the other upload's
+    assert not on_disk
+    assert not listed
     assert temps == []

@@ -7,9 +7,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import functools
 import re
-import weakref
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -29,14 +27,7 @@ from csvstore.analysis.stream import FileFacts, UploadAnalysis
 from csvstore.errors import BadRequest, UploadTooLarge, ValidationFailed
 from csvstore.model import StoredFile
 from csvstore.service import CsvStore, UploadWriter
-from csvstore.uploads import (
-    THREAD_MIN,
-    FreeSpace,
-    UploadLimits,
-    bounded,
-    check_expectations,
-    ensure_room,
-)
+from csvstore.uploads import FreeSpace, UploadLimits, bounded, check_expectations, ensure_room
 from csvstore.web.body import body_chunks
 from csvstore.web.schemas import SESSION_ID_PATTERN, SESSION_ID_RULE, UploadOptions, load
 
@@ -255,15 +246,10 @@ class _Form:
             raise BadRequest(f"form field {self._part_name!r} is not UTF-8 text") from None
 
 
-# The file parts being received by this process.
-_STREAMS: weakref.WeakSet[_FileStream] = weakref.WeakSet()
-
-
 class _FileStream:
     """The file part on its way to storage, checked, analysed and written block by block.
-    Large blocks are pipelined: block N is written and hashed (and analysed, if other
-    uploads share the loop) in threads while N+1 is received; at most one is in flight, so
-    blocks stay in order."""
+    Large blocks are pipelined: block N is written and hashed in threads while N+1 is
+    received and profiled; at most one is in flight, so blocks stay in order."""
 
     def __init__(
         self,
@@ -281,8 +267,6 @@ class _FileStream:
         self.pending: list[bytes] = []
         self.pending_size = 0
         self.in_flight: asyncio.Future[Any] | None = None
-        self.flushed = 0  # large blocks sent to the threads
-        _STREAMS.add(self)
 
     async def feed(self, data: bytes) -> None:
         self.received += len(data)
@@ -316,27 +300,22 @@ class _FileStream:
         self.pending = []
         self.pending_size = 0
         ensure_room(self.space, len(block), self.limits)
-        if len(block) < THREAD_MIN:
+        if len(block) < _OVERLAP_MIN:
             await self.settle()
             self.analysis.feed(block)  # refuses a non-CSV block before any of it is written
             await self.writer.write(block)
             return
+        self.analysis.inspect(block)  # while the previous block is written and hashed
         await self.settle()
-        # A lone upload is checked on the loop while its hash runs in a thread; with others
-        # in flight the loop they share is the bottleneck, so the whole analysis goes to the
-        # thread (bench/RESULTS.md). The first block is always checked first: a file that is
-        # not a CSV by its first bytes is refused before any of it is written.
-        if self.flushed and len(_STREAMS) > 1:
-            analyse = functools.partial(self.analysis.feed, block)
-        else:
-            self.analysis.inspect(block)
-            analyse = functools.partial(self.analysis.digest, block)
-        self.flushed += 1
         # Both to threads now: a task would only start at the next wait, too late.
-        analysed = asyncio.get_running_loop().run_in_executor(None, analyse)
+        digest = asyncio.get_running_loop().run_in_executor(None, self.analysis.digest, block)
         write = asyncio.ensure_future(self.writer.write(block))
-        self.in_flight = asyncio.gather(write, analysed, return_exceptions=True)
+        self.in_flight = asyncio.gather(write, digest, return_exceptions=True)
         await asyncio.sleep(0)  # the write task's first step, which submits its thread hop
+
+
+# Below this, thread hops cost more than the overlap saves.
+_OVERLAP_MIN = 256 * 1024
 
 
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
