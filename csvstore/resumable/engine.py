@@ -262,33 +262,16 @@ class ResumableUploads:
         )
         analysis.feed(data)
         facts = analysis.finish()
-        check_expectations(
-            facts,
-            digests={"Upload-Metadata": state.options.get("sha256")},
-            strict=bool(state.options.get("strict")),
-        )
+        _check(state, facts)
         file_id, writer = await self.store.begin_upload(str(uuid.UUID(state.id)))
         try:
             await writer.write(data)
         except BaseException:
             await writer.abort()
             raise
-        published = await self.store.publish_upload(
-            writer,
-            file_id=file_id,
-            session_id=state.session_id,
-            original_filename=state.filename,
-            facts=facts,
-            dedupe=bool(state.options.get("dedupe")),
-        )
+        published = await self._publish(writer, file_id, state, facts)
         crash_point("tus.whole_published")
-        done = replace(
-            state,
-            offset=state.length,
-            completed=True,
-            file_id=published.file.id,
-            expires_at=time.time() + self.expiry,
-        )
+        done = self._completed(state, published.file.id)
         # HEAD echoes Upload-Metadata: the row rebuilds the usual one, a state file keeps others.
         if published.duplicate or state.metadata != usual_metadata(
             state.session_id, state.filename
@@ -570,22 +553,11 @@ class ResumableUploads:
                     encoding=state.options.get("encoding"),
                 )
             analysed = time.monotonic() - started
-            check_expectations(
-                facts,
-                digests={"Upload-Metadata": state.options.get("sha256")},
-                strict=bool(state.options.get("strict")),
-            )
+            _check(state, facts)
             # Before the publish: after a crash, this id in the database tells it happened.
             await hold.save(replace(state, file_id=file_id, publish_key=key))
             crash_point("tus.publishing_saved")
-            published: Published = await self.store.publish_upload(
-                writer,
-                file_id=file_id,
-                session_id=state.session_id,
-                original_filename=state.filename,
-                facts=facts,
-                dedupe=bool(state.options.get("dedupe")),
-            )
+            published: Published = await self._publish(writer, file_id, state, facts)
             writer = None  # publish_upload owned it, and removed the bytes on failure
             crash_point("tus.row_committed")
         except BaseException as exc:
@@ -596,13 +568,7 @@ class ResumableUploads:
                 await writer.abort()
             await hold.remove()
             raise
-        done = replace(
-            state,
-            offset=state.length,
-            completed=True,
-            file_id=published.file.id,
-            expires_at=time.time() + self.expiry,
-        )
+        done = self._completed(state, published.file.id)
         await hold.finish(done)
         self.events.finished()
         log.info(
@@ -635,21 +601,10 @@ class ResumableUploads:
                     )
                     analysis.feed(data)
                 facts = analysis.finish()
-                check_expectations(
-                    facts,
-                    digests={"Upload-Metadata": state.options.get("sha256")},
-                    strict=bool(state.options.get("strict")),
-                )
+                _check(state, facts)
                 file_id, writer = await self.store.begin_upload(file_id)
                 await writer.write(data)
-                published = await self.store.publish_upload(
-                    writer,
-                    file_id=file_id,
-                    session_id=state.session_id,
-                    original_filename=state.filename,
-                    facts=facts,
-                    dedupe=bool(state.options.get("dedupe")),
-                )
+                published = await self._publish(writer, file_id, state, facts)
                 writer = None
                 file_id = published.file.id
                 crash_point("tus.row_committed")
@@ -660,16 +615,31 @@ class ResumableUploads:
                 await writer.abort()
             await hold.remove()
             raise
-        done = replace(
+        done = self._completed(state, file_id)
+        await hold.finish(done, durable=False)
+        self.events.finished()
+        return done
+
+    async def _publish(
+        self, writer: StorageWriter, file_id: str, state: PartialState, facts: FileFacts
+    ) -> Published:
+        return await self.store.publish_upload(
+            writer,
+            file_id=file_id,
+            session_id=state.session_id,
+            original_filename=state.filename,
+            facts=facts,
+            dedupe=bool(state.options.get("dedupe")),
+        )
+
+    def _completed(self, state: PartialState, file_id: str | None) -> PartialState:
+        return replace(
             state,
             offset=state.length,
             completed=True,
             file_id=file_id,
             expires_at=time.time() + self.expiry,
         )
-        await hold.finish(done, durable=False)
-        self.events.finished()
-        return done
 
     async def sweep_forever(self, interval: float, now: Callable[[], float] = time.time) -> None:
         partials = self.require()
@@ -692,4 +662,13 @@ def _complete_conflict(upload_id: str, offset: int, state: PartialState) -> Conf
 def _upload_not_found(upload_id: str) -> UploadNotFound:
     return UploadNotFound(
         f"upload {upload_id!r} not found: it never existed, expired or was terminated"
+    )
+
+
+def _check(state: PartialState, facts: FileFacts) -> None:
+    """The client's expectations of a complete upload (a digest, strict mode)."""
+    check_expectations(
+        facts,
+        digests={"Upload-Metadata": state.options.get("sha256")},
+        strict=bool(state.options.get("strict")),
     )
