@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, TypeAlias, TypeVar
@@ -487,22 +487,25 @@ class CsvStore:
                 for (name, s), w in zip(sources.items(), wanted, strict=True)
             }
 
+    def _copies(self, files: Iterable[StoredFile]) -> bool:
+        """Whether reading ``files`` copies any (S3, or made UTF-8)."""
+        return self._query_side()[1].copies([(f.file_path, 0, _convert_from(f)) for f in files])
+
     async def _session_tables(self, session_id: str, sql: str | None) -> dict[str, StoredFile]:
         """The session's files by table name; with ``sql``, only the ones it reads when the
         others would be copied for nothing (S3, files made UTF-8)."""
-        engine, paths = self._query_side()
+        engine, _ = self._query_side()
         files = list((await self.get_session(session_id)).csv_files or ())
         named = dict(zip(table_names([TableSource.of(f, "") for f in files]), files, strict=True))
-        if sql is not None and paths.copies([(f.file_path, 0, _convert_from(f)) for f in files]):
+        if sql is not None and self._copies(files):
             used = await engine.tables_read(sql, list(named))
             named = {name: f for name, f in named.items() if name in used}
         return named
 
     async def query_tables(self, session_id: str) -> list[TableInfo]:
-        engine, paths = self._query_side()
+        engine, _ = self._query_side()
         named = await self._session_tables(session_id, None)
-        wanted = [(f.file_path, 0, _convert_from(f)) for f in named.values()]
-        if not paths.copies(wanted):
+        if not self._copies(named.values()):
             async with self._sources(named) as sources:
                 return await engine.tables(sources)
         found: list[TableInfo] = []  # one copy at a time: the cache need hold only the largest
