@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import sqlite3
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
-import aiofiles.threadpool
 import pytest
 
 from csvstore.config import Settings
 from csvstore.db.repo import Repo
 from csvstore.service import CsvStore
+from csvstore.storage import local as local_storage
 from csvstore.storage.local import LocalStorage, LocalWriter
 from csvstore.uploads import UploadLimits
 from csvstore.web.ingest import _discard, _FileStream, _Form
@@ -121,13 +122,13 @@ async def test_cancelled_upload_waits_for_its_threads_then_leaves_nothing(
     """A client that goes away cancels its request while a block is still being written:
     the temp file must not be removed under the writing thread (or re-created after), even
     when a second cancel (a shutdown) comes during the clean-up."""
-    real_open = aiofiles.threadpool.sync_open  # type: ignore[attr-defined]
+    real_open = local_storage._create_temp
 
-    def slow_open(*args: Any, **kwargs: Any) -> Any:
+    def slow_open(path: Path) -> int:
         time.sleep(0.3)  # a slow disk: the temp file is opened in a thread meanwhile
-        return real_open(*args, **kwargs)
+        return real_open(path)
 
-    monkeypatch.setattr(aiofiles.threadpool, "sync_open", slow_open)
+    monkeypatch.setattr(local_storage, "_create_temp", slow_open)
     storage = LocalStorage(tmp_path / "uploads", tmp_path / "tmp", fsync=False)
     await storage.prepare()
     limits = UploadLimits(max_upload_size=1 << 30, chunk_size=512 * 1024, read_timeout=5)
@@ -172,16 +173,16 @@ async def test_upload_cancelled_while_its_temp_file_opens_leaves_nothing(
     """Small reads: the second one opens the temp file, in a worker thread, from the
     request itself. A request cancelled during that open must not leave the file (created
     after the clean-up looked for it) nor its descriptor behind."""
-    real_open = aiofiles.threadpool.sync_open  # type: ignore[attr-defined]
-    opened: list[Any] = []
+    real_open = local_storage._create_temp
+    opened: list[int] = []
 
-    def slow_open(*args: Any, **kwargs: Any) -> Any:
+    def slow_open(path: Path) -> int:
         time.sleep(0.3)
-        handle = real_open(*args, **kwargs)
-        opened.append(handle)
-        return handle
+        fd = real_open(path)
+        opened.append(fd)
+        return fd
 
-    monkeypatch.setattr(aiofiles.threadpool, "sync_open", slow_open)
+    monkeypatch.setattr(local_storage, "_create_temp", slow_open)
     storage = LocalStorage(tmp_path / "uploads", tmp_path / "tmp", fsync=False)
     await storage.prepare()
     writer = await storage.begin("k2")
@@ -202,7 +203,43 @@ async def test_upload_cancelled_while_its_temp_file_opens_leaves_nothing(
     await asyncio.sleep(0.5)  # nothing comes back after the abort
     assert list((tmp_path / "tmp").iterdir()) == []
     assert len(opened) == 1
-    assert opened[0].closed
+    assert not Path(f"/proc/self/fd/{opened[0]}").exists()
+
+
+async def test_upload_cancelled_while_a_block_is_written_closes_its_file_after_the_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A block is written by a thread through the temp file's descriptor. A request
+    cancelled meanwhile must not close that descriptor under the thread: its number would be
+    reused by the next open, and the late write would land in that other file."""
+    real_write_all = local_storage.write_all
+    writes: list[tuple[int, str]] = []  # (fd, the file it named when the write ended)
+
+    def slow_write_all(fd: int, data: bytes) -> None:
+        time.sleep(0.3)  # a slow disk
+        real_write_all(fd, data)
+        writes.append((fd, os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+
+    monkeypatch.setattr(local_storage, "write_all", slow_write_all)
+    storage = LocalStorage(tmp_path / "uploads", tmp_path / "tmp", fsync=False)
+    await storage.prepare()
+    writer = await storage.begin("k3")
+
+    async def request() -> None:
+        try:
+            await writer.write(b"1,2\n" * 100_000)  # a block past the held one: a thread writes it
+            await asyncio.sleep(10)
+        finally:
+            await _discard(writer.abort())
+
+    task = asyncio.ensure_future(request())
+    await asyncio.sleep(0.1)  # the thread is writing
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [name for _fd, name in writes] == ["k3.part"]  # the abort waited for the write
+    assert not Path(f"/proc/self/fd/{writes[0][0]}").exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 @pytest.mark.local_storage

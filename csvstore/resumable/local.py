@@ -24,7 +24,7 @@ import orjson
 from csvstore.analysis.stream import FileFacts, UploadAnalysis
 from csvstore.crashpoints import crash_point
 from csvstore.errors import UploadLocked
-from csvstore.storage.local import StorageWriter, fsync_dir
+from csvstore.storage.local import StorageWriter, fsync_dir, start_writeback, write_all
 
 log = logging.getLogger("csvstore.tus")
 
@@ -435,8 +435,13 @@ class _LocalHold:
         os.lseek(self._fd, self._state.offset, os.SEEK_SET)
 
     async def append(self, chunk: bytes) -> None:
-        await asyncio.to_thread(_write_all, self._fd, chunk)
+        await asyncio.to_thread(self._append, self._state.offset + self._pending, chunk)
         self._pending += len(chunk)
+
+    def _append(self, offset: int, chunk: bytes) -> None:
+        write_all(self._fd, chunk)
+        if self._store.fsync:  # the checkpoint's fsync then finds little left to write
+            start_writeback(self._fd, offset, len(chunk))
 
     async def checkpoint(self, *, expires_at: float, last: bool = False) -> PartialState:
         new = replace(
@@ -522,16 +527,9 @@ LocalHold = _LocalHold  # for the engine's small completion
 def _write_new(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
     finally:
         os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 class HoldPublisher(Generic[H]):
