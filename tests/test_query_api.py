@@ -146,6 +146,33 @@ async def test_a_ragged_file_with_a_long_row_is_a_table_and_an_unreadable_one_no
     assert (await _query(client, "SELECT count(*) FROM ragged_csv"))["rows"] == [[3]]
 
 
+async def test_a_ragged_file_with_a_preamble_is_read_as_text_columns(
+    client: Client, session: str
+) -> None:
+    # A title line, a blank line, then a table with a long and a short row: DuckDB's sniffer
+    # gives up on it whatever it is told, so the table is read with the recorded dialect and
+    # header as text columns, the long row's extra field in a column of its own.
+    report = b"Report generated 2024-01-01\n\nid,name,value\n1,a,10\n2,b,20,extra\n3,c\n4,d,40\n"
+    file_id = await _upload(client, report, "report.csv")
+    stored = await (await client.get(f"/api/csv/files/{file_id}")).json()
+    assert (stored["preamble_lines"], stored["columns"]) == (2, ["id", "name", "value"])
+    body = await _query(client, "SELECT * FROM report_csv")
+    assert body["columns"] == ["id", "name", "value", "column3"]
+    assert body["types"] == ["VARCHAR"] * 4
+    assert body["rows"] == [
+        ["1", "a", "10", None],
+        ["2", "b", "20", "extra"],
+        ["3", "c", None, None],
+        ["4", "d", "40", None],
+    ]
+    resp = await client.get("/api/csv/sessions/s1/tables")
+    tables = {t["name"]: t for t in await resp.json()}
+    assert tables["report_csv"]["error"] is None
+    assert tables["report_csv"]["row_count"] == 4
+    total = await _query(client, "SELECT sum(CAST(value AS INTEGER)) FROM report_csv")
+    assert total["rows"] == [[70]]
+
+
 async def test_a_query_answers_json_values(client: Client, session: str) -> None:
     await _upload(client, SALES, "sales.csv")
     body = await _query(

@@ -22,6 +22,7 @@ from csvstore.query.engine import (
     TableSource,
     table_names,
 )
+from csvstore.query.sandbox import text_columns
 
 LIMITS = QueryLimits(timeout_s=5, memory_bytes=64 << 20, max_rows=1000, concurrency=2)
 RUNAWAY = "SELECT count(*) FROM range(1000000) a, range(1000000) b"
@@ -393,3 +394,18 @@ async def test_an_interrupt_that_lands_between_duckdb_steps_is_repeated() -> Non
             assert time.monotonic() - started < 1.5
     finally:
         await engine.close()
+
+
+def test_text_columns_of_a_ragged_file_follow_duckdbs_naming(tmp_path: Path) -> None:
+    # The names the fallback for files DuckDB's sniffer gives up on declares: the header's,
+    # blank ones column<i>, repeats name_<n>, then column<i> up to the widest row; a
+    # headerless file column0...; the preamble and comment lines are not records.
+    text = "# exported\ntitle line\nid,name,name,\n# a note,with,many,fields,in,it\n1,a,b,c,d\n2\n"
+    path = _write(tmp_path, text)
+    dialect = Dialect(skip=2, comment="#", ragged=True)
+    assert text_columns(str(path), dialect) == ("id", "name", "name_1", "column3", "column4")
+    headless = Dialect(header=False, ragged=True)
+    # The delimiter is the dialect's: with ',' this file is one column.
+    assert text_columns(str(_write(tmp_path, "1;2\n3;4;5\n", "h.csv")), headless) == ("column0",)
+    semi = Dialect(delimiter=";", header=False, ragged=True)
+    assert text_columns(str(tmp_path / "h.csv"), semi) == ("column0", "column1", "column2")

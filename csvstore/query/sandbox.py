@@ -4,6 +4,8 @@ runs (docs/design/query.md lists each escape and what stops it)."""
 from __future__ import annotations
 
 import codecs
+import csv
+import functools
 import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -102,10 +104,23 @@ class Sandbox:
         return [(str(r[0]), str(r[1])) for r in rows]
 
     def define(self, name: str, path: str, dialect: Any) -> None:
+        import duckdb
+
         if self.views.get(name) == (path, dialect):
             return
-        sql = read_csv_sql(path, dialect)
-        self.con.execute(f"CREATE OR REPLACE VIEW {quote_name(name)} AS {sql}")
+        view = f"CREATE OR REPLACE VIEW {quote_name(name)} AS "
+        try:
+            self.con.execute(view + read_csv_sql(path, dialect))
+        except duckdb.Error as exc:
+            # DuckDB's sniffer gives up on some ragged files (a preamble to skip and rows of
+            # other widths): read as text columns, with the dialect csvstore recorded.
+            if not dialect.ragged:
+                raise
+            try:
+                columns = text_columns(path, dialect)
+                self.con.execute(view + read_csv_sql(path, dialect, columns=columns))
+            except (duckdb.Error, OSError, csv.Error):
+                raise exc from None
         self.views[name] = (path, dialect)
 
     def statement(self, sql: str, names: Sequence[str]) -> tuple[str, set[str]]:
@@ -237,8 +252,9 @@ def clean_message(exc: BaseException, paths: dict[str, str] | None = None) -> st
     return text.strip()
 
 
-def read_csv_sql(path: str, dialect: Any) -> str:
-    """``SELECT * FROM read_csv(...)`` with the dialect csvstore recorded."""
+def read_csv_sql(path: str, dialect: Any, *, columns: Sequence[str] = ()) -> str:
+    """``SELECT * FROM read_csv(...)`` with the dialect csvstore recorded; with ``columns``,
+    DuckDB's sniffer is off and every column is text."""
     encoding = ENCODINGS.get(_codec(dialect.encoding))
     if encoding is None:
         raise QueryUnsupportedFile(
@@ -260,6 +276,9 @@ def read_csv_sql(path: str, dialect: Any) -> str:
         options.append(f"comment = {quote_literal(dialect.comment)}")
     if dialect.ragged:
         options.append("null_padding = true")
+    if columns:
+        struct = ", ".join(f"{quote_literal(c)}: 'VARCHAR'" for c in columns)
+        options += ["auto_detect = false", "strict_mode = false", f"columns = {{{struct}}}"]
     elif dialect.footer_lines:
         # Notes after the table are not rows (and a short row must not make a column text):
         # skipped as malformed, and the recorded row count bounds the table.
@@ -268,6 +287,34 @@ def read_csv_sql(path: str, dialect: Any) -> str:
     if dialect.footer_lines and dialect.row_count is not None:
         limit = f" LIMIT {int(dialect.row_count)}"
     return f"SELECT * FROM read_csv({quote_literal(path)}, {', '.join(options)}){limit}"
+
+
+@functools.lru_cache(maxsize=64)
+def text_columns(path: str, dialect: Any) -> tuple[str, ...]:
+    """The names of a file's columns, as DuckDB would give them: the header's (blank ones
+    ``column<i>``, repeats ``<name>_<n>``), then ``column<i>`` up to its widest row. One
+    pass over the file (stored files never change, so the answer is kept)."""
+    with open(path, encoding=dialect.encoding, errors="replace", newline="") as f:
+        for _ in range(int(dialect.skip)):
+            f.readline()
+        records = csv.reader(f, delimiter=dialect.delimiter, quotechar=dialect.quotechar or None)
+        header: list[str] = []
+        width = 0
+        for record in records:
+            if not record or (dialect.comment and record[0].startswith(dialect.comment)):
+                continue
+            if dialect.header and not header:
+                header = record
+            width = max(width, len(record))
+    names: list[str] = []
+    for i in range(width):
+        name = header[i].strip() if i < len(header) and header[i].strip() else f"column{i}"
+        unique, n = name, 0
+        while unique in names:
+            n += 1
+            unique = f"{name}_{n}"
+        names.append(unique)
+    return tuple(names)
 
 
 def _skip(path: str, dialect: Any) -> int:
