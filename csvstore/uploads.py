@@ -1,10 +1,10 @@
-"""The checks every upload passes, multipart or resumable: limits, free space, the client's
-expectations, and a bound on the bytes read."""
+"""What every upload shares, multipart or resumable: limits, free space, the client's
+expectations, a bound on the bytes read, and the pipeline its blocks take to storage."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -73,21 +73,73 @@ async def bounded(
         yield chunk
 
 
-async def analyse_block(analysis: UploadAnalysis | None, hasher: Any, block: bytes) -> None:
-    """Feed a block to the analysis and a hasher; a large one in a thread (the hashes and
-    the C counter let go of the GIL), so that the event loop goes on receiving meanwhile."""
+class BlockPipeline:
+    """Blocks on their way to storage, multipart or tus. Each is inspected on the event loop
+    first, so a block that is not CSV text is refused before any of it is written. A large
+    block is then written and hashed in threads while the next one is received and
+    inspected; at most one is in flight, so blocks stay in order. ``after(size)`` runs once
+    a block is stored (tus counts and checkpoints there)."""
 
-    def run() -> None:
-        if analysis is not None:
-            analysis.feed(block)
-        if hasher is not None:
-            hasher.update(block)
+    def __init__(
+        self,
+        write: Callable[[bytes], Awaitable[None]],
+        analysis: UploadAnalysis | None,
+        hasher: Any = None,
+        after: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
+        self.analysis = analysis
+        self._write = write
+        self._hasher = hasher
+        self._after = after
+        self._in_flight: asyncio.Future[list[Any]] | None = None
+        self._in_flight_size = 0
 
-    if len(block) < THREAD_MIN:
-        run()
-    else:
-        await asyncio.to_thread(run)
+    async def push(self, block: bytes) -> None:
+        if len(block) < OVERLAP_MIN:
+            await self.settle()
+            self._inspect(block)
+            self._digest(block)
+            await self._write(block)
+            await self._stored(len(block))
+            return
+        self._inspect(block)  # while the previous block is written and hashed
+        await self.settle()
+        # Both to threads now: a task would only start at the next wait, too late.
+        jobs: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._write(block))]
+        if self.analysis is not None or self._hasher is not None:
+            loop = asyncio.get_running_loop()
+            jobs.append(loop.run_in_executor(None, self._digest, block))
+        self._in_flight = asyncio.gather(*jobs, return_exceptions=True)
+        self._in_flight_size = len(block)
+        await asyncio.sleep(0)  # the write task's first step, which submits its thread hop
+
+    async def settle(self) -> None:
+        """Wait for the block in flight (also before an abort); raise what it raised."""
+        in_flight = self._in_flight
+        if in_flight is None:
+            return
+        # Shielded: the threads go on anyway; still in flight, the discard waits for it again.
+        outcomes = await asyncio.shield(in_flight)
+        self._in_flight = None
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        await self._stored(self._in_flight_size)
+
+    def _inspect(self, block: bytes) -> None:
+        if self.analysis is not None:
+            self.analysis.inspect(block)
+
+    def _digest(self, block: bytes) -> None:
+        if self.analysis is not None:
+            self.analysis.digest(block)
+        if self._hasher is not None:
+            self._hasher.update(block)
+
+    async def _stored(self, size: int) -> None:
+        if self._after is not None:
+            await self._after(size)
 
 
-# Below this, thread hops cost more than they free the event loop.
-THREAD_MIN = 256 * 1024
+# Below this, thread hops cost more than the overlap saves.
+OVERLAP_MIN = 256 * 1024

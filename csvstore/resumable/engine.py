@@ -42,7 +42,13 @@ from csvstore.resumable.local import (
 from csvstore.service import CsvStore, Published
 from csvstore.storage.local import HELD_BLOCK, JOURNAL_MAX, StorageWriter
 from csvstore.timeutil import utc_now
-from csvstore.uploads import UploadLimits, analyse_block, bounded, check_expectations, ensure_room
+from csvstore.uploads import (
+    BlockPipeline,
+    UploadLimits,
+    bounded,
+    check_expectations,
+    ensure_room,
+)
 
 log = logging.getLogger("csvstore.tus")
 
@@ -118,6 +124,17 @@ class _Live:
 
     def usable_at(self, offset: int) -> UploadAnalysis | None:
         return self.analysis if self.offset == offset else None
+
+
+async def _settle(blocks: BlockPipeline, live: _Live, *, quietly: bool = False) -> None:
+    """The block in flight, stored; if it failed, the analysis is dropped (it has seen bytes
+    the upload does not hold) and, ``quietly``, the error already on its way stays the one."""
+    try:
+        await blocks.settle()
+    except BaseException:
+        live.analysis = None
+        if not quietly:
+            raise
 
 
 class TusEvents(Protocol):
@@ -473,27 +490,27 @@ class ResumableUploads:
         pending: list[bytes] = []
         pending_size = 0
 
+        async def stored(size: int) -> None:
+            live.offset += size
+            self.events.received(size)
+            if hasher is None and hold.pending >= CHECKPOINT_BYTES and hold.received < end:
+                await hold.checkpoint(expires_at=time.time() + self.expiry)
+
+        blocks = BlockPipeline(hold.append, live.analysis, hasher, stored)
+
         async def flush() -> None:
             nonlocal pending_size
             block = pending[0] if len(pending) == 1 else b"".join(pending)
             pending.clear()
             pending_size = 0
             ensure_room(self.store, len(block), self.limits)
-            if live.analysis is not None or hasher is not None:
-                try:
-                    await analyse_block(live.analysis, hasher, block)
-                except BaseException:
-                    live.analysis = None  # NotACsv: refused before it is written
-                    raise
             try:
-                await hold.append(block)
+                await blocks.push(block)
             except BaseException:
-                live.analysis = None  # it has seen a block the file may not hold
+                # Refused (NotACsv: before it was written) or not stored: the analysis has
+                # seen bytes the upload may not hold.
+                live.analysis = None
                 raise
-            live.offset += len(block)
-            self.events.received(len(block))
-            if hasher is None and hold.pending >= CHECKPOINT_BYTES and hold.received < end:
-                await hold.checkpoint(expires_at=time.time() + self.expiry)
 
         def too_long() -> UploadTooLarge:
             return UploadTooLarge(f"the body goes past Upload-Length {end}")
@@ -507,12 +524,18 @@ class ResumableUploads:
                     if pending_size >= self.limits.chunk_size:
                         await flush()
         except (ClientGone, RequestTimeout, asyncio.CancelledError):
-            if pending:  # what arrived before the connection dropped is kept too
-                with contextlib.suppress(CsvstoreError):
+            # What arrived before the connection dropped is kept too.
+            with contextlib.suppress(CsvstoreError):
+                if pending:
                     await flush()
+                await _settle(blocks, live)
+            raise
+        except BaseException:
+            await _settle(blocks, live, quietly=True)  # the error that ended the body is raised
             raise
         if pending:
             await flush()
+        await _settle(blocks, live)
 
     async def _settle_interrupted(self, hold: PartialHold) -> PartialState | None:
         """A completion a crash cut short; this request holds the upload, so its row tells:

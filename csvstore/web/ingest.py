@@ -27,7 +27,14 @@ from csvstore.analysis.stream import FileFacts, UploadAnalysis
 from csvstore.errors import BadRequest, UploadTooLarge, ValidationFailed
 from csvstore.model import StoredFile
 from csvstore.service import CsvStore, UploadWriter
-from csvstore.uploads import FreeSpace, UploadLimits, bounded, check_expectations, ensure_room
+from csvstore.uploads import (
+    BlockPipeline,
+    FreeSpace,
+    UploadLimits,
+    bounded,
+    check_expectations,
+    ensure_room,
+)
 from csvstore.web.body import body_chunks
 from csvstore.web.schemas import SESSION_ID_PATTERN, SESSION_ID_RULE, UploadOptions, load
 
@@ -247,9 +254,8 @@ class _Form:
 
 
 class _FileStream:
-    """The file part on its way to storage, checked, analysed and written block by block.
-    Large blocks are pipelined: block N is written and hashed in threads while N+1 is
-    received and profiled; at most one is in flight, so blocks stay in order."""
+    """The file part on its way to storage, checked, analysed and written block by block
+    (uploads.BlockPipeline)."""
 
     def __init__(
         self,
@@ -262,11 +268,11 @@ class _FileStream:
         self.space = space
         self.limits = limits
         self.analysis = UploadAnalysis(enabled=limits.analyse, encoding=encoding)
+        self.blocks = BlockPipeline(writer.write, self.analysis)
         self.received = 0
         # Gathered to a full chunk, so each thread hop to the disk moves a large block.
         self.pending: list[bytes] = []
         self.pending_size = 0
-        self.in_flight: asyncio.Future[Any] | None = None
 
     async def feed(self, data: bytes) -> None:
         self.received += len(data)
@@ -285,37 +291,14 @@ class _FileStream:
 
     async def settle(self) -> None:
         """Wait for the block in flight (also before an abort); raise what it raised."""
-        in_flight = self.in_flight
-        if in_flight is None:
-            return
-        # Shielded: the threads go on anyway; still in flight, the discard waits for it again.
-        outcomes = await asyncio.shield(in_flight)
-        self.in_flight = None
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        await self.blocks.settle()
 
     async def _flush(self) -> None:
         block = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
         self.pending = []
         self.pending_size = 0
         ensure_room(self.space, len(block), self.limits)
-        if len(block) < _OVERLAP_MIN:
-            await self.settle()
-            self.analysis.feed(block)  # refuses a non-CSV block before any of it is written
-            await self.writer.write(block)
-            return
-        self.analysis.inspect(block)  # while the previous block is written and hashed
-        await self.settle()
-        # Both to threads now: a task would only start at the next wait, too late.
-        digest = asyncio.get_running_loop().run_in_executor(None, self.analysis.digest, block)
-        write = asyncio.ensure_future(self.writer.write(block))
-        self.in_flight = asyncio.gather(write, digest, return_exceptions=True)
-        await asyncio.sleep(0)  # the write task's first step, which submits its thread hop
-
-
-# Below this, thread hops cost more than the overlap saves.
-_OVERLAP_MIN = 256 * 1024
+        await self.blocks.push(block)
 
 
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
