@@ -558,10 +558,11 @@ def test_not_a_csv_is_refused_and_nothing_is_left(server: ServerProcess, session
     assert set(os.listdir(server.data_dir / "uploads")) == uploads_before
 
 
-def test_large_blocks_analysed_in_threads_give_the_whole_files_facts(
+def test_large_blocks_pipelined_to_threads_give_the_whole_files_facts(
     server: ServerProcess, session: str
 ) -> None:
-    # Blocks of 256 KiB and more are analysed (and the checksum hashed) off the event loop.
+    # Blocks of 256 KiB and more are appended and hashed (the checksum too) in threads while
+    # the next block is checked: the facts are the whole file's, in order.
     rows = [b'%d,"a\nb ""%d""",caf\xc3\xa9\r\n' % (i, i) for i in range(150_000)]
     body = b"id,text,place\r\n" + b"".join(rows)
     split = len(body) // 3 + 1  # an odd cut, inside a record
