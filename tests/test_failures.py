@@ -187,19 +187,8 @@ async def test_upload_cancelled_while_its_temp_file_opens_leaves_nothing(
     await storage.prepare()
     writer = await storage.begin("k2")
 
-    async def request() -> None:
-        try:
-            await writer.write(b"a,b\n" * 100)  # held
-            await writer.write(b"1,2\n" * 100)  # opens the temp file
-            await asyncio.sleep(10)
-        finally:
-            await _discard(writer.abort())
-
-    task = asyncio.ensure_future(request())
-    await asyncio.sleep(0.1)  # the thread is opening
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    # The first block is held, the second opens the temp file: cancelled during the open.
+    await _cancel_while_writing(writer, [b"a,b\n" * 100, b"1,2\n" * 100])
     await asyncio.sleep(0.5)  # nothing comes back after the abort
     assert list((tmp_path / "tmp").iterdir()) == []
     assert len(opened) == 1
@@ -225,21 +214,29 @@ async def test_upload_cancelled_while_a_block_is_written_closes_its_file_after_t
     await storage.prepare()
     writer = await storage.begin("k3")
 
+    # A block past the held one's size: a thread writes it, cancelled meanwhile.
+    await _cancel_while_writing(writer, [b"1,2\n" * 100_000])
+    assert [name for _fd, name in writes] == ["k3.part"]  # the abort waited for the write
+    assert not Path(f"/proc/self/fd/{writes[0][0]}").exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+async def _cancel_while_writing(writer: LocalWriter, blocks: list[bytes]) -> None:
+    """A request writing ``blocks``, cancelled 0.1 s in; its clean-up is receive_upload's."""
+
     async def request() -> None:
         try:
-            await writer.write(b"1,2\n" * 100_000)  # a block past the held one: a thread writes it
+            for block in blocks:
+                await writer.write(block)
             await asyncio.sleep(10)
         finally:
             await _discard(writer.abort())
 
     task = asyncio.ensure_future(request())
-    await asyncio.sleep(0.1)  # the thread is writing
+    await asyncio.sleep(0.1)  # a thread is opening or writing
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert [name for _fd, name in writes] == ["k3.part"]  # the abort waited for the write
-    assert not Path(f"/proc/self/fd/{writes[0][0]}").exists()
-    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 @pytest.mark.local_storage
