@@ -140,3 +140,43 @@ async def test_uploads_whose_clients_stall_mid_part_do_not_stall_the_others(
         # Every slot is back: a fresh upload takes one at once.
         slots: Any = getattr(storage, "part_slots")  # noqa: B009 (S3Storage's, not Storage's)
         assert slots._value == 2
+
+
+async def test_parallel_tus_patches_share_the_bound_on_parts_held(
+    s3_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tus PATCH to S3 buffers up to a part; before, each took its part outside the bound
+    multipart uploads share, so six at once held six parts. Now a PATCH past the unreserved
+    MiB takes one of the bound's slots until it ends, and every slot comes back."""
+    monkeypatch.setattr(
+        s3_storage, "BUFFERED_PARTS_BYTES", 2 * s3util.TEST_PART_SIZE, raising=False
+    )
+    monkeypatch.setattr(s3_storage, "SLOT_WAIT", 60.0, raising=False)
+    data = _data(2 * s3util.TEST_PART_SIZE + MiB)
+    async with open_store(s3_settings) as store:
+        await store.create_session("s1")
+        limits = UploadLimits(max_upload_size=1 << 30, chunk_size=CHUNK, read_timeout=30)
+        engine = ResumableUploads.of(store, limits, expiry=3600)
+        states = [
+            await engine.create(
+                length=len(data), session_id="s1", filename=f"{n}.csv", metadata="", options={}
+            )
+            for n in range(6)
+        ]
+        part = engine.require().part_size  # type: ignore[attr-defined]
+        tracemalloc.start()
+        try:
+            done = await asyncio.gather(
+                *(engine.patch(s.id, 0, Body(_chunks(data), len(data))) for s in states)
+            )
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        for state in done:
+            assert state.completed
+            assert s3util.read_object(s3_settings, f"{state.file_id}.csv") == data
+        slots: Any = getattr(store.storage, "part_slots")  # noqa: B009 (S3Storage's)
+        assert slots._value == 2
+    # Two parts and their over-allocation, 1 MiB per upload unreserved, the pipeline's
+    # blocks and the checksums' reads; six parts before (40.8 MiB).
+    assert peak < 3 * part + 10 * MiB, (peak / MiB, part / MiB)  # 21.4 MiB here

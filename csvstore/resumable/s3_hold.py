@@ -22,6 +22,7 @@ from csvstore.resumable.s3_record import (
     S3Records,
     locked,
 )
+from csvstore.storage import s3 as s3_storage
 from csvstore.storage.s3 import _PART_CHECKSUMS, MAX_PARTS, TUS_FOLDER, PartBody
 
 if TYPE_CHECKING:
@@ -53,6 +54,10 @@ class S3Hold:
         self._lost = False
         self._released = False
         self._all_bytes = False  # the stored object has them all: only the publish is left
+        # One of the storage's part slots (the process-wide bound on buffered parts, shared
+        # with multipart uploads), held from when the buffer passes UNRESERVED to release().
+        self._slot = False
+        self._waived = False  # no slot came within SLOT_WAIT: this request buffers without
 
     @property
     def state(self) -> PartialState:
@@ -138,6 +143,9 @@ class S3Hold:
                     self.start_renewing()
 
     async def release(self) -> None:
+        if self._slot:
+            self._slot = False
+            self._store.storage.part_slots.release()
         if self._released:
             return
         self._released = True
@@ -175,6 +183,7 @@ class S3Hold:
     async def append(self, chunk: bytes) -> None:
         if self._lost:
             raise locked(self.state.id)
+        await self._reserve(len(chunk))
         self._pending += len(chunk)
         size = self._record.part_size
         if not self._tail_loaded:
@@ -195,6 +204,19 @@ class S3Hold:
                 raise
             self._buffer = bytearray()
         self._buffer += view
+
+    async def _reserve(self, more: int) -> None:
+        """A slot before the buffer (with the tail, once read) passes UNRESERVED bytes: past
+        SLOT_WAIT the request goes on without one (a stalled client must not stall all)."""
+        held = len(self._buffer) + (0 if self._tail_loaded else self._record.tail_size)
+        if self._slot or self._waived or held + more <= s3_storage.UNRESERVED:
+            return
+        try:
+            async with asyncio.timeout(s3_storage.SLOT_WAIT):
+                await self._store.storage.part_slots.acquire()
+            self._slot = True
+        except TimeoutError:
+            self._waived = True
 
     async def _send_part(self, body: bytes | bytearray) -> None:
         await self.take_lease()
