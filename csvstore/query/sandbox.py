@@ -276,13 +276,13 @@ def read_csv_sql(path: str, dialect: Any, *, columns: Sequence[str] = ()) -> str
         options.append(f"comment = {quote_literal(dialect.comment)}")
     if dialect.ragged:
         options.append("null_padding = true")
-    if columns:
-        struct = ", ".join(f"{quote_literal(c)}: 'VARCHAR'" for c in columns)
-        options += ["auto_detect = false", "strict_mode = false", f"columns = {{{struct}}}"]
     elif dialect.footer_lines:
         # Notes after the table are not rows (and a short row must not make a column text):
         # skipped as malformed, and the recorded row count bounds the table.
         options.append("ignore_errors = true")
+    if columns:
+        struct = ", ".join(f"{quote_literal(c)}: 'VARCHAR'" for c in columns)
+        options += ["auto_detect = false", "strict_mode = false", f"columns = {{{struct}}}"]
     limit = ""
     if dialect.footer_lines and dialect.row_count is not None:
         limit = f" LIMIT {int(dialect.row_count)}"
