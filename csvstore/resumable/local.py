@@ -24,7 +24,7 @@ import orjson
 from csvstore.analysis.stream import FileFacts, UploadAnalysis
 from csvstore.crashpoints import crash_point
 from csvstore.errors import UploadLocked
-from csvstore.storage.local import StorageWriter, fsync_dir, start_writeback, write_all
+from csvstore.storage.local import StorageWriter, append_block, fsync_dir, write_all
 
 log = logging.getLogger("csvstore.tus")
 
@@ -435,13 +435,10 @@ class _LocalHold:
         os.lseek(self._fd, self._state.offset, os.SEEK_SET)
 
     async def append(self, chunk: bytes) -> None:
-        await asyncio.to_thread(self._append, self._state.offset + self._pending, chunk)
+        offset = self._state.offset + self._pending
+        # Written back as it goes: the checkpoint's fsync then finds little left to write.
+        await asyncio.to_thread(append_block, self._fd, offset, chunk, durable=self._store.fsync)
         self._pending += len(chunk)
-
-    def _append(self, offset: int, chunk: bytes) -> None:
-        write_all(self._fd, chunk)
-        if self._store.fsync:  # the checkpoint's fsync then finds little left to write
-            start_writeback(self._fd, offset, len(chunk))
 
     async def checkpoint(self, *, expires_at: float, last: bool = False) -> PartialState:
         new = replace(
