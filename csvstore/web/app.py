@@ -16,6 +16,7 @@ from csvstore.maintenance.reconcile import startup_check
 from csvstore.metrics import Metrics
 from csvstore.service import CsvStore
 from csvstore.uploads import UploadLimits
+from csvstore.web.handlers import JSON_BODY_LIMIT
 from csvstore.web.inflight import InFlight
 from csvstore.web.keys import (
     INFLIGHT_KEY,
@@ -35,10 +36,6 @@ from csvstore.web.tus import setup_tus
 from csvstore.wiring import open_store
 
 log = logging.getLogger("csvstore")
-
-# JSON request bodies are a session id and a few options; 64 KiB is generous. Uploads are
-# streamed and limited by max_upload_size instead, which this does not affect.
-JSON_BODY_LIMIT = 64 * 1024
 
 
 def create_app(

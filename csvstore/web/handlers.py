@@ -12,6 +12,7 @@ from yarl import URL
 from csvstore.errors import BadRequest, UnsupportedMediaType
 from csvstore.uploads import UploadLimits
 from csvstore.web import schemas
+from csvstore.web.body import body_chunks
 from csvstore.web.download import send_archive, send_file
 from csvstore.web.ingest import receive_upload
 from csvstore.web.keys import LIMITS_KEY, SETTINGS_KEY, STORE_KEY
@@ -30,6 +31,9 @@ _table = projector(schemas.TableSchema())
 _summary = projector(schemas.SummaryResponse())
 
 SESSIONS_PATH = "/api/csv/sessions"
+# JSON request bodies are a session id and a few options, or a query; 64 KiB is generous.
+# Uploads are streamed and limited by max_upload_size instead, which this does not affect.
+JSON_BODY_LIMIT = 64 * 1024
 
 
 def json_response(
@@ -49,11 +53,26 @@ async def read_json(request: web.Request) -> Any:
         and not (request.content_type.endswith("+json"))
     ):
         raise UnsupportedMediaType(f"expected an application/json body, got {request.content_type}")
-    raw = await request.read()
+    raw = await _read_small_body(request)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
+
+
+async def _read_small_body(request: web.Request) -> bytes:
+    """The whole body, at most the app's ``client_max_size``: read as an upload's body is, so
+    a stalled body gets the 408 of ``--body-read-timeout`` and a dropped one is the client's
+    leaving (client-gone), where ``request.read()`` would wait forever or raise a 500."""
+    limit = JSON_BODY_LIMIT
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    received = bytearray()
+    async for chunk in body_chunks(request.content, request.app[LIMITS_KEY], broken_is_gone=True):
+        received += chunk
+        if len(received) > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(received))
+    return bytes(received)
 
 
 async def create_session(request: web.Request) -> web.Response:

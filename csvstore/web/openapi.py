@@ -14,7 +14,7 @@ from csvstore import __version__
 from csvstore.web import schemas
 from csvstore.web.keys import OPENAPI_KEY
 from csvstore.web.observability import UPLOAD
-from csvstore.web.problems import PROBLEM_JSON
+from csvstore.web.problems import PROBLEM_JSON, meet_expectation
 from csvstore.web.routes import ROUTES, Route
 from csvstore.web.security import PROTECTED_PREFIX
 
@@ -202,7 +202,7 @@ def setup_openapi(app: web.Application, documented: Documented) -> None:
     from swagger_ui import api_doc
 
     app[OPENAPI_KEY] = orjson.dumps(build_openapi(documented))
-    app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/openapi.json", openapi_json, expect_handler=meet_expectation)
     # Swagger UI resolves its document relative to its own prefix.
-    app.router.add_get("/docs/openapi.json", openapi_json)
+    app.router.add_get("/docs/openapi.json", openapi_json, expect_handler=meet_expectation)
     api_doc(app, config_rel_url="/openapi.json", url_prefix="/docs", title="csvstore API")

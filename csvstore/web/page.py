@@ -6,6 +6,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from csvstore.web.problems import meet_expectation
+
 STATIC_DIR = Path(__file__).parent / "static"
 # Revalidated every time (a 304 from the ETag): an old script must not meet a new API.
 _REVALIDATE = {"Cache-Control": "no-cache"}
@@ -16,5 +18,5 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 def setup_webpage(app: web.Application) -> None:
-    app.router.add_get("/", index)
-    app.router.add_static("/static/", STATIC_DIR, name="static")
+    app.router.add_get("/", index, expect_handler=meet_expectation)
+    app.router.add_static("/static/", STATIC_DIR, name="static", expect_handler=meet_expectation)

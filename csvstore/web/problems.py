@@ -11,7 +11,7 @@ from http import HTTPStatus
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 
 from csvstore.errors import (
     ClientGone,
@@ -32,12 +32,20 @@ INTERNAL_ERROR = "internal-error"
 CLIENT_GONE = "client-gone"
 INVALID_HTTP = "invalid-http"
 NOT_READY = "not-ready"
+EXPECTATION_FAILED = "expectation-failed"
 _AIOHTTP_REASONS = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}
 
 
 def all_reasons() -> list[str]:
     ours = [cls.reason for cls in error_classes()]
-    others = [*_AIOHTTP_REASONS.values(), INTERNAL_ERROR, CLIENT_GONE, INVALID_HTTP, NOT_READY]
+    others = [
+        *_AIOHTTP_REASONS.values(),
+        INTERNAL_ERROR,
+        CLIENT_GONE,
+        INVALID_HTTP,
+        NOT_READY,
+        EXPECTATION_FAILED,
+    ]
     return sorted(set(ours + others))
 
 
@@ -77,6 +85,23 @@ def problem_response(
         content_type=PROBLEM_JSON,
         headers=headers,
         reason=_EXTRA_TITLES.get(status),
+    )
+
+
+async def meet_expectation(request: web.Request) -> web.StreamResponse | None:
+    """Every route's ``expect_handler``: aiohttp's own (a ``100 Continue`` for
+    ``100-continue``), but its refusal of any other expectation a problem like every error;
+    aiohttp's is text/plain and runs before the middlewares."""
+    if request.version != HttpVersion11:
+        return None
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response proper has not begun
+        return None
+    request[ERROR_REASON] = EXPECTATION_FAILED
+    return problem_response(
+        417, EXPECTATION_FAILED, f"only 'Expect: 100-continue' can be met, not {expect[:100]!r}"
     )
 
 

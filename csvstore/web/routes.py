@@ -11,6 +11,7 @@ from aiohttp import web
 from csvstore.web import handlers, observability, schemas, tus
 from csvstore.web import page as webpage
 from csvstore.web.observability import DOWNLOAD, QUERY, UPLOAD, RouteKinds
+from csvstore.web.problems import meet_expectation
 
 API = "/api/csv"
 
@@ -374,13 +375,14 @@ def route_kinds() -> RouteKinds:
 
 def setup_routes(app: web.Application) -> None:
     # Operations: outside /api, so they answer without an API key.
-    app.router.add_get("/healthz", observability.healthz)
-    app.router.add_get("/readyz", observability.readyz)
-    app.router.add_get("/metrics", observability.metrics_handler)
+    expect = meet_expectation  # on every route: see its docstring
+    app.router.add_get("/healthz", observability.healthz, expect_handler=expect)
+    app.router.add_get("/readyz", observability.readyz, expect_handler=expect)
+    app.router.add_get("/metrics", observability.metrics_handler, expect_handler=expect)
     # The web page and its files: outside /api too; the page asks for a key on a 401.
     webpage.setup_webpage(app)
     for route in ROUTES:
         if route.method == "GET":  # answers HEAD too
-            app.router.add_get(route.path, route.handler)
+            app.router.add_get(route.path, route.handler, expect_handler=expect)
         else:
-            app.router.add_route(route.method, route.path, route.handler)
+            app.router.add_route(route.method, route.path, route.handler, expect_handler=expect)

@@ -29,6 +29,7 @@ from csvstore.uploads import UploadLimits
 from csvstore.web.body import body_chunks
 from csvstore.web.keys import LIMITS_KEY, METRICS_KEY, SETTINGS_KEY, STORE_KEY
 from csvstore.web.observability import UPLOADED_BYTES
+from csvstore.web.problems import meet_expectation
 from csvstore.web.schemas import SESSION_ID_PATTERN, SESSION_ID_RULE, UploadOptions, load
 from csvstore.web.security import TUS_EXPOSE_HEADERS, TUS_REQUEST_HEADERS
 
@@ -359,5 +360,5 @@ def setup_tus(app: web.Application) -> None:
     app.on_response_prepare.append(add_tus_resumable)
     app.cleanup_ctx.append(_engine_and_sweeper)
     bare = TUS_ROOT.rstrip("/")
-    app.router.add_route("POST", bare, create)
-    app.router.add_route("OPTIONS", bare, options)
+    app.router.add_route("POST", bare, create, expect_handler=meet_expectation)
+    app.router.add_route("OPTIONS", bare, options, expect_handler=meet_expectation)

@@ -1,0 +1,122 @@
+"""Requests that break off, stall or expect something odd, on the small JSON endpoints as on
+uploads: a clear 4xx problem, never a 500 in the log or the metrics, never a wait forever."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import requests
+
+from csvstore.config import Settings
+from tests.conftest import Client, MakeClient, assert_problem
+from tests.serverproc import ServerProcess
+
+
+async def _raw(
+    client: Client, head: str, body: bytes = b""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    assert client.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(head.encode() + body)
+    await writer.drain()
+    return reader, writer
+
+
+def test_a_json_body_dropped_midway_is_the_clients_leaving_not_a_500(tmp_path: Path) -> None:
+    """The real server (aiohttp's test server cancels handlers on a lost connection; the
+    production server does not, so the read sees the loss)."""
+    server = ServerProcess(tmp_path / "data")
+    server.start()
+    try:
+        ok = requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "s1"}, timeout=10)
+        assert ok.status_code == 201
+        for path in ("/api/csv/sessions", "/api/csv/sessions/s1/query"):
+            with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                sock.sendall(
+                    f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    'Content-Length: 50\r\n\r\n{"ses'.encode()
+                )
+                time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+            counted = re.findall(
+                r'requests_total\{method="POST",route="([^"]+)",status="(\d+)"', metrics
+            )
+            if len(counted) >= 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert sorted(counted) == [
+            ("/api/csv/sessions", "201"),
+            ("/api/csv/sessions", "400"),
+            ("/api/csv/sessions/{session_id}/query", "400"),
+        ], metrics
+        after = requests.post(
+            f"{server.url}/api/csv/sessions", json={"session_id": "s2"}, timeout=10
+        )
+        assert after.status_code == 201
+    finally:
+        assert server.stop() == 0
+    log = server.log()
+    assert "unhandled error" not in log, log
+    assert "Traceback" not in log, log
+    assert log.count(" 400 ") >= 2, log
+
+
+async def test_a_stalled_json_body_gets_the_408_of_the_body_read_timeout(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    client = await make_client(replace(settings, body_read_timeout=0.5))
+    head = (
+        "POST /api/csv/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Length: 50\r\n\r\n"
+    )
+    started = time.monotonic()
+    reader, writer = await _raw(client, head, b'{"ses')
+    answer = await asyncio.wait_for(reader.read(4096), timeout=10)
+    writer.close()
+    assert time.monotonic() - started < 5
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"application/problem+json" in answer
+    assert b"stalled" in answer
+
+
+async def test_a_json_body_over_64_kib_is_a_413_whether_announced_or_not(client: Client) -> None:
+    big = b'{"session_id": "' + b"x" * (70 * 1024) + b'"}'
+    resp = await client.post(
+        "/api/csv/sessions", data=big, headers={"Content-Type": "application/json"}
+    )
+    body = await assert_problem(resp, 413)
+    assert "65536" in body["detail"]
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(8):
+            yield b" " * 10_000
+        yield b'{"session_id": "s9"}'
+
+    resp = await client.post(
+        "/api/csv/sessions", data=chunks(), headers={"Content-Type": "application/json"}
+    )
+    await assert_problem(resp, 413)
+    resp = await client.get("/api/csv/sessions/s9")
+    assert resp.status == 404
+
+
+async def test_an_unknown_expectation_is_a_417_problem(client: Client) -> None:
+    resp = await client.post(
+        "/api/csv/sessions", json={"session_id": "s1"}, headers={"Expect": "bogus"}
+    )
+    body = await assert_problem(resp, 417)
+    assert body["code"] == "expectation-failed"
+    assert "100-continue" in body["detail"]
+    assert (await client.get("/api/csv/sessions/s1")).status == 404
+    # 100-continue is met as before
+    resp = await client.post(
+        "/api/csv/sessions", json={"session_id": "s1"}, headers={"Expect": "100-continue"}
+    )
+    assert resp.status == 201
