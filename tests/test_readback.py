@@ -96,7 +96,7 @@ async def test_content_digest_header(client: Client, session: str, settings: Set
     )
     assert "Content-Digest" in problem["detail"]
     assert SHA in problem["detail"]
-    for malformed in ("sha-256=abc", "sha-256=:!!!:", "sha-256=:AAAA:"):
+    for malformed in ("sha-256=abc", "sha-256=:!!!:", "sha-256=:AAAA:", "garbage", f"{good}, md5"):
         data, headers = body_with(malformed)
         problem = await assert_problem(
             await client.post("/api/csv/upload", data=data, headers=headers), 400

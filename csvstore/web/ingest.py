@@ -304,22 +304,29 @@ class _FileStream:
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
 _FILENAME_STAR = re.compile(r";\s*filename\*\s*=\s*([^;\s]+)", re.IGNORECASE)
 _OPTION_FIELDS = frozenset(UploadOptions().fields)
+# One member of RFC 9530's dictionary: an algorithm token and a byte sequence (RFC 8941).
+_DIGEST_MEMBER = re.compile(r"(?P<name>[A-Za-z*][A-Za-z0-9_.*-]*)\s*=\s*:(?P<value>[^:]*):")
 _upload_options = UploadOptions()
 
 
 def parse_content_digest(header: str | None) -> str | None:
-    """The SHA-256 (hex) in an RFC 9530 ``Content-Digest`` header (others are ignored)."""
+    """The SHA-256 (hex) in an RFC 9530 ``Content-Digest`` header. Other algorithms are
+    ignored, as RFC 9530 allows; a member that is not ``algorithm=:base64:`` at all is a 400,
+    since a client that sent a digest expects it to be checked."""
     if header is None:
         return None
+    found: str | None = None
     for member in header.split(","):
-        name, _, value = member.strip().partition("=")
-        if name.strip().lower() != "sha-256":
+        parsed = _DIGEST_MEMBER.fullmatch(member.strip())
+        if parsed is None:
+            raise BadRequest(
+                f"malformed Content-Digest header: {member.strip()[:60]!r} is not"
+                " <algorithm>=:<base64>: (e.g. sha-256=:<base64 of 32 bytes>:)"
+            )
+        if parsed["name"].lower() != "sha-256" or found is not None:
             continue
-        value = value.strip()
         try:
-            if not (value.startswith(":") and value.endswith(":") and len(value) > 2):
-                raise ValueError
-            digest = base64.b64decode(value[1:-1], validate=True)
+            digest = base64.b64decode(parsed["value"], validate=True)
         except (ValueError, binascii.Error):
             raise BadRequest(
                 "malformed Content-Digest header: expected sha-256=:<base64 of 32 bytes>:"
@@ -328,8 +335,8 @@ def parse_content_digest(header: str | None) -> str | None:
             raise BadRequest(
                 f"malformed Content-Digest header: a SHA-256 digest is 32 bytes, got {len(digest)}"
             )
-        return digest.hex()
-    return None
+        found = digest.hex()
+    return found
 
 
 def _validated_session_id(value: str) -> str:
