@@ -6,6 +6,7 @@ On the suite's backends: SQLite + local in ``make test``, PostgreSQL (+ S3) in
 from __future__ import annotations
 
 import asyncio
+import codecs
 import csv
 import io
 import logging
@@ -98,6 +99,21 @@ async def test_a_file_in_a_code_page_duckdb_lacks_is_read_as_utf8(
     assert [p.name for p in copies] == [f"{file_id}.csv.utf-8"]
     assert (await client.delete(f"/api/csv/files/{file_id}")).status == 200
     assert not any((settings.data_dir / "query-cache").rglob("*.utf-8"))
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+async def test_utf16_files_with_either_bom_are_tables_with_their_rows(
+    client: Client, session: str, codec: str
+) -> None:
+    bom = codecs.BOM_UTF16_LE if codec.endswith("le") else codecs.BOM_UTF16_BE
+    text = "id,name\n1,Λεωνίδας\n2,Zoë\n"
+    file_id = await _upload(client, bom + text.encode(codec), "wide.csv")
+    body = await _query(client, "SELECT * FROM wide_csv ORDER BY id")
+    assert body["columns"] == ["id", "name"]
+    assert body["rows"] == [[1, "Λεωνίδας"], [2, "Zoë"]]
+    summary = await (await client.get(f"/api/csv/files/{file_id}/summary")).json()
+    assert [c["name"] for c in summary["columns"]] == ["id", "name"]
+    assert summary["columns"][1]["max"] == "Λεωνίδας"
 
 
 async def test_a_query_copies_only_the_tables_it_reads(

@@ -31,9 +31,10 @@ DENIED_FUNCTIONS = frozenset(
 )  # fmt: skip
 DENIED_PREFIXES = ("duckdb_", "pragma_", "read_", "parquet_", "sniff_", "glob")
 # DuckDB decodes these without its "encodings" extension, which cannot be installed here.
+# Not UTF-16: DuckDB's reads little-endian whatever the BOM says, so a big-endian file came
+# out as one garbled column and no rows; UTF-16 files take the UTF-8 copy like cp1252's.
 ENCODINGS = {
-    "utf-8": "utf-8", "utf-8-sig": "utf-8", "ascii": "utf-8",
-    "utf-16": "utf-16", "utf-16-le": "utf-16", "utf-16-be": "utf-16", "latin-1": "latin-1",
+    "utf-8": "utf-8", "utf-8-sig": "utf-8", "ascii": "utf-8", "latin-1": "latin-1",
     "iso8859-1": "latin-1",
 }  # fmt: skip
 # The first words of statements, for refusals that name what was refused.
@@ -259,7 +260,7 @@ def read_csv_sql(path: str, dialect: Any, *, columns: Sequence[str] = ()) -> str
     if encoding is None:
         raise QueryUnsupportedFile(
             f"the file is {dialect.encoding}, which the query engine cannot decode "
-            "(it reads UTF-8, UTF-16 and Latin-1)"
+            "(it reads UTF-8 and Latin-1)"
         )
     options = [
         f"delim = {quote_literal(dialect.delimiter)}",
