@@ -112,16 +112,18 @@ class Sandbox:
         view = f"CREATE OR REPLACE VIEW {quote_name(name)} AS "
         try:
             self.con.execute(view + read_csv_sql(path, dialect))
+        except (duckdb.InterruptException, duckdb.OutOfMemoryException):
+            raise  # the query's time or memory: the job answers for those
         except duckdb.Error as exc:
             # DuckDB's sniffer gives up on some ragged files (a preamble to skip and rows of
             # other widths): read as text columns, with the dialect csvstore recorded.
             if not dialect.ragged:
-                raise
+                raise _unreadable(name, path, exc) from None
             try:
                 columns = text_columns(path, dialect)
                 self.con.execute(view + read_csv_sql(path, dialect, columns=columns))
             except (duckdb.Error, OSError, csv.Error):
-                raise exc from None
+                raise _unreadable(name, path, exc) from None
         self.views[name] = (path, dialect)
 
     def statement(self, sql: str, names: Sequence[str]) -> tuple[str, set[str]]:
@@ -251,6 +253,14 @@ def clean_message(exc: BaseException, paths: dict[str, str] | None = None) -> st
     for path, name in (paths or {}).items():
         text = text.replace(path, name)
     return text.strip()
+
+
+def _unreadable(name: str, path: str, exc: BaseException) -> QueryUnsupportedFile:
+    """The file's fault, not the query's (422, not 400), in DuckDB's first line only: the
+    lines after it quote the view's statement, with the server's path to the file cut short
+    where ``clean_message`` cannot find it."""
+    first = clean_message(exc, {path: name}).split("\n")[0]
+    return QueryUnsupportedFile(f"table {name} cannot be read by the query engine: {first}")
 
 
 def read_csv_sql(path: str, dialect: Any, *, columns: Sequence[str] = ()) -> str:
