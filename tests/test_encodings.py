@@ -540,3 +540,34 @@ def test_shift_jis_profile_and_rows_do_not_depend_on_chunking(size: int) -> None
     )
     page = read_page(io.BytesIO(data), stored, 300, 3, max_bytes=1 << 20, cell_limit=100)
     assert page.rows == rows[300:303]
+
+
+async def test_a_short_shift_jis_file_is_detected_however_unsure_the_detector(
+    client: Client, session: str
+) -> None:
+    # 21 lines of names and ages: chardet says CP932 at 0.03 confidence, below what a
+    # single-byte guess needs; every byte decodes in it, which chance rarely manages.
+    names = "名前 山田 佐藤 鈴木 田中 高橋 渡辺 伊藤 中村 小林 加藤 吉田 山本 斎藤 福田".split()
+    text = "名前,年齢\r\n" + "".join(f"{n},{20 + i}\r\n" for i, n in enumerate(names))
+    file = await _upload(client, text.encode("shift_jis"))
+    assert (file["encoding"], file["encoding_source"]) == ("cp932", "detected")
+    assert (file["columns"], file["row_count"]) == (["名前", "年齢"], len(names))
+    rows = (await _all_rows(client, file["id"]))["rows"]
+    assert rows[1] == ["山田", "21"]
+
+
+async def test_a_large_file_with_cr_line_ends_is_sampled_as_it_streams(
+    client: Client, session: str
+) -> None:
+    # An old export with CR line ends only, in cp1251. Its Cyrillic is near the start; the
+    # sample must not wait for a LF that never comes (it then saw only the last 64 KiB, all
+    # ASCII here, and the file was labelled cp1252, its names garbled).
+    names = ["Иван Петров", "Мария Иванова", "Сергей Смирнов", "Анна Кузнецова"]
+    head = "".join(f"{i},{names[i % 4]},Москва\r" for i in range(1, 41))
+    data = ("id,name,city\r" + head).encode("cp1251")
+    data += b"".join(b"%d,plain ascii name,Oslo\r" % i for i in range(41, 6_000))
+    file = await _upload(client, data)
+    assert (file["encoding"], file["encoding_source"]) == ("cp1251", "detected")
+    assert file["row_count"] == 5_999
+    page = await (await client.get(f"/api/csv/files/{file['id']}/rows?limit=2")).json()
+    assert page["rows"] == [["1", "Мария Иванова", "Москва"], ["2", "Сергей Смирнов", "Москва"]]

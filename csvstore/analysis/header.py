@@ -63,8 +63,11 @@ def _column_kinds(values: list[str]) -> set[str]:
 
 
 def _plain_names(cells: list[str]) -> bool:
-    """Cells that read like column names: all non-empty text, mostly distinct."""
+    """Cells that read like column names: all non-empty text, mostly distinct. The first may
+    be empty when others follow: the corner above row names (R's ``write.csv``: ``"","x","y"``)."""
     names = [cell.strip() for cell in cells]
+    if len(names) > 2 and not names[0]:
+        names = names[1:]
     distinct = 2 * len(set(names)) > len(names) or len(names) == 1
     return distinct and all(name and _kind(name) == "text" for name in names)
 

@@ -64,6 +64,11 @@ _DOUBLE_BYTE: Final = {
 }
 
 
+def double_byte(encoding: str) -> bool:
+    """A CJK code page whose characters may be two bytes (Python's codec name)."""
+    return encoding in _DOUBLE_BYTE
+
+
 def profilable(encoding: str) -> bool:
     """True if the profiler can count records of a file in this codec (Python's name)."""
     if encoding in SUPPORTED_ENCODINGS or encoding in _DOUBLE_BYTE:

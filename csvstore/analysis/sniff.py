@@ -187,6 +187,11 @@ def _one_record(text: str, delimiter: str, quotechar: str, skip: bool = False) -
     return next(reader, [])
 
 
+def _only_between_digits(text: str, delimiter: str) -> bool:
+    between = re.findall(rf"(?<=\d){re.escape(delimiter)}(?=\d)", text)
+    return len(between) == text.count(delimiter)
+
+
 def _delimiter_score(records: list[_SampleRecord], comments: bool) -> tuple[float, int]:
     """(share of records with the modal width, that width), comments not counted; ties go
     to the wider: a preamble as long as the table is not the table."""
@@ -254,10 +259,13 @@ def _sniff(text: str, *, whole: bool, last_chance: bool) -> _Sniffed | None:
     assert best is not None
     if best[0][0] < _FITS and named is None:
         # The rarer delimiters only now, as each costs a parse.
+        # Each only when it fits (a main delimiter that nearly does is likelier: a wide table
+        # with some escaped quotes), and never when it only sits between digits: the times of
+        # a one-column file (01:02:03), not a table.
         for preference, delimiter in enumerate(_EXTRA_DELIMITERS, start=len(_DELIMITERS)):
-            if delimiter in text:
+            if delimiter in text and not _only_between_digits(text, delimiter):
                 candidate = _candidate(text, delimiter, quotechar, preference, whole=whole)
-                if candidate[0] > best[0]:
+                if candidate[0] > best[0] and candidate[0][0] >= _FITS:
                     best = candidate
     (consistency, _, _), delimiter, records, terminators, skip = best
     if consistency == 0.0 and named is None:
