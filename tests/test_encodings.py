@@ -547,7 +547,23 @@ async def test_a_short_shift_jis_file_is_detected_however_unsure_the_detector(
 ) -> None:
     # 21 lines of names and ages: chardet says CP932 at 0.03 confidence, below what a
     # single-byte guess needs; every byte decodes in it, which chance rarely manages.
-    names = "名前 山田 佐藤 鈴木 田中 高橋 渡辺 伊藤 中村 小林 加藤 吉田 山本 斎藤 福田".split()
+    names = [
+        "名前",
+        "山田",
+        "佐藤",
+        "鈴木",
+        "田中",
+        "高橋",
+        "渡辺",
+        "伊藤",
+        "中村",
+        "小林",
+        "加藤",
+        "吉田",
+        "山本",
+        "斎藤",
+        "福田",
+    ]
     text = "名前,年齢\r\n" + "".join(f"{n},{20 + i}\r\n" for i, n in enumerate(names))
     file = await _upload(client, text.encode("shift_jis"))
     assert (file["encoding"], file["encoding_source"]) == ("cp932", "detected")

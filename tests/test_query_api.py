@@ -130,7 +130,8 @@ async def test_a_file_the_engine_cannot_read_is_a_422_that_names_no_server_path(
     assert problem["code"] == "query-unsupported-file"
     tables = await (await client.get("/api/csv/sessions/s1/tables")).json()
     errors = [t["error"] for t in tables]
-    assert errors and errors[0]
+    assert errors
+    assert errors[0]
     for text in (summary["detail"], problem["detail"], *errors):
         assert data_dir not in text
         assert "/uploads/" not in text
