@@ -153,7 +153,7 @@ class Metrics:
 
 
 class TusMetrics:
-    """The tus engine's events (resumable.engine.TusEvents) as counters, like tusd's."""
+    """The tus engine's events (resumable.events.TusEvents) as counters, like tusd's."""
 
     def __init__(self, r: CollectorRegistry) -> None:
         def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from csvstore.analysis.stream import FileFacts, UploadAnalysis
 from csvstore.crashpoints import crash_point
@@ -31,6 +31,7 @@ from csvstore.errors import (
     UploadTooLarge,
     storage_unavailable,
 )
+from csvstore.resumable.events import TusEvents, Unobserved
 from csvstore.resumable.local import (
     LocalHold,
     LocalPartialStore,
@@ -137,37 +138,6 @@ async def _settle(blocks: BlockPipeline, live: _Live, *, quietly: bool = False) 
             raise
 
 
-class TusEvents(Protocol):
-    """What the engine reports as it goes (csvstore.metrics.TusMetrics counts them)."""
-
-    def created(self) -> None: ...
-    def finished(self) -> None: ...
-    def terminated(self) -> None: ...
-    def expired(self, count: int) -> None: ...
-    def received(self, size: int) -> None: ...
-    def patched(self, outcome: str) -> None: ...
-
-
-class _Unobserved:
-    def created(self) -> None:
-        pass
-
-    def finished(self) -> None:
-        pass
-
-    def terminated(self) -> None:
-        pass
-
-    def expired(self, count: int) -> None:
-        pass
-
-    def received(self, size: int) -> None:
-        pass
-
-    def patched(self, outcome: str) -> None:
-        pass
-
-
 class ResumableUploads:
     """The service's resumable uploads, for the tus handlers (web/tus.py)."""
 
@@ -184,7 +154,7 @@ class ResumableUploads:
         self.limits = limits
         self.expiry = expiry
         self.analyses = LiveAnalyses()
-        self.events: TusEvents = events or _Unobserved()
+        self.events: TusEvents = events or Unobserved()
 
     @classmethod
     def of(
