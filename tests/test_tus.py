@@ -995,3 +995,56 @@ def test_deleting_a_session_terminates_its_uploads(server: ServerProcess, sessio
     for location in locations:
         upload_id = location.rsplit("/", 1)[1]
         assert not [name for name in left if name.startswith(upload_id)], left
+
+
+def test_terminating_a_finished_upload_deletes_the_file_it_made(
+    server: ServerProcess, session: str
+) -> None:
+    """tus's termination frees an upload's data, finished or not (tusd and @tus/server alike):
+    after the 204 the URL is 404 and so is the file; a file found identical (dedupe) was
+    another upload's, and stays."""
+    small = b"a,b\n1,2\n"
+    large = b"a,b\n" + b"".join(b"%d,x\n" % i for i in range(20_000))  # past the journal
+    whole = requests.post(
+        f"{server.url}{TUS}", data=small,
+        headers={**V, "Upload-Length": str(len(small)), "Content-Type": OFFSET_STREAM,
+                 "Upload-Metadata": metadata(session_id=session, filename="whole.csv")},
+        timeout=30,
+    )  # fmt: skip
+    assert whole.status_code == 201, whole.text
+    finished = [(whole.headers["Location"], file_id_of(whole))]
+    for body in (b"c,d\n3,4\n", large):
+        location = create(server.url, len(body), session_id=session).headers["Location"]
+        done = patch(server.url, location, 0, body)
+        assert done.status_code == 204, done.text
+        finished.append((location, file_id_of(done)))
+    duplicate = create(server.url, len(small), session_id=session, dedupe="true")
+    location = duplicate.headers["Location"]
+    done = patch(server.url, location, 0, small)
+    assert done.status_code == 204, done.text
+    assert file_id_of(done) == finished[0][1]  # the whole creation's file
+    assert requests.delete(f"{server.url}{location}", headers=V, timeout=30).status_code == 204
+    assert head(server.url, location).status_code == 404
+    assert requests.get(f"{server.url}/api/csv/files/{finished[0][1]}", timeout=30).ok
+    for location, file_id in finished:
+        resp = requests.delete(f"{server.url}{location}", headers=V, timeout=30)
+        assert resp.status_code == 204, resp.text
+        assert head(server.url, location).status_code == 404
+        assert_problem(patch(server.url, location, 0, b""), 404)
+        assert_problem(requests.delete(f"{server.url}{location}", headers=V, timeout=30), 404)
+        gone = requests.get(f"{server.url}/api/csv/files/{file_id}", timeout=30)
+        assert gone.status_code == 404, file_id
+    listed = requests.get(f"{server.url}/api/csv/sessions/{session}", timeout=30).json()
+    assert listed["csv_files"] == []
+
+
+def test_a_finished_upload_whose_file_was_deleted_is_404(
+    server: ServerProcess, session: str
+) -> None:
+    body = b"a,b\n" + b"".join(b"%d,x\n" % i for i in range(20_000))
+    location = create(server.url, len(body), session_id=session).headers["Location"]
+    done = patch(server.url, location, 0, body)
+    assert done.status_code == 204, done.text
+    assert head(server.url, location).status_code == 200
+    assert requests.delete(f"{server.url}/api/csv/files/{file_id_of(done)}", timeout=30).ok
+    assert head(server.url, location).status_code == 404

@@ -21,6 +21,7 @@ from csvstore.errors import (
     ClientGone,
     CsvstoreError,
     DependencyUnavailable,
+    FileNotFound,
     NotACsv,
     NotFound,
     OffsetConflict,
@@ -258,7 +259,7 @@ class ResumableUploads:
             raise
         published = await self._publish(writer, file_id, state, facts)
         crash_point("tus.whole_published")
-        done = self._completed(state, published.file.id)
+        done = self._completed(state, published.file.id, made=not published.duplicate)
         # HEAD echoes Upload-Metadata: the row rebuilds the usual one, a state file keeps others.
         if published.duplicate or state.metadata != usual_metadata(
             state.session_id, state.filename
@@ -296,6 +297,7 @@ class ResumableUploads:
             expires_at=created + self.expiry,
             file_id=file_id,
             completed=True,
+            made_file=True,  # its id is the upload's
         )
 
     async def _remove_refused(self, upload_id: str) -> None:
@@ -311,12 +313,24 @@ class ResumableUploads:
             return done
         if state is None or (state.expires_at <= time.time() and not state.completed):
             raise _upload_not_found(upload_id)
+        if state.completed and state.file_id and not await self.store.is_published(state.file_id):
+            # Its file was deleted: the upload is gone too, not a pointer to nothing.
+            raise _upload_not_found(upload_id)
         await self._require_live_session(state)
         return state
 
     async def terminate(self, upload_id: str) -> None:
-        removed = await self.require().remove(upload_id)
-        if not removed and await self._completed_by_row(upload_id) is None:
+        """tus's termination frees what the upload holds: its bytes, or once complete the file
+        it made (as tusd and @tus/server delete a finished upload's data), then its record;
+        in that order, so that a failure leaves a DELETE to send again."""
+        partials = self.require()
+        state = await partials.get(upload_id)
+        done = await self._completed_by_row(upload_id) if state is None else state
+        if done is not None and done.completed and done.made_file and done.file_id is not None:
+            with contextlib.suppress(FileNotFound):  # deleted through /api/csv/files already
+                await self.store.delete_file(done.file_id)
+        removed = await partials.remove(upload_id)
+        if not removed and done is None:
             raise _upload_not_found(upload_id)
         self.events.terminated()
 
@@ -561,7 +575,7 @@ class ResumableUploads:
                 await writer.abort()
             await hold.remove()
             raise
-        done = self._completed(state, published.file.id)
+        done = self._completed(state, published.file.id, made=not published.duplicate)
         await hold.finish(done)
         self.events.finished()
         log.info(
@@ -608,7 +622,7 @@ class ResumableUploads:
                 await writer.abort()
             await hold.remove()
             raise
-        done = self._completed(state, file_id)
+        done = self._completed(state, file_id, made=file_id == str(uuid.UUID(state.id)))
         await hold.finish(done, durable=False)
         self.events.finished()
         return done
@@ -625,12 +639,13 @@ class ResumableUploads:
             dedupe=bool(state.options.get("dedupe")),
         )
 
-    def _completed(self, state: PartialState, file_id: str | None) -> PartialState:
+    def _completed(self, state: PartialState, file_id: str | None, *, made: bool) -> PartialState:
         return replace(
             state,
             offset=state.length,
             completed=True,
             file_id=file_id,
+            made_file=made,
             expires_at=time.time() + self.expiry,
         )
 

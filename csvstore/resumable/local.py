@@ -48,6 +48,9 @@ class PartialState:
     file_id: str | None = None  # set just before publishing: the id the file gets
     publish_key: str | None = None
     completed: bool = False  # published; kept until it expires so HEAD can say so
+    # Complete, and its file is the one it made (not an identical file found in the session):
+    # what a DELETE of the finished upload deletes. None: not known (settled after a crash).
+    made_file: bool | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
