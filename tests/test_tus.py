@@ -406,9 +406,9 @@ def test_terminating_an_unknown_upload_on_a_new_server_is_404(tmp_path: Path) ->
 def test_protocol_errors(server: ServerProcess, session: str) -> None:
     url = server.url
     # 412 with Tus-Version: no Tus-Resumable, or another version.
-    for headers in ({}, {"Tus-Resumable": "0.2.2"}):
+    for headers, said in (({}, "none was sent"), ({"Tus-Resumable": "0.2.2"}, "'0.2.2'")):
         resp = requests.post(f"{url}{TUS}", headers={"Upload-Length": "3", **headers}, timeout=30)
-        assert_problem(resp, 412)
+        assert said in assert_problem(resp, 412)["detail"]
         assert resp.headers["Tus-Version"] == "1.0.0"
     # 413: more than the upload limit, refused before a byte is sent.
     assert_problem(create(url, MAX_UPLOAD + 1, session_id=session), 413)
@@ -430,6 +430,10 @@ def test_protocol_errors(server: ServerProcess, session: str) -> None:
     location = create(url, 8, session_id=session).headers["Location"]
     # 415: a PATCH body is application/offset+octet-stream.
     assert_problem(patch(url, location, 0, b"a,b\n", **{"Content-Type": "text/csv"}), 415)
+    untyped = requests.patch(
+        f"{url}{location}", data=b"a,b\n", headers={**V, "Upload-Offset": "0"}, timeout=30
+    )
+    assert assert_problem(untyped, 415)["detail"].endswith("got none")
     # 409: the offset must be the upload's; the answer says which it is.
     conflict = patch(url, location, 3, b"a,b\n")
     assert_problem(conflict, 409)

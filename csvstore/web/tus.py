@@ -68,12 +68,17 @@ def _progress_headers(state: PartialState) -> dict[str, str]:
     return headers
 
 
+def _sent_type(request: web.Request) -> str:
+    """The Content-Type as sent (aiohttp reports application/octet-stream for none)."""
+    return request.content_type if "Content-Type" in request.headers else "none"
+
+
 def _require_tus(request: web.Request) -> None:
     version = request.headers.get("Tus-Resumable")
     if version != TUS_VERSION:
         raise PreconditionFailed(
             f"this server speaks tus {TUS_VERSION}: send 'Tus-Resumable: {TUS_VERSION}' "
-            f"(got {version!r})",
+            + ("(none was sent)" if version is None else f"(got {version[:40]!r})"),
             headers={"Tus-Version": TUS_VERSION},
         )
 
@@ -223,7 +228,7 @@ async def create(request: web.Request) -> web.Response:
     with_upload = _has_body(request)
     if with_upload and request.content_type != OFFSET_STREAM:
         raise UnsupportedMediaType(
-            f"creation-with-upload needs Content-Type: {OFFSET_STREAM}, got {request.content_type}"
+            f"creation-with-upload needs Content-Type: {OFFSET_STREAM}, got {_sent_type(request)}"
         )
     checksum = parse_checksum(request.headers.get("Upload-Checksum"))
     with _tus_answers():
@@ -258,7 +263,7 @@ async def patch(request: web.Request) -> web.Response:
     _require_tus(request)
     if request.content_type != OFFSET_STREAM:
         raise UnsupportedMediaType(
-            f"a PATCH carries Content-Type: {OFFSET_STREAM}, got {request.content_type}"
+            f"a PATCH carries Content-Type: {OFFSET_STREAM}, got {_sent_type(request)}"
         )
     offset = _int_header(request, "Upload-Offset")
     assert offset is not None
