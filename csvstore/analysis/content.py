@@ -192,8 +192,10 @@ class CsvContentCheck:
         if encoding.startswith("utf") or encoding == "ascii" or not profilable(encoding):
             return None
         # A double-byte code page that decodes every sampled byte is kept however unsure
-        # chardet is (a short Shift-JIS file: 0.03): chance rarely pairs 8-bit text so.
-        if confidence < _MIN_CONFIDENCE and not (unfit == 0 and double_byte(encoding)):
+        # chardet is (a short Shift-JIS file: 0.03): chance rarely pairs 8-bit text so, given
+        # a few characters' worth (two stray bytes of broken UTF-8 are no evidence).
+        paired = unfit == 0 and double_byte(encoding) and len(sample) >= _PAIRED_EVIDENCE
+        if confidence < _MIN_CONFIDENCE and not paired:
             return None
         return EncodingVerdict(encoding, "detected", round(confidence, 4))
 
@@ -317,6 +319,7 @@ _BAD_TO_JUDGE = 64
 _BAD_TO_GIVE_UP = 1024
 # Below this the detector is guessing (bench/RESULTS.md): cp1252 is then the fallback.
 _MIN_CONFIDENCE = 0.05
+_PAIRED_EVIDENCE = 64  # bytes of sampled non-ASCII lines
 # Enough non-ASCII lines for the detector to be as sure as it gets (bench/RESULTS.md).
 _SAMPLE_BYTES = 64 * 1024
 _NON_ASCII_LINE = re.compile(rb"[^\r\n]*[\x80-\xff][^\r\n]*(?:\r\n|\r|\n)?")
