@@ -249,6 +249,21 @@ async def test_memory_beyond_the_limit_is_a_4xx() -> None:
         await engine.close()
 
 
+async def test_a_result_past_the_memory_limit_as_json_is_a_4xx() -> None:
+    """DuckDB holds the list within its limit; as Python values and JSON it is bigger, and
+    that is refused too (the server's memory, not DuckDB's, would carry it)."""
+    engine = QueryEngine(QueryLimits(10, 32 << 20, 1000, concurrency=1))
+    try:
+        with pytest.raises(QueryTooLarge) as caught:
+            await engine.run([], "SELECT list(range / 7) FROM range(1000000)", 1)
+        assert "as JSON" in caught.value.detail
+        assert str(8 << 20) in caught.value.detail
+        many = await engine.run([], "SELECT range, 'x' FROM range(100000)", 1000)
+        assert (many.row_count, many.truncated) == (1000, True)
+    finally:
+        await engine.close()
+
+
 async def test_more_queries_than_the_concurrency_are_refused_and_the_loop_stays_free() -> None:
     engine = QueryEngine(QueryLimits(1.5, 64 << 20, 1000, concurrency=2))
     gaps: list[float] = []

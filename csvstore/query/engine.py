@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import orjson
+
 from csvstore.errors import (
     QueryBusy,
     QueryInvalid,
@@ -370,7 +372,8 @@ class QueryEngine:
         named = self._named(sources)
         async with self._job(named) as job:
             columns, types = await job.call(_prepare, job.box, named, sql)
-            rows = await job.call(_json_rows, job.box, limit)
+            most = self.limits.memory_bytes // 4
+            rows = await job.call(_json_rows, job.box, limit, most)
         truncated = len(rows) > limit
         rows = rows[:limit]
         elapsed = (time.perf_counter() - started) * 1000
@@ -428,8 +431,28 @@ def _prepare(box: Sandbox, named: dict[str, TableSource], sql: str) -> tuple[lis
 
 
 # Rows become JSON values or CSV in the worker thread too: 10,000 rows take milliseconds.
-def _json_rows(box: Sandbox, limit: int) -> list[list[JsonValue]]:
-    return json_rows(box.fetch(limit + 1))
+_RESULT_BATCH = 256  # rows converted at a time, so a result's size is known as it grows
+
+
+def _json_rows(box: Sandbox, limit: int, max_bytes: int) -> list[list[JsonValue]]:
+    """Up to ``limit + 1`` rows (one more tells a cut result), refused once their JSON is
+    past ``max_bytes`` (a quarter of --query-memory): DuckDB's memory limit does not cover
+    the rows made Python values, then JSON, then a response, each a copy of the result
+    (``SELECT list(i) FROM range(10000000)`` is one row of 79 MB)."""
+    rows: list[list[JsonValue]] = []
+    size = 0
+    while len(rows) <= limit:
+        batch = json_rows(box.fetch(min(_RESULT_BATCH, limit + 1 - len(rows))))
+        if not batch:
+            break
+        size += len(orjson.dumps(batch))
+        if size > max_bytes:
+            raise QueryTooLarge(
+                f"the result is over {max_bytes} bytes as JSON (a quarter of --query-memory):"
+                " select fewer or smaller values"
+            )
+        rows += batch
+    return rows
 
 
 def _csv_rows(box: Sandbox, n: int, header: list[str] | None) -> tuple[bytes, int]:
