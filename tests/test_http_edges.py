@@ -120,3 +120,20 @@ async def test_an_unknown_expectation_is_a_417_problem(client: Client) -> None:
         "/api/csv/sessions", json={"session_id": "s1"}, headers={"Expect": "100-continue"}
     )
     assert resp.status == 201
+
+
+async def test_a_body_refused_unread_ends_the_connection(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    """A 413 from Content-Length alone says Connection: close: the client need not send the
+    rest, and no byte of it can be taken for a next request."""
+    client = await make_client(replace(settings, max_upload_size=1000))
+    head = (
+        "POST /api/csv/upload HTTP/1.1\r\nHost: x\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 5000000\r\n\r\n"
+    )
+    reader, writer = await _raw(client, head)
+    answer = await asyncio.wait_for(reader.read(4096), timeout=10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"Connection: close" in answer

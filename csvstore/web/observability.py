@@ -142,6 +142,10 @@ def observe_middleware(
                     response = abort_started(request, exc)
                 else:
                     response = error_response(request, exc)
+                    if not request.content.is_eof():
+                        # Refused before its body was read (a 413 on Content-Length): say
+                        # the connection ends, rather than have the client send the rest.
+                        response.force_close()
             response.headers[REQUEST_ID_HEADER] = request_id
             if not response.prepared:
                 # Sent here, not after the middlewares return: the line tells the whole time.
