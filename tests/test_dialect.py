@@ -97,6 +97,20 @@ SHAPES: list[tuple[str, bytes, dict[str, Any], list[list[str]]]] = [
         [["05:40"], ["21:30"], ["11:02:03"]],
     ),
     (
+        "a wide time series: years name the columns",
+        b"Country,1990,1991,1992,1993\nNorway,4.25,4.31,4.5,4.6\nSweden,8.56,8.6,8.67,8.7\n"
+        b"Chile,13.2,13.4,13.6,13.8\n",
+        {"has_header": True, "columns": ["Country", "1990", "1991", "1992", "1993"],
+         "row_count": 3},
+        [["Norway", "4.25", "4.31"], ["Sweden", "8.56", "8.6"], ["Chile", "13.2", "13.4"]],
+    ),
+    (
+        "numbers in a first row are data, years or not",
+        b"1999,250,3.5\n2500,120,4.5\n350,80,1.25\n",
+        {"has_header": False, "row_count": 3},
+        [["1999", "250", "3.5"], ["2500", "120", "4.5"], ["350", "80", "1.25"]],
+    ),
+    (
         "R's write.csv: an empty corner above the row names",
         b'"","name","city"\n"1","Ann","Oslo"\n"2","Bob","Rome"\n"3","Cy","Lima"\n',
         {"has_header": True, "columns": ["", "name", "city"], "row_count": 3},

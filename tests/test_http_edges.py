@@ -7,6 +7,7 @@ import asyncio
 import re
 import socket
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -94,7 +95,7 @@ async def test_a_json_body_over_64_kib_is_a_413_whether_announced_or_not(client:
     body = await assert_problem(resp, 413)
     assert "65536" in body["detail"]
 
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(8):
             yield b" " * 10_000
         yield b'{"session_id": "s9"}'

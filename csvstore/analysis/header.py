@@ -16,6 +16,7 @@ _DATE_RE: Final = re.compile(
     r"|\d{1,2}:\d{2}(?::\d{2})?"
 )
 _BOOLEANS: Final = frozenset({"true", "false", "yes", "no"})
+_YEAR_RE: Final = re.compile(r"(?:1[89]|20)\d\d")
 
 
 def _kind(cell: str) -> str:
@@ -77,6 +78,7 @@ def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
     lengths: docs/design/profiler.md (the header vote)."""
     typed = 0
     by_length = 0
+    years: list[int] = []  # heads that are years over columns of numbers that are not
     width = len(first)
     columns: Iterator[Sequence[str]] | None = None
     if rows and all(len(row) == width for row in rows):
@@ -93,12 +95,18 @@ def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
             head_kind = _kind(head)
             if head_kind in kinds:
                 typed -= 1
+                if _YEAR_RE.fullmatch(head.strip()) and not all(map(_YEAR_RE.fullmatch, values)):
+                    years.append(int(head))
             elif head_kind == "text" or (head_kind == "number" and kinds == {"bool"}):
                 typed += 1  # a name, or a number naming a column of booleans (wide.csv)
         elif kinds == {"text"} and len(values) > 1:
             lengths = set(map(len, values))
             if len(lengths) == 1:
                 by_length += -1 if len(head) in lengths else 1
+    if len(years) >= 2 and (years == sorted(set(years)) or years == sorted(set(years))[::-1]):
+        # Years in order over columns of other numbers name them: a wide time series
+        # (Country,1990,1991,...), not a row of data that happens to hold years.
+        typed += 2 * len(years)
     if typed:
         return typed > 0
     if _plain_names(first):
