@@ -111,6 +111,14 @@ SHAPES: list[tuple[str, bytes, dict[str, Any], list[list[str]]]] = [
         [["1999", "250", "3.5"], ["2500", "120", "4.5"], ["350", "80", "1.25"]],
     ),
     (
+        "comment lines, one of them a commented-out row",
+        b"# exported by hand\n# do not edit\na;b\n# a note\n1;3\n# 20;7\n6;7\n"
+        + b"".join(b"# note %d\n%d;%d\n" % (i, i, i) for i in range(12)),
+        {"comment_char": "#", "row_count": 14, "ragged_rows": 0, "columns": ["a", "b"],
+         "preamble_lines": 2},
+        [["1", "3"], ["6", "7"], ["0", "0"]],
+    ),
+    (
         "R's write.csv: an empty corner above the row names",
         b'"","name","city"\n"1","Ann","Oslo"\n"2","Bob","Rome"\n"3","Cy","Lima"\n',
         {"has_header": True, "columns": ["", "name", "city"], "row_count": 3},

@@ -340,7 +340,12 @@ def _table_start(text: str, records: list[_SampleRecord]) -> tuple[int, str | No
         return first, None
     commented = [record for record in records[first:] if text.startswith(_COMMENT, record.start)]
     lead = any(text.startswith(_COMMENT, record.start) for record in records[:first])
-    comment = (lead or bool(commented)) and all(len(record.fields) != width for record in commented)
+    if records[first : first + 1] and text.startswith(_COMMENT, records[first].start):
+        return first, None  # the header itself ("#,name", "#id;name"): part of the table
+    # One commented-out row of the table's width among many comment lines is still a comment
+    # (a "# 20;7" in a file of "#" notes); more than one in ten, and "#" starts data.
+    as_wide = sum(len(record.fields) == width for record in commented)
+    comment = (lead or bool(commented)) and as_wide * 10 <= len(commented)
     return first, _COMMENT if comment else None
 
 
