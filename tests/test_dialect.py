@@ -254,3 +254,15 @@ async def test_a_rarer_delimiter_must_fit_to_beat_a_main_one_that_nearly_does(
     assert resp.status == 201, await resp.text()
     file = (await resp.json())["file"]
     assert (file["delimiter"], file["column_count"], file["row_count"]) == (",", 4, 40)
+
+
+async def test_a_comment_before_a_header_wider_than_its_rows_stays_a_comment(
+    client: Client, session: str
+) -> None:
+    # The rows are narrower than the header, so the table is taken from the first record:
+    # a "#" line, which is still the file's comment, not its header.
+    data = b"# this file has a bunch of gunk at the top\none,two,three,four\n1,a,alice\n2,b,bob\n"
+    resp = await client.post("/api/csv/upload", data=upload_form(data))
+    assert resp.status == 201, await resp.text()
+    file = (await resp.json())["file"]
+    assert (file["comment_char"], file["column_count"], file["row_count"]) == ("#", 4, 2)

@@ -340,7 +340,8 @@ def _table_start(text: str, records: list[_SampleRecord]) -> tuple[int, str | No
         return first, None
     commented = [record for record in records[first:] if text.startswith(_COMMENT, record.start)]
     lead = any(text.startswith(_COMMENT, record.start) for record in records[:first])
-    if records[first : first + 1] and text.startswith(_COMMENT, records[first].start):
+    header = records[first] if first < len(records) else None
+    if header and text.startswith(_COMMENT, header.start) and len(header.fields) == width:
         return first, None  # the header itself ("#,name", "#id;name"): part of the table
     # One commented-out row of the table's width among many comment lines is still a comment
     # (a "# 20;7" in a file of "#" notes); more than one in ten, and "#" starts data.
