@@ -168,6 +168,36 @@ async def test_content_download_headers(client: Client, session: str) -> None:
     assert await head.read() == b""
 
 
+async def test_date_conditions_on_a_download(client: Client, session: str) -> None:
+    """RFC 9110's date preconditions, for a stored file that never changes."""
+    file = (await _upload(client))["file"]
+    assert isinstance(file, dict)
+    url = f"/api/csv/files/{file['id']}/content"
+    stamp = (await client.head(url)).headers["Last-Modified"]
+    later = "Fri, 01 Jan 2100 00:00:00 GMT"
+    earlier = "Thu, 01 Jan 1970 00:00:00 GMT"
+    for since in (stamp, later):
+        resp = await client.get(url, headers={"If-Modified-Since": since})
+        assert resp.status == 304, since
+        assert resp.headers["Last-Modified"] == stamp
+    for since in (earlier, "not a date"):
+        assert (await client.get(url, headers={"If-Modified-Since": since})).status == 200
+    # If-None-Match wins over a date (RFC 9110 13.2.2).
+    stale = {"If-None-Match": '"other"', "If-Modified-Since": later}
+    assert (await client.get(url, headers=stale)).status == 200
+    # If-Range with the Last-Modified date: the range is sent; with another date, the file.
+    part = await client.get(url, headers={"Range": "bytes=0-1", "If-Range": stamp})
+    assert (part.status, await part.read()) == (206, BODY[:2])
+    whole = await client.get(url, headers={"Range": "bytes=0-1", "If-Range": earlier})
+    assert (whole.status, await whole.read()) == (200, BODY)
+    # If-Match and If-Unmodified-Since: 412 when they fail.
+    assert (await client.get(url, headers={"If-Match": f'"{SHA}"'})).status == 200
+    assert (await client.get(url, headers={"If-Match": "*"})).status == 200
+    await assert_problem(await client.get(url, headers={"If-Match": '"other"'}), 412)
+    await assert_problem(await client.get(url, headers={"If-Unmodified-Since": earlier}), 412)
+    assert (await client.get(url, headers={"If-Unmodified-Since": later})).status == 200
+
+
 @pytest.mark.parametrize(
     ("header", "start", "end"),
     [

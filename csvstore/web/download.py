@@ -9,6 +9,7 @@ import zlib
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import formatdate, parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -16,7 +17,7 @@ from aiohttp import web
 from anyascii import anyascii
 from stream_zip import ZIP_64, async_stream_zip
 
-from csvstore.errors import RangeNotSatisfiable, StoredFileUnavailable
+from csvstore.errors import PreconditionFailed, RangeNotSatisfiable, StoredFileUnavailable
 from csvstore.model import Session, StoredFile
 from csvstore.service import CsvStore
 from csvstore.web.problems import start_response
@@ -115,29 +116,60 @@ def content_disposition(original_filename: str, disposition: str = "attachment")
     return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(original_filename)}"
 
 
-def _last_modified(file: StoredFile) -> str:
+def _modified_at(file: StoredFile) -> datetime:
     created = datetime.strptime(file.created_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    return created.strftime("%a, %d %b %Y %H:%M:%S GMT")
+    return created.replace(microsecond=0)  # HTTP dates have whole seconds
+
+
+def _http_date(header: str | None) -> datetime | None:
+    """An HTTP-date header's value, or None when absent or not a date (then ignored, as
+    RFC 9110 says of an invalid one)."""
+    if not header:
+        return None
+    try:
+        parsed = parsedate_to_datetime(header)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _check_preconditions(request: web.Request, etag: str | None, modified: datetime) -> bool:
+    """RFC 9110 section 13.2.2, for a stored file (which never changes): False for a 304;
+    a failed If-Match or If-Unmodified-Since is a 412."""
+    if_match = request.headers.get("If-Match")
+    if if_match is not None:
+        if not (etag and _etag_matches(if_match, etag)) and if_match.strip() != "*":
+            raise PreconditionFailed(f"If-Match: the file's ETag is {etag}")
+    else:
+        unmodified_since = _http_date(request.headers.get("If-Unmodified-Since"))
+        if unmodified_since is not None and modified > unmodified_since:
+            raise PreconditionFailed("If-Unmodified-Since: the file was stored after that date")
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None:
+        return not (etag and _etag_matches(if_none_match, etag))
+    modified_since = _http_date(request.headers.get("If-Modified-Since"))
+    return modified_since is None or modified > modified_since
 
 
 async def send_file(request: web.Request, store: CsvStore, file: StoredFile) -> web.StreamResponse:
     size = file.file_size
     etag = etag_of(file)
+    modified = _modified_at(file)
     charset = charset_of(file.encoding)
     headers = {
         "Content-Type": f"text/csv; charset={charset}" if charset else "text/csv",
         "Content-Disposition": content_disposition(file.original_filename),
         "Accept-Ranges": "bytes",
-        "Last-Modified": _last_modified(file),
+        "Last-Modified": formatdate(modified.timestamp(), usegmt=True),
     }
     if etag:
         headers["ETag"] = etag
-        if_none_match = request.headers.get("If-None-Match")
-        if if_none_match and _etag_matches(if_none_match, etag):
-            return web.Response(status=304, headers={k: headers[k] for k in ("ETag",)})
+    if not _check_preconditions(request, etag, modified):
+        kept: dict[str, str] = {k: headers[k] for k in ("ETag", "Last-Modified") if k in headers}
+        return web.Response(status=304, headers=kept)
     requested = request.headers.get("Range")
     if_range = request.headers.get("If-Range")
-    if if_range is not None and if_range.strip() != etag:
+    if if_range is not None and not (if_range.strip() == etag or _http_date(if_range) == modified):
         requested = None  # the client's copy is stale: send the whole current file
     byte_range = parse_range(requested, size)
 
