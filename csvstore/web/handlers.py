@@ -10,7 +10,7 @@ from aiohttp import web
 from yarl import URL
 
 from csvstore.errors import BadRequest, UnsupportedMediaType
-from csvstore.uploads import UploadLimits
+from csvstore.uploads import UploadLimits, bounded
 from csvstore.web import schemas
 from csvstore.web.body import body_chunks
 from csvstore.web.download import send_archive, send_file
@@ -61,18 +61,20 @@ async def read_json(request: web.Request) -> Any:
 
 
 async def _read_small_body(request: web.Request) -> bytes:
-    """The whole body, at most the app's ``client_max_size``: read as an upload's body is, so
-    a stalled body gets the 408 of ``--body-read-timeout`` and a dropped one is the client's
-    leaving (client-gone), where ``request.read()`` would wait forever or raise a 500."""
-    limit = JSON_BODY_LIMIT
-    if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    received = bytearray()
-    async for chunk in body_chunks(request.content, request.app[LIMITS_KEY], broken_is_gone=True):
-        received += chunk
-        if len(received) > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(received))
-    return bytes(received)
+    """The whole body, at most JSON_BODY_LIMIT bytes, read as an upload's body is: a stalled
+    body gets the 408 of ``--body-read-timeout`` and a dropped one is the client's leaving
+    (client-gone), where ``request.read()`` would wait forever or raise a 500."""
+    size = request.content_length
+    if size is not None and size > JSON_BODY_LIMIT:
+        raise web.HTTPRequestEntityTooLarge(max_size=JSON_BODY_LIMIT, actual_size=size)
+
+    def too_large() -> web.HTTPRequestEntityTooLarge:  # its size unknown: only the limit shows
+        return web.HTTPRequestEntityTooLarge(
+            max_size=JSON_BODY_LIMIT, actual_size=JSON_BODY_LIMIT + 1
+        )
+
+    chunks = body_chunks(request.content, request.app[LIMITS_KEY], broken_is_gone=True)
+    return b"".join([chunk async for chunk in bounded(chunks, JSON_BODY_LIMIT, too_large)])
 
 
 async def create_session(request: web.Request) -> web.Response:

@@ -99,7 +99,6 @@ async def meet_expectation(request: web.Request) -> web.StreamResponse | None:
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the response proper has not begun
         return None
-    request[ERROR_REASON] = EXPECTATION_FAILED
     return problem_response(
         417, EXPECTATION_FAILED, f"only 'Expect: 100-continue' can be met, not {expect[:100]!r}"
     )
