@@ -304,6 +304,30 @@ def test_creation_with_upload_stores_a_small_file_in_one_request(
     assert row["sha256"] == hashlib.sha256(body).hexdigest()
 
 
+def test_an_empty_upload_is_whole_at_creation_and_named_like_one(
+    server: ServerProcess, session: str
+) -> None:
+    """Upload-Length 0 completes at creation, with or without an (empty) body: its file id is
+    the upload id, as for any whole creation."""
+    for body in (None, b""):
+        headers = {
+            **V,
+            "Upload-Length": "0",
+            "Upload-Metadata": metadata(session_id=session, filename="empty.csv"),
+        }
+        if body is not None:
+            headers["Content-Type"] = OFFSET_STREAM
+        resp = requests.post(f"{server.url}{TUS}", data=body, headers=headers, timeout=30)
+        assert resp.status_code == 201, resp.text
+        assert resp.headers["Upload-Offset"] == "0"
+        upload_id = resp.headers["Location"].rsplit("/", 1)[1]
+        file_id = file_id_of(resp)
+        assert file_id.replace("-", "") == upload_id
+        assert file_row(server.url, file_id)["file_size"] == 0
+        probe = head(server.url, resp.headers["Location"])
+        assert probe.headers["Upload-Offset"] == probe.headers["Upload-Length"] == "0"
+
+
 def test_a_whole_small_creation_is_published_as_a_multipart_upload(
     server: ServerProcess, session: str
 ) -> None:

@@ -199,12 +199,14 @@ class ResumableUploads:
             created_at=utc_now(),
             expires_at=time.time() + self.expiry,
         )
+        # An empty file is whole at creation, with or without a body: published the same way,
+        # so its file id is the upload id here too.
         if (
-            first is not None
-            and 0 < length <= WHOLE_MAX
+            (first is not None or length == 0)
+            and length <= WHOLE_MAX
             and isinstance(partials, LocalPartialStore)
         ):
-            data = await self._buffer(first, length)
+            data = await self._buffer(first, length) if first is not None else b""
             if len(data) == length:  # the row's insert checks the session, as for multipart
                 return await self._create_whole(partials, state, data)
             first = Body(_once(data), len(data))  # the rest comes by PATCH: a partial upload

@@ -84,14 +84,16 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
         return ByteRange(max(0, size - suffix), size - 1)
     start = int(first)
     end = min(int(last), size - 1) if last else size - 1
-    if start >= size or (last and int(last) < start):
+    if last and int(last) < start:  # invalid (RFC 9110 14.1.1); refused as nginx does
+        raise _unsatisfiable(header, size, "ends before it starts")
+    if start >= size:
         raise _unsatisfiable(header, size)
     return ByteRange(start, end)
 
 
-def _unsatisfiable(header: str, size: int) -> RangeNotSatisfiable:
+def _unsatisfiable(header: str, size: int, why: str = "is outside the file") -> RangeNotSatisfiable:
     return RangeNotSatisfiable(
-        f"range {header!r} is outside the file, which is {size} bytes long",
+        f"range {header!r} {why}, which is {size} bytes long",
         headers={"Content-Range": f"bytes */{size}"},
     )
 
