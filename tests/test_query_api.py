@@ -116,6 +116,21 @@ async def test_utf16_files_with_either_bom_are_tables_with_their_rows(
     assert summary["columns"][1]["max"] == "Λεωνίδας"
 
 
+@pytest.mark.parametrize("data", [b"", b"\n\n", b"\r\n\r\n"])
+async def test_a_file_without_a_table_lists_no_columns(
+    client: Client, session: str, data: bytes
+) -> None:
+    """The profile says `columns: []`; DuckDB would invent `column0`, which /tables and the
+    summary must not show."""
+    file_id = await _upload(client, data, "nothing.csv")
+    file = await (await client.get(f"/api/csv/files/{file_id}")).json()
+    assert file["column_count"] == 0, file
+    tables = await (await client.get("/api/csv/sessions/s1/tables")).json()
+    assert [(t["name"], t["columns"], t["row_count"]) for t in tables] == [("nothing_csv", [], 0)]
+    summary = await (await client.get(f"/api/csv/files/{file_id}/summary")).json()
+    assert summary["columns"] == []
+
+
 async def test_a_file_the_engine_cannot_read_is_a_422_that_names_no_server_path(
     client: Client, session: str, settings: Settings
 ) -> None:

@@ -69,6 +69,9 @@ class Dialect:
     footer_lines: int = 0
     row_count: int | None = None  # data rows recorded (bounds a table with a footer)
     ragged: bool = False
+    # The profile found no table at all (an empty file, or only a preamble): DuckDB would
+    # invent a `column0`, so the listing and the summary show none.
+    no_columns: bool = False
 
     @classmethod
     def of(cls, stored: StoredFile) -> Dialect:
@@ -82,6 +85,7 @@ class Dialect:
             footer_lines=stored.footer_lines or 0,
             row_count=stored.row_count,
             ragged=bool(stored.ragged_rows),
+            no_columns=stored.column_count == 0,
         )
 
 
@@ -462,6 +466,8 @@ def _csv_rows(box: Sandbox, n: int, header: list[str] | None) -> tuple[bytes, in
 
 def _table(box: Sandbox, name: str, src: TableSource) -> TableInfo:
     box.define(name, src.path, src.dialect)
+    if src.dialect.no_columns:
+        return TableInfo(name, src.file_id, [], 0)
     columns = [Column(c, t) for c, t in box.columns(name)]
     row = box.con.execute(f"SELECT count(*) FROM {quote_name(name)}").fetchone()
     return TableInfo(name, src.file_id, columns, int(row[0]) if row else 0)

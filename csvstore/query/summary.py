@@ -20,7 +20,7 @@ def summarize(box: Sandbox, name: str, source: Any, make: Any) -> list[Any]:
     scan; the top values are approx_top_k's candidates counted exactly in a second scan."""
     box.define(name, source.path, source.dialect)
     table = quote_name(name)
-    columns = box.columns(name)
+    columns = [] if source.dialect.no_columns else box.columns(name)
     if not columns:
         return []
     parts = ["count(*)"]
