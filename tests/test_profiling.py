@@ -100,8 +100,16 @@ def check_against_reference(data: bytes, encoding: str, profile: CsvProfile) -> 
     ref = reference(data, encoding, profile)
     assert profile.row_count == len(ref.rows)
     if ref.header is not None:
-        assert profile.columns == ref.header
-        assert profile.column_count == len(ref.header)
+        header = ref.header
+        if len(profile.columns) == len(header) + 1:  # one name short: profile._unnamed_column
+            at = 0 if profile.columns[0] == "" and profile.columns[1:] == header else len(header)
+            assert profile.columns == [*header[:at], "", *header[at:]]
+            assert all(name.strip() for name in header)
+            assert len(set(header)) == len(header)
+            assert sum(len(row) == len(header) + 1 for row in ref.rows) >= 2
+        else:
+            assert profile.columns == header
+        assert profile.column_count == len(profile.columns)
     else:
         assert profile.columns == []
     width = profile.column_count
@@ -1218,3 +1226,24 @@ def test_c_counter_refuses_to_be_used_while_another_thread_feeds_it() -> None:
     scanner.finish()
     assert scanner.data_rows == rows  # the feed itself was not disturbed
     assert len(scanner.checkpoints) == -(-rows // 10**6)
+
+
+@pytest.mark.parametrize(
+    ("data", "columns", "ragged"),
+    [
+        # R's write.table(sep=","): no name over the row names.
+        (b'"x","y"\n"1",2,3\n"2",4,5\n', ["", "x", "y"], 0),
+        # rows ending in a delimiter the header lacks
+        (b"a,b,c\n1,2,3,\n4,5,6,\n", ["a", "b", "c", ""], 0),
+        # not that shape: one row only, repeated names, rows of the header's width too
+        (b"x,y\n1,2,3\n", ["x", "y"], 1),
+        (b"x,x\n1,2,3\n4,5,6\n", ["x", "x"], 2),
+        (b"x,y\n1,2,3\n4,5\n6,7,8\n", ["x", "y"], 2),
+    ],
+)
+def test_a_header_one_name_short_gets_an_unnamed_column(
+    data: bytes, columns: list[str], ragged: int
+) -> None:
+    profile = profile_of(data, "utf-8")
+    assert (profile.columns, profile.column_count) == (columns, len(columns))
+    assert profile.ragged_rows == ragged

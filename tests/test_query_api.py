@@ -131,6 +131,33 @@ async def test_a_file_without_a_table_lists_no_columns(
     assert summary["columns"] == []
 
 
+async def test_a_header_one_name_short_names_the_unnamed_column_and_keeps_the_rest_in_place(
+    client: Client, session: str
+) -> None:
+    """R's write.table(sep=",") has no name over its row names; rows ending in a delimiter
+    have no name over their last, empty column. DuckDB alone shifts every name by one."""
+    r_table = b'"Weight","Feed","Pig"\n"1",26.5,NA,4601\n"2",27.6,5.2,4601\n"3",30,6,4602\n'
+    file_id = await _upload(client, r_table, "dietox.csv")
+    file = await (await client.get(f"/api/csv/files/{file_id}")).json()
+    assert (file["columns"], file["column_count"]) == (["", "Weight", "Feed", "Pig"], 4)
+    assert (file["row_count"], file["ragged_rows"], file["has_header"]) == (3, 0, True)
+    rows = await (await client.get(f"/api/csv/files/{file_id}/rows")).json()
+    assert rows["columns"] == ["", "Weight", "Feed", "Pig"]
+    assert rows["rows"][0] == ["1", "26.5", "NA", "4601"]
+    body = await _query(client, "SELECT column0, Weight, Pig FROM dietox_csv ORDER BY 1")
+    assert body["rows"] == [[1, 26.5, 4601], [2, 27.6, 4601], [3, 30.0, 4602]]
+    trailing = await _upload(client, b"a,b,c\n1,x,3,\n4,y,6,\n", "trailing.csv")
+    file = await (await client.get(f"/api/csv/files/{trailing}")).json()
+    assert (file["columns"], file["ragged_rows"]) == (["a", "b", "c", ""], 0)
+    body = await _query(client, "SELECT a, b, c FROM trailing_csv ORDER BY a")
+    assert body["rows"] == [[1, "x", 3], [4, "y", 6]]
+    # R's write.csv names the corner "": the same columns, read the same way.
+    r_csv = b'"","Weight","Feed"\n"1",26.5,NA\n"2",27.6,5.2\n'
+    await _upload(client, r_csv, "written.csv")
+    body = await _query(client, "SELECT column0, Weight FROM written_csv ORDER BY 1")
+    assert body["rows"] == [[1, 26.5], [2, 27.6]]
+
+
 async def test_a_file_the_engine_cannot_read_is_a_422_that_names_no_server_path(
     client: Client, session: str, settings: Settings
 ) -> None:

@@ -155,7 +155,8 @@ class CsvProfiler:
         if records:
             first = records[0]
             rows = [record.fields for record in records[1 : _MAX_HEADER_VOTE_ROWS + 1]]
-            self._has_header = _looks_like_header(first.fields, rows)
+            unnamed = _unnamed_column(first.fields, [r.fields for r in records[1:]])
+            self._has_header = unnamed is not None or _looks_like_header(first.fields, rows)
             if self._has_header:
                 raw_header = body[first.start * self._unit : first.end * self._unit]
                 self._columns = _one_record(
@@ -164,6 +165,8 @@ class CsvProfiler:
                     sniffed.quotechar,
                     sniffed.skip_space,
                 )
+                if unnamed is not None:
+                    self._columns.insert(unnamed, "")
                 expected = len(self._columns)
             else:
                 widths = Counter(len(record.fields) for record in records)
@@ -213,3 +216,21 @@ class CsvProfiler:
             duplicate_columns=[name for name, count in seen.items() if count > 1],
             footer_lines=footer.lines,
         )
+
+
+def _unnamed_column(header: list[str], rows: list[list[str]]) -> int | None:
+    """Where a header one name short of its rows lacks the name, or None if it is not one.
+
+    R's ``write.table(df, sep=",")`` writes the row names as a first column with no name
+    (read.table takes a first line one field short as a header for that reason); a file
+    whose rows end with a delimiter its header lacks has a last column with no name. Taken
+    for a header only with distinct non-empty names over at least two rows, nearly all one
+    field wider and none as wide: the empty column is the last when every row's last field
+    is empty, else the first."""
+    width = len(header)
+    if len(rows) < 2 or any(not name.strip() for name in header) or len(set(header)) < width:
+        return None
+    wider = [row for row in rows if len(row) == width + 1]
+    if len(wider) * 10 < len(rows) * 9 or any(len(row) == width for row in rows):
+        return None
+    return width if all(row[-1] == "" for row in wider) else 0

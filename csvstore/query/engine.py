@@ -28,6 +28,7 @@ from csvstore.model import StoredFile
 from csvstore.query.sandbox import (
     Sandbox,
     clean_message,
+    duckdb_names,
     open_database,
     quote_name,
     reserved_names,
@@ -72,6 +73,10 @@ class Dialect:
     # The profile found no table at all (an empty file, or only a preamble): DuckDB would
     # invent a `column0`, so the listing and the summary show none.
     no_columns: bool = False
+    # Column names given to DuckDB, the header line skipped: for a header with no name over
+    # its first or last column (R's row names, rows ending in a delimiter), which can be one
+    # field short of its rows (DuckDB would shift every name by one).
+    names: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, stored: StoredFile) -> Dialect:
@@ -86,7 +91,21 @@ class Dialect:
             row_count=stored.row_count,
             ragged=bool(stored.ragged_rows),
             no_columns=stored.column_count == 0,
+            names=_unnamed_edge(stored),
         )
+
+
+def _unnamed_edge(stored: StoredFile) -> tuple[str, ...]:
+    columns = stored.columns or []
+    if (
+        not stored.has_header
+        or stored.ragged_rows
+        or len(columns) < 2
+        or "" not in (columns[0], columns[-1])
+        or any("\n" in c or "\r" in c for c in columns)
+    ):
+        return ()
+    return duckdb_names(columns)
 
 
 @dataclass(frozen=True)

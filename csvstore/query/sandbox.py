@@ -272,13 +272,19 @@ def read_csv_sql(path: str, dialect: Any, *, columns: Sequence[str] = ()) -> str
             f"the file is {dialect.encoding}, which the query engine cannot decode "
             "(it reads UTF-8 and Latin-1)"
         )
+    skip = _skip(path, dialect)
+    names: Sequence[str] = () if columns else dialect.names
+    header = dialect.header and not names
+    if names:  # the header line is skipped and its names given
+        skip += 1
     options = [
         f"delim = {quote_literal(dialect.delimiter)}",
         f"quote = {quote_literal(dialect.quotechar or '')}",
-        f"header = {'true' if dialect.header else 'false'}",
+        f"header = {'true' if header else 'false'}",
         f"encoding = {quote_literal(encoding)}",
     ]
-    skip = _skip(path, dialect)
+    if names:
+        options.append(f"names = [{', '.join(quote_literal(n) for n in names)}]")
     if skip or not dialect.ragged:  # skip = 0 made the sniffer fail on a row past the header
         options.append(f"skip = {skip}")
     if dialect.escapechar:
@@ -317,9 +323,15 @@ def text_columns(path: str, dialect: Any) -> tuple[str, ...]:
             if dialect.header and not header:
                 header = record
             width = max(width, len(record))
+    return duckdb_names(header + [""] * (width - len(header)))
+
+
+def duckdb_names(header: Sequence[str]) -> tuple[str, ...]:
+    """Column names as DuckDB gives them to a header: blank ones ``column<i>``, repeats
+    ``<name>_<n>``."""
     names: list[str] = []
-    for i in range(width):
-        name = header[i].strip() if i < len(header) and header[i].strip() else f"column{i}"
+    for i, raw in enumerate(header):
+        name = raw.strip() or f"column{i}"
         unique, n = name, 0
         while unique in names:
             n += 1
