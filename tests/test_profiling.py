@@ -1247,3 +1247,22 @@ def test_a_header_one_name_short_gets_an_unnamed_column(
     profile = profile_of(data, "utf-8")
     assert (profile.columns, profile.column_count) == (columns, len(columns))
     assert profile.ragged_rows == ragged
+
+
+@pytest.mark.parametrize(
+    ("data", "has_header", "rows"),
+    [
+        # R's write.csv of a table with numeric dimnames (datasets::crimtab)
+        (b'"","142.24","144.78","147.32"\n"9.4",0,0,1\n"9.5",0,1,0\n"9.6",2,0,0\n', True, 3),
+        # Python's csv.QUOTE_NONNUMERIC with years for names, no text column at all
+        (b'"2001","2002","2003"\n1.5,2.5,3.5\n4.5,5.5,6.5\n', True, 2),
+        # numbers quoted everywhere, or nowhere: the quotes say nothing
+        (b'"1","2","3"\n"4","5","6"\n"7","8","9"\n', False, 3),
+        (b"1.5,2.5,3.5\n4.5,5.5,6.5\n7.5,8.5,9.5\n", False, 3),
+    ],
+)
+def test_quoted_numbers_over_bare_numbers_are_names(
+    data: bytes, has_header: bool, rows: int
+) -> None:
+    profile = profile_of(data, "utf-8")
+    assert (profile.has_header, profile.row_count) == (has_header, rows)

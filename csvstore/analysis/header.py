@@ -112,3 +112,53 @@ def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
     if _plain_names(first):
         return True
     return by_length > 0
+
+
+def _quoted_fields(raw: str, delimiter: str, quotechar: str) -> list[bool]:
+    """For each field of one raw record: does it open with the quote character?"""
+    flags: list[bool] = []
+    start, in_quote, closed = True, False, False
+    for ch in raw.rstrip("\r\n"):
+        if in_quote:
+            if ch == quotechar:
+                in_quote, closed = False, True
+            continue
+        if closed and ch == quotechar:  # "" inside a quoted field
+            in_quote, closed = True, False
+            continue
+        closed = False
+        if start:
+            flags.append(ch == quotechar)
+            start = False
+            in_quote = ch == quotechar
+        elif ch == delimiter:
+            start = True
+    if start:
+        flags.append(False)  # an empty last field
+    return flags
+
+
+def _quoted_numbers_name_columns(
+    first: list[str],
+    rows: list[list[str]],
+    raw_first: str,
+    raw_rows: list[str],
+    delimiter: str,
+    quotechar: str,
+) -> bool:
+    """Numbers quoted in the first record over the same columns' numbers left bare in every
+    row: names written as text (R's write.csv, Python's QUOTE_NONNUMERIC), so a header
+    although typed columns voted against it (``"","142.24","144.78"`` over ``"9.4",0,0``)."""
+    numeric = [j for j, head in enumerate(first) if _kind(head) == "number"]
+    heads = _quoted_fields(raw_first, delimiter, quotechar)
+    if len(numeric) < 2 or len(heads) != len(first) or not all(heads[j] for j in numeric):
+        return False
+    for row, raw in zip(rows, raw_rows, strict=True):
+        quoted = _quoted_fields(raw, delimiter, quotechar)
+        if len(quoted) != len(row) or any(quoted[j] for j in numeric if j < len(row)):
+            return False
+    for j in numeric:
+        values = [row[j] for row in rows if j < len(row) and row[j].strip()]
+        if not values or _column_kinds(values) != {"number"}:
+            return False
+    return True

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from csvstore.analysis.counter import _Counter, _DialectFilter, _new_counter
 from csvstore.analysis.footer import NO_FOOTER, TAIL, TailDialect, find_footer
-from csvstore.analysis.header import _looks_like_header
+from csvstore.analysis.header import _looks_like_header, _quoted_numbers_name_columns
 from csvstore.analysis.projection import _decoding_codec, _Projector, profilable
 from csvstore.analysis.sniff import (
     _MAX_HEADER_VOTE_ROWS,
@@ -157,6 +157,15 @@ class CsvProfiler:
             rows = [record.fields for record in records[1 : _MAX_HEADER_VOTE_ROWS + 1]]
             unnamed = _unnamed_column(first.fields, [r.fields for r in records[1:]])
             self._has_header = unnamed is not None or _looks_like_header(first.fields, rows)
+            if not self._has_header and sniffed.quotechar:
+                voters = records[: _MAX_HEADER_VOTE_ROWS + 1]
+                raws = [
+                    body[r.start * self._unit : r.end * self._unit].decode(codec, "replace")
+                    for r in voters
+                ]
+                self._has_header = _quoted_numbers_name_columns(
+                    first.fields, rows, raws[0], raws[1:], sniffed.delimiter, sniffed.quotechar
+                )
             if self._has_header:
                 raw_header = body[first.start * self._unit : first.end * self._unit]
                 self._columns = _one_record(
