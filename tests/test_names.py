@@ -18,6 +18,7 @@ import pytest
 import requests
 from httpie.downloads import filename_from_content_disposition
 
+from csvstore.web.download import content_disposition
 from tests.conftest import Client, assert_problem, raw_multipart
 from tests.serverproc import ServerProcess
 
@@ -156,3 +157,17 @@ def test_the_ascii_fallback_never_has_a_folder_in_it(server: ServerProcess) -> N
     disposition = download.headers["Content-Disposition"]
     assert 'filename="1_2 a_b.csv"' in disposition
     assert unquote(disposition.split("filename*=UTF-8''")[1]) == "½ a\u2215b.csv"
+
+
+@pytest.mark.parametrize(
+    ("name", "fallback"),
+    [
+        ("emoji😀.csv", "emoji_grinning_.csv"),  # anyascii: ':grinning:'
+        ('a<b>c:d"e|f?g*h\\i/j.csv', "a_b_c_d_e_f_g_h_i_j.csv"),
+        ("Λεωνίδας.csv", "Leonidas.csv"),
+    ],
+)
+def test_the_ascii_fallback_name_is_one_windows_accepts(name: str, fallback: str) -> None:
+    disposition = content_disposition(name)
+    assert disposition.startswith(f'attachment; filename="{fallback}"; '), disposition
+    assert unquote(disposition.split("filename*=UTF-8''")[1]) == name

@@ -107,12 +107,16 @@ def _etag_matches(header: str, etag: str) -> bool:
     return "*" in candidates or etag in candidates
 
 
+_NOT_IN_FALLBACK = frozenset('"\\%/<>:|?*')
+
+
 def content_disposition(original_filename: str, disposition: str = "attachment") -> str:
     """RFC 6266: an ASCII fallback and the exact name in ``filename*`` (RFC 8187)."""
     # Transliterated (Λεωνίδας.csv -> Leonidas.csv) for clients that ignore filename*, curl -OJ;
-    # no '/' (½ -> 1/2): a client could take it for a folder.
+    # no '/' (½ -> 1/2): a client could take it for a folder; nor what Windows refuses in a
+    # name (😀 -> :grinning:).
     fallback = "".join(
-        ch if 0x20 <= ord(ch) < 0x7F and ch not in '"\\%/' else "_"
+        ch if 0x20 <= ord(ch) < 0x7F and ch not in _NOT_IN_FALLBACK else "_"
         for ch in anyascii(original_filename)
     )
     return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(original_filename)}"
