@@ -230,6 +230,15 @@ def _deflate() -> Any:
     return zlib.compressobj(wbits=-zlib.MAX_WBITS, level=6)
 
 
+_WINDOWS_REFUSES = re.compile(r'[<>:"|?*\\\x00-\x1f]')
+
+
+def _entry_name(original_filename: str) -> str:
+    """An entry name every unzip can write: what Windows refuses in a name becomes ``_``
+    (``10:30.csv`` -> ``10_30.csv``); other characters, non-ASCII ones too, stay."""
+    return _WINDOWS_REFUSES.sub("_", original_filename)
+
+
 def unique_names(names: Iterable[str]) -> list[str]:
     """Archive entry names: the original names, with `` (1)``, `` (2)`` before the extension
     where two files share one (``x.csv``, ``x (1).csv``; ``.csv``, ``(1).csv``)."""
@@ -255,7 +264,7 @@ async def send_archive(
 ) -> web.StreamResponse:
     """The session's files as one ZIP, built while it is sent (nothing assembled first)."""
     files = session.csv_files or ()
-    names = unique_names(f.original_filename for f in files)
+    names = unique_names(_entry_name(f.original_filename) for f in files)
 
     async def members() -> AsyncIterator[Any]:
         for file, name in zip(files, names, strict=True):
