@@ -185,6 +185,9 @@ async def test_list_after_cursor_and_bad_paging(client: Client) -> None:
     assert [s["session_id"] for s in body] == ["b"]
     for query in ("limit=0", "limit=1001", "limit=x", "bogus=1"):
         await assert_problem(await client.get(f"/api/csv/sessions?{query}"), 400)
+    # Given twice, which one counts would be a guess.
+    twice = await assert_problem(await client.get("/api/csv/sessions?limit=2&limit=3"), 400)
+    assert twice["detail"] == "invalid query: limit: given 2 times; send it once", twice
 
 
 async def test_delete_session_removes_rows_and_files(client: Client, session: str) -> None:

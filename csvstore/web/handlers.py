@@ -91,7 +91,7 @@ async def create_session(request: web.Request) -> web.Response:
 
 
 async def list_sessions(request: web.Request) -> web.Response:
-    query = schemas.load(schemas.SessionListQuery(), dict(request.query), what="query")
+    query = schemas.load_query(schemas.SessionListQuery(), request.query)
     limit = query["limit"]
     # One more than asked for tells whether a next page exists without a second round trip.
     # The database renders the JSON (SessionSchema's shape, tested): faster than Python.
@@ -143,7 +143,7 @@ async def download_file(request: web.Request) -> web.StreamResponse:
 
 
 async def file_rows(request: web.Request) -> web.Response:
-    query = schemas.load(schemas.RowsQuery(), dict(request.query), what="query")
+    query = schemas.load_query(schemas.RowsQuery(), request.query)
     store = request.app[STORE_KEY]
     file = await store.get_file(request.match_info["file_id"])
     settings = request.app[SETTINGS_KEY]

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from multidict import MultiMapping
 
 from csvstore.analysis.content import declared_encoding
 from csvstore.config import Settings
@@ -102,6 +103,19 @@ def load(schema: Schema, data: Any, *, what: str) -> dict[str, Any]:
             for field, msgs in messages.items()
         )
         raise ValidationFailed(f"invalid {what}: {summary}", errors=messages) from None
+
+
+def load_query(schema: Schema, query: MultiMapping[str]) -> dict[str, Any]:
+    """A query string through its schema; a parameter given twice is a 400 too (which one
+    counts would be a guess)."""
+    repeated = sorted({key for key in query if len(query.getall(key)) > 1})
+    if repeated:
+        messages = {
+            key: [f"given {len(query.getall(key))} times; send it once"] for key in repeated
+        }
+        summary = "; ".join(f"{key}: {msgs[0]}" for key, msgs in messages.items())
+        raise ValidationFailed(f"invalid query: {summary}", errors=messages)
+    return load(schema, dict(query), what="query")
 
 
 MAX_ROWS_PER_PAGE = 1000  # one answer stays small, whatever the file
