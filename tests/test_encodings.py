@@ -207,6 +207,38 @@ async def test_a_declared_encoding_is_recorded_as_declared(
     _assert_reads_back(shape, file, await _all_rows(client, file["id"]), charset, body)
 
 
+async def test_a_gb18030_byte_order_mark_names_the_encoding(client: Client, session: str) -> None:
+    """GB18030 spells U+FEFF as 84 31 95 33; a file starting with it is GB18030 for sure, and
+    the mark is no part of the first column's name."""
+    text = "城市,人口\n北京,2154\n上海,2424\n"
+    data = b"\x84\x31\x95\x33" + text.encode("gb18030")
+    file = await _upload(client, data)
+    assert (file["encoding"], file["encoding_source"]) == ("gb18030", "bom")
+    assert file["encoding_confidence"] == 1.0
+    assert (file["columns"], file["row_count"]) == (["城市", "人口"], 2)
+    page = await _all_rows(client, file["id"])
+    assert (page["columns"], page["rows"]) == (
+        ["城市", "人口"],
+        [["北京", "2154"], ["上海", "2424"]],
+    )
+    charset, body = await _downloaded(client, file["id"])
+    assert (charset, body) == ("gb18030", data)
+
+
+async def test_a_header_one_name_short_in_a_detected_code_page_keeps_its_unnamed_column(
+    client: Client, session: str
+) -> None:
+    """The header is decoded again once the code page is known: still one name short."""
+    data = '"Gewicht","Größe"\n"1",26.5,1\n"2",27.5,2\n"3",28,3\n'.encode("cp1252")
+    file = await _upload(client, data)
+    assert file["encoding"] == "cp1252"
+    assert (file["columns"], file["column_count"], file["ragged_rows"]) == (
+        ["", "Gewicht", "Größe"],
+        3,
+        0,
+    )
+
+
 async def test_shift_jis_with_pipes_counts_no_trail_byte_as_a_delimiter(
     client: Client, session: str
 ) -> None:

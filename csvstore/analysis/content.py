@@ -38,6 +38,7 @@ _BOMS: tuple[tuple[bytes, str], ...] = (
     (codecs.BOM_UTF8, "utf-8-sig"),
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
+    (b"\x84\x31\x95\x33", "gb18030"),  # U+FEFF in GB18030, which some Chinese tools write
 )
 
 # Bytes with no character in cp1252: a file holding one cannot be an Excel export.
@@ -214,8 +215,8 @@ class CsvContentCheck:
         for bom, encoding in _BOMS:
             if head.startswith(bom):
                 self._encoding = encoding
-                if encoding == "utf-16":
-                    self._decoder = codecs.getincrementaldecoder("utf-16")()
+                if encoding != "utf-8-sig":  # checked as it comes, in that codec
+                    self._decoder = codecs.getincrementaldecoder(encoding)()
                 return
 
     def _check(self, chunk: bytes) -> None:

@@ -174,6 +174,9 @@ class CsvProfiler:
                     sniffed.quotechar,
                     sniffed.skip_space,
                 )
+                if self._columns and self._columns[0].startswith("\ufeff"):
+                    # A byte order mark the codec keeps (GB18030's): not part of the name.
+                    self._columns[0] = self._columns[0][1:]
                 if unnamed is not None:
                     self._columns.insert(unnamed, "")
                 expected = len(self._columns)

@@ -167,6 +167,9 @@ class UploadAnalysis:
         )
         for record in reader:
             if record:
+                record[0] = record[0].removeprefix("\ufeff")  # GB18030's BOM, decoded
+                if len(profile.columns) == len(record) + 1:  # a header one name short
+                    record.insert(0 if profile.columns[0] == "" else len(record), "")
                 return record
         return profile.columns
 
