@@ -225,6 +225,21 @@ async def test_a_gb18030_byte_order_mark_names_the_encoding(client: Client, sess
     assert (charset, body) == ("gb18030", data)
 
 
+@pytest.mark.parametrize("bom", [codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE])
+async def test_a_utf32_file_with_its_byte_order_mark_is_text(
+    client: Client, session: str, bom: bytes
+) -> None:
+    """UTF-32's mark starts with UTF-16's (FF FE 00 00): read as UTF-16 the file was full of
+    NULs and refused as binary. It is text, stored as a declared UTF-32 file is: unprofiled."""
+    codec = "utf-32-le" if bom == codecs.BOM_UTF32_LE else "utf-32-be"
+    data = bom + "a,b\n1,é\n".encode(codec)
+    file = await _upload(client, data)
+    assert (file["encoding"], file["encoding_source"], file["delimiter"]) == ("utf-32", "bom", None)
+    charset, body = await _downloaded(client, file["id"])
+    assert (charset, body) == ("utf-32", data)
+    await assert_problem(await client.get(f"/api/csv/files/{file['id']}/rows"), 409)
+
+
 async def test_a_header_one_name_short_in_a_detected_code_page_keeps_its_unnamed_column(
     client: Client, session: str
 ) -> None:

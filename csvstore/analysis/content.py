@@ -36,6 +36,9 @@ _MAGIC_LENGTH = max(len(magic) for magic, _ in _MAGIC)
 
 _BOMS: tuple[tuple[bytes, str], ...] = (
     (codecs.BOM_UTF8, "utf-8-sig"),
+    # Before UTF-16's: FF FE 00 00 is UTF-32's mark, not UTF-16's followed by a NUL.
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
     (b"\x84\x31\x95\x33", "gb18030"),  # U+FEFF in GB18030, which some Chinese tools write
