@@ -165,6 +165,9 @@ def test_the_ascii_fallback_never_has_a_folder_in_it(server: ServerProcess) -> N
         ("emoji😀.csv", "emoji_grinning_.csv"),  # anyascii: ':grinning:'
         ('a<b>c:d"e|f?g*h\\i/j.csv', "a_b_c_d_e_f_g_h_i_j.csv"),
         ("Λεωνίδας.csv", "Leonidas.csv"),
+        ("con.csv", "_con.csv"),  # a device name, whatever the case and extension
+        ("COM1.backup.csv", "_COM1.backup.csv"),
+        ("CONSOLE.csv", "CONSOLE.csv"),
     ],
 )
 def test_the_ascii_fallback_name_is_one_windows_accepts(name: str, fallback: str) -> None:

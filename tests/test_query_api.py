@@ -158,6 +158,34 @@ async def test_a_header_one_name_short_names_the_unnamed_column_and_keeps_the_re
     assert body["rows"] == [[1, 26.5], [2, 27.6]]
 
 
+async def test_unnamed_columns_after_blank_lines_wide_or_ragged_keep_every_name_in_place(
+    client: Client, session: str
+) -> None:
+    # Blank lines before the header: read_csv's skip counts them (the profile does not).
+    await _upload(client, b'\n\n"","x","y"\n"a",2,3\n"b",5,6\n"c",8,9\n', "blank.csv")
+    body = await _query(client, "SELECT * FROM blank_csv")
+    assert body["columns"] == ["column0", "x", "y"]
+    assert body["rows"] == [["a", 2, 3], ["b", 5, 6], ["c", 8, 9]]
+    await _upload(client, b'\n"x","y"\n"a",2,3\n"b",5,6\n', "short.csv")
+    body = await _query(client, "SELECT * FROM short_csv")
+    assert (body["columns"], body["rows"]) == (["column0", "x", "y"], [["a", 2, 3], ["b", 5, 6]])
+    # Twelve columns: DuckDB pads a blank name's number to two digits, the profile's too.
+    names = [f"c{i}" for i in range(1, 12)]
+    rows = "".join(f'"r{r}",' + ",".join(str(r * i) for i in range(1, 12)) + "\n" for r in range(3))
+    for name, head in (("wide_corner.csv", ['""', *names]), ("wide_short.csv", names)):
+        await _upload(client, (",".join(head) + "\n" + rows).encode(), name)
+        table = name.replace(".", "_")
+        body = await _query(client, f"SELECT column00, c1, c11 FROM {table} ORDER BY c1")
+        assert body["rows"] == [["r0", 0, 0], ["r1", 1, 11], ["r2", 2, 22]], name
+    # One name short, and one row past the sample wider still: ragged, names in place.
+    data = b'"x","y"\n' + b"".join(b'"%d",%d,%d\n' % (i, i * 10, i * 100) for i in range(60))
+    file_id = await _upload(client, data + b'"60",1,2,3\n', "ragged.csv")
+    file = await (await client.get(f"/api/csv/files/{file_id}")).json()
+    assert (file["columns"], file["ragged_rows"]) == (["", "x", "y"], 1)
+    body = await _query(client, "SELECT x, y FROM ragged_csv LIMIT 2")
+    assert [[str(v) for v in row] for row in body["rows"]] == [["0", "0"], ["10", "100"]]
+
+
 async def test_a_file_the_engine_cannot_read_is_a_422_that_names_no_server_path(
     client: Client, session: str, settings: Settings
 ) -> None:

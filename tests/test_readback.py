@@ -288,7 +288,7 @@ async def test_archive_names_keep_their_extension(client: Client, session: str) 
 
 
 async def test_archive_entries_are_names_windows_accepts(client: Client, session: str) -> None:
-    for name in ("report 10:30.csv", 'a<b>|"?*.csv', "Λεωνίδας.csv", "report 10_30.csv"):
+    for name in ("report 10:30.csv", 'a<b>|"?*.csv', "Λεωνίδας.csv", "report 10_30.csv", "NUL.csv"):
         form = upload_form(f"n\n{name}\n".encode(), filename=name)
         assert (await client.post("/api/csv/upload", data=form)).status == 201
     resp = await client.get(f"/api/csv/sessions/{session}/archive")
@@ -298,6 +298,7 @@ async def test_archive_entries_are_names_windows_accepts(client: Client, session
         "a_b_____.csv",
         "Λεωνίδας.csv",
         "report 10_30 (1).csv",
+        "_NUL.csv",
     ]
     assert archive.read("report 10_30.csv") == b"n\nreport 10:30.csv\n"
 

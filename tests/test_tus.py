@@ -309,7 +309,8 @@ def test_an_empty_upload_is_whole_at_creation_and_named_like_one(
 ) -> None:
     """Upload-Length 0 completes at creation, with or without an (empty) body: its file id is
     the upload id, as for any whole creation."""
-    for body in (None, b""):
+    # No body; an empty one (Content-Length: 0); an empty chunked one (a body, of no bytes).
+    for body in (None, b"", iter([b""])):
         headers = {
             **V,
             "Upload-Length": "0",
@@ -326,6 +327,11 @@ def test_an_empty_upload_is_whole_at_creation_and_named_like_one(
         assert file_row(server.url, file_id)["file_size"] == 0
         probe = head(server.url, resp.headers["Location"])
         assert probe.headers["Upload-Offset"] == probe.headers["Upload-Length"] == "0"
+    # The empty body's checksum is checked: a wrong one stores nothing.
+    checksum = "sha256 " + base64.b64encode(hashlib.sha256(b"x").digest()).decode()
+    wrong = {**headers, "Content-Type": OFFSET_STREAM, "Upload-Checksum": checksum}
+    resp = requests.post(f"{server.url}{TUS}", data=iter([b""]), headers=wrong, timeout=30)
+    assert_problem(resp, 460)
 
 
 def test_a_whole_small_creation_is_published_as_a_multipart_upload(

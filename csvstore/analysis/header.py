@@ -114,8 +114,11 @@ def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
     return by_length > 0
 
 
-def _quoted_fields(raw: str, delimiter: str, quotechar: str) -> list[bool]:
-    """For each field of one raw record: does it open with the quote character?"""
+def _quoted_fields(
+    raw: str, delimiter: str, quotechar: str, skip_space: bool = False
+) -> list[bool]:
+    """For each field of one raw record: does it open with the quote character (after the
+    spaces a skip-initial-space dialect passes over)?"""
     flags: list[bool] = []
     start, in_quote, closed = True, False, False
     for ch in raw.rstrip("\r\n"):
@@ -127,6 +130,8 @@ def _quoted_fields(raw: str, delimiter: str, quotechar: str) -> list[bool]:
             in_quote, closed = True, False
             continue
         closed = False
+        if start and skip_space and ch == " ":
+            continue
         if start:
             flags.append(ch == quotechar)
             start = False
@@ -145,16 +150,17 @@ def _quoted_numbers_name_columns(
     raw_rows: list[str],
     delimiter: str,
     quotechar: str,
+    skip_space: bool = False,
 ) -> bool:
     """Numbers quoted in the first record over the same columns' numbers left bare in every
     row: names written as text (R's write.csv, Python's QUOTE_NONNUMERIC), so a header
     although typed columns voted against it (``"","142.24","144.78"`` over ``"9.4",0,0``)."""
     numeric = [j for j, head in enumerate(first) if _kind(head) == "number"]
-    heads = _quoted_fields(raw_first, delimiter, quotechar)
+    heads = _quoted_fields(raw_first, delimiter, quotechar, skip_space)
     if len(numeric) < 2 or len(heads) != len(first) or not all(heads[j] for j in numeric):
         return False
     for row, raw in zip(rows, raw_rows, strict=True):
-        quoted = _quoted_fields(raw, delimiter, quotechar)
+        quoted = _quoted_fields(raw, delimiter, quotechar, skip_space)
         if len(quoted) != len(row) or any(quoted[j] for j in numeric if j < len(row)):
             return False
     for j in numeric:

@@ -9,7 +9,11 @@ from dataclasses import dataclass
 
 from csvstore.analysis.counter import _Counter, _DialectFilter, _new_counter
 from csvstore.analysis.footer import NO_FOOTER, TAIL, TailDialect, find_footer
-from csvstore.analysis.header import _looks_like_header, _quoted_numbers_name_columns
+from csvstore.analysis.header import (
+    _looks_like_header,
+    _plain_names,
+    _quoted_numbers_name_columns,
+)
 from csvstore.analysis.projection import _decoding_codec, _Projector, profilable
 from csvstore.analysis.sniff import (
     _MAX_HEADER_VOTE_ROWS,
@@ -164,8 +168,9 @@ class CsvProfiler:
                     for r in voters
                 ]
                 self._has_header = _quoted_numbers_name_columns(
-                    first.fields, rows, raws[0], raws[1:], sniffed.delimiter, sniffed.quotechar
-                )
+                    first.fields, rows, raws[0], raws[1:],
+                    sniffed.delimiter, sniffed.quotechar, sniffed.skip_space,
+                )  # fmt: skip
             if self._has_header:
                 raw_header = body[first.start * self._unit : first.end * self._unit]
                 self._columns = _one_record(
@@ -236,13 +241,15 @@ def _unnamed_column(header: list[str], rows: list[list[str]]) -> int | None:
     R's ``write.table(df, sep=",")`` writes the row names as a first column with no name
     (read.table takes a first line one field short as a header for that reason); a file
     whose rows end with a delimiter its header lacks has a last column with no name. Taken
-    for a header only with distinct non-empty names over at least two rows, nearly all one
-    field wider and none as wide: the empty column is the last when every row's last field
-    is empty, else the first."""
+    for a header only with names that read as names (text, distinct without case) over at
+    least two sampled rows, all one field wider: the empty column is the last when every
+    row's last field is empty, else the first."""
     width = len(header)
-    if len(rows) < 2 or any(not name.strip() for name in header) or len(set(header)) < width:
+    if (
+        len(rows) < 2
+        or not _plain_names(header)  # text, not a short row of data (`1,2` over `3,4,5`)
+        or len({name.strip().lower() for name in header}) < width
+        or any(len(row) != width + 1 for row in rows)
+    ):
         return None
-    wider = [row for row in rows if len(row) == width + 1]
-    if len(wider) * 10 < len(rows) * 9 or any(len(row) == width for row in rows):
-        return None
-    return width if all(row[-1] == "" for row in wider) else 0
+    return width if all(row[-1] == "" for row in rows) else 0

@@ -99,7 +99,6 @@ def _unnamed_edge(stored: StoredFile) -> tuple[str, ...]:
     columns = stored.columns or []
     if (
         not stored.has_header
-        or stored.ragged_rows
         or len(columns) < 2
         or "" not in (columns[0], columns[-1])
         or any("\n" in c or "\r" in c for c in columns)

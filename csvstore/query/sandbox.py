@@ -273,10 +273,16 @@ def read_csv_sql(path: str, dialect: Any, *, columns: Sequence[str] = ()) -> str
             "(it reads UTF-8 and Latin-1)"
         )
     skip = _skip(path, dialect)
-    names: Sequence[str] = () if columns else dialect.names
+    names: Sequence[str] = ()
+    if dialect.header:
+        found = _header_line(path, dialect)
+        if found is not None:
+            skip = found[0] - 1  # blank lines before the header too: skip counts them
+            if dialect.names and not columns and found[1] == len(dialect.names) - 1:
+                # One name short: DuckDB would shift every name by one, so the header line
+                # is skipped as well and the names given.
+                names, skip = dialect.names, found[0]
     header = dialect.header and not names
-    if names:  # the header line is skipped and its names given
-        skip += 1
     options = [
         f"delim = {quote_literal(dialect.delimiter)}",
         f"quote = {quote_literal(dialect.quotechar or '')}",
@@ -323,21 +329,49 @@ def text_columns(path: str, dialect: Any) -> tuple[str, ...]:
             if dialect.header and not header:
                 header = record
             width = max(width, len(record))
+    if dialect.names:  # a header one name short: the names the profile gave
+        named = list(dialect.names)
+        return tuple(named + [f"column{i}" for i in range(len(named), width)])
     return duckdb_names(header + [""] * (width - len(header)))
 
 
 def duckdb_names(header: Sequence[str]) -> tuple[str, ...]:
-    """Column names as DuckDB gives them to a header: blank ones ``column<i>``, repeats
-    ``<name>_<n>``."""
+    """Column names as DuckDB 1.x-2.x gives them to a header: stripped; a blank one
+    ``column<i>``, ``i`` zero-padded to the digits of the last index (``column00`` of 11
+    or more); a repeat, compared without case, ``<name>_<k>`` with ``k`` counted per name,
+    again while that is taken too (``a, a_1, a`` -> ``a, a_1, a_1_1``)."""
+    digits = len(str(max(len(header) - 1, 0)))
     names: list[str] = []
+    seen: set[str] = set()
+    repeats: dict[str, int] = {}
     for i, raw in enumerate(header):
-        name = raw.strip() or f"column{i}"
-        unique, n = name, 0
-        while unique in names:
-            n += 1
-            unique = f"{name}_{n}"
-        names.append(unique)
+        name = raw.strip() or f"column{i:0{digits}d}"
+        while name.lower() in seen:
+            k = repeats[name.lower()] = repeats.get(name.lower(), 0) + 1
+            name = f"{name}_{k}"
+        seen.add(name.lower())
+        names.append(name)
     return tuple(names)
+
+
+@functools.lru_cache(maxsize=64)
+def _header_line(path: str, dialect: Any) -> tuple[int, int] | None:
+    """(the lines read_csv's ``skip`` must pass to be after the header, the header's field
+    count): past the preamble, then blank lines, which ``skip`` counts, and comment lines,
+    which it does not. None if the file has no such line."""
+    comment = dialect.comment
+    with open(path, encoding=dialect.encoding, errors="replace", newline="") as f:
+        lines = 0
+        for number, line in enumerate(f):
+            if comment and line.lstrip(" \t").startswith(comment):
+                continue
+            lines += 1
+            if number < int(dialect.skip) or not line.strip("\r\n"):
+                continue
+            quote = dialect.quotechar or None
+            record = next(csv.reader([line], delimiter=dialect.delimiter, quotechar=quote), [])
+            return lines, len(record)
+    return None
 
 
 def _skip(path: str, dialect: Any) -> int:

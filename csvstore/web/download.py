@@ -85,15 +85,15 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     start = int(first)
     end = min(int(last), size - 1) if last else size - 1
     if last and int(last) < start:  # invalid (RFC 9110 14.1.1); refused as nginx does
-        raise _unsatisfiable(header, size, "ends before it starts")
+        raise _unsatisfiable(header, size, f"ends before it starts (the file is {size} bytes long)")
     if start >= size:
         raise _unsatisfiable(header, size)
     return ByteRange(start, end)
 
 
-def _unsatisfiable(header: str, size: int, why: str = "is outside the file") -> RangeNotSatisfiable:
+def _unsatisfiable(header: str, size: int, why: str = "") -> RangeNotSatisfiable:
     return RangeNotSatisfiable(
-        f"range {header!r} {why}, which is {size} bytes long",
+        f"range {header!r} {why or f'is outside the file, which is {size} bytes long'}",
         headers={"Content-Range": f"bytes */{size}"},
     )
 
@@ -107,7 +107,7 @@ def _etag_matches(header: str, etag: str) -> bool:
     return "*" in candidates or etag in candidates
 
 
-_NOT_IN_FALLBACK = frozenset('"\\%/<>:|?*')
+_NOT_IN_FALLBACK = re.compile(r'[^\x20-\x7e]|["\\%/<>:|?*]')
 
 
 def content_disposition(original_filename: str, disposition: str = "attachment") -> str:
@@ -115,10 +115,7 @@ def content_disposition(original_filename: str, disposition: str = "attachment")
     # Transliterated (Λεωνίδας.csv -> Leonidas.csv) for clients that ignore filename*, curl -OJ;
     # no '/' (½ -> 1/2): a client could take it for a folder; nor what Windows refuses in a
     # name (😀 -> :grinning:).
-    fallback = "".join(
-        ch if 0x20 <= ord(ch) < 0x7F and ch not in _NOT_IN_FALLBACK else "_"
-        for ch in anyascii(original_filename)
-    )
+    fallback = _windows_safe(anyascii(original_filename), _NOT_IN_FALLBACK)
     return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(original_filename)}"
 
 
@@ -233,10 +230,24 @@ def _deflate() -> Any:
 _WINDOWS_REFUSES = re.compile(r'[<>:"|?*\\\x00-\x1f]')
 
 
+# Device names Windows refuses as a file name, whatever the extension (CON.csv).
+_WINDOWS_DEVICES = frozenset(
+    ["CON", "PRN", "AUX", "NUL"] + [f"{d}{i}" for d in ("COM", "LPT") for i in range(1, 10)]
+)
+
+
+def _windows_safe(name: str, refused: re.Pattern[str]) -> str:
+    name = refused.sub("_", name)
+    if name.partition(".")[0].strip().upper() in _WINDOWS_DEVICES:
+        name = "_" + name
+    return name
+
+
 def _entry_name(original_filename: str) -> str:
     """An entry name every unzip can write: what Windows refuses in a name becomes ``_``
-    (``10:30.csv`` -> ``10_30.csv``); other characters, non-ASCII ones too, stay."""
-    return _WINDOWS_REFUSES.sub("_", original_filename)
+    (``10:30.csv`` -> ``10_30.csv``), a device name gets one in front (``_CON.csv``); other
+    characters, non-ASCII ones too, stay."""
+    return _windows_safe(original_filename, _WINDOWS_REFUSES)
 
 
 def unique_names(names: Iterable[str]) -> list[str]:
