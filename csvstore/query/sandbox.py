@@ -329,9 +329,8 @@ def text_columns(path: str, dialect: Any) -> tuple[str, ...]:
             if dialect.header and not header:
                 header = record
             width = max(width, len(record))
-    if dialect.names:  # a header one name short: the names the profile gave
-        named = list(dialect.names)
-        return tuple(named + [f"column{i}" for i in range(len(named), width)])
+    if dialect.names:  # a header with an unnamed edge column: the names the profile gave
+        header = list(dialect.names)
     return duckdb_names(header + [""] * (width - len(header)))
 
 
