@@ -1040,12 +1040,30 @@ def _header_vote_cell_by_cell(first: list[str], rows: list[list[str]]) -> bool:
         kinds = {header._kind(value) for value in values}
         if len(kinds) == 1 and kinds != {"text"}:
             head_kind = header._kind(head)
-            names = head_kind == "text" or (head_kind == "number" and kinds == {"bool"})
+            names = (
+                head_kind == "text"
+                or (head_kind == "number" and kinds == {"bool"})
+                or (head_kind in ("date", "bool") and kinds == {"number"})
+            )
             typed += -1 if head_kind in kinds else 1 if names else 0
         elif kinds == {"text"} and len(values) > 1:
             lengths = {len(value) for value in values}
             if len(lengths) == 1:
                 by_length += -1 if len(head) in lengths else 1
+
+    def counts_up(cells: list[str]) -> bool:
+        digits = [c.strip() for c in cells]
+        if not digits or not all(d.isascii() and d.isdigit() for d in digits):
+            return False
+        return [int(d) for d in digits] == list(
+            range(int(digits[0]), int(digits[0]) + len(digits))
+        ) and int(digits[0]) in (0, 1)
+
+    corner = len(first) >= 2 and not first[0].strip() and len(rows) >= 2
+    if corner and (
+        (len(first) > 2 and counts_up(first[1:])) or counts_up([r[0] for r in rows if r])
+    ):
+        return True  # pandas' index: an empty corner over 0, 1, 2, ...
     if typed:
         return typed > 0
     return header._plain_names(first) or by_length > 0
@@ -1272,3 +1290,75 @@ def test_quoted_numbers_over_bare_numbers_are_names(
 ) -> None:
     profile = profile_of(data, "utf-8")
     assert (profile.has_header, profile.row_count) == (has_header, rows)
+
+
+def _lines(template: bytes, n: int = 30) -> bytes:
+    return b"".join(template.replace(b"{i}", str(i).encode()) for i in range(n))
+
+
+@pytest.mark.parametrize(
+    ("data", "delimiter", "columns", "rows", "preamble", "footer"),
+    [
+        # one column whose values hold a rarer delimiter: part of the values
+        (b"url\n" + _lines(b"https://example.com/page/{i}\n"), ",", ["url"], 30, 0, 0),
+        (b"path\r\n" + _lines(b"C:\\Users\\me\\f{i}.txt\r\n"), ",", ["path"], 30, 0, 0),
+        (b"mac\n" + _lines(b"00:1A:2B:3C:{i}:EF\n"), ",", ["mac"], 30, 0, 0),
+        (b"address\n" + _lines(b"2001:db8::{i}\n"), ",", ["address"], 30, 0, 0),
+        (b"message\n" + _lines(b"Hello world {i}! Welcome\n"), ",", ["message"], 30, 0, 0),
+        # `Key: value` lines over a table holding times: a preamble, not a ':' table
+        (
+            b"Device: TH-01\nFirmware: 1.2\nExported: 2024-01-01\nStart: 00:00\nEnd: 23:00\n"
+            b"time,temp\n" + _lines(b"2024-01-01 00:{i},20.5\n", 60),
+            ",",
+            ["time", "temp"],
+            60,
+            5,
+            0,
+        ),
+        # a ':' table is still one
+        (
+            b"name:age:city\nalice:30:paris\nbob:25:rome\ncarol:41:oslo\n",
+            ":",
+            ["name", "age", "city"],
+            3,
+            0,
+            0,
+        ),
+        # decimal commas: a tie with ';' goes to ';'
+        (_lines(b"Artikel {i};1,5;2,75\r\n"), ";", [], 30, 0, 0),
+        # pandas' default index: an empty corner over 0, 1, 2 (a Series; a frame)
+        (b",0\n" + _lines(b"{i},0.5\n"), ",", ["", "0"], 30, 0, 0),
+        (b",0,1,2\n" + _lines(b"{i},0.5,0.25,0.125\n"), ",", ["", "0", "1", "2"], 30, 0, 0),
+        # dates and words such as Yes naming columns of numbers
+        (
+            b"Item,2024-01-01,2024-01-02\n" + _lines(b"Widget {i},{i},7\n"),
+            ",",
+            ["Item", "2024-01-01", "2024-01-02"],
+            30,
+            0,
+            0,
+        ),
+        (b"Yes,No\n" + _lines(b"{i},1\n"), ",", ["Yes", "No"], 30, 0, 0),
+        # psql's row count after the result
+        (
+            b"id|name\n" + _lines(b"{i}|user {i}\n", 25) + b"(25 rows)\n",
+            "|",
+            ["id", "name"],
+            25,
+            0,
+            1,
+        ),
+    ],
+)
+def test_shapes_real_tools_write(
+    data: bytes, delimiter: str, columns: list[str], rows: int, preamble: int, footer: int
+) -> None:
+    profile = profile_of(data, "utf-8")
+    assert profile.delimiter == delimiter
+    assert profile.columns == columns
+    assert (profile.row_count, profile.preamble_lines, profile.footer_lines) == (
+        rows,
+        preamble,
+        footer,
+    )
+    assert profile.ragged_rows == 0

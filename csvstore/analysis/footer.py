@@ -16,6 +16,9 @@ _MAX_NOTES: Final = 24
 _FOOTNOTE_MARK_RE: Final = re.compile(
     r"\s*(?:[*\u2020\u2021]|\(\w{1,3}\)|\[\w{1,3}\]|\d{1,2}(?:/|\)|\.\s))"
 )
+# The count a database shell prints after a result: psql's "(25 rows)", sqlcmd's "(25 rows
+# affected)".
+_ROW_COUNT_RE: Final = re.compile(r"\s*\(\d+ rows?(?: affected)?\)\s*\Z")
 # Text is projected bytes read as latin-1: any byte over 0x7f may be part of a letter.
 _LABEL_RE: Final = re.compile(r"[ \t]*(?:[^\W\d]|[\x80-\xff])[\w ./\x80-\xff-]{0,40}:(?:\s|$)")
 
@@ -130,7 +133,7 @@ def _is_note(fields: list[str], width: int) -> bool:
 def _stands_out(note: list[str], rows: list[list[str]]) -> bool:
     text = note[0]
     values = [row[0] for row in rows]
-    for pattern in (_LABEL_RE, _FOOTNOTE_MARK_RE):
+    for pattern in (_LABEL_RE, _FOOTNOTE_MARK_RE, _ROW_COUNT_RE):
         if pattern.match(text) and not any(pattern.match(value) for value in values):
             return True
     if any(cell.strip() for cell in note[1:]):

@@ -73,6 +73,25 @@ def _plain_names(cells: list[str]) -> bool:
     return distinct and all(name and _kind(name) == "text" for name in names)
 
 
+def _counts_up(values: Sequence[str]) -> bool:
+    """Consecutive integers from 0 or 1: ``0, 1, 2``."""
+    if not values or not all(v.isascii() and v.isdigit() for v in values):
+        return False
+    start = int(values[0])
+    return start in (0, 1) and all(int(v) == start + i for i, v in enumerate(values))
+
+
+def _row_index_corner(first: list[str], rows: list[list[str]]) -> bool:
+    """pandas' ``to_csv`` of a frame with its default index: an empty corner over a first
+    column that counts up from 0 (``,0,1,2`` over ``0,0.26,...``), or column names that do
+    (a transposed frame: ``,0,1,2`` over ``a,0.21,...``)."""
+    if len(first) < 2 or first[0].strip() or len(rows) < 2:
+        return False
+    if _counts_up([name.strip() for name in first[1:]]) and len(first) > 2:
+        return True
+    return _counts_up([row[0].strip() for row in rows if row])
+
+
 def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
     """Typed columns vote first (as in csv.Sniffer.has_header), then names, then text
     lengths: docs/design/profiler.md (the header vote)."""
@@ -97,8 +116,14 @@ def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
                 typed -= 1
                 if _YEAR_RE.fullmatch(head.strip()) and not all(map(_YEAR_RE.fullmatch, values)):
                     years.append(int(head))
-            elif head_kind == "text" or (head_kind == "number" and kinds == {"bool"}):
-                typed += 1  # a name, or a number naming a column of booleans (wide.csv)
+            elif (
+                head_kind == "text"
+                or (head_kind == "number" and kinds == {"bool"})
+                or (head_kind in ("date", "bool") and kinds == {"number"})
+            ):
+                # A name; a number naming a column of booleans (wide.csv); a date or a word
+                # such as Yes naming a column of numbers (a pivot by day, a survey's counts).
+                typed += 1
         elif kinds == {"text"} and len(values) > 1:
             lengths = set(map(len, values))
             if len(lengths) == 1:
@@ -107,6 +132,8 @@ def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
         # Years in order over columns of other numbers name them: a wide time series
         # (Country,1990,1991,...), not a row of data that happens to hold years.
         typed += 2 * len(years)
+    if _row_index_corner(first, rows):
+        return True
     if typed:
         return typed > 0
     if _plain_names(first):

@@ -192,6 +192,35 @@ def _only_between_digits(text: str, delimiter: str) -> bool:
     return len(between) == text.count(delimiter)
 
 
+def _others_present(text: str) -> bool:
+    return ";" in text or "\t" in text or "|" in text
+
+
+def _inside_values(text: str, delimiter: str) -> bool:
+    """Whether a rarer delimiter reads as part of the values rather than between them."""
+    count = text.count(delimiter)
+    d = re.escape(delimiter)
+    if _only_between_digits(text, delimiter) or 2 * text.count(delimiter + " ") > count:
+        return True
+    if delimiter != ":":
+        return False
+    # URLs (https://), drives (C:\ C:/), MAC and IPv6 addresses (00:1A:2B, 2001:db8::1)
+    parts = len(re.findall(rf"{d}(?=//)|(?<![^\s,;|\t\"']\w){d}(?=[\\/])", text))
+    parts += len(re.findall(rf"(?<=[0-9A-Fa-f]){d}(?=[0-9A-Fa-f:])|(?<=:){d}", text))
+    return parts * 10 >= count * 9
+
+
+def _fits_after_a_preamble(text: str, records: list[_SampleRecord]) -> bool:
+    """Whether a main delimiter fits the table once a preamble before it is set aside (five
+    `Key: value` lines over a table must not hand the file to ':')."""
+    first, _ = _table_start(text, records)
+    if not first:
+        return False
+    table = Counter(len(record.fields) for record in records[first:])
+    count, width = max((count, width) for width, count in table.items())
+    return width >= 2 and count >= _FITS * (len(records) - first)
+
+
 def _delimiter_score(records: list[_SampleRecord], comments: bool) -> tuple[float, int]:
     """(share of records with the modal width, that width), comments not counted; ties go
     to the wider: a preamble as long as the table is not the table."""
@@ -253,17 +282,20 @@ def _sniff(text: str, *, whole: bool, last_chance: bool) -> _Sniffed | None:
             break
         if delimiter not in text and best is not None:
             continue
+        if delimiter == "," and _others_present(text) and _only_between_digits(text, ","):
+            preference = len(_DELIMITERS)  # decimal commas (1,87;2,37): a tie goes elsewhere
         candidate = _candidate(text, delimiter, quotechar, preference, whole=whole)
         if best is None or candidate[0] > best[0]:
             best = candidate
     assert best is not None
-    if best[0][0] < _FITS and named is None:
+    if best[0][0] < _FITS and named is None and not _fits_after_a_preamble(text, best[2]):
         # The rarer delimiters only now, as each costs a parse.
         # Each only when it fits (a main delimiter that nearly does is likelier: a wide table
-        # with some escaped quotes), and never when it only sits between digits: the times of
-        # a one-column file (01:02:03), not a table.
+        # with some escaped quotes), and never when it reads as part of the values: only
+        # between digits (the times of a one-column file, 01:02:03), mostly before a space
+        # (`Key: value`, `Hello!`), a URL's `://`, a drive's `C:\`, a MAC or IPv6 address.
         for preference, delimiter in enumerate(_EXTRA_DELIMITERS, start=len(_DELIMITERS)):
-            if delimiter in text and not _only_between_digits(text, delimiter):
+            if delimiter in text and not _inside_values(text, delimiter):
                 candidate = _candidate(text, delimiter, quotechar, preference, whole=whole)
                 if candidate[0] > best[0] and candidate[0][0] >= _FITS:
                     best = candidate
