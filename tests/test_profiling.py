@@ -1362,3 +1362,32 @@ def test_shapes_real_tools_write(
         footer,
     )
     assert profile.ragged_rows == 0
+
+
+_STATEMENT = (
+    "Bank of Example\r\nAccount: 12345678\r\nSort code: 12-34-56\r\n"
+    "Statement period: March 2024\r\nOpening balance: 100.00\r\n\r\n"
+    "Date,Description,Amount,Balance\r\n01/03/2024,Coffee,-3.50,96.50\r\n"
+    "02/03/2024,Salary,2000.00,2096.50\r\n03/03/2024,Rent,-900.00,1196.50\r\n"
+)
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"])
+def test_a_title_block_longer_than_its_table_is_a_preamble(delimiter: str) -> None:
+    """Six title and account lines over three transactions: more one-cell lines than rows,
+    so the table's width is the one its rows share to the end, not the most common."""
+    profile = profile_of(_STATEMENT.replace(",", delimiter).encode(), "utf-8")
+    assert profile.delimiter == delimiter
+    assert profile.columns == ["Date", "Description", "Amount", "Balance"]
+    assert (profile.row_count, profile.preamble_lines, profile.ragged_rows) == (3, 6, 0)
+
+
+def test_a_preamble_of_twenty_lines_is_set_aside() -> None:
+    meta = b"".join(b"Meta%d: value %d\n" % (i, i) for i in range(20))
+    rows = b"".join(b"%d,%d.5,%d.25\n" % (i, i, i) for i in range(20))
+    profile = profile_of(meta + b"t,v1,v2\n" + rows, "utf-8")
+    assert (profile.columns, profile.row_count, profile.preamble_lines) == (
+        ["t", "v1", "v2"],
+        20,
+        20,
+    )

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
-from csvstore.analysis.header import _looks_like_header
+from csvstore.analysis.header import _looks_like_header, _plain_names
 
 _DELIMITERS: Final = (",", ";", "\t", "|")
 _EXTRA_DELIMITERS: Final = (":", "~", "^", "!")
@@ -22,7 +22,7 @@ _MAX_SAMPLE_FACTOR: Final = 64
 _MIN_SNIFF_RECORDS: Final = 8
 _MAX_SNIFF_RECORDS: Final = 40
 _MAX_HEADER_VOTE_ROWS: Final = 20
-_MAX_PREAMBLE: Final = 16
+_MAX_PREAMBLE: Final = 32
 
 
 class _SampleRecord(NamedTuple):  # not a frozen dataclass: cheaper, forty per upload
@@ -233,8 +233,23 @@ def _delimiter_score(records: list[_SampleRecord], comments: bool) -> tuple[floa
         return 0.0, 0
     count, width = max((count, width) for width, count in widths.items())
     if width < 2:
-        return 0.0, 0
+        width = _tail_width(counted, widths)
+        if not width:
+            return 0.0, 0
+        count = widths[width]
     return count / len(counted), width
+
+
+def _tail_width(records: list[_SampleRecord], widths: Counter[int]) -> int:
+    """With more one-cell lines than rows (a statement's title and account details over
+    three rows), the width two records or more share from their first to the sample's end:
+    the table's; 0 if none."""
+    wider = [(count, width) for width, count in widths.items() if width >= 2 and count >= 2]
+    if not wider:
+        return 0
+    width = max(wider)[1]
+    at = next(i for i, record in enumerate(records) if len(record.fields) == width)
+    return width if all(len(record.fields) == width for record in records[at:]) else 0
 
 
 def _spaced(records: list[_SampleRecord]) -> bool:
@@ -343,6 +358,8 @@ def _table_start(text: str, records: list[_SampleRecord]) -> tuple[int, str | No
     if not widths:
         return 0, None
     width = max((count, width) for width, count in widths.items())[1]
+    if width == 1:
+        width = _tail_width(records, widths) or width
     first = 0
     limit = min(len(records) - 1, _MAX_PREAMBLE)
     while first < limit:
@@ -357,7 +374,22 @@ def _table_start(text: str, records: list[_SampleRecord]) -> tuple[int, str | No
             break
         first += 1
     if first and sum(len(record.fields) == width for record in records[first:]) < first:
-        first = 0
+        # Fewer rows than preamble lines: kept only for a title block of one-cell lines over
+        # a header the vote confirms (a bank statement's account details over 3 rows).
+        titles = all(
+            text.startswith(_COMMENT, record.start) or sum(map(bool, record.fields)) <= 1
+            for record in records[:first]
+        )
+        rows = [record.fields for record in records[first + 1 : first + 21]]
+        if not (
+            titles
+            and width >= 2
+            and len(records[first].fields) == width
+            and len(rows) >= 2
+            and _plain_names(records[first].fields)
+            and _looks_like_header(records[first].fields, rows)
+        ):
+            first = 0
     if first and len(records[first].fields) != width:
         first = 0
     if first and not all(
