@@ -82,9 +82,8 @@ def _counts_up(values: Sequence[str]) -> bool:
 
 
 def _row_index_corner(first: list[str], rows: list[list[str]]) -> bool:
-    """pandas' ``to_csv`` of a frame with its default index: an empty corner over a first
-    column that counts up from 0 (``,0,1,2`` over ``0,0.26,...``), or column names that do
-    (a transposed frame: ``,0,1,2`` over ``a,0.21,...``)."""
+    """pandas' default index: an empty corner over a first column, or names (a transposed
+    frame), counting up from 0 or 1 (``,0,1,2`` over ``0,0.26,...``)."""
     if len(first) < 2 or first[0].strip() or len(rows) < 2:
         return False
     if _counts_up([name.strip() for name in first[1:]]) and len(first) > 2:
@@ -121,9 +120,7 @@ def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
                 or (head_kind == "number" and kinds == {"bool"})
                 or (head_kind in ("date", "bool") and kinds == {"number"})
             ):
-                # A name; a number naming a column of booleans (wide.csv); a date or a word
-                # such as Yes naming a column of numbers (a pivot by day, a survey's counts).
-                typed += 1
+                typed += 1  # a name: text; a number over booleans; a date or Yes over numbers
         elif kinds == {"text"} and len(values) > 1:
             lengths = set(map(len, values))
             if len(lengths) == 1:
@@ -144,8 +141,7 @@ def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
 def _quoted_fields(
     raw: str, delimiter: str, quotechar: str, skip_space: bool = False
 ) -> list[bool]:
-    """For each field of one raw record: does it open with the quote character (after the
-    spaces a skip-initial-space dialect passes over)?"""
+    """For each field of one raw record: does it open with the quote character?"""
     flags: list[bool] = []
     start, in_quote, closed = True, False, False
     for ch in raw.rstrip("\r\n"):
@@ -179,9 +175,8 @@ def _quoted_numbers_name_columns(
     quotechar: str,
     skip_space: bool = False,
 ) -> bool:
-    """Numbers quoted in the first record over the same columns' numbers left bare in every
-    row: names written as text (R's write.csv, Python's QUOTE_NONNUMERIC), so a header
-    although typed columns voted against it (``"","142.24","144.78"`` over ``"9.4",0,0``)."""
+    """Numbers quoted in the first record over bare numbers in every row: names written as
+    text (R's write.csv: ``"","142.24"`` over ``"9.4",0``; Python's QUOTE_NONNUMERIC)."""
     numeric = [j for j, head in enumerate(first) if _kind(head) == "number"]
     heads = _quoted_fields(raw_first, delimiter, quotechar, skip_space)
     if len(numeric) < 2 or len(heads) != len(first) or not all(heads[j] for j in numeric):

@@ -179,8 +179,7 @@ class CsvProfiler:
                     sniffed.quotechar,
                     sniffed.skip_space,
                 )
-                if self._columns and self._columns[0].startswith("\ufeff"):
-                    # A byte order mark the codec keeps (GB18030's): not part of the name.
+                if self._columns and self._columns[0].startswith("\ufeff"):  # GB18030's BOM
                     self._columns[0] = self._columns[0][1:]
                 if unnamed is not None:
                     self._columns.insert(unnamed, "")
@@ -236,14 +235,8 @@ class CsvProfiler:
 
 
 def _unnamed_column(header: list[str], rows: list[list[str]]) -> int | None:
-    """Where a header one name short of its rows lacks the name, or None if it is not one.
-
-    R's ``write.table(df, sep=",")`` writes the row names as a first column with no name
-    (read.table takes a first line one field short as a header for that reason); a file
-    whose rows end with a delimiter its header lacks has a last column with no name. Taken
-    for a header only with names that read as names (text, distinct without case) over at
-    least two sampled rows, all one field wider: the empty column is the last when every
-    row's last field is empty, else the first."""
+    """Where a header of names one short of all its rows (two or more) lacks one: last
+    when every row ends empty (a trailing delimiter), else first (R's ``write.table``)."""
     width = len(header)
     if (
         len(rows) < 2

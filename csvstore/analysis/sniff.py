@@ -211,8 +211,7 @@ def _inside_values(text: str, delimiter: str) -> bool:
 
 
 def _fits_after_a_preamble(text: str, records: list[_SampleRecord]) -> bool:
-    """Whether a main delimiter fits the table once a preamble before it is set aside (five
-    `Key: value` lines over a table must not hand the file to ':')."""
+    """Whether a main delimiter fits the table once a preamble is set aside."""
     first, _ = _table_start(text, records)
     if not first:
         return False
@@ -241,9 +240,8 @@ def _delimiter_score(records: list[_SampleRecord], comments: bool) -> tuple[floa
 
 
 def _tail_width(records: list[_SampleRecord], widths: Counter[int]) -> int:
-    """With more one-cell lines than rows (a statement's title and account details over
-    three rows), the width two records or more share from their first to the sample's end:
-    the table's; 0 if none."""
+    """The width two records or more share from the first of them to the end (a title
+    block longer than its table), or 0."""
     wider = [(count, width) for width, count in widths.items() if width >= 2 and count >= 2]
     if not wider:
         return 0
@@ -374,8 +372,7 @@ def _table_start(text: str, records: list[_SampleRecord]) -> tuple[int, str | No
             break
         first += 1
     if first and sum(len(record.fields) == width for record in records[first:]) < first:
-        # Fewer rows than preamble lines: kept only for a title block of one-cell lines over
-        # a header the vote confirms (a bank statement's account details over 3 rows).
+        # Fewer rows than preamble lines: kept for one-cell titles over a confirmed header.
         titles = all(
             text.startswith(_COMMENT, record.start) or sum(map(bool, record.fields)) <= 1
             for record in records[:first]

@@ -70,12 +70,9 @@ class Dialect:
     footer_lines: int = 0
     row_count: int | None = None  # data rows recorded (bounds a table with a footer)
     ragged: bool = False
-    # The profile found no table at all (an empty file, or only a preamble): DuckDB would
-    # invent a `column0`, so the listing and the summary show none.
-    no_columns: bool = False
-    # Column names given to DuckDB, the header line skipped: for a header with no name over
-    # its first or last column (R's row names, rows ending in a delimiter), which can be one
-    # field short of its rows (DuckDB would shift every name by one).
+    no_columns: bool = False  # no table at all: DuckDB's invented `column0` is not shown
+    # A header with no name over its first or last column, which may be one field short of
+    # its rows (DuckDB would shift every name by one): the names to give it.
     names: tuple[str, ...] = ()
 
     @classmethod

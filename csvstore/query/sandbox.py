@@ -335,10 +335,8 @@ def text_columns(path: str, dialect: Any) -> tuple[str, ...]:
 
 
 def duckdb_names(header: Sequence[str]) -> tuple[str, ...]:
-    """Column names as DuckDB 1.x-2.x gives them to a header: stripped; a blank one
-    ``column<i>``, ``i`` zero-padded to the digits of the last index (``column00`` of 11
-    or more); a repeat, compared without case, ``<name>_<k>`` with ``k`` counted per name,
-    again while that is taken too (``a, a_1, a`` -> ``a, a_1, a_1_1``)."""
+    """Column names as DuckDB gives them: a blank one ``column<i>`` (``column00`` past 10
+    columns), a repeat (without case) ``<name>_<k>``, again if taken (``a, a_1, a_1_1``)."""
     digits = len(str(max(len(header) - 1, 0)))
     names: list[str] = []
     seen: set[str] = set()
@@ -355,9 +353,8 @@ def duckdb_names(header: Sequence[str]) -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=64)
 def _header_line(path: str, dialect: Any) -> tuple[int, int] | None:
-    """(the lines read_csv's ``skip`` must pass to be after the header, the header's field
-    count): past the preamble, then blank lines, which ``skip`` counts, and comment lines,
-    which it does not. None if the file has no such line."""
+    """(lines read_csv's ``skip`` passes to be after the header, which counts blank lines
+    but not comments; the header's width), or None."""
     comment = dialect.comment
     with open(path, encoding=dialect.encoding, errors="replace", newline="") as f:
         lines = 0
