@@ -440,6 +440,52 @@ def test_a_check_during_a_slow_publish_spares_it(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_a_second_server_starting_on_the_data_dir_spares_the_first_ones_uploads(
+    tmp_path: Path,
+) -> None:
+    """The start-up check removes the temp files a crash left: not those of an upload that
+    another live server on the same data dir is still receiving (it holds their flock)."""
+    import socket
+
+    data = tmp_path / "data"
+    _new_store_with_session(data)
+    first = ServerProcess(data)
+    first.start()
+    second = ServerProcess(data)
+    body = b"id,name\n" + b"".join(b"%d,name %d\n" % (i, i) for i in range(200_000))
+    boundary = "b0undary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="session_id"\r\n\r\n'
+        f"{SESSION}\r\n--{boundary}\r\n"
+        'Content-Disposition: form-data; name="file"; filename="slow.csv"\r\n\r\n'
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    payload = head + body + tail
+    host, port = first.url.removeprefix("http://").split(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(
+                f"POST /api/csv/upload HTTP/1.1\r\nHost: x\r\nContent-Length: {len(payload)}\r\n"
+                f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n".encode()
+            )
+            half = len(payload) // 2
+            sock.sendall(payload[:half])
+            deadline = time.monotonic() + 20
+            while not list((data / "tmp").glob("*.part")):
+                assert time.monotonic() < deadline, "the upload never reached a temp file"
+                time.sleep(0.05)
+            second.start()  # its start-up check runs on the same data dir
+            assert list((data / "tmp").glob("*.part")), "the live upload's temp file was removed"
+            sock.sendall(payload[half:])
+            answer = sock.recv(65536).decode(errors="replace")
+        assert answer.startswith("HTTP/1.1 201"), answer[:300]
+    finally:
+        second.stop()
+        first.stop()
+    stored = list((data / "uploads").glob("*.csv"))
+    assert [p.read_bytes() for p in stored] == [body]
+
+
 def test_a_session_deleted_while_its_tus_upload_completes(tmp_path: Path) -> None:
     """Server A is held in the middle of a tus completion (bytes published, row not in);
     server B, on the same data, deletes the session. A then finds no session to commit

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import functools
 import logging
 import os
@@ -179,7 +180,27 @@ def _close_opened(opening: asyncio.Future[BinaryIO]) -> None:
 
 
 def _create_temp(path: Path) -> int:
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    # Held while the upload streams: another process's start-up check sees it is in use.
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def _remove_unless_in_use(path: Path) -> bool:
+    """Remove a temp file no live writer holds (its flock); whether it was removed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # an upload of a live process, on this data dir too
+    else:
+        path.unlink(missing_ok=True)
+        return True
+    finally:
+        os.close(fd)
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -370,8 +391,9 @@ class LocalStorage:
             for entry in self.temp_dir.iterdir():
                 if not _TEMP_NAME.match(entry.name) or not entry.is_file():
                     continue  # not csvstore's: never removed
-                if not temp_min_age or entry.stat().st_mtime < cutoff:
-                    entry.unlink(missing_ok=True)
+                if (not temp_min_age or entry.stat().st_mtime < cutoff) and (
+                    _remove_unless_in_use(entry)
+                ):
                     removed += 1
             return removed
 
