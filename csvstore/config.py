@@ -390,7 +390,11 @@ class Settings:
     # rare while memory stays at one chunk per upload in flight.
     upload_chunk_size: int = field(
         default=MiB,
-        metadata=_size("bytes read from the request and written to disk per step", UPLOADS),
+        metadata=_size(
+            "bytes read from the request and written to disk per step (at least 4KiB)",
+            UPLOADS,
+            _checked(parse_size, lambda n: n >= 4096, "the upload chunk size is at least 4KiB"),
+        ),
     )
     # A client that sends nothing for this long is cut off, so a stalled upload cannot hold
     # a connection and a temp file forever.
@@ -472,6 +476,7 @@ class Settings:
             "how long a resumable (tus) upload may sit idle before it expires and its partial "
             "bytes are removed; every received byte restarts it",
             TUS,
+            _checked(parse_duration, lambda s: s > 0, "the tus expiry must be more than 0"),
         ),
     )
     # After an instance dies mid-PATCH its upload answers 423 that long at most; the holder
@@ -498,7 +503,9 @@ class Settings:
     sweep_interval: float = field(
         default=60.0,
         metadata=_duration(
-            "time between sweeps that delete expired sessions and their files", RETENTION
+            "time between sweeps that delete expired sessions and their files",
+            RETENTION,
+            _checked(parse_duration, lambda s: s > 0, "the sweep interval must be more than 0"),
         ),
     )
 

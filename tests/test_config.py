@@ -60,6 +60,10 @@ def test_a_bad_variable_is_named_by_the_real_process(
         (["--port", "70000"], "argument --port: expected a port from 0 to 65535, got '70000'"),
         (["--log-format", "xml"], "argument --log-format: expected one of text, json"),
         (["--idle-timeout", "-1"], "argument --idle-timeout: not a duration: '-1'"),
+        # Values that would break every upload or spin a core: refused at start.
+        (["--upload-chunk-size", "0"], "the upload chunk size is at least 4KiB, got '0'"),
+        (["--sweep-interval", "0"], "the sweep interval must be more than 0, got '0'"),
+        (["--tus-expiry", "0s"], "the tus expiry must be more than 0, got '0s'"),
         (["check", "--workers", "many"], "argument --workers: expected an integer"),
         (
             ["migrate-to", "--from-data-dir", "x", "--from-storage", "gs://b/p"],
