@@ -451,3 +451,36 @@ def test_a_stop_while_workers_are_still_starting_is_a_clean_stop(tmp_path: Path)
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(timeout=60) == 0, server.log()
         assert "while stopping" not in server.log()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sighup_stops_the_server_gracefully_and_its_workers_with_it(
+    tmp_path: Path, workers: str
+) -> None:
+    """The terminal a server was started from closing (SIGHUP) is a stop like SIGTERM: exit
+    0 and no worker left serving (they had been orphaned, still answering)."""
+    server = ServerProcess(tmp_path / "data", "--workers", workers)
+    server.start()
+    assert server.proc is not None
+    children = _children(server.proc.pid)
+    server.proc.send_signal(signal.SIGHUP)
+    assert server.proc.wait(timeout=30) == 0
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in children):
+        assert time.monotonic() < deadline, "a worker outlived its supervisor"
+        time.sleep(0.05)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{server.url}/healthz", timeout=2)
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"

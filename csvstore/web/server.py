@@ -156,7 +156,7 @@ class _AppRunner(web.AppRunner):
 
 
 async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> None:
-    """Serve until SIGINT/SIGTERM; then stop accepting and give the requests in flight
+    """Serve until SIGINT/SIGTERM/SIGHUP; then stop accepting and give the requests in flight
     ``shutdown_grace`` seconds (aiohttp's own shutdown would stop reading uploads at once)."""
     runner = _AppRunner(
         app,
@@ -169,7 +169,7 @@ async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> 
     # Before listening: a stop that arrives while the site starts is a graceful one.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port)
     try:
@@ -196,7 +196,8 @@ async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> 
 
 # After the grace period, how long cancelled handlers get to clean up after themselves.
 _CANCEL_WAIT = 5.0
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+# SIGHUP too: the terminal a server was started from closing stops it as gracefully.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 async def _prepare(settings: Settings) -> None:
@@ -247,7 +248,7 @@ class RestartCounter:
 
 
 class Supervisor:
-    """Forks the workers, restarts one that dies (with back-off), forwards SIGINT/SIGTERM."""
+    """Forks the workers, restarts one that dies (with back-off), forwards SIGINT/SIGTERM/SIGHUP."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -263,7 +264,7 @@ class Supervisor:
         os.set_blocking(wake_read, False)
         os.set_blocking(wake_write, False)
         signal.set_wakeup_fd(wake_write)
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in _STOP_SIGNALS:
             signal.signal(signum, self._on_stop)
         # A default SIGCHLD is ignored without writing the wake-up byte.
         signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
@@ -345,7 +346,7 @@ class Supervisor:
         if pid == 0:  # the worker
             code = 0
             try:
-                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+                for signum in (*_STOP_SIGNALS, signal.SIGCHLD):
                     signal.signal(signum, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
                 signal.set_wakeup_fd(-1)
