@@ -134,9 +134,26 @@ def settings_from(
         }
         settings = replace(settings, **given)
         check_bind_is_safe(settings, load_keys(settings))
+        _check_data_dir(settings)
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
     return settings
+
+
+def _check_data_dir(settings: Settings) -> None:
+    """One line, not a traceback, for a data dir the server could not use."""
+    path = settings.data_dir
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    where = "" if existing == path else f" ({existing})"
+    if not existing.is_dir():
+        raise ValueError(f"--data-dir {path}: not a directory{where}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--data-dir {path}: not writable by uid {os.getuid()}{where}")
+    database = settings.database_path
+    if not settings.uses_postgres and database.exists() and not os.access(database, os.W_OK):
+        raise ValueError(f"--data-dir {path}: {database.name} is not writable by uid {os.getuid()}")
 
 
 def run_check(argv: Sequence[str]) -> int:

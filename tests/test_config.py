@@ -78,6 +78,21 @@ def test_a_bad_flag_is_named_by_the_real_process(args: list[str], message: str) 
     assert "Traceback" not in done.stderr
 
 
+def test_a_data_dir_that_is_a_file_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    for args in (
+        ["--data-dir", str(afile)],
+        ["--data-dir", str(afile / "sub")],
+        ["check", "--data-dir", str(afile)],
+    ):
+        done = csvstore(*args, "--port", "0")
+        assert done.returncode == 2, done.stderr
+        assert f"--data-dir {args[-1]}: not a directory" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert afile.read_text() == "not a folder"
+
+
 def test_check_and_migrate_to_name_a_bad_variable() -> None:
     for command in (["check"], ["migrate-to", "--from-data-dir", "x"]):
         done = csvstore(*command, env={"CSVSTORE_S3_PART_SIZE": "1MiB"})
