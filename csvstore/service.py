@@ -33,6 +33,7 @@ from csvstore.errors import (
     NotFound,
     SessionExists,
     SessionNotFound,
+    StoredFileUnavailable,
 )
 from csvstore.intents import this_owner
 from csvstore.model import Session, StoredFile
@@ -461,9 +462,14 @@ class CsvStore:
     async def read_rows(
         self, file: StoredFile, offset: int, limit: int, *, max_bytes: int, cell_limit: int
     ) -> RowsPage:
-        return await read_rows(
-            self._storage, file, offset, limit, max_bytes=max_bytes, cell_limit=cell_limit
-        )
+        try:
+            return await read_rows(
+                self._storage, file, offset, limit, max_bytes=max_bytes, cell_limit=cell_limit
+            )
+        except FileNotFoundError:
+            raise StoredFileUnavailable(
+                f"the stored bytes of file {file.id} are missing: its rows cannot be read"
+            ) from None
 
     # Queries (issue 20): the engine reads local paths of the session's files, nothing else.
 

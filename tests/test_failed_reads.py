@@ -166,3 +166,28 @@ def test_file_missing_in_an_archive_breaks_the_zip(server: ServerProcess, tmp_pa
     assert b"HTTP/1.1" not in out.read_bytes()
     with pytest.raises(zipfile.BadZipFile):
         zipfile.ZipFile(out)
+
+
+def test_a_missing_stored_file_is_named_by_rows_tables_and_summary(server: ServerProcess) -> None:
+    """As /content: a problem naming the file, never an internal error with a traceback; and
+    /tables still lists the session's other tables."""
+    logged = len(server.log())
+    gone = _upload(server, "partly-gone", "gone.csv", b"a,b\n1,2\n3,4\n")
+    kept = _upload(server, "partly-gone", "kept.csv", b"x,y\n5,6\n")
+    _stored_path(server, gone).unlink()
+    rows = requests.get(f"{server.url}/api/csv/files/{gone['id']}/rows", timeout=10)
+    assert rows.status_code == 500
+    assert rows.json()["code"] == "stored-file-unavailable"
+    assert gone["id"] in rows.json()["detail"]
+    tables = requests.get(f"{server.url}/api/csv/sessions/partly-gone/tables", timeout=30)
+    assert tables.status_code == 200, tables.text
+    by_name = {t["name"]: t for t in tables.json()}
+    assert (
+        by_name["gone_csv"]["error"] == "table gone_csv cannot be read: its stored file is missing"
+    )
+    assert by_name["kept_csv"]["error"] is None
+    assert by_name["kept_csv"]["file_id"] == kept["id"]
+    summary = requests.get(f"{server.url}/api/csv/files/{gone['id']}/summary", timeout=30)
+    assert summary.status_code == 422
+    assert summary.json()["code"] == "query-unsupported-file"
+    assert "Traceback" not in server.log()[logged:]

@@ -111,7 +111,15 @@ class Sandbox:
             return
         view = f"CREATE OR REPLACE VIEW {quote_name(name)} AS "
         try:
-            self.con.execute(view + read_csv_sql(path, dialect))
+            sql = read_csv_sql(path, dialect)
+        except FileNotFoundError:  # its stored file is gone: this table only, not the session
+            raise QueryUnsupportedFile(
+                f"table {name} cannot be read: its stored file is missing"
+            ) from None
+        except OSError as exc:
+            raise _unreadable(name, path, exc) from None
+        try:
+            self.con.execute(view + sql)
         except (duckdb.InterruptException, duckdb.OutOfMemoryException):
             raise  # the query's time or memory: the job answers for those
         except duckdb.Error as exc:
