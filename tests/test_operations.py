@@ -40,6 +40,24 @@ async def test_readyz_fails_below_the_free_space_minimum(
     assert (await client.get("/healthz")).status == 200  # alive all the same
 
 
+@pytest.mark.local_storage
+async def test_readyz_fails_when_uploads_cannot_be_written(
+    client: Client, settings: Settings
+) -> None:
+    """A small upload is written in uploads/ itself: the probe writes there too, not only
+    in tmp/ (it answered ready while every upload failed)."""
+    aside = settings.uploads_dir.rename(settings.uploads_dir.with_name("uploads-aside"))
+    settings.uploads_dir.write_text("in the way")  # nothing can be created under it now
+    try:
+        body = await assert_problem(await client.get("/readyz"), 503)
+        assert body["checks"]["storage"] != "ok", body
+        assert body["checks"]["database"] == "ok"
+    finally:
+        settings.uploads_dir.unlink()
+        aside.rename(settings.uploads_dir)
+    assert (await client.get("/readyz")).status == 200
+
+
 async def test_probes_and_metrics_need_no_key(make_client: MakeClient, settings: Settings) -> None:
     client = await make_client(replace(settings, api_keys="k" * 20))
     for path in ("/healthz", "/readyz", "/metrics"):

@@ -480,9 +480,11 @@ class LocalStorage:
 
     async def probe_writable(self) -> None:
         def run() -> None:
-            probe = self.temp_dir / f".probe-{os.getpid()}"
-            probe.write_bytes(b"ok")
-            probe.unlink()
+            # Both folders an upload writes: temp files, and small files written in place.
+            for folder in (self.temp_dir, self.root):
+                probe = folder / f".probe-{os.getpid()}"
+                probe.write_bytes(b"ok")
+                probe.unlink()
 
         await asyncio.to_thread(run)
 
