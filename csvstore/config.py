@@ -533,8 +533,9 @@ class Settings:
     api_keys: str = field(
         default="",
         metadata=_setting(
-            "comma-separated API keys; 'ro:KEY' makes a read-only (GET) key; when any key is "
-            "configured every /api route needs 'Authorization: Bearer KEY'",
+            "comma-separated API keys; 'ro:KEY' makes a read-only key (GET, HEAD, SQL "
+            "queries); when any key is configured every /api route needs 'Authorization: "
+            "Bearer KEY'",
             SECURITY,
         ),
     )

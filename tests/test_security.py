@@ -86,6 +86,17 @@ def test_public_bind_without_keys_is_refused() -> None:
     assert settings_from(["--host", "::1"], {}).host == "::1"
 
 
+def test_a_keys_file_with_no_key_is_refused_not_an_open_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "keys"
+    empty.write_text("# the keys go here\n\n")
+    with pytest.raises(SystemExit) as stop:
+        settings_from(["--api-keys-file", str(empty)], {})
+    assert stop.value.code == 2
+    assert f"--api-keys-file {empty} holds no key" in capsys.readouterr().err
+
+
 async def test_security_headers_on_every_response(client: Client) -> None:
     for resp in [
         await client.get("/api/csv/sessions"),

@@ -78,7 +78,10 @@ def parse_key_spec(spec: str) -> ApiKey:
 def load_keys(settings: Settings) -> list[ApiKey]:
     specs: list[str] = [s for s in settings.api_keys.split(",") if s.strip()]
     if settings.api_keys_file is not None:
-        specs += _key_lines(settings.api_keys_file)
+        from_file = list(_key_lines(settings.api_keys_file))
+        if not from_file:  # an empty file must not quietly leave the server open
+            raise ValueError(f"--api-keys-file {settings.api_keys_file} holds no key")
+        specs += from_file
     return [parse_key_spec(spec) for spec in specs]
 
 
