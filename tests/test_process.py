@@ -277,6 +277,26 @@ def test_a_taken_port_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
     assert "Task was destroyed" not in proc.stderr
 
 
+def test_workers_do_not_share_their_port_with_another_server(tmp_path: Path) -> None:
+    """SO_REUSEPORT let a second `--workers 2` server join the first one's port silently,
+    requests alternating between two stores: it is refused as a taken port is."""
+    first = ServerProcess(tmp_path / "one", "--workers", "2")
+    first.start()
+    try:
+        port = first.url.rsplit(":", 1)[1]
+        second = subprocess.run(
+            [sys.executable, "-m", "csvstore", "--port", port, "--workers", "2",
+             "--data-dir", str(tmp_path / "two")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 1, second.stderr
+        assert f"cannot listen on 127.0.0.1:{port}" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert requests.get(f"{first.url}/healthz", timeout=5).status_code == 200
+    finally:
+        assert first.stop() == 0
+
+
 def test_the_log_says_listening_only_once_the_port_is_bound(tmp_path: Path) -> None:
     """ "starting on" when the process starts; "listening on" after the bind, per worker."""
     server = ServerProcess(tmp_path / "data", "--workers", "2")

@@ -13,6 +13,7 @@ import queue
 import resource
 import select
 import signal
+import socket
 import struct
 import sys
 import time
@@ -214,11 +215,34 @@ def _raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
+def _port_taken(settings: Settings) -> OSError | None:
+    """Workers share their port (SO_REUSEPORT), and so would another server's workers run
+    by the same user: a bind without it first finds any listener there."""
+    if not settings.port:
+        return None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            settings.host, settings.port, type=socket.SOCK_STREAM
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the workers do
+            probe.bind(address)
+    except OSError as exc:
+        return exc
+    return None
+
+
 def serve(settings: Settings) -> None:
     _raise_open_file_limit()
     if settings.workers <= 1:
         run_worker(settings, startup_check=True, reuse_port=False)
         return
+    taken = _port_taken(settings)
+    if taken is not None:
+        log.error(
+            "cannot listen on %s:%d: %s", settings.host, settings.port, taken.strerror or taken
+        )
+        sys.exit(1)
     asyncio.run(_prepare(settings))
     with metrics.summed_over_workers(settings.data_dir / "tmp" / "metrics"):
         code = Supervisor(settings).run()
