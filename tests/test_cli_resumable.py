@@ -236,3 +236,46 @@ def test_after_a_crash_the_client_waits_out_the_dead_lease(
         assert content.content == body
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_a_server_that_takes_no_byte_is_given_up_on(tmp_path: Path) -> None:
+    """Every PATCH answered 204 with the offset unchanged (a server misconfigured to read
+    nothing) counts as a failure: the client gives up after its attempts instead of
+    sending the same bytes forever (it sent 60,000 PATCHes in ten minutes)."""
+    from aiohttp import web
+
+    patches = 0
+
+    async def patch(request: web.Request) -> web.Response:
+        nonlocal patches
+        patches += 1
+        await request.read()
+        return web.Response(status=204, headers={**TUS, "Upload-Offset": "0"})
+
+    async def head(request: web.Request) -> web.Response:
+        return web.Response(headers={**TUS, "Upload-Offset": "0", "Upload-Length": "10"})
+
+    path = tmp_path / "x.csv"
+    path.write_bytes(b"a,b\n1,2\n3,\n")
+
+    async def go() -> None:
+        app = web.Application()
+        app.router.add_route("PATCH", "/api/csv/tus/u", patch)
+        app.router.add_route("HEAD", "/api/csv/tus/u", head)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with Api(f"http://127.0.0.1:{port}", None) as api:
+                with path.open("rb") as handle, pytest.raises(Exception, match="without taking"):
+                    await TusUpload(attempts=3, pause=0.01)._send(
+                        api, api.url("/api/csv/tus/u"), handle,
+                        Source(path, path.stat().st_size), UploadOptions(), lambda _: None,
+                    )  # fmt: skip
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(go())
+    assert patches == 4  # the first and three attempts more

@@ -471,3 +471,26 @@ def test_server_errors_exit_3(guarded_server: ServerProcess, tmp_path: Path) -> 
     assert item["status"] == "failed"
     assert item["error"]["status"] == 507
     assert "507" in stderr_of(result)
+
+
+def test_uploads_past_the_servers_concurrency_limit_wait_and_are_sent_again(
+    tmp_path: Path,
+) -> None:
+    """`--max-concurrent-uploads 1` answers the parallel uploads 429 with Retry-After: the
+    client waits and sends each file again (it reported them refused), and a listing under
+    `--rate-limit` is asked again the same way."""
+    busy = ServerProcess(tmp_path / "data", "--max-concurrent-uploads", "1", "--rate-limit", "30/s")
+    busy.start()
+    try:
+        written = write_csvs(tmp_path / "many", {f"f{i}.csv": 60_000 for i in range(6)})
+        create_session(busy, "busy")
+        result = run_cli(busy.url, "upload", "busy", str(tmp_path / "many"), "--parallel", "4")
+        assert result.returncode == 0, stderr_of(result)
+        stored = {f["original_filename"]: f for f in session_of(busy, "busy")["csv_files"]}
+        assert sorted(stored) == sorted(written)
+        assert "429" in busy.log(), "the limit was never reached: the test proves nothing"
+        for _ in range(3):
+            listed = run_cli(busy.url, "sessions", "list", "--json")
+            assert listed.returncode == 0, stderr_of(listed)
+    finally:
+        assert busy.stop() == 0

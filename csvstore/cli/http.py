@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -19,6 +20,10 @@ API = "/api/csv"
 # Connecting is quick or never; an answer may wait for a large upload's fsync and commit.
 CONNECT_TIMEOUT = 30.0
 READ_TIMEOUT = 300.0
+# A 429 (the server's rate or concurrency limit) is waited out for its Retry-After (at most
+# BUSY_WAIT_MAX each) and sent again, this many times, before it is reported.
+BUSY_RETRIES = 5
+BUSY_WAIT_MAX = 30.0
 
 
 class ExitCode(IntEnum):
@@ -52,9 +57,7 @@ class CliFailure(Exception):
 
     @property
     def retry_after(self) -> float | None:
-        """The server's ``Retry-After`` in seconds (the delta form; a date is ignored)."""
-        value = self.headers.get("Retry-After", "")
-        return float(value) if value.isdigit() else None
+        return retry_after(self.headers)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +66,17 @@ class CliFailure(Exception):
             "detail": self.detail,
             "exit_code": int(self.exit_code),
         }
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """The server's ``Retry-After`` in seconds (the delta form; a date is ignored)."""
+    value = headers.get("Retry-After", "")
+    return float(value) if value.isdigit() else None
+
+
+def busy_wait(headers: Mapping[str, str], attempt: int) -> float:
+    """How long to wait before sending again after the ``attempt``-th 429 (from 0)."""
+    return min(retry_after(headers) or float(attempt + 1), BUSY_WAIT_MAX)
 
 
 def path(*segments: str) -> str:
@@ -131,13 +145,26 @@ class Api:
         """The response of a request that succeeded (< 400); else (or on a broken body)
         ``CliFailure``."""
         assert self._session is not None, "use Api as an async context manager"
+        # Bytes or JSON can be sent again after a 429; a form streaming a file cannot (the
+        # upload command sends its file again itself).
+        resendable = isinstance(kwargs.get("data"), bytes | bytearray | str | None)
         try:
-            async with self._session.request(method, url, **kwargs) as response:
-                if response.status >= 400:
-                    raise _failure_from_body(
-                        response.status, response.reason, await response.read(), response.headers
-                    )
-                yield response
+            for attempt in range(BUSY_RETRIES + 1):
+                async with self._session.request(method, url, **kwargs) as response:
+                    busy = response.status == 429 and resendable and attempt < BUSY_RETRIES
+                    if not busy:
+                        if response.status >= 400:
+                            raise _failure_from_body(
+                                response.status,
+                                response.reason,
+                                await response.read(),
+                                response.headers,
+                            )
+                        yield response
+                        return
+                    await response.read()
+                    wait = busy_wait(response.headers, attempt)
+                await asyncio.sleep(wait)
         except aiohttp.ClientConnectorError as exc:
             reason = exc.os_error.strerror or str(exc.os_error)
             raise CliFailure(

@@ -112,11 +112,15 @@ class TusUpload:
             if options.sha256:
                 digest = base64.b64encode(hashlib.sha256(chunk).digest()).decode()
                 headers["Upload-Checksum"] = f"sha256 {digest}"
+            stalled = False
             try:
                 async with api.request("PATCH", url, data=chunk, headers=headers) as response:
-                    offset = int(response.headers["Upload-Offset"])
+                    sent_from, offset = offset, int(response.headers["Upload-Offset"])
                     done = response.headers.get("Content-Location")
-                failures = 0
+                # Accepted, yet no byte taken: not progress, however often it answers.
+                stalled = offset <= sent_from and done is None and bool(chunk)
+                if not stalled:
+                    failures = 0
             except CliFailure as failure:
                 stored_at = failure.headers.get("Content-Location")
                 if failure.status == 409 and stored_at:
@@ -140,6 +144,15 @@ class TusUpload:
                     wait = max(self.pause * failures, failure.retry_after or 0.0)
                 await asyncio.sleep(wait)
                 offset, done = await self._where(api, url, offset)
+            if stalled:
+                failures += 1
+                if failures > self.attempts:
+                    raise CliFailure(
+                        ExitCode.UNAVAILABLE,
+                        f"gave up after {self.attempts} PATCHes the server answered without "
+                        f"taking a byte (offset {offset})",
+                    )
+                await asyncio.sleep(self.pause * failures)
             if offset > reported:
                 advance(offset - reported)
                 reported = offset

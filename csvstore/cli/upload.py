@@ -17,7 +17,7 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 from rich.text import Text
 
-from csvstore.cli.http import Api, CliFailure, ExitCode, path
+from csvstore.cli.http import BUSY_RETRIES, Api, CliFailure, ExitCode, busy_wait, path
 from csvstore.cli.output import Output, size_text
 
 # Per-chunk overhead vanishes; memory stays at one chunk per file and the bars move smoothly.
@@ -305,7 +305,20 @@ async def upload_all(
                 progress.advance(bars.overall, n)
 
             try:
-                outcome.stored = await strategy.upload(api, session_id, source, options, advance)
+                for attempt in range(BUSY_RETRIES + 1):
+                    try:
+                        outcome.stored = await strategy.upload(
+                            api, session_id, source, options, advance
+                        )
+                        break
+                    except CliFailure as failure:
+                        # The server's rate or concurrency limit: wait, then the file again.
+                        if failure.status != 429 or attempt == BUSY_RETRIES:
+                            raise
+                        progress.advance(bars.overall, -sent)
+                        progress.reset(task, total=source.size)
+                        sent = 0
+                        await asyncio.sleep(busy_wait(failure.headers, attempt))
             except CliFailure as failure:
                 outcome.failure = failure
             except OSError as exc:
