@@ -246,3 +246,21 @@ def test_token_buckets_forget_clients_whose_bucket_is_full() -> None:
     assert len(buckets.buckets) == 1001
     assert buckets.take("later", 200.0) == 0.0  # a minute on: full again, forgotten
     assert set(buckets.buckets) == {"later"}
+
+
+async def test_cors_preflights_spend_no_token_and_a_browser_may_read_retry_after(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    origin = "https://app.example"
+    client = await make_client(
+        replace(settings, rate_limit=RateLimit(1, 60.0), cors_origins=origin)
+    )
+    preflight = {"Origin": origin, "Access-Control-Request-Method": "GET"}
+    for _ in range(3):  # a browser sends one before requests of its own kind
+        assert (await client.options("/api/csv/sessions", headers=preflight)).status == 200
+    first = await client.get("/api/csv/sessions", headers={"Origin": origin})
+    assert first.status == 200  # the one token was still there
+    limited = await client.get("/api/csv/sessions", headers={"Origin": origin})
+    assert limited.status == 429
+    assert limited.headers["Access-Control-Allow-Origin"] == origin
+    assert "Retry-After" in limited.headers["Access-Control-Expose-Headers"]

@@ -82,7 +82,8 @@ def limits_middleware(
 
     @web.middleware
     async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not request.path.startswith(PROTECTED_PREFIX):
+        # A browser's CORS preflight (and tus discovery) is not a request of its own.
+        if request.method == "OPTIONS" or not request.path.startswith(PROTECTED_PREFIX):
             return await handler(request)
         client = client_of(request)
         if buckets is not None and (wait := buckets.take(client, clock())):

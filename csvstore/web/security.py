@@ -210,6 +210,7 @@ def setup_cors(app: web.Application, origins: list[str]) -> None:
             "Content-Range",
             "Content-Disposition",
             "X-Request-ID",
+            "Retry-After",  # of a 429, 503 or 507: when to try again
             *TUS_EXPOSE_HEADERS,
         ),
         allow_headers=(
