@@ -338,3 +338,21 @@ async def test_fast_durability_still_stores(make_client: MakeClient, settings: S
     resp = await client.post("/api/csv/upload", data=upload_form(csv_bytes()))
     assert resp.status == 201
     assert_consistent(settings)
+
+
+async def test_an_unhandled_error_is_logged_with_its_request_id(
+    client: Client, session: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The traceback's line carries the id the client got back, as a field for JSON logs
+    and in the text, so one grep joins them."""
+
+    async def broken(self: Repo, *args: Any) -> None:
+        raise RuntimeError("simulated")
+
+    monkeypatch.setattr(Repo, "insert_file", broken)
+    resp = await client.post("/api/csv/upload", data=upload_form(csv_bytes()))
+    await assert_problem(resp, 500)
+    request_id = resp.headers["X-Request-ID"]
+    errors = [r for r in caplog.records if r.getMessage().startswith("unhandled error on")]
+    assert [getattr(r, "request_id", None) for r in errors] == [request_id]
+    assert f"id={request_id}" in errors[0].getMessage()

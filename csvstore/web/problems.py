@@ -170,7 +170,17 @@ def error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
             400, CLIENT_GONE, "the client closed the connection before the body ended"
         )
     # Never echo the exception: it may name internal paths. The log has the traceback.
-    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    from csvstore.web.observability import REQUEST_ID  # which imports this module
+
+    request_id = request.get(REQUEST_ID)
+    log.error(
+        "unhandled error on %s %s id=%s",
+        request.method,
+        request.path,
+        request_id,
+        exc_info=exc,
+        extra={"request_id": request_id, "method": request.method, "path": request.path},
+    )
     request[ERROR_REASON] = INTERNAL_ERROR
     return problem_response(
         500, INTERNAL_ERROR, "internal error: the server could not complete the request"
