@@ -201,6 +201,12 @@ def test_sigterm_lets_uploads_finish_within_the_grace_period(
     assert on_disk == {row[0] for row in rows}
     assert len(on_disk) == (1 if finishes_in_time else 0)
     assert list(settings.temp_dir.iterdir()) == []  # the aborted upload's temp file is gone
+    # The aborted one is the server going away, not failing: a 503 in its access line.
+    access = [line for line in server.log().splitlines() if "POST /api/csv/upload" in line]
+    assert [" 201 " in line for line in access] == [finishes_in_time]
+    assert all(" 500 " not in line for line in access), access
+    if not finishes_in_time:
+        assert " 503 " in access[0], access
 
 
 def test_a_thousand_idle_connections_do_not_block_others(tmp_path: Path) -> None:

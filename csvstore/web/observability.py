@@ -28,6 +28,7 @@ from csvstore.web.problems import (
     ERROR_REASON,
     NOT_READY,
     RESPONSE_STARTED,
+    SHUTTING_DOWN,
     Handler,
     abort_started,
     error_response,
@@ -155,11 +156,20 @@ def observe_middleware(
                 if isinstance(response, web.FileResponse):
                     response.prepare = _already_sent  # type: ignore[method-assign]  # it'd resend
             return response
+        except asyncio.CancelledError:
+            # Aborted at shutdown, past --shutdown-grace: the server was going away, not
+            # failing, so it is a 503 in the log and the figures (it counted as a 500).
+            request[ERROR_REASON] = SHUTTING_DOWN
+            response = None
+            raise
         finally:
             # No await below: released first is as good as last, and never skipped.
             inflight.leave()
             elapsed = time.perf_counter() - started
-            status = response.status if response is not None else 500
+            if response is not None:
+                status = response.status
+            else:
+                status = 503 if request.get(ERROR_REASON) == SHUTTING_DOWN else 500
             if body_count is not None:
                 sent = body_count.size
             elif response is None or method == "HEAD" or status in (204, 304):

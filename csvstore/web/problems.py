@@ -33,6 +33,7 @@ CLIENT_GONE = "client-gone"
 INVALID_HTTP = "invalid-http"
 NOT_READY = "not-ready"
 EXPECTATION_FAILED = "expectation-failed"
+SHUTTING_DOWN = "shutting-down"  # aborted past --shutdown-grace: logged as a 503, never sent
 _AIOHTTP_REASONS = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}
 
 
@@ -44,6 +45,7 @@ def all_reasons() -> list[str]:
         CLIENT_GONE,
         INVALID_HTTP,
         NOT_READY,
+        SHUTTING_DOWN,
         EXPECTATION_FAILED,
     ]
     return sorted(set(ours + others))
