@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stored files with the database (see 'check --help'); 'python -m csvstore "
         "migrate-to --from-data-dir DIR ...' copies a deployment to another database and "
         "storage (see 'migrate-to --help'). "
-        "Client: 'python -m csvstore sessions|upload|files ...' talks to a running server "
+        "Client: 'python -m csvstore sessions|upload|files|query ...' talks to a running server "
         "(see 'python -m csvstore upload --help')."
     )
     add_settings_arguments(parser)
@@ -236,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "csvstore %s starting on http://%s:%d with %d worker(s); data in %s; "
         "max upload %d bytes; durability %s; %s",
         __version__,
-        settings.host,
+        f"[{settings.host}]" if ":" in settings.host else settings.host,
         settings.port,
         settings.workers,
         settings.data_dir.resolve(),

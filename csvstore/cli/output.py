@@ -156,7 +156,7 @@ def result_table(result: Mapping[str, Any]) -> Table:
 
 def summary_columns_table(columns: Iterable[Mapping[str, Any]]) -> Table:
     table = Table(box=None)
-    names = ("column", "type", "count", "nulls", "distinct", "min", "max", "mean", "std")
+    names = ("column", "type", "count", "nulls", "≈distinct", "min", "max", "mean", "std")
     for name in names:
         table.add_column(name, overflow="fold")
     table.add_column("most frequent", overflow="fold")

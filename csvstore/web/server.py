@@ -180,7 +180,8 @@ async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> 
         await runner.cleanup()
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
         raise SystemExit(1) from None
-    log.info("listening on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host  # IPv6, as in a URL
+    log.info("listening on http://%s:%d (pid %d)", host, settings.port, os.getpid())
     try:
         await stop.wait()
         log.info("stopping: no new connections; waiting for requests in flight")
