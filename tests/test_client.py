@@ -494,3 +494,37 @@ def test_uploads_past_the_servers_concurrency_limit_wait_and_are_sent_again(
             assert listed.returncode == 0, stderr_of(listed)
     finally:
         assert busy.stop() == 0
+
+
+def test_a_bad_url_port_is_a_usage_error_and_a_foreign_server_one_line(tmp_path: Path) -> None:
+    """Not csvstore's answers (another server on that port) are one line and exit 3, not
+    a KeyError traceback; a port past 65535 is a usage error (2), not a connection one."""
+    import http.server
+    import threading
+
+    class Foreign(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"id": "x"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    bad = run_cli("http://127.0.0.1:99999", "sessions", "list")
+    assert bad.returncode == 2, stderr_of(bad)
+    assert "--url must be an http(s) URL" in stderr_of(bad)
+    foreign = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Foreign)
+    threading.Thread(target=foreign.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{foreign.server_address[1]}"
+        result = run_cli(url, "files", "get", "x", cwd=tmp_path)
+    finally:
+        foreign.shutdown()
+        foreign.server_close()
+    assert result.returncode == 3, stderr_of(result)
+    assert "is it a csvstore server?" in stderr_of(result)
+    assert "Traceback" not in stderr_of(result)

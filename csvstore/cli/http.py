@@ -112,7 +112,11 @@ class Api:
 
     def __init__(self, base_url: str, api_key: str | None, *, connections: int = 4) -> None:
         parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        try:
+            valid = parts.scheme in ("http", "https") and bool(parts.netloc) and parts.port != 0
+        except ValueError:  # a port past 65535, or not a number
+            valid = False
+        if not valid:
             raise CliFailure(ExitCode.USAGE, f"--url must be an http(s) URL, not {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self._headers = {"User-Agent": f"csvstore-cli/{__version__}"}

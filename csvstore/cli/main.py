@@ -429,6 +429,17 @@ def run_client(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
     out = Output(json_mode=args.json, quiet=args.quiet)
     try:
         return int(asyncio.run(_run(command, args, out)))
+    except (KeyError, TypeError, ValueError) as exc:
+        # An answer without the fields csvstore sends: not a csvstore server (or another
+        # version of it); one line, not a traceback.
+        failure = CliFailure(
+            ExitCode.UNAVAILABLE,
+            f"unexpected answer from {args.url}: is it a csvstore server? ({exc!r})",
+        )
+        out.error(failure.detail)
+        if out.json_mode:
+            out.document({"error": failure.as_json()})
+        return int(failure.exit_code)
     except CliFailure as failure:
         out.error(failure.detail)
         if out.json_mode:
