@@ -16,8 +16,7 @@ _MAX_NOTES: Final = 24
 _FOOTNOTE_MARK_RE: Final = re.compile(
     r"\s*(?:[*\u2020\u2021]|\(\w{1,3}\)|\[\w{1,3}\]|\d{1,2}(?:/|\)|\.\s))"
 )
-# The count a database shell prints after a result: psql's "(25 rows)", sqlcmd's "(25 rows
-# affected)".
+# A database shell's row count after a result: psql's "(25 rows)", sqlcmd's "... affected)".
 _ROW_COUNT_RE: Final = re.compile(r"\s*\(\d+ rows?(?: affected)?\)\s*\Z")
 # Text is projected bytes read as latin-1: any byte over 0x7f may be part of a letter.
 _LABEL_RE: Final = re.compile(r"[ \t]*(?:[^\W\d]|[\x80-\xff])[\w ./\x80-\xff-]{0,40}:(?:\s|$)")

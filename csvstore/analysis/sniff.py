@@ -302,11 +302,8 @@ def _sniff(text: str, *, whole: bool, last_chance: bool) -> _Sniffed | None:
             best = candidate
     assert best is not None
     if best[0][0] < _FITS and named is None and not _fits_after_a_preamble(text, best[2]):
-        # The rarer delimiters only now, as each costs a parse.
-        # Each only when it fits (a main delimiter that nearly does is likelier: a wide table
-        # with some escaped quotes), and never when it reads as part of the values: only
-        # between digits (the times of a one-column file, 01:02:03), mostly before a space
-        # (`Key: value`, `Hello!`), a URL's `://`, a drive's `C:\`, a MAC or IPv6 address.
+        # The rarer delimiters only now (each costs a parse), and only when one fits and
+        # does not read as part of the values (docs/profile.md).
         for preference, delimiter in enumerate(_EXTRA_DELIMITERS, start=len(_DELIMITERS)):
             if delimiter in text and not _inside_values(text, delimiter):
                 candidate = _candidate(text, delimiter, quotechar, preference, whole=whole)

@@ -20,8 +20,7 @@ API = "/api/csv"
 # Connecting is quick or never; an answer may wait for a large upload's fsync and commit.
 CONNECT_TIMEOUT = 30.0
 READ_TIMEOUT = 300.0
-# A 429 (the server's rate or concurrency limit) is waited out for its Retry-After (at most
-# BUSY_WAIT_MAX each) and sent again, this many times, before it is reported.
+# A 429 is waited out (Retry-After, at most BUSY_WAIT_MAX) and sent again this many times.
 BUSY_RETRIES = 5
 BUSY_WAIT_MAX = 30.0
 
@@ -149,8 +148,7 @@ class Api:
         """The response of a request that succeeded (< 400); else (or on a broken body)
         ``CliFailure``."""
         assert self._session is not None, "use Api as an async context manager"
-        # Bytes or JSON can be sent again after a 429; a form streaming a file cannot (the
-        # upload command sends its file again itself).
+        # Bytes or JSON can be sent again after a 429; a streamed form is the caller's to resend.
         resendable = isinstance(kwargs.get("data"), bytes | bytearray | str | None)
         try:
             for attempt in range(BUSY_RETRIES + 1):

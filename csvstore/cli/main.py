@@ -430,8 +430,7 @@ def run_client(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
     try:
         return int(asyncio.run(_run(command, args, out)))
     except (KeyError, TypeError, ValueError) as exc:
-        # An answer without the fields csvstore sends: not a csvstore server (or another
-        # version of it); one line, not a traceback.
+        # An answer without csvstore's fields (another server): one line, not a traceback.
         failure = CliFailure(
             ExitCode.UNAVAILABLE,
             f"unexpected answer from {args.url}: is it a csvstore server? ({exc!r})",

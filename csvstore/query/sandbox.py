@@ -287,8 +287,7 @@ def read_csv_sql(path: str, dialect: Any, *, columns: Sequence[str] = ()) -> str
         if found is not None:
             skip = found[0] - 1  # blank lines before the header too: skip counts them
             if dialect.names and not columns and found[1] == len(dialect.names) - 1:
-                # One name short: DuckDB would shift every name by one, so the header line
-                # is skipped as well and the names given.
+                # One name short: the header line skipped too, and the names given.
                 names, skip = dialect.names, found[0]
     header = dialect.header and not names
     options = [

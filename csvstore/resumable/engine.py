@@ -199,8 +199,7 @@ class ResumableUploads:
             created_at=utc_now(),
             expires_at=time.time() + self.expiry,
         )
-        # An empty file is whole at creation, with or without a body: published the same way,
-        # so its file id is the upload id here too.
+        # An empty file is whole at creation, body or not: its file id the upload id too.
         if (
             (first is not None or length == 0)
             and length <= WHOLE_MAX

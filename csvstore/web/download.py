@@ -113,8 +113,7 @@ _NOT_IN_FALLBACK = re.compile(r'[^\x20-\x7e]|["\\%/<>:|?*]')
 def content_disposition(original_filename: str, disposition: str = "attachment") -> str:
     """RFC 6266: an ASCII fallback and the exact name in ``filename*`` (RFC 8187)."""
     # Transliterated (Λεωνίδας.csv -> Leonidas.csv) for clients that ignore filename*, curl -OJ;
-    # no '/' (½ -> 1/2): a client could take it for a folder; nor what Windows refuses in a
-    # name (😀 -> :grinning:).
+    # no '/' (½ -> 1/2), nor what Windows refuses in a name (😀 -> :grinning:).
     fallback = _windows_safe(anyascii(original_filename), _NOT_IN_FALLBACK)
     return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(original_filename)}"
 

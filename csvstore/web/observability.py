@@ -27,6 +27,7 @@ from csvstore.web.keys import METRICS_KEY, SETTINGS_KEY, STORE_KEY
 from csvstore.web.problems import (
     ERROR_REASON,
     NOT_READY,
+    REQUEST_ID,
     RESPONSE_STARTED,
     SHUTTING_DOWN,
     Handler,
@@ -41,7 +42,6 @@ log = logging.getLogger("csvstore")
 T = TypeVar("T")
 
 REQUEST_ID_HEADER = "X-Request-ID"
-REQUEST_ID = web.RequestKey("request_id", str)
 UPLOADED_BYTES = web.RequestKey("uploaded_bytes", int)
 QUERY_SQL = web.RequestKey("query_sql", str)
 # The access line shows this much of a query's SQL.
@@ -157,8 +157,7 @@ def observe_middleware(
                     response.prepare = _already_sent  # type: ignore[method-assign]  # it'd resend
             return response
         except asyncio.CancelledError:
-            # Aborted at shutdown, past --shutdown-grace: the server was going away, not
-            # failing, so it is a 503 in the log and the figures (it counted as a 500).
+            # Aborted past --shutdown-grace: the server going away, not failing (a 503).
             request[ERROR_REASON] = SHUTTING_DOWN
             response = None
             raise

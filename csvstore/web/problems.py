@@ -34,6 +34,8 @@ INVALID_HTTP = "invalid-http"
 NOT_READY = "not-ready"
 EXPECTATION_FAILED = "expectation-failed"
 SHUTTING_DOWN = "shutting-down"  # aborted past --shutdown-grace: logged as a 503, never sent
+# The request's id (the client's, if plain, else one made): set by observability's middleware.
+REQUEST_ID = web.RequestKey("request_id", str)
 _AIOHTTP_REASONS = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}
 
 
@@ -172,8 +174,6 @@ def error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
             400, CLIENT_GONE, "the client closed the connection before the body ended"
         )
     # Never echo the exception: it may name internal paths. The log has the traceback.
-    from csvstore.web.observability import REQUEST_ID  # which imports this module
-
     request_id = request.get(REQUEST_ID)
     log.error(
         "unhandled error on %s %s id=%s",

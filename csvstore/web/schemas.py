@@ -106,8 +106,7 @@ def load(schema: Schema, data: Any, *, what: str) -> dict[str, Any]:
 
 
 def load_query(schema: Schema, query: MultiMapping[str]) -> dict[str, Any]:
-    """A query string through its schema; a parameter given twice is a 400 too (which one
-    counts would be a guess)."""
+    """A query string through its schema; a parameter given twice is a 400 too."""
     repeated = sorted({key for key in query if len(query.getall(key)) > 1})
     if repeated:
         messages = {

@@ -217,8 +217,7 @@ def _raise_open_file_limit() -> None:
 
 
 def _port_taken(settings: Settings) -> OSError | None:
-    """Workers share their port (SO_REUSEPORT), and so would another server's workers run
-    by the same user: a bind without it first finds any listener there."""
+    """Whatever listens on the port (another server's SO_REUSEPORT workers would share it)."""
     if not settings.port:
         return None
     try:
