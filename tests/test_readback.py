@@ -277,22 +277,24 @@ async def test_session_archive(client: Client, session: str) -> None:
     await assert_problem(await client.get("/api/csv/sessions/nope/archive"), 404)
 
 
-async def test_archive_names_keep_their_extension(client: Client, session: str) -> None:
-    for name in ("x.csv", "x.csv", "X.CSV", ".csv", ".csv"):
+async def _archive_of(client: Client, session: str, names: list[str]) -> zipfile.ZipFile:
+    """The session's archive after one upload per name, each file holding its name."""
+    for name in names:
         form = upload_form(f"n\n{name}\n".encode(), filename=name)
         assert (await client.post("/api/csv/upload", data=form)).status == 201
     resp = await client.get(f"/api/csv/sessions/{session}/archive")
-    archive = zipfile.ZipFile(io.BytesIO(await resp.read()))
+    return zipfile.ZipFile(io.BytesIO(await resp.read()))
+
+
+async def test_archive_names_keep_their_extension(client: Client, session: str) -> None:
+    archive = await _archive_of(client, session, ["x.csv", "x.csv", "X.CSV", ".csv", ".csv"])
     assert archive.namelist() == ["x.csv", "x (1).csv", "X (2).CSV", ".csv", "(1).csv"]
     assert archive.read("(1).csv") == b"n\n.csv\n"
 
 
 async def test_archive_entries_are_names_windows_accepts(client: Client, session: str) -> None:
-    for name in ("report 10:30.csv", 'a<b>|"?*.csv', "Λεωνίδας.csv", "report 10_30.csv", "NUL.csv"):
-        form = upload_form(f"n\n{name}\n".encode(), filename=name)
-        assert (await client.post("/api/csv/upload", data=form)).status == 201
-    resp = await client.get(f"/api/csv/sessions/{session}/archive")
-    archive = zipfile.ZipFile(io.BytesIO(await resp.read()))
+    names = ["report 10:30.csv", 'a<b>|"?*.csv', "Λεωνίδας.csv", "report 10_30.csv", "NUL.csv"]
+    archive = await _archive_of(client, session, names)
     assert archive.namelist() == [
         "report 10_30.csv",
         "a_b_____.csv",
