@@ -280,15 +280,15 @@ def read_csv_sql(path: str, dialect: Any, *, columns: Sequence[str] = ()) -> str
             f"the file is {dialect.encoding}, which the query engine cannot decode "
             "(it reads UTF-8 and Latin-1)"
         )
-    skip = _skip(path, dialect)
     names: Sequence[str] = ()
-    if dialect.header:
-        found = _header_line(path, dialect)
-        if found is not None:
-            skip = found[0] - 1  # blank lines before the header too: skip counts them
-            if dialect.names and not columns and found[1] == len(dialect.names) - 1:
-                # One name short: the header line skipped too, and the names given.
-                names, skip = dialect.names, found[0]
+    found = _header_line(path, dialect) if dialect.header else None
+    if found is None:
+        skip = _skip(path, dialect)
+    else:
+        skip = found[0] - 1  # blank lines before the header too: skip counts them
+        if dialect.names and not columns and found[1] == len(dialect.names) - 1:
+            # One name short: the header line skipped too, and the names given.
+            names, skip = dialect.names, found[0]
     header = dialect.header and not names
     options = [
         f"delim = {quote_literal(dialect.delimiter)}",
