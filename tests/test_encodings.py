@@ -128,7 +128,34 @@ SHIFT_JIS = Shape(
         ],
     ),
 )
-SHAPES = [GREEK, CYRILLIC, POLISH, SHIFT_JIS]
+# A DOS export (cp850: its ü, 0x81, has no character in cp1252) and an old Mac Excel export.
+DOS = Shape(
+    "dos-cp850",
+    "cp850",
+    "cp850",
+    frozenset({"cp850", "cp858", "cp437"}),  # the same letters in these three
+    frozenset({"ibm850", "ibm858", "ibm437"}),
+    ["Nr", "Kunde", "Straße", "Bemerkung"],
+    _rows(
+        ["Jürgen Müller", "Günther Schäfer", "Françoise Lefèvre", "Björn Größer"],
+        ["Hauptstraße 5", "Königsallee 12", "Rue de l'Église 3", "Bahnhofstraße 44"],
+        ["Lieferung über Zürich", "Rückruf erwünscht", "Übergabe nur persönlich", "Kühl lagern"],
+    ),
+)
+MAC_ROMAN = Shape(
+    "mac-roman",
+    "mac_roman",
+    "mac-roman",
+    frozenset({"mac-roman"}),
+    frozenset({"macintosh"}),
+    ["réf", "client", "ville", "remarque"],
+    _rows(
+        ["Hélène Garçon", "François Crêpe", "Jérôme Bœuf", "Anaïs Lefèvre"],
+        ["Besançon", "Orléans", "Nîmes", "Sète", "Fréjus", "Mâcon"],
+        ["très bien reçu", "à rappeler après-midi", "livré où prévu", "façade abîmée"],
+    ),
+)
+SHAPES = [GREEK, CYRILLIC, POLISH, SHIFT_JIS, DOS, MAC_ROMAN]
 
 
 def _stray_byte_file() -> tuple[bytes, int]:
@@ -279,6 +306,34 @@ async def test_utf8_with_one_stray_byte_stays_utf8(client: Client, session: str)
     assert last["rows"] == [["200001", "Jos\ufffd", "Lyon"]]
     charset, body = await _downloaded(client, file["id"])
     assert (charset, body) == ("utf-8", data)
+
+
+async def test_a_mixed_export_with_few_letters_stays_utf8_and_plain_ascii_falls_back(
+    client: Client, session: str
+) -> None:
+    # One UTF-8 é and one cp1252 é (two exports pasted together): UTF-8 with its stray byte
+    # counted, not cp1252 for the whole file. Without a valid character, cp1252 reads it.
+    head = "id,name\n" + "".join(f"{i},user {i}\n" for i in range(300))
+    mixed = (head + "301,café\n").encode() + b"302,Jos\xe9\n"
+    file = await _upload(client, mixed)
+    assert (file["encoding"], file["invalid_bytes"]) == ("utf-8", 1)
+    assert file["first_invalid_offset"] == mixed.index(b"\xe9")
+    rows = (await _all_rows(client, file["id"]))["rows"]
+    assert rows[-2:] == [["301", "café"], ["302", "Jos\ufffd"]]
+    assert (await _downloaded(client, file["id"]))[0] == "utf-8"
+    latin = head.encode() + b"302,Jos\xe9\n"
+    file = await _upload(client, latin)
+    assert (file["encoding"], file["encoding_source"]) == ("cp1252", "fallback")
+    assert (await _all_rows(client, file["id"]))["rows"][-1] == ["302", "José"]
+
+
+@pytest.mark.parametrize("size", [1, 7, 1 << 20])
+def test_double_byte_text_with_valid_looking_pairs_is_not_taken_for_utf8(size: int) -> None:
+    # GBK pairs such as C4 A3 are valid UTF-8 too (~1 per 3 bad bytes): still GBK.
+    text = "编号,姓名,城市\n" + "".join(f"{i},王小明,北京市朝阳区\n" for i in range(40))
+    verdict = _verdict(text.encode("gbk"), size)
+    assert verdict.encoding in {"gbk", "gb18030", "gb2312"}
+    assert text.encode("gbk").decode(verdict.encoding) == text
 
 
 async def test_strict_refuses_utf8_with_a_stray_byte(client: Client, session: str) -> None:

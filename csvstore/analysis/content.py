@@ -153,13 +153,19 @@ class CsvContentCheck:
                 raise NotACsv(_BAD_UTF8_AFTER_BOM)
             return EncodingVerdict(self._encoding, "bom", 1.0)
         if self._utf8_ok and self._mostly_utf8():
-            share = self._utf8_bad / (self._utf8_bad + self._utf8_good) if self._utf8_bad else 0.0
-            return EncodingVerdict(
-                "utf-8", "detected", round(1.0 - share, 4), self._utf8_bad, self._first_bad
-            )
+            return self._utf8_verdict()
         if self._partial_line:
             self._collect_sample(b"", final=True)
         detected = self._detect()
+        # As many valid multi-byte characters as bad bytes: UTF-8 with stray bytes (a mixed
+        # export), unless the detector finds a double-byte code page that reads the sample.
+        double = detected is not None and double_byte(detected.encoding)
+        if self._utf8_ok and self._plausibly_utf8() and not double:
+            return self._utf8_verdict()
+        if detected is None and not self._cp1252_ok:
+            # Not cp1252, so not Excel on Windows: a DOS or old Mac export (cp850, MacRoman),
+            # kept only if it decodes every sampled byte.
+            detected = self._detect(dos_and_mac=True)
         if detected is not None:
             return detected
         if self._cp1252_ok:
@@ -171,25 +177,36 @@ class CsvContentCheck:
             self._utf8_bad
         )
 
-    def _detect(self) -> EncodingVerdict | None:
+    def _plausibly_utf8(self) -> bool:
+        # cp1252 text has no valid sequences; GBK, Big5, EUC and Shift-JIS ~1 per 3 bad bytes.
+        return self._utf8_bad <= self._utf8_good
+
+    def _utf8_verdict(self) -> EncodingVerdict:
+        share = self._utf8_bad / (self._utf8_bad + self._utf8_good) if self._utf8_bad else 0.0
+        return EncodingVerdict(
+            "utf-8", "detected", round(1.0 - share, 4), self._utf8_bad, self._first_bad
+        )
+
+    def _detect(self, *, dos_and_mac: bool = False) -> EncodingVerdict | None:
         import chardet  # imported on first use: UTF-8 uploads never need it
 
         sample = b"".join(self._sample)
         # "ascii": no match. DOS, Mac and mainframe code pages win wrongly on short samples
-        # (cp862 for "café"), and CSV exports do not come in them.
-        found = chardet.detect(
-            sample,
-            encoding_era=chardet.EncodingEra.MODERN_WEB | chardet.EncodingEra.LEGACY_ISO,
-            no_match_encoding="ascii",
-        )
+        # (cp862 for "café"): asked for only when cp1252 cannot be right.
+        eras = chardet.EncodingEra.MODERN_WEB | chardet.EncodingEra.LEGACY_ISO
+        if dos_and_mac:
+            eras |= chardet.EncodingEra.DOS | chardet.EncodingEra.LEGACY_MAC
+        found = chardet.detect(sample, encoding_era=eras, no_match_encoding="ascii")
         name = found.get("encoding")
         if not name:
             return None
         try:
             encoding = codecs.lookup(name).name
-            unfit = sample.decode(encoding, "replace").count("\ufffd")
+            text = sample.decode(encoding, "replace")
         except LookupError:
             return None
+        # C1 controls are no text's letters: ISO-8859 "decodes" a DOS file's ü (0x81) as one.
+        unfit = len(_UNFIT.findall(text))
         if unfit > 2 + len(sample) // 1000:
             return None
         confidence = found.get("confidence") or 0.0
@@ -199,7 +216,7 @@ class CsvContentCheck:
         # chardet is (a short Shift-JIS file: 0.03): chance rarely pairs 8-bit text so, given
         # a few characters' worth (two stray bytes of broken UTF-8 are no evidence).
         paired = unfit == 0 and double_byte(encoding) and len(sample) >= _PAIRED_EVIDENCE
-        if confidence < _MIN_CONFIDENCE and not paired:
+        if confidence < _MIN_CONFIDENCE and not paired and not (dos_and_mac and unfit == 0):
             return None
         return EncodingVerdict(encoding, "detected", round(confidence, 4))
 
@@ -255,14 +272,14 @@ class CsvContentCheck:
                 self._count_bad(base + at + exc.start, exc.end - exc.start)
                 if self._encoding == "utf-8-sig":
                     raise NotACsv(_BAD_UTF8_AFTER_BOM) from None
-                if self._utf8_bad >= _BAD_TO_GIVE_UP and not self._mostly_utf8():
+                if self._utf8_bad >= _BAD_TO_GIVE_UP and not self._plausibly_utf8():
                     self._give_up_utf8()
                     return
                 at += exc.end
                 continue
             self._utf8_good += used - len(text)
             self._utf8_pending = bytes(view[at + used :])
-            if self._utf8_bad >= _BAD_TO_JUDGE and not self._mostly_utf8():
+            if self._utf8_bad >= _BAD_TO_JUDGE and not self._plausibly_utf8():
                 self._give_up_utf8()
             return
 
@@ -316,8 +333,9 @@ class CsvContentCheck:
             raise NotACsv("the file contains NUL characters: it is binary data, not CSV text")
 
 
-# UTF-8 with stray bytes while at most 1 in _MAX_BAD_SHARE non-ASCII bytes is invalid; judged
-# at a chunk's end from _BAD_TO_JUDGE bad bytes, within a chunk from _BAD_TO_GIVE_UP.
+# UTF-8 with stray bytes, no detector asked, while at most 1 in _MAX_BAD_SHARE non-ASCII bytes
+# is invalid. UTF-8 is given up once bad bytes outnumber valid ones: judged at a chunk's end
+# from _BAD_TO_JUDGE bad bytes, within a chunk from _BAD_TO_GIVE_UP.
 _MAX_BAD_SHARE = 100
 _BAD_TO_JUDGE = 64
 _BAD_TO_GIVE_UP = 1024
@@ -326,6 +344,7 @@ _MIN_CONFIDENCE = 0.05
 _PAIRED_EVIDENCE = 64  # bytes of sampled non-ASCII lines
 # Enough non-ASCII lines for the detector to be as sure as it gets (bench/RESULTS.md).
 _SAMPLE_BYTES = 64 * 1024
+_UNFIT = re.compile("[\ufffd\x80-\x9f]")
 _NON_ASCII_LINE = re.compile(rb"[^\r\n]*[\x80-\xff][^\r\n]*(?:\r\n|\r|\n)?")
 
 
