@@ -617,6 +617,40 @@ def test_header_over_columns_of_booleans_dates_and_numbers() -> None:
     assert not profile_of(data.split(b"\n", 1)[1]).has_header
 
 
+@pytest.mark.parametrize(
+    ("data", "header"),
+    [
+        # A headerless list: the first line has the shape of the rest, so it is a row.
+        ("".join(f"https://example.com/page/{i}\n" for i in range(50)), False),
+        ("".join(f"user{i}@example.org,SKU-{i:04}\n" for i in range(30)), False),
+        # The same under names of another shape.
+        ("url\n" + "".join(f"https://example.com/page/{i}\n" for i in range(50)), True),
+        ("email,sku\n" + "".join(f"u{i}@example.org,SKU-{i}\n" for i in range(30)), True),
+        # Names in snake_case over values in snake_case are words, as before.
+        ("task_name,task_status\n" + "write_docs,in_progress\nfix_bug,not_started\n" * 5, True),
+        ("name,city\nAda Lovelace,London\nAlan Turing,Wilmslow\n", True),
+    ],
+)
+def test_header_vote_compares_the_shape_of_text(data: str, header: bool) -> None:
+    profile = profile_of(data.encode())
+    assert profile.has_header is header
+    assert profile.row_count == data.count("\n") - header
+
+
+def test_whole_numbers_in_order_over_fractions_name_columns() -> None:
+    # A spectrum: wavelengths name the columns of absorbances (and one year alone is data).
+    spectrum = "sample,400,410,420,430\n" + "".join(
+        f"S{i},0.{i}1,0.{i}2,0.{i}3,0.{i}4\n" for i in range(1, 9)
+    )
+    profile = profile_of(spectrum.encode())
+    assert (profile.has_header, profile.columns) == (True, ["sample", "400", "410", "420", "430"])
+    assert profile.row_count == 8
+    # Whole numbers out of order, or only two of them, are a row like the others.
+    fractions = "".join(f"0.{i}1,0.{i}2,0.{i}3\n" for i in range(1, 9))
+    assert profile_of(("410,400,420\n" + fractions).encode()).has_header is False
+    assert profile_of(("400,410,0.5\n" + fractions).encode()).has_header is False
+
+
 def test_many_rows_fast_path_and_deep_checkpoints() -> None:
     lines = [b"id,name,value"] + [b"%d,n%d,%d.5" % (i, i % 7, i) for i in range(30_000)]
     lines[12_345] = b"12344,ragged"
@@ -1032,7 +1066,8 @@ def test_column_kinds_match_the_kind_of_each_cell(cells: list[str]) -> None:
 
 def _header_vote_cell_by_cell(first: list[str], rows: list[list[str]]) -> bool:
     """The header vote as its docstring states it, one cell at a time: the reference."""
-    typed = by_length = 0
+    typed = by_length = by_shape = 0
+    whole: list[int] = []
     for column, head in enumerate(first):
         values = [row[column] for row in rows if column < len(row) and row[column].strip()]
         if not values:
@@ -1046,10 +1081,21 @@ def _header_vote_cell_by_cell(first: list[str], rows: list[list[str]]) -> bool:
                 or (head_kind in ("date", "bool") and kinds == {"number"})
             )
             typed += -1 if head_kind in kinds else 1 if names else 0
+            digits = head.strip()
+            year = len(digits) == 4 and digits[:2] in ("18", "19", "20")
+            whole_head = head_kind in kinds and digits.isascii() and digits.isdigit()
+            if whole_head and not year and all("." in value for value in values):
+                whole.append(int(digits))
         elif kinds == {"text"} and len(values) > 1:
             lengths = {len(value) for value in values}
             if len(lengths) == 1:
                 by_length += -1 if len(head) in lengths else 1
+            shapes = [_shape_by_hand(value) for value in values]
+            common = max(shapes, key=shapes.count)
+            if 5 * shapes.count(common) >= 4 * len(values) and set(common) - set("a "):
+                by_shape += -1 if _shape_by_hand(head) == common else 1
+    if len(whole) >= 3 and whole in (sorted(set(whole)), sorted(set(whole), reverse=True)):
+        typed += 2 * len(whole)
 
     def counts_up(cells: list[str]) -> bool:
         digits = [c.strip() for c in cells]
@@ -1066,7 +1112,21 @@ def _header_vote_cell_by_cell(first: list[str], rows: list[list[str]]) -> bool:
         return True  # pandas' index: an empty corner over 0, 1, 2, ...
     if typed:
         return typed > 0
+    if by_shape:
+        return by_shape > 0
     return header._plain_names(first) or by_length > 0
+
+
+def _shape_by_hand(value: str) -> str:
+    out: list[str] = []
+    for ch in value.strip():
+        letter = ch.isalnum() and not ch.isdecimal() and ch != "_"  # what re's [^\W\d_] is
+        c = "a" if letter else "9" if ch.isdecimal() else ch
+        if c == "a" and out[-2:] in (["a", "_"], ["a", "-"]):
+            del out[-1]  # snake_case and kebab-case: one word
+        elif not (out and out[-1] == c and c in "a9"):
+            out.append(c)
+    return "".join(out)
 
 
 _VOTE_CELLS = st.one_of(_CELLS, st.sampled_from(["id", "Name", "yes", "Oslo", " x ", "é", "²"]))

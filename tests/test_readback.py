@@ -449,6 +449,10 @@ PROFILES = [
      {"row_count": 0, "has_header": True, "columns": ["alpha", "beta", "gamma"]}),
     ("pipes.csv", b"x|y\n1|2\n", {"delimiter": "|", "row_count": 1}),
     ("cr-only.csv", b"a,b\r1,2\r3,4\r", {"line_terminator": "\r", "row_count": 2}),
+    ("links.csv", b"".join(b"https://example.com/p/%d\n" % i for i in range(20)),
+     {"has_header": False, "columns": [], "column_count": 1, "row_count": 20}),
+    ("spectrum.csv", b"sample,400,410,420\nA,0.12,0.31,0.55\nB,0.14,0.29,0.61\n",
+     {"has_header": True, "columns": ["sample", "400", "410", "420"], "row_count": 2}),
 ]  # fmt: skip
 
 
@@ -465,6 +469,13 @@ async def test_profile_of_real_world_files(
     # stored, and the same when read back
     again = await (await client.get(f"/api/csv/files/{file['id']}")).json()
     assert again == file
+    if file["row_count"]:  # /rows starts where the profile says the rows start
+        rows = (await (await client.get(f"/api/csv/files/{file['id']}/rows")).json())["rows"]
+        assert len(rows) == file["row_count"]
+        assert (
+            rows[0][0]
+            == data.decode(file["encoding"]).splitlines()[file["has_header"]][: len(rows[0][0])]
+        )
 
 
 async def test_strict_refuses_ragged_files(

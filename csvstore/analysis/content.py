@@ -157,14 +157,12 @@ class CsvContentCheck:
         if self._partial_line:
             self._collect_sample(b"", final=True)
         detected = self._detect()
-        # As many valid multi-byte characters as bad bytes: UTF-8 with stray bytes (a mixed
-        # export), unless the detector finds a double-byte code page that reads the sample.
+        # A mixed export (stray bytes among UTF-8), unless a double-byte code page fits.
         double = detected is not None and double_byte(detected.encoding)
         if self._utf8_ok and self._plausibly_utf8() and not double:
             return self._utf8_verdict()
         if detected is None and not self._cp1252_ok:
-            # Not cp1252, so not Excel on Windows: a DOS or old Mac export (cp850, MacRoman),
-            # kept only if it decodes every sampled byte.
+            # Not cp1252: a DOS or old Mac export, kept only if it reads every sampled byte.
             detected = self._detect(dos_and_mac=True)
         if detected is not None:
             return detected
@@ -333,9 +331,8 @@ class CsvContentCheck:
             raise NotACsv("the file contains NUL characters: it is binary data, not CSV text")
 
 
-# UTF-8 with stray bytes, no detector asked, while at most 1 in _MAX_BAD_SHARE non-ASCII bytes
-# is invalid. UTF-8 is given up once bad bytes outnumber valid ones: judged at a chunk's end
-# from _BAD_TO_JUDGE bad bytes, within a chunk from _BAD_TO_GIVE_UP.
+# UTF-8 without asking the detector while <= 1 in _MAX_BAD_SHARE non-ASCII bytes is bad; given
+# up once bad outnumber valid (from _BAD_TO_JUDGE at a chunk's end, _BAD_TO_GIVE_UP within).
 _MAX_BAD_SHARE = 100
 _BAD_TO_JUDGE = 64
 _BAD_TO_GIVE_UP = 1024

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Final
 
@@ -17,6 +18,7 @@ _DATE_RE: Final = re.compile(
 )
 _BOOLEANS: Final = frozenset({"true", "false", "yes", "no"})
 _YEAR_RE: Final = re.compile(r"(?:1[89]|20)\d\d")
+_WHOLE_RE: Final = re.compile(r"[0-9]+")
 
 
 def _kind(cell: str) -> str:
@@ -91,12 +93,33 @@ def _row_index_corner(first: list[str], rows: list[list[str]]) -> bool:
     return _counts_up([row[0].strip() for row in rows if row])
 
 
+def _shape(value: str) -> str:
+    """Runs of letters as ``a`` and of digits as ``9``: ``https://x.org/p/12`` is ``a://a.a/a/9``."""
+    return _DIGITS_RE.sub("9", _LETTERS_RE.sub("a", value.strip()))
+
+
+# Words joined by _ or - are one run: snake_case values under a snake_case name are words.
+_LETTERS_RE: Final = re.compile(r"[^\W\d_]+(?:[-_][^\W\d_]+)*")
+_DIGITS_RE: Final = re.compile(r"\d+")
+
+
+def _shape_vote(head: str, values: list[str]) -> int:
+    """-1: shaped as most of its column (URLs over URLs); +1: not (``url`` over URLs)."""
+    shapes = Counter(map(_shape, values))
+    common, count = shapes.most_common(1)[0]
+    if 5 * count < 4 * len(values) or not set(common) - {"a", " "}:  # words: names' shape too
+        return 0
+    return -1 if _shape(head) == common else 1
+
+
 def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
     """Typed columns vote first (as in csv.Sniffer.has_header), then names, then text
     lengths: docs/design/profiler.md (the header vote)."""
     typed = 0
     by_length = 0
+    texts: list[tuple[str, list[str]]] = []
     years: list[int] = []  # heads that are years over columns of numbers that are not
+    whole: list[int] = []  # whole-number heads over columns of fractions (400 over 0.31)
     width = len(first)
     columns: Iterator[Sequence[str]] | None = None
     if rows and all(len(row) == width for row in rows):
@@ -115,6 +138,8 @@ def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
                 typed -= 1
                 if _YEAR_RE.fullmatch(head.strip()) and not all(map(_YEAR_RE.fullmatch, values)):
                     years.append(int(head))
+                elif _WHOLE_RE.fullmatch(head.strip()) and all("." in v for v in values):
+                    whole.append(int(head))
             elif (
                 head_kind == "text"
                 or (head_kind == "number" and kinds == {"bool"})
@@ -125,17 +150,27 @@ def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
             lengths = set(map(len, values))
             if len(lengths) == 1:
                 by_length += -1 if len(head) in lengths else 1
-    if len(years) >= 2 and (years == sorted(set(years)) or years == sorted(set(years))[::-1]):
-        # Years in order over columns of other numbers name them: a wide time series
-        # (Country,1990,1991,...), not a row of data that happens to hold years.
+            texts.append((head, values))
+    # Years in order over other numbers name them (Country,1990,1991), and three or more
+    # whole numbers in order over fractions: a spectrum's wavelengths (400,410,420).
+    if len(years) >= 2 and _in_order(years):
         typed += 2 * len(years)
+    if len(whole) >= 3 and _in_order(whole):
+        typed += 2 * len(whole)
     if _row_index_corner(first, rows):
         return True
     if typed:
         return typed > 0
+    if by_shape := sum(_shape_vote(head, values) for head, values in texts):
+        return by_shape > 0
     if _plain_names(first):
         return True
     return by_length > 0
+
+
+def _in_order(numbers: list[int]) -> bool:
+    ascending = sorted(set(numbers))
+    return numbers in (ascending, ascending[::-1])
 
 
 def _quoted_fields(
