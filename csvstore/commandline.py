@@ -16,7 +16,8 @@ from typing import Any
 
 from csvstore import __version__, config
 from csvstore.analysis.counter import native_counter
-from csvstore.config import GROUPS, Settings, check_database_url, check_storage
+from csvstore.config import GROUPS, Settings, unknown_variables
+from csvstore.config_values import check_database_url, check_storage
 from csvstore.db.postgres import PoolReconnects
 from csvstore.identity import StoreMismatch, check_placement
 from csvstore.maintenance.migrate import MigrationError, migrate, shared_storage
@@ -160,7 +161,8 @@ def run_check(argv: Sequence[str]) -> int:
     parser = build_check_parser()
     args = parser.parse_args(argv)
     settings = settings_from(argv, os.environ, parser)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
 
     async def go() -> CheckReport:
         async with open_store(settings, repair=args.repair) as store:
@@ -225,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(run_client(argv))
     settings = settings_from(argv, os.environ)
     configure_logging(settings)
+    for warning in unknown_variables(os.environ):
+        logging.getLogger("csvstore").warning("%s", warning)
     keys = load_keys(settings)
     read_only = sum(key.read_only for key in keys)
     access = (

@@ -16,7 +16,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from csvstore.config import Settings, parse_s3_url
+from csvstore.config import Settings
+from csvstore.config_values import parse_s3_url
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client

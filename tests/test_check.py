@@ -77,6 +77,7 @@ async def test_check_reports_repairs_and_is_idempotent(
     assert in_flight.exists()
     assert not abandoned.exists()
     assert "cleared 1 intent(s)" in report.stdout
+    assert "checked " not in report.stderr  # the summary once, on stdout (was on both)
     assert not stale_temp.exists()
 
     repaired = run_check(settings, "--repair")

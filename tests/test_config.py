@@ -18,7 +18,8 @@ from csvstore.commandline import (
     build_parser,
     settings_from,
 )
-from csvstore.config import GROUPS, GiB, MiB, Settings, env_name, flag_name, shown_default, spec
+from csvstore.config import GROUPS, Settings, env_name, flag_name, shown_default, spec
+from csvstore.config_values import GiB, MiB
 from tests.serverproc import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +66,12 @@ def test_a_bad_variable_is_named_by_the_real_process(
         (["--sweep-interval", "0"], "the sweep interval must be more than 0, got '0'"),
         (["--tus-expiry", "0s"], "the tus expiry must be more than 0, got '0s'"),
         (["check", "--workers", "many"], "argument --workers: expected an integer"),
+        (["--max-upload-size", "0"], "max upload size must be more than 0 bytes, got '0'"),
+        (["--host", "[example]"], "argument --host: not an IPv6 address in brackets"),
+        (["--host", "http://0.0.0.0"], "argument --host: not an address or host name"),
+        # A browser's Origin never has a path: such an entry would match nothing, silently.
+        (["--cors-origins", "https://app.example/ui"], "not an origin: 'https://app.example/ui'"),
+        (["--cors-origins", "app.example"], "not an origin: 'app.example'"),
         (
             ["migrate-to", "--from-data-dir", "x", "--from-storage", "gs://b/p"],
             "argument --from-storage: unsupported storage 'gs://b/p'",
@@ -192,3 +199,24 @@ def test_the_real_server_takes_values_as_people_write_them(tmp_path: Path) -> No
             assert done.status_code == status, done.text
     finally:
         assert server.stop() == 0
+
+
+def test_a_bracketed_ipv6_loopback_is_loopback_and_origins_lose_a_trailing_slash(
+    tmp_path: Path,
+) -> None:
+    args = ["--host", "[::1]", "--cors-origins", "https://app.example/, http://b.example:8080"]
+    settings = settings_from([*args, "--data-dir", str(tmp_path)], {})
+    assert settings.host == "::1"  # refused before as a public address without API keys
+    assert settings.cors_origins == "https://app.example,http://b.example:8080"
+
+
+def test_a_misspelled_variable_is_named_in_a_warning(tmp_path: Path) -> None:
+    server = ServerProcess(
+        tmp_path / "data",
+        env={"CSVSTORE_PROT": "9999", "CSVSTORE_URL": "http://client.example"},
+    )
+    server.start()
+    assert server.stop() == 0
+    log = server.log()
+    assert "CSVSTORE_PROT is not a setting and is ignored (did you mean CSVSTORE_PORT?)" in log
+    assert "CSVSTORE_URL" not in log  # the client's variable, not a misspelling

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
-from csvstore.config import MiB, Settings
+from csvstore.config import Settings
+from csvstore.config_values import MiB
 from csvstore.crashpoints import POINTS, S3_POINTS
 from csvstore.storage.local import STORE_MARKER
 from tests import s3util

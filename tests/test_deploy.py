@@ -21,7 +21,8 @@ import pytest
 import requests
 
 from csvstore import __version__
-from csvstore.config import Settings, parse_duration
+from csvstore.config import Settings
+from csvstore.config_values import parse_duration
 from csvstore.web.server import _CANCEL_WAIT
 from tests.conftest import Client
 from tests.serverproc import ServerProcess, free_port

@@ -14,7 +14,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from csvstore.commandline import settings_from
-from csvstore.config import RateLimit, Settings, parse_rate_limit
+from csvstore.config import Settings
+from csvstore.config_values import RateLimit, parse_rate_limit
 from csvstore.web.limits import TokenBuckets
 from tests.conftest import (
     BOUNDARY,

@@ -18,7 +18,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from csvstore.config import MiB, Settings
+from csvstore.config import Settings
+from csvstore.config_values import MiB
 from tests import s3util
 from tests.conftest import (
     Client,

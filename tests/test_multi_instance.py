@@ -17,7 +17,8 @@ import aiohttp
 import pytest
 import requests
 
-from csvstore.config import MiB, Settings
+from csvstore.config import Settings
+from csvstore.config_values import MiB
 from tests.conftest import assert_consistent, stored_state
 from tests.serverproc import ServerProcess
 

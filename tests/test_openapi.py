@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 from openapi_spec_validator import validate
 
-from csvstore.config import RateLimit, Settings
+from csvstore.config import Settings
+from csvstore.config_values import RateLimit
 from csvstore.web.openapi import HEADERS, Documented, build_openapi
 from tests.conftest import Client, MakeClient, csv_bytes, upload_form
 

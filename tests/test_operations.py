@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from csvstore.config import RateLimit, Settings
+from csvstore.config import Settings
+from csvstore.config_values import RateLimit
 from tests.conftest import Client, MakeClient, assert_problem, csv_bytes, upload_form
 from tests.serverproc import ServerProcess
 

@@ -18,7 +18,8 @@ import pytest
 import requests
 
 from csvstore.commandline import build_parser, settings_from
-from csvstore.config import GiB, Settings, parse_size
+from csvstore.config import Settings
+from csvstore.config_values import GiB, parse_size
 from csvstore.storage.local import JOURNAL_MAX
 from tests.conftest import assert_consistent
 from tests.serverproc import ServerProcess

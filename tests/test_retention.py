@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from csvstore.config import Settings, parse_duration
+from csvstore.config import Settings
+from csvstore.config_values import parse_duration
 from tests.conftest import (
     MakeClient,
     assert_consistent,

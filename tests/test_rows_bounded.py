@@ -19,7 +19,8 @@ import pytest
 import requests
 
 from csvstore.commandline import settings_from
-from csvstore.config import KiB, MiB, Settings
+from csvstore.config import Settings
+from csvstore.config_values import KiB, MiB
 from tests.serverproc import ServerProcess
 
 CELL_LIMIT = Settings().rows_cell_limit

@@ -27,7 +27,8 @@ import pytest
 import requests
 
 from csvstore.commandline import settings_from
-from csvstore.config import MiB, Settings, convert, parse_s3_url
+from csvstore.config import Settings, convert
+from csvstore.config_values import MiB, parse_s3_url
 from csvstore.db.queries import Query
 from csvstore.db.sqlite import Executor
 from csvstore.identity import StoreMismatch

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from csvstore.config import MiB, Settings
+from csvstore.config import Settings
+from csvstore.config_values import MiB
 from csvstore.resumable.engine import Body, ResumableUploads
 from csvstore.storage import s3 as s3_storage
 from csvstore.uploads import UploadLimits

@@ -22,7 +22,8 @@ import pytest
 import requests
 from tusclient import client as tus_client
 
-from csvstore.config import MiB, Settings
+from csvstore.config import Settings
+from csvstore.config_values import MiB
 from csvstore.maintenance.reconcile import reconcile, startup_check
 from csvstore.storage.local import STORE_MARKER
 from csvstore.wiring import open_store

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from csvstore.config import MiB, Settings
+from csvstore.config import Settings
+from csvstore.config_values import MiB
 from csvstore.errors import UploadLocked, UploadNotFound
 from csvstore.resumable.engine import Body, ResumableUploads
 from csvstore.service import CsvStore

@@ -30,7 +30,7 @@ from csvstore.cli.upload import (
     summary_table,
     upload_all,
 )
-from csvstore.config import parse_duration
+from csvstore.config_values import parse_duration
 
 COMMANDS = frozenset({"sessions", "upload", "files", "query"})
 

@@ -13,7 +13,8 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from csvstore.config import Settings, parse_s3_url
+from csvstore.config import Settings
+from csvstore.config_values import parse_s3_url
 from csvstore.crashpoints import crash_point
 from csvstore.db.sqlite import Executor
 from csvstore.intents import this_owner

@@ -36,6 +36,7 @@ class CheckReport:
     rows_removed: int = 0
     files_checked: int = 0
     integrity: list[str] = field(default_factory=list)
+    found_any: bool = False  # anything removed, restored, kept or wrong
 
     @property
     def problems(self) -> int:
@@ -127,7 +128,7 @@ async def reconcile(
                 await storage.delete([removed])
                 report.rows_removed += 1
     report.integrity = await db.integrity_check()
-    if (
+    report.found_any = bool(
         report.temp_files_removed
         or report.journal_restored
         or report.partial_uploads_removed
@@ -136,8 +137,7 @@ async def reconcile(
         or report.unlisted_files_kept
         or bad_rows
         or report.integrity != ["ok"]
-    ):
-        log.warning("%s", report.summary())
+    )
     return report
 
 
@@ -160,6 +160,7 @@ async def _bytes_match(store: CsvStore, row: FileCheck) -> bool:
 async def startup_check(store: CsvStore) -> CheckReport:
     """Remove what a crash may have left; when shared, another instance's young temp files
     (uploads streaming) are spared."""
-    if store.shared:
-        return await reconcile(store, temp_min_age=TEMP_MIN_AGE)
-    return await reconcile(store)
+    report = await reconcile(store, temp_min_age=TEMP_MIN_AGE if store.shared else 0.0)
+    if report.found_any:  # `csvstore check` prints its report instead
+        log.warning("%s", report.summary())
+    return report

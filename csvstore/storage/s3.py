@@ -20,7 +20,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 from botocore.loaders import Loader, create_loader
 
-from csvstore.config import parse_s3_url
+from csvstore.config_values import parse_s3_url
 from csvstore.storage.local import READ_CHUNK, STORE_MARKER
 from csvstore.storage.local import STORED_NAME as STORED_NAME  # resumable.s3 imports it
 

@@ -10,7 +10,7 @@ from collections.abc import Hashable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from csvstore.config import RateLimit
+from csvstore.config_values import RateLimit
 from csvstore.errors import TooManyRequests
 from csvstore.web.problems import Handler
 from csvstore.web.security import API_KEY, PROTECTED_PREFIX
