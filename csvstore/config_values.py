@@ -134,7 +134,7 @@ def check_origins(text: str) -> str:
     """Origins as browsers send them: scheme://host[:port], no path (a trailing / is dropped)."""
     origins = [item.strip().removesuffix("/") for item in text.split(",") if item.strip()]
     for origin in origins:
-        if not _ORIGIN_RE.fullmatch(origin):
+        if origin != "*" and not _ORIGIN_RE.fullmatch(origin):  # *: any origin
             raise ValueError(
                 f"not an origin: {origin!r} (an origin is scheme://host[:port], with no path, "
                 "as browsers send it: https://app.example.com)"

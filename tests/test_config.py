@@ -208,6 +208,7 @@ def test_a_bracketed_ipv6_loopback_is_loopback_and_origins_lose_a_trailing_slash
     settings = settings_from([*args, "--data-dir", str(tmp_path)], {})
     assert settings.host == "::1"  # refused before as a public address without API keys
     assert settings.cors_origins == "https://app.example,http://b.example:8080"
+    assert settings_from(["--cors-origins", "*"], {}).cors_origins == "*"  # any origin, as before
 
 
 def test_a_misspelled_variable_is_named_in_a_warning(tmp_path: Path) -> None:

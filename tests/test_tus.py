@@ -920,9 +920,10 @@ def test_api_keys_guard_the_tus_endpoint(tmp_path: Path) -> None:
         assert server.stop() == 0
 
 
-def test_browser_clients_get_cors_answers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("allowed", ["https://app.example", "*"])  # *: any origin
+def test_browser_clients_get_cors_answers(tmp_path: Path, allowed: str) -> None:
     origin = "https://app.example"
-    server = ServerProcess(tmp_path / "data", "--cors-origins", origin)
+    server = ServerProcess(tmp_path / "data", "--cors-origins", allowed)
     server.start()
     try:
         requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "s1"}, timeout=30)

@@ -201,8 +201,8 @@ def _allowed_origin(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     if origin is None:
         return False
-    allowed = request.app[SETTINGS_KEY].cors_origins.split(",")
-    return origin in {o.strip() for o in allowed if o.strip()}
+    allowed = {o.strip() for o in request.app[SETTINGS_KEY].cors_origins.split(",")}
+    return origin in allowed or "*" in allowed
 
 
 async def create(request: web.Request) -> web.Response:
