@@ -214,7 +214,9 @@ class CsvContentCheck:
         # chardet is (a short Shift-JIS file: 0.03): chance rarely pairs 8-bit text so, given
         # a few characters' worth (two stray bytes of broken UTF-8 are no evidence).
         paired = unfit == 0 and double_byte(encoding) and len(sample) >= _PAIRED_EVIDENCE
-        if confidence < _MIN_CONFIDENCE and not paired and not (dos_and_mac and unfit == 0):
+        # A DOS or Mac code page reads any byte: kept only if its characters are letters.
+        lettered = dos_and_mac and unfit == 0 and _letters(text)
+        if confidence < _MIN_CONFIDENCE and not paired and not lettered:
             return None
         return EncodingVerdict(encoding, "detected", round(confidence, 4))
 
@@ -343,6 +345,12 @@ _PAIRED_EVIDENCE = 64  # bytes of sampled non-ASCII lines
 _SAMPLE_BYTES = 64 * 1024
 _UNFIT = re.compile("[\ufffd\x80-\x9f]")
 _NON_ASCII_LINE = re.compile(rb"[^\r\n]*[\x80-\xff][^\r\n]*(?:\r\n|\r|\n)?")
+
+
+def _letters(text: str) -> bool:
+    """Whether nearly all of the text's non-ASCII characters are letters (é, ü, not ├)."""
+    wide = [char for char in text if char >= "\x80"]
+    return 10 * sum(map(str.isalpha, wide)) >= 9 * len(wide) > 0
 
 
 def invalid_bytes_message(facts: _HasInvalidBytes) -> str:
