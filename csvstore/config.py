@@ -526,8 +526,12 @@ class Settings:
         return cls(**kwargs)
 
 
-# CSVSTORE_* variables that are not settings: the client's, and the crash-test hooks.
-_OTHER_VARIABLES = frozenset({"URL", "API_KEY", "CRASH_AT", "PAUSE_AT"})
+# CSVSTORE_* variables that are not settings: the client's, the test hooks and test sizes.
+_OTHER_VARIABLES = frozenset({
+    "URL", "API_KEY", "CRASH_AT", "PAUSE_AT", "FAULTS", "FAULTS_SEED", "KILL_ROUNDS",
+    "FUZZ_EXAMPLES", "TUS_STRESS_SIZE", "TUS_KILL_ROUNDS", "ROWS_LINE_SIZE", "SCREENSHOT",
+    "QUERY_SCREENSHOT", "REQUIRE_BROWSER", "REQUIRE_NGINX", "CHROMIUM",
+})  # fmt: skip
 
 
 def unknown_variables(values: Mapping[str, str]) -> list[str]:
@@ -538,7 +542,7 @@ def unknown_variables(values: Mapping[str, str]) -> list[str]:
         rest = name.removeprefix(ENV_PREFIX)
         if rest == name or name in known or rest in _OTHER_VARIABLES or rest.startswith("TEST_"):
             continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.75)
         hint = f" (did you mean {close[0]}?)" if close else ""
         found.append(f"{name} is not a setting and is ignored{hint}")
     return found

@@ -35,6 +35,7 @@ class StoredFile:
     comment_char: str | None = None
     duplicate_columns: list[str] | None = None
     footer_lines: int | None = None
+    escape_char: str | None = None
     # [data row, byte offset] pairs, long: read by get_file only, for the rows reader.
     row_checkpoints: list[list[int]] | None = None
 

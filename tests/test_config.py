@@ -18,7 +18,15 @@ from csvstore.commandline import (
     build_parser,
     settings_from,
 )
-from csvstore.config import GROUPS, Settings, env_name, flag_name, shown_default, spec
+from csvstore.config import (
+    GROUPS,
+    Settings,
+    env_name,
+    flag_name,
+    shown_default,
+    spec,
+    unknown_variables,
+)
 from csvstore.config_values import GiB, MiB
 from tests.serverproc import ServerProcess
 
@@ -221,3 +229,10 @@ def test_a_misspelled_variable_is_named_in_a_warning(tmp_path: Path) -> None:
     log = server.log()
     assert "CSVSTORE_PROT is not a setting and is ignored (did you mean CSVSTORE_PORT?)" in log
     assert "CSVSTORE_URL" not in log  # the client's variable, not a misspelling
+
+
+def test_unknown_variables_are_misspellings_not_the_test_hooks() -> None:
+    found = unknown_variables(
+        {"CSVSTORE_host": "::", "CSVSTORE_FAULTS": "1", "CSVSTORE_KILL_ROUNDS": "4", "HOME": "/"}
+    )
+    assert found == ["CSVSTORE_host is not a setting and is ignored (did you mean CSVSTORE_HOST?)"]

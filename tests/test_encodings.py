@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import codecs
 import io
+import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 import requests
 from aiohttp import FormData
 
-from csvstore.analysis.content import CsvContentCheck, EncodingVerdict
+from csvstore.analysis.content import CsvContentCheck, EncodingVerdict, _non_ascii_lines
 from csvstore.analysis.pages import read_page
 from csvstore.analysis.profile import CsvProfiler
 from csvstore.analysis.rows import StoredProfile
@@ -325,6 +327,42 @@ async def test_a_mixed_export_with_few_letters_stays_utf8_and_plain_ascii_falls_
     file = await _upload(client, latin)
     assert (file["encoding"], file["encoding_source"]) == ("cp1252", "fallback")
     assert (await _all_rows(client, file["id"]))["rows"][-1] == ["302", "José"]
+
+
+def test_dos_and_mac_code_pages_need_a_sample_and_utf8_needs_evidence() -> None:
+    # Too short to tell among DOS and Mac code pages, which read any byte: refused, as before.
+    for short in (
+        "番号,氏名,都市,備考\r\n".encode("shift_jis"),
+        "1,Plzeň\n2,ťuknout\n".encode("cp1250"),
+    ):
+        with pytest.raises(NotACsv):
+            _verdict(short, 1 << 20)
+    # One valid UTF-8 pair by chance in cp1252 or cp874 text is no mixed export.
+    for text, codec in (("id,kommentar\n1,„Viel Spaß“\n", "cp1252"), ("1,ลำดับ\n", "cp874")):
+        verdict = _verdict(text.encode(codec), 1 << 20)
+        assert text.encode(codec).decode(verdict.encoding) == text, verdict
+
+
+def test_a_mac_excel_export_of_mojibake_is_mac_roman_not_refused() -> None:
+    # fivethirtyeight's ahca_polls.csv: chardet's first answer (ISO-8859) reads C1 controls.
+    data = (
+        b'Pollster,Favor,Text\nNBC/WSJ,23,"From what you have heard about this health care '
+        b"legislation, do you think it is (ROTATE) \x81\xca\x89\xdb\xd3\x89\xdb\xd2 a good "
+        b'idea or a bad idea?"\n'
+    )
+    assert _verdict(data, 1 << 20).encoding == "mac-roman"
+
+
+def test_sampling_non_ascii_lines_is_linear_and_as_before() -> None:
+    old = re.compile(rb"[^\r\n]*[\x80-\xff][^\r\n]*(?:\r\n|\r|\n)?")  # was quadratic
+    pieces = [b"a", b",", b"\n", b"\r", b"\xe9", b"\r\n"]
+    rnd = random.Random(7)
+    for _ in range(3000):
+        data = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 24)))
+        end = rnd.randint(0, len(data))
+        assert list(_non_ascii_lines(data, end)) == old.findall(data, 0, end), (data, end)
+    long_line = b"a,b\n\xe9,1\n" + b"x" * 2_000_000 + b",2\n"  # 12 s at 40 KB before
+    assert list(_non_ascii_lines(long_line, len(long_line))) == [b"\xe9,1\n"]
 
 
 @pytest.mark.parametrize("size", [1, 7, 1 << 20])

@@ -88,6 +88,7 @@ def reference(data: bytes, encoding: str, profile: CsvProfile) -> Reference:
             delimiter=profile.delimiter,
             quotechar=profile.quotechar,
             skipinitialspace=profile.skip_initial_space,
+            escapechar=profile.escape_char,
         )
         if record
     ]
@@ -159,6 +160,10 @@ class _Single:
     @property
     def comment_char(self) -> str | None:
         return self.inner.comment_char
+
+    @property
+    def escape_char(self) -> str | None:
+        return self.inner.escape_char
 
 
 @dataclass(frozen=True)
@@ -629,6 +634,16 @@ def test_header_over_columns_of_booleans_dates_and_numbers() -> None:
         # Names in snake_case over values in snake_case are words, as before.
         ("task_name,task_status\n" + "write_docs,in_progress\nfix_bug,not_started\n" * 5, True),
         ("name,city\nAda Lovelace,London\nAlan Turing,Wilmslow\n", True),
+        # Names of the values' shape but not their words are names (a review found these).
+        ("Period 1,Period 2\n" + "Room 101,Room 12\nRoom 7,Room 9\n" * 3, True),
+        ("msg.key,msg.text\n" + "btn.save,Save it\nbtn.quit,Quit now\n" * 3, True),
+        ("Q1,Q2,Q3\n" + "A2,B3,C4\nD5,E6,F7\n" * 3, True),
+        ("item_1,item_2\n" + "red_1,blue_2\ngreen_3,gold_4\n" * 3, True),
+        ("".join(f"10.0.0.{i},host-{i}\n" for i in range(1, 20)), False),  # no words: rows
+        # From a 4,860-file regression run (DuckDB's quoted_values_delimited.csv among them).
+        ('"header1;header2"\n' + '"value1;value2"\n' * 3, True),
+        ("col1,col2,col3\nval1,val2,val3\nval4,val5,val6\nval7,val8,val9\n", True),
+        ("gene,sample1,sample2\nBRCA1,ENSG12,ENSG34\nTP53,ENSG56,ENSG78\n", True),
     ],
 )
 def test_header_vote_compares_the_shape_of_text(data: str, header: bool) -> None:
@@ -645,10 +660,52 @@ def test_whole_numbers_in_order_over_fractions_name_columns() -> None:
     profile = profile_of(spectrum.encode())
     assert (profile.has_header, profile.columns) == (True, ["sample", "400", "410", "420", "430"])
     assert profile.row_count == 8
-    # Whole numbers out of order, or only two of them, are a row like the others.
+    # Whole numbers among their column's values (quantiles written without ".0"), out of
+    # order, or only two of them are a row like the others; so are digits past int's limit.
+    quantiles = "".join(f"{i}.{k}1,{i + 3}.{k}1,{i + 8}.{k}1\n" for k in range(1, 9) for i in (12,))
+    assert profile_of(("12,15,20\n" + quantiles).encode()).has_header is False
+    long_digits = ",".join("7" * 5000 for _ in range(3)) + "\n0.1,0.2,0.3\n0.4,0.5,0.6\n"
+    assert profile_of(long_digits.encode()).row_count in (2, 3)  # profiled: no ValueError
     fractions = "".join(f"0.{i}1,0.{i}2,0.{i}3\n" for i in range(1, 9))
     assert profile_of(("410,400,420\n" + fractions).encode()).has_header is False
     assert profile_of(("400,410,0.5\n" + fractions).encode()).has_header is False
+
+
+# MySQL's SELECT ... INTO OUTFILE with FIELDS ENCLOSED BY '"': quotes and backslashes
+# escaped with a backslash, never doubled. A quote at a field's end ("...\\"") made csv's
+# default dialect run two records together.
+_MYSQL_ROWS = [
+    (1, "Ann", 'He said \\"hi\\", then left'),
+    (2, "Bob", 'ends in a quote \\"'),
+    (3, "C:\\\\temp\\\\", "an escaped backslash before the closing quote"),
+    (4, "Dee", "plain"),
+]
+MYSQL_EXPORT = b"id,name,note\n" + b"".join(
+    f'{i * 10 + n},"{name}","{note}"\n'.encode() for i in range(12) for n, name, note in _MYSQL_ROWS
+)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, None])
+def test_backslash_escaped_quotes_are_read_as_escapes(size: int | None) -> None:
+    profile = profile_of(chunks(MYSQL_EXPORT, size), checkpoint_every=5, sample_size=300)
+    assert profile.escape_char == "\\"
+    assert (profile.row_count, profile.ragged_rows, profile.column_count) == (48, 0, 3)
+    ref = check_against_reference(MYSQL_EXPORT, "utf-8", profile)
+    assert ref.rows[:3] == [
+        ["1", "Ann", 'He said "hi", then left'],
+        ["2", "Bob", 'ends in a quote "'],
+        ["3", "C:\\temp\\", "an escaped backslash before the closing quote"],
+    ]
+    check_checkpoints(MYSQL_EXPORT, profile, 5)
+
+
+def test_a_backslash_before_a_closing_quote_in_rfc_csv_is_no_escape() -> None:
+    # RFC 4180: a Windows path ending in a backslash, a doubled quote: no escape character.
+    data = b'id,path,note\n1,"C:\\temp\\","say ""hi"""\n2,"D:\\",x\n3,"E:\\data\\",y\n'
+    profile = profile_of(data)
+    assert profile.escape_char is None
+    ref = check_against_reference(data, "utf-8", profile)
+    assert ref.rows[0] == ["1", "C:\\temp\\", 'say "hi"']
 
 
 def test_many_rows_fast_path_and_deep_checkpoints() -> None:
@@ -1083,9 +1140,14 @@ def _header_vote_cell_by_cell(first: list[str], rows: list[list[str]]) -> bool:
             typed += -1 if head_kind in kinds else 1 if names else 0
             digits = head.strip()
             year = len(digits) == 4 and digits[:2] in ("18", "19", "20")
-            whole_head = head_kind in kinds and digits.isascii() and digits.isdigit()
-            if whole_head and not year and all("." in value for value in values):
-                whole.append(int(digits))
+            whole_head = head_kind in kinds and digits.isascii() and 0 < len(digits) <= 9
+            if whole_head and digits.isdigit() and not year and all("." in v for v in values):
+                try:
+                    numbers = [abs(float(value.replace(",", ""))) for value in values]
+                except ValueError:
+                    numbers = []
+                if numbers and not min(numbers) / 2 <= int(digits) <= 2 * max(numbers):
+                    whole.append(int(digits))
         elif kinds == {"text"} and len(values) > 1:
             lengths = {len(value) for value in values}
             if len(lengths) == 1:
@@ -1093,7 +1155,13 @@ def _header_vote_cell_by_cell(first: list[str], rows: list[list[str]]) -> bool:
             shapes = [_shape_by_hand(value) for value in values]
             common = max(shapes, key=shapes.count)
             if 5 * shapes.count(common) >= 4 * len(values) and set(common) - set("a "):
-                by_shape += -1 if _shape_by_hand(head) == common else 1
+                if _shape_by_hand(head) != common:
+                    by_shape += 1
+                elif not _words_by_hand(head):
+                    by_shape -= 1
+                else:
+                    shared = [v for v in values if _words_by_hand(head) & _words_by_hand(v)]
+                    by_shape -= 2 * len(shared) >= len(values)
     if len(whole) >= 3 and whole in (sorted(set(whole)), sorted(set(whole), reverse=True)):
         typed += 2 * len(whole)
 
@@ -1115,6 +1183,17 @@ def _header_vote_cell_by_cell(first: list[str], rows: list[list[str]]) -> bool:
     if by_shape:
         return by_shape > 0
     return header._plain_names(first) or by_length > 0
+
+
+def _words_by_hand(value: str) -> set[str]:
+    words, word = set(), ""
+    for ch in value + " ":
+        if ch.isalnum() and not ch.isdecimal() and ch != "_":
+            word += ch
+        elif word:
+            words.add(word)
+            word = ""
+    return words
 
 
 def _shape_by_hand(value: str) -> str:

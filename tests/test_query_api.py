@@ -586,3 +586,31 @@ async def test_a_client_gone_mid_csv_frees_its_query_slot(
         if answer.status != 429:
             break
     assert answer.status == 200, await answer.text()
+
+
+async def test_a_backslash_escaped_export_reads_the_same_in_rows_and_queries(
+    client: Client, session: str
+) -> None:
+    # MySQL's INTO OUTFILE ... ENCLOSED BY '"': \" inside fields, never "" (issue 17).
+    data = (
+        b'id,name,note\n1,"Ann","He said \\"hi\\", then left"\n2,"Bob","ends in \\""\n'
+        b'3,"Cy","C:\\\\temp\\\\"\n4,"Dee","plain"\n'
+    )
+    file_id = await _upload(client, data, "mysql.csv")
+    file = await (await client.get(f"/api/csv/files/{file_id}")).json()
+    assert (file["escape_char"], file["row_count"], file["ragged_rows"]) == ("\\", 4, 0)
+    listed = await (await client.get("/api/csv/sessions/s1")).json()
+    assert listed["csv_files"][0]["escape_char"] == "\\"
+    expected = [
+        ["1", "Ann", 'He said "hi", then left'],
+        ["2", "Bob", 'ends in "'],
+        ["3", "Cy", "C:\\temp\\"],
+        ["4", "Dee", "plain"],
+    ]
+    assert (await (await client.get(f"/api/csv/files/{file_id}/rows")).json())["rows"] == expected
+    later = await (await client.get(f"/api/csv/files/{file_id}/rows?offset=2")).json()
+    assert later["rows"] == expected[2:]
+    body = await _query(client, "SELECT id, name, note FROM mysql_csv ORDER BY id")
+    assert body["rows"] == [[int(row[0]), *row[1:]] for row in expected]
+    content = await client.get(f"/api/csv/files/{file_id}/content")
+    assert await content.read() == data  # stored as sent

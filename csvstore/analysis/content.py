@@ -6,6 +6,8 @@ from __future__ import annotations
 import codecs
 import re
 import unicodedata
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -116,6 +118,7 @@ class CsvContentCheck:
         self._sample_size = 0
         self._partial_line = b""
         self._cp1252_ok = True
+        self._detector_says_utf8 = False
 
     @property
     def encoding(self) -> str | None:
@@ -157,9 +160,10 @@ class CsvContentCheck:
         if self._partial_line:
             self._collect_sample(b"", final=True)
         detected = self._detect()
-        # A mixed export (stray bytes among UTF-8), unless a double-byte code page fits.
+        # A mixed export if chardet reads UTF-8 too or enough characters are; not double-byte.
         double = detected is not None and double_byte(detected.encoding)
-        if self._utf8_ok and self._plausibly_utf8() and not double:
+        evidence = self._detector_says_utf8 or self._utf8_good >= _UTF8_EVIDENCE
+        if self._utf8_ok and self._plausibly_utf8() and evidence and not double:
             return self._utf8_verdict()
         if detected is None and not self._cp1252_ok:
             # Not cp1252: a DOS or old Mac export, kept only if it reads every sampled byte.
@@ -189,15 +193,17 @@ class CsvContentCheck:
         import chardet  # imported on first use: UTF-8 uploads never need it
 
         sample = b"".join(self._sample)
-        # "ascii": no match. DOS, Mac and mainframe code pages win wrongly on short samples
-        # (cp862 for "café"): asked for only when cp1252 cannot be right.
+        # "ascii": none. DOS and Mac pages (cp862 for a short "café") only when not cp1252.
         eras = chardet.EncodingEra.MODERN_WEB | chardet.EncodingEra.LEGACY_ISO
         if dos_and_mac:
-            eras |= chardet.EncodingEra.DOS | chardet.EncodingEra.LEGACY_MAC
-        found = chardet.detect(sample, encoding_era=eras, no_match_encoding="ascii")
+            eras = chardet.EncodingEra.DOS | chardet.EncodingEra.LEGACY_MAC
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            found = chardet.detect(sample, encoding_era=eras, no_match_encoding="ascii")
         name = found.get("encoding")
         if not name:
             return None
+        self._detector_says_utf8 = name.lower().replace("_", "-") in ("utf-8", "utf-8-sig")
         try:
             encoding = codecs.lookup(name).name
             text = sample.decode(encoding, "replace")
@@ -214,9 +220,12 @@ class CsvContentCheck:
         # chardet is (a short Shift-JIS file: 0.03): chance rarely pairs 8-bit text so, given
         # a few characters' worth (two stray bytes of broken UTF-8 are no evidence).
         paired = unfit == 0 and double_byte(encoding) and len(sample) >= _PAIRED_EVIDENCE
-        # A DOS or Mac code page reads any byte: kept only if its characters are letters.
-        lettered = dos_and_mac and unfit == 0 and _letters(text)
-        if confidence < _MIN_CONFIDENCE and not paired and not lettered:
+        dos_mac = dos_and_mac and unfit == 0 and len(sample) >= _PAIRED_EVIDENCE
+        if (
+            confidence < _MIN_CONFIDENCE
+            and not paired
+            and not (dos_mac and _DOS_OR_MAC.match(encoding))
+        ):
             return None
         return EncodingVerdict(encoding, "detected", round(confidence, 4))
 
@@ -302,7 +311,7 @@ class CsvContentCheck:
         # for the file's end (where only its last 64 KiB would be left to see).
         end = len(data) if final else max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
         self._partial_line = data[end:][-_SAMPLE_BYTES:]
-        for line in _NON_ASCII_LINE.findall(data, 0, end):
+        for line in _non_ascii_lines(data, end):
             self._sample.append(line)
             self._sample_size += len(line)
             if self._sample_size >= _SAMPLE_BYTES:
@@ -341,16 +350,24 @@ _BAD_TO_GIVE_UP = 1024
 # Below this the detector is guessing (bench/RESULTS.md): cp1252 is then the fallback.
 _MIN_CONFIDENCE = 0.05
 _PAIRED_EVIDENCE = 64  # bytes of sampled non-ASCII lines
+_UTF8_EVIDENCE = 16  # continuation bytes: 8 two-byte characters or more
+_DOS_OR_MAC = re.compile(r"cp(?:437|737|775|85\d|86\d)$|mac-")
 # Enough non-ASCII lines for the detector to be as sure as it gets (bench/RESULTS.md).
 _SAMPLE_BYTES = 64 * 1024
 _UNFIT = re.compile("[\ufffd\x80-\x9f]")
-_NON_ASCII_LINE = re.compile(rb"[^\r\n]*[\x80-\xff][^\r\n]*(?:\r\n|\r|\n)?")
+_NON_ASCII = re.compile(rb"[\x80-\xff]")
+_LINE_END = re.compile(rb"\r\n?|\n")
 
 
-def _letters(text: str) -> bool:
-    """Whether nearly all of the text's non-ASCII characters are letters (é, ü, not ├)."""
-    wide = [char for char in text if char >= "\x80"]
-    return 10 * sum(map(str.isalpha, wide)) >= 9 * len(wide) > 0
+def _non_ascii_lines(data: bytes, end: int) -> Iterator[bytes]:
+    """The lines of ``data[:end]`` holding a non-ASCII byte, with their line ends."""
+    at = 0
+    while found := _NON_ASCII.search(data, at, end):
+        before = found.start()
+        start = max(at - 1, data.rfind(b"\n", at, before), data.rfind(b"\r", at, before))
+        stop = _LINE_END.search(data, found.end(), end)
+        at = stop.end() if stop is not None else end
+        yield data[start + 1 : at]
 
 
 def invalid_bytes_message(facts: _HasInvalidBytes) -> str:

@@ -81,17 +81,18 @@ def _new_counter(
 
 
 class _DialectFilter:
-    """Feeds a counter bytes rewritten length for length (offsets kept): comment lines
-    blanked, ``delimiter + spaces + quote`` as ``spaces + delimiter + quote``."""
+    """Feeds a counter bytes rewritten length for length: escapes, comments, spaced quotes."""
 
-    __slots__ = ("_at_line_start", "_carry", "_comment", "_counter", "_in_comment", "_space_re",
-                 "_tail_re")  # fmt: skip
+    __slots__ = ("_at_line_start", "_carry", "_comment", "_counter", "_escape", "_escape_carry",
+                 "_in_comment", "_space_re", "_tail_re")  # fmt: skip
 
     def __init__(
         self, counter: _Counter, *, delimiter: str, quotechar: str, skip_space: bool,
-        comment_char: str | None,
+        comment_char: str | None, escape_char: str | None = None,
     ) -> None:  # fmt: skip
         self._counter = counter
+        self._escape = escape_char is not None
+        self._escape_carry = b""
         self._comment = comment_char.encode("latin-1") if comment_char else None
         delim = re.escape(delimiter.encode("latin-1"))
         quote = re.escape(quotechar.encode("latin-1"))
@@ -106,6 +107,8 @@ class _DialectFilter:
         return self._counter
 
     def feed(self, data: bytes) -> None:
+        if self._escape:
+            data = self._hide_escaped(data)
         if self._comment is not None and data:
             data = self._blank_comments(data)
         if self._space_re is not None:
@@ -119,10 +122,20 @@ class _DialectFilter:
             self._counter.feed(data)
 
     def finish(self) -> None:
+        if self._escape_carry:
+            self._escape, carry = False, self._escape_carry
+            self.feed(carry)
         if self._carry:
             self._counter.feed(self._carry)
             self._carry = b""
         self._counter.finish()
+
+    def _hide_escaped(self, data: bytes) -> bytes:
+        # A backslash (the only escape, sniff.py) and its byte as two neutral bytes.
+        data = self._escape_carry + data
+        run = len(data) - len(data.rstrip(b"\\"))
+        data, self._escape_carry = (data[:-1], data[-1:]) if run % 2 else (data, b"")
+        return _ESCAPED_RE.sub(b"__", data)
 
     def _blank_comments(self, data: bytes) -> bytes:
         assert self._comment is not None
@@ -149,6 +162,7 @@ class _DialectFilter:
         return data
 
 
+_ESCAPED_RE: Final = re.compile(rb"\\[\s\S]")
 _COMMENT_LINE_RE: Final = re.compile(rb"(?<=[\r\n])#[^\r\n]*")
 
 

@@ -40,6 +40,7 @@ class TailDialect:
     quotechar: str
     skip_space: bool
     comment_char: str | None
+    escape_char: str | None = None
 
 
 def find_footer(
@@ -99,6 +100,7 @@ def _records(data: bytes, dialect: TailDialect) -> Iterator[tuple[list[str], int
         delimiter=dialect.delimiter,
         quotechar=dialect.quotechar,
         skipinitialspace=dialect.skip_space,
+        escapechar=dialect.escape_char,
     )
     for fields in reader:
         yield fields, reader.line_num

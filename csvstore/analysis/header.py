@@ -18,7 +18,7 @@ _DATE_RE: Final = re.compile(
 )
 _BOOLEANS: Final = frozenset({"true", "false", "yes", "no"})
 _YEAR_RE: Final = re.compile(r"(?:1[89]|20)\d\d")
-_WHOLE_RE: Final = re.compile(r"[0-9]+")
+_WHOLE_RE: Final = re.compile(r"[0-9]{1,9}")
 
 
 def _kind(cell: str) -> str:
@@ -77,7 +77,7 @@ def _plain_names(cells: list[str]) -> bool:
 
 def _counts_up(values: Sequence[str]) -> bool:
     """Consecutive integers from 0 or 1: ``0, 1, 2``."""
-    if not values or not all(v.isascii() and v.isdigit() for v in values):
+    if not values or not all(v.isascii() and v.isdigit() and len(v) < 10 for v in values):
         return False
     start = int(values[0])
     return start in (0, 1) and all(int(v) == start + i for i, v in enumerate(values))
@@ -105,11 +105,23 @@ _DIGITS_RE: Final = re.compile(r"\d+")
 
 def _shape_vote(head: str, values: list[str]) -> int:
     """-1: shaped as most of its column (URLs over URLs); +1: not (``url`` over URLs)."""
+    if all(value.replace(" ", "").isalpha() for value in values):
+        return 0  # words, the shape of names too: no regex over every cell
     shapes = Counter(map(_shape, values))
     common, count = shapes.most_common(1)[0]
     if 5 * count < 4 * len(values) or not set(common) - {"a", " "}:  # words: names' shape too
         return 0
-    return -1 if _shape(head) == common else 1
+    if _shape(head) != common:
+        return 1
+    # A row if it shares the values' words or has none (10.0.0.1); "Period 1" over "Room 2" not.
+    words = set(_WORDS_RE.findall(head))
+    if not words:
+        return -1
+    shared = sum(1 for value in values if words & set(_WORDS_RE.findall(value)))
+    return -1 if 2 * shared >= len(values) else 0
+
+
+_WORDS_RE: Final = re.compile(r"[^\W\d_]+")
 
 
 def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
@@ -138,7 +150,7 @@ def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
                 typed -= 1
                 if _YEAR_RE.fullmatch(head.strip()) and not all(map(_YEAR_RE.fullmatch, values)):
                     years.append(int(head))
-                elif _WHOLE_RE.fullmatch(head.strip()) and all("." in v for v in values):
+                elif _WHOLE_RE.fullmatch(head.strip()) and _names_fractions(head, values):
                     whole.append(int(head))
             elif (
                 head_kind == "text"
@@ -225,3 +237,14 @@ def _quoted_numbers_name_columns(
         if not values or _column_kinds(values) != {"number"}:
             return False
     return True
+
+
+def _names_fractions(head: str, values: list[str]) -> bool:
+    """A whole number over fractions far from it (400 over 0.31), not one of their kind."""
+    if not all("." in v for v in values):
+        return False
+    try:
+        numbers = [abs(float(v.replace(",", ""))) for v in values]
+    except ValueError:
+        return False
+    return not min(numbers) / 2 <= int(head) <= 2 * max(numbers)

@@ -37,6 +37,9 @@ class RowSource(Protocol):
     @property
     def comment_char(self) -> str | None: ...
 
+    @property
+    def escape_char(self) -> str | None: ...
+
 
 def iter_rows_from(
     fp: BinaryIO, profile: RowSource, start_row: int, limit: int, row_count: int | None = None
@@ -179,6 +182,7 @@ def _reader(text: io.TextIOWrapper, profile: RowSource) -> Iterator[list[str]]:
         delimiter=profile.delimiter,
         quotechar=profile.quotechar,
         skipinitialspace=profile.skip_initial_space,
+        escapechar=profile.escape_char,
     )
 
 
@@ -230,10 +234,11 @@ def _row_offset(
         checkpoint_every=skip,
     )
     fed: _Counter | _DialectFilter = scanner
-    if profile.skip_initial_space or profile.comment_char is not None:
+    if profile.skip_initial_space or profile.comment_char is not None or profile.escape_char:
         fed = _DialectFilter(
             scanner, delimiter=profile.delimiter, quotechar=profile.quotechar,
             skip_space=profile.skip_initial_space, comment_char=profile.comment_char,
+            escape_char=profile.escape_char,
         )  # fmt: skip
     fp.seek(offset)
     counted = 0

@@ -46,6 +46,7 @@ class CsvProfile:
     comment_char: str | None = None
     duplicate_columns: list[str] = dataclasses.field(default_factory=list)
     footer_lines: int = 0
+    escape_char: str | None = None
 
 
 class CsvProfiler:
@@ -133,10 +134,11 @@ class CsvProfiler:
             sniffed, raw[bom_len:], _decoding_codec(self._encoding, little)
         )
         self._scanner = self._counter
-        if sniffed.skip_space or sniffed.comment_char is not None:
+        if sniffed.skip_space or sniffed.comment_char is not None or sniffed.escape_char:
             self._scanner = _DialectFilter(
                 self._counter, delimiter=sniffed.delimiter, quotechar=sniffed.quotechar,
                 skip_space=sniffed.skip_space, comment_char=sniffed.comment_char,
+                escape_char=sniffed.escape_char,
             )  # fmt: skip
         self._sample = None
         self._count(projected[sniffed.table_start :] if sniffed.table_start else projected)
@@ -178,6 +180,7 @@ class CsvProfiler:
                     sniffed.delimiter,
                     sniffed.quotechar,
                     sniffed.skip_space,
+                    sniffed.escape_char,
                 )
                 if self._columns and self._columns[0].startswith("\ufeff"):  # GB18030's BOM
                     self._columns[0] = self._columns[0][1:]
@@ -207,7 +210,7 @@ class CsvProfiler:
                 data_rows=scanner.data_rows,
                 width=scanner.expected_fields,
                 dialect=TailDialect(sniffed.delimiter, sniffed.quotechar, sniffed.skip_space,
-                                    sniffed.comment_char),
+                                    sniffed.comment_char, sniffed.escape_char),
             )  # fmt: skip
         rows = scanner.data_rows - footer.records
         return CsvProfile(
@@ -231,6 +234,7 @@ class CsvProfiler:
             comment_char=sniffed.comment_char,
             duplicate_columns=[name for name, count in seen.items() if count > 1],
             footer_lines=footer.lines,
+            escape_char=sniffed.escape_char,
         )
 
 

@@ -26,6 +26,7 @@ class StoredProfile:
     checkpoints: Sequence[tuple[int, int]]
     skip_initial_space: bool = False
     comment_char: str | None = None
+    escape_char: str | None = None
 
 
 class StorageFile(io.RawIOBase):
@@ -117,6 +118,7 @@ async def read_rows(
         checkpoints=[(int(row), int(at)) for row, at in file.row_checkpoints or []],
         skip_initial_space=bool(file.skip_initial_space),
         comment_char=file.comment_char,
+        escape_char=file.escape_char,
     )
     loop = asyncio.get_running_loop()
 

@@ -42,6 +42,7 @@ class _Sniffed:
     preamble_lines: int = 0
     skip_space: bool = False
     comment_char: str | None = None
+    escape_char: str | None = None
 
 
 _SEPARATOR_CLASS: Final = "[,;\t|\r\n]"
@@ -70,18 +71,20 @@ def _line_ending(text: str, stop: int) -> str:
 
 
 def _parse_sample(
-    text: str, delimiter: str, quotechar: str, *, whole: bool, skip: bool = False
-) -> tuple[list[_SampleRecord], Counter[str]]:
+    text: str, delimiter: str, quotechar: str, *, whole: bool, skip: bool = False,
+    escape: str | None = None,
+) -> tuple[list[_SampleRecord], Counter[str]]:  # fmt: skip
     """Non-blank records of `text` and the count of each terminator; unless `whole`, the
     last record (maybe cut short) is dropped."""
-    if not skip and _is_plain(text, quotechar):
+    if not skip and escape is None and _is_plain(text, quotechar):
         return _split_sample(text, delimiter, whole=whole)
-    return _read_sample(text, delimiter, quotechar, whole=whole, skip=skip)
+    return _read_sample(text, delimiter, quotechar, whole=whole, skip=skip, escape=escape)
 
 
 def _read_sample(
-    text: str, delimiter: str, quotechar: str, *, whole: bool, skip: bool = False
-) -> tuple[list[_SampleRecord], Counter[str]]:
+    text: str, delimiter: str, quotechar: str, *, whole: bool, skip: bool = False,
+    escape: str | None = None,
+) -> tuple[list[_SampleRecord], Counter[str]]:  # fmt: skip
     consumed = 0
 
     def lines() -> Iterator[str]:
@@ -96,8 +99,9 @@ def _read_sample(
     start = 0
     try:
         for fields in csv.reader(
-            lines(), delimiter=delimiter, quotechar=quotechar, skipinitialspace=skip
-        ):
+            lines(), delimiter=delimiter, quotechar=quotechar, skipinitialspace=skip,
+            escapechar=escape,
+        ):  # fmt: skip
             stop = consumed
             if stop >= len(text) and not whole:
                 break
@@ -106,7 +110,7 @@ def _read_sample(
                 ending
                 and stop == len(text)
                 and fields
-                != _one_record(text[start : stop - len(ending)], delimiter, quotechar, skip)
+                != _one_record(text[start : stop - len(ending)], delimiter, quotechar, skip, escape)
             ):
                 ending = ""  # inside a quoted field left open at the end
             if ending:
@@ -177,12 +181,15 @@ def _line_endings(text: str, stop: int) -> Counter[str]:
     return Counter({"\n": lf}) if lf else Counter()
 
 
-def _one_record(text: str, delimiter: str, quotechar: str, skip: bool = False) -> list[str]:
+def _one_record(
+    text: str, delimiter: str, quotechar: str, skip: bool = False, escape: str | None = None
+) -> list[str]:
     reader = csv.reader(
         io.StringIO(text, newline=""),
         delimiter=delimiter,
         quotechar=quotechar,
         skipinitialspace=skip,
+        escapechar=escape,
     )
     return next(reader, [])
 
@@ -268,7 +275,7 @@ def _spaced(records: list[_SampleRecord]) -> bool:
     return lines >= 2 and spaced >= 9 * plain
 
 
-_Candidate = tuple[tuple[float, int, int], str, list[_SampleRecord], Counter[str], bool]
+_Candidate = tuple[tuple[float, int, int], str, list[_SampleRecord], Counter[str], bool, str | None]
 
 
 def _candidate(
@@ -279,7 +286,17 @@ def _candidate(
     if skip:
         records, terminators = _parse_sample(text, delimiter, quotechar, whole=whole, skip=True)
     score = _delimiter_score(records, _COMMENT in text)
-    return (*score, -preference), delimiter, records, terminators, skip
+    escape = None
+    if quotechar == '"' and '\\"' in text and _ESCAPED_QUOTE_RE.search(text):
+        # \" in fields (MySQL, pandas): kept if the table reads as well, no records merged.
+        escaped = _parse_sample(text, delimiter, quotechar, whole=whole, skip=skip, escape="\\")
+        tried = _delimiter_score(escaped[0], _COMMENT in text)
+        if tried >= score and len(escaped[0]) >= len(records):
+            (records, terminators), score, escape = escaped, tried, "\\"
+    return (*score, -preference), delimiter, records, terminators, skip, escape
+
+
+_ESCAPED_QUOTE_RE: Final = re.compile(r'\\"[^"\r\n,;\t|]')
 
 
 def _sniff(text: str, *, whole: bool, last_chance: bool) -> _Sniffed | None:
@@ -309,9 +326,9 @@ def _sniff(text: str, *, whole: bool, last_chance: bool) -> _Sniffed | None:
                 candidate = _candidate(text, delimiter, quotechar, preference, whole=whole)
                 if candidate[0] > best[0] and candidate[0][0] >= _FITS:
                     best = candidate
-    (consistency, _, _), delimiter, records, terminators, skip = best
+    (consistency, _, _), delimiter, records, terminators, skip, escape = best
     if consistency == 0.0 and named is None:
-        delimiter, skip = ",", False
+        delimiter, skip, escape = ",", False, None
         records, terminators = _parse_sample(text, delimiter, quotechar, whole=whole)
     complete = whole or bool(records)
     first, comment_char = _table_start(text, records)
@@ -331,7 +348,7 @@ def _sniff(text: str, *, whole: bool, last_chance: bool) -> _Sniffed | None:
     return _Sniffed(
         delimiter, quotechar, terminator, table, complete,
         table_start=start, preamble_lines=_line_count(text, start), skip_space=skip,
-        comment_char=comment_char,
+        comment_char=comment_char, escape_char=escape,
     )  # fmt: skip
 
 

@@ -44,6 +44,7 @@ class FileFacts:
     comment_char: str | None = None
     duplicate_columns: list[str] | None = None
     footer_lines: int | None = None
+    escape_char: str | None = None
 
 
 class UploadAnalysis:
@@ -122,6 +123,7 @@ class UploadAnalysis:
             comment_char=profile.comment_char,
             duplicate_columns=profile.duplicate_columns,
             footer_lines=profile.footer_lines,
+            escape_char=profile.escape_char,
         )
 
     def _start_profiler(self, encoding: str) -> None:
@@ -164,6 +166,7 @@ class UploadAnalysis:
             delimiter=profile.delimiter,
             quotechar=profile.quotechar,
             skipinitialspace=profile.skip_initial_space,
+            escapechar=profile.escape_char,
         )
         for record in reader:
             if record:

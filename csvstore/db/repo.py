@@ -173,6 +173,7 @@ class Repo:
                     if facts.duplicate_columns is None
                     else _json(facts.duplicate_columns),
                     "footer_lines": facts.footer_lines,
+                    "escape_char": facts.escape_char,
                 },
             )
         )

@@ -80,6 +80,7 @@ class Dialect:
         return cls(
             delimiter=stored.delimiter or ",",
             quotechar=stored.quotechar,
+            escapechar=stored.escape_char,
             header=stored.has_header if stored.has_header is not None else True,
             skip=stored.preamble_lines or 0,
             encoding=stored.encoding or "utf-8",

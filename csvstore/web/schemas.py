@@ -238,6 +238,14 @@ class FileSchema(Schema):
             "that are not rows"
         },
     )
+    escape_char = fields.String(
+        allow_none=True,
+        metadata={
+            "description": 'the character escaping a quote inside quoted fields (\\" in '
+            "MySQL's INTO OUTFILE exports); null: quotes are doubled, as RFC 4180 has it",
+            "example": "\\",
+        },
+    )
     duplicate_of = fields.String(
         metadata={"description": "set when dedupe=true found these bytes already stored"}
     )
