@@ -173,9 +173,13 @@ def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
         return True
     if typed:
         return typed > 0
+    plain = _plain_names(first)
+    heads_of_words_vote_no_row = all(head.replace(" ", "").isalpha() for head, _ in texts)
+    if plain and heads_of_words_vote_no_row:
+        return True
     if by_shape := sum(_shape_vote(head, values) for head, values in texts):
         return by_shape > 0
-    if _plain_names(first):
+    if plain:
         return True
     return by_length > 0
 
