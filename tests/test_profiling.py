@@ -644,6 +644,8 @@ def test_header_over_columns_of_booleans_dates_and_numbers() -> None:
         ('"header1;header2"\n' + '"value1;value2"\n' * 3, True),
         ("col1,col2,col3\nval1,val2,val3\nval4,val5,val6\nval7,val8,val9\n", True),
         ("gene,sample1,sample2\nBRCA1,ENSG12,ENSG34\nTP53,ENSG56,ENSG78\n", True),
+        # Digits and punctuation in one shape: data, whatever the words (month names).
+        ('"Dec 8, 2022"\n"Sep 26, 2022"\n"Aug 31, 2022"\n"Aug 14, 2022"\n"Jul 2, 2021"\n', False),
     ],
 )
 def test_header_vote_compares_the_shape_of_text(data: str, header: bool) -> None:
@@ -1157,7 +1159,7 @@ def _header_vote_cell_by_cell(first: list[str], rows: list[list[str]]) -> bool:
             if 5 * shapes.count(common) >= 4 * len(values) and set(common) - set("a "):
                 if _shape_by_hand(head) != common:
                     by_shape += 1
-                elif not _words_by_hand(head):
+                elif not _words_by_hand(head) or ("9" in common and set(common) & set(",.:/@")):
                     by_shape -= 1
                 else:
                     shared = [v for v in values if _words_by_hand(head) & _words_by_hand(v)]

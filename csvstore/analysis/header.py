@@ -115,13 +115,14 @@ def _shape_vote(head: str, values: list[str]) -> int:
         return 1
     # A row if it shares the values' words or has none (10.0.0.1); "Period 1" over "Room 2" not.
     words = set(_WORDS_RE.findall(head))
-    if not words:
+    if not words or ("9" in common and _PUNCTUATION_RE.search(common)):  # "Dec 8, 2022"
         return -1
     shared = sum(1 for value in values if words & set(_WORDS_RE.findall(value)))
     return -1 if 2 * shared >= len(values) else 0
 
 
 _WORDS_RE: Final = re.compile(r"[^\W\d_]+")
+_PUNCTUATION_RE: Final = re.compile(r"[,.:/@]")
 
 
 def _looks_like_header(first: list[str], rows: list[list[str]]) -> bool:
