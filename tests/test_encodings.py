@@ -157,7 +157,17 @@ MAC_ROMAN = Shape(
         ["très bien reçu", "à rappeler après-midi", "livré où prévu", "façade abîmée"],
     ),
 )
-SHAPES = [GREEK, CYRILLIC, POLISH, SHIFT_JIS, DOS, MAC_ROMAN]
+# Russian from DOS (cp866): every byte fits cp1252 too, so only a clear detection beats it.
+DOS_CYRILLIC = Shape(
+    "dos-cp866",
+    "cp866",
+    "cp866",
+    frozenset({"cp866"}),
+    frozenset({"ibm866"}),
+    CYRILLIC.header,
+    CYRILLIC.rows,
+)
+SHAPES = [GREEK, CYRILLIC, POLISH, SHIFT_JIS, DOS, MAC_ROMAN, DOS_CYRILLIC]
 
 
 def _stray_byte_file() -> tuple[bytes, int]:

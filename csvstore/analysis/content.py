@@ -165,9 +165,11 @@ class CsvContentCheck:
         evidence = self._detector_says_utf8 or self._utf8_good >= _UTF8_EVIDENCE
         if self._utf8_ok and self._plausibly_utf8() and evidence and not double:
             return self._utf8_verdict()
-        if detected is None and not self._cp1252_ok:
-            # Not cp1252: a DOS or old Mac export, kept only if it reads every sampled byte.
-            detected = self._detect(dos_and_mac=True)
+        if detected is None:
+            # DOS or old Mac: any fitting one if cp1252 cannot be right, else a clear one.
+            dos = self._detect(dos_and_mac=True)
+            if dos is not None and (not self._cp1252_ok or (dos.confidence or 0) >= _CLEAR_DOS):
+                detected = dos
         if detected is not None:
             return detected
         if self._cp1252_ok:
@@ -350,6 +352,7 @@ _BAD_TO_GIVE_UP = 1024
 # Below this the detector is guessing (bench/RESULTS.md): cp1252 is then the fallback.
 _MIN_CONFIDENCE = 0.05
 _PAIRED_EVIDENCE = 64  # bytes of sampled non-ASCII lines
+_CLEAR_DOS = 0.2
 _UTF8_EVIDENCE = 16  # continuation bytes: 8 two-byte characters or more
 _DOS_OR_MAC = re.compile(r"cp(?:437|737|775|85\d|86\d)$|mac-")
 # Enough non-ASCII lines for the detector to be as sure as it gets (bench/RESULTS.md).
