@@ -1,7 +1,12 @@
 -- The escape character of a file's fields (issue 17), as SQLite's 0012: the listing's
--- function renders it, and every row's column is rendered again.
+-- column is dropped and added again after the new one (both schemas keep the same columns
+-- in the same order), its function renders the field, and every row is rendered again.
+
+ALTER TABLE files DROP COLUMN listing_json;
 
 ALTER TABLE files ADD COLUMN escape_char text;
+
+ALTER TABLE files ADD COLUMN listing_json TEXT;
 
 CREATE OR REPLACE FUNCTION files_listing_json() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -30,3 +35,5 @@ END
 $$;
 
 UPDATE files SET listing_json = NULL;
+
+ALTER TABLE files ALTER COLUMN listing_json SET NOT NULL;
