@@ -195,7 +195,7 @@ class CsvContentCheck:
         import chardet  # imported on first use: UTF-8 uploads never need it
 
         sample = b"".join(self._sample)
-        # "ascii": none. DOS and Mac pages (cp862 for a short "café") only when not cp1252.
+        # "ascii": none. DOS and Mac pages (cp862 for a short "café") are asked alone, after.
         eras = chardet.EncodingEra.MODERN_WEB | chardet.EncodingEra.LEGACY_ISO
         if dos_and_mac:
             eras = chardet.EncodingEra.DOS | chardet.EncodingEra.LEGACY_MAC
