@@ -4,6 +4,9 @@ expectations, a bound on the bytes read, and the pipeline its blocks take to sto
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -73,12 +76,55 @@ async def bounded(
         yield chunk
 
 
+class SerialLane:
+    """Jobs run in order on the default executor: a thread per upload costs a malloc arena."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = (
+            deque()
+        )
+        self._running = False
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        with self._lock:
+            self._queue.append((function, args, future))
+            start, self._running = not self._running, True
+        if start:
+            loop.run_in_executor(None, self._drain, loop)
+        return future
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._running = False
+                    return
+                function, args, future = self._queue.popleft()
+            try:
+                outcome: tuple[Any, BaseException | None] = (function(*args), None)
+            except BaseException as exc:  # handed to the awaiting coroutine
+                outcome = (None, exc)
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                loop.call_soon_threadsafe(_settle_future, future, *outcome)
+
+
+def _settle_future(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():  # cancelled meanwhile
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
 class BlockPipeline:
-    """Blocks on their way to storage, multipart or tus. Each is inspected on the event loop
-    first, so a block that is not CSV text is refused before any of it is written. A large
-    block is then written and hashed in threads while the next one is received and
-    inspected; at most one is in flight, so blocks stay in order. ``after(size)`` runs once
-    a block is stored (tus counts and checkpoints there)."""
+    """Blocks on their way to storage: each checked on the event loop (so a block that is
+    not CSV text is never written), then written in a thread while the next one arrives.
+    Hashing and profiling run in a lane that may fall behind the writes, within
+    LANE_BACKLOG_BYTES (docs/performance.md). ``after(size)``: once a block is stored."""
 
     def __init__(
         self,
@@ -91,47 +137,73 @@ class BlockPipeline:
         self._write = write
         self._hasher = hasher
         self._after = after
-        self._in_flight: asyncio.Future[list[Any]] | None = None
+        self._in_flight: asyncio.Future[Any] | None = None
         self._in_flight_size = 0
+        self._lane = SerialLane()
+        self._behind: deque[asyncio.Future[Any]] = deque()
+        self._lane_last_size = 0
 
     async def push(self, block: bytes) -> None:
+        counted = self._check(block)
         if len(block) < OVERLAP_MIN:
             await self.settle()
-            self._inspect(block)
-            self._digest(block)
+            self._analyse(block, counted)
             await self._write(block)
             await self._stored(len(block))
             return
-        self._inspect(block)  # while the previous block is written and hashed
-        await self.settle()
-        # Both to threads now: a task would only start at the next wait, too late.
-        jobs: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._write(block))]
-        if self.analysis is not None or self._hasher is not None:
-            loop = asyncio.get_running_loop()
-            jobs.append(loop.run_in_executor(None, self._digest, block))
-        self._in_flight = asyncio.gather(*jobs, return_exceptions=True)
+        await self._settle_write()
+        # To a thread now: a task would only start at the next wait, too late.
+        self._in_flight = asyncio.ensure_future(self._write(block))
         self._in_flight_size = len(block)
+        if self.analysis is not None or self._hasher is not None:
+            await self._to_lane(block, counted)
         await asyncio.sleep(0)  # the write task's first step, which submits its thread hop
 
     async def settle(self) -> None:
-        """Wait for the block in flight (also before an abort); raise what it raised."""
+        """Wait for the write in flight and the lane (also before an abort); raise their errors."""
+        try:
+            await self._settle_write()
+        finally:
+            await self._settle_lane()
+
+    async def _to_lane(self, block: bytes, counted: list[bytes]) -> None:
+        while self._behind and self._behind[0].done():
+            self._behind.popleft().result()
+        if self._behind:
+            # A written block the lane still holds: memory bounded across the process.
+            LANE_BACKLOG.hold(self._behind[-1], self._lane_last_size)
+        while self._behind and LANE_BACKLOG.held > LANE_BACKLOG_BYTES:
+            await asyncio.shield(self._behind[0])
+            self._behind.popleft().result()
+        self._behind.append(self._lane.submit(self._analyse, block, counted))
+        self._lane_last_size = len(block)
+
+    async def _settle_write(self) -> None:
         in_flight = self._in_flight
         if in_flight is None:
             return
-        # Shielded: the threads go on anyway; still in flight, the discard waits for it again.
-        outcomes = await asyncio.shield(in_flight)
-        self._in_flight = None
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        # Shielded: the thread goes on anyway; still in flight, the discard waits for it again.
+        try:
+            await asyncio.shield(in_flight)
+        finally:
+            if in_flight.done():
+                self._in_flight = None
         await self._stored(self._in_flight_size)
 
-    def _inspect(self, block: bytes) -> None:
-        if self.analysis is not None:
-            self.analysis.inspect(block)
+    async def _settle_lane(self) -> None:
+        if self._behind:
+            # Shielded: on a cancel the jobs go on; the discard's settle waits for them again.
+            await asyncio.shield(asyncio.gather(*self._behind, return_exceptions=True))
+        jobs, self._behind = self._behind, deque()
+        for job in jobs:
+            job.result()
 
-    def _digest(self, block: bytes) -> None:
+    def _check(self, block: bytes) -> list[bytes]:
+        return self.analysis.check(block) if self.analysis is not None else []
+
+    def _analyse(self, block: bytes, counted: list[bytes]) -> None:
         if self.analysis is not None:
+            self.analysis.profile(counted)
             self.analysis.digest(block)
         if self._hasher is not None:
             self._hasher.update(block)
@@ -143,3 +215,21 @@ class BlockPipeline:
 
 # Below this, thread hops cost more than the overlap saves.
 OVERLAP_MIN = 256 * 1024
+# How far, in bytes across the process, hashing may fall behind the writes.
+LANE_BACKLOG_BYTES = 4 * 1024 * 1024
+
+
+class _LaneBacklog:
+    def __init__(self) -> None:
+        self.held = 0
+
+    def hold(self, job: asyncio.Future[Any], size: int) -> None:
+        self.held += size
+
+        def release(_: asyncio.Future[Any]) -> None:
+            self.held -= size
+
+        job.add_done_callback(release)
+
+
+LANE_BACKLOG = _LaneBacklog()

@@ -63,25 +63,31 @@ class UploadAnalysis:
         self._head = bytearray()
 
     def feed(self, chunk: bytes) -> None:
-        self.inspect(chunk)
+        self.profile(self.check(chunk))
         self.digest(chunk)
 
     def digest(self, chunk: bytes) -> None:
-        """The hashing half of :meth:`feed`, which may run in a worker thread."""
+        """The hashing part of :meth:`feed`, which may run in a worker thread."""
         if self._hash is not None:
             self._hash.update(chunk)
 
-    def inspect(self, chunk: bytes) -> None:
+    def check(self, chunk: bytes) -> list[bytes]:
+        """The content check, on the caller's thread: what :meth:`profile` is to count next."""
         self._check.feed(chunk)
-        if self._hash is None:
-            return
+        if self._hash is None or self._profile_failed:
+            return []
         if len(self._head) < _HEAD_KEPT:
             self._head += chunk[: _HEAD_KEPT - len(self._head)]
-        if self._profiler is None and not self._profile_failed:
-            self._waiting.append(chunk)
-            if self._check.started:
-                self._start_profiler(self._check.encoding or "utf-8")
-        else:
+        if self._profiler is not None:
+            return [chunk]
+        self._waiting.append(chunk)
+        if not self._check.started:
+            return []
+        return self._start_profiler(self._check.encoding or "utf-8")
+
+    def profile(self, chunks: list[bytes]) -> None:
+        """The profiling part of :meth:`feed`: may run in a worker thread, one call at a time."""
+        for chunk in chunks:
             self._profile(chunk)
 
     def finish(self) -> FileFacts:
@@ -103,7 +109,7 @@ class UploadAnalysis:
             return facts()
         sha256 = self._hash.hexdigest()
         if self._profiler is None and not self._profile_failed:
-            self._start_profiler(encoding)
+            self.profile(self._start_profiler(encoding))
         profile = self._finish_profile(encoding)
         if profile is None:
             return facts(sha256=sha256)
@@ -126,16 +132,15 @@ class UploadAnalysis:
             escape_char=profile.escape_char,
         )
 
-    def _start_profiler(self, encoding: str) -> None:
+    def _start_profiler(self, encoding: str) -> list[bytes]:
         # Undeclared: counted as UTF-8 meanwhile (the specials are ASCII in every detected
         # code page); only the header is decoded again.
+        waiting, self._waiting = self._waiting, []
         if not profilable(encoding):
             self._profile_failed = True  # declared codecs such as UTF-32: stored unprofiled
-            return
+            return []
         self._profiler = CsvProfiler(encoding=encoding, checkpoint_every=self._checkpoint_every)
-        waiting, self._waiting = self._waiting, []
-        for chunk in waiting:
-            self._profile(chunk)
+        return waiting
 
     def _profile(self, chunk: bytes) -> None:
         if self._profile_failed or self._profiler is None:
