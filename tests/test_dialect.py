@@ -207,6 +207,28 @@ async def test_footer_notes_are_not_rows(client: Client, session: str) -> None:
     assert (past["rows"], past["next_offset"]) == ([], None)
 
 
+@pytest.mark.parametrize(
+    "end", [b"\x1a", b"   \r\n\t\r\n"], ids=["DOS end-of-file mark", "lines of spaces"]
+)
+async def test_a_dos_end_mark_or_lines_of_spaces_end_the_table(
+    client: Client, session: str, end: bytes
+) -> None:
+    # An old DOS export ends in Ctrl-Z; editors leave lines of spaces. strict=true: either
+    # would be a ragged row if it were counted.
+    data = b"id,name\r\n1,ann\r\n2,bob\r\n" + end
+    resp = await client.post("/api/csv/upload", data=_form(data, strict="true"))
+    assert resp.status == 201, await resp.text()
+    file = (await resp.json())["file"]
+    assert (file["row_count"], file["ragged_rows"]) == (2, 0)
+    assert file["footer_lines"] == max(1, end.count(b"\n"))
+    page = await (await client.get(f"/api/csv/files/{file['id']}/rows")).json()
+    assert (page["rows"], page["next_offset"]) == ([["1", "ann"], ["2", "bob"]], None)
+    query = {"sql": "SELECT count(*) AS n, max(name) AS last FROM data_csv"}
+    resp = await client.post(f"/api/csv/sessions/{session}/query", json=query)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["rows"] == [[2, "bob"]]
+
+
 async def test_ragged_rows_at_the_end_stay_rows(client: Client, session: str) -> None:
     data = b"id,name,score\n1,ann,3\n2,bob,4\n3,cy,5\n4,dee\n5\n6,eve,7,late\n"
     resp = await client.post("/api/csv/upload", data=upload_form(data))

@@ -58,6 +58,10 @@ FOOTERS = [
     ("spreadsheet blank rows before the notes", ",,,\n , ,,\nSource: office,,,\n", 3),
     ("a rule before the notes", "----------\nTotal records: 30\n", 2),
     ("a long footer", "\n" + "".join(f"({i}) footnote {i}\n" for i in range(20)), 21),
+    ("lines of spaces and tabs, no note", "   \n\t\n \t \n", 3),
+    ("DOS's end-of-file mark (Ctrl-Z)", "\x1a", 1),
+    ("CRLF, then DOS's end-of-file mark", "\x1a", 1),
+    ("spaces, then a source", "  \nSource: office\n", 2),
 ]
 
 
@@ -85,7 +89,14 @@ KEPT = [
     ("rows of empty cells and no note", ",,,\n,,,\n", 32, 0),
     ("placeholders and no note", "-,-,-,-\n", 31, 0),
     ("a totals row", "Total,,,6435\n", 31, 0),
+    ("spaces in every cell", "  ,  ,  ,  \n", 31, 0),
 ]
+
+
+def test_a_line_of_spaces_inside_the_table_stays_a_ragged_row() -> None:
+    text = TABLE.replace("Region 29,", "   \nRegion 29,") + "  \n"
+    profile = profile_of(text.encode())
+    assert (profile.row_count, profile.ragged_rows, profile.footer_lines) == (31, 1, 1)
 
 
 @pytest.mark.parametrize(("name", "tail", "rows", "ragged"), KEPT, ids=[k[0] for k in KEPT])

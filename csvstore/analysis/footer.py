@@ -74,17 +74,19 @@ def find_footer(
         block += 1
     footer = records[len(records) - block :]
     notes = [fields for fields, _ in footer if not _blank(fields)]
-    if not notes or data_rows - block < 1:
+    only_space = bool(footer) and all(_space_line(fields) for fields, _ in footer)
+    if not (notes or only_space) or data_rows - block < 1:
         return NO_FOOTER
     row, row_line = records[-1 - block]
-    if not _fits(row, width):
+    if not (only_space or _fits(row, width)):
         return NO_FOOTER
-    first_note_line = next(line for fields, line in footer if fields in notes)
-    gap = any(_blank(fields) and row_line < line < first_note_line for fields, line in parsed)
-    header_at = len(records) - data_rows - 1
-    rows = [fields for at, (fields, _) in enumerate(records[:-block]) if at > header_at]
-    if not gap and not all(_stands_out(fields, rows) for fields in notes):
-        return NO_FOOTER
+    if notes:
+        first_note_line = next(line for fields, line in footer if fields in notes)
+        gap = any(_blank(fields) and row_line < line < first_note_line for fields, line in parsed)
+        header_at = len(records) - data_rows - 1
+        rows = [fields for at, (fields, _) in enumerate(records[:-block]) if at > header_at]
+        if not gap and not all(_stands_out(fields, rows) for fields in notes):
+            return NO_FOOTER
     lines = parsed[-1][1] - row_line
     ragged = sum(len(fields) != width for fields, _ in footer)
     return Footer(lines=lines, records=block, ragged=ragged)
@@ -121,6 +123,10 @@ def _in_footer(fields: list[str], width: int) -> bool:
 def _blank(fields: list[str]) -> bool:
     # Empty cells or a rule ("-----"): a spreadsheet's blank line.
     return not any(char.isalnum() or char >= "\x80" for cell in fields for char in cell)
+
+
+def _space_line(fields: list[str]) -> bool:
+    return len(fields) == 1 and not fields[0].replace("\x1a", "").strip()
 
 
 def _is_note(fields: list[str], width: int) -> bool:
