@@ -43,6 +43,19 @@ SHAPES: list[tuple[str, bytes, dict[str, Any], list[list[str]]]] = [
         [["North", "2020", "10"], ["South", "2020", "12"]],
     ),
     (
+        "a title whose commas are its words, over a table as wide",
+        b"Monthly sales, 2023\nmonth,sales\nJan,100\nFeb,120\nMar,90\n",
+        {"preamble_lines": 1, "has_header": True, "columns": ["month", "sales"],
+         "row_count": 3, "ragged_rows": 0},
+        [["Jan", "100"], ["Feb", "120"], ["Mar", "90"]],
+    ),
+    (
+        "a header spaced after its commas, over rows that are not",
+        b"Name, Age\nBob,42\nAnn,31\nCy,27\n",
+        {"preamble_lines": 0, "has_header": True, "columns": ["Name", " Age"], "row_count": 3},
+        [["Bob", "42"], ["Ann", "31"], ["Cy", "27"]],
+    ),
+    (
         "comment lines among the rows",
         b"id,name\n1,english\n# it's a comment!\n2,chinese\n",
         {"preamble_lines": 0, "comment_char": "#", "row_count": 2, "ragged_rows": 0},

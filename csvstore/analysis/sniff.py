@@ -332,7 +332,9 @@ def _sniff(text: str, *, whole: bool, last_chance: bool) -> _Sniffed | None:
         records, terminators = _parse_sample(text, delimiter, quotechar, whole=whole)
     complete = whole or bool(records)
     first, comment_char = _table_start(text, records)
-    if named is not None and not first and len(records) > 1:
+    if not first and (
+        (named is not None and len(records) > 1) or (not skip and _title_with_commas(records))
+    ):
         first = 1
     table = records[first:]
     if comment_char is not None:
@@ -423,6 +425,22 @@ def _table_start(text: str, records: list[_SampleRecord]) -> tuple[int, str | No
     as_wide = sum(len(record.fields) == width for record in commented)
     comment = (lead or bool(commented)) and as_wide * 10 <= len(commented)
     return first, _COMMENT if comment else None
+
+
+def _title_with_commas(records: list[_SampleRecord]) -> bool:
+    """A title whose delimiters are its words' ("Sales, by region") over a header as wide:
+    each of its cells after the first starts with a space, none of the header's does."""
+    if len(records) < 4 or not 2 <= len(records[0].fields) == len(records[1].fields):
+        return False
+    title, header = records[0].fields, records[1].fields
+    if not all(cell[:1] == " " and cell.strip() for cell in title[1:]):
+        return False
+    rows = [record.fields for record in records[2:22]]
+    return (
+        not any(cell[:1] == " " for cell in header)
+        and _plain_names(header)
+        and _looks_like_header(header, rows)
+    )
 
 
 def _sniff_partial(text: str, quotechar: str) -> _Sniffed:
