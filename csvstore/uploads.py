@@ -141,7 +141,7 @@ class BlockPipeline:
         self._in_flight_size = 0
         self._lane = SerialLane()
         self._behind: deque[asyncio.Future[Any]] = deque()
-        self._lane_last_size = 0
+        self._lane_last: _LaneBlock | None = None
 
     async def push(self, block: bytes) -> None:
         counted = self._check(block)
@@ -167,16 +167,16 @@ class BlockPipeline:
             await self._settle_lane()
 
     async def _to_lane(self, block: bytes, counted: list[bytes]) -> None:
+        if self._lane_last is not None:  # written, maybe not analysed yet: counted if so
+            LANE_BACKLOG.hold(self._lane_last)
+        self._lane_last = _LaneBlock(len(block))
+        self._behind.append(self._lane.submit(self._analyse, block, counted, self._lane_last))
+        # Submitted before any wait: a cancelled wait cannot leave a written block unhashed.
         while self._behind and self._behind[0].done():
             self._behind.popleft().result()
-        if self._behind:
-            # A written block the lane still holds: memory bounded across the process.
-            LANE_BACKLOG.hold(self._behind[-1], self._lane_last_size)
-        while self._behind and LANE_BACKLOG.held > LANE_BACKLOG_BYTES:
+        while len(self._behind) > 1 and LANE_BACKLOG.held > LANE_BACKLOG_BYTES:
             await asyncio.shield(self._behind[0])
             self._behind.popleft().result()
-        self._behind.append(self._lane.submit(self._analyse, block, counted))
-        self._lane_last_size = len(block)
 
     async def _settle_write(self) -> None:
         in_flight = self._in_flight
@@ -201,12 +201,16 @@ class BlockPipeline:
     def _check(self, block: bytes) -> list[bytes]:
         return self.analysis.check(block) if self.analysis is not None else []
 
-    def _analyse(self, block: bytes, counted: list[bytes]) -> None:
-        if self.analysis is not None:
-            self.analysis.profile(counted)
-            self.analysis.digest(block)
-        if self._hasher is not None:
-            self._hasher.update(block)
+    def _analyse(self, block: bytes, counted: list[bytes], entry: _LaneBlock | None = None) -> None:
+        try:
+            if self.analysis is not None:
+                self.analysis.profile(counted)
+                self.analysis.digest(block)
+            if self._hasher is not None:
+                self._hasher.update(block)
+        finally:
+            if entry is not None:
+                LANE_BACKLOG.release(entry)
 
     async def _stored(self, size: int) -> None:
         if self._after is not None:
@@ -219,17 +223,31 @@ OVERLAP_MIN = 256 * 1024
 LANE_BACKLOG_BYTES = 4 * 1024 * 1024
 
 
+@dataclass(slots=True)
+class _LaneBlock:
+    size: int
+    held: bool = False
+    analysed: bool = False
+
+
 class _LaneBacklog:
+    """Bytes of written blocks waiting in lanes (released by the lane's thread, loop or not)."""
+
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self.held = 0
 
-    def hold(self, job: asyncio.Future[Any], size: int) -> None:
-        self.held += size
+    def hold(self, entry: _LaneBlock) -> None:
+        with self._lock:
+            if not entry.analysed and not entry.held:
+                entry.held = True
+                self.held += entry.size
 
-        def release(_: asyncio.Future[Any]) -> None:
-            self.held -= size
-
-        job.add_done_callback(release)
+    def release(self, entry: _LaneBlock) -> None:
+        with self._lock:
+            entry.analysed = True
+            if entry.held:
+                self.held -= entry.size
 
 
 LANE_BACKLOG = _LaneBacklog()

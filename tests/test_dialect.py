@@ -50,6 +50,12 @@ SHAPES: list[tuple[str, bytes, dict[str, Any], list[list[str]]]] = [
         [["Jan", "100"], ["Feb", "120"], ["Mar", "90"]],
     ),
     (
+        "a spaced header over rows of text only",
+        b"Country, Capital\nFrance,Paris\nGermany,Berlin\nItaly,Rome\nSpain,Madrid\n",
+        {"preamble_lines": 0, "columns": ["Country", " Capital"], "row_count": 4},
+        [["France", "Paris"], ["Germany", "Berlin"], ["Italy", "Rome"]],
+    ),
+    (
         "a header spaced after its commas, over rows that are not",
         b"Name, Age\nBob,42\nAnn,31\nCy,27\n",
         {"preamble_lines": 0, "has_header": True, "columns": ["Name", " Age"], "row_count": 3},

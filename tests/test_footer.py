@@ -90,6 +90,7 @@ KEPT = [
     ("placeholders and no note", "-,-,-,-\n", 31, 0),
     ("a totals row", "Total,,,6435\n", 31, 0),
     ("spaces in every cell", "  ,  ,  ,  \n", 31, 0),
+    ("more lines of spaces than a footer holds", "  \n" * 30, 60, 30),
 ]
 
 

@@ -106,6 +106,56 @@ async def test_hashing_falls_behind_the_writes_only_as_far_as_the_backlog_allows
     assert LANE_BACKLOG.held == 0
 
 
+async def test_a_push_cancelled_while_it_waits_for_the_lane_leaves_no_block_unhashed() -> None:
+    block_size = 1024 * 1024
+    blocks = [bytes([65 + n]) * block_size for n in range(8)]
+    written: list[bytes] = []
+
+    async def write(block: bytes) -> None:
+        written.append(block)
+
+    hasher = _GatedSha256()
+    pipeline = BlockPipeline(write, None, hasher)
+
+    async def push_all() -> None:
+        for block in blocks:
+            await pipeline.push(block)
+
+    task = asyncio.create_task(push_all())
+    await asyncio.sleep(0.3)
+    task.cancel()  # the push waiting for room in the backlog: its block is written already
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    hasher.gate.set()
+    await pipeline.settle()
+    assert len(written) == LANE_BACKLOG_BYTES // block_size + 2
+    assert hasher.sha.digest() == hashlib.sha256(b"".join(written)).digest()
+    assert LANE_BACKLOG.held == 0
+
+
+def test_the_backlog_is_released_even_when_its_event_loop_is_gone() -> None:
+    before = LANE_BACKLOG.held
+    hasher = _GatedSha256()
+
+    async def write(block: bytes) -> None:
+        pass
+
+    async def fill() -> None:
+        pipeline = BlockPipeline(write, None, hasher)
+        for n in range(3):
+            await pipeline.push(bytes([n]) * 1024 * 1024)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(fill())
+    assert LANE_BACKLOG.held == before + 2 * 1024 * 1024  # two written blocks wait
+    loop.close()
+    hasher.gate.set()
+    deadline = time.monotonic() + 10
+    while LANE_BACKLOG.held != before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert LANE_BACKLOG.held == before
+
+
 def _csv(rows: int) -> bytes:
     lines = ["id,name,amount,when"]
     lines += [f"{n},name {n % 97},{n * 1.25:.2f},2024-01-{n % 28 + 1:02d}" for n in range(rows)]

@@ -78,7 +78,7 @@ def find_footer(
     if not (notes or only_space) or data_rows - block < 1:
         return NO_FOOTER
     row, row_line = records[-1 - block]
-    if not (only_space or _fits(row, width)):
+    if not _fits(row, width) and (not only_space or _space_line(row)):
         return NO_FOOTER
     if notes:
         first_note_line = next(line for fields, line in footer if fields in notes)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
-from csvstore.analysis.header import _looks_like_header, _plain_names
+from csvstore.analysis.header import _column_kinds, _looks_like_header, _plain_names
 
 _DELIMITERS: Final = (",", ";", "\t", "|")
 _EXTRA_DELIMITERS: Final = (":", "~", "^", "!")
@@ -436,8 +436,14 @@ def _title_with_commas(records: list[_SampleRecord]) -> bool:
     if not all(cell[:1] == " " and cell.strip() for cell in title[1:]):
         return False
     rows = [record.fields for record in records[2:22]]
+    # A typed column: text over text ("Country, Capital" over "France,Paris") proves nothing.
+    typed = any(
+        _column_kinds([row[at] for row in rows if len(row) > at]) <= {"number", "date", "bool"}
+        for at in range(len(header))
+    )
     return (
-        not any(cell[:1] == " " for cell in header)
+        typed
+        and not any(cell[:1] == " " for cell in header)
         and _plain_names(header)
         and _looks_like_header(header, rows)
     )
