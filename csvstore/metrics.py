@@ -306,6 +306,10 @@ class _TimedWriter:
         return self._inner.size
 
     @property
+    def holds_parts(self) -> bool:
+        return self._inner.holds_parts
+
+    @property
     def journal(self) -> bytes | None:
         return self._inner.journal
 

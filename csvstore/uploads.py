@@ -132,8 +132,11 @@ class BlockPipeline:
         analysis: UploadAnalysis | None,
         hasher: Any = None,
         after: Callable[[int], Awaitable[None]] | None = None,
+        *,
+        lag: bool = True,
     ) -> None:
         self.analysis = analysis
+        self._backlog = LANE_BACKLOG_BYTES if lag else 0
         self._write = write
         self._hasher = hasher
         self._after = after
@@ -174,7 +177,7 @@ class BlockPipeline:
         # Submitted before any wait: a cancelled wait cannot leave a written block unhashed.
         while self._behind and self._behind[0].done():
             self._behind.popleft().result()
-        while len(self._behind) > 1 and LANE_BACKLOG.held > LANE_BACKLOG_BYTES:
+        while len(self._behind) > 1 and LANE_BACKLOG.held > self._backlog:
             await asyncio.shield(self._behind[0])
             self._behind.popleft().result()
 

@@ -106,6 +106,26 @@ async def test_hashing_falls_behind_the_writes_only_as_far_as_the_backlog_allows
     assert LANE_BACKLOG.held == 0
 
 
+async def test_without_lag_the_lane_holds_no_written_block_beyond_the_one_written_now() -> None:
+    # S3 writers and holds keep a part in memory already (storage.holds_parts): no backlog.
+    hasher = _GatedSha256()
+    written: list[bytes] = []
+
+    async def write(block: bytes) -> None:
+        written.append(block)
+
+    pipeline = BlockPipeline(write, None, hasher, lag=False)
+    task = asyncio.create_task(pipeline.push(b"a" * OVERLAP_MIN))
+    await task
+    second = asyncio.create_task(pipeline.push(b"b" * OVERLAP_MIN))
+    await asyncio.sleep(0.2)
+    assert not second.done()  # the first block is still being hashed
+    hasher.gate.set()
+    await asyncio.wait_for(second, 10)
+    await pipeline.settle()
+    assert hasher.sha.digest() == hashlib.sha256(b"a" * OVERLAP_MIN + b"b" * OVERLAP_MIN).digest()
+
+
 async def test_a_push_cancelled_while_it_waits_for_the_lane_leaves_no_block_unhashed() -> None:
     block_size = 1024 * 1024
     blocks = [bytes([65 + n]) * block_size for n in range(8)]

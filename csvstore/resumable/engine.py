@@ -481,7 +481,7 @@ class ResumableUploads:
             if hasher is None and hold.pending >= CHECKPOINT_BYTES and hold.received < end:
                 await hold.checkpoint(expires_at=time.time() + self.expiry)
 
-        blocks = BlockPipeline(hold.append, live.analysis, hasher, stored)
+        blocks = BlockPipeline(hold.append, live.analysis, hasher, stored, lag=not hold.holds_parts)
 
         async def flush() -> None:
             nonlocal pending_size

@@ -78,6 +78,9 @@ class PartialHold(Protocol):
     @property
     def pending(self) -> int: ...  # appended since the last checkpoint
 
+    @property
+    def holds_parts(self) -> bool: ...
+
     async def append(self, chunk: bytes) -> None: ...
 
     async def checkpoint(
@@ -399,6 +402,8 @@ class LocalPartialStore:
 
 
 class _LocalHold:
+    holds_parts = False
+
     def __init__(self, store: LocalPartialStore, state: PartialState, fd: int) -> None:
         self._store = store
         self._state = state
@@ -534,6 +539,8 @@ def _write_new(path: Path, data: bytes) -> None:
 
 class HoldPublisher(Generic[H]):
     """A complete upload as a :class:`StorageWriter` whose bytes are already in its hold."""
+
+    holds_parts = False
 
     def __init__(self, hold: H, key: str) -> None:
         self._hold = hold

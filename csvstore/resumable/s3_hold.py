@@ -36,6 +36,8 @@ class S3Hold:
     after the parts once the tail segments are read (only to cut a part, or to complete), and
     until then only the bytes after the tail: most small PATCHes never read the tail."""
 
+    holds_parts = True
+
     def __init__(
         self, store: S3Records, record: S3Record, etag: str, token: str, *, leased: bool = True
     ) -> None:

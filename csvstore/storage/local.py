@@ -39,6 +39,11 @@ class StorageWriter(Protocol):
     def key(self) -> str: ...
 
     @property
+    def holds_parts(self) -> bool:
+        """Whether written bytes wait in memory for a part (S3): bounded there, no backlog."""
+        ...
+
+    @property
     def size(self) -> int: ...
 
     @property
@@ -257,6 +262,8 @@ def _write_new_file(path: Path, data: bytes, *, fsync: bool, exclusive: bool = T
 class LocalWriter:
     """One upload: ``temp/<key>.part`` -> ``root/<key>``; an upload within its first block
     is written in one thread hop at commit (or journaled), larger ones stream."""
+
+    holds_parts = False
 
     def __init__(self, storage: LocalStorage, key: str) -> None:
         self.key = key

@@ -104,6 +104,8 @@ class PartBody(io.BytesIO):
 class S3Writer:
     """One upload on its way into the bucket; nothing is visible under its key before commit."""
 
+    holds_parts = True
+
     def __init__(self, storage: S3Storage, key: str) -> None:
         self.key = key
         self.size = 0

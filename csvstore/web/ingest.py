@@ -268,7 +268,7 @@ class _FileStream:
         self.space = space
         self.limits = limits
         self.analysis = UploadAnalysis(enabled=limits.analyse, encoding=encoding)
-        self.blocks = BlockPipeline(writer.write, self.analysis)
+        self.blocks = BlockPipeline(writer.write, self.analysis, lag=not writer.holds_parts)
         self.received = 0
         # Gathered to a full chunk, so each thread hop to the disk moves a large block.
         self.pending: list[bytes] = []
