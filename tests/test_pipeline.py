@@ -69,17 +69,24 @@ class _GatedSha256:
         self.sha.update(data)
 
 
-async def test_hashing_falls_behind_the_writes_only_as_far_as_the_backlog_allows() -> None:
-    block_size = 1024 * 1024
-    assert block_size >= OVERLAP_MIN
-    blocks = [bytes([65 + n]) * block_size for n in range(12)]
+def _recording_pipeline(
+    hasher: _GatedSha256, *, lag: bool = True
+) -> tuple[BlockPipeline, list[bytes]]:
+    """A pipeline whose writes are kept in the returned list, hashed by ``hasher``."""
     written: list[bytes] = []
 
     async def write(block: bytes) -> None:
         written.append(block)
 
+    return BlockPipeline(write, None, hasher, lag=lag), written
+
+
+async def test_hashing_falls_behind_the_writes_only_as_far_as_the_backlog_allows() -> None:
+    block_size = 1024 * 1024
+    assert block_size >= OVERLAP_MIN
+    blocks = [bytes([65 + n]) * block_size for n in range(12)]
     hasher = _GatedSha256()
-    pipeline = BlockPipeline(write, None, hasher)
+    pipeline, written = _recording_pipeline(hasher)
     pushed = 0
 
     async def push_all() -> None:
@@ -109,14 +116,8 @@ async def test_hashing_falls_behind_the_writes_only_as_far_as_the_backlog_allows
 async def test_without_lag_the_lane_holds_no_written_block_beyond_the_one_written_now() -> None:
     # S3 writers and holds keep a part in memory already (storage.holds_parts): no backlog.
     hasher = _GatedSha256()
-    written: list[bytes] = []
-
-    async def write(block: bytes) -> None:
-        written.append(block)
-
-    pipeline = BlockPipeline(write, None, hasher, lag=False)
-    task = asyncio.create_task(pipeline.push(b"a" * OVERLAP_MIN))
-    await task
+    pipeline, _ = _recording_pipeline(hasher, lag=False)
+    await pipeline.push(b"a" * OVERLAP_MIN)
     second = asyncio.create_task(pipeline.push(b"b" * OVERLAP_MIN))
     await asyncio.sleep(0.2)
     assert not second.done()  # the first block is still being hashed
@@ -129,13 +130,8 @@ async def test_without_lag_the_lane_holds_no_written_block_beyond_the_one_writte
 async def test_a_push_cancelled_while_it_waits_for_the_lane_leaves_no_block_unhashed() -> None:
     block_size = 1024 * 1024
     blocks = [bytes([65 + n]) * block_size for n in range(8)]
-    written: list[bytes] = []
-
-    async def write(block: bytes) -> None:
-        written.append(block)
-
     hasher = _GatedSha256()
-    pipeline = BlockPipeline(write, None, hasher)
+    pipeline, written = _recording_pipeline(hasher)
 
     async def push_all() -> None:
         for block in blocks:
