@@ -5,8 +5,9 @@
  * quotes; a quote opens a quoted field only where a field starts; "" inside a quoted field
  * is one quote; records with no bytes at all are blank and not counted. The Python counter
  * stays the reference and the fallback; tests/test_profiling.py runs every property test
- * against both. Why C: the Python counter holds the GIL (costs: bench/RESULTS.md); this
- * loop lets go of it.
+ * against both, tests/test_record_counter.py each SIMD build. Why C: the Python counter
+ * holds the GIL (costs: bench/RESULTS.md); this loop lets go of it, and reads most of a file
+ * 64 bytes at a time (docs/design/profiler.md).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -52,6 +53,8 @@ typedef struct {
     Py_ssize_t cap_checkpoints;
     int busy;            /* a feed is running (without the GIL) */
     int failed;          /* out of memory for checkpoints */
+    int simd;            /* SIMD_*: the build scan_windows uses */
+    long long windows;   /* 64-byte windows counted by scan_windows */
 } Scanner;
 
 static int
@@ -195,13 +198,165 @@ scan_bytes(Scanner *self, const unsigned char *data, Py_ssize_t p, Py_ssize_t st
     self->rec_delims = rec_delims;
 }
 
+/* Windows: the loop over most of a file, 64 bytes at a time. SIMD compares give one bit per
+ * byte of the window for each class (delimiter, quote, CR, LF). A prefix XOR of the quote
+ * bits tells which bytes are inside quoted fields, as simdjson does for JSON strings, and
+ * the records' ends and delimiters outside them are counted a record at a time, with the
+ * state in registers (a `Run`). A window is taken only where that reading is csv.reader's:
+ *   - every quote that opens a field is at the field's start, or is the second of a "" pair
+ *     (a quote inside an unquoted field is text);
+ *   - every CR outside quotes is the first half of a CRLF in this feed.
+ * Any other window goes byte by byte through scan_bytes. The loop is built for AVX-512BW,
+ * AVX2 and SSE2; the best the CPU has is chosen when the module loads, and use_simd() picks
+ * another (the tests run each). Costs: bench/RESULTS.md. */
+enum { SIMD_NONE = 0, SIMD_SSE2, SIMD_AVX2, SIMD_AVX512 };
+static const char *const SIMD_NAMES[] = {"none", "sse2", "avx2", "avx512"};
+static int simd_available = SIMD_NONE; /* the best this CPU and build have */
+static int simd_chosen = SIMD_NONE;     /* what new scanners use */
+
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #include <stdint.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_AVX 1
+#endif
 
-/* One bit per byte of data[p:p+64] that equals `byte`. */
+typedef struct {
+    long long rec_delims, records, ragged, expected, rec_start;
+    int rec_nonempty, field_start;
+    uint64_t in_quote;    /* 1: the window starts inside a quoted field */
+    uint64_t after_close; /* 1: the last byte was a quote that closed a field */
+} Run;
+
+static inline __attribute__((always_inline)) void
+run_load(const Scanner *self, Run *run)
+{
+    run->rec_delims = self->rec_delims;
+    run->records = self->records;
+    run->ragged = self->ragged;
+    run->expected = self->expected;
+    run->rec_start = self->rec_start;
+    run->rec_nonempty = self->rec_nonempty;
+    run->field_start = self->field_start;
+    run->in_quote = (uint64_t)(self->in_quote && !self->quote_pending);
+    run->after_close = (uint64_t)self->quote_pending;
+}
+
+static inline __attribute__((always_inline)) void
+run_store(Scanner *self, const Run *run)
+{
+    self->rec_delims = run->rec_delims;
+    self->records = run->records;
+    self->ragged = run->ragged;
+    self->expected = run->expected;
+    self->rec_start = run->rec_start;
+    self->rec_nonempty = run->rec_nonempty;
+    self->field_start = run->field_start;
+    /* csv.reader's state after a closing quote: still in the field, a quote just read */
+    self->in_quote = (int)(run->in_quote | run->after_close);
+    self->quote_pending = (int)run->after_close;
+}
+
+/* Without the popcnt instruction the builtin is a call into libgcc per record. */
+static inline __attribute__((always_inline)) int
+popcount64(uint64_t x, int hardware)
+{
+    if (hardware)
+        return __builtin_popcountll(x);
+    x = x - ((x >> 1) & 0x5555555555555555ULL);
+    x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
+    return (int)((x * 0x0101010101010101ULL) >> 56);
+}
+
+/* Bit i: the XOR of bits 0..i (where the CPU has it, a carry-less multiplication by all ones
+ * does this in one instruction: see the AVX builds). */
 static inline uint64_t
-bits_equal(const __m128i chunk[4], __m128i byte)
+prefix_xor(uint64_t x)
+{
+    x ^= x << 1;
+    x ^= x << 2;
+    x ^= x << 4;
+    x ^= x << 8;
+    x ^= x << 16;
+    x ^= x << 32;
+    return x;
+}
+
+/* Counts one window at data offset `base`; 0 (and nothing counted) if it is not one the bit
+ * masks can read (above). `toggles` is prefix_xor(quotes); `lf_next`: the byte after the
+ * window is an LF. A record ends at an LF, or at the CR of a CRLF: its LF, if it is the next
+ * window's first byte, then ends a blank record there, which is not counted. */
+static inline __attribute__((always_inline)) int
+count_window(Scanner *self, Run *run, uint64_t delims, uint64_t lfs, uint64_t crs,
+             uint64_t quotes, uint64_t toggles, uint64_t lf_next, long long base, int hardware)
+{
+    uint64_t inside = 0, closing = 0;
+    if (quotes | run->in_quote) {
+        /* bit i set: byte i is inside a quoted field (an opening quote is, a closing not) */
+        inside = toggles ^ (0 - run->in_quote);
+        closing = quotes & ~inside;
+        const uint64_t outside = ~inside;
+        const uint64_t starts = (((delims | lfs) & outside) << 1) | (uint64_t)run->field_start;
+        if (quotes & inside & ~(starts | (closing << 1) | run->after_close))
+            return 0;
+        delims &= outside;
+        lfs &= outside;
+        crs &= outside;
+    }
+    if (crs & ~((lfs >> 1) | (lf_next << 63)))
+        return 0;
+    uint64_t ends = crs | (lfs & ~(crs << 1));
+    uint64_t from = ~0ULL; /* bits at or after the current record's first byte */
+    while (ends) {
+        const uint64_t before = (ends - 1) & ~ends & from; /* [record start, its end) */
+        run->rec_delims += popcount64(delims & before, hardware);
+        if (run->rec_nonempty || before) {
+            const long long index = run->records - self->header_records;
+            if (index >= 0) {
+                if (run->expected < 0)
+                    run->expected = run->rec_delims;
+                else if (run->rec_delims != run->expected)
+                    run->ragged++;
+                if (index == self->next_checkpoint) {
+                    add_checkpoint(self, index, run->rec_start);
+                    self->next_checkpoint += self->every;
+                }
+            }
+            self->recent[run->records & (RECENT - 1)] = run->rec_start;
+            run->records++;
+        }
+        const int at = __builtin_ctzll(ends);
+        const int next = at + 1 + (int)((crs >> at) & 1); /* after the LF of a CRLF */
+        run->rec_start = base + next;
+        run->rec_delims = 0;
+        run->rec_nonempty = 0;
+        ends &= ends - 1;
+        from = (next >= 64) ? 0 : (~0ULL << next);
+    }
+    if (from) {
+        run->rec_delims += popcount64(delims & from, hardware);
+        run->rec_nonempty = 1;
+        run->field_start = (int)(delims >> 63);
+    } else {
+        run->field_start = 1;
+    }
+    run->in_quote = inside >> 63;
+    run->after_close = closing >> 63;
+    return 1;
+}
+
+/* 1 if the byte after the window at data[p] is here and an LF. */
+static inline uint64_t
+lf_after(const unsigned char *data, Py_ssize_t p, Py_ssize_t n)
+{
+    return (uint64_t)(p + 64 < n && data[p + 64] == '\n');
+}
+
+/* One bit per byte of the 64 that equals `byte`. */
+static inline uint64_t
+sse2_bits(const __m128i chunk[4], __m128i byte)
 {
     uint64_t bits = 0;
     for (int i = 0; i < 4; i++)
@@ -209,43 +364,144 @@ bits_equal(const __m128i chunk[4], __m128i byte)
     return bits;
 }
 
-/* Without -mpopcnt the builtin is a call into libgcc per record (bench/RESULTS.md). */
-static inline int
-popcount64(uint64_t x)
+/* Each windows_* counts the windows from data[p] on and returns where it stopped: at a window
+ * it cannot take, or with fewer than 64 bytes left. */
+static Py_ssize_t
+windows_sse2(Scanner *self, const unsigned char *data, Py_ssize_t p, Py_ssize_t n)
 {
-#if defined(__POPCNT__)
-    return __builtin_popcountll(x);
-#else
-    x = x - ((x >> 1) & 0x5555555555555555ULL);
-    x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
-    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
-    return (int)((x * 0x0101010101010101ULL) >> 56);
+    const __m128i delim = _mm_set1_epi8((char)self->delim), quote = _mm_set1_epi8((char)self->quote);
+    const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n');
+    const Py_ssize_t start = p;
+    Run run;
+    run_load(self, &run);
+    for (; n - p >= 64; p += 64) {
+        __m128i chunk[4];
+        for (int i = 0; i < 4; i++)
+            chunk[i] = _mm_loadu_si128((const __m128i *)(data + p + 16 * i));
+        const uint64_t quotes = sse2_bits(chunk, quote);
+        if (!count_window(self, &run, sse2_bits(chunk, delim), sse2_bits(chunk, lf),
+                          sse2_bits(chunk, cr), quotes, prefix_xor(quotes), lf_after(data, p, n),
+                          self->pos + p, 0))
+            break;
+    }
+    self->windows += (p - start) / 64;
+    run_store(self, &run);
+    return p;
+}
+
+#if defined(HAVE_AVX)
+#define AVX_TARGET "popcnt,bmi,pclmul"
+
+__attribute__((target(AVX_TARGET)))
+static inline uint64_t
+clmul_prefix_xor(uint64_t x)
+{
+    const __m128i ones = _mm_set1_epi8(-1);
+    return (uint64_t)_mm_cvtsi128_si64(_mm_clmulepi64_si128(_mm_cvtsi64_si128((long long)x), ones, 0));
+}
+
+__attribute__((target("avx2," AVX_TARGET)))
+static inline uint64_t
+avx2_bits(__m256i low, __m256i high, __m256i byte)
+{
+    const uint32_t lo = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(low, byte));
+    const uint32_t hi = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(high, byte));
+    return (uint64_t)lo | ((uint64_t)hi << 32);
+}
+
+__attribute__((target("avx2," AVX_TARGET)))
+static Py_ssize_t
+windows_avx2(Scanner *self, const unsigned char *data, Py_ssize_t p, Py_ssize_t n)
+{
+    const __m256i delim = _mm256_set1_epi8((char)self->delim);
+    const __m256i quote = _mm256_set1_epi8((char)self->quote);
+    const __m256i cr = _mm256_set1_epi8('\r'), lf = _mm256_set1_epi8('\n');
+    const Py_ssize_t start = p;
+    Run run;
+    run_load(self, &run);
+    for (; n - p >= 64; p += 64) {
+        const __m256i low = _mm256_loadu_si256((const __m256i *)(data + p));
+        const __m256i high = _mm256_loadu_si256((const __m256i *)(data + p + 32));
+        const uint64_t quotes = avx2_bits(low, high, quote);
+        if (!count_window(self, &run, avx2_bits(low, high, delim), avx2_bits(low, high, lf),
+                          avx2_bits(low, high, cr), quotes, clmul_prefix_xor(quotes),
+                          lf_after(data, p, n), self->pos + p, 1))
+            break;
+    }
+    self->windows += (p - start) / 64;
+    run_store(self, &run);
+    return p;
+}
+
+__attribute__((target("avx512f,avx512bw," AVX_TARGET)))
+static Py_ssize_t
+windows_avx512(Scanner *self, const unsigned char *data, Py_ssize_t p, Py_ssize_t n)
+{
+    const __m512i delim = _mm512_set1_epi8((char)self->delim);
+    const __m512i quote = _mm512_set1_epi8((char)self->quote);
+    const __m512i cr = _mm512_set1_epi8('\r'), lf = _mm512_set1_epi8('\n');
+    const Py_ssize_t start = p;
+    Run run;
+    run_load(self, &run);
+    for (; n - p >= 64; p += 64) {
+        const __m512i chunk = _mm512_loadu_si512((const void *)(data + p));
+        const uint64_t quotes = _mm512_cmpeq_epi8_mask(chunk, quote);
+        if (!count_window(self, &run, _mm512_cmpeq_epi8_mask(chunk, delim),
+                          _mm512_cmpeq_epi8_mask(chunk, lf), _mm512_cmpeq_epi8_mask(chunk, cr),
+                          quotes, clmul_prefix_xor(quotes), lf_after(data, p, n), self->pos + p,
+                          1))
+            break;
+    }
+    self->windows += (p - start) / 64;
+    run_store(self, &run);
+    return p;
+}
+#endif
+
+static void
+find_simd(void)
+{
+    simd_available = SIMD_SSE2;
+#if defined(HAVE_AVX)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt") &&
+        __builtin_cpu_supports("bmi") && __builtin_cpu_supports("pclmul"))
+        simd_available = SIMD_AVX2;
+    if (simd_available == SIMD_AVX2 && __builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512bw"))
+        simd_available = SIMD_AVX512;
 #endif
 }
 
-/* data[p:p+64] outside quotes with no quote and no CR in it: only delimiters and LFs to
- * count, located 64 at a time with SSE2 compares instead of one branch per byte. */
-static void
-scan_plain64(Scanner *self, uint64_t delims, uint64_t lfs, Py_ssize_t p)
+/* The windows from data[p] on, by the scanner's SIMD build; returns where it stopped. */
+static Py_ssize_t
+scan_windows(Scanner *self, const unsigned char *data, Py_ssize_t p, Py_ssize_t n)
 {
-    const long long base = self->pos + p;
-    int from = 0; /* first byte of the current segment within the 64 */
-    while (lfs) {
-        int at = __builtin_ctzll(lfs);
-        uint64_t below = (at == 0) ? 0 : (~0ULL >> (64 - at));
-        uint64_t segment = below & (~0ULL << from);
-        self->rec_delims += popcount64(delims & segment);
-        end_record(self, self->rec_nonempty || at > from, base + at + 1);
-        from = at + 1;
-        lfs &= lfs - 1;
+    switch (self->simd) {
+#if defined(HAVE_AVX)
+    case SIMD_AVX512:
+        return windows_avx512(self, data, p, n);
+    case SIMD_AVX2:
+        return windows_avx2(self, data, p, n);
+#endif
+    case SIMD_SSE2:
+        return windows_sse2(self, data, p, n);
+    default:
+        return p;
     }
-    if (from < 64) {
-        self->rec_delims += popcount64(delims >> from);
-        self->rec_nonempty = 1;
-        self->field_start = (int)(delims >> 63);
-    } else {
-        self->field_start = 1;
-    }
+}
+#else
+static void
+find_simd(void)
+{
+    simd_available = SIMD_NONE;
+}
+
+static Py_ssize_t
+scan_windows(Scanner *self, const unsigned char *data, Py_ssize_t p, Py_ssize_t n)
+{
+    (void)self, (void)data, (void)n;
+    return p;
 }
 #endif
 
@@ -254,12 +510,6 @@ static void
 scan(Scanner *self, const unsigned char *data, Py_ssize_t n)
 {
     Py_ssize_t p = 0;
-#if defined(__SSE2__)
-    const __m128i delim = _mm_set1_epi8((char)self->delim);
-    const __m128i quote = _mm_set1_epi8((char)self->quote);
-    const __m128i cr = _mm_set1_epi8('\r');
-    const __m128i lf = _mm_set1_epi8('\n');
-#endif
     while (p < n) {
         if (self->in_quote && !self->quote_pending) {
             /* inside a quoted field only a quote matters: jump to the next one */
@@ -270,18 +520,13 @@ scan(Scanner *self, const unsigned char *data, Py_ssize_t n)
             p = found - data + 1;
             continue;
         }
-#if defined(__SSE2__)
-        if (!self->in_quote && !self->cr_pending && n - p >= 64) {
-            __m128i chunk[4];
-            for (int i = 0; i < 4; i++)
-                chunk[i] = _mm_loadu_si128((const __m128i *)(data + p + 16 * i));
-            if ((bits_equal(chunk, quote) | bits_equal(chunk, cr)) == 0) {
-                scan_plain64(self, bits_equal(chunk, delim), bits_equal(chunk, lf), p);
-                p += 64;
+        if (!self->cr_pending && n - p >= 64) {
+            Py_ssize_t stopped = scan_windows(self, data, p, n);
+            if (stopped != p) {
+                p = stopped;
                 continue;
             }
         }
-#endif
         Py_ssize_t stop = (n - p > 64) ? p + 64 : n;
         scan_bytes(self, data, p, stop);
         p = stop;
@@ -344,6 +589,8 @@ Scanner_init(Scanner *self, PyObject *args, PyObject *kwds)
     self->checkpoints = NULL;
     self->n_checkpoints = self->cap_checkpoints = 0;
     self->busy = self->failed = 0;
+    self->simd = simd_chosen;
+    self->windows = 0;
     return 0;
 }
 
@@ -423,6 +670,14 @@ Scanner_expected_fields(Scanner *self, void *Py_UNUSED(closure))
 }
 
 static PyObject *
+Scanner_windows(Scanner *self, void *Py_UNUSED(closure))
+{
+    if (refuse_if_busy(self) < 0)
+        return NULL;
+    return PyLong_FromLongLong(self->windows);
+}
+
+static PyObject *
 Scanner_checkpoints(Scanner *self, void *Py_UNUSED(closure))
 {
     if (refuse_if_busy(self) < 0)
@@ -474,6 +729,8 @@ static PyGetSetDef Scanner_getset[] = {
     {"ragged", (getter)Scanner_ragged, NULL, "Data records whose width is not the expected one.", NULL},
     {"expected_fields", (getter)Scanner_expected_fields, NULL, "The expected width, or None.", NULL},
     {"checkpoints", (getter)Scanner_checkpoints, NULL, "(data row, offset) pairs.", NULL},
+    {"windows", (getter)Scanner_windows, NULL,
+     "64-byte windows counted by the SIMD loop (the rest went byte by byte).", NULL},
     {"recent_starts", (getter)Scanner_recent_starts, NULL,
      "Offsets of the last records (at most 32, header included), oldest first.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -492,11 +749,50 @@ static PyTypeObject ScannerType = {
     .tp_getset = Scanner_getset,
 };
 
+static PyObject *
+simd_levels(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    PyObject *levels = PyList_New(0);
+    for (int level = SIMD_NONE; levels != NULL && level <= simd_available; level++) {
+        PyObject *name = PyUnicode_FromString(SIMD_NAMES[level]);
+        if (name == NULL || PyList_Append(levels, name) < 0)
+            Py_CLEAR(levels);
+        Py_XDECREF(name);
+    }
+    return levels;
+}
+
+static PyObject *
+use_simd(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    const char *wanted = PyUnicode_AsUTF8(arg);
+    if (wanted == NULL)
+        return NULL;
+    for (int level = SIMD_NONE; level <= simd_available; level++) {
+        if (strcmp(wanted, SIMD_NAMES[level]) == 0) {
+            int was = simd_chosen;
+            simd_chosen = level;
+            return PyUnicode_FromString(SIMD_NAMES[was]);
+        }
+    }
+    PyErr_Format(PyExc_ValueError, "%s is not one of this CPU's SIMD levels", wanted);
+    return NULL;
+}
+
+static PyMethodDef module_methods[] = {
+    {"simd_levels", simd_levels, METH_NOARGS,
+     "The SIMD builds of the window loop this CPU can run, weakest first."},
+    {"use_simd", use_simd, METH_O,
+     "Scanners made from now on use this SIMD level; returns the one used before."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef scan_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "csvstore.analysis._scan",
     .m_doc = "The CSV record counter of csvstore.analysis, in C.",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC
@@ -504,6 +800,8 @@ PyInit__scan(void)
 {
     if (PyType_Ready(&ScannerType) < 0)
         return NULL;
+    find_simd();
+    simd_chosen = simd_available;
     PyObject *module = PyModule_Create(&scan_module);
     if (module == NULL)
         return NULL;
