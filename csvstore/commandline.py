@@ -18,12 +18,11 @@ from csvstore import __version__, config
 from csvstore.analysis.counter import native_counter
 from csvstore.config import GROUPS, Settings, unknown_variables
 from csvstore.config_values import check_database_url, check_storage
-from csvstore.db.postgres import PoolReconnects
 from csvstore.identity import StoreMismatch, check_placement
 from csvstore.maintenance.migrate import MigrationError, migrate, shared_storage
 from csvstore.maintenance.reconcile import TEMP_MIN_AGE, CheckReport, reconcile
 from csvstore.timeutil import format_utc
-from csvstore.web.observability import ClientProtocolErrors
+from csvstore.web.observability import ClientProtocolErrors, PoolReconnects
 from csvstore.web.security import check_bind_is_safe, load_keys
 from csvstore.web.server import serve
 from csvstore.wiring import open_store

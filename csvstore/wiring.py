@@ -6,9 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from csvstore.config import Settings
-from csvstore.db.postgres import PostgresDatabase
 from csvstore.db.sqlite import SqliteDatabase
 from csvstore.identity import check_placement, verify_store_id
 from csvstore.metrics import Metrics, TimedDatabase, TimedStorage
@@ -17,6 +17,9 @@ from csvstore.resumable.local import LocalPartialStore, PartialStore
 from csvstore.service import CsvStore
 from csvstore.storage.cache import FilePaths
 from csvstore.storage.local import JOURNAL_MAX, LocalStorage, Storage
+
+if TYPE_CHECKING:
+    from csvstore.db.postgres import PostgresDatabase
 
 
 @contextlib.asynccontextmanager
@@ -34,6 +37,8 @@ async def open_store(
     full = settings.durability == "full"
     db: SqliteDatabase | PostgresDatabase
     if settings.uses_postgres:
+        from csvstore.db.postgres import PostgresDatabase  # asyncpg: 3 MiB nobody else needs
+
         db = PostgresDatabase(settings.database_url, synchronous_commit=full)
     else:
         db = SqliteDatabase(settings.database_path, synchronous_full=full)

@@ -250,16 +250,3 @@ class PostgresDatabase:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
-
-
-class PoolReconnects(logging.Filter):
-    """One line, not a traceback, per failed reconnect of the pool: the outage is answered."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and record.levelno <= logging.WARNING:
-            record.msg = f"{record.getMessage()}: {exc!r}"
-            record.args = None
-            record.exc_info = None
-            record.exc_text = None
-        return True
