@@ -111,17 +111,18 @@ def test_use_simd_refuses_a_level_the_cpu_lacks() -> None:
 
 def _exports() -> dict[str, bytes]:
     """What spreadsheets, pandas and databases write: quoted fields (some with delimiters,
-    "" and line breaks inside), CRLF or LF."""
+    "" and line breaks inside), CRLF, LF or an old Mac's CR."""
     rows = [
         [i, f"user {i}", f"Street {i}, Apt {i % 7}", 'said "hi"' if i % 5 == 0 else "ok", i * 1.5]
         for i in range(3000)
     ]
-    rows[1234][3] = "two\nlines"
+    rows[1234][3] = "two\r\nlines"  # quoted whatever the line ending
     files = {}
     shapes: list[tuple[str, Literal[0, 1, 2, 3], str]] = [
         ("minimal-crlf", csv.QUOTE_MINIMAL, "\r\n"),
         ("all-lf", csv.QUOTE_ALL, "\n"),
         ("nonnumeric-crlf", csv.QUOTE_NONNUMERIC, "\r\n"),
+        ("old-mac-cr", csv.QUOTE_MINIMAL, "\r"),
     ]
     for name, quoting, terminator in shapes:
         out = io.StringIO()

@@ -205,7 +205,7 @@ scan_bytes(Scanner *self, const unsigned char *data, Py_ssize_t p, Py_ssize_t st
  * state in registers (a `Run`). A window is taken only where that reading is csv.reader's:
  *   - every quote that opens a field is at the field's start, or is the second of a "" pair
  *     (a quote inside an unquoted field is text);
- *   - every CR outside quotes is the first half of a CRLF in this feed.
+ *   - no CR outside quotes is the feed's last byte (an LF may follow in the next feed).
  * Any other window goes byte by byte through scan_bytes. The loop is built for AVX-512BW,
  * AVX2 and SSE2; the best the CPU has is chosen when the module loads, and use_simd() picks
  * another (the tests run each). Costs: bench/RESULTS.md. */
@@ -284,13 +284,16 @@ prefix_xor(uint64_t x)
     return x;
 }
 
+enum { AFTER_OTHER = 0, AFTER_LF, AFTER_NONE };
+
 /* Counts one window at data offset `base`; 0 (and nothing counted) if it is not one the bit
- * masks can read (above). `toggles` is prefix_xor(quotes); `lf_next`: the byte after the
- * window is an LF. A record ends at an LF, or at the CR of a CRLF: its LF, if it is the next
- * window's first byte, then ends a blank record there, which is not counted. */
+ * masks can read (above). `toggles` is prefix_xor(quotes); `after`: the byte after the
+ * window (AFTER_LF, AFTER_OTHER, or AFTER_NONE at the feed's end). A record ends at an LF,
+ * at a lone CR, or at the CR of a CRLF: its LF, if it is the next window's first byte, then
+ * ends a blank record there, which is not counted. */
 static inline __attribute__((always_inline)) int
 count_window(Scanner *self, Run *run, uint64_t delims, uint64_t lfs, uint64_t crs,
-             uint64_t quotes, uint64_t toggles, uint64_t lf_next, long long base, int hardware)
+             uint64_t quotes, uint64_t toggles, int after, long long base, int hardware)
 {
     uint64_t inside = 0, closing = 0;
     if (quotes | run->in_quote) {
@@ -305,8 +308,9 @@ count_window(Scanner *self, Run *run, uint64_t delims, uint64_t lfs, uint64_t cr
         lfs &= outside;
         crs &= outside;
     }
-    if (crs & ~((lfs >> 1) | (lf_next << 63)))
+    if ((crs >> 63) && after == AFTER_NONE)
         return 0;
+    const uint64_t crlf = crs & ((lfs >> 1) | ((uint64_t)(after == AFTER_LF) << 63));
     uint64_t ends = crs | (lfs & ~(crs << 1));
     uint64_t from = ~0ULL; /* bits at or after the current record's first byte */
     while (ends) {
@@ -328,7 +332,7 @@ count_window(Scanner *self, Run *run, uint64_t delims, uint64_t lfs, uint64_t cr
             run->records++;
         }
         const int at = __builtin_ctzll(ends);
-        const int next = at + 1 + (int)((crs >> at) & 1); /* after the LF of a CRLF */
+        const int next = at + 1 + (int)((crlf >> at) & 1); /* after the LF of a CRLF */
         run->rec_start = base + next;
         run->rec_delims = 0;
         run->rec_nonempty = 0;
@@ -347,11 +351,13 @@ count_window(Scanner *self, Run *run, uint64_t delims, uint64_t lfs, uint64_t cr
     return 1;
 }
 
-/* 1 if the byte after the window at data[p] is here and an LF. */
-static inline uint64_t
-lf_after(const unsigned char *data, Py_ssize_t p, Py_ssize_t n)
+/* What follows the window at data[p]. */
+static inline int
+byte_after(const unsigned char *data, Py_ssize_t p, Py_ssize_t n)
 {
-    return (uint64_t)(p + 64 < n && data[p + 64] == '\n');
+    if (p + 64 >= n)
+        return AFTER_NONE;
+    return data[p + 64] == '\n' ? AFTER_LF : AFTER_OTHER;
 }
 
 /* One bit per byte of the 64 that equals `byte`. */
@@ -380,7 +386,7 @@ windows_sse2(Scanner *self, const unsigned char *data, Py_ssize_t p, Py_ssize_t 
             chunk[i] = _mm_loadu_si128((const __m128i *)(data + p + 16 * i));
         const uint64_t quotes = sse2_bits(chunk, quote);
         if (!count_window(self, &run, sse2_bits(chunk, delim), sse2_bits(chunk, lf),
-                          sse2_bits(chunk, cr), quotes, prefix_xor(quotes), lf_after(data, p, n),
+                          sse2_bits(chunk, cr), quotes, prefix_xor(quotes), byte_after(data, p, n),
                           self->pos + p, 0))
             break;
     }
@@ -425,7 +431,7 @@ windows_avx2(Scanner *self, const unsigned char *data, Py_ssize_t p, Py_ssize_t 
         const uint64_t quotes = avx2_bits(low, high, quote);
         if (!count_window(self, &run, avx2_bits(low, high, delim), avx2_bits(low, high, lf),
                           avx2_bits(low, high, cr), quotes, clmul_prefix_xor(quotes),
-                          lf_after(data, p, n), self->pos + p, 1))
+                          byte_after(data, p, n), self->pos + p, 1))
             break;
     }
     self->windows += (p - start) / 64;
@@ -448,7 +454,7 @@ windows_avx512(Scanner *self, const unsigned char *data, Py_ssize_t p, Py_ssize_
         const uint64_t quotes = _mm512_cmpeq_epi8_mask(chunk, quote);
         if (!count_window(self, &run, _mm512_cmpeq_epi8_mask(chunk, delim),
                           _mm512_cmpeq_epi8_mask(chunk, lf), _mm512_cmpeq_epi8_mask(chunk, cr),
-                          quotes, clmul_prefix_xor(quotes), lf_after(data, p, n), self->pos + p,
+                          quotes, clmul_prefix_xor(quotes), byte_after(data, p, n), self->pos + p,
                           1))
             break;
     }
