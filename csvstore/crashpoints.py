@@ -14,6 +14,7 @@ POINTS = (
     "storage.file_synced",  # the temp file is fsynced, not yet renamed
     "storage.renamed",  # renamed into uploads/, the folder not yet fsynced
     "storage.journal_written",  # a small file written in place, without an fsync
+    "tus.appended",  # a block is written to a local tus data file, its append not yet returned
     "tus.checkpoint_synced",  # the bytes of a PATCH are fsynced, the offset not yet saved
     "tus.publishing_saved",  # the state names the file id it is about to be published as
     "tus.linked",  # the data file is linked into uploads/, the folder not yet fsynced

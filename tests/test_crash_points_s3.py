@@ -167,11 +167,12 @@ CASES: list[tuple[str, Scenario, Scenario | None]] = [
     ("delete.row_removed", delete_session_with_tus, None),
 ]
 # Local storage only: the temp file's fsync and rename, the journal (S3 objects are durable
-# once written), the local tus data file's link and removal.
+# once written), the local tus data file's append, link and removal.
 LOCAL_ONLY = (
     "storage.file_synced",
     "storage.renamed",
     "storage.journal_written",
+    "tus.appended",
     "tus.linked",
     "tus.finished",
     "tus.whole_published",

@@ -679,6 +679,50 @@ def test_tuspy_resumes_through_dropped_connections(
         assert stored.content == body
 
 
+def test_a_dropped_patch_keeps_the_block_whose_write_was_in_flight(tmp_path: Path) -> None:
+    """A PATCH cut off while its last full block is still being written (held at
+    tus.appended), after a last piece that is refused (a NUL): the server waits for that
+    write before it saves the offset, so the block is kept and the offset is the bytes
+    held. The refused piece used to skip the wait: the rollback ran under the write, and
+    the block the server had checked and written was dropped."""
+    pause = 2.0  # far longer than the server takes to see the disconnect
+    settings = Settings(data_dir=tmp_path / "data")
+    server = ServerProcess(settings.data_dir, env={"CSVSTORE_PAUSE_AT": f"tus.appended:{pause}"})
+    server.start()
+    rows = b"".join(b"%d,row %d,%d.5\n" % (i, i, i * 7) for i in range(80_000))
+    body = b"id,name,amount\n" + rows
+    block = 1024 * 1024  # the server's chunk size: written in a thread, as blocks of 256 KiB up
+    try:
+        requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "s1"}, timeout=30)
+        location = create(server.url, len(body)).headers["Location"]
+        part = settings.temp_dir / "tus" / f"{location.rsplit('/', 1)[1]}.part"
+        sock = _raw_patch_start(server.port, location, 0, len(body), body[:block])
+        try:
+            deadline = time.monotonic() + 20
+            while part.stat().st_size < block:  # written; its append held at tus.appended
+                assert time.monotonic() < deadline, "the block was never written"
+                time.sleep(0.01)
+            sock.sendall(b"1,\x00\n")  # a last piece that is not CSV text
+        finally:
+            sock.close()  # the client goes away mid-body
+        deadline = time.monotonic() + 20
+        # A PATCH at a wrong offset: 423 while the cut one holds the upload, then 409.
+        while (probe := patch(server.url, location, len(body), b"")).status_code == 423:
+            assert time.monotonic() < deadline, "the cut PATCH never let go of the upload"
+            time.sleep(0.05)
+        assert probe.status_code == 409, probe.text
+        offset = int(head(server.url, location).headers["Upload-Offset"])
+        assert (offset, part.stat().st_size) == (block, block)
+        done = patch(server.url, location, offset, body[offset:])
+        assert done.status_code == 204, done.text
+        stored = requests.get(f"{server.url}/api/csv/files/{file_id_of(done)}/content", timeout=30)
+        assert stored.content == body
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.log(), server.log()[-3000:]
+    assert_uploads_match_rows(settings)
+
+
 def test_stress_tuspy_through_two_disconnects_equals_single_shot(tmp_path: Path) -> None:
     """``make stress``: 1 GiB (CSVSTORE_TUS_STRESS_SIZE); ``make test``: a few MiB."""
     size = STRESS_SIZE

@@ -444,8 +444,13 @@ class _LocalHold:
 
     async def append(self, chunk: bytes) -> None:
         offset = self._state.offset + self._pending
-        # Written back as it goes: the checkpoint's fsync then finds little left to write.
-        await asyncio.to_thread(append_block, self._fd, offset, chunk, durable=self._store.fsync)
+
+        def run() -> None:
+            # Written back as it goes: the checkpoint's fsync then finds little left to write.
+            append_block(self._fd, offset, chunk, durable=self._store.fsync)
+            crash_point("tus.appended")
+
+        await asyncio.to_thread(run)
         self._pending += len(chunk)
 
     async def checkpoint(self, *, expires_at: float, last: bool = False) -> PartialState:
