@@ -508,18 +508,20 @@ class ResumableUploads:
                     pending_size += len(chunk)
                     if pending_size >= self.limits.chunk_size:
                         await flush()
+            if pending:
+                await flush()
         except (ClientGone, RequestTimeout, asyncio.CancelledError):
-            # What arrived before the connection dropped is kept too.
+            # What arrived is kept; settled even if flush fails: no write may race the checkpoint.
             with contextlib.suppress(CsvstoreError):
-                if pending:
-                    await flush()
-                await _settle(blocks, live)
+                try:
+                    if pending:
+                        await flush()
+                finally:
+                    await _settle(blocks, live)
             raise
         except BaseException:
             await _settle(blocks, live, quietly=True)  # the error that ended the body is raised
             raise
-        if pending:
-            await flush()
         await _settle(blocks, live)
 
     async def _settle_interrupted(self, hold: PartialHold) -> PartialState | None:
