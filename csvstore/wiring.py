@@ -37,7 +37,7 @@ async def open_store(
     full = settings.durability == "full"
     db: SqliteDatabase | PostgresDatabase
     if settings.uses_postgres:
-        from csvstore.db.postgres import PostgresDatabase  # asyncpg: 3 MiB nobody else needs
+        from csvstore.db.postgres import PostgresDatabase
 
         db = PostgresDatabase(settings.database_url, synchronous_commit=full)
     else:
