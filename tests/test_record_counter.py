@@ -67,6 +67,24 @@ def window_files(draw: st.DrawFn, delimiter: bytes, quote: bytes) -> bytes:
     return b"".join(records)
 
 
+def _count_both(
+    level: str, parts: list[bytes], **options: int | None
+) -> tuple[_scan.Scanner, scanner._RecordScanner]:
+    """The C counter at ``level`` and the Python one, each fed ``parts`` and finished."""
+    before = _scan.use_simd(level)
+    try:
+        native = _scan.Scanner(**options)  # type: ignore[arg-type]
+    finally:
+        _scan.use_simd(before)
+    python = scanner._RecordScanner(terminator=b"\n", **options)  # type: ignore[arg-type]
+    for part in parts:
+        native.feed(part)
+        python.feed(part)
+    native.finish()
+    python.finish()
+    return native, python
+
+
 @pytest.mark.parametrize("level", _scan.simd_levels())
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data(), st.sampled_from([(b",", b'"'), (b";", b"'"), (b"\t", b'"')]))
@@ -75,24 +93,15 @@ def test_every_simd_build_counts_as_the_python_counter(
 ) -> None:
     delimiter, quote = dialect
     stored = data.draw(window_files(delimiter, quote))
-    options = dict(
+    native, python = _count_both(
+        level,
+        data.draw(chunkings(stored)),
         delimiter=delimiter[0],
         quotechar=quote[0],
         expected_fields=None,
         header_records=data.draw(st.integers(0, 1)),
         checkpoint_every=data.draw(st.integers(1, 5)),
     )
-    before = _scan.use_simd(level)
-    try:
-        native = _scan.Scanner(**options)  # type: ignore[arg-type]
-    finally:
-        _scan.use_simd(before)
-    python = scanner._RecordScanner(terminator=b"\n", **options)  # type: ignore[arg-type]
-    for part in data.draw(chunkings(stored)):
-        native.feed(part)
-        python.feed(part)
-    native.finish()
-    python.finish()
     assert (native.data_rows, native.ragged, native.expected_fields) == (
         python.data_rows,
         python.ragged,
@@ -137,20 +146,16 @@ def test_quoted_exports_go_through_the_window_loop(level: str, name: str) -> Non
     # Counted alike, and nearly all of it 64 bytes at a time: a window the loop wrongly
     # refused would be counted right, only slowly (at a quarter of the speed or less).
     data = _exports()[name]
-    options = dict(
-        delimiter=44, quotechar=34, expected_fields=None, header_records=0, checkpoint_every=97
+    parts = [data[at : at + 65536] for at in range(0, len(data), 65536)]
+    native, python = _count_both(
+        level,
+        parts,
+        delimiter=44,
+        quotechar=34,
+        expected_fields=None,
+        header_records=0,
+        checkpoint_every=97,
     )
-    before = _scan.use_simd(level)
-    try:
-        native = _scan.Scanner(**options)  # type: ignore[arg-type]
-    finally:
-        _scan.use_simd(before)
-    python = scanner._RecordScanner(terminator=b"\n", **options)  # type: ignore[arg-type]
-    for at in range(0, len(data), 65536):
-        native.feed(data[at : at + 65536])
-        python.feed(data[at : at + 65536])
-    native.finish()
-    python.finish()
     assert (native.data_rows, native.ragged, native.checkpoints) == (
         python.data_rows,
         python.ragged,
