@@ -377,7 +377,6 @@ windows_sse2(Scanner *self, const unsigned char *data, Py_ssize_t p, Py_ssize_t 
 {
     const __m128i delim = _mm_set1_epi8((char)self->delim), quote = _mm_set1_epi8((char)self->quote);
     const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n');
-    const Py_ssize_t start = p;
     Run run;
     run_load(self, &run);
     for (; n - p >= 64; p += 64) {
@@ -390,7 +389,6 @@ windows_sse2(Scanner *self, const unsigned char *data, Py_ssize_t p, Py_ssize_t 
                           self->pos + p, 0))
             break;
     }
-    self->windows += (p - start) / 64;
     run_store(self, &run);
     return p;
 }
@@ -422,7 +420,6 @@ windows_avx2(Scanner *self, const unsigned char *data, Py_ssize_t p, Py_ssize_t 
     const __m256i delim = _mm256_set1_epi8((char)self->delim);
     const __m256i quote = _mm256_set1_epi8((char)self->quote);
     const __m256i cr = _mm256_set1_epi8('\r'), lf = _mm256_set1_epi8('\n');
-    const Py_ssize_t start = p;
     Run run;
     run_load(self, &run);
     for (; n - p >= 64; p += 64) {
@@ -434,7 +431,6 @@ windows_avx2(Scanner *self, const unsigned char *data, Py_ssize_t p, Py_ssize_t 
                           byte_after(data, p, n), self->pos + p, 1))
             break;
     }
-    self->windows += (p - start) / 64;
     run_store(self, &run);
     return p;
 }
@@ -446,7 +442,6 @@ windows_avx512(Scanner *self, const unsigned char *data, Py_ssize_t p, Py_ssize_
     const __m512i delim = _mm512_set1_epi8((char)self->delim);
     const __m512i quote = _mm512_set1_epi8((char)self->quote);
     const __m512i cr = _mm512_set1_epi8('\r'), lf = _mm512_set1_epi8('\n');
-    const Py_ssize_t start = p;
     Run run;
     run_load(self, &run);
     for (; n - p >= 64; p += 64) {
@@ -458,7 +453,6 @@ windows_avx512(Scanner *self, const unsigned char *data, Py_ssize_t p, Py_ssize_
                           1))
             break;
     }
-    self->windows += (p - start) / 64;
     run_store(self, &run);
     return p;
 }
@@ -528,6 +522,7 @@ scan(Scanner *self, const unsigned char *data, Py_ssize_t n)
         }
         if (!self->cr_pending && n - p >= 64) {
             Py_ssize_t stopped = scan_windows(self, data, p, n);
+            self->windows += (stopped - p) / 64;
             if (stopped != p) {
                 p = stopped;
                 continue;
