@@ -18,6 +18,7 @@ import pytest
 
 from csvstore.config import Settings
 from csvstore.db.repo import Repo
+from csvstore.resumable.local import PartialState
 from csvstore.service import CsvStore
 from csvstore.storage import local as local_storage
 from csvstore.storage.local import LocalStorage, LocalWriter
@@ -254,6 +255,23 @@ async def test_storage_error_while_publishing_leaves_nothing(
     assert stored_state(settings) == (set(), set(), [])
     monkeypatch.setattr(LocalWriter, "commit", original)
     assert (await client.post("/api/csv/upload", data=upload_form(csv_bytes()))).status == 201
+
+
+@pytest.mark.local_storage
+async def test_a_full_disk_while_a_tus_creation_writes_its_state_leaves_nothing(
+    client: Client, session: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state's temp file is open when the write fails: it and the empty data file used
+    to stay in tmp/tus until a restart's check, for a creation the client was refused."""
+
+    def full_disk(self: PartialState) -> bytes:
+        raise OSError(errno.ENOSPC, "simulated")
+
+    monkeypatch.setattr(PartialState, "to_json", full_disk)
+    meta = "session_id czE=,filename ZC5jc3Y="  # "s1", "d.csv"
+    headers = {"Tus-Resumable": "1.0.0", "Upload-Length": "10", "Upload-Metadata": meta}
+    await assert_problem(await client.post("/api/csv/tus/", headers=headers), 507)
+    assert list((settings.temp_dir / "tus").iterdir()) == []
 
 
 async def test_database_error_on_insert_removes_the_published_file(

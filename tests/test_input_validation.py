@@ -4,6 +4,7 @@ bytes, the page's content policy, relative URLs, and aiohttp's own protocol erro
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import re
@@ -133,6 +134,27 @@ async def test_a_refused_creation_with_upload_leaves_nothing(
     assert resp.status == 201, await resp.text()
     assert _tus_leftovers(settings) != []
     assert (await client.delete(resp.headers["Location"], headers=V)).status == 204
+    assert _tus_leftovers(settings) == []
+
+
+async def test_upload_metadata_that_is_not_utf8_is_a_400_and_leaves_nothing(
+    client: Client, session: str, settings: Settings
+) -> None:
+    """A key of raw bytes (aiohttp keeps them as surrogates): was a 500 from the state's
+    JSON encoder, with the data file and a torn state left in the temp folder."""
+    assert client.server.port is not None
+    meta = _metadata(session_id=session, filename="data.csv").encode() + b",k\xffey"
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(
+        b"POST /api/csv/tus/ HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+        b"Upload-Length: 8\r\nUpload-Metadata: " + meta + b"\r\nConnection: close\r\n\r\n"
+    )
+    answer = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert b"application/problem+json" in head
+    assert b"Upload-Metadata" in body
     assert _tus_leftovers(settings) == []
 
 

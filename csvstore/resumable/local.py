@@ -192,7 +192,18 @@ class LocalPartialStore:
             # The data file first: without a state, reconcile removes it.
             fd = os.open(self.data_path(state.id), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             os.close(fd)
-            self._write_state(state)
+            try:
+                self._write_state(state)
+            except BaseException:
+                path = self.state_path(state.id)
+                for leftover in (
+                    path.with_name(path.name + _NEW_SUFFIX),
+                    path,
+                    self.data_path(state.id),
+                ):
+                    with contextlib.suppress(FileNotFoundError):
+                        leftover.unlink()
+                raise
 
         await asyncio.to_thread(run)
 

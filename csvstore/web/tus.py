@@ -99,6 +99,10 @@ def parse_metadata(header: str) -> dict[str, str]:
     """``key base64,key2 base64,flag`` -> {key: text}; a key alone means an empty value."""
     if len(header) > MAX_METADATA_BYTES:
         raise BadRequest(f"Upload-Metadata is longer than {MAX_METADATA_BYTES} characters")
+    try:
+        header.encode()
+    except UnicodeEncodeError:
+        raise BadRequest("Upload-Metadata is not UTF-8 text") from None
     pairs: dict[str, str] = {}
     for item in header.split(","):
         item = item.strip()
