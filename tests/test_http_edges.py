@@ -4,6 +4,7 @@ uploads: a clear 4xx problem, never a 500 in the log or the metrics, never a wai
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
 import time
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import requests
 
 from csvstore.config import Settings
@@ -138,3 +140,43 @@ async def test_a_body_refused_unread_ends_the_connection(
     writer.close()
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b"Connection: close" in answer
+
+
+async def test_a_body_that_does_not_decode_as_its_content_encoding_is_a_400(
+    client: Client, session: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp decodes Content-Encoding: gzip bodies; one that is not gzip was a 500 (and
+    aiohttp's "Unhandled exception" as it drained the rest) on every endpoint with a body."""
+    body = b"\x1f\x8b but not gzip"
+    tus = await client.post(
+        "/api/csv/tus/",
+        headers={
+            "Tus-Resumable": "1.0.0",
+            "Upload-Length": str(len(body)),
+            "Upload-Metadata": "session_id czE=,filename ZC5jc3Y=",  # "s1", "d.csv"
+        },
+    )
+    assert tus.status == 201
+    location = tus.headers["Location"]
+    heads = [
+        "POST /api/csv/sessions HTTP/1.1\r\nContent-Type: application/json\r\n",
+        "POST /api/csv/upload HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=b\r\n",
+        f"PATCH {location} HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
+        "Content-Type: application/offset+octet-stream\r\n",
+    ]
+    for head in heads:
+        reader, writer = await _raw(
+            client,
+            f"{head}Host: x\r\nContent-Encoding: gzip\r\nContent-Length: {len(body)}\r\n\r\n",
+            body,
+        )
+        answer = await asyncio.wait_for(reader.read(), timeout=10)  # and the connection ends
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:300]
+        assert b"Connection: close" in answer
+        assert b"application/problem+json" in answer
+        assert b"content-encoding: gzip" in answer.lower()
+    offset = await client.head(location, headers={"Tus-Resumable": "1.0.0"})
+    assert offset.headers["Upload-Offset"] == "0"
+    assert (await client.get("/api/csv/sessions/s1")).status == 200
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

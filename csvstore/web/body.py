@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncGenerator
 
 import aiohttp
-from aiohttp import StreamReader
+from aiohttp import StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from csvstore.errors import BadRequest, ClientGone, RequestTimeout
@@ -28,6 +28,10 @@ async def body_chunks(
             raise RequestTimeout(
                 f"the request body stalled: nothing arrived for {limits.read_timeout:g} seconds"
             ) from None
+        except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip, but not gzip
+            body.feed_eof()  # aiohttp's parser gave up on it: nothing more can be read
+            message = " ".join(str(exc).partition("message:")[2].split())
+            raise BadRequest(f"the request body could not be read: {message}") from None
         except HttpProcessingError as exc:
             if broken_is_gone:
                 raise ClientGone() from exc

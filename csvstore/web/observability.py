@@ -143,7 +143,7 @@ def observe_middleware(
                     response = abort_started(request, exc)
                 else:
                     response = error_response(request, exc)
-                    if not request.content.is_eof():
+                    if not request.content.is_eof() or request.content.exception():
                         # Refused before its body was read (a 413 on Content-Length): say
                         # the connection ends, rather than have the client send the rest.
                         response.force_close()
