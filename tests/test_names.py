@@ -102,6 +102,8 @@ def test_a_non_ascii_name_downloads_with_curl_as_readable_ascii(
         ("filename=\"L.csv\"; filename*=UTF-8''%CE%9B%20%2541.csv", "Λ %41.csv"),
         ('filename="a%22b.csv"', 'a"b.csv'),  # the WHATWG escape browsers and curl write for "
         ('filename="a\\"b%20c.csv"', 'a"b%20c.csv'),  # backslash-quoted: no % decoding either
+        # a quoted name holding "; filename*=" is a name, not a parameter (was read as one)
+        ("filename=\"x; filename*=UTF-8''y.csv; z.csv\"", "x; filename*=UTF-8''y.csv; z.csv"),
     ],
 )
 def test_filename_star_and_quoting_rules(

@@ -303,6 +303,7 @@ class _FileStream:
 
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
 _FILENAME_STAR = re.compile(r";\s*filename\*\s*=\s*([^;\s]+)", re.IGNORECASE)
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _OPTION_FIELDS = frozenset(UploadOptions().fields)
 # One member of RFC 9530's dictionary: an algorithm token and a byte sequence (RFC 8941).
 _DIGEST_MEMBER = re.compile(r"(?P<name>[A-Za-z*][A-Za-z0-9_.*-]*)\s*=\s*:(?P<value>[^:]*):")
@@ -351,7 +352,8 @@ def _validated_session_id(value: str) -> str:
 def _filename_of(part: MultipartSegment) -> str | None:
     # filename* (RFC 8187) when sent is the exact name; filename is taken as sent, unescaped.
     # multipart's option parser skips names with '*': filename* is read here.
-    extended = _FILENAME_STAR.search(part.header("Content-Disposition") or "")
+    unquoted = _QUOTED.sub('""', part.header("Content-Disposition") or "")
+    extended = _FILENAME_STAR.search(unquoted)
     if extended is None:
         return None if part.filename is None else str(part.filename)
     charset, _, rest = extended.group(1).partition("'")
