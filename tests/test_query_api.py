@@ -324,6 +324,27 @@ async def test_accept_csv_streams_the_whole_result_up_to_max_rows(
 
 
 @pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        ("text/csv", "text/csv"),
+        ("TEXT/CSV", "text/csv"),  # media types are case-insensitive: was JSON
+        ("application/json;q=0.1, text/csv;q=0.9", "text/csv"),  # the preferred one: was JSON
+        ("text/csv;q=0", "application/json"),  # q=0 is "not acceptable": was CSV
+        ("text/*", "text/csv"),
+        ("text/csv, application/json", "application/json"),  # a tie keeps JSON
+        ("*/*", "application/json"),
+        ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", "application/json"),
+        ("", "application/json"),
+    ],
+)
+async def test_accept_is_negotiated_by_quality(client: Client, accept: str, expected: str) -> None:
+    assert (await client.post("/api/csv/sessions", json={"session_id": "s1"})).status == 201
+    resp = await client.post(QUERY, json={"sql": "SELECT 1 AS x"}, headers={"Accept": accept})
+    assert resp.status == 200, await resp.text()
+    assert resp.content_type == expected
+
+
+@pytest.mark.parametrize(
     "sql",
     [
         "SELECT * FROM read_csv('/etc/passwd')",

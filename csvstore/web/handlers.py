@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -203,8 +204,27 @@ async def run_query(request: web.Request) -> web.StreamResponse:
 
 
 def _wants_csv(request: web.Request) -> bool:
-    accept = request.headers.get("Accept", "")
-    return "text/csv" in accept and "application/json" not in accept
+    """CSV when Accept ranks it above JSON (RFC 9110 12.5.1); JSON on a tie."""
+    quality: dict[str, float] = {}
+    for item in request.headers.get("Accept", "").split(","):
+        media, *params = (part.strip().lower() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q" and _QVALUE.fullmatch(value.strip()):
+                q = float(value)
+        quality[media] = max(q, quality.get(media, 0.0))
+
+    def ranked(media: str) -> float:
+        for candidate in (media, media.split("/")[0] + "/*", "*/*"):
+            if candidate in quality:
+                return quality[candidate]
+        return 0.0
+
+    return ranked("text/csv") > ranked("application/json")
+
+
+_QVALUE = re.compile(r"0(\.\d{0,3})?|1(\.0{0,3})?")
 
 
 async def file_summary(request: web.Request) -> web.Response:
