@@ -64,6 +64,10 @@ async def test_problems_name_what_was_wrong(make_client: MakeClient, settings: S
     big = upload_form(csv_bytes(200))
     assert await _code(await client.post("/api/csv/upload", data=big), 413) == "too-large"
     assert await _code(await client.get("/api/csv/nothing"), 404) == "not-found"
+    # A file the page does not have: was an empty application/octet-stream 404.
+    for path in ("/static/x.js", "/static/.hidden", "/static/", "/static/../page.py"):
+        assert await _code(await client.get(path), 404) == "not-found", path
+    assert (await client.head("/static/app.js")).status == 200
     # A JSON body over the app's limit: the answer says which limit, not just the status.
     huge = await client.post(sessions, json={"session_id": "x" * 100_000})
     body = await assert_problem(huge, 413)
