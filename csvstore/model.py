@@ -36,6 +36,7 @@ class StoredFile:
     duplicate_columns: list[str] | None = None
     footer_lines: int | None = None
     escape_char: str | None = None
+    header_rule: bool | None = None
     # [data row, byte offset] pairs, long: read by get_file only, for the rows reader.
     row_checkpoints: list[list[int]] | None = None
 

@@ -10,20 +10,20 @@ INSERT INTO files (id, session_id, filename, original_filename, file_size, conte
                    line_terminator, has_header, columns, column_count, row_count, ragged_rows,
                    row_checkpoints, encoding_source, encoding_confidence, invalid_bytes,
                    first_invalid_offset, preamble_lines, skip_initial_space, comment_char,
-                   duplicate_columns, footer_lines, escape_char)
+                   duplicate_columns, footer_lines, escape_char, header_rule)
 SELECT :id, s.id, :filename, :original_filename, :file_size, :content_type,
        :file_path, :created_at, :sha256, :encoding, :delimiter, :quotechar,
        :line_terminator, :has_header, :columns, :column_count, :row_count, :ragged_rows,
        :row_checkpoints, :encoding_source, :encoding_confidence, :invalid_bytes,
        :first_invalid_offset, :preamble_lines, :skip_initial_space, :comment_char,
-       :duplicate_columns, :footer_lines, :escape_char
+       :duplicate_columns, :footer_lines, :escape_char, :header_rule
 FROM sessions AS s
 WHERE s.session_id = :session_id
 RETURNING id, session_id AS session_pk, filename, original_filename, file_size, content_type, file_path,
           created_at, sha256, encoding, delimiter, quotechar, line_terminator, has_header,
           columns, column_count, row_count, ragged_rows, encoding_source,
           encoding_confidence, invalid_bytes, first_invalid_offset, preamble_lines,
-          skip_initial_space, comment_char, duplicate_columns, footer_lines, escape_char;
+          skip_initial_space, comment_char, duplicate_columns, footer_lines, escape_char, header_rule;
 
 -- name: find_duplicate^
 -- The earliest file of a session with the given digest (for dedupe=true).
@@ -32,7 +32,7 @@ SELECT f.id, f.session_id AS session_pk, f.filename, f.original_filename, f.file
        f.line_terminator, f.has_header, f.columns, f.column_count, f.row_count, f.ragged_rows,
        f.encoding_source, f.encoding_confidence, f.invalid_bytes, f.first_invalid_offset,
        f.preamble_lines, f.skip_initial_space, f.comment_char, f.duplicate_columns,
-       f.footer_lines, f.escape_char
+       f.footer_lines, f.escape_char, f.header_rule
 FROM files AS f
 JOIN sessions AS s ON s.id = f.session_id
 WHERE s.session_id = :session_id AND f.sha256 = :sha256
@@ -45,7 +45,7 @@ SELECT f.id, f.session_id AS session_pk, f.filename, f.original_filename, f.file
        f.line_terminator, f.has_header, f.columns, f.column_count, f.row_count, f.ragged_rows, f.row_checkpoints,
        f.encoding_source, f.encoding_confidence, f.invalid_bytes, f.first_invalid_offset,
        f.preamble_lines, f.skip_initial_space, f.comment_char, f.duplicate_columns,
-       f.footer_lines, f.escape_char
+       f.footer_lines, f.escape_char, f.header_rule
 FROM files AS f
 WHERE f.id = :id;
 
@@ -61,7 +61,7 @@ SELECT f.id, f.session_id AS session_pk, f.filename, f.original_filename, f.file
        f.line_terminator, f.has_header, f.columns, f.column_count, f.row_count, f.ragged_rows,
        f.encoding_source, f.encoding_confidence, f.invalid_bytes, f.first_invalid_offset,
        f.preamble_lines, f.skip_initial_space, f.comment_char, f.duplicate_columns,
-       f.footer_lines, f.escape_char
+       f.footer_lines, f.escape_char, f.header_rule
 FROM files AS f
 WHERE f.session_id = :session_pk
 ORDER BY f.created_at, f.id;

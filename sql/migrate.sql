@@ -13,7 +13,7 @@ SELECT id, session_id AS session_pk, filename, original_filename, file_size, con
        created_at, sha256, encoding, delimiter, quotechar, line_terminator, has_header,
        columns, column_count, row_count, ragged_rows, row_checkpoints, encoding_source,
        encoding_confidence, invalid_bytes, first_invalid_offset, preamble_lines,
-       skip_initial_space, comment_char, duplicate_columns, footer_lines, escape_char
+       skip_initial_space, comment_char, duplicate_columns, footer_lines, escape_char, header_rule
 FROM files
 WHERE id > :after
 ORDER BY id
@@ -38,13 +38,13 @@ INSERT INTO files (id, session_id, filename, original_filename, file_size, conte
                    line_terminator, has_header, columns, column_count, row_count, ragged_rows,
                    row_checkpoints, encoding_source, encoding_confidence, invalid_bytes,
                    first_invalid_offset, preamble_lines, skip_initial_space, comment_char,
-                   duplicate_columns, footer_lines, escape_char)
+                   duplicate_columns, footer_lines, escape_char, header_rule)
 VALUES (:id, :session_id, :filename, :original_filename, :file_size, :content_type,
         :file_path, :created_at, :sha256, :encoding, :delimiter, :quotechar,
         :line_terminator, :has_header, :columns, :column_count, :row_count, :ragged_rows,
         :row_checkpoints, :encoding_source, :encoding_confidence, :invalid_bytes,
         :first_invalid_offset, :preamble_lines, :skip_initial_space, :comment_char,
-        :duplicate_columns, :footer_lines, :escape_char)
+        :duplicate_columns, :footer_lines, :escape_char, :header_rule)
 ON CONFLICT DO NOTHING
 RETURNING id;
 

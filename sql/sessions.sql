@@ -26,7 +26,7 @@ SELECT f.id, f.session_id AS session_pk, f.filename, f.original_filename, f.file
        f.line_terminator, f.has_header, f.columns, f.column_count, f.row_count, f.ragged_rows,
        f.encoding_source, f.encoding_confidence, f.invalid_bytes, f.first_invalid_offset,
        f.preamble_lines, f.skip_initial_space, f.comment_char, f.duplicate_columns,
-       f.footer_lines, f.escape_char
+       f.footer_lines, f.escape_char, f.header_rule
 FROM files AS f
 WHERE f.session_id IN (
     SELECT id FROM sessions WHERE session_id > :after AND session_id <= :last

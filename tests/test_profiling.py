@@ -1505,6 +1505,57 @@ def test_shapes_real_tools_write(
     assert profile.ragged_rows == 0
 
 
+_SQLCMD = b"id,name,amount\r\n--,----,------\r\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "columns", "rule", "rows"),
+    [
+        # sqlcmd -s"," -W: dashes as long as the names, a row count after a blank line
+        (
+            _SQLCMD + _lines(b"{i},user {i},{i}.5\r\n") + b"\r\n(30 rows affected)\r\n",
+            ["id", "name", "amount"],
+            True,
+            30,
+        ),
+        # sqlcmd without -W and SQL*Plus (colsep ,): names and values padded to the rule
+        (
+            b"ID   ,NAME      \n-----,----------\n" + _lines(b"   {i},user {i}    \n"),
+            ["ID   ", "NAME      "],
+            True,
+            30,
+        ),
+        # one column; a rule of "="; DuckDB's big_header.csv (tab, a blank line after it)
+        (b"name\n----\n" + _lines(b"user {i}\n"), ["name"], True, 30),
+        (b"a;b\n===;===\n" + _lines(b"{i};x\n"), ["a", "b"], True, 30),
+        (b"foo\tbar\n----\t---\n\n" + _lines(b"{i}\t.\n"), ["foo", "bar"], True, 30),
+        # one-letter names over single dashes (sqlcmd -W) are ruled too
+        (b"a,b\n-,-\n" + _lines(b"{i},{i}\n"), ["a", "b"], True, 30),
+        # placeholders are rows: one dash under longer names, dashes in some cells only
+        (b"city,people\n-,-\n" + _lines(b"town {i},{i}\n"), ["city", "people"], False, 31),
+        (b"city,note\nOslo,--\n" + _lines(b"town {i},--\n"), ["city", "note"], False, 31),
+        (b"city,note\n--,\n" + _lines(b"town {i},x\n"), ["city", "note"], False, 31),
+    ],
+)
+@pytest.mark.parametrize("size", [None, 7])
+def test_a_rule_line_under_the_header_is_not_a_row(
+    data: bytes, columns: list[str], rule: bool, rows: int, size: int | None
+) -> None:
+    profile = profile_of(chunks(data, size), checkpoint_every=10)
+    assert (profile.header_rule, profile.columns, profile.row_count) == (rule, columns, rows)
+    assert profile.ragged_rows == 0
+    expected = [
+        r for r in csv.reader(io.StringIO(data.decode(), newline=""), delimiter=profile.delimiter)
+    ]
+    expected = [r for r in expected if r][1 + rule :][:rows]
+    for start in (0, 9, 10, 25):
+        page = read_page(
+            io.BytesIO(data), profile, start, 3, max_bytes=1 << 20, cell_limit=100,
+            row_count=profile.row_count, line_terminator=profile.line_terminator,
+        )  # fmt: skip
+        assert page.rows == expected[start : start + 3]
+
+
 _STATEMENT = (
     "Bank of Example\r\nAccount: 12345678\r\nSort code: 12-34-56\r\n"
     "Statement period: March 2024\r\nOpening balance: 100.00\r\n\r\n"

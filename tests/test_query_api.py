@@ -635,3 +635,33 @@ async def test_a_backslash_escaped_export_reads_the_same_in_rows_and_queries(
     assert body["rows"] == [[int(row[0]), *row[1:]] for row in expected]
     content = await client.get(f"/api/csv/files/{file_id}/content")
     assert await content.read() == data  # stored as sent
+
+
+async def test_a_rule_line_under_the_header_is_no_row_in_rows_or_queries(
+    client: Client, session: str
+) -> None:
+    # sqlcmd -s"," -W: a rule under the header, a blank line and a row count after the table.
+    data = (
+        b"id,name,amount\r\n--,----,------\r\n1,Ann,10.5\r\n2,Bob,20\r\n3,Cy,7.25\r\n"
+        b"\r\n(3 rows affected)\r\n"
+    )
+    file_id = await _upload(client, data, "sqlcmd.csv")
+    file = await (await client.get(f"/api/csv/files/{file_id}")).json()
+    assert (file["header_rule"], file["has_header"], file["columns"]) == (
+        True, True, ["id", "name", "amount"],
+    )  # fmt: skip
+    assert (file["row_count"], file["ragged_rows"], file["footer_lines"]) == (3, 0, 2)
+    listed = await (await client.get("/api/csv/sessions/s1")).json()
+    assert listed["csv_files"][0]["header_rule"] is True
+    rows = await (await client.get(f"/api/csv/files/{file_id}/rows")).json()
+    assert rows["rows"] == [["1", "Ann", "10.5"], ["2", "Bob", "20"], ["3", "Cy", "7.25"]]
+    later = await (await client.get(f"/api/csv/files/{file_id}/rows?offset=1&limit=1")).json()
+    assert later["rows"] == [["2", "Bob", "20"]]
+    tables = await (await client.get("/api/csv/sessions/s1/tables")).json()
+    assert [(c["name"], c["type"]) for c in tables[0]["columns"]] == [
+        ("id", "BIGINT"), ("name", "VARCHAR"), ("amount", "DOUBLE"),
+    ]  # fmt: skip
+    body = await _query(client, "SELECT sum(amount) AS total, count(*) AS n FROM sqlcmd_csv")
+    assert body["rows"] == [[37.75, 3]]
+    plain = await _upload(client, SALES, "sales.csv")
+    assert (await (await client.get(f"/api/csv/files/{plain}")).json())["header_rule"] is False

@@ -31,7 +31,7 @@ PROFILE_FIELDS = {
     "sha256", "encoding", "delimiter", "quotechar", "line_terminator", "has_header", "columns",
     "column_count", "row_count", "ragged_rows", "encoding_source", "encoding_confidence",
     "invalid_bytes", "first_invalid_offset", "preamble_lines", "skip_initial_space",
-    "comment_char", "duplicate_columns", "footer_lines", "escape_char",
+    "comment_char", "duplicate_columns", "footer_lines", "escape_char", "header_rule",
 }  # fmt: skip
 
 

@@ -47,6 +47,7 @@ class CsvProfile:
     duplicate_columns: list[str] = dataclasses.field(default_factory=list)
     footer_lines: int = 0
     escape_char: str | None = None
+    header_rule: bool = False
 
 
 class CsvProfiler:
@@ -77,6 +78,7 @@ class CsvProfiler:
         self._sniffed: _Sniffed | None = None
         self._has_header = False
         self._columns: list[str] = []
+        self._rule = False
         self._profile: CsvProfile | None = None
         self._tail = bytearray()  # the last bytes counted, for the footer
         self._counted = 0
@@ -160,9 +162,15 @@ class CsvProfiler:
         expected: int | None = None
         if records:
             first = records[0]
-            rows = [record.fields for record in records[1 : _MAX_HEADER_VOTE_ROWS + 1]]
-            unnamed = _unnamed_column(first.fields, [r.fields for r in records[1:]])
-            self._has_header = unnamed is not None or _looks_like_header(first.fields, rows)
+            self._rule = len(records) > 1 and _rule_line(first.fields, records[1].fields)
+            below = records[1 + self._rule :]
+            rows = [record.fields for record in below[:_MAX_HEADER_VOTE_ROWS]]
+            unnamed = (
+                None if self._rule else _unnamed_column(first.fields, [r.fields for r in below])
+            )
+            self._has_header = (
+                self._rule or unnamed is not None or _looks_like_header(first.fields, rows)
+            )
             if not self._has_header and sniffed.quotechar:
                 voters = records[: _MAX_HEADER_VOTE_ROWS + 1]
                 raws = [
@@ -195,7 +203,7 @@ class CsvProfiler:
             quotechar=sniffed.quotechar,
             terminator=sniffed.terminator,
             expected_fields=expected,
-            header_records=int(self._has_header),
+            header_records=int(self._has_header) + self._rule,
             checkpoint_every=self._checkpoint_every,
         )
 
@@ -235,7 +243,18 @@ class CsvProfiler:
             duplicate_columns=[name for name, count in seen.items() if count > 1],
             footer_lines=footer.lines,
             escape_char=sniffed.escape_char,
+            header_rule=self._rule,
         )
+
+
+def _rule_line(header: list[str], record: list[str]) -> bool:
+    """A rule under the header (sqlcmd's ``--,----``, SQL*Plus): a run of ``-`` or ``=`` in
+    every cell, one run longer than one unless every name is one letter (``a,b`` over ``-,-``)."""
+    runs = [cell.strip() for cell in record]
+    if len(runs) != len(header) or not all(run and run == run[0] * len(run) for run in runs):
+        return False
+    long = any(len(run) > 1 for run in runs) or all(len(n.strip()) == 1 for n in header)
+    return long and all(run[0] in "-=" for run in runs)
 
 
 def _unnamed_column(header: list[str], rows: list[list[str]]) -> int | None:

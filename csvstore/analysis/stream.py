@@ -45,6 +45,7 @@ class FileFacts:
     duplicate_columns: list[str] | None = None
     footer_lines: int | None = None
     escape_char: str | None = None
+    header_rule: bool | None = None
 
 
 class UploadAnalysis:
@@ -130,6 +131,7 @@ class UploadAnalysis:
             duplicate_columns=profile.duplicate_columns,
             footer_lines=profile.footer_lines,
             escape_char=profile.escape_char,
+            header_rule=profile.header_rule,
         )
 
     def _start_profiler(self, encoding: str) -> list[bytes]:

@@ -37,8 +37,9 @@ def _file(row: Row) -> StoredFile:
         row["columns"] = orjson.loads(row["columns"])
     if row["has_header"] is not None:
         row["has_header"] = bool(row["has_header"])
-    if row["skip_initial_space"] is not None:
-        row["skip_initial_space"] = bool(row["skip_initial_space"])
+    for flag in ("skip_initial_space", "header_rule"):
+        if row.get(flag) is not None:
+            row[flag] = bool(row[flag])
     if row["duplicate_columns"] is not None:
         row["duplicate_columns"] = orjson.loads(row["duplicate_columns"])
     checkpoints = row.get("row_checkpoints")
@@ -174,6 +175,7 @@ class Repo:
                     else _json(facts.duplicate_columns),
                     "footer_lines": facts.footer_lines,
                     "escape_char": facts.escape_char,
+                    "header_rule": facts.header_rule,
                 },
             )
         )

@@ -74,6 +74,7 @@ class Dialect:
     # A header with no name over its first or last column, which may be one field short of
     # its rows (DuckDB would shift every name by one): the names to give it.
     names: tuple[str, ...] = ()
+    rule: bool = False
 
     @classmethod
     def of(cls, stored: StoredFile) -> Dialect:
@@ -89,7 +90,8 @@ class Dialect:
             row_count=stored.row_count,
             ragged=bool(stored.ragged_rows),
             no_columns=stored.column_count == 0,
-            names=_unnamed_edge(stored),
+            names=_unnamed_edge(stored) or _ruled(stored),
+            rule=bool(stored.header_rule and stored.has_header),
         )
 
 
@@ -101,6 +103,13 @@ def _unnamed_edge(stored: StoredFile) -> tuple[str, ...]:
         or "" not in (columns[0], columns[-1])
         or any("\n" in c or "\r" in c for c in columns)
     ):
+        return ()
+    return duckdb_names(columns)
+
+
+def _ruled(stored: StoredFile) -> tuple[str, ...]:
+    columns = stored.columns or []
+    if not stored.header_rule or any("\n" in c or "\r" in c for c in columns):
         return ()
     return duckdb_names(columns)
 

@@ -281,22 +281,25 @@ def read_csv_sql(path: str, dialect: Any, *, columns: Sequence[str] = ()) -> str
             "(it reads UTF-8 and Latin-1)"
         )
     names: Sequence[str] = ()
-    found = _header_line(path, dialect) if dialect.header else None
+    header = bool(dialect.header)
+    found = _header_line(path, dialect) if header else None
     if found is None:
         skip = _skip(path, dialect)
     else:
         skip = found[0] - 1  # blank lines before the header too: skip counts them
-        if dialect.names and not columns and found[1] == len(dialect.names) - 1:
+        if dialect.rule and dialect.names:
+            # A rule line under the header: both skipped, and the names given.
+            names, skip, header = dialect.names, found[0] + 1, False
+        elif dialect.names and not columns and found[1] == len(dialect.names) - 1:
             # One name short: the header line skipped too, and the names given.
-            names, skip = dialect.names, found[0]
-    header = dialect.header and not names
+            names, skip, header = dialect.names, found[0], False
     options = [
         f"delim = {quote_literal(dialect.delimiter)}",
         f"quote = {quote_literal(dialect.quotechar or '')}",
         f"header = {'true' if header else 'false'}",
         f"encoding = {quote_literal(encoding)}",
     ]
-    if names:
+    if names and not columns:
         options.append(f"names = [{', '.join(quote_literal(n) for n in names)}]")
     if skip or not dialect.ragged:  # skip = 0 made the sniffer fail on a row past the header
         options.append(f"skip = {skip}")

@@ -246,6 +246,10 @@ class FileSchema(Schema):
             "example": "\\",
         },
     )
+    header_rule = fields.Boolean(
+        allow_none=True,
+        metadata={"description": "a rule line (--,----) under the header, not a row"},
+    )
     duplicate_of = fields.String(
         metadata={"description": "set when dedupe=true found these bytes already stored"}
     )

@@ -438,6 +438,7 @@ async function openPreview(file) {
   // Titles before the header and notes after the table are not rows: say they are left out.
   const left = [];
   if (file.preamble_lines) left.push(`${plural(file.preamble_lines, "line")} before the header`);
+  if (file.header_rule) left.push("the rule line under the header");
   if (file.footer_lines) left.push(`${plural(file.footer_lines, "line")} after the table`);
   const skipped = left.length ? ` (${left.join(", ")} not shown)` : "";
   $("preview-title").textContent = `Preview: ${file.original_filename}${skipped}`;
