@@ -26,6 +26,12 @@ def _wide() -> bytes:
 # name, bytes, what the file object says, the first rows /rows gives (their first 3 cells)
 SHAPES: list[tuple[str, bytes, dict[str, Any], list[list[str]]]] = [
     (
+        "sqlcmd -W: a rule line under the header",
+        b"id,name\r\n--,----\r\n1,Ann\r\n2,Bob\r\n\r\n(2 rows affected)\r\n",
+        {"header_rule": True, "columns": ["id", "name"], "row_count": 2, "footer_lines": 2},
+        [["1", "Ann"], ["2", "Bob"]],
+    ),
+    (
         "preamble",
         b"# clean this data!\nReport generated 2024-01-01\n\nid,neighbor_id,name,population\n"
         b"1,Ireland,Britain,67\n2,3,France,67\n3,22,Germany,83\n",
