@@ -1480,6 +1480,22 @@ def _lines(template: bytes, n: int = 30) -> bytes:
             0,
         ),
         (b"Yes,No\n" + _lines(b"{i},1\n"), ",", ["Yes", "No"], 30, 0, 0),
+        # QuickBooks' Profit and Loss: a title block, an empty corner over "Total", dollar
+        # totals among plain amounts, a footer after blank lines
+        (
+            b'"Profit and Loss"\r\n"Example Co"\r\n"January - December 2023"\r\n\r\n'
+            b'"","Total"\r\n"Income",""\r\n"   Sales","1000.00"\r\n"   Services","500.00"\r\n'
+            b'"Total Income","$1,500.00"\r\n"Expenses",""\r\n"   Rent","800.00"\r\n'
+            b'"Total Expenses","$800.00"\r\n"Net Income","$700.00"\r\n\r\n\r\n\r\n'
+            b'"Accrual Basis Tuesday, January 2, 2024 10:00 AM GMT-05:00"\r\n',
+            ",",
+            ["", "Total"],
+            8,
+            4,
+            4,
+        ),
+        # a bank's headerless export with dollar amounts stays headerless
+        (_lines(b"01/0{i}/2024,Card payment {i},-$1{i}.50\n", 9), ",", [], 9, 0, 0),
         # psql's row count after the result
         (
             b"id|name\n" + _lines(b"{i}|user {i}\n", 25) + b"(25 rows)\n",

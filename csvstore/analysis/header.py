@@ -7,9 +7,9 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Final
 
-_NUMBER_RE: Final = re.compile(
-    r"[-+]?(?:\d+(?:[.,]\d*)?|[.,]\d+)(?:[eE][-+]?\d+)?%?"
-    r"|[-+]?\d{1,3}(?:[,. \u00a0']\d{3})+(?:[.,]\d+)?"
+_NUMBER_RE: Final = re.compile(  # dollar amounts too (-$3.50, $1,500.00: banks, QuickBooks)
+    r"[-+]?\$?(?:\d+(?:[.,]\d*)?|[.,]\d+)(?:[eE][-+]?\d+)?%?"
+    r"|[-+]?\$?\d{1,3}(?:[,. \u00a0']\d{3})+(?:[.,]\d+)?"
 )
 _DATE_RE: Final = re.compile(
     r"\d{4}-\d{1,2}-\d{1,2}(?:[T ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[-+]\d{2}:?\d{2})?)?"
