@@ -1545,6 +1545,19 @@ _SQLCMD = b"id,name,amount\r\n--,----,------\r\n"
         (b"name\n----\n" + _lines(b"user {i}\n"), ["name"], True, 30),
         (b"a;b\n===;===\n" + _lines(b"{i};x\n"), ["a", "b"], True, 30),
         (b"foo\tbar\n----\t---\n\n" + _lines(b"{i}\t.\n"), ["foo", "bar"], True, 30),
+        # psql's aligned output saved as a file, and a Markdown table
+        (
+            b" id | name \n----+------\n" + _lines(b"  {i} | u{i}\n") + b"(30 rows)\n\n",
+            ["id ", "name "],
+            True,
+            30,
+        ),
+        (
+            b"| id | name |\n|---:|:-----|\n" + _lines(b"| {i} | u{i} |\n"),
+            ["", "id ", "name ", ""],
+            True,
+            30,
+        ),
         # one-letter names over single dashes (sqlcmd -W) are ruled too
         (b"a,b\n-,-\n" + _lines(b"{i},{i}\n"), ["a", "b"], True, 30),
         # placeholders are rows: one dash under longer names, dashes in some cells only
@@ -1560,9 +1573,10 @@ def test_a_rule_line_under_the_header_is_not_a_row(
     profile = profile_of(chunks(data, size), checkpoint_every=10)
     assert (profile.header_rule, profile.columns, profile.row_count) == (rule, columns, rows)
     assert profile.ragged_rows == 0
-    expected = [
-        r for r in csv.reader(io.StringIO(data.decode(), newline=""), delimiter=profile.delimiter)
-    ]
+    text = io.StringIO(data.decode(), newline="")
+    expected = list(
+        csv.reader(text, delimiter=profile.delimiter, skipinitialspace=profile.skip_initial_space)
+    )
     expected = [r for r in expected if r][1 + rule :][:rows]
     for start in (0, 9, 10, 25):
         page = read_page(

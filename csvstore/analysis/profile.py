@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import re
 from collections import Counter
 from dataclasses import dataclass
+from typing import Final
 
 from csvstore.analysis.counter import _Counter, _DialectFilter, _new_counter
 from csvstore.analysis.footer import NO_FOOTER, TAIL, TailDialect, find_footer
@@ -162,7 +164,9 @@ class CsvProfiler:
         expected: int | None = None
         if records:
             first = records[0]
-            self._rule = len(records) > 1 and _rule_line(first.fields, records[1].fields)
+            self._rule = len(records) > 1 and _rule_line(
+                first.fields, records[1].fields, sniffed.delimiter
+            )
             below = records[1 + self._rule :]
             rows = [record.fields for record in below[:_MAX_HEADER_VOTE_ROWS]]
             unnamed = (
@@ -247,14 +251,22 @@ class CsvProfiler:
         )
 
 
-def _rule_line(header: list[str], record: list[str]) -> bool:
-    """A rule under the header (sqlcmd's ``--,----``, SQL*Plus): a run of ``-`` or ``=`` in
-    every cell, one run longer than one unless every name is one letter (``a,b`` over ``-,-``)."""
+def _rule_line(header: list[str], record: list[str], delimiter: str) -> bool:
+    """A rule under the header (sqlcmd's ``--,----``, psql's ``---+---``, Markdown's
+    ``|---|:--|``): dashes or ``=`` in every cell, one run longer than one unless every name
+    is one character (``a,b`` over ``-,-``); empty only over an empty name."""
     runs = [cell.strip() for cell in record]
-    if len(runs) != len(header) or not all(run and run == run[0] * len(run) for run in runs):
+    if delimiter == "|" and len(runs) == 1 < len(header):
+        runs = runs[0].split("+")
+    if len(runs) != len(header) or not any(runs):
         return False
-    long = any(len(run) > 1 for run in runs) or all(len(n.strip()) == 1 for n in header)
-    return long and all(run[0] in "-=" for run in runs)
+    pairs = zip(runs, header, strict=True)
+    if not all(_RULE_RE.fullmatch(run) or not (run or name.strip()) for run, name in pairs):
+        return False
+    return any(len(run) > 1 for run in runs) or all(len(n.strip()) == 1 for n in header)
+
+
+_RULE_RE: Final = re.compile(r":?-+:?|=+")
 
 
 def _unnamed_column(header: list[str], rows: list[list[str]]) -> int | None:
