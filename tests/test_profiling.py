@@ -1521,6 +1521,14 @@ def test_shapes_real_tools_write(
     assert profile.ragged_rows == 0
 
 
+def test_blank_names_are_no_duplicate_columns() -> None:
+    # Excel pads the header with the empty columns it kept formatted; blank names are
+    # column<i> to queries and Unnamed: <i> to pandas: no clash.
+    profile = profile_of(b"name,qty,,,\r\nApple,3,,,\r\nPear,5,,,\r\nPlum,2,,,\r\n")
+    assert (profile.columns, profile.duplicate_columns) == (["name", "qty", "", "", ""], [])
+    assert profile_of(b"a,a, , \n1,2,3,4\n5,6,7,8\n").duplicate_columns == ["a"]
+
+
 _SQLCMD = b"id,name,amount\r\n--,----,------\r\n"
 
 

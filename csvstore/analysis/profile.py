@@ -244,7 +244,7 @@ class CsvProfiler:
             table_offset=bom + unit * table,
             skip_initial_space=sniffed.skip_space,
             comment_char=sniffed.comment_char,
-            duplicate_columns=[name for name, count in seen.items() if count > 1],
+            duplicate_columns=[name for name, count in seen.items() if count > 1 and name.strip()],
             footer_lines=footer.lines,
             escape_char=sniffed.escape_char,
             header_rule=self._rule,
