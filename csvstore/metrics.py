@@ -310,6 +310,10 @@ class _TimedWriter:
         return self._inner.holds_parts
 
     @property
+    def holds_upload(self) -> bool:
+        return self._inner.holds_upload
+
+    @property
     def journal(self) -> bytes | None:
         return self._inner.journal
 

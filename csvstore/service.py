@@ -279,8 +279,9 @@ class CsvStore:
         try:
             # Needs visibility, not durability: a power cut ends its owner too.
             await self._patiently(lambda: self._db.write(add_intent, durable=False))
-        except BaseException:
-            await writer.abort()
+        except BaseException as exc:
+            if not _kept_for_upload(writer, exc):
+                await writer.abort()
             raise
         crash_point("publish.intent_committed")
         try:
@@ -319,6 +320,9 @@ class CsvStore:
                     break
                 if isinstance(exc, DependencyUnavailable) and time.monotonic() < deadline:
                     continue
+                if _kept_for_upload(writer, exc):
+                    await self._forget_intent(writer.key)
+                    raise
                 await self._remove_bytes([writer.key])
                 raise
         crash_point("publish.row_committed")
@@ -593,3 +597,8 @@ def _session_not_found(session_id: str) -> SessionNotFound:
 
 def _file_not_found(file_id: str) -> FileNotFound:
     return FileNotFound(f"file {file_id!r} not found")
+
+
+def _kept_for_upload(writer: StorageWriter, exc: BaseException) -> bool:
+    """An outage: a tus upload's object stays for its next request, which publishes it."""
+    return writer.holds_upload and isinstance(exc, DependencyUnavailable)

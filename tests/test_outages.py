@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import requests
 
+from csvstore.config import Settings
 from tests.serverproc import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -268,6 +269,53 @@ def test_a_tus_upload_whose_completion_meets_a_stopped_database_stays_resumable(
         _resumes_where_it_was_told(server, location)
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_a_tus_upload_completed_on_another_instance_survives_a_stopped_database(
+    own_postgres: tuple[str, Path], tmp_path: Path, s3_settings: Settings
+) -> None:
+    """As above, but the first half went through instance A and the last PATCH through B,
+    which completes the object to read it back before the publish meets the stopped
+    database. The 503 must not delete that object: the record says it is made, so the
+    resend would find no bytes and the upload, every acknowledged byte, would go."""
+    if not s3_settings.uses_s3:
+        pytest.skip("needs S3 (make test-s3)")
+    url, folder = own_postgres
+    env = {"CSVSTORE_DATABASE_URL": url, "CSVSTORE_STORAGE": f"{s3_settings.storage}/tus-b"}
+    first = ServerProcess(tmp_path / "a-data", env=env)
+    first.start()
+    try:
+        location = _half_sent_tus_upload(first)
+    finally:
+        assert first.stop() == 0, first.log()
+    server = ServerProcess(
+        tmp_path / "b-data", env={**env, "CSVSTORE_PAUSE_AT": "tus.publishing_saved:3"}
+    )
+    server.start()
+    location = location.replace(first.url, server.url)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            sending = pool.submit(_patch_tus, location, TUS_HALF)
+            _wait_until_held(server)
+            _pg_ctl(folder, "-m", "fast", "-w", "stop")
+            assert_unavailable(sending.result(timeout=180), "database")
+        port = (folder / "port").read_text().strip()
+        _pg_ctl(folder, "-l", str(folder / "server.log"), "-o", f"-p {port}", "-w", "start")
+        wait_ready(server.url, timeout=90)
+        head = requests.head(location, headers=TUS_HEADERS)
+        assert head.status_code == 200, head.status_code
+        assert int(head.headers["Upload-Offset"]) == TUS_HALF
+        deadline = time.monotonic() + 90
+        while (again := _patch_tus(location, TUS_HALF)).status_code == 423:
+            assert time.monotonic() < deadline, again.text
+            time.sleep(float(again.headers["Retry-After"]))
+        # Published from the object B made: tus's answer to a complete upload, its file named.
+        assert again.status_code in (204, 409), again.text
+        stored = requests.get(f"{server.url}{again.headers['Content-Location']}/content")
+        assert stored.content == TUS_BODY
+    finally:
+        assert server.stop() == 0, server.log()
+    assert "Traceback" not in server.log(), server.log()[-3000:]
 
 
 @pytest.fixture

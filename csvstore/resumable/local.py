@@ -557,6 +557,7 @@ class HoldPublisher(Generic[H]):
     """A complete upload as a :class:`StorageWriter` whose bytes are already in its hold."""
 
     holds_parts = False
+    holds_upload = False
 
     def __init__(self, hold: H, key: str) -> None:
         self._hold = hold

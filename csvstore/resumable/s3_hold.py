@@ -415,6 +415,8 @@ class S3Hold:
 class S3Publisher(HoldPublisher["S3Hold"]):
     """Commit completes the object (if the analysis did not), abort deletes it."""
 
+    holds_upload = True
+
     async def commit(self) -> None:
         await self._hold.complete_object()
 

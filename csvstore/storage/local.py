@@ -44,6 +44,11 @@ class StorageWriter(Protocol):
         ...
 
     @property
+    def holds_upload(self) -> bool:
+        """Whether its bytes are a resumable upload's only copy (S3 tus): kept on an outage."""
+        ...
+
+    @property
     def size(self) -> int: ...
 
     @property
@@ -264,6 +269,7 @@ class LocalWriter:
     is written in one thread hop at commit (or journaled), larger ones stream."""
 
     holds_parts = False
+    holds_upload = False
 
     def __init__(self, storage: LocalStorage, key: str) -> None:
         self.key = key

@@ -105,6 +105,7 @@ class S3Writer:
     """One upload on its way into the bucket; nothing is visible under its key before commit."""
 
     holds_parts = True
+    holds_upload = False
 
     def __init__(self, storage: S3Storage, key: str) -> None:
         self.key = key
