@@ -194,6 +194,8 @@ async def test_date_conditions_on_a_download(client: Client, session: str) -> No
     assert (await client.get(url, headers={"If-Match": f'"{SHA}"'})).status == 200
     assert (await client.get(url, headers={"If-Match": "*"})).status == 200
     await assert_problem(await client.get(url, headers={"If-Match": '"other"'}), 412)
+    # If-Match compares strongly (RFC 9110 13.1.1): a weak tag never matches (it did).
+    await assert_problem(await client.get(url, headers={"If-Match": f'W/"{SHA}"'}), 412)
     await assert_problem(await client.get(url, headers={"If-Unmodified-Since": earlier}), 412)
     assert (await client.get(url, headers={"If-Unmodified-Since": later})).status == 200
 

@@ -102,8 +102,10 @@ def etag_of(file: StoredFile) -> str | None:
     return f'"{file.sha256}"' if file.sha256 else None
 
 
-def _etag_matches(header: str, etag: str) -> bool:
-    candidates = [tag.strip().removeprefix("W/") for tag in header.split(",")]
+def _etag_matches(header: str, etag: str, *, weak: bool = True) -> bool:
+    candidates = [tag.strip() for tag in header.split(",")]
+    if weak:
+        candidates = [tag.removeprefix("W/") for tag in candidates]
     return "*" in candidates or etag in candidates
 
 
@@ -140,7 +142,7 @@ def _check_preconditions(request: web.Request, etag: str | None, modified: datet
     a failed If-Match or If-Unmodified-Since is a 412."""
     if_match = request.headers.get("If-Match")
     if if_match is not None:
-        if not (etag and _etag_matches(if_match, etag)) and if_match.strip() != "*":
+        if not (etag and _etag_matches(if_match, etag, weak=False)) and if_match.strip() != "*":
             raise PreconditionFailed(f"If-Match: the file's ETag is {etag}")
     else:
         unmodified_since = _http_date(request.headers.get("If-Unmodified-Since"))
