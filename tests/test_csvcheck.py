@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bz2
 import codecs
 
 import pytest
@@ -34,6 +35,9 @@ CHUNKINGS = [1, 2, 3, 7, 64, 1 << 20]
         (b"a,b\n" + "é".encode()[:1], "cp1252"),  # truncated UTF-8 at the very end
         ("a,b\n1,ü\n".encode("utf-16"), "utf-16"),
         (codecs.BOM_UTF16_BE + "a,b\n".encode("utf-16-be"), "utf-16"),
+        # Text that begins as a binary format's signature does: were refused as bzip2, Parquet
+        (b"BZh,name\n1,2\n", "utf-8"),
+        (b"PAR1,PAR2,PAR3\n0.5,1,2\n", "utf-8"),
     ],
 )
 def test_text_in_supported_encodings(data: bytes, encoding: str, size: int) -> None:
@@ -47,6 +51,9 @@ def test_text_in_supported_encodings(data: bytes, encoding: str, size: int) -> N
         (b"\x89PNG\r\n\x1a\n\x00\x00", "PNG"),
         (b"PK\x03\x04rest", "ZIP"),
         (b"%PDF-1.4\n", "PDF"),
+        (bz2.compress(b"a,b\n1,2\n"), "bzip2"),
+        (bz2.compress(b""), "bzip2"),
+        (b"PAR1\x15\x00\x15\x08\x15\x0c,\x15", "Parquet"),  # as DuckDB writes one
         (b"a,b\n\x00", "NUL"),
         (b"\x81\xff", "encoding"),
         (codecs.BOM_UTF8 + b"\xff", "UTF-8"),
@@ -69,7 +76,7 @@ def test_any_utf8_text_is_accepted_in_any_chunking(text: str, size: int) -> None
     data = text.encode()
     if data.startswith(codecs.BOM_UTF8):
         assert run(data, size) == "utf-8-sig"
-    elif any(data.startswith(magic) for magic in (b"PK\x03\x04", b"%PDF-", b"BZh", b"GIF8")):
+    elif any(data.startswith(magic) for magic in (b"PK\x03\x04", b"%PDF-", b"GIF8")):
         return
     else:
         assert run(data, size) == "utf-8"

@@ -25,14 +25,18 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"GIF87a", "a GIF image"),
     (b"GIF89a", "a GIF image"),
     (b"\xff\xd8\xff", "a JPEG image"),
-    (b"BZh", "a bzip2-compressed file"),
+    *(
+        (b"BZh%d%s" % (level, block), "a bzip2-compressed file")
+        for level in range(1, 10)
+        for block in (b"1AY&SY", b"\x17rE8P\x90")
+    ),
     (b"\xfd7zXZ\x00", "an xz-compressed file"),
     (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
     (b"(\xb5/\xfd", "a zstd-compressed file"),
     (b"Rar!\x1a\x07", "a RAR archive"),
     (b"SQLite format 3\x00", "an SQLite database"),
     (b"\x7fELF", "an executable"),
-    (b"PAR1", "a Parquet file"),
+    (b"PAR1\x15", "a Parquet file"),
 )
 _MAGIC_LENGTH = max(len(magic) for magic, _ in _MAGIC)
 
