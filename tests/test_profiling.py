@@ -1494,6 +1494,19 @@ def _lines(template: bytes, n: int = 30) -> bytes:
             4,
             4,
         ),
+        # a bank's export: title, label and value lines padded to the table's width
+        (
+            b"Umsaetze Girokonto;;;;\r\nZeitraum:;01.01.2024 - 31.01.2024;;;\r\n"
+            b"Kontostand vom 31.01.2024:;1.234,56 EUR;;;\r\n;;;;\r\n"
+            b"Buchungstag;Wert;Umsatzart;Empfaenger;Betrag\r\n"
+            + _lines(b"0{i}.01.2024;0{i}.01.2024;Lastschrift;Firma {i};-1{i},50\r\n", 9)
+            + b"Kontostand;31.01.2024;;;1.234,56\r\n",
+            ";",
+            ["Buchungstag", "Wert", "Umsatzart", "Empfaenger", "Betrag"],
+            10,
+            4,
+            0,
+        ),
         # a bank's headerless export with dollar amounts stays headerless
         (_lines(b"01/0{i}/2024,Card payment {i},-$1{i}.50\n", 9), ",", [], 9, 0, 0),
         # psql's row count after the result

@@ -252,9 +252,8 @@ class CsvProfiler:
 
 
 def _rule_line(header: list[str], record: list[str], delimiter: str) -> bool:
-    """A rule under the header (sqlcmd's ``--,----``, psql's ``---+---``, Markdown's
-    ``|---|:--|``): dashes or ``=`` in every cell, one run longer than one unless every name
-    is one character (``a,b`` over ``-,-``); empty only over an empty name."""
+    """A rule under the header (sqlcmd ``--,-``, psql ``--+-``, Markdown ``|--|:-|``): runs of
+    ``-`` or ``=`` (empty over an empty name), one over 1 long unless all names are 1 long."""
     runs = [cell.strip() for cell in record]
     if delimiter == "|" and len(runs) == 1 < len(header):
         runs = runs[0].split("+")

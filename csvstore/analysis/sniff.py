@@ -382,9 +382,7 @@ def _table_start(text: str, records: list[_SampleRecord]) -> tuple[int, str | No
         if text.startswith(_COMMENT, record.start):
             if size == width and width > 1:
                 break  # a header like "#,name": part of the table
-        elif size >= width and not (
-            width >= 3 and size <= width and sum(map(bool, record.fields)) <= 1
-        ):
+        elif size >= width and not (width >= 3 and size <= width and _padded(record.fields)):
             break
         first += 1
     if first and sum(len(record.fields) == width for record in records[first:]) < first:
@@ -425,6 +423,12 @@ def _table_start(text: str, records: list[_SampleRecord]) -> tuple[int, str | No
     as_wide = sum(len(record.fields) == width for record in commented)
     comment = (lead or bool(commented)) and as_wide * 10 <= len(commented)
     return first, _COMMENT if comment else None
+
+
+def _padded(fields: list[str]) -> bool:
+    """A title or a ``Label:;value`` line padded to the table's width (``Zeitraum:;Jan;;;``)."""
+    filled = sum(map(bool, fields))
+    return filled <= 1 or (filled == 2 and fields[0].rstrip().endswith(":") and bool(fields[1]))
 
 
 def _title_with_commas(records: list[_SampleRecord]) -> bool:
