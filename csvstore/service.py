@@ -107,6 +107,7 @@ class CsvStore:
         self._sync_failed_up_to = 0
         self._leftovers: set[str] = set()  # stored names whose removal failed
         self._stale_intents: set[str] = set()  # of removed bytes, whose drop failed
+        self._unsettled: dict[str, tuple[str, bool]] = {}  # key -> (file id, holds_upload)
 
     # Read-only, for maintenance and the tus engine: web/ calls the methods below.
 
@@ -311,9 +312,10 @@ class CsvStore:
                 except Exception:
                     log.warning(
                         "file %s: its commit failed and could not be read back; its bytes and "
-                        "intent are left to the check, which keeps them if the row exists",
+                        "intent stay until the row is read (retried)",
                         new.id,
                     )
+                    self._unsettled[writer.key] = (new.id, writer.holds_upload)
                     raise
                 if row is not None:  # committed after all (a connection lost around COMMIT)
                     duplicate = False
@@ -358,7 +360,14 @@ class CsvStore:
         await self._forget_intents(keys)
 
     async def remove_leftovers(self) -> int:
-        """Retry failed removals and intent drops (raises if they fail again); how many."""
+        """Retry failed removals, intent drops, row read-backs (raises if they fail); how many."""
+        for key, (file_id, kept) in sorted(self._unsettled.items()):
+            row = await self._db.read(functools.partial(self._repo.get_file, file_id=file_id))
+            del self._unsettled[key]
+            if row is None and kept:
+                await self._forget_intents([key])
+            elif row is None:
+                await self._remove_bytes([key])
         if self._stale_intents:
             stale = sorted(self._stale_intents)
             await self._db.write(functools.partial(self._repo.delete_intents, storage_keys=stale))

@@ -17,13 +17,17 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import requests
 
 from csvstore.config import Settings
+from tests import s3util
+from tests.conftest import run_async, stored_state
 from tests.serverproc import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -316,6 +320,56 @@ def test_a_tus_upload_completed_on_another_instance_survives_a_stopped_database(
     finally:
         assert server.stop() == 0, server.log()
     assert "Traceback" not in server.log(), server.log()[-3000:]
+
+
+def test_a_publish_that_cannot_read_its_row_back_leaves_nothing_once_the_database_returns(
+    own_postgres: tuple[str, Path], tmp_path: Path, s3_settings: Settings
+) -> None:
+    """PostgreSQL stops between an upload's bytes and its row, for longer than the publish
+    waits (its insert, then reading the row back): 503, the bytes and intent left. They were
+    left for good: the check spares an intent whose owner lives, so the object of an upload
+    never acknowledged stayed as long as the server ran. Once the database answers, the
+    server reads the row and, finding none, removes both."""
+    if not s3_settings.uses_s3:
+        pytest.skip("needs S3 (make test-s3)")
+    url, folder = own_postgres
+    settings = replace(s3_settings, storage=f"{s3_settings.storage}/publish-b", database_url=url)
+    env = {"CSVSTORE_DATABASE_URL": url, "CSVSTORE_STORAGE": settings.storage}
+    server = ServerProcess(
+        tmp_path / "data", env={**env, "CSVSTORE_PAUSE_AT": "publish.bytes_published:3"}
+    )
+    server.start()
+    try:
+        assert requests.post(f"{server.url}/api/csv/sessions", json={"session_id": "s"}).ok
+        with ThreadPoolExecutor(1) as pool:
+            sending = pool.submit(upload, server.url, "cut.csv")
+            _wait_until_held(server)
+            _pg_ctl(folder, "-m", "fast", "-w", "stop")
+            assert_unavailable(sending.result(timeout=180), "database")
+        assert len(_csv_objects(settings)) == 1  # the object, not its row
+        port = (folder / "port").read_text().strip()
+        _pg_ctl(folder, "-l", str(folder / "server.log"), "-o", f"-p {port}", "-w", "start")
+        wait_ready(server.url, timeout=90)
+        deadline = time.monotonic() + 30
+        while _csv_objects(settings):
+            assert time.monotonic() < deadline, _csv_objects(settings)
+            time.sleep(0.5)
+        assert stored_state(settings)[1] == set()
+        assert run_async(_intents(url)) == 0
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def _csv_objects(settings: Settings) -> set[str]:
+    return {name for name in s3util.objects(settings) if name.endswith(".csv")}
+
+
+async def _intents(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM upload_intents"))
+    finally:
+        await conn.close()
 
 
 @pytest.fixture
