@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 # Another host's intent older than this is abandoned: its process cannot be asked.
 INTENT_TIMEOUT = 3600.0
+REMOVING = "removing"
 
 
 @functools.cache
@@ -51,7 +52,9 @@ _owners: dict[int, str] = {}
 
 
 def owner_alive(owner: str, created_at: str, *, now: datetime | None = None) -> bool:
-    """Whether the process that wrote an intent may still publish its name."""
+    """Whether the process that wrote an intent may still publish its name (a delete: never)."""
+    if owner == REMOVING:
+        return False
     machine, _, rest = owner.partition(" ")
     pid_text, _, started = rest.partition(" ")
     here = _machine()

@@ -35,7 +35,7 @@ from csvstore.errors import (
     SessionNotFound,
     StoredFileUnavailable,
 )
-from csvstore.intents import this_owner
+from csvstore.intents import REMOVING, this_owner
 from csvstore.model import Session, StoredFile
 from csvstore.query.engine import (
     ColumnSummary,
@@ -191,10 +191,9 @@ class CsvStore:
 
     async def _delete_session(self, session_id: str, *, partials: bool = True) -> int:
         """Delete a session's rows, then its bytes and resumable uploads; how many files."""
-        # The keys become intents with the rows' delete: bytes a crash leaves are known leftovers.
-        owner = this_owner()
+        # The keys become intents with the rows' delete: bytes left behind are known leftovers.
         keys = await self._db.write(
-            lambda x: self._repo.delete_session(x, session_id, intent_owner=owner)
+            lambda x: self._repo.delete_session(x, session_id, intent_owner=REMOVING)
         )
         if keys is None:
             raise _session_not_found(session_id)
@@ -452,8 +451,9 @@ class CsvStore:
         return row
 
     async def delete_file(self, file_id: str) -> None:
-        owner = this_owner()
-        key = await self._db.write(lambda x: self._repo.delete_file(x, file_id, intent_owner=owner))
+        key = await self._db.write(
+            lambda x: self._repo.delete_file(x, file_id, intent_owner=REMOVING)
+        )
         if key is None:
             raise _file_not_found(file_id)
         crash_point("delete.row_removed")

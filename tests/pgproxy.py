@@ -1,11 +1,12 @@
 """A TCP proxy in front of PostgreSQL that loses one connection around a COMMIT.
 
-The first connection that sends an ``INSERT INTO files`` and then a ``COMMIT`` is cut: with
-``after=True`` once the server has answered the COMMIT (it committed; the client never hears
-so), with ``after=False`` before the COMMIT reaches the server (it rolls back). Every other
-connection, and everything before the cut, passes unchanged. asyncpg sends the statement's
-text on its first use (a Parse message) and ``COMMIT;`` as a simple query, both readable in
-the stream: no TLS here (the test server has none).
+The first connection that sends an ``INSERT INTO files`` (or ``statement``) and then a
+``COMMIT`` is cut: with ``after=True`` once the server has answered the COMMIT (it
+committed; the client never hears so), with ``after=False`` before the COMMIT reaches the
+server (it rolls back). Every other connection, and everything before the cut, passes
+unchanged. asyncpg sends the statement's text on its first use (a Parse message) and
+``COMMIT;`` as a simple query, both readable in the stream: no TLS here (the test server
+has none).
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 
 class CommitCuttingProxy:
-    def __init__(self, server_url: str, *, after: bool) -> None:
+    def __init__(
+        self, server_url: str, *, after: bool, statement: bytes = b"INSERT INTO files"
+    ) -> None:
         parts = urlsplit(server_url)
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 5432)
         self.after = after
+        self.statement = statement
         self.cut = False  # a connection was cut
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -75,7 +79,7 @@ class CommitCuttingProxy:
         inserted = False
         with contextlib.suppress(OSError):
             while chunk := client.recv(65536):
-                inserted = inserted or b"INSERT INTO files" in chunk
+                inserted = inserted or self.statement in chunk
                 if inserted and b"COMMIT" in chunk:
                     with self._lock:
                         ours, self.cut = not self.cut, True

@@ -31,8 +31,10 @@ from csvstore.db.queries import SQL_DIR, Queries, Query, load_migrations
 from csvstore.db.repo import NewFile, Repo
 from csvstore.db.sqlite import Executor, SqliteDatabase
 from csvstore.errors import InsufficientStorage
+from csvstore.maintenance.reconcile import reconcile
 from csvstore.service import CsvStore
 from csvstore.storage.local import LocalStorage
+from csvstore.web.app import create_app
 from csvstore.wiring import open_store
 from tests.conftest import (
     Client,
@@ -46,6 +48,7 @@ from tests.conftest import (
     stored_state,
     upload_form,
 )
+from tests.pgproxy import CommitCuttingProxy
 from tests.serverproc import ServerProcess
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -563,3 +566,38 @@ async def test_files_stored_before_their_listing_json_list_as_new_ones(
     assert new["footer_lines"] == 2
     assert new["columns"] == ["a", "b"]
     assert new["has_header"] is True
+
+
+async def test_a_delete_whose_commit_answer_is_lost_leaves_no_bytes_after_the_check(
+    settings: Settings, pg_server_url: str, aiohttp_client: Callable[..., Awaitable[Client]]
+) -> None:
+    """A file delete commits, and its answer is lost: 503, and no row is left to delete
+    again. Its intent named the bytes with a live owner (this process), so every check
+    spared them while that process lived: a deleted file's bytes kept for good."""
+    async with open_store(settings):
+        pass  # the schema first: a migration's function holds the same statement
+    with CommitCuttingProxy(pg_server_url, after=True, statement=b"DELETE FROM files") as proxy:
+        proxied = replace(settings, database_url=proxy.url(settings.database_url))
+        client = await aiohttp_client(create_app(proxied))
+        assert (await client.post("/api/csv/sessions", json={"session_id": "s"})).status == 201
+        resp = await client.post("/api/csv/upload", data=upload_form(csv_bytes(), session_id="s"))
+        assert resp.status == 201, await resp.text()
+        file_id = (await resp.json())["file"]["id"]
+        resp = await client.delete(f"/api/csv/files/{file_id}")
+        assert proxy.cut
+        assert resp.status in (404, 503), await resp.text()
+        assert (await client.get(f"/api/csv/files/{file_id}")).status == 404
+        await client.close()
+    async with open_store(settings) as store:
+        await reconcile(store)
+    objects, rows, _ = stored_state(settings)
+    assert (objects, rows) == (set(), set())
+    assert run_async(_intent_count(settings.database_url)) == 0
+
+
+async def _intent_count(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM upload_intents"))
+    finally:
+        await conn.close()
