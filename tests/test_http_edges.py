@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
+import aiohttp
 import pytest
 import requests
 
@@ -180,3 +181,51 @@ async def test_a_body_that_does_not_decode_as_its_content_encoding_is_a_400(
     assert offset.headers["Upload-Offset"] == "0"
     assert (await client.get("/api/csv/sessions/s1")).status == 200
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_content_coding_the_server_cannot_decode_is_a_415_not_stored_encoded(
+    client: Client, session: str
+) -> None:
+    """aiohttp decodes gzip, deflate, br and zstd and passes any other coding through: a
+    body sent as ``compress`` or ``x-gzip`` was taken for its decoded bytes (a CSV of
+    compressed bytes stored, a session created from them). Now a 415 that names it."""
+    csv = b"a,b\n1,2\n"
+
+    def form() -> aiohttp.FormData:
+        data = aiohttp.FormData()
+        data.add_field("session_id", session)
+        data.add_field("file", csv, filename="d.csv", content_type="text/csv")
+        return data
+
+    for coding in ("compress", "x-gzip", "bogus"):
+        upload = await client.post(
+            "/api/csv/upload", data=form(), headers={"Content-Encoding": coding}
+        )
+        problem = await assert_problem(upload, 415)
+        assert f"Content-Encoding '{coding}' is not supported" in problem["detail"]
+        created = await client.post(
+            "/api/csv/sessions",
+            data=b'{"session_id": "s2"}',
+            headers={"Content-Type": "application/json", "Content-Encoding": coding},
+        )
+        assert "gzip, deflate, br, zstd" in (await assert_problem(created, 415))["detail"]
+    tus = await client.post(
+        "/api/csv/tus/",
+        data=csv,
+        headers={
+            "Tus-Resumable": "1.0.0",
+            "Upload-Length": str(len(csv)),
+            "Upload-Metadata": "session_id czE=,filename ZC5jc3Y=",  # "s1", "d.csv"
+            "Content-Type": "application/offset+octet-stream",
+            "Content-Encoding": "compress",
+        },
+    )
+    assert "'compress' is not supported" in (await assert_problem(tus, 415))["detail"]
+    listed = await (await client.get(f"/api/csv/sessions/{session}")).json()
+    assert listed["csv_files"] == []
+    assert (await client.get("/api/csv/sessions/s2")).status == 404
+    # identity, in any case, is the body as it is.
+    plain = await client.post(
+        "/api/csv/upload", data=form(), headers={"Content-Encoding": "Identity"}
+    )
+    assert plain.status == 201, await plain.text()

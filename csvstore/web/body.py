@@ -9,8 +9,21 @@ import aiohttp
 from aiohttp import StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from csvstore.errors import BadRequest, ClientGone, RequestTimeout
+from csvstore.errors import BadRequest, ClientGone, RequestTimeout, UnsupportedMediaType
 from csvstore.uploads import UploadLimits
+
+# What aiohttp's parser decodes; any other coding would reach us still encoded.
+DECODED_CODINGS = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
+
+
+def refuse_unknown_coding(request: web.BaseRequest) -> None:
+    """415 for a body in a content coding that would be taken for its decoded bytes."""
+    coding = (request.headers.get("Content-Encoding") or "").strip()
+    if coding.lower() not in DECODED_CODINGS and request.body_exists:
+        raise UnsupportedMediaType(
+            f"Content-Encoding {coding[:40]!r} is not supported: send the body as is, "
+            "or in one of gzip, deflate, br, zstd"
+        )
 
 
 async def body_chunks(

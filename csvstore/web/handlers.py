@@ -13,7 +13,7 @@ from yarl import URL
 from csvstore.errors import BadRequest, UnsupportedMediaType
 from csvstore.uploads import UploadLimits, bounded
 from csvstore.web import schemas
-from csvstore.web.body import body_chunks
+from csvstore.web.body import body_chunks, refuse_unknown_coding
 from csvstore.web.download import send_archive, send_file
 from csvstore.web.ingest import receive_upload
 from csvstore.web.keys import LIMITS_KEY, SETTINGS_KEY, STORE_KEY
@@ -74,6 +74,7 @@ async def _read_small_body(request: web.Request) -> bytes:
             max_size=JSON_BODY_LIMIT, actual_size=JSON_BODY_LIMIT + 1
         )
 
+    refuse_unknown_coding(request)
     chunks = body_chunks(request.content, request.app[LIMITS_KEY], broken_is_gone=True)
     return b"".join([chunk async for chunk in bounded(chunks, JSON_BODY_LIMIT, too_large)])
 

@@ -35,7 +35,7 @@ from csvstore.uploads import (
     check_expectations,
     ensure_room,
 )
-from csvstore.web.body import body_chunks
+from csvstore.web.body import body_chunks, refuse_unknown_coding
 from csvstore.web.schemas import SESSION_ID_PATTERN, SESSION_ID_RULE, UploadOptions, load
 
 # A form has two parts and a few options; thousands are abuse.
@@ -66,6 +66,7 @@ async def receive_upload(request: web.Request, store: CsvStore, limits: UploadLi
     boundary = parse_options_header(content_type)[1].get("boundary")
     if not boundary:
         raise BadRequest("malformed multipart body: the Content-Type header has no boundary")
+    refuse_unknown_coding(request)
     length = request.content_length
     if length is not None and length > limits.max_upload_size + FORM_OVERHEAD:
         raise _too_large(limits)

@@ -26,7 +26,7 @@ from csvstore.errors import (
 from csvstore.resumable.engine import Body, ChecksumMismatchAt, Conflict, ResumableUploads
 from csvstore.resumable.local import PartialState
 from csvstore.uploads import UploadLimits
-from csvstore.web.body import body_chunks
+from csvstore.web.body import body_chunks, refuse_unknown_coding
 from csvstore.web.keys import LIMITS_KEY, METRICS_KEY, SETTINGS_KEY, STORE_KEY
 from csvstore.web.observability import UPLOADED_BYTES
 from csvstore.web.problems import meet_expectation
@@ -167,6 +167,7 @@ def _tus_answers() -> Iterator[None]:
 
 def _body(request: web.Request, checksum: tuple[str, bytes] | None) -> Body:
     limits: UploadLimits = request.app[LIMITS_KEY]
+    refuse_unknown_coding(request)
     return Body(
         body_chunks(request.content, limits, broken_is_gone=True),
         declared=request.content_length,
