@@ -122,6 +122,9 @@ async def test_cors_allow_list(make_client: MakeClient, settings: Settings) -> N
     assert "Link" in allowed.headers["Access-Control-Expose-Headers"]
     other = await client.get("/api/csv/sessions", headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in other.headers
+    # The answer depends on Origin: a shared cache must not hand one origin's to another.
+    for resp in (allowed, other, await client.get("/api/csv/sessions")):
+        assert [v.strip() for v in resp.headers["Vary"].split(",")].count("Origin") == 1
     preflight = await client.options(
         "/api/csv/upload",
         headers={

@@ -227,9 +227,19 @@ def setup_cors(app: web.Application, origins: list[str]) -> None:
         max_age=600,
     )
     cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
+    app.on_response_prepare.append(_vary_on_origin)
     for route in list(app.router.routes()):
         # A resource with an OPTIONS handler of its own (tus discovery) answers its
         # preflights itself; aiohttp-cors cannot add its own there.
         if any(other.method == "OPTIONS" for other in route.resource or ()):
             continue
         cors.add(route)
+
+
+async def _vary_on_origin(request: web.Request, response: web.StreamResponse) -> None:
+    """With CORS on, each answer depends on the request's Origin: caches must key on it."""
+    vary = response.headers.get("Vary")
+    if vary is None:
+        response.headers["Vary"] = "Origin"
+    elif "origin" not in vary.lower():
+        response.headers["Vary"] = f"{vary}, Origin"
