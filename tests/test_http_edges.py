@@ -179,6 +179,8 @@ async def test_a_body_that_does_not_decode_as_its_content_encoding_is_a_400(
         assert b"content-encoding: gzip" in answer.lower()
     offset = await client.head(location, headers={"Tus-Resumable": "1.0.0"})
     assert offset.headers["Upload-Offset"] == "0"
+    # Ended, so that no upload is left in progress (on S3, a multipart upload).
+    assert (await client.delete(location, headers={"Tus-Resumable": "1.0.0"})).status == 204
     assert (await client.get("/api/csv/sessions/s1")).status == 200
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
