@@ -196,6 +196,38 @@ async def test_migrations_apply_once_when_instances_start_together(pg_url: str) 
     assert [(r["version"], r["name"]) for r in rows] == [(m.version, m.name) for m in expected]
 
 
+async def test_a_schema_of_its_own_leaves_another_apps_tables_alone(pg_url: str) -> None:
+    """docs/scaling.md: csvstore's tables have plain names (sessions, schema_migrations) and
+    it takes tables of those names as its own; ``?search_path=`` gives it a schema instead."""
+    theirs = "SELECT * FROM public.sessions UNION ALL SELECT name FROM public.schema_migrations"
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(
+            "CREATE SCHEMA csvstore; CREATE TABLE public.sessions (name text);"
+            "INSERT INTO public.sessions VALUES ('their session');"
+            "CREATE TABLE public.schema_migrations (version bigint, name text, applied_at text);"
+            "INSERT INTO public.schema_migrations VALUES (1, 'their 1', 'then')"
+        )
+        db = PostgresDatabase(pg_url + "?search_path=csvstore")
+        await db.open()
+        await db.close()
+        tables = await conn.fetch(
+            "SELECT table_schema, table_name FROM information_schema.tables"
+            " WHERE table_schema IN ('public', 'csvstore')"
+        )
+        ours = {t["table_name"] for t in tables if t["table_schema"] == "csvstore"}
+        assert {"sessions", "files", "upload_intents", "schema_migrations"} <= ours
+        assert {t["table_name"] for t in tables if t["table_schema"] == "public"} == {
+            "sessions",
+            "schema_migrations",
+        }
+        assert [r[0] for r in await conn.fetch(theirs)] == ["their session", "their 1"]
+        applied = await conn.fetchval("SELECT count(*) FROM csvstore.schema_migrations")
+        assert applied == len(load_migrations(SQL_DIR / "postgres" / "migrations"))
+    finally:
+        await conn.close()
+
+
 async def test_same_tables_columns_and_indexes_as_sqlite(pg_db: PostgresDatabase) -> None:
     conn = sqlite3.connect(":memory:")
     for migration in load_migrations(SQL_DIR / "migrations"):
